@@ -1,0 +1,1 @@
+"""Forwarding engines (testpmd's fwd modes) and the one loop that runs them."""

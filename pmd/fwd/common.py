@@ -1,0 +1,98 @@
+"""What every forwarding engine shares: the stream and context records, the
+config slots, and the tx-then-account step.
+
+A *stream* is one (rx port, rx queue) -> (tx port, tx queue) pair, served by
+exactly one lcore, so its counters have a single writer.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit
+
+from ..atomics import memcpy
+from ..burst import tx_burst
+from ..mbuf import MbufPool, alloc_bulk, free_bulk, mbuf_offset
+
+MAX_BURST = 512
+
+# Forwarding modes (cfg[CFG_MODE])
+MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY, MODE_FLOWGEN = range(6)
+MODE_NAMES = ("io", "mac", "macswap", "rxonly", "txonly", "flowgen")
+
+# cfg slots (int64 array, read once when a loop starts)
+CFG_MODE, CFG_BURST, CFG_TX_FIRST, CFG_IDLE_POLLS, CFG_NB_FLOWS = range(5)
+N_CFG = 8
+
+# Per-stream forward counters (fs[sid, ...])
+FS_RX, FS_TX, FS_DROPPED = range(3)
+N_FS = 4
+
+# Per-lcore control words, each on its own cache line
+CTL_STOP = 0  # set by the control thread; the loop exits when it sees it
+CTL_EPOCH = 8  # bumped by the loop once per pass: a quiescent point
+CTL_POLLS = 16  # passes so far (published with the epoch)
+N_CTL = 24
+
+# Loop exit reasons
+EXIT_STOPPED, EXIT_IDLE = 0, 1
+
+
+class Stream(NamedTuple):
+    rx: Any  # rx port's kernel state
+    rxq: int
+    tx: Any  # tx port's kernel state
+    txq: int
+    sid: int  # row in FwdCtx.fs
+    tx_port: int  # port id, row in FwdCtx.macs / peer_macs
+
+
+class FwdCtx(NamedTuple):
+    """One lcore's view: shared pool, tables and counters plus its own scratch."""
+
+    pool: MbufPool
+    bufs: np.ndarray  # int32[MAX_BURST] scratch burst
+    cfg: np.ndarray  # int64[N_CFG]
+    macs: np.ndarray  # uint8[nports, 6]: each port's own MAC
+    peer_macs: np.ndarray  # uint8[nports, 6]: where mac/txonly send to
+    tmpl: np.ndarray  # uint8[txpkts]: txonly/flowgen template frame
+    fs: np.ndarray  # int64[nstreams, N_FS]
+    flow: np.ndarray  # int64[8]: flowgen's running flow index
+
+
+@njit(nogil=True, cache=True)
+def send_burst(s, ctx, n):
+    """tx ``ctx.bufs[:n]`` on the stream; free and count what the port refused."""
+    sent = 0
+    if n > 0:
+        sent = tx_burst(s.tx, s.txq, ctx.pool, ctx.bufs, n)
+        if sent < n:
+            free_bulk(ctx.pool, ctx.bufs[sent:], n - sent)
+            ctx.fs[s.sid, FS_DROPPED] += n - sent
+        ctx.fs[s.sid, FS_TX] += sent
+    return sent
+
+
+@njit(nogil=True, cache=True, inline="always")
+def write_mac(data, off, mac):
+    for b in range(6):
+        data[off + b] = mac[b]
+
+
+@njit(nogil=True, cache=True)
+def fill_from_template(s, ctx, n):
+    """Allocate ``n`` buffers holding the template frame addressed from the
+    tx port to its peer; returns how many were allocated (n or 0)."""
+    pool = ctx.pool
+    if not alloc_bulk(pool, ctx.bufs, n):
+        return 0
+    size = len(ctx.tmpl)
+    for k in range(n):
+        i = ctx.bufs[k]
+        off = mbuf_offset(pool, i)
+        memcpy(pool.data, off, ctx.tmpl, 0, size)
+        write_mac(pool.data, off, ctx.peer_macs[s.tx_port])
+        write_mac(pool.data, off + 6, ctx.macs[s.tx_port])
+        pool.data_len[i] = size
+    return n

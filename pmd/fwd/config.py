@@ -1,0 +1,30 @@
+"""Forwarding configuration as the user sets it (testpmd's ``set`` commands)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .common import MAX_BURST, MODE_NAMES
+from .pktgen import MIN_FRAME
+
+
+@dataclass
+class FwdConfig:
+    mode: str = "io"
+    burst: int = 32
+    txpkts: int = 64
+    nb_cores: int = 1
+    nb_flows: int = 1024
+    idle_polls: int = 0  # 0: pure polling; N: return to the caller after N empty passes
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad setting."""
+        if self.mode not in MODE_NAMES:
+            raise ValueError(f"unknown forwarding mode {self.mode!r} (available: {' '.join(MODE_NAMES)})")
+        if not 1 <= self.burst <= MAX_BURST:
+            raise ValueError(f"burst must be 1..{MAX_BURST}, got {self.burst}")
+        if not MIN_FRAME <= self.txpkts <= 9000:
+            raise ValueError(f"txpkts must be {MIN_FRAME}..9000, got {self.txpkts}")
+        if self.nb_cores < 1:
+            raise ValueError(f"nb-cores must be >= 1, got {self.nb_cores}")
+        if self.nb_flows < 1:
+            raise ValueError(f"nb-flows must be >= 1, got {self.nb_flows}")

@@ -1,0 +1,23 @@
+"""``fwd_one``: run the selected engine on one stream (a run-time switch, so
+changing the mode never recompiles)."""
+from numba import njit
+
+from . import flowgen, io, mac, macswap, rxonly, txonly
+from .common import MODE_FLOWGEN, MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY
+
+
+@njit(nogil=True, cache=True)
+def fwd_one(s, ctx, mode, burst):
+    if mode == MODE_IO:
+        return io.fwd(s, ctx, burst)
+    if mode == MODE_MAC:
+        return mac.fwd(s, ctx, burst)
+    if mode == MODE_MACSWAP:
+        return macswap.fwd(s, ctx, burst)
+    if mode == MODE_RXONLY:
+        return rxonly.fwd(s, ctx, burst)
+    if mode == MODE_TXONLY:
+        return txonly.fwd(s, ctx, burst)
+    if mode == MODE_FLOWGEN:
+        return flowgen.fwd(s, ctx, burst)
+    return 0

@@ -1,0 +1,45 @@
+"""The one forwarding loop every lcore runs (testpmd's run_pkt_fwd_on_lcore).
+
+Compiled once per tuple-of-stream types (so per combination of port
+drivers); the mode is a run-time switch, so ``set fwd`` never recompiles.
+Each pass polls every stream once, then publishes a quiescent point (the
+epoch) that the control thread waits on before unmapping memory.
+"""
+from __future__ import annotations
+
+from numba import njit
+
+from ..atomics import load_acquire, store_release
+from .common import (
+    CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_TX_FIRST, CTL_EPOCH, CTL_POLLS, CTL_STOP,
+    EXIT_IDLE, EXIT_STOPPED,
+)
+from .unroll import poll_streams, tx_first_streams
+
+
+@njit(nogil=True, cache=True)
+def fwd_loop(streams, ctx, ctl):
+    """Forward on ``streams`` until ``ctl[CTL_STOP]`` is set (returns
+    EXIT_STOPPED) or, when cfg[CFG_IDLE_POLLS] > 0, until that many passes
+    in a row found nothing (returns EXIT_IDLE)."""
+    mode = ctx.cfg[CFG_MODE]
+    burst = ctx.cfg[CFG_BURST]
+    idle_limit = ctx.cfg[CFG_IDLE_POLLS]
+    if ctx.cfg[CFG_TX_FIRST] != 0:
+        tx_first_streams(streams, ctx, burst)
+    epoch = ctl[CTL_EPOCH]
+    polls = ctl[CTL_POLLS]
+    idle = 0
+    while load_acquire(ctl, CTL_STOP) == 0:
+        work = poll_streams(streams, ctx, mode, burst)
+        epoch += 1
+        polls += 1
+        store_release(ctl, CTL_POLLS, polls)
+        store_release(ctl, CTL_EPOCH, epoch)
+        if work == 0:
+            idle += 1
+            if idle_limit > 0 and idle >= idle_limit:
+                return EXIT_IDLE
+        else:
+            idle = 0
+    return EXIT_STOPPED

@@ -1,0 +1,246 @@
+"""The forwarding runtime: ports, streams and lcores (testpmd's core).
+
+Python does control only: it builds the stream layout, compiles and launches
+one ``fwd_loop`` per forwarding lcore, and reads counters.  Both apps
+(``vhostpci-testpmd`` and ``vhostpci-fwd``) and the benchmarks drive it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ethdev import Port, PortError, parse_vdev
+from ..lcore import LcoreManager
+from ..mbuf import MbufPool, create_pool
+from .common import (
+    CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_NB_FLOWS, CFG_TX_FIRST, CTL_STOP, FS_DROPPED,
+    FS_RX, FS_TX, MAX_BURST, MODE_NAMES, N_CFG, N_CTL, N_FS, FwdCtx, Stream,
+)
+from .config import FwdConfig
+from .loop import fwd_loop
+from .pktgen import udp_template
+
+log = logging.getLogger("vhostpci.fwd")
+
+STOP_TIMEOUT_S = 1.0
+
+
+class FwdError(Exception):
+    """A forwarding command cannot be done now; the message says why."""
+
+
+@dataclass
+class StreamInfo:
+    sid: int
+    lcore: int
+    rx_port: int
+    rxq: int
+    tx_port: int
+    txq: int
+
+
+def peer_mac(port_id: int) -> bytes:
+    """testpmd's default peer address for a port: 02:00:00:00:00:<port>."""
+    return bytes([2, 0, 0, 0, 0, port_id & 0xFF])
+
+
+class Forwarding:
+    """Ports plus forwarding state; one instance per app."""
+
+    def __init__(self, lcores: LcoreManager, nb_mbufs: int = 16384) -> None:
+        self.lcores = lcores
+        self.pool: MbufPool = create_pool(nb_mbufs)
+        self.ports: dict[int, Port] = {}
+        self.config = FwdConfig()
+        self.running = False
+        self.streams: list[StreamInfo] = []
+        self._fs = np.zeros((0, N_FS), np.int64)
+        self._fs_base = self._fs
+        self._peer_macs: dict[int, bytes] = {}
+
+    # ---- ports -------------------------------------------------------------
+    def attach_port(self, vdev: str) -> Port:
+        """Create a port from a vdev string (not started)."""
+        spec = parse_vdev(vdev)
+        if any(p.name == spec.name for p in self.ports.values()):
+            raise PortError(f"port {spec.name} already exists")
+        port_id = next(i for i in range(len(self.ports) + 1) if i not in self.ports)
+        port = Port(port_id, spec)
+        self.ports[port_id] = port
+        return port
+
+    def port(self, port_id: int) -> Port:
+        try:
+            return self.ports[port_id]
+        except KeyError:
+            raise PortError(f"invalid port id {port_id} (ports: {sorted(self.ports) or 'none'})") from None
+
+    def _require_stopped(self, what: str) -> None:
+        if self.running:
+            raise FwdError(f"{what}: stop forwarding first")
+
+    def start_port(self, port_id: int) -> None:
+        self._require_stopped("port start")
+        self.port(port_id).start()
+
+    def stop_port(self, port_id: int) -> None:
+        self._require_stopped("port stop")
+        port = self.port(port_id)
+        port.stop()
+        port.driver.drain(self.pool)
+
+    def close_port(self, port_id: int) -> None:
+        self._require_stopped("port close")
+        self.stop_port(port_id)
+        self.port(port_id).close()
+
+    def detach_port(self, port_id: int) -> str:
+        """Close and remove a port; returns its name."""
+        self._require_stopped("port detach")
+        port = self.port(port_id)
+        if not port.closed:
+            raise FwdError(f"port {port_id} must be closed before detach (port close {port_id})")
+        del self.ports[port_id]
+        return port.name
+
+    def set_peer_mac(self, port_id: int, mac: bytes) -> None:
+        self.port(port_id)
+        self._peer_macs[port_id] = mac
+
+    # ---- streams -----------------------------------------------------------
+    def fwd_ports(self) -> list[int]:
+        return sorted(pid for pid, p in self.ports.items() if p.started)
+
+    def fwd_lcores(self) -> list[int]:
+        return self.lcores.workers[: self.config.nb_cores]
+
+    def layout(self) -> list[StreamInfo]:
+        """Streams as testpmd's paired topology makes them: port 2k <-> 2k+1
+        (a lone last port forwards to itself), one stream per rx queue,
+        spread over the forwarding lcores in contiguous slices."""
+        ports = self.fwd_ports()
+        lcores = self.fwd_lcores()
+        if not ports:
+            raise FwdError("no started ports to forward on")
+        if not lcores:
+            raise FwdError("no worker lcores: give the EAL at least two (e.g. -l 0-1)")
+        pairs = []
+        for k, rx in enumerate(ports):
+            if k % 2 == 0:
+                tx = ports[k + 1] if k + 1 < len(ports) else rx
+            else:
+                tx = ports[k - 1]
+            for q in range(self.ports[rx].nb_rxq):
+                pairs.append((rx, q, tx, q % self.ports[tx].nb_txq))
+        n_l = min(len(lcores), len(pairs))
+        streams = []
+        for sid, (rx, rxq, tx, txq) in enumerate(pairs):
+            streams.append(StreamInfo(sid, lcores[sid * n_l // len(pairs)], rx, rxq, tx, txq))
+        return streams
+
+    def _ctx(self, fs: np.ndarray, cfg: np.ndarray) -> FwdCtx:
+        nports = max(self.ports) + 1
+        macs = np.zeros((nports, 6), np.uint8)
+        peers = np.zeros((nports, 6), np.uint8)
+        for pid, p in self.ports.items():
+            macs[pid] = np.frombuffer(p.mac(), np.uint8)
+            peers[pid] = np.frombuffer(self._peer_macs.get(pid, peer_mac(pid)), np.uint8)
+        return FwdCtx(
+            pool=self.pool,
+            bufs=np.zeros(MAX_BURST, np.int32),
+            cfg=cfg,
+            macs=macs,
+            peer_macs=peers,
+            tmpl=udp_template(self.config.txpkts),
+            fs=fs,
+            flow=np.zeros(8, np.int64),
+        )
+
+    def _cfg(self, tx_first: bool) -> np.ndarray:
+        c = self.config
+        cfg = np.zeros(N_CFG, np.int64)
+        cfg[CFG_MODE] = MODE_NAMES.index(c.mode)
+        cfg[CFG_BURST] = c.burst
+        cfg[CFG_TX_FIRST] = int(tx_first)
+        cfg[CFG_IDLE_POLLS] = c.idle_polls
+        cfg[CFG_NB_FLOWS] = c.nb_flows
+        return cfg
+
+    def _lcore_streams(self, lcore: int) -> tuple:
+        return tuple(
+            Stream(
+                self.ports[s.rx_port].kernel_state(), s.rxq,
+                self.ports[s.tx_port].kernel_state(), s.txq, s.sid, s.tx_port,
+            )
+            for s in self.streams
+            if s.lcore == lcore
+        )
+
+    # ---- start / stop ------------------------------------------------------
+    def start(self, tx_first: bool = False) -> None:
+        """Compile (or load from cache) and launch one loop per forwarding lcore."""
+        if self.running:
+            raise FwdError("packet forwarding already started")
+        self.config.validate()
+        self.streams = self.layout()
+        self._fs = np.zeros((len(self.streams), N_FS), np.int64)
+        self._fs_base = self._fs.copy()
+        cfg = self._cfg(tx_first)
+        plan = []
+        for lcore in sorted({s.lcore for s in self.streams}):
+            streams = self._lcore_streams(lcore)
+            ctx = self._ctx(self._fs, cfg)
+            # Compile in the control thread (errors surface here, lcores start
+            # instantly): a call with the stop flag already set returns at once.
+            dry = np.zeros(N_CTL, np.int64)
+            dry[CTL_STOP] = 1
+            fwd_loop(streams, ctx._replace(cfg=self._cfg(False)), dry)
+            plan.append((lcore, streams, ctx))
+        for lcore, streams, ctx in plan:
+            self.lcores.remote_launch(lcore, fwd_loop, streams, ctx, self.lcores.ctl(lcore))
+        self.running = True
+        log.info("forwarding started: mode %s, %d streams on lcores %s", self.config.mode,
+                 len(self.streams), sorted({s.lcore for s in self.streams}))
+
+    def stop(self) -> dict[int, dict[str, int]]:
+        """Stop every forwarding lcore (within STOP_TIMEOUT_S); returns the
+        per-port forward stats of this run."""
+        if not self.running:
+            raise FwdError("packet forwarding not started")
+        used = sorted({s.lcore for s in self.streams})
+        for lcore in used:
+            self.lcores.stop(lcore)
+        try:
+            for lcore in used:
+                self.lcores.wait(lcore, STOP_TIMEOUT_S)
+        finally:
+            self.running = False
+        return self.fwd_stats()
+
+    def fwd_stats(self) -> dict[int, dict[str, int]]:
+        """RX/TX/dropped per port, summed over the streams of the current run."""
+        fs = self._fs - self._fs_base
+        out = {pid: {"rx": 0, "tx": 0, "dropped": 0} for pid in self.fwd_ports()}
+        for s in self.streams:
+            out.setdefault(s.rx_port, {"rx": 0, "tx": 0, "dropped": 0})["rx"] += int(fs[s.sid, FS_RX])
+            t = out.setdefault(s.tx_port, {"rx": 0, "tx": 0, "dropped": 0})
+            t["tx"] += int(fs[s.sid, FS_TX])
+            t["dropped"] += int(fs[s.sid, FS_DROPPED])
+        return out
+
+    def stream_stats(self) -> list[tuple[StreamInfo, int, int, int]]:
+        fs = self._fs - self._fs_base
+        return [(s, int(fs[s.sid, FS_RX]), int(fs[s.sid, FS_TX]), int(fs[s.sid, FS_DROPPED])) for s in self.streams]
+
+    def clear_fwd_stats(self) -> None:
+        self._fs_base = self._fs.copy()
+
+    def close(self) -> None:
+        """Stop forwarding and close every port."""
+        if self.running:
+            self.stop()
+        for pid in list(self.ports):
+            if not self.ports[pid].closed:
+                self.close_port(pid)

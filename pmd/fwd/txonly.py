@@ -1,0 +1,11 @@
+"""txonly: send the template frame (``set txpkts`` bytes), never receive."""
+from numba import njit
+
+from .common import fill_from_template, send_burst
+
+
+@njit(nogil=True, cache=True)
+def fwd(s, ctx, burst):
+    n = fill_from_template(s, ctx, burst)
+    send_burst(s, ctx, n)
+    return n

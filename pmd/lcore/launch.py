@@ -1,0 +1,141 @@
+"""Launch, wait for and stop lcores (rte_eal_remote_launch / mp_wait_lcore).
+
+Each worker lcore is a thread pinned to its CPU with ``sched_setaffinity``
+(on Linux, pid 0 means the calling *thread*).  The function it runs is a
+``nogil`` Numba kernel, so workers truly run in parallel; each gets a
+control-word array whose CTL_STOP slot the kernel reads with an acquire
+load, so ``stop()`` is always seen.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..atomics_py import store_flag
+from ..fwd.common import CTL_EPOCH, CTL_STOP, N_CTL
+
+
+class LcoreError(Exception):
+    """An lcore id is unknown, or its function raised."""
+
+
+class LcoreBusy(LcoreError):
+    """remote_launch on an lcore that is still running."""
+
+
+@dataclass
+class _Lcore:
+    lcore_id: int
+    cpu: int
+    ctl: np.ndarray = field(default_factory=lambda: np.zeros(N_CTL, np.int64))
+    thread: threading.Thread | None = None
+    result: Any = None
+    error: BaseException | None = None
+    affinity: set[int] = field(default_factory=set)  # as seen by the thread itself
+    native_id: int = 0
+
+
+class LcoreManager:
+    """The worker lcores of one EAL configuration (the main lcore is the caller)."""
+
+    def __init__(self, lcores: dict[int, int], main_lcore: int) -> None:
+        self.main_lcore = main_lcore
+        self._lcores = {lid: _Lcore(lid, cpu) for lid, cpu in lcores.items() if lid != main_lcore}
+
+    @property
+    def workers(self) -> list[int]:
+        return sorted(self._lcores)
+
+    def cpu_of(self, lcore_id: int) -> int:
+        return self._get(lcore_id).cpu
+
+    def ctl(self, lcore_id: int) -> np.ndarray:
+        """The lcore's control words (pass them to the kernel you launch)."""
+        return self._get(lcore_id).ctl
+
+    def affinity(self, lcore_id: int) -> set[int]:
+        """The CPU set the lcore's thread reported for itself when it started."""
+        return set(self._get(lcore_id).affinity)
+
+    def _get(self, lcore_id: int) -> _Lcore:
+        try:
+            return self._lcores[lcore_id]
+        except KeyError:
+            raise LcoreError(f"lcore {lcore_id} is not a worker lcore (workers: {self.workers})") from None
+
+    def is_running(self, lcore_id: int) -> bool:
+        t = self._get(lcore_id).thread
+        return t is not None and t.is_alive()
+
+    def remote_launch(self, lcore_id: int, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the lcore's pinned thread; clears its stop flag."""
+        lc = self._get(lcore_id)
+        if self.is_running(lcore_id):
+            raise LcoreBusy(f"lcore {lcore_id} is still running")
+        lc.result, lc.error = None, None
+        store_flag(lc.ctl, CTL_STOP, 0)
+        ready = threading.Event()
+
+        def body() -> None:
+            try:
+                os.sched_setaffinity(0, {lc.cpu})
+                lc.affinity = os.sched_getaffinity(0)
+                lc.native_id = threading.get_native_id()
+            except OSError as e:
+                lc.error = LcoreError(f"lcore {lcore_id}: cannot pin to cpu {lc.cpu}: {e}")
+                ready.set()
+                return
+            ready.set()
+            try:
+                lc.result = fn(*args)
+            except BaseException as e:  # reported by wait()
+                lc.error = e
+
+        lc.thread = threading.Thread(target=body, name=f"lcore-{lcore_id}", daemon=True)
+        lc.thread.start()
+        ready.wait()
+
+    def stop(self, lcore_id: int) -> None:
+        """Ask the lcore's loop to return (it checks once per pass)."""
+        store_flag(self._get(lcore_id).ctl, CTL_STOP, 1)
+
+    def stop_all(self) -> None:
+        for lid in self._lcores:
+            self.stop(lid)
+
+    def wait(self, lcore_id: int, timeout: float | None = None) -> Any:
+        """Wait for the lcore's function; returns its result or raises its error.
+
+        Raises TimeoutError if it is still running after ``timeout`` seconds.
+        Waits in short slices so signal handlers keep running meanwhile.
+        """
+        lc = self._get(lcore_id)
+        if lc.thread is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while lc.thread.is_alive():
+                left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if left <= 0:
+                    raise TimeoutError(f"lcore {lcore_id} did not finish within {timeout} s")
+                lc.thread.join(left)
+        if lc.error is not None:
+            err, lc.error = lc.error, None
+            raise LcoreError(f"lcore {lcore_id} failed: {err!r}") from err
+        return lc.result
+
+    def mp_wait(self, timeout: float | None = None) -> dict[int, Any]:
+        """Wait for every worker; results keyed by lcore id."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = {}
+        for lid in self.workers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out[lid] = self.wait(lid, left)
+        return out
+
+    def epoch(self, lcore_id: int) -> int:
+        """The lcore's last published quiescent point."""
+        return int(self._get(lcore_id).ctl[CTL_EPOCH])
