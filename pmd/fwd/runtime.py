@@ -244,3 +244,16 @@ class Forwarding:
         for pid in list(self.ports):
             if not self.ports[pid].closed:
                 self.close_port(pid)
+
+
+def forwarding_from_eal(eal, nb_mbufs: int = 16384) -> Forwarding:
+    """Build the runtime from parsed EAL options: lcores plus one started
+    port per ``--vdev``, in command-line order (port ids 0, 1, ...)."""
+    fw = Forwarding(LcoreManager(eal.lcores, eal.main_lcore), nb_mbufs)
+    try:
+        for spec in eal.vdevs:
+            fw.attach_port(spec.text).start()
+    except Exception:
+        fw.close()
+        raise
+    return fw

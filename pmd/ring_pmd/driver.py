@@ -81,7 +81,6 @@ class RingDriver(PortDriver):
             raise PortError(f"{name}: peer cannot be the port itself")
         self._stats = new_stats(1)
         self.rx_slots, self.rx_ctl = new_rings(1, args["size"])
-        self._state: RingState | None = None
         RingDriver._by_name[name] = self
 
     def configure(self, nb_rxq: int, nb_txq: int) -> None:
@@ -98,16 +97,7 @@ class RingDriver(PortDriver):
         return RingDriver._by_name.get(peer) if peer else None
 
     def start(self) -> None:
-        peer = self._peer()
-        if peer is None:
-            if self.args["peer"]:
-                raise PortError(f"{self.name}: peer {self.args['peer']} does not exist")
-            tx_slots, tx_ctl = self.rx_slots, self.rx_ctl  # loopback
-        else:
-            if peer.nb_rxq != self.nb_txq:
-                raise PortError(f"{self.name}: peer {peer.name} has {peer.nb_rxq} queues, we have {self.nb_txq}")
-            tx_slots, tx_ctl = peer.rx_slots, peer.rx_ctl
-        self._state = RingState(self._stats, self.rx_slots, self.rx_ctl, tx_slots, tx_ctl, self.port_id)
+        self.kernel_state()  # validates the peer now, so errors show at port start
 
     def close(self) -> None:
         if RingDriver._by_name.get(self.name) is self:
@@ -118,8 +108,18 @@ class RingDriver(PortDriver):
         return int(_drain_rings(self.rx_slots, self.rx_ctl, pool))
 
     def kernel_state(self) -> RingState:
-        assert self._state is not None, "port not started"
-        return self._state
+        """Built on demand: a peer attached after this port started is
+        joined the next time forwarding starts."""
+        peer = self._peer()
+        if peer is None:
+            if self.args["peer"]:
+                raise PortError(f"{self.name}: peer {self.args['peer']} does not exist")
+            tx_slots, tx_ctl = self.rx_slots, self.rx_ctl  # loopback
+        else:
+            if peer.nb_rxq != self.nb_txq:
+                raise PortError(f"{self.name}: peer {peer.name} has {peer.nb_rxq} queues, we have {self.nb_txq}")
+            tx_slots, tx_ctl = peer.rx_slots, peer.rx_ctl
+        return RingState(self._stats, self.rx_slots, self.rx_ctl, tx_slots, tx_ctl, self.port_id)
 
     def stats_array(self) -> np.ndarray:
         return self._stats

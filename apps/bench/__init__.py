@@ -1,0 +1,1 @@
+"""vhostpci-bench: throughput scenarios that print figures (no thresholds)."""

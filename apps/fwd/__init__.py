@@ -1,0 +1,1 @@
+"""vhostpci-fwd: the forwarding app."""
