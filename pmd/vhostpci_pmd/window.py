@@ -1,0 +1,401 @@
+"""The window ("BAR"): VM1 memory as seen by VM2, only where VM1 granted it.
+
+One large reserved virtual area per VM1 connection (``PROT_NONE``,
+``MAP_NORESERVE``: no memory, no swap reservation).  Kernels index
+``window.array`` (uint8 over the whole area) with offsets from
+``translate.translate``; any page VM1 did not grant is ``PROT_NONE`` and a
+stray access faults instead of reading memory it should not see.
+
+- Without an IOMMU, ``map_region`` maps each SET_MEM_TABLE region from its fd
+  at window offset = guest-physical address.
+- With VIRTIO_F_IOMMU_PLATFORM, ``add_region`` only registers the fd; each
+  ``iotlb_update`` maps exactly the granted pages at offset = IOVA (or at a
+  compact offset in the upper part of the window when the IOVA is beyond it)
+  and each ``iotlb_invalidate`` maps ``PROT_NONE`` back over them.
+
+Tables (``table``/``table_count``, ``regions``/``region_count``) are numpy
+arrays the kernels hold; this class rewrites them in place.  Changing them (or
+the mappings) while lcores run needs the caller's quiescence: bump the epoch,
+wait for every lcore of the port, then call ``iotlb_invalidate``/``unmap_all``
+(see DESIGN.md, "Invalidate/unmap safety").  This module does not lock.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .translate import PERM_RO, PERM_RW, PERM_WO
+
+PAGE_SIZE = mmap.PAGESIZE
+
+PROT_NONE = 0
+PROT_READ = 1
+PROT_WRITE = 2
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_FIXED = 0x10
+MAP_ANONYMOUS = 0x20
+MAP_NORESERVE = 0x4000
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_RESERVE_FLAGS = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+
+_U64_LIMIT = 1 << 64
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_mmap = _libc.mmap
+_mmap.restype = ctypes.c_void_p
+_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                  ctypes.c_int, ctypes.c_int64]
+_munmap = _libc.munmap
+_munmap.restype = ctypes.c_int
+_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+
+def _sys_mmap(addr, length, prot, flags, fd, offset, what):
+    res = _mmap(addr, length, prot, flags, fd, offset)
+    if res is None or res == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap {what} (addr=0x{addr or 0:x} len=0x{length:x} "
+                           f"fd={fd} offset=0x{offset:x}): {os.strerror(err)}")
+    if flags & MAP_FIXED and res != addr:  # cannot happen on Linux
+        raise OSError(f"mmap {what}: MAP_FIXED returned 0x{res:x}, not 0x{addr:x}")
+    return res
+
+
+def _aligned(x: int) -> bool:
+    return x % PAGE_SIZE == 0
+
+
+@dataclass
+class Region:
+    """One SET_MEM_TABLE region (vhost-user.rst "Memory region description")."""
+
+    gpa: int
+    size: int
+    uaddr: int
+    mmap_offset: int
+    fd: int = -1  # our dup, kept only in IOMMU mode
+
+
+class _RangeAllocator:
+    """First-fit allocator of window space for compact offsets (free list of
+    ``[start, end)``, coalesced on free)."""
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end = start, end
+        self.free_list = [[start, end]] if end > start else []
+
+    def alloc(self, size: int) -> int:
+        for r in self.free_list:
+            if r[1] - r[0] >= size:
+                off = r[0]
+                r[0] += size
+                if r[0] == r[1]:
+                    self.free_list.remove(r)
+                return off
+        return -1
+
+    def alloc_at(self, off: int, size: int) -> bool:
+        for i, r in enumerate(self.free_list):
+            if r[0] <= off and off + size <= r[1]:
+                parts = [p for p in ([r[0], off], [off + size, r[1]]) if p[1] > p[0]]
+                self.free_list[i:i + 1] = parts
+                return True
+        return False
+
+    def free(self, off: int, size: int) -> None:
+        if off < self.start or off + size > self.end or size <= 0:
+            return
+        fl = self.free_list
+        fl.append([off, off + size])
+        fl.sort()
+        merged = [fl[0]]
+        for s, e in fl[1:]:
+            if s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        self.free_list = merged
+
+
+class Window:
+    """A reserved area of ``size`` bytes onto VM1's memory.
+
+    ``iommu`` selects the mode (VIRTIO_F_IOMMU_PLATFORM negotiated).  In IOMMU
+    mode the top ``compact_size`` bytes (default a quarter) hold grants whose
+    IOVA does not fit below them; ``table_capacity`` bounds the translation
+    table (coalesced entries).
+    """
+
+    def __init__(self, size: int = 1 << 40, *, iommu: bool = False,
+                 compact_size: int | None = None, table_capacity: int = 16384,
+                 max_regions: int = 512):
+        if size <= 0 or not _aligned(size):
+            raise ValueError(f"window size 0x{size:x} is not a positive multiple of "
+                             f"the page size 0x{PAGE_SIZE:x}")
+        if compact_size is None:
+            compact_size = (size // 4) // PAGE_SIZE * PAGE_SIZE
+        if not 0 <= compact_size <= size or not _aligned(compact_size):
+            raise ValueError(f"compact_size 0x{compact_size:x} must be page-aligned "
+                             f"and at most the window size 0x{size:x}")
+        self.size = size
+        self.iommu = iommu
+        self.identity_limit = size - compact_size if iommu else size
+        self._compact = _RangeAllocator(self.identity_limit, size)
+        self.regions_list: list[Region] = []
+        self.table = np.zeros((table_capacity, 4), dtype=np.uint64)
+        self.table_count = np.zeros(1, dtype=np.int64)
+        self.regions = np.zeros((max_regions, 2), dtype=np.uint64)
+        self.region_count = np.zeros(1, dtype=np.int64)
+        self.base = _sys_mmap(None, size, PROT_NONE, _RESERVE_FLAGS, -1, 0,
+                              "window reservation")
+        self._closed = False
+        self.array = np.frombuffer((ctypes.c_uint8 * size).from_address(self.base),
+                                   dtype=np.uint8)
+
+    # ---------------------------------------------------------------- helpers
+    def _map_fd(self, offset: int, length: int, fd: int, file_offset: int,
+                prot: int, what: str) -> None:
+        _sys_mmap(self.base + offset, length, prot, MAP_SHARED | MAP_FIXED, fd,
+                  file_offset, what)
+
+    def _revoke(self, offset: int, length: int) -> None:
+        """``PROT_NONE`` anonymous memory over ``[offset, offset+length)``:
+        drops the file mapping, keeps the reservation."""
+        if length > 0:
+            _sys_mmap(self.base + offset, length, PROT_NONE,
+                      _RESERVE_FLAGS | MAP_FIXED, -1, 0, "revoke")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("window is closed")
+
+    def _rows(self) -> np.ndarray:
+        return self.table[: int(self.table_count[0])]
+
+    def _set_rows(self, rows: list[tuple[int, int, int, int]]) -> None:
+        if len(rows) > len(self.table):
+            raise RuntimeError(f"translation table full ({len(self.table)} entries); "
+                               "create the Window with a larger table_capacity")
+        rows.sort()
+        # coalesce neighbours contiguous in iova and window offset, same perm
+        merged: list[list[int]] = []
+        for s, e, off, perm in rows:
+            if merged:
+                ps, pe, poff, pperm = merged[-1]
+                if pe == s and poff + (pe - ps) == off and pperm == perm:
+                    merged[-1][1] = e
+                    continue
+            merged.append([s, e, off, perm])
+        n = len(merged)
+        if n:
+            rows_np = np.array([[s, e - 1, off, perm] for s, e, off, perm in merged],
+                               dtype=np.uint64)  # iova_last: iova_end may be 2**64
+            self.table[:n] = rows_np
+        self.table[n:int(self.table_count[0])] = 0
+        self.table_count[0] = n
+
+    def entries(self) -> list[tuple[int, int, int, int]]:
+        """The translation table as Python ints ``(iova, iova_end, offset, perm)``
+        (``iova_end`` exclusive; the numpy table holds ``iova_last``)."""
+        return [(int(s), int(last) + 1, int(off), int(perm))
+                for s, last, off, perm in self._rows()]
+
+    # ------------------------------------------------------- memory regions
+    def add_region(self, fd: int, gpa: int, size: int, mmap_offset: int,
+                   userspace_addr: int) -> Region:
+        """Register a SET_MEM_TABLE region; without an IOMMU also map it at
+        window offset ``gpa``.  ``fd`` stays the caller's (we keep a dup in
+        IOMMU mode)."""
+        self._check_open()
+        name = (f"memory region gpa=0x{gpa:x} size=0x{size:x} "
+                f"uaddr=0x{userspace_addr:x} mmap_offset=0x{mmap_offset:x}")
+        for v, field in ((gpa, "gpa"), (size, "size"), (mmap_offset, "mmap_offset"),
+                         (userspace_addr, "uaddr")):
+            if v < 0 or not _aligned(v):
+                raise ValueError(f"{name}: {field} is not page-aligned")
+        if size == 0:
+            raise ValueError(f"{name}: empty region")
+        if userspace_addr + size > _U64_LIMIT:
+            raise ValueError(f"{name}: uaddr + size overflows 64 bits")
+        if not self.iommu and gpa + size > self.size:
+            raise ValueError(f"{name} ends beyond the window (0x{self.size:x} bytes)")
+        for r in self.regions_list:
+            if gpa < r.gpa + r.size and r.gpa < gpa + size:
+                raise ValueError(f"{name} overlaps region gpa=0x{r.gpa:x} size=0x{r.size:x}")
+            if userspace_addr < r.uaddr + r.size and r.uaddr < userspace_addr + size:
+                raise ValueError(f"{name} overlaps region uaddr=0x{r.uaddr:x} "
+                                 f"size=0x{r.size:x}")
+        n = int(self.region_count[0])
+        if n >= len(self.regions):
+            raise ValueError(f"{name}: more than {len(self.regions)} regions")
+        region = Region(gpa, size, userspace_addr, mmap_offset)
+        if self.iommu:
+            region.fd = os.dup(fd)
+        else:
+            self._map_fd(gpa, size, fd, mmap_offset, PROT_READ | PROT_WRITE, name)
+        self.regions_list.append(region)
+        self.regions_list.sort(key=lambda r: r.gpa)
+        self.regions[: n + 1] = np.array([[r.gpa, r.gpa + r.size] for r in self.regions_list],
+                                         dtype=np.uint64)
+        if not self.iommu:
+            self._set_rows(self.entries() + [(gpa, gpa + size, gpa, PERM_RW)])
+        self.region_count[0] = n + 1
+        return region
+
+    map_region = add_region
+
+    def uaddr_to_gpa(self, uaddr: int, length: int = 1) -> int:
+        """QEMU virtual address (vring addresses without an IOMMU) -> GPA,
+        or -1 if ``[uaddr, uaddr+length)`` is not inside one region."""
+        for r in self.regions_list:
+            if r.uaddr <= uaddr and uaddr + max(length, 1) <= r.uaddr + r.size:
+                return r.gpa + (uaddr - r.uaddr)
+        return -1
+
+    def unmap_all(self) -> None:
+        """Drop every region and grant (new SET_MEM_TABLE, RESET): the whole
+        window is ``PROT_NONE`` again, tables empty, region fds closed."""
+        self._check_open()
+        self.table_count[0] = 0
+        self.region_count[0] = 0
+        self.table[:] = 0
+        self.regions[:] = 0
+        self._revoke(0, self.size)
+        self._compact = _RangeAllocator(self.identity_limit, self.size)
+        self._close_region_fds()
+        self.regions_list = []
+
+    def _close_region_fds(self) -> None:
+        for r in self.regions_list:
+            if r.fd >= 0:
+                os.close(r.fd)
+                r.fd = -1
+
+    # ---------------------------------------------------------------- IOTLB
+    def _uaddr_pieces(self, uaddr: int, size: int) -> list[tuple[Region, int, int]]:
+        """Split ``[uaddr, uaddr+size)`` into (region, file_offset, length)."""
+        pieces = []
+        u, left = uaddr, size
+        while left:
+            for r in self.regions_list:
+                if r.uaddr <= u < r.uaddr + r.size:
+                    n = min(left, r.uaddr + r.size - u)
+                    pieces.append((r, r.mmap_offset + (u - r.uaddr), n))
+                    u += n
+                    left -= n
+                    break
+            else:
+                raise ValueError(f"IOTLB update: uaddr 0x{u:x} (grant uaddr=0x{uaddr:x} "
+                                 f"size=0x{size:x}) is in no memory region")
+        return pieces
+
+    def iotlb_update(self, iova: int, size: int, uaddr: int, perm: int) -> int:
+        """Map a VHOST_IOTLB_UPDATE grant; returns its window offset."""
+        self._check_open()
+        what = (f"IOTLB update iova=0x{iova:x} size=0x{size:x} uaddr=0x{uaddr:x} "
+                f"perm={perm}")
+        if not self.iommu:
+            raise ValueError(f"{what}: window is not in IOMMU mode")
+        if perm not in (PERM_RO, PERM_WO, PERM_RW):
+            raise ValueError(f"{what}: perm must be 1 (RO), 2 (WO) or 3 (RW)")
+        if size <= 0 or iova < 0 or uaddr < 0:
+            raise ValueError(f"{what}: empty or negative")
+        if not (_aligned(iova) and _aligned(size) and _aligned(uaddr)):
+            raise ValueError(f"{what}: not page-aligned (page 0x{PAGE_SIZE:x})")
+        if iova + size > _U64_LIMIT or uaddr + size > _U64_LIMIT:
+            raise ValueError(f"{what}: range overflows 64 bits")
+        if size > self.size - self.identity_limit and iova + size > self.identity_limit:
+            raise ValueError(f"{what}: larger than the window's compact area "
+                             f"(0x{self.size - self.identity_limit:x} bytes)")
+        pieces = self._uaddr_pieces(uaddr, size)  # validates before any change
+        # a re-grant replaces whatever overlapped it
+        self.iotlb_invalidate(iova, size)
+        if iova + size <= self.identity_limit:
+            offset = iova
+        else:
+            offset = -1
+            for s, e, off, _ in self.entries():  # try to extend the previous grant
+                if e == iova and off >= self.identity_limit:
+                    if self._compact.alloc_at(off + (e - s), size):
+                        offset = off + (e - s)
+                    break
+            if offset < 0:
+                offset = self._compact.alloc(size)
+            if offset < 0:
+                raise ValueError(f"{what}: compact area of the window is full")
+        prot = PROT_READ if perm == PERM_RO else PROT_READ | PROT_WRITE
+        done = 0
+        try:
+            for r, file_offset, n in pieces:
+                self._map_fd(offset + done, n, r.fd, file_offset, prot, what)
+                done += n
+            self._set_rows(self.entries() + [(iova, iova + size, offset, perm)])
+        except BaseException:
+            self._revoke(offset, size)
+            if offset >= self.identity_limit:
+                self._compact.free(offset, size)
+            raise
+        return offset
+
+    def iotlb_invalidate(self, iova: int, size: int) -> None:
+        """VHOST_IOTLB_INVALIDATE: ``PROT_NONE`` over every granted page in
+        ``[iova, iova+size)`` (rounded out to pages; ``size`` may run to 2**64)
+        and drop or split the table entries."""
+        self._check_open()
+        if size <= 0:
+            return
+        start = max(iova, 0) // PAGE_SIZE * PAGE_SIZE
+        end = min(-(-(iova + size) // PAGE_SIZE) * PAGE_SIZE, _U64_LIMIT)
+        rows = self.entries()
+        keep = []
+        changed = False
+        for s, e, off, perm in rows:
+            if e <= start or s >= end:
+                keep.append((s, e, off, perm))
+                continue
+            changed = True
+            cs, ce = max(s, start), min(e, end)
+            if s < cs:
+                keep.append((s, cs, off, perm))
+            if ce < e:
+                keep.append((ce, e, off + (ce - s), perm))
+            woff = off + (cs - s)
+            self._revoke(woff, ce - cs)
+            if woff >= self.identity_limit:
+                self._compact.free(woff, ce - cs)
+        if changed:
+            self._set_rows(keep)
+
+    # ------------------------------------------------------------- teardown
+    def close(self) -> None:
+        """Unmap the whole reservation and close the region fds (idempotent).
+        Kernels must have stopped: ``array`` points at unmapped memory after."""
+        if self._closed:
+            return
+        self._closed = True
+        self.table_count[0] = 0
+        self.region_count[0] = 0
+        self.array = None
+        if _munmap(self.base, self.size) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"munmap window 0x{self.base:x}+0x{self.size:x}: "
+                               f"{os.strerror(err)}")
+        self._close_region_fds()
+        self.regions_list = []
+
+    def __enter__(self) -> "Window":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
