@@ -50,32 +50,25 @@ def store_release(typingctx, arr, idx, val):
     return sig, codegen
 
 
-@intrinsic
-def fetch_add(typingctx, arr, idx, val):
-    """Atomically ``arr[idx] += val`` (seq_cst); returns the old value."""
-    sig = arr.dtype(arr, types.intp, arr.dtype)
+def _atomic_rmw(op: str, doc: str):
+    @intrinsic
+    def rmw(typingctx, arr, idx, val):
+        sig = arr.dtype(arr, types.intp, arr.dtype)
 
-    def codegen(context, builder, sig, args):
-        arrty = sig.args[0]
-        ptr = _elem_ptr(context, builder, arrty, args[0], args[1])
-        val = context.cast(builder, args[2], sig.args[2], arrty.dtype)
-        return builder.atomic_rmw("add", ptr, val, "seq_cst")
+        def codegen(context, builder, sig, args):
+            arrty = sig.args[0]
+            ptr = _elem_ptr(context, builder, arrty, args[0], args[1])
+            val = context.cast(builder, args[2], sig.args[2], arrty.dtype)
+            return builder.atomic_rmw(op, ptr, val, "seq_cst")
 
-    return sig, codegen
+        return sig, codegen
+
+    rmw.__doc__ = doc
+    return rmw
 
 
-@intrinsic
-def fetch_or(typingctx, arr, idx, val):
-    """Atomically ``arr[idx] |= val`` (seq_cst); returns the old value."""
-    sig = arr.dtype(arr, types.intp, arr.dtype)
-
-    def codegen(context, builder, sig, args):
-        arrty = sig.args[0]
-        ptr = _elem_ptr(context, builder, arrty, args[0], args[1])
-        val = context.cast(builder, args[2], sig.args[2], arrty.dtype)
-        return builder.atomic_rmw("or", ptr, val, "seq_cst")
-
-    return sig, codegen
+fetch_add = _atomic_rmw("add", "Atomically ``arr[idx] += val`` (seq_cst); returns the old value.")
+fetch_or = _atomic_rmw("or", "Atomically ``arr[idx] |= val`` (seq_cst); returns the old value.")
 
 
 @intrinsic

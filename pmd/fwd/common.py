@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from ..atomics import memcpy
-from ..burst import tx_burst
+from ..burst import rx_burst, tx_burst
 from ..mbuf import MbufPool, alloc_bulk, free_bulk, mbuf_offset
 
 MAX_BURST = 512
@@ -59,6 +59,14 @@ class FwdCtx(NamedTuple):
     tmpl: np.ndarray  # uint8[txpkts]: txonly/flowgen template frame
     fs: np.ndarray  # int64[nstreams, N_FS]
     flow: np.ndarray  # int64[8]: flowgen's running flow index
+
+
+@njit(nogil=True, cache=True)
+def receive(s, ctx, burst):
+    """rx up to ``burst`` packets of the stream into ``ctx.bufs`` and count them."""
+    n = rx_burst(s.rx, s.rxq, ctx.pool, ctx.bufs, burst)
+    ctx.fs[s.sid, FS_RX] += n
+    return n
 
 
 @njit(nogil=True, cache=True)

@@ -1,18 +1,16 @@
 """mac: rewrite Ethernet dst to the tx port's peer and src to the tx port."""
 from numba import njit
 
-from ..burst import rx_burst
 from ..mbuf import mbuf_offset
-from .common import FS_RX, send_burst, write_mac
+from .common import receive, send_burst, write_mac
 
 
 @njit(nogil=True, cache=True)
 def fwd(s, ctx, burst):
     pool = ctx.pool
-    n = rx_burst(s.rx, s.rxq, pool, ctx.bufs, burst)
+    n = receive(s, ctx, burst)
     if n == 0:
         return 0
-    ctx.fs[s.sid, FS_RX] += n
     dst = ctx.peer_macs[s.tx_port]
     src = ctx.macs[s.tx_port]
     for k in range(n):

@@ -1,18 +1,16 @@
 """macswap: swap Ethernet source and destination, send back."""
 from numba import njit
 
-from ..burst import rx_burst
 from ..mbuf import mbuf_offset
-from .common import FS_RX, send_burst
+from .common import receive, send_burst
 
 
 @njit(nogil=True, cache=True)
 def fwd(s, ctx, burst):
     pool = ctx.pool
-    n = rx_burst(s.rx, s.rxq, pool, ctx.bufs, burst)
+    n = receive(s, ctx, burst)
     if n == 0:
         return 0
-    ctx.fs[s.sid, FS_RX] += n
     data = pool.data
     for k in range(n):
         off = mbuf_offset(pool, ctx.bufs[k])

@@ -1,15 +1,13 @@
 """rxonly: receive and free."""
 from numba import njit
 
-from ..burst import rx_burst
 from ..mbuf import free_bulk
-from .common import FS_RX
+from .common import receive
 
 
 @njit(nogil=True, cache=True)
 def fwd(s, ctx, burst):
-    n = rx_burst(s.rx, s.rxq, ctx.pool, ctx.bufs, burst)
+    n = receive(s, ctx, burst)
     if n > 0:
-        ctx.fs[s.sid, FS_RX] += n
         free_bulk(ctx.pool, ctx.bufs, n)
     return n
