@@ -15,6 +15,7 @@ from pmd.eal import eal_init
 from pmd.ethdev import PortError
 from pmd.fwd.common import MODE_NAMES
 from pmd.fwd.runtime import FwdError, forwarding_from_eal
+from pmd.rates import RateTracker
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -34,21 +35,6 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until SIGINT)")
     p.add_argument("--total-num-mbufs", type=int, default=16384)
     return p.parse_args(argv)
-
-
-class RateMeter:
-    """Packets-per-second from successive counter snapshots."""
-
-    def __init__(self) -> None:
-        self._last: dict[object, tuple[float, int]] = {}
-
-    def rate(self, key: object, count: int, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        prev = self._last.get(key)
-        self._last[key] = (now, count)
-        if prev is None or now <= prev[0]:
-            return 0.0
-        return (count - prev[1]) / (now - prev[0])
 
 
 def format_line(port_id: int, name: str, st: dict, rx_pps: float, tx_pps: float) -> str:
@@ -83,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Port {pid}: {port.name} MAC {':'.join(f'{b:02X}' for b in port.mac())}", flush=True)
         fw.start(tx_first=args.tx_first)
         t0 = time.monotonic()
-        meter = RateMeter()
+        rates = RateTracker()
         for pid, port in fw.ports.items():  # rate baseline at start
-            st = port.stats().totals
-            meter.rate((pid, "rx"), st["ipackets"]), meter.rate((pid, "tx"), st["opackets"])
+            rates.rates(pid, port.stats().totals)
         period = args.stats_period if args.stats_period > 0 else None
         while not stop.is_set():
             left = args.duration - (time.monotonic() - t0) if args.duration else None
@@ -97,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for pid, port in fw.ports.items():
                 st = port.stats().totals
-                print(format_line(pid, port.name, st, meter.rate((pid, "rx"), st["ipackets"]),
-                                  meter.rate((pid, "tx"), st["opackets"])), flush=True)
+                rx_pps, _, tx_pps, _ = rates.rates(pid, st)
+                print(format_line(pid, port.name, st, rx_pps, tx_pps), flush=True)
         elapsed = time.monotonic() - t0
         fwd = fw.stop()
         print(f"Stopped after {elapsed:.1f} s.")

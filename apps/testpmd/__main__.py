@@ -1,0 +1,4 @@
+"""``python -m apps.testpmd``."""
+from .main import main
+
+raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""vhostpci-testpmd: EAL options, ``--``, then testpmd's application options.
+
+    vhostpci-testpmd -l 0-1 --vdev net_ring0 --vdev net_ring1 -- -i
+    vhostpci-testpmd -l 0-1 --vdev net_ring0 --vdev net_ring1 -- -a --tx-first --stats-period 1
+
+Startup attaches every ``--vdev`` in order (port ids 0, 1, ...) and starts
+it.  Then: with ``-i`` the ``testpmd>`` shell; with ``-a`` alone, forward
+until SIGINT/SIGTERM; with neither, the shell on a terminal or commands
+read from stdin otherwise.  ``--cmdline-file`` runs its commands first.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import NoReturn
+
+from pmd.eal import eal_init
+from pmd.ethdev import PortError, format_mac
+from pmd.fwd.common import MODE_NAMES
+from pmd.fwd.runtime import Forwarding, FwdError
+from pmd.lcore import LcoreManager
+
+from . import display
+from .shell import TestpmdShell, make_shell
+
+PROG = "vhostpci-testpmd"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def parse_app_args(argv: list[str]) -> argparse.Namespace:
+    """Parse the options after ``--`` (exit 2 with one line on error)."""
+    p = _Parser(prog=PROG, description="testpmd-style forwarding over vhostpci ports",
+                usage=f"{PROG} [EAL options] -- [-i] [-a] [--tx-first] [options]")
+    p.add_argument("-i", "--interactive", action="store_true", help="run the testpmd> shell")
+    p.add_argument("-a", "--auto-start", action="store_true", help="start forwarding at startup")
+    p.add_argument("--tx-first", action="store_true", help="send one burst on each port when starting")
+    p.add_argument("--cmdline-file", metavar="FILE", help="run the commands in FILE first")
+    p.add_argument("--stats-period", type=_positive, metavar="N", help="print port stats every N seconds")
+    p.add_argument("--forward-mode", choices=MODE_NAMES, default="io", metavar="MODE",
+                   help=f"forwarding mode ({', '.join(MODE_NAMES)})")
+    p.add_argument("--nb-cores", type=_positive, default=1, metavar="N", help="forwarding lcores")
+    p.add_argument("--burst", type=_positive, default=32, metavar="N", help="packets per burst")
+    p.add_argument("--txpkts", type=_positive, default=64, metavar="N", help="txonly/flowgen frame size")
+    p.add_argument("--total-num-mbufs", type=_positive, default=16384, metavar="N", help="mbuf pool size")
+    return p.parse_args(argv)
+
+
+def _fail(message: str, status: int = 1) -> NoReturn:
+    print(f"{PROG}: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace]:
+    """EAL, app options, the forwarding runtime and every --vdev port started."""
+    eal, app_argv = eal_init(argv)
+    args = parse_app_args(app_argv)
+    lcores = LcoreManager(eal.lcores, eal.main_lcore)
+    if args.nb_cores > len(lcores.workers):
+        _fail(f"--nb-cores={args.nb_cores}: only {len(lcores.workers)} worker lcores (give the EAL more, e.g. -l)", 2)
+    fwd = Forwarding(lcores, args.total_num_mbufs)
+    c = fwd.config
+    c.mode, c.nb_cores, c.burst, c.txpkts = args.forward_mode, args.nb_cores, args.burst, args.txpkts
+    try:
+        c.validate()
+    except ValueError as e:
+        _fail(str(e), 2)
+    try:
+        for spec in eal.vdevs:
+            port = fwd.attach_port(spec.text)
+            print(f"Configuring Port {port.port_id} (socket 0)")
+            fwd.start_port(port.port_id)
+            print(f"Port {port.port_id}: {format_mac(port.mac())}")
+    except (PortError, FwdError, ValueError) as e:
+        fwd.close()
+        _fail(str(e))
+    print("Checking link statuses...\nDone")
+    return fwd, args
+
+
+def run_until_signal(shell: TestpmdShell, period: int | None) -> None:
+    """Forward until SIGINT/SIGTERM, printing all port stats every ``period`` s."""
+    done = threading.Event()
+    got: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        got.append(signum)
+        done.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not period:
+            print("Press Ctrl-C to quit (or send SIGTERM).")
+        while not done.wait(period or None):
+            print("\nPort statistics ====================================")
+            for port in shell.fwd.ports.values():
+                if not port.closed:
+                    print(display.nic_stats(port, shell.rates))
+        print(f"\nSignal {got[0]} received, preparing to exit...")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    sys.stdout.reconfigure(line_buffering=True)
+    argv = sys.argv[1:] if argv is None else argv
+    fwd, args = setup(argv)
+    interactive = args.interactive or (not args.auto_start and not args.cmdline_file and sys.stdin.isatty())
+    script_stdin = not interactive and not args.auto_start and not args.cmdline_file
+    shell = make_shell(fwd, script_stdin)
+    try:
+        if args.auto_start:
+            if not shell.onecmd("start tx_first" if args.tx_first else "start") and not fwd.running:
+                _fail("cannot start forwarding")
+        if args.cmdline_file:
+            try:
+                with open(args.cmdline_file) as f:
+                    lines = f.readlines()
+            except OSError as e:
+                _fail(f"--cmdline-file: {e}")
+            print(f"Read CLI commands from {args.cmdline_file}")
+            if shell.run_lines(lines):
+                return 0
+        if interactive:
+            shell.run_interactive()
+        elif script_stdin:
+            shell.cmdloop()
+        elif args.auto_start:
+            run_until_signal(shell, args.stats_period)
+        if not shell.finished:
+            shell.do_quit("")
+    except KeyboardInterrupt:
+        print("\nInterrupted, exiting...")
+        shell.shutdown()
+    finally:
+        if fwd.running or any(not p.closed for p in fwd.ports.values()):
+            shell.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
