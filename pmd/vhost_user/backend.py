@@ -1,0 +1,912 @@
+"""The vhost-user back-end session: protocol state machine, no device logic.
+
+Modelled on rust-vmm's vhost-user-backend: this module speaks the protocol
+(QEMU ``docs/interop/vhost-user.rst``, back-end side) and a device plugs in
+through the small ``BackendDevice`` protocol (features, queues, ring start and
+stop, memory, quiescence).  No virtio-net, no Numba here.
+
+- ``BackendSession``: one connected front-end.  ``handle_one(timeout)`` reads
+  one message, dispatches it and replies.  The session owns the ``Window``
+  (VM1 memory as seen here), every fd the front-end sent (kick/call/err,
+  log, inflight, the back-end request channel) and closes all of it on
+  disconnect.
+- ``BackendServer``: the connection manager.  Server mode listens on a unix
+  socket path and serves one front-end at a time; client mode connects with
+  back-off and reconnects.  Runs ``handle_one`` in a control thread.
+
+Unmap safety (DESIGN.md "Invalidate/unmap safety"): before an IOTLB
+invalidate, a new SET_MEM_TABLE, GET_VRING_BASE, RESET_OWNER/RESET_DEVICE or
+the teardown of a connection, the session calls ``device.quiesce()``, which
+returns once every lcore using the port has passed a quiescent point.  If it
+raises ``TimeoutError`` the session logs it and carries on: a stuck lcore must
+not hang the control thread (nor the front-end waiting for the reply).
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import selectors
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
+from ..vhostpci_pmd.window import Window
+from .codec import Channel, Message
+from .errors import PeerClosed, Timeout, VhostUserError
+from .messages import (
+    VHOST_F_LOG_ALL,
+    VHOST_USER_F_PROTOCOL_FEATURES,
+    BackendReq,
+    Config,
+    Empty,
+    FrontendReq,
+    InflightInfo,
+    IotlbMsg,
+    IotlbPerm,
+    IotlbType,
+    LogRegion,
+    MemTable,
+    Payload,
+    ProtocolFeature,
+    U64,
+    VringAddr,
+    VringFd,
+    VringState,
+    expects_reply,
+)
+
+__all__ = [
+    "BackendDevice",
+    "BackendSession",
+    "BackendServer",
+    "VringInfo",
+    "HandlerError",
+    "VIRTIO_F_IOMMU_PLATFORM",
+    "VIRTIO_CONFIG_S_DRIVER_OK",
+]
+
+log = logging.getLogger(__name__)
+
+VIRTIO_F_IOMMU_PLATFORM = 33  # bit number: addresses are IOVAs, IOTLB messages grant them
+VIRTIO_CONFIG_S_DRIVER_OK = 4  # device status bit
+MAX_VRING_SIZE = 32768  # virtio split ring limit
+DEFAULT_WINDOW_SIZE = 1 << 40
+# Inflight region per queue (libvhost-user / QEMU layout for split rings):
+# u64 features, u16 version, desc_num, last_batch_head, used_idx, then a
+# 16-byte DescStateSplit per descriptor; each queue's area aligned to 64.
+_INFLIGHT_DESC_SIZE = 16
+_INFLIGHT_HEADER_SIZE = 16
+_INFLIGHT_ALIGN = 64
+
+F = FrontendReq
+
+
+class HandlerError(Exception):
+    """A well-formed request the session cannot honour (bad index, region, ...).
+
+    Answered with a REPLY_ACK failure when one is due, else the connection
+    is closed (vhost-user has no other way to say no)."""
+
+
+@dataclass
+class VringInfo:
+    """What the front-end told us about one vring.
+
+    The session owns ``kick_fd``/``call_fd``/``err_fd`` (-1: none, or NOFD:
+    poll instead); a device may use them until ``vring_stopped``/``quiesce``
+    but must not close them.  ``addr`` holds QEMU virtual addresses, or IOVAs
+    when VIRTIO_F_IOMMU_PLATFORM was negotiated (translate with the window).
+    """
+
+    index: int
+    num: int = 0
+    base: int = 0  # last_avail_idx the ring starts from (SET_VRING_BASE)
+    addr: VringAddr | None = None
+    kick_fd: int = -1
+    kick_set: bool = False  # SET_VRING_KICK seen (with an fd or NOFD)
+    call_fd: int = -1
+    err_fd: int = -1
+    enabled: bool = False
+    started: bool = False
+
+    def close_fds(self) -> None:
+        for name in ("kick_fd", "call_fd", "err_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, -1)
+
+
+@runtime_checkable
+class BackendDevice(Protocol):
+    """The trait a device implements; every call comes from the control thread.
+
+    Required: ``features``, ``protocol_features``, ``num_queues``,
+    ``set_features``, ``memory_changed``, ``vring_ready``, ``vring_stopped``,
+    ``status_changed``, ``link_changed``, ``quiesce``.  Optional (looked up
+    with getattr): ``get_config(offset, size) -> bytes``,
+    ``set_config(offset, data, flags)``, ``iotlb_updated(iova, size)`` (retry
+    parked descriptors), ``set_mtu(mtu)``, ``log_changed(log_mmap_or_None)``.
+    """
+
+    def features(self) -> int:
+        """Virtio feature bits offered (the session adds VHOST_USER_F_PROTOCOL_FEATURES)."""
+
+    def protocol_features(self) -> int:
+        """ProtocolFeature mask offered."""
+
+    def num_queues(self) -> int:
+        """Number of vrings (GET_QUEUE_NUM; vring indices must be below it)."""
+
+    def set_features(self, features: int) -> None:
+        """The negotiated virtio features (may include VHOST_F_LOG_ALL)."""
+
+    def memory_changed(self, window: Window | None) -> None:
+        """A new memory table is in ``window`` (None: memory is gone)."""
+
+    def vring_ready(self, index: int, vring: VringInfo) -> None:
+        """Ring ``index`` started: addr, kick and enable are set."""
+
+    def vring_stopped(self, index: int) -> int:
+        """Ring ``index`` stops; return its last_avail_idx.  Must not return
+        before the lcores stopped touching the ring."""
+
+    def status_changed(self, status: int) -> None:
+        """SET_STATUS (virtio device status byte)."""
+
+    def link_changed(self, up: bool) -> None:
+        """The port's link: up when a ring started or DRIVER_OK, down on stop/disconnect."""
+
+    def quiesce(self) -> None:
+        """Return once every lcore passed a quiescent point; TimeoutError if not in time."""
+
+
+def _map_shared_fd(fd: int, size: int, offset: int, what: str) -> mmap.mmap:
+    """Map ``size`` bytes of a front-end's fd read-write shared; on failure
+    close the fd and raise HandlerError naming ``what``."""
+    try:
+        if size <= 0 or offset % mmap.ALLOCATIONGRANULARITY:
+            raise HandlerError(f"{what} size {size} offset {offset:#x} unusable")
+        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, OSError):
+            raise HandlerError(f"{what}: cannot map {size} bytes at {offset:#x}: {e}") from e
+        raise
+
+
+class BackendSession:
+    """One front-end connection: reads requests, keeps the state, replies.
+
+    ``handle_one`` never raises for anything the peer does: a malformed
+    message closes the connection (``closed`` becomes True, ``close_reason``
+    says what arrived); a request that cannot be honoured gets a REPLY_ACK
+    failure when one is due, else closes the connection too.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        device: BackendDevice,
+        *,
+        window_size: int = DEFAULT_WINDOW_SIZE,
+        name: str = "vhost-user",
+        history: int = 4096,
+    ) -> None:
+        self.channel = channel
+        self.device = device
+        self.name = name
+        self.window_size = window_size
+        self.window: Window | None = None
+        self.backend_channel: Channel | None = None
+        self._backend_lock = threading.Lock()
+        self.features = 0  # negotiated (SET_FEATURES)
+        self.features_set = False
+        self.protocol_features = 0  # negotiated (SET_PROTOCOL_FEATURES)
+        self.owner = False
+        self.status = 0
+        self.mtu = 0
+        self.rarp_mac: bytes | None = None
+        self.vrings: dict[int, VringInfo] = {}
+        self.link_up = False
+        self.log: mmap.mmap | None = None  # dirty log (SET_LOG_BASE)
+        self.log_fd = -1  # SET_LOG_FD (log eventfd)
+        self.inflight: mmap.mmap | None = None
+        self.inflight_fd = -1
+        self.inflight_info: InflightInfo | None = None
+        self.closed = False
+        self.close_reason = ""
+        self.history: deque[int] = deque(maxlen=history)  # request codes handled, in order
+        self._handlers: dict[int, Callable[[Message], Payload | tuple[Payload, list[int]] | None]] = {
+            F.GET_FEATURES: self._get_features,
+            F.SET_FEATURES: self._set_features,
+            F.SET_OWNER: self._set_owner,
+            F.RESET_OWNER: self._reset,
+            F.RESET_DEVICE: self._reset,
+            F.SET_MEM_TABLE: self._set_mem_table,
+            F.SET_LOG_BASE: self._set_log_base,
+            F.SET_LOG_FD: self._set_log_fd,
+            F.SET_VRING_NUM: self._set_vring_num,
+            F.SET_VRING_ADDR: self._set_vring_addr,
+            F.SET_VRING_BASE: self._set_vring_base,
+            F.GET_VRING_BASE: self._get_vring_base,
+            F.SET_VRING_KICK: self._set_vring_kick,
+            F.SET_VRING_CALL: self._set_vring_call,
+            F.SET_VRING_ERR: self._set_vring_err,
+            F.GET_PROTOCOL_FEATURES: self._get_protocol_features,
+            F.SET_PROTOCOL_FEATURES: self._set_protocol_features,
+            F.GET_QUEUE_NUM: self._get_queue_num,
+            F.SET_VRING_ENABLE: self._set_vring_enable,
+            F.SEND_RARP: self._send_rarp,
+            F.NET_SET_MTU: self._net_set_mtu,
+            F.SET_BACKEND_REQ_FD: self._set_backend_req_fd,
+            F.IOTLB_MSG: self._iotlb_msg,
+            F.GET_CONFIG: self._get_config,
+            F.SET_CONFIG: self._set_config,
+            F.GET_INFLIGHT_FD: self._get_inflight_fd,
+            F.SET_INFLIGHT_FD: self._set_inflight_fd,
+            F.SET_STATUS: self._set_status,
+            F.GET_STATUS: self._get_status,
+        }
+
+    # ------------------------------------------------------------ main loop
+    def handle_one(self, timeout: float | None = None) -> str:
+        """Read and handle one message.  Returns ``"idle"`` (nothing arrived
+        within ``timeout``), ``"ok"`` or ``"closed"`` (the connection is gone
+        and everything it held is released)."""
+        if self.closed:
+            return "closed"
+        try:
+            msg = self.channel.recv_message(timeout)
+        except Timeout as e:
+            if e.in_sync:
+                return "idle"
+            self.close(f"peer stalled mid-message: {e}")
+            return "closed"
+        except PeerClosed as e:
+            self.close(f"peer closed: {e}")
+            return "closed"
+        except VhostUserError as e:
+            self.close(f"malformed message from the front-end: {e}", logging.WARNING)
+            return "closed"
+        except OSError as e:
+            self.close(f"socket error: {e}")
+            return "closed"
+        with msg:
+            self.history.append(int(msg.request))
+            self._dispatch(msg)
+        return "closed" if self.closed else "ok"
+
+    def _dispatch(self, msg: Message) -> None:
+        handler = self._handlers.get(msg.request)
+        try:
+            if handler is None:
+                raise HandlerError(f"{msg.name} is not supported by this back-end")
+            result = handler(msg)
+        except (HandlerError, ValueError, OSError, RuntimeError, VhostUserError) as e:
+            self._fail(msg, f"{msg.name}: {e}")
+            return
+        except Exception as e:  # a device bug: never a traceback out of the control thread
+            log.exception("%s: %s: unexpected error", self.name, msg.name)
+            self._fail(msg, f"{msg.name}: unexpected {type(e).__name__}: {e}")
+            return
+        if self.closed:
+            return
+        if not expects_reply(msg.request, msg.flags, self.protocol_features):
+            return
+        payload, fds = (result if isinstance(result, tuple) else (result, []))
+        try:
+            if payload is None:
+                self.channel.send_ack(msg, True)
+            else:
+                self.channel.send_reply(msg, payload, fds)
+        except (VhostUserError, OSError, ValueError) as e:
+            self.close(f"cannot reply to {msg.name}: {e}")
+
+    def _fail(self, msg: Message, why: str) -> None:
+        """A request could not be honoured: nack it if an ack is due, else close."""
+        reply_acked = msg.need_reply and self.protocol_features & ProtocolFeature.REPLY_ACK.mask
+        try:
+            if msg.request == F.IOTLB_MSG or reply_acked:
+                log.warning("%s: %s (nack)", self.name, why)
+                self.channel.send_ack(msg, False)
+                return
+            if msg.request == F.GET_CONFIG:
+                log.warning("%s: %s (empty reply)", self.name, why)
+                self.channel.send_reply(msg, Empty())
+                return
+        except (VhostUserError, OSError, ValueError) as e:
+            why = f"{why}; and the failure reply could not be sent: {e}"
+        self.close(why, logging.WARNING)
+
+    # ------------------------------------------------------------ teardown
+    def close(self, reason: str = "closed by the back-end", level: int = logging.INFO) -> None:
+        """Release everything the connection holds; idempotent, never raises."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        log.log(level, "%s: connection closed: %s", self.name, reason)
+        self._stop_all_rings()
+        self._set_link(False)
+        self._quiesce("disconnect")
+        self._drop_memory(final=True)
+        for ring in self.vrings.values():
+            ring.close_fds()
+        self.vrings.clear()
+        self._drop_log()
+        self._set_log_fd_value(-1)
+        self._drop_inflight()
+        with self._backend_lock:
+            if self.backend_channel is not None:
+                self.backend_channel.close()
+                self.backend_channel = None
+        self.channel.close()
+
+    def _safe(self, what: str, fn: Callable, *args):
+        try:
+            return fn(*args)
+        except Exception as e:
+            log.error("%s: device %s failed: %s: %s", self.name, what, type(e).__name__, e)
+            return None
+
+    def _quiesce(self, why: str) -> None:
+        try:
+            self.device.quiesce()
+        except TimeoutError as e:
+            log.error("%s: quiesce before %s timed out (%s); continuing", self.name, why, e)
+        except Exception as e:
+            log.error("%s: quiesce before %s failed: %s: %s", self.name, why, type(e).__name__, e)
+
+    def _stop_all_rings(self) -> None:
+        for index, ring in self.vrings.items():
+            if ring.started:
+                ring.started = False
+                self._safe("vring_stopped", self.device.vring_stopped, index)
+
+    def _drop_memory(self, final: bool = False) -> None:
+        if self.window is None:
+            return
+        self._safe("memory_changed", self.device.memory_changed, None)
+        try:
+            self.window.close()
+        except OSError as e:
+            log.error("%s: closing the window: %s", self.name, e)
+        self.window = None
+
+    def _drop_log(self) -> None:
+        if self.log is not None:
+            old, self.log = self.log, None
+            hook = getattr(self.device, "log_changed", None)
+            if hook is not None:
+                self._safe("log_changed", hook, None)
+            try:
+                old.close()
+            except BufferError:  # a view is still alive; the GC unmaps it later
+                log.warning("%s: dirty log still in use, left for the GC", self.name)
+
+    def _set_log_fd_value(self, fd: int) -> None:
+        if self.log_fd >= 0:
+            os.close(self.log_fd)
+        self.log_fd = fd
+
+    def _drop_inflight(self) -> None:
+        if self.inflight is not None:
+            try:
+                self.inflight.close()
+            except BufferError:
+                log.warning("%s: inflight area still in use, left for the GC", self.name)
+            self.inflight = None
+        if self.inflight_fd >= 0:
+            os.close(self.inflight_fd)
+            self.inflight_fd = -1
+        self.inflight_info = None
+
+    # ------------------------------------------------------------ link / rings
+    @property
+    def iommu(self) -> bool:
+        return bool(self.features & (1 << VIRTIO_F_IOMMU_PLATFORM))
+
+    def _set_link(self, up: bool) -> None:
+        if up != self.link_up:
+            self.link_up = up
+            self._safe("link_changed", self.device.link_changed, up)
+
+    def _update_link(self) -> None:
+        up = any(r.started for r in self.vrings.values()) or bool(self.status & VIRTIO_CONFIG_S_DRIVER_OK)
+        self._set_link(up)
+
+    def _ring(self, index: int) -> VringInfo:
+        n = self.device.num_queues()
+        if not 0 <= index < n:
+            raise HandlerError(f"vring index {index} out of range (the device has {n} vrings)")
+        ring = self.vrings.get(index)
+        if ring is None:
+            ring = self.vrings[index] = VringInfo(index)
+        return ring
+
+    def _ring_enabled(self, ring: VringInfo) -> bool:
+        # Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled on start.
+        return ring.enabled or not self.features & (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+
+    def _maybe_start(self, ring: VringInfo) -> None:
+        if ring.started or not ring.kick_set or ring.addr is None or not self._ring_enabled(ring):
+            return
+        ring.started = True
+        self.device.vring_ready(ring.index, ring)
+        self._update_link()
+
+    def _stop(self, ring: VringInfo) -> int:
+        if not ring.started:
+            return ring.base
+        ring.started = False
+        last = self.device.vring_stopped(ring.index)
+        self._update_link()
+        return ring.base if last is None else int(last)
+
+    # ------------------------------------------------------------ features
+    def offered_features(self) -> int:
+        return self.device.features() | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+
+    def _get_features(self, msg: Message) -> Payload:
+        return U64(self.offered_features())
+
+    def _set_features(self, msg: Message) -> None:
+        value = msg.u64
+        extra = value & ~(self.offered_features() | (1 << VHOST_F_LOG_ALL))
+        if extra:
+            raise HandlerError(f"features {value:#x} include bits {extra:#x} this back-end did not offer")
+        if self.window is not None and self.window.iommu != bool(value & (1 << VIRTIO_F_IOMMU_PLATFORM)):
+            log.info("%s: IOMMU_PLATFORM changed with memory mapped; memory dropped", self.name)
+            self._stop_all_rings()
+            self._update_link()
+            self._quiesce("SET_FEATURES")
+            self._drop_memory()
+        self.features = value
+        self.features_set = True
+        self.device.set_features(value)
+
+    @property
+    def log_all(self) -> bool:
+        return bool(self.features & (1 << VHOST_F_LOG_ALL))
+
+    def _get_protocol_features(self, msg: Message) -> Payload:
+        return U64(self.device.protocol_features())
+
+    def _set_protocol_features(self, msg: Message) -> None:
+        value = msg.u64
+        extra = value & ~self.device.protocol_features()
+        if extra:
+            raise HandlerError(f"protocol features {value:#x} include bits {extra:#x} not offered")
+        self.protocol_features = value
+
+    def _set_owner(self, msg: Message) -> None:
+        self.owner = True
+
+    def _reset(self, msg: Message) -> None:
+        self._stop_all_rings()
+        self._update_link()
+        self._quiesce(msg.name)
+        self._drop_memory()
+        for ring in self.vrings.values():
+            ring.close_fds()
+        self.vrings.clear()
+        self._drop_log()
+        self._drop_inflight()
+        self.features = 0
+        self.features_set = False
+        self.status = 0
+        self._update_link()
+
+    def _get_queue_num(self, msg: Message) -> Payload:
+        return U64(self.device.num_queues())
+
+    # ------------------------------------------------------------ memory
+    def _set_mem_table(self, msg: Message) -> None:
+        table = msg.decode()
+        assert isinstance(table, MemTable)
+        if self.window is not None:
+            self._quiesce("SET_MEM_TABLE")
+        iommu = self.iommu
+        if self.window is None or self.window.iommu != iommu:
+            self._drop_memory()
+            self.window = Window(self.window_size, iommu=iommu)
+        else:
+            self.window.unmap_all()
+        try:
+            for region, fd in zip(table.regions, msg.fds):
+                self.window.add_region(fd, region.guest_phys_addr, region.memory_size, region.mmap_offset,
+                                       region.userspace_addr)
+        except (ValueError, OSError) as e:
+            self.window.unmap_all()
+            self.device.memory_changed(self.window)
+            raise HandlerError(f"memory table refused, no memory mapped: {e}") from None
+        self.device.memory_changed(self.window)
+
+    def _iotlb_msg(self, msg: Message) -> Payload:
+        iotlb = msg.decode()
+        assert isinstance(iotlb, IotlbMsg)
+        if self.window is None:
+            raise HandlerError(f"IOTLB message type {iotlb.type} before SET_MEM_TABLE")
+        if iotlb.type == IotlbType.UPDATE:
+            self.window.iotlb_update(iotlb.iova, iotlb.size, iotlb.uaddr, iotlb.perm)
+            hook = getattr(self.device, "iotlb_updated", None)
+            if hook is not None:
+                hook(iotlb.iova, iotlb.size)
+        elif iotlb.type == IotlbType.INVALIDATE:
+            # uaddr/perm are garbage on invalidate (FACTS.md): not checked.
+            self._quiesce("IOTLB invalidate")
+            self.window.iotlb_invalidate(iotlb.iova, iotlb.size)
+        else:
+            raise HandlerError(f"IOTLB message type {iotlb.type} is not one a front-end sends")
+        return U64(0)
+
+    def send_iotlb_miss(self, iova: int, perm: int = IotlbPerm.RW) -> bool:
+        """Ask the front-end for a grant covering ``iova`` (BACKEND IOTLB_MSG MISS).
+
+        Thread-safe.  Returns False (and logs) when there is no back-end
+        channel or sending fails; the caller keeps its descriptor parked."""
+        with self._backend_lock:
+            ch = self.backend_channel
+            if ch is None or ch.closed:
+                log.warning("%s: IOTLB miss at %#x but no back-end request channel", self.name, iova)
+                return False
+            try:
+                ch.send_message(BackendReq.IOTLB_MSG, IotlbMsg(iova, 0, 0, int(perm), IotlbType.MISS))
+                return True
+            except (VhostUserError, OSError, ValueError) as e:
+                log.warning("%s: sending IOTLB miss at %#x failed: %s", self.name, iova, e)
+                return False
+
+    def _set_backend_req_fd(self, msg: Message) -> None:
+        ch = Channel.from_fd(msg.take_fd(), "backend", message_timeout=1.0, send_timeout=1.0)
+        with self._backend_lock:
+            if self.backend_channel is not None:
+                self.backend_channel.close()
+            self.backend_channel = ch
+
+    def _set_log_base(self, msg: Message) -> Payload | None:
+        region = msg.decode()
+        assert isinstance(region, LogRegion)
+        fd = msg.take_fd()
+        new = _map_shared_fd(fd, region.mmap_size, region.mmap_offset, "dirty log")
+        os.close(fd)  # the mapping keeps the log alive
+        self._drop_log()
+        self.log = new
+        hook = getattr(self.device, "log_changed", None)
+        if hook is not None:
+            hook(new)
+        return U64(0) if self.protocol_features & ProtocolFeature.LOG_SHMFD.mask else None
+
+    def _set_log_fd(self, msg: Message) -> None:
+        self._set_log_fd_value(msg.take_fd())
+
+    def _get_inflight_fd(self, msg: Message) -> tuple[Payload, list[int]]:
+        req = msg.decode()
+        assert isinstance(req, InflightInfo)
+        if not 0 < req.num_queues <= self.device.num_queues() or not 0 < req.queue_size <= MAX_VRING_SIZE:
+            raise HandlerError(f"inflight area for {req.num_queues} queues of {req.queue_size} refused")
+        per_queue = _INFLIGHT_HEADER_SIZE + _INFLIGHT_DESC_SIZE * req.queue_size
+        per_queue = -(-per_queue // _INFLIGHT_ALIGN) * _INFLIGHT_ALIGN
+        size = per_queue * req.num_queues
+        fd = os.memfd_create("vhost-user-inflight", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            area = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            os.close(fd)
+            raise
+        self._drop_inflight()
+        self.inflight, self.inflight_fd = area, fd
+        self.inflight_info = InflightInfo(size, 0, req.num_queues, req.queue_size)
+        return self.inflight_info, [fd]
+
+    def _set_inflight_fd(self, msg: Message) -> None:
+        info = msg.decode()
+        assert isinstance(info, InflightInfo)
+        fd = msg.take_fd()
+        area = _map_shared_fd(fd, info.mmap_size, info.mmap_offset, "inflight area")
+        self._drop_inflight()
+        self.inflight, self.inflight_fd, self.inflight_info = area, fd, info
+
+    # ------------------------------------------------------------ vrings
+    def _set_vring_num(self, msg: Message) -> None:
+        state = msg.decode()
+        ring = self._ring(state.index)
+        if not 0 < state.num <= MAX_VRING_SIZE or state.num & (state.num - 1):
+            raise HandlerError(f"vring {state.index} size {state.num} is not a power of 2 up to {MAX_VRING_SIZE}")
+        ring.num = state.num
+
+    def _set_vring_addr(self, msg: Message) -> None:
+        addr = msg.decode()
+        assert isinstance(addr, VringAddr)
+        ring = self._ring(addr.index)
+        ring.addr = addr
+        self._maybe_start(ring)
+
+    def _set_vring_base(self, msg: Message) -> None:
+        state = msg.decode()
+        ring = self._ring(state.index)
+        ring.base = state.num
+
+    def _get_vring_base(self, msg: Message) -> Payload:
+        state = msg.decode()
+        ring = self._ring(state.index)
+        last = self._stop(ring)
+        self._quiesce("GET_VRING_BASE")
+        ring.base = last & 0xFFFF_FFFF
+        # The ring is stopped: it restarts on the next SET_VRING_KICK.
+        if ring.kick_fd >= 0:
+            os.close(ring.kick_fd)
+            ring.kick_fd = -1
+        ring.kick_set = False
+        return VringState(ring.index, ring.base)
+
+    def _vring_fd(self, msg: Message) -> tuple[VringInfo, int]:
+        v = msg.decode()
+        assert isinstance(v, VringFd)
+        ring = self._ring(v.index)
+        return ring, (-1 if v.nofd else msg.take_fd())
+
+    def _set_vring_kick(self, msg: Message) -> None:
+        ring, fd = self._vring_fd(msg)
+        if ring.started:  # a new kick fd for a running ring: restart it with the new fd
+            self._stop(ring)
+            self._quiesce("SET_VRING_KICK")
+        if ring.kick_fd >= 0:
+            os.close(ring.kick_fd)
+        ring.kick_fd, ring.kick_set = fd, True
+        self._maybe_start(ring)
+
+    def _set_vring_call(self, msg: Message) -> None:
+        ring, fd = self._vring_fd(msg)
+        if ring.call_fd >= 0:
+            self._quiesce("SET_VRING_CALL")
+            os.close(ring.call_fd)
+        ring.call_fd = fd
+
+    def _set_vring_err(self, msg: Message) -> None:
+        ring, fd = self._vring_fd(msg)
+        if ring.err_fd >= 0:
+            os.close(ring.err_fd)
+        ring.err_fd = fd
+
+    def _set_vring_enable(self, msg: Message) -> None:
+        state = msg.decode()
+        ring = self._ring(state.index)
+        if state.num not in (0, 1):
+            raise HandlerError(f"SET_VRING_ENABLE {state.index} with num {state.num}, expected 0 or 1")
+        ring.enabled = bool(state.num)
+        if ring.enabled:
+            self._maybe_start(ring)
+        elif ring.started:
+            ring.base = self._stop(ring) & 0xFFFF_FFFF
+            self._quiesce("SET_VRING_ENABLE 0")
+
+    # ------------------------------------------------------------ misc
+    def _set_status(self, msg: Message) -> None:
+        self.status = msg.u64 & 0xFF
+        self.device.status_changed(self.status)
+        self._update_link()
+
+    def _get_status(self, msg: Message) -> Payload:
+        return U64(self.status)
+
+    def _net_set_mtu(self, msg: Message) -> None:
+        self.mtu = msg.u64
+        hook = getattr(self.device, "set_mtu", None)
+        if hook is not None:
+            hook(self.mtu)
+
+    def _send_rarp(self, msg: Message) -> None:
+        self.rarp_mac = bytes(msg.payload[:6])
+
+    def _get_config(self, msg: Message) -> Payload:
+        cfg = msg.decode()
+        assert isinstance(cfg, Config)
+        hook = getattr(self.device, "get_config", None)
+        if hook is None:
+            raise HandlerError("the device has no config space")
+        data = bytes(hook(cfg.offset, cfg.size))
+        if len(data) != cfg.size:
+            raise HandlerError(f"device returned {len(data)} config bytes, {cfg.size} asked")
+        return Config(cfg.offset, cfg.size, cfg.flags, data)
+
+    def _set_config(self, msg: Message) -> None:
+        cfg = msg.decode()
+        assert isinstance(cfg, Config)
+        hook = getattr(self.device, "set_config", None)
+        if hook is None:
+            raise HandlerError("the device has no writable config space")
+        hook(cfg.offset, cfg.payload, cfg.flags)
+
+
+# ----------------------------------------------------------------------------
+# Connection manager
+
+
+class BackendServer:
+    """Serves one front-end at a time on ``path`` from a control thread.
+
+    ``client=False``: listen on ``path`` (a stale socket file is unlinked),
+    accept one connection, serve it until it closes, accept the next.
+    ``client=True``: connect to ``path``, retrying with back-off (0.1 s
+    doubling to 1 s), and reconnect the same way after a disconnect.
+    ``stop()`` returns within about a second.
+    """
+
+    POLL = 0.1  # seconds between checks of the stop flag
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: BackendDevice,
+        *,
+        client: bool = False,
+        window_size: int = DEFAULT_WINDOW_SIZE,
+        name: str | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.device = device
+        self.client = client
+        self.window_size = window_size
+        self.name = name or f"vhost-user {self.path}"
+        self.session: BackendSession | None = None  # the live one
+        self.last_session: BackendSession | None = None  # the live or most recent one
+        self.connections = 0
+        self.disconnections = 0
+        self._listener: socket.socket | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name}: already started")
+        if not self.client:
+            self._listen()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"vhost-user-ctl {self.path}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("%s: control thread did not stop within %.1f s", self.name, timeout)
+            else:
+                self._thread = None
+        if self._thread is None:
+            self._teardown()
+
+    def __enter__(self) -> BackendServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(self, predicate: Callable[[BackendServer], bool], timeout: float = 5.0) -> bool:
+        """Wait until ``predicate(self)`` holds (re-checked on every connect/disconnect and poll)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, self.POLL))
+            return True
+
+    # ------------------------------------------------------------ internals
+    def _listen(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise FileExistsError(f"{self.path} exists and is not a socket")
+            os.unlink(self.path)  # stale socket from an earlier run
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(self.path)
+            sock.listen(1)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._listener = sock
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def _teardown(self) -> None:
+        if self.session is not None:
+            self.session.close("back-end stopped")
+            self._session_gone()
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _session_gone(self) -> None:
+        self.session = None
+        self.disconnections += 1
+        self._notify()
+
+    def _new_session(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        ch = Channel(sock, "frontend", message_timeout=1.0, send_timeout=1.0)
+        self.connections += 1
+        session = BackendSession(ch, self.device, window_size=self.window_size,
+                                 name=f"{self.name} #{self.connections}")
+        self.session = self.last_session = session
+        log.info("%s: front-end connected (#%d)", self.name, self.connections)
+        self._notify()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        assert self._selector is not None
+        if not self._selector.select(self.POLL):
+            return
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        self._new_session(sock)
+
+    def _connect(self, delay: float) -> float:
+        """One connection attempt; returns the next back-off delay."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(1.0)
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            self._stop.wait(delay)
+            return min(delay * 2, 1.0)
+        self._new_session(sock)
+        return 0.1
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                session = self.session
+                if session is None:
+                    if self.client:
+                        delay = self._connect(delay)
+                    else:
+                        self._accept()
+                    continue
+                if session.handle_one(self.POLL) == "closed":
+                    self._session_gone()
+                    delay = 0.1
+                else:
+                    self._notify()
+            except Exception:  # the control thread must survive anything
+                log.exception("%s: control thread error", self.name)
+                if self.session is not None:
+                    self.session.close("control thread error")
+                    self._session_gone()
+                self._stop.wait(self.POLL)
