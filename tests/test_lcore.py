@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from pmd.atomics import cpu_pause, load_acquire
-from pmd.fwd.common import CTL_STOP
+from pmd.atomics import cpu_pause, load_acquire, store_release
+from pmd.fwd.common import CTL_EPOCH, CTL_STOP
 from pmd.lcore import LcoreBusy, LcoreError, LcoreManager
 
 from .conftest import CPUS, WORKER_CPU
@@ -85,3 +85,31 @@ def test_wait_times_out_on_a_running_lcore():
         lm.stop(1)
         lm.wait(1, 1.0)
     assert np.all(ctl[CTL_STOP] == 1)
+
+
+@njit(nogil=True, cache=True)
+def epoch_loop(ctl, stall):
+    """Bumps the epoch each pass; while stall[0] is set it spins without one."""
+    while load_acquire(ctl, CTL_STOP) == 0:
+        while load_acquire(stall, 0) != 0 and load_acquire(ctl, CTL_STOP) == 0:
+            cpu_pause()
+        store_release(ctl, CTL_EPOCH, ctl[CTL_EPOCH] + 1)
+    return 0
+
+
+def test_wait_quiescent_sees_an_epoch_and_times_out_on_a_stuck_lcore():
+    lm = LcoreManager({0: CPUS[0], 1: WORKER_CPU}, 0)
+    stall = np.zeros(1, np.int64)
+    lm.remote_launch(1, epoch_loop, lm.ctl(1), stall)
+    try:
+        lm.wait_quiescent([1], timeout=5.0)  # passes as soon as the loop runs
+        stall[0] = 1
+        time.sleep(0.05)
+        with pytest.raises(TimeoutError, match=r"lcores \[1\]"):
+            lm.wait_quiescent([1], timeout=0.1)
+        stall[0] = 0
+        lm.wait_quiescent([1], timeout=1.0)
+    finally:
+        lm.stop(1)
+        lm.wait(1, 1.0)
+    lm.wait_quiescent([1], timeout=0.1)  # a stopped lcore holds nothing

@@ -139,3 +139,24 @@ class LcoreManager:
     def epoch(self, lcore_id: int) -> int:
         """The lcore's last published quiescent point."""
         return int(self._get(lcore_id).ctl[CTL_EPOCH])
+
+    def wait_quiescent(self, lcore_ids: list[int], timeout: float = 1.0) -> None:
+        """Return once every lcore in ``lcore_ids`` has passed a quiescent
+        point after this call began (its epoch moved on) or is not running.
+
+        The control thread calls this after changing what kernels may touch
+        (a revoked IOTLB grant, a new memory table) and before unmapping:
+        a kernel that has since finished a pass can no longer hold an address
+        from before the change.  Raises TimeoutError naming the stuck lcores
+        (bounded: a stuck lcore is an error, never a deadlock).
+        """
+        start = {lid: self.epoch(lid) for lid in lcore_ids}
+        deadline = time.monotonic() + timeout
+        pending = set(lcore_ids)
+        while True:
+            pending = {lid for lid in pending if self.is_running(lid) and self.epoch(lid) == start[lid]}
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"lcores {sorted(pending)} passed no quiescent point within {timeout} s")
+            time.sleep(20e-6)
