@@ -6,9 +6,7 @@ printing one stats line per port every ``--stats-period`` seconds.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import time
 
 from pmd.eal import eal_init
@@ -16,6 +14,7 @@ from pmd.ethdev import PortError
 from pmd.fwd.common import MODE_NAMES
 from pmd.fwd.runtime import FwdError, forwarding_from_eal
 from pmd.rates import RateTracker
+from pmd.signals import StopSignals
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -57,42 +56,40 @@ def main(argv: list[str] | None = None) -> int:
     except (PortError, ValueError) as e:
         print(f"vhostpci-fwd: error: {e}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        fw.config.mode = args.forward_mode
-        fw.config.burst = args.burst
-        fw.config.txpkts = args.txpkts
-        fw.config.nb_cores = args.nb_cores or len(fw.lcores.workers)
-        for pid, port in fw.ports.items():
-            print(f"Port {pid}: {port.name} MAC {':'.join(f'{b:02X}' for b in port.mac())}", flush=True)
-        fw.start(tx_first=args.tx_first)
-        t0 = time.monotonic()
-        rates = RateTracker()
-        for pid, port in fw.ports.items():  # rate baseline at start
-            rates.rates(pid, port.stats().totals)
-        period = args.stats_period if args.stats_period > 0 else None
-        while not stop.is_set():
-            left = args.duration - (time.monotonic() - t0) if args.duration else None
-            if left is not None and left <= 0:
-                break
-            wait = min(x for x in (period, left, 3600.0) if x is not None)
-            if stop.wait(wait) or period is None:
-                continue
+    with StopSignals() as stop:
+        try:
+            fw.config.mode = args.forward_mode
+            fw.config.burst = args.burst
+            fw.config.txpkts = args.txpkts
+            fw.config.nb_cores = args.nb_cores or len(fw.lcores.workers)
             for pid, port in fw.ports.items():
-                st = port.stats().totals
-                rx_pps, _, tx_pps, _ = rates.rates(pid, st)
-                print(format_line(pid, port.name, st, rx_pps, tx_pps), flush=True)
-        elapsed = time.monotonic() - t0
-        fwd = fw.stop()
-        print(f"Stopped after {elapsed:.1f} s.")
-        for pid, s in sorted(fwd.items()):
-            print(f"port {pid}: forwarded rx {s['rx']} tx {s['tx']} dropped {s['dropped']} "
-                  f"({s['rx'] / elapsed / 1e6:.3f} Mpps rx)")
-        return 0
-    except (FwdError, PortError, ValueError) as e:
-        print(f"vhostpci-fwd: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        fw.close()
+                print(f"Port {pid}: {port.name} MAC {':'.join(f'{b:02X}' for b in port.mac())}", flush=True)
+            fw.start(tx_first=args.tx_first)
+            t0 = time.monotonic()
+            rates = RateTracker()
+            for pid, port in fw.ports.items():  # rate baseline at start
+                rates.rates(pid, port.stats().totals)
+            period = args.stats_period if args.stats_period > 0 else None
+            while not stop.stopped:
+                left = args.duration - (time.monotonic() - t0) if args.duration else None
+                if left is not None and left <= 0:
+                    break
+                wait = min(x for x in (period, left, 3600.0) if x is not None)
+                if stop.wait(wait) or period is None:
+                    continue
+                for pid, port in fw.ports.items():
+                    st = port.stats().totals
+                    rx_pps, _, tx_pps, _ = rates.rates(pid, st)
+                    print(format_line(pid, port.name, st, rx_pps, tx_pps), flush=True)
+            elapsed = time.monotonic() - t0
+            fwd = fw.stop()
+            print(f"Stopped after {elapsed:.1f} s.")
+            for pid, s in sorted(fwd.items()):
+                print(f"port {pid}: forwarded rx {s['rx']} tx {s['tx']} dropped {s['dropped']} "
+                      f"({s['rx'] / elapsed / 1e6:.3f} Mpps rx)")
+            return 0
+        except (FwdError, PortError, ValueError) as e:
+            print(f"vhostpci-fwd: error: {e}", file=sys.stderr)
+            return 2
+        finally:
+            fw.close()

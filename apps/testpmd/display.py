@@ -2,7 +2,6 @@
 info and the forwarding configuration, laid out as DPDK's testpmd does."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from pmd.ethdev import Port, format_mac
 from pmd.fwd.runtime import StreamInfo, peer_mac

@@ -11,15 +11,14 @@ read from stdin otherwise.  ``--cmdline-file`` runs its commands first.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from typing import NoReturn
 
 from pmd.eal import eal_init
 from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
 from pmd.fwd.runtime import Forwarding, FwdError
+from pmd.signals import StopSignals
 from pmd.lcore import LcoreManager
 
 from . import display
@@ -98,26 +97,15 @@ def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace]:
 
 def run_until_signal(shell: TestpmdShell, period: int | None) -> None:
     """Forward until SIGINT/SIGTERM, printing all port stats every ``period`` s."""
-    done = threading.Event()
-    got: list[int] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        got.append(signum)
-        done.set()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with StopSignals() as stop:
         if not period:
             print("Press Ctrl-C to quit (or send SIGTERM).")
-        while not done.wait(period or None):
+        while not stop.wait(period or None):
             print("\nPort statistics ====================================")
             for port in shell.fwd.ports.values():
                 if not port.closed:
                     print(display.nic_stats(port, shell.rates))
-        print(f"\nSignal {got[0]} received, preparing to exit...")
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        print(f"\nSignal {stop.received[0]} received, preparing to exit...")
 
 
 def main(argv: list[str] | None = None) -> int:

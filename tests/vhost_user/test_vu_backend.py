@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -17,88 +15,16 @@ import pytest
 from pmd.vhost_user import messages as m
 from pmd.vhost_user.backend import (
     VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_F_IOMMU_PLATFORM,
-    BackendDevice,
     BackendServer,
     BackendSession,
-    VringInfo,
 )
 from pmd.vhost_user.codec import Channel, VhostUserError
-from pmd.vhost_user.messages import BackendReq, FrontendReq, IotlbType, ProtocolFeature
+from pmd.vhost_user.messages import BackendReq, FrontendReq, IotlbType
+
+from .fakes import IOMMU_PLATFORM, MRG_RXBUF, PF, PROTOCOL_FEATURES, VERSION_1, WINDOW, FakeDevice
 
 F = FrontendReq
-PF = ProtocolFeature
-VERSION_1 = 1 << 32
-MRG_RXBUF = 1 << 15
-PROTOCOL_FEATURES = 1 << m.VHOST_USER_F_PROTOCOL_FEATURES
-IOMMU_PLATFORM = 1 << VIRTIO_F_IOMMU_PLATFORM
-WINDOW = 1 << 32
 UADDR = 0x7F00_0000_0000
-
-
-class FakeDevice:
-    """Records calls as (name, args) tuples; GET_VRING_BASE answers base + 7."""
-
-    def __init__(self, features: int = VERSION_1 | MRG_RXBUF, protocol: int | None = None, queues: int = 2,
-                 quiesce_error: BaseException | None = None) -> None:
-        self._features = features
-        self._protocol = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.LOG_SHMFD.mask
-                          | PF.STATUS.mask | PF.INFLIGHT_SHMFD.mask | PF.MTU.mask | PF.CONFIG.mask
-                          if protocol is None else protocol)
-        self._queues = queues
-        self.calls: list[tuple] = []
-        self.link = False
-        self.rings: dict[int, VringInfo] = {}
-        self.window = None
-        self.quiesce_error = quiesce_error
-        self.on_quiesce = None  # optional hook: runs inside quiesce()
-
-    def names(self) -> list[str]:
-        return [c[0] for c in self.calls]
-
-    def features(self) -> int:
-        return self._features
-
-    def protocol_features(self) -> int:
-        return self._protocol
-
-    def num_queues(self) -> int:
-        return self._queues
-
-    def set_features(self, f: int) -> None:
-        self.calls.append(("set_features", f))
-
-    def memory_changed(self, window) -> None:
-        self.window = window
-        self.calls.append(("memory_changed", window is not None))
-
-    def vring_ready(self, index: int, vring: VringInfo) -> None:
-        self.rings[index] = vring
-        self.calls.append(("vring_ready", index))
-
-    def vring_stopped(self, index: int) -> int:
-        self.calls.append(("vring_stopped", index))
-        return self.rings[index].base + 7
-
-    def status_changed(self, status: int) -> None:
-        self.calls.append(("status_changed", status))
-
-    def link_changed(self, up: bool) -> None:
-        self.link = up
-        self.calls.append(("link_changed", up))
-
-    def quiesce(self) -> None:
-        self.calls.append(("quiesce",))
-        if self.on_quiesce is not None:
-            self.on_quiesce()
-        if self.quiesce_error is not None:
-            raise self.quiesce_error
-
-    def get_config(self, offset: int, size: int) -> bytes:
-        return bytes(range(offset, offset + size))
-
-
-assert isinstance(FakeDevice(), BackendDevice)
 
 
 # --------------------------------------------------------------------------
@@ -112,38 +38,6 @@ def open_fds() -> set[str]:
 def maps_count() -> int:
     with open("/proc/self/maps") as f:
         return sum(1 for _ in f)
-
-
-@pytest.fixture(autouse=True)
-def no_hang():
-    def on_alarm(signum, frame):
-        raise TimeoutError("test exceeded 60 s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, 60)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vub", dir="/tmp")  # short: sun_path is 108 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def served(sockdir):
-    """(server, device, path) in server mode; stopped at the end."""
-    dev = FakeDevice(features=VERSION_1 | MRG_RXBUF | IOMMU_PLATFORM)
-    path = os.path.join(sockdir, "vhost.sock")
-    srv = BackendServer(path, dev, window_size=WINDOW)
-    srv.start()
-    yield srv, dev, path
-    srv.stop()
 
 
 def connect(path: str) -> Channel:
