@@ -50,3 +50,20 @@ def test_bad_eal_and_app_options_exit_2_with_one_line():
         assert out.returncode == 2, (args, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
         assert out.stdout == ""
+
+
+def test_testpmd_reader_leaving_early_is_not_a_traceback():
+    """Like `... | head -1`: stdout's reader goes away; testpmd still closes
+    its ports and exits 0 without a traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "apps.testpmd", "-l", "0-1", "--vdev", "net_ring0",
+                          "--vdev", "net_null0"], cwd=ROOT, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("Configuring Port 0")
+        p.stdout.close()
+        _, err = p.communicate("show port info all\nshow port stats all\nquit\n", timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0 and "Traceback" not in err, err

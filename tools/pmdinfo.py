@@ -26,6 +26,8 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 
+from apps.cli import silence_stdout
+
 # Kernels named first (drivers, the forwarding loop, mbufs); discovery adds the rest.
 KNOWN_KERNELS = [
     ("pmd.null_pmd.driver", "null_rx"),
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _print_report(report, args)
     except BrokenPipeError:  # piped into head: not an error
-        sys.stderr.close()
+        silence_stdout()
     return 0
 
 

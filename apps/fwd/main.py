@@ -10,7 +10,7 @@ import sys
 import time
 
 from pmd.eal import eal_init
-from pmd.ethdev import PortError
+from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
 from pmd.fwd.runtime import FwdError, forwarding_from_eal
 from pmd.rates import RateTracker
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             fw.config.txpkts = args.txpkts
             fw.config.nb_cores = args.nb_cores or len(fw.lcores.workers)
             for pid, port in fw.ports.items():
-                print(f"Port {pid}: {port.name} MAC {':'.join(f'{b:02X}' for b in port.mac())}", flush=True)
+                print(f"Port {pid}: {port.name} MAC {format_mac(port.mac())}", flush=True)
             fw.start(tx_first=args.tx_first)
             t0 = time.monotonic()
             rates = RateTracker()

@@ -14,12 +14,13 @@ import argparse
 import sys
 from typing import NoReturn
 
+from apps.cli import silence_stdout
 from pmd.eal import eal_init
 from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
-from pmd.fwd.runtime import Forwarding, FwdError
+from pmd.fwd.config import FwdConfig
+from pmd.fwd.runtime import Forwarding, FwdError, forwarding_from_eal
 from pmd.signals import StopSignals
-from pmd.lcore import LcoreManager
 
 from . import display
 from .shell import TestpmdShell, make_shell
@@ -72,25 +73,22 @@ def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace]:
     """EAL, app options, the forwarding runtime and every --vdev port started."""
     eal, app_argv = eal_init(argv)
     args = parse_app_args(app_argv)
-    lcores = LcoreManager(eal.lcores, eal.main_lcore)
-    if args.nb_cores > len(lcores.workers):
-        _fail(f"--nb-cores={args.nb_cores}: only {len(lcores.workers)} worker lcores (give the EAL more, e.g. -l)", 2)
-    fwd = Forwarding(lcores, args.total_num_mbufs)
-    c = fwd.config
-    c.mode, c.nb_cores, c.burst, c.txpkts = args.forward_mode, args.nb_cores, args.burst, args.txpkts
+    workers = len(eal.worker_lcores)
+    if args.nb_cores > workers:
+        _fail(f"--nb-cores={args.nb_cores}: only {workers} worker lcores (give the EAL more, e.g. -l)", 2)
+    config = FwdConfig(mode=args.forward_mode, nb_cores=args.nb_cores, burst=args.burst, txpkts=args.txpkts)
     try:
-        c.validate()
+        config.validate()  # before any port exists: bad input starts nothing
     except ValueError as e:
         _fail(str(e), 2)
     try:
-        for spec in eal.vdevs:
-            port = fwd.attach_port(spec.text)
-            print(f"Configuring Port {port.port_id} (socket 0)")
-            fwd.start_port(port.port_id)
-            print(f"Port {port.port_id}: {format_mac(port.mac())}")
+        fwd = forwarding_from_eal(eal, args.total_num_mbufs)
     except (PortError, FwdError, ValueError) as e:
-        fwd.close()
         _fail(str(e))
+    fwd.config = config
+    for pid, port in fwd.ports.items():
+        print(f"Configuring Port {pid} (socket 0)")
+        print(f"Port {pid}: {format_mac(port.mac())}")
     print("Checking link statuses...\nDone")
     return fwd, args
 
@@ -140,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted, exiting...")
         shell.shutdown()
+    except BrokenPipeError:  # stdout's reader left: finish quietly
+        silence_stdout()
     finally:
         if fwd.running or any(not p.closed for p in fwd.ports.values()):
             shell.shutdown()

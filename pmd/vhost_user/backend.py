@@ -35,6 +35,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
+from ..shm import create_shared
 from ..vhostpci_pmd.window import Window
 from .codec import Channel, Message
 from .errors import PeerClosed, Timeout, VhostUserError
@@ -597,13 +598,7 @@ class BackendSession:
         per_queue = _INFLIGHT_HEADER_SIZE + _INFLIGHT_DESC_SIZE * req.queue_size
         per_queue = -(-per_queue // _INFLIGHT_ALIGN) * _INFLIGHT_ALIGN
         size = per_queue * req.num_queues
-        fd = os.memfd_create("vhost-user-inflight", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, size)
-            area = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except OSError:
-            os.close(fd)
-            raise
+        fd, area = create_shared("vhost-user-inflight", size)
         self._drop_inflight()
         self.inflight, self.inflight_fd = area, fd
         self.inflight_info = InflightInfo(size, 0, req.num_queues, req.queue_size)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..shm import create_shared
 from ..vhost_user.messages import MAX_MEM_REGIONS, MemoryRegion
 
 __all__ = ["GuestMemory", "GuestRegion", "PAGE_SIZE"]
@@ -78,13 +79,7 @@ class GuestMemory:
 
     @staticmethod
     def _make_region(name: str, gpa: int, size: int) -> GuestRegion:
-        fd = os.memfd_create(f"{name}@{gpa:#x}", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, mm = create_shared(f"{name}@{gpa:#x}", size)
         anchor = ctypes.c_char.from_buffer(mm)
         uaddr = ctypes.addressof(anchor)
         del anchor  # release the buffer export so mm.close() works later
