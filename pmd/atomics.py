@@ -100,6 +100,23 @@ def fence(typingctx):
 
 
 @intrinsic
+def fence_acquire(typingctx):
+    """An acquire fence: loads before it complete before anything after it.
+
+    Free on x86 (TSO already orders loads); what it buys is the compiler
+    barrier: LLVM may not sink earlier plain loads (e.g. of a seqlock-protected
+    table) below it, past the re-check of the sequence number.
+    """
+    sig = types.void()
+
+    def codegen(context, builder, sig, args):
+        builder.fence("acquire")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def cpu_pause(typingctx):
     """x86 PAUSE: polite spinning (and a compiler barrier for the loop)."""
     sig = types.void()

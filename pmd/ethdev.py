@@ -88,6 +88,9 @@ class PortDriver(ABC):
         self.nb_rxq = 1
         self.nb_txq = 1
         self.port_id = 0  # set by Port before start; kernels tag mbufs with it
+        # Set by the forwarding runtime while lcores poll this port: returns once
+        # each of them passed a quiescent point (TimeoutError after the timeout).
+        self.quiesce_hook: Callable[[float], None] | None = None
 
     # ---- ops -----------------------------------------------------------
     def configure(self, nb_rxq: int, nb_txq: int) -> None:
@@ -147,6 +150,8 @@ def drivers() -> dict[str, type[PortDriver]]:
 def _load_builtin_drivers() -> None:
     # Imported for their register_driver side effect.
     from . import null_pmd, ring_pmd  # noqa: F401
+    from .vhostpci_pmd import driver as _vhost_pci  # noqa: F401
+    from .virtio_user_pmd import driver as _virtio_user  # noqa: F401
 
 
 _VDEV_NAME = re.compile(r"^([a-z_]+?)(\d+)$")

@@ -198,6 +198,7 @@ class Forwarding:
             dry[CTL_STOP] = 1
             fwd_loop(streams, ctx._replace(cfg=self._cfg(False)), dry)
             plan.append((lcore, streams, ctx))
+        self._set_quiesce_hooks()
         for lcore, streams, ctx in plan:
             self.lcores.remote_launch(lcore, fwd_loop, streams, ctx, self.lcores.ctl(lcore))
         self.running = True
@@ -217,7 +218,24 @@ class Forwarding:
                 self.lcores.wait(lcore, STOP_TIMEOUT_S)
         finally:
             self.running = False
+            for port in self.ports.values():
+                port.driver.quiesce_hook = None
         return self.fwd_stats()
+
+    def _set_quiesce_hooks(self) -> None:
+        """Tell each port which lcores poll it, so its control thread can wait
+        for them before unmapping what they might still touch."""
+        users: dict[int, set[int]] = {}
+        for s in self.streams:
+            users.setdefault(s.rx_port, set()).add(s.lcore)
+            users.setdefault(s.tx_port, set()).add(s.lcore)
+        for pid, lcores in users.items():
+            ids = sorted(lcores)
+
+            def hook(timeout: float, ids: list[int] = ids) -> None:
+                self.lcores.wait_quiescent(ids, timeout)
+
+            self.ports[pid].driver.quiesce_hook = hook
 
     def fwd_stats(self) -> dict[int, dict[str, int]]:
         """RX/TX/dropped per port, summed over the streams of the current run."""

@@ -6,20 +6,26 @@ through the small ``BackendDevice`` protocol (features, queues, ring start and
 stop, memory, quiescence).  No virtio-net, no Numba here.
 
 - ``BackendSession``: one connected front-end.  ``handle_one(timeout)`` reads
-  one message, dispatches it and replies.  The session owns the ``Window``
-  (VM1 memory as seen here), every fd the front-end sent (kick/call/err,
-  log, inflight, the back-end request channel) and closes all of it on
-  disconnect.
+  one message, dispatches it and replies.  The session holds the ``Window``
+  (VM1 memory as seen here) -- its own, or the device's persistent one when
+  the device has ``window_for`` -- and owns every fd the front-end sent
+  (kick/call/err, log, inflight, the back-end request channel) and closes all
+  of it on disconnect.
 - ``BackendServer``: the connection manager.  Server mode listens on a unix
   socket path and serves one front-end at a time; client mode connects with
-  back-off and reconnects.  Runs ``handle_one`` in a control thread.
+  back-off and reconnects.  Runs ``handle_one`` in a control thread, and the
+  device's ``service`` when its wake-up fd fires (IOTLB misses to send, ...).
 
-Unmap safety (DESIGN.md "Invalidate/unmap safety"): before an IOTLB
-invalidate, a new SET_MEM_TABLE, GET_VRING_BASE, RESET_OWNER/RESET_DEVICE or
-the teardown of a connection, the session calls ``device.quiesce()``, which
-returns once every lcore using the port has passed a quiescent point.  If it
-raises ``TimeoutError`` the session logs it and carries on: a stuck lcore must
-not hang the control thread (nor the front-end waiting for the reply).
+Unmap safety (DESIGN.md "Invalidate/unmap safety"): memory goes away in RCU
+order -- the window drops the translation rows, then the session calls
+``device.quiesce()`` (returns once every lcore using the port has passed a
+quiescent point: lookups made with the old rows are finished), then the window
+revokes the pages.  The window calls the quiesce itself between the two
+(``quiesce=`` on ``iotlb_invalidate``/``iotlb_update``/``unmap_all``/
+``reset``).  GET_VRING_BASE, RESET_OWNER/RESET_DEVICE, stopping a ring and the
+teardown of a connection quiesce after stopping the rings.  If quiesce raises
+``TimeoutError`` the session logs it and carries on: a stuck lcore must not
+hang the control thread (nor the front-end waiting for the reply).
 """
 from __future__ import annotations
 
@@ -134,8 +140,23 @@ class BackendDevice(Protocol):
     ``set_features``, ``memory_changed``, ``vring_ready``, ``vring_stopped``,
     ``status_changed``, ``link_changed``, ``quiesce``.  Optional (looked up
     with getattr): ``get_config(offset, size) -> bytes``,
-    ``set_config(offset, data, flags)``, ``iotlb_updated(iova, size)`` (retry
-    parked descriptors), ``set_mtu(mtu)``, ``log_changed(log_mmap_or_None)``.
+    ``set_config(offset, data, flags)``, ``vring_call_changed(index, fd)`` (a
+    started ring got a new call eventfd; the old one is closed after a
+    quiesce), ``iotlb_updated(iova, size)`` (retry
+    parked descriptors), ``set_mtu(mtu)``, ``log_changed(log_mmap_or_None)``,
+    and:
+
+    - ``window_for(iommu: bool) -> Window``: the port's persistent window
+      (kernels hold its ``array`` and tables for the port's whole life).  The
+      session then uses it instead of creating its own: it ``reset``s it on
+      SET_MEM_TABLE and empties it (``unmap_all``) when memory goes (reset,
+      disconnect, IOMMU feature change), and never closes it.
+    - ``wake_fd() -> int`` with ``service(session)``: an eventfd the device's
+      kernels write when they need the control thread (an IOTLB miss to send,
+      ...).  ``BackendServer`` makes it non-blocking, drains it when readable
+      and then calls ``service(session)`` from the control thread, and also
+      calls ``service`` at least every ``BackendServer.POLL`` seconds while a
+      session is live (a lost wake-up only delays).
     """
 
     def features(self) -> int:
@@ -207,6 +228,7 @@ class BackendSession:
         self.name = name
         self.window_size = window_size
         self.window: Window | None = None
+        self._owns_window = False  # True: ours to close; False: the device's (window_for)
         self.backend_channel: Channel | None = None
         self._backend_lock = threading.Lock()
         self.features = 0  # negotiated (SET_FEATURES)
@@ -339,7 +361,7 @@ class BackendSession:
         self._stop_all_rings()
         self._set_link(False)
         self._quiesce("disconnect")
-        self._drop_memory(final=True)
+        self._drop_memory("disconnect")
         for ring in self.vrings.values():
             ring.close_fds()
         self.vrings.clear()
@@ -373,15 +395,27 @@ class BackendSession:
                 ring.started = False
                 self._safe("vring_stopped", self.device.vring_stopped, index)
 
-    def _drop_memory(self, final: bool = False) -> None:
-        if self.window is None:
+    def _quiescer(self, why: str) -> Callable[[], None]:
+        """The ``quiesce`` a Window calls between dropping rows and revoking pages."""
+        return lambda: self._quiesce(why)
+
+    def _drop_memory(self, why: str) -> None:
+        """Memory is gone: tell the device, empty the window (rows, quiesce,
+        revoke), close it if it is ours; the device's own window stays open."""
+        win = self.window
+        if win is None:
             return
         self._safe("memory_changed", self.device.memory_changed, None)
-        try:
-            self.window.close()
-        except OSError as e:
-            log.error("%s: closing the window: %s", self.name, e)
         self.window = None
+        try:
+            win.unmap_all(quiesce=self._quiescer(why))
+        except (OSError, ValueError) as e:
+            log.error("%s: emptying the window: %s", self.name, e)
+        if self._owns_window:
+            try:
+                win.close()
+            except OSError as e:
+                log.error("%s: closing the window: %s", self.name, e)
 
     def _drop_log(self) -> None:
         if self.log is not None:
@@ -470,7 +504,7 @@ class BackendSession:
             self._stop_all_rings()
             self._update_link()
             self._quiesce("SET_FEATURES")
-            self._drop_memory()
+            self._drop_memory("SET_FEATURES")
         self.features = value
         self.features_set = True
         self.device.set_features(value)
@@ -496,7 +530,7 @@ class BackendSession:
         self._stop_all_rings()
         self._update_link()
         self._quiesce(msg.name)
-        self._drop_memory()
+        self._drop_memory(msg.name)
         for ring in self.vrings.values():
             ring.close_fds()
         self.vrings.clear()
@@ -514,20 +548,27 @@ class BackendSession:
     def _set_mem_table(self, msg: Message) -> None:
         table = msg.decode()
         assert isinstance(table, MemTable)
-        if self.window is not None:
-            self._quiesce("SET_MEM_TABLE")
         iommu = self.iommu
-        if self.window is None or self.window.iommu != iommu:
-            self._drop_memory()
-            self.window = Window(self.window_size, iommu=iommu)
+        quiesce = self._quiescer("SET_MEM_TABLE")
+        window_for = getattr(self.device, "window_for", None)
+        win = self.window
+        if window_for is not None:  # the device's persistent window
+            new = window_for(iommu)
+            if win is not None and (win is not new or win.iommu != iommu):
+                self._drop_memory("SET_MEM_TABLE")
+            new.reset(iommu, quiesce=quiesce)
+            self.window, self._owns_window = new, False
+        elif win is None or win.iommu != iommu or not self._owns_window:
+            self._drop_memory("SET_MEM_TABLE")
+            self.window, self._owns_window = Window(self.window_size, iommu=iommu), True
         else:
-            self.window.unmap_all()
+            win.unmap_all(quiesce=quiesce)
         try:
             for region, fd in zip(table.regions, msg.fds):
                 self.window.add_region(fd, region.guest_phys_addr, region.memory_size, region.mmap_offset,
                                        region.userspace_addr)
         except (ValueError, OSError) as e:
-            self.window.unmap_all()
+            self.window.unmap_all(quiesce=quiesce)  # regions added so far may be in use
             self.device.memory_changed(self.window)
             raise HandlerError(f"memory table refused, no memory mapped: {e}") from None
         self.device.memory_changed(self.window)
@@ -538,14 +579,15 @@ class BackendSession:
         if self.window is None:
             raise HandlerError(f"IOTLB message type {iotlb.type} before SET_MEM_TABLE")
         if iotlb.type == IotlbType.UPDATE:
-            self.window.iotlb_update(iotlb.iova, iotlb.size, iotlb.uaddr, iotlb.perm)
+            self.window.iotlb_update(iotlb.iova, iotlb.size, iotlb.uaddr, iotlb.perm,
+                                     quiesce=self._quiescer("IOTLB update (replacing a grant)"))
             hook = getattr(self.device, "iotlb_updated", None)
             if hook is not None:
                 hook(iotlb.iova, iotlb.size)
         elif iotlb.type == IotlbType.INVALIDATE:
             # uaddr/perm are garbage on invalidate (FACTS.md): not checked.
-            self._quiesce("IOTLB invalidate")
-            self.window.iotlb_invalidate(iotlb.iova, iotlb.size)
+            # The window quiesces between dropping the rows and the unmap.
+            self.window.iotlb_invalidate(iotlb.iova, iotlb.size, quiesce=self._quiescer("IOTLB invalidate"))
         else:
             raise HandlerError(f"IOTLB message type {iotlb.type} is not one a front-end sends")
         return U64(0)
@@ -663,10 +705,13 @@ class BackendSession:
 
     def _set_vring_call(self, msg: Message) -> None:
         ring, fd = self._vring_fd(msg)
-        if ring.call_fd >= 0:
+        old, ring.call_fd = ring.call_fd, fd
+        hook = getattr(self.device, "vring_call_changed", None)
+        if ring.started and hook is not None:  # kernels switch to the new fd first...
+            self._safe("vring_call_changed", hook, ring.index, fd)
+        if old >= 0:  # ...and none may still hold the old number when it is closed
             self._quiesce("SET_VRING_CALL")
-            os.close(ring.call_fd)
-        ring.call_fd = fd
+            os.close(old)
 
     def _set_vring_err(self, msg: Message) -> None:
         ring, fd = self._vring_fd(msg)
@@ -736,6 +781,11 @@ class BackendServer:
     ``client=True``: connect to ``path``, retrying with back-off (0.1 s
     doubling to 1 s), and reconnect the same way after a disconnect.
     ``stop()`` returns within about a second.
+
+    If the device has ``wake_fd()`` and ``service(session)`` (see
+    ``BackendDevice``), the control thread waits on the session's socket and
+    that fd together: a write to the fd runs ``service`` promptly (and it runs
+    at least every ``POLL`` seconds anyway); exceptions from it are logged.
     """
 
     POLL = 0.1  # seconds between checks of the stop flag
@@ -763,6 +813,10 @@ class BackendServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
+        # device wake-up (wake_fd/service), armed per session
+        self._session_sel: selectors.BaseSelector | None = None
+        self._service: Callable[[BackendSession], None] | None = None
+        self._next_service = 0.0
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -846,6 +900,10 @@ class BackendServer:
 
     def _session_gone(self) -> None:
         self.session = None
+        if self._session_sel is not None:
+            self._session_sel.close()
+            self._session_sel = None
+        self._service = None
         self.disconnections += 1
         self._notify()
 
@@ -856,8 +914,54 @@ class BackendServer:
         session = BackendSession(ch, self.device, window_size=self.window_size,
                                  name=f"{self.name} #{self.connections}")
         self.session = self.last_session = session
+        self._arm_wakeup(session)
         log.info("%s: front-end connected (#%d)", self.name, self.connections)
         self._notify()
+
+    def _arm_wakeup(self, session: BackendSession) -> None:
+        """Wait on the device's wake fd with the socket, if it has one."""
+        wake_fd = getattr(self.device, "wake_fd", None)
+        service = getattr(self.device, "service", None)
+        if wake_fd is None or service is None:
+            return
+        sel = selectors.DefaultSelector()
+        try:
+            fd = int(wake_fd())
+            os.set_blocking(fd, False)  # draining must never block the control thread
+            sel.register(session.channel.fileno(), selectors.EVENT_READ, "socket")
+            sel.register(fd, selectors.EVENT_READ, "wake")
+        except Exception:
+            log.exception("%s: device wake fd unusable; serving without it", self.name)
+            sel.close()
+            return
+        self._session_sel, self._service = sel, service
+        self._next_service = time.monotonic()
+
+    def _serve(self, session: BackendSession) -> str:
+        """One round for the live session: a message, the device's service, or
+        neither within POLL.  Returns what ``handle_one`` does."""
+        sel, service = self._session_sel, self._service
+        if sel is None or service is None:
+            return session.handle_one(self.POLL)
+        woke = readable = False
+        for key, _ in sel.select(max(0.0, min(self.POLL, self._next_service - time.monotonic()))):
+            if key.data == "wake":
+                woke = True
+                try:
+                    os.read(key.fd, 8)  # reset the eventfd counter
+                except (BlockingIOError, InterruptedError):
+                    pass  # drained already: a spurious or repeated wake-up
+            else:
+                readable = True
+        if woke or time.monotonic() >= self._next_service:
+            self._next_service = time.monotonic() + self.POLL
+            try:
+                service(session)
+            except Exception:  # a device bug must not kill the control thread
+                log.exception("%s: device service failed", self.name)
+        if readable:
+            return session.handle_one(0)
+        return "closed" if session.closed else "idle"
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -894,7 +998,7 @@ class BackendServer:
                     else:
                         self._accept()
                     continue
-                if session.handle_one(self.POLL) == "closed":
+                if self._serve(session) == "closed":
                     self._session_gone()
                     delay = 0.1
                 else:

@@ -276,6 +276,17 @@ class Channel:
     def closed(self) -> bool:
         return self._sock is None
 
+    def peer_closed(self) -> bool:
+        """True if the peer hung up (EOF or an error is pending); consumes nothing."""
+        if self._sock is None:
+            return True
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
     def close(self) -> None:
         """Close the socket; safe to call more than once and after any error."""
         sock, self._sock = self._sock, None

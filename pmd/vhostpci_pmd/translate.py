@@ -7,8 +7,8 @@ entry, an overflowing ``addr + length`` or a write into a read-only grant all
 give ``-1``: the caller counts it (or, with an IOMMU, sends a MISS and parks
 the descriptor) and never touches the window.
 
-Tables (owned by ``Window``; the control thread rewrites them only while the
-lcores using the port are quiescent):
+Tables (owned by ``Window``; the control thread rewrites them while lcores
+translate, see "Seqlock" below):
 
 - ``table``: ``(N, 4)`` uint64 rows ``[iova_start, iova_last, window_offset,
   perm]``, sorted by ``iova_start``, non-overlapping.  ``iova_last`` is the
@@ -18,8 +18,16 @@ lcores using the port are quiescent):
   so one kernel serves both modes.
 - ``regions``: ``(M, 2)`` uint64 rows ``[gpa_start, gpa_end]``, ``gpa_end``
   exclusive (regions lie inside the window, far below 2**64).
-- counts are 1-element int64 arrays, read with an acquire load so a kernel
-  that polls in a loop sees a new table after its quiescent point.
+- counts are 2-element int64 arrays ``[rows, seq]``.
+
+Seqlock: the writer makes ``seq`` odd, rewrites rows and count, makes it even
+again.  A reader takes ``seq`` (acquire; spins while odd), looks up, then an
+acquire fence (keeps the table loads above it) and re-reads ``seq``; if it
+moved, the lookup may have mixed old and new rows and is retried.  A torn
+lookup never indexes out of bounds: ``rows`` is always at most the table's
+capacity, so garbage only ever yields a wrong value, which the retry discards.
+Removing rows is not enough to unmap: the window revokes pages only after
+the port's lcores are quiescent (``Window.iotlb_invalidate(quiesce=...)``).
 
 All arithmetic is done in uint64 with explicit range checks: descriptor
 addresses and lengths come from an untrusted peer.
@@ -29,25 +37,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..atomics import load_acquire
+from ..atomics import cpu_pause, fence_acquire, load_acquire
 
 PERM_RO = 1
 PERM_WO = 2
 PERM_RW = 3
 
 
-@njit(nogil=True, cache=True)
-def translate(table, count, iova, length, write):
-    """Window offset of ``[iova, iova + length)``, or -1.
-
-    ``-1`` when the range is not inside one table entry, or when ``write`` and
-    the entry is not writable (or not ``write`` and not readable).  ``length``
-    0 checks only that ``iova`` itself is mapped.
-    """
-    n = load_acquire(count, 0)
-    a = np.uint64(iova)
-    ln = np.uint64(length)
-    need = np.uint64(2) if write else np.uint64(1)
+@njit(nogil=True, cache=True, inline="always")
+def _lookup(table, n, a, ln, need):
     # binary search: last row with iova_start <= a
     lo = np.int64(0)
     hi = np.int64(n)
@@ -60,27 +58,65 @@ def translate(table, count, iova, length, write):
     i = lo - 1
     if i < 0:
         return np.int64(-1)
+    start = table[i, 0]
     last = table[i, 1]
-    if a > last:
+    off = table[i, 2]
+    perm = table[i, 3]
+    if a < start or a > last:
         return np.int64(-1)
     # bytes a .. a+ln-1 must end by last; last - a >= 0, so nothing wraps
     if ln > np.uint64(0) and ln - np.uint64(1) > last - a:
         return np.int64(-1)
-    if (table[i, 3] & need) != need:
+    if (perm & need) != need:
         return np.int64(-1)
-    return np.int64(table[i, 2] + (a - table[i, 0]))
+    return np.int64(off + (a - start))
+
+
+@njit(nogil=True, cache=True)
+def translate(table, count, iova, length, write):
+    """Window offset of ``[iova, iova + length)``, or -1.
+
+    ``-1`` when the range is not inside one table entry, or when ``write`` and
+    the entry is not writable (or not ``write`` and not readable).  ``length``
+    0 checks only that ``iova`` itself is mapped.  ``count`` is the window's
+    ``table_count`` ``[rows, seq]``: a lookup that raced a rewrite is retried.
+    """
+    a = np.uint64(iova)
+    ln = np.uint64(length)
+    need = np.uint64(2) if write else np.uint64(1)
+    while True:
+        seq = load_acquire(count, 1)
+        if seq & 1:  # a rewrite is in progress
+            cpu_pause()
+            continue
+        res = _lookup(table, load_acquire(count, 0), a, ln, need)
+        fence_acquire()  # the table loads stay above the re-check
+        if load_acquire(count, 1) == seq:
+            return res
+        cpu_pause()
 
 
 @njit(nogil=True, cache=True)
 def translate_gpa(regions, count, gpa, length):
     """``gpa`` itself (its window offset without an IOMMU) if
-    ``[gpa, gpa + length)`` lies inside one memory region, else -1."""
-    n = load_acquire(count, 0)
+    ``[gpa, gpa + length)`` lies inside one memory region, else -1.
+    ``count`` is the window's ``region_count`` ``[rows, seq]`` (seqlock)."""
     a = np.uint64(gpa)
     ln = np.uint64(length)
-    for i in range(n):
-        start = regions[i, 0]
-        end = regions[i, 1]
-        if a >= start and a < end and ln <= end - a:
-            return np.int64(a)
-    return np.int64(-1)
+    while True:
+        seq = load_acquire(count, 1)
+        if seq & 1:
+            cpu_pause()
+            continue
+        n = load_acquire(count, 0)
+        res = np.int64(-1)
+        for i in range(n):
+            start = regions[i, 0]
+            end = regions[i, 1]
+            if a >= start and a < end and ln <= end - a:
+                res = np.int64(a)
+                break
+        fence_acquire()
+        if load_acquire(count, 1) == seq:
+            return res
+        cpu_pause()

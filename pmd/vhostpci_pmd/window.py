@@ -14,20 +14,34 @@ stray access faults instead of reading memory it should not see.
   and each ``iotlb_invalidate`` maps ``PROT_NONE`` back over them.
 
 Tables (``table``/``table_count``, ``regions``/``region_count``) are numpy
-arrays the kernels hold; this class rewrites them in place.  Changing them (or
-the mappings) while lcores run needs the caller's quiescence: bump the epoch,
-wait for every lcore of the port, then call ``iotlb_invalidate``/``unmap_all``
-(see DESIGN.md, "Invalidate/unmap safety").  This module does not lock.
+arrays the kernels hold; this class rewrites them in place under a seqlock
+(counts are ``[rows, seq]``, see ``translate.py``), so a kernel translating
+concurrently sees the old table or the new one, never a mix.
+
+Removing memory is RCU-ordered: (a) drop the rows (no new translation returns
+them), (b) ``quiesce()`` -- the caller's wait until every lcore of the port
+passed a quiescent point, so lookups made with the old rows are finished --
+(c) only then revoke the pages (``PROT_NONE``).  ``iotlb_invalidate``,
+``iotlb_update`` (which replaces overlapping grants), ``unmap_all`` and
+``reset`` take that ``quiesce`` callable; without one the caller must already
+know no lcore uses the removed ranges.  Single writer: only the control
+thread calls the mutating methods (no lock here).
+
+A port keeps one ``Window`` for its life (kernels hold ``array``): ``reset``
+empties it and switches mode for the next front-end.
 """
 from __future__ import annotations
 
 import ctypes
 import mmap
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..atomics_py import store_flag
 from .translate import PERM_RO, PERM_RW, PERM_WO
 
 PAGE_SIZE = mmap.PAGESIZE
@@ -68,6 +82,24 @@ def _sys_mmap(addr, length, prot, flags, fd, offset, what):
 
 def _aligned(x: int) -> bool:
     return x % PAGE_SIZE == 0
+
+
+@contextmanager
+def _seq_write(count: np.ndarray) -> Iterator[None]:
+    """Seqlock write section on ``count = [rows, seq]``: seq odd inside, even
+    after (also after an exception, or readers would spin forever).
+
+    Python-side stores are plain aligned 8-byte ``mov``s issued in program
+    order (each numpy store is a separate call the C compiler cannot reorder
+    across), and x86 (TSO) never reorders stores with stores, so kernels see
+    seq odd before any row changes and the rows before seq even again.
+    """
+    seq = int(count[1])
+    store_flag(count, 1, seq + 1)
+    try:
+        yield
+    finally:
+        store_flag(count, 1, seq + 2)
 
 
 @dataclass
@@ -143,14 +175,13 @@ class Window:
             raise ValueError(f"compact_size 0x{compact_size:x} must be page-aligned "
                              f"and at most the window size 0x{size:x}")
         self.size = size
-        self.iommu = iommu
-        self.identity_limit = size - compact_size if iommu else size
-        self._compact = _RangeAllocator(self.identity_limit, size)
+        self.compact_size = compact_size
+        self._set_mode(iommu)
         self.regions_list: list[Region] = []
         self.table = np.zeros((table_capacity, 4), dtype=np.uint64)
-        self.table_count = np.zeros(1, dtype=np.int64)
+        self.table_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
         self.regions = np.zeros((max_regions, 2), dtype=np.uint64)
-        self.region_count = np.zeros(1, dtype=np.int64)
+        self.region_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
         self.base = _sys_mmap(None, size, PROT_NONE, _RESERVE_FLAGS, -1, 0,
                               "window reservation")
         self._closed = False
@@ -158,6 +189,11 @@ class Window:
                                    dtype=np.uint8)
 
     # ---------------------------------------------------------------- helpers
+    def _set_mode(self, iommu: bool) -> None:
+        self.iommu = iommu
+        self.identity_limit = self.size - self.compact_size if iommu else self.size
+        self._compact = _RangeAllocator(self.identity_limit, self.size)
+
     def _map_fd(self, offset: int, length: int, fd: int, file_offset: int,
                 prot: int, what: str) -> None:
         _sys_mmap(self.base + offset, length, prot, MAP_SHARED | MAP_FIXED, fd,
@@ -192,12 +228,14 @@ class Window:
                     continue
             merged.append([s, e, off, perm])
         n = len(merged)
-        if n:
-            rows_np = np.array([[s, e - 1, off, perm] for s, e, off, perm in merged],
-                               dtype=np.uint64)  # iova_last: iova_end may be 2**64
-            self.table[:n] = rows_np
-        self.table[n:int(self.table_count[0])] = 0
-        self.table_count[0] = n
+        rows_np = np.array([[s, e - 1, off, perm] for s, e, off, perm in merged],
+                           dtype=np.uint64)  # iova_last: iova_end may be 2**64
+        old = int(self.table_count[0])
+        with _seq_write(self.table_count):
+            if n:
+                self.table[:n] = rows_np
+            self.table[n:old] = 0
+            self.table_count[0] = n
 
     def entries(self) -> list[tuple[int, int, int, int]]:
         """The translation table as Python ints ``(iova, iova_end, offset, perm)``
@@ -240,11 +278,12 @@ class Window:
             self._map_fd(gpa, size, fd, mmap_offset, PROT_READ | PROT_WRITE, name)
         self.regions_list.append(region)
         self.regions_list.sort(key=lambda r: r.gpa)
-        self.regions[: n + 1] = np.array([[r.gpa, r.gpa + r.size] for r in self.regions_list],
-                                         dtype=np.uint64)
+        rows = np.array([[r.gpa, r.gpa + r.size] for r in self.regions_list], dtype=np.uint64)
+        with _seq_write(self.region_count):
+            self.regions[: n + 1] = rows
+            self.region_count[0] = n + 1
         if not self.iommu:
             self._set_rows(self.entries() + [(gpa, gpa + size, gpa, PERM_RW)])
-        self.region_count[0] = n + 1
         return region
 
     map_region = add_region
@@ -257,18 +296,35 @@ class Window:
                 return r.gpa + (uaddr - r.uaddr)
         return -1
 
-    def unmap_all(self) -> None:
-        """Drop every region and grant (new SET_MEM_TABLE, RESET): the whole
-        window is ``PROT_NONE`` again, tables empty, region fds closed."""
+    def _clear_tables(self) -> bool:
+        """Empty both tables (seqlock writes); True if anything was in them."""
+        had = int(self.table_count[0]) > 0 or int(self.region_count[0]) > 0
+        with _seq_write(self.table_count):
+            self.table_count[0] = 0
+            self.table[:] = 0
+        with _seq_write(self.region_count):
+            self.region_count[0] = 0
+            self.regions[:] = 0
+        return had
+
+    def unmap_all(self, *, quiesce: Callable[[], None] | None = None) -> None:
+        """Drop every region and grant (new SET_MEM_TABLE, RESET): tables
+        empty, then ``quiesce()`` (only if something was removed), then the
+        whole window is ``PROT_NONE`` again and region fds are closed."""
         self._check_open()
-        self.table_count[0] = 0
-        self.region_count[0] = 0
-        self.table[:] = 0
-        self.regions[:] = 0
+        if self._clear_tables() and quiesce is not None:
+            quiesce()  # lcores finish lookups made with the old tables
         self._revoke(0, self.size)
         self._compact = _RangeAllocator(self.identity_limit, self.size)
         self._close_region_fds()
         self.regions_list = []
+
+    def reset(self, iommu: bool, *, quiesce: Callable[[], None] | None = None) -> None:
+        """Empty the window (``unmap_all(quiesce=quiesce)``) and switch it to
+        ``iommu`` mode, keeping the reservation, the tables and ``array``, so
+        kernels holding them serve the next front-end unchanged."""
+        self.unmap_all(quiesce=quiesce)
+        self._set_mode(iommu)
 
     def _close_region_fds(self) -> None:
         for r in self.regions_list:
@@ -294,8 +350,12 @@ class Window:
                                  f"size=0x{size:x}) is in no memory region")
         return pieces
 
-    def iotlb_update(self, iova: int, size: int, uaddr: int, perm: int) -> int:
-        """Map a VHOST_IOTLB_UPDATE grant; returns its window offset."""
+    def iotlb_update(self, iova: int, size: int, uaddr: int, perm: int, *,
+                     quiesce: Callable[[], None] | None = None) -> int:
+        """Map a VHOST_IOTLB_UPDATE grant; returns its window offset.
+
+        A grant overlapping earlier ones replaces them: that part is an
+        ``iotlb_invalidate(quiesce=quiesce)`` first."""
         self._check_open()
         what = (f"IOTLB update iova=0x{iova:x} size=0x{size:x} uaddr=0x{uaddr:x} "
                 f"perm={perm}")
@@ -314,7 +374,7 @@ class Window:
                              f"(0x{self.size - self.identity_limit:x} bytes)")
         pieces = self._uaddr_pieces(uaddr, size)  # validates before any change
         # a re-grant replaces whatever overlapped it
-        self.iotlb_invalidate(iova, size)
+        self.iotlb_invalidate(iova, size, quiesce=quiesce)
         if iova + size <= self.identity_limit:
             offset = iova
         else:
@@ -342,34 +402,38 @@ class Window:
             raise
         return offset
 
-    def iotlb_invalidate(self, iova: int, size: int) -> None:
-        """VHOST_IOTLB_INVALIDATE: ``PROT_NONE`` over every granted page in
-        ``[iova, iova+size)`` (rounded out to pages; ``size`` may run to 2**64)
-        and drop or split the table entries."""
+    def iotlb_invalidate(self, iova: int, size: int, *,
+                         quiesce: Callable[[], None] | None = None) -> None:
+        """VHOST_IOTLB_INVALIDATE over ``[iova, iova+size)`` (rounded out to
+        pages; ``size`` may run to 2**64): drop or split the table entries,
+        then ``quiesce()`` (once, only if an entry was removed), then
+        ``PROT_NONE`` over the pages those entries mapped."""
         self._check_open()
         if size <= 0:
             return
         start = max(iova, 0) // PAGE_SIZE * PAGE_SIZE
         end = min(-(-(iova + size) // PAGE_SIZE) * PAGE_SIZE, _U64_LIMIT)
-        rows = self.entries()
         keep = []
-        changed = False
-        for s, e, off, perm in rows:
+        gone: list[tuple[int, int]] = []  # (window offset, length) to revoke
+        for s, e, off, perm in self.entries():
             if e <= start or s >= end:
                 keep.append((s, e, off, perm))
                 continue
-            changed = True
             cs, ce = max(s, start), min(e, end)
             if s < cs:
                 keep.append((s, cs, off, perm))
             if ce < e:
                 keep.append((ce, e, off + (ce - s), perm))
-            woff = off + (cs - s)
-            self._revoke(woff, ce - cs)
+            gone.append((off + (cs - s), ce - cs))
+        if not gone:
+            return
+        self._set_rows(keep)  # (a) no new translation returns these pages
+        if quiesce is not None:
+            quiesce()  # (b) lookups made with the old rows are finished
+        for woff, n in gone:  # (c) now nobody can be using them
+            self._revoke(woff, n)
             if woff >= self.identity_limit:
-                self._compact.free(woff, ce - cs)
-        if changed:
-            self._set_rows(keep)
+                self._compact.free(woff, n)
 
     # ------------------------------------------------------------- teardown
     def close(self) -> None:
@@ -378,8 +442,7 @@ class Window:
         if self._closed:
             return
         self._closed = True
-        self.table_count[0] = 0
-        self.region_count[0] = 0
+        self._clear_tables()
         self.array = None
         if _munmap(self.base, self.size) != 0:
             err = ctypes.get_errno()

@@ -20,6 +20,7 @@ from pmd.vhost_user.backend import (
 )
 from pmd.vhost_user.codec import Channel, VhostUserError
 from pmd.vhost_user.messages import BackendReq, FrontendReq, IotlbType
+from pmd.vhostpci_pmd.window import Window
 
 from .fakes import IOMMU_PLATFORM, MRG_RXBUF, PF, PROTOCOL_FEATURES, VERSION_1, WINDOW, FakeDevice
 
@@ -68,6 +69,20 @@ def handshake(fe: Channel, features: int, protocol: int | None = None) -> tuple[
     pf = fe.call(F.GET_PROTOCOL_FEATURES).u64
     fe.send_message(F.SET_PROTOCOL_FEATURES, m.U64(pf if protocol is None else protocol))
     return offered, pf
+
+
+def readable(addr: int) -> bool:
+    """Whether this process can read the byte at ``addr``: write(2) copies it
+    into a pipe and gets EFAULT instead of the SIGSEGV a direct read would."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    r, w = os.pipe()
+    try:
+        return libc.write(w, ctypes.c_void_p(addr), 1) == 1
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def wait_until(pred, timeout: float = 5.0) -> bool:
@@ -216,12 +231,18 @@ def test_iommu_flow_update_invalidate_and_miss(served):
             off = translate(win.table, win.table_count, iova, 12, True)
             assert off >= 0 and bytes(win.array[off:off + 12]) == b"granted page"
 
+            # RCU order: rows gone before the quiesce, page unmapped only after it
             seen = []
-            dev.on_quiesce = lambda: seen.append(translate(win.table, win.table_count, iova, 1, False))
+            dev.on_quiesce = lambda: seen.append((translate(win.table, win.table_count, iova, 1, False),
+                                                  readable(win.base + off), bytes(win.array[off:off + 12])))
             inv = m.IotlbMsg(iova, 0x1000, 0xDEAD_BEEF, 0x77, IotlbType.INVALIDATE)  # garbage uaddr/perm
             assert fe.call(F.IOTLB_MSG, inv).u64 == 0
-            assert seen == [off], "quiesce ran before the unmap"
+            assert seen == [(-1, True, b"granted page")], "quiesce must come after the table, before the unmap"
             assert translate(win.table, win.table_count, iova, 1, False) == -1
+            assert not readable(win.base + off), "the page is still mapped after the ack"
+            dev.on_quiesce = None
+            assert fe.call(F.IOTLB_MSG, inv).u64 == 0  # nothing left to remove: no quiesce
+            assert len(seen) == 1
 
             bad = m.IotlbMsg(iova, 0x1000, UADDR + size, m.IotlbPerm.RW, IotlbType.UPDATE)  # not in a region
             assert fe.call(F.IOTLB_MSG, bad).u64 != 0
@@ -246,7 +267,10 @@ def test_quiesce_timeout_still_replies(sockdir):
         handshake(fe, 0)
         fe.send_message(F.SET_FEATURES, m.U64(VERSION_1 | PROTOCOL_FEATURES | IOMMU_PLATFORM))
         fe.send_message(F.SET_MEM_TABLE, m.MemTable([m.MemoryRegion(0, 1 << 20, UADDR, 0)]), [ram])
-        inv = m.IotlbMsg(0, 1 << 30, 0, 0, IotlbType.INVALIDATE)
+        upd = m.IotlbMsg(0x1000, 0x1000, UADDR, m.IotlbPerm.RW, IotlbType.UPDATE)
+        assert fe.call(F.IOTLB_MSG, upd).u64 == 0
+        assert "quiesce" not in dev.names()
+        inv = m.IotlbMsg(0, 1 << 30, 0, 0, IotlbType.INVALIDATE)  # removes the grant: quiesces
         assert fe.call(F.IOTLB_MSG, inv).u64 == 0
         assert "quiesce" in dev.names()
     os.close(ram)
@@ -402,6 +426,127 @@ def test_session_directly_over_socketpair():
     finally:
         sess.close()
         fe.close()
+
+
+# --------------------------------------------------------------------------
+# The device's persistent window (window_for) and wake-up fd (wake_fd/service)
+
+
+class WindowDevice(FakeDevice):
+    """A port that keeps one Window for its life and hands it to every session."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.port_window = Window(WINDOW)
+
+    def window_for(self, iommu: bool) -> Window:
+        self.calls.append(("window_for", iommu))
+        return self.port_window
+
+
+def test_device_window_is_reused_reset_and_never_closed(sockdir):
+    from pmd.vhostpci_pmd.translate import translate
+
+    dev = WindowDevice(features=VERSION_1 | IOMMU_PLATFORM)
+    win = dev.port_window
+    array, table, count = win.array, win.table, win.table_count
+    path = os.path.join(sockdir, "w.sock")
+    ram = memfd(1 << 20, b"guest")
+    seen: list[tuple[int, bool]] = []
+    try:
+        with BackendServer(path, dev, window_size=WINDOW) as srv:
+            for round_, iommu in enumerate((False, True, False)):
+                with connect(path) as fe:
+                    handshake(fe, 0)
+                    feats = VERSION_1 | PROTOCOL_FEATURES | (IOMMU_PLATFORM if iommu else 0)
+                    assert ack(fe, F.SET_FEATURES, m.U64(feats)) == 0
+                    mem = m.MemTable([m.MemoryRegion(0, 1 << 20, UADDR, 0)])
+                    assert ack(fe, F.SET_MEM_TABLE, mem, [ram]) == 0
+                    assert srv.session.window is win and dev.window is win and win.iommu == iommu
+                    assert win.array is array and win.table is table and win.table_count is count
+                    if iommu:
+                        upd = m.IotlbMsg(0x10000, 0x1000, UADDR, m.IotlbPerm.RW, IotlbType.UPDATE)
+                        assert fe.call(F.IOTLB_MSG, upd).u64 == 0
+                        off = translate(table, count, 0x10000, 5, False)
+                    else:
+                        off = translate(table, count, 0, 5, False)
+                        # a new table on the same window: rows first, then quiesce, then unmap
+                        dev.on_quiesce = lambda: seen.append((translate(table, count, 0, 1, False),
+                                                              readable(win.base)))
+                        assert ack(fe, F.SET_MEM_TABLE, mem, [ram]) == 0
+                        dev.on_quiesce = None
+                        assert seen[-1] == (-1, True) and srv.session.window is win
+                        off = translate(table, count, 0, 5, False)
+                    assert off >= 0 and bytes(array[off:off + 5]) == b"guest"
+                    dev.on_quiesce = lambda: seen.append((translate(table, count, off, 1, False),
+                                                          readable(win.base + off)))
+                assert srv.wait_for(lambda s: s.disconnections == round_ + 1)
+                dev.on_quiesce = None
+                # disconnect: emptied (the last quiesce saw no rows, memory still there), not closed
+                assert seen[-1] == (-1, True)
+                assert not win._closed and win.entries() == [] and win.region_count[0] == 0
+                assert not readable(win.base + off) and dev.window is None
+        assert ("window_for", True) in dev.calls and not win._closed
+    finally:
+        win.close()
+        os.close(ram)
+
+
+class WakeDevice(FakeDevice):
+    """Has an eventfd its "kernels" write; records when ``service`` runs."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.efd = os.eventfd(0, os.EFD_CLOEXEC)
+        self.serviced: list[float] = []
+        self.fail = False
+
+    def wake_fd(self) -> int:
+        return self.efd
+
+    def service(self, session: BackendSession) -> None:
+        assert isinstance(session, BackendSession)
+        self.serviced.append(time.monotonic())
+        if self.fail:
+            raise RuntimeError("device bug in service")
+
+
+def test_wake_fd_runs_service_promptly(sockdir):
+    dev = WakeDevice()
+    path = os.path.join(sockdir, "wake.sock")
+    srv = BackendServer(path, dev)
+    srv.POLL = 0.5  # periodic service rarely lands within 50 ms of a wake-up by chance
+    try:
+        srv.start()
+        with connect(path) as fe:
+            handshake(fe, 0)
+            assert wait_until(lambda: len(dev.serviced) >= 1, 2.0), "no periodic service"
+            for _ in range(5):
+                time.sleep(0.02)
+                n, t0 = len(dev.serviced), time.monotonic()
+                os.eventfd_write(dev.efd, 1)
+                assert wait_until(lambda: len(dev.serviced) > n, 1.0)
+                assert dev.serviced[n] - t0 < 0.05, dev.serviced[n] - t0
+                assert fe.call(F.GET_QUEUE_NUM).u64 == 2  # messages still served
+            with pytest.raises(BlockingIOError):  # the server drained the counter
+                os.eventfd_read(dev.efd)
+            # periodic: without wake-ups service still runs about every POLL
+            n = len(dev.serviced)
+            assert wait_until(lambda: len(dev.serviced) >= n + 2, 2.0)
+            # a failing service is logged; the control thread and session live on
+            dev.fail = True
+            n = len(dev.serviced)
+            os.eventfd_write(dev.efd, 1)
+            assert wait_until(lambda: len(dev.serviced) > n, 1.0)
+            assert fe.call(F.GET_FEATURES).u64 & VERSION_1
+            assert srv.session is not None and not srv.session.closed
+        assert srv.wait_for(lambda s: s.disconnections == 1)
+        n = len(dev.serviced)
+        time.sleep(0.6)
+        assert len(dev.serviced) == n, "service ran without a session"
+    finally:
+        srv.stop()
+        os.close(dev.efd)
 
 
 # --------------------------------------------------------------------------

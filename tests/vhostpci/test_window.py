@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba import njit
 
 import pmd  # noqa: F401  (numba cache dir)
+from pmd.atomics import load_acquire
 from pmd.vhostpci_pmd.translate import PERM_RO, PERM_RW, PERM_WO, translate, translate_gpa
 from pmd.vhostpci_pmd.window import PAGE_SIZE, Window
 
@@ -358,3 +360,144 @@ def test_translate_inside_a_kernel_with_descriptor_types(ram):
         assert sum_reads(w.table, w.table_count, w.array, addrs, lens) == (8, 3)
         w.iotlb_update(0x20000, PG, UADDR + 2 * PG, PERM_RW)
         assert sum_reads(w.table, w.table_count, w.array, addrs, lens) == (14, 2)
+
+
+# ------------------------------------------- RCU order: rows, quiesce, unmap
+def _readable(w, off):
+    """Whether the window byte at ``off`` can be read: write(2) from it gets
+    EFAULT where a direct read would SIGSEGV."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    r, wr = os.pipe()
+    try:
+        return libc.write(wr, ctypes.c_void_p(w.base + off), 1) == 1
+    finally:
+        os.close(r)
+        os.close(wr)
+
+
+def test_invalidate_quiesces_after_the_table_before_the_unmap(ram):
+    fd, _ = ram
+    with Window(1 << 32, iommu=True) as w:
+        w.add_region(fd, 0, RAM_SIZE, MMAP_OFFSET, UADDR)
+        w.iotlb_update(0x10000, 2 * PG, UADDR + 4 * PG, PERM_RW)
+        w.iotlb_update(0x30000, PG, UADDR, PERM_RW)
+        seen = []
+
+        def quiesce():
+            seen.append((tr(w, 0x10000, 1), tr(w, 0x30000, 1), _readable(w, 0x10000),
+                         _readable(w, 0x10000 + PG), int(w.array[0x10000 + PG])))
+
+        w.iotlb_invalidate(0x10000, 0x30000, quiesce=quiesce)  # both grants, one quiesce
+        assert seen == [(-1, -1, True, True, 6)]
+        assert not _readable(w, 0x10000) and not _readable(w, 0x30000)
+        w.iotlb_invalidate(0x10000, 0x30000, quiesce=quiesce)  # nothing removed: no quiesce
+        assert len(seen) == 1
+        # a re-grant over an existing one goes through the same order
+        w.iotlb_update(0x10000, PG, UADDR, PERM_RO)
+        seen.clear()
+        off = w.iotlb_update(0x10000, PG, UADDR + PG, PERM_RW,
+                             quiesce=lambda: seen.append((tr(w, 0x10000, 1), int(w.array[0x10000]))))
+        assert seen == [(-1, 1)] and off == 0x10000 and w.array[0x10000] == 2
+        w.iotlb_update(0x50000, PG, UADDR, PERM_RW, quiesce=lambda: seen.append("x"))  # no overlap
+        assert len(seen) == 1
+
+
+def test_unmap_all_and_reset_keep_array_and_tables(ram):
+    fd, _ = ram
+    w = Window(1 << 32, iommu=False)
+    try:
+        array, table, count = w.array, w.table, w.table_count
+        regions, rcount = w.regions, w.region_count
+        w.map_region(fd, 0, RAM_SIZE, 0, UADDR)
+        seen = []
+        w.reset(True, quiesce=lambda: seen.append((tr(w, PG, 1), translate_gpa(regions, rcount, PG, 1),
+                                                   _readable(w, PG))))
+        assert seen == [(-1, -1, True)] and not _readable(w, PG)
+        assert w.iommu and w.identity_limit == w.size - w.compact_size
+        assert w.array is array and w.table is table and w.table_count is count
+        assert w.regions is regions and w.region_count is rcount
+        w.add_region(fd, 0, RAM_SIZE, 0, UADDR)
+        off = w.iotlb_update(1 << 40, PG, UADDR + PG, PERM_RW)  # compact area exists now
+        assert off >= w.identity_limit and w.array[off] == 2
+        w.reset(False, quiesce=lambda: seen.append("q"))
+        assert seen[1:] == ["q"] and not w.iommu and w.identity_limit == w.size
+        w.reset(False, quiesce=lambda: seen.append("again"))  # empty: no quiesce
+        assert seen[1:] == ["q"]
+        w.map_region(fd, 0, RAM_SIZE, 0, UADDR)
+        assert tr(w, PG, 1) == PG and w.array[PG] == 2
+    finally:
+        w.close()
+
+
+# ------------------------------------------------ seqlock: no torn lookups
+@njit(nogil=True, cache=True)
+def _watch(table, count, iova, expect, stop, progress, cap):
+    """Translate ``iova`` until ``stop[0]`` (or ``cap`` rounds); returns
+    (wrong, hits, misses): wrong = neither -1 nor ``expect``."""
+    wrong = 0
+    hits = 0
+    misses = 0
+    for i in range(cap):
+        if (i & 1023) == 0:
+            if load_acquire(stop, 0) != 0:
+                break
+            progress[0] = i + 1  # plain store: only read after join
+            progress[1] = 1
+        off = translate(table, count, iova, 8, False)
+        if off == expect:
+            hits += 1
+        elif off == -1:
+            misses += 1
+        else:
+            wrong += 1
+    return wrong, hits, misses
+
+
+def test_seqlock_no_torn_translation_under_rewrites(ram):
+    """A kernel translates one grant while the control thread keeps shifting
+    the table's rows around it (other grants come and go, the watched one is
+    re-granted at the same offset): every answer is the offset or -1."""
+    import threading
+    import time
+
+    fd, _ = ram
+    with Window(1 << 30, iommu=True) as w:
+        w.add_region(fd, 0, RAM_SIZE, 0, UADDR)
+        watched = 1 << 40  # beyond the identity part: a compact offset, unlike its neighbours
+        expect = w.iotlb_update(watched, PG, UADDR, PERM_RW)
+        assert expect == w.identity_limit
+        stop = np.zeros(1, dtype=np.int64)
+        progress = np.zeros(2, dtype=np.int64)
+        out = []
+        _watch(w.table, w.table_count, np.uint64(watched), expect, np.ones(1, np.int64), progress, 1)
+        t = threading.Thread(target=lambda: out.append(
+            _watch(w.table, w.table_count, np.uint64(watched), expect, stop, progress, 1 << 40)))
+        t.start()
+        rewrites = 0
+        try:
+            deadline = time.monotonic() + 3.0
+            while progress[1] == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            end = time.monotonic() + 1.0
+            k = 0
+            while time.monotonic() < end:
+                k += 1
+                # identity grants below the watched IOVA and compact ones above:
+                # row indices shift with every change
+                n = 1 + k % 40
+                for j in range(n):
+                    w.iotlb_update(0x100000 + 2 * j * PG, PG, UADDR + (j % 8) * PG, PERM_RW)
+                w.iotlb_update(watched + (2 + 2 * (k % 5)) * PG, PG, UADDR, PERM_RO)
+                w.iotlb_invalidate(0x100000, 2 * n * PG)
+                w.iotlb_invalidate(watched + PG, 1 << 20)
+                assert w.iotlb_update(watched, PG, UADDR, PERM_RW) == expect  # re-grant, same place
+                rewrites += 2 * n + 4
+        finally:
+            stop[0] = 1
+            t.join(10)
+        assert not t.is_alive()
+        wrong, hits, misses = out[0]
+        assert wrong == 0, (wrong, hits, misses)
+        assert hits > 0 and rewrites > 1000 and progress[0] > 1

@@ -1,0 +1,54 @@
+"""eventfd signalling from inside Numba kernels.
+
+Kicks (driver -> device) and calls (device -> driver) are eventfd writes of
+a u64 1.  A kernel cannot call Python, and a ctypes function pointer in a
+kernel breaks ``cache=True`` (FACTS.md), so libc's ``write``/``read`` are
+declared as external symbols in intrinsics; the process's libc resolves them.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+_VOIDP = ir.IntType(8).as_pointer()
+
+
+def _libc_rw(builder, name: str):
+    fnty = ir.FunctionType(_I64, [_I32, _VOIDP, _I64])
+    return cgutils.get_or_insert_function(builder.module, fnty, name)
+
+
+@intrinsic
+def eventfd_signal(typingctx, fd):
+    """``write(fd, &1, 8)``: add 1 to an eventfd.  Returns write's result
+    (8, or -1 e.g. when the counter would overflow: harmless, the peer is
+    already signalled).  ``fd`` < 0 is the caller's to skip."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, sig, args):
+        slot = cgutils.alloca_once(builder, _I64)
+        builder.store(ir.Constant(_I64, 1), slot)
+        fd32 = builder.trunc(args[0], _I32)
+        return builder.call(_libc_rw(builder, "write"), [fd32, builder.bitcast(slot, _VOIDP), ir.Constant(_I64, 8)])
+
+    return sig, codegen
+
+
+@intrinsic
+def eventfd_drain(typingctx, fd):
+    """``read(fd, &v, 8)`` on a non-blocking eventfd: returns the counter
+    (and resets it), or -1 when it was zero (EAGAIN)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, sig, args):
+        slot = cgutils.alloca_once(builder, _I64)
+        builder.store(ir.Constant(_I64, 0), slot)
+        fd32 = builder.trunc(args[0], _I32)
+        res = builder.call(_libc_rw(builder, "read"), [fd32, builder.bitcast(slot, _VOIDP), ir.Constant(_I64, 8)])
+        ok = builder.icmp_signed("==", res, ir.Constant(_I64, 8))
+        return builder.select(ok, builder.load(slot), ir.Constant(_I64, -1))
+
+    return sig, codegen

@@ -1,0 +1,257 @@
+"""net_vhost_pci: the vhost-pci port, VM2's end of a vhost-user connection.
+
+Devargs: ``path=`` (unix socket, required), ``client=0|1`` (0: we listen and
+VM1's hypervisor connects; 1: we connect and reconnect with back-off),
+``queues=`` (queue pairs), ``iommu_support=0|1`` (offer
+VIRTIO_F_IOMMU_PLATFORM, so VM1 grants memory through IOTLB messages).
+
+The port is the ``BackendDevice`` of a ``BackendServer`` (control thread):
+the session tells it about memory, rings, features and the link, and it
+turns that into the numpy control words its kernels (``vq.py``) read.  The
+window is the port's for its whole life, so the kernel state never changes
+across reconnects; the session only remaps it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..atomics_py import store_flag
+from ..ethdev import LinkStatus, PortDriver, PortError, new_stats, parse_bool, parse_int, register_driver
+from ..vhost_user.backend import BackendServer, BackendSession, VringInfo
+from ..vhost_user.messages import IotlbPerm, ProtocolFeature
+from ..virtio.split import (
+    AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1,
+    VIRTIO_NET_F_MQ, mem_views, net_hdr_len, ring_sizes,
+)
+from .vq import (
+    CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_HDR_LEN, VQ_IOMMU, VQ_LAST_AVAIL,
+    VQ_LAST_USED, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_READY, VQ_USED, XSTAT_NAMES,
+    VhostPciState,
+)
+from .window import Window
+
+log = logging.getLogger("vhostpci.port")
+
+MAX_QUEUE_PAIRS = 16
+WINDOW_SIZE = 1 << 40
+QUIESCE_TIMEOUT_S = 1.0
+MISS_RESEND_S = 0.1  # a MISS with no UPDATE in reply is sent again after this
+
+PF = ProtocolFeature
+PROTOCOL_FEATURES = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask
+
+
+def _queues(text: str) -> int:
+    n = parse_int(text)
+    if not 1 <= n <= MAX_QUEUE_PAIRS:
+        raise ValueError(f"queues must be 1..{MAX_QUEUE_PAIRS}, got {n}")
+    return n
+
+
+def _path(text: str) -> str:
+    if not text:
+        raise ValueError("empty socket path")
+    return text
+
+
+@register_driver
+class VhostPciDriver(PortDriver):
+    """One vhost-pci port; also the vhost-user ``BackendDevice`` of its server."""
+
+    prefix = "net_vhost_pci"
+    devargs = {"path": _path, "client": parse_bool, "queues": _queues, "iommu_support": parse_bool}
+    devarg_defaults = {"path": "", "client": False, "queues": 1, "iommu_support": True}
+
+    def __init__(self, name: str, args: dict) -> None:
+        super().__init__(name, args)
+        if not args["path"]:
+            raise PortError(f"{name}: devarg path=<unix socket> is required")
+        self.nb_rxq = self.nb_txq = args["queues"]
+        nvq = 2 * args["queues"]
+        self.window = Window(WINDOW_SIZE)
+        self.vq = np.zeros((nvq, N_VQ), np.int64)
+        self.vq[:, VQ_CALL_FD] = -1
+        self.xstats = np.zeros((nvq, N_XSTATS), np.int64)
+        self._stats = new_stats(args["queues"])
+        self.ctl = np.full(8, -1, np.int64)
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.ctl[CTL_WAKE_FD] = self._wake_fd
+        self.server: BackendServer | None = None
+        self.quiesce_hook: Callable[[float], None] | None = None  # set by the forwarding runtime
+        self._features = 0
+        self._link = False
+        self._miss_sent: dict[int, float] = {}  # vring -> time of the last MISS sent
+        self.misses_sent = 0
+        self.closed = False
+
+    # ---------------------------------------------------------------- port ops
+    def configure(self, nb_rxq: int, nb_txq: int) -> None:
+        if (nb_rxq, nb_txq) != (self.args["queues"], self.args["queues"]):
+            raise PortError(f"{self.name}: has {self.args['queues']} queue pairs (devarg queues=); "
+                            f"{nb_rxq} rx / {nb_txq} tx asked")
+
+    def start(self) -> None:
+        if self.closed:
+            raise PortError(f"{self.name}: closed")
+        if self.server is not None:
+            return
+        server = BackendServer(self.args["path"], self, client=self.args["client"], name=self.name)
+        try:
+            server.start()
+        except OSError as e:
+            raise PortError(f"{self.name}: cannot listen on {self.args['path']}: {e}") from None
+        self.server = server
+        log.info("%s: vhost-user %s on %s", self.name, "client" if self.args["client"] else "server",
+                 self.args["path"])
+
+    def stop(self) -> None:
+        """Disconnect VM1 and stop serving the socket (port start serves it again)."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+
+    def close(self) -> None:
+        self.stop()
+        if not self.closed:
+            self.closed = True
+            os.close(self._wake_fd)
+            self.ctl[CTL_WAKE_FD] = -1
+            self.window.close()
+
+    def kernel_state(self) -> VhostPciState:
+        if self.window.array is None:
+            raise PortError(f"{self.name}: closed")
+        return VhostPciState(mem_views(self.window.array), self.window.table, self.window.table_count,
+                             self.vq, self.xstats, self._stats, self.ctl, self.port_id)
+
+    def stats_array(self) -> np.ndarray:
+        return self._stats
+
+    def mac(self) -> bytes:
+        return bytes([0x02, 0x56, 0x50, 0x43, 0, int(self.name[len(self.prefix):]) & 0xFF])
+
+    def link(self) -> LinkStatus:
+        return LinkStatus(up=self._link, speed_mbps=10000 if self._link else 0)
+
+    def xstats_totals(self) -> dict[str, int]:
+        totals = self.xstats.sum(axis=0)
+        out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
+        out["iotlb_miss_requests"] = self.misses_sent
+        return out
+
+    def info(self) -> dict:
+        session = self.server.session if self.server is not None else None
+        out = {
+            "socket": f"{self.args['path']} ({'client' if self.args['client'] else 'server'})",
+            "connected": "yes" if session is not None else "no",
+            "features": f"{self._features:#x}",
+            "iommu": "yes" if self._features & (1 << VIRTIO_F_IOMMU_PLATFORM) else "no",
+            "rings ready": int((self.vq[:, VQ_READY] != 0).sum()),
+        }
+        out.update(self.xstats_totals())
+        return out
+
+    # ------------------------------------------------------- BackendDevice
+    def features(self) -> int:
+        f = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_ANY_LAYOUT)
+        if self.args["iommu_support"]:
+            f |= 1 << VIRTIO_F_IOMMU_PLATFORM
+        if self.args["queues"] > 1:
+            f |= 1 << VIRTIO_NET_F_MQ
+        return f
+
+    def protocol_features(self) -> int:
+        return PROTOCOL_FEATURES
+
+    def num_queues(self) -> int:
+        return 2 * self.args["queues"]
+
+    def set_features(self, features: int) -> None:
+        self._features = features
+
+    def window_for(self, iommu: bool) -> Window:
+        return self.window
+
+    def memory_changed(self, window: Window | None) -> None:
+        pass  # the kernels hold the window's tables; nothing else to swap
+
+    def vring_ready(self, index: int, vring: VringInfo) -> None:
+        addr = vring.addr
+        assert addr is not None
+        iommu = bool(self._features & (1 << VIRTIO_F_IOMMU_PLATFORM))
+        desc, avail, used = addr.desc_user_addr, addr.avail_user_addr, addr.used_user_addr
+        sizes = ring_sizes(vring.num)
+        if not iommu:  # ring addresses are VM1's virtual addresses: make them GPAs
+            gpas = [self.window.uaddr_to_gpa(a, n) for a, n in zip((desc, avail, used), sizes)]
+            if min(gpas) < 0:
+                log.error("%s: vring %d addresses desc=%#x avail=%#x used=%#x are outside VM1 memory; "
+                          "ring not started", self.name, index, desc, avail, used)
+                return
+            desc, avail, used = gpas
+        for what, a, align in (("desc", desc, DESC_ALIGN), ("avail", avail, AVAIL_ALIGN), ("used", used, USED_ALIGN)):
+            if a % align:
+                log.error("%s: vring %d %s address %#x is not %d-aligned; ring not started",
+                          self.name, index, what, a, align)
+                return
+        row = self.vq[index]
+        row[VQ_NUM] = vring.num
+        row[VQ_DESC], row[VQ_AVAIL], row[VQ_USED] = (np.int64(np.uint64(a)) for a in (desc, avail, used))
+        row[VQ_LAST_AVAIL] = row[VQ_LAST_USED] = vring.base & 0xFFFF
+        row[VQ_CALL_FD] = vring.call_fd
+        row[VQ_HDR_LEN] = net_hdr_len(self._features)
+        row[VQ_IOMMU] = int(iommu)
+        row[VQ_MISS_PENDING] = 0
+        store_flag(self.vq[index], VQ_READY, 1)
+        log.info("%s: vring %d ready (num %d, base %d%s)", self.name, index, vring.num, vring.base,
+                 ", iommu" if iommu else "")
+
+    def vring_stopped(self, index: int) -> int:
+        store_flag(self.vq[index], VQ_READY, 0)
+        self.quiesce()
+        return int(self.vq[index, VQ_LAST_AVAIL])
+
+    def vring_call_changed(self, index: int, fd: int) -> None:
+        """A new call eventfd (the session closes the old one after quiesce)."""
+        self.vq[index, VQ_CALL_FD] = fd
+
+    def status_changed(self, status: int) -> None:
+        pass
+
+    def link_changed(self, up: bool) -> None:
+        self._link = up
+        log.info("%s: link %s", self.name, "up" if up else "down")
+
+    def quiesce(self) -> None:
+        hook = self.quiesce_hook
+        if hook is not None:
+            hook(QUIESCE_TIMEOUT_S)
+
+    def iotlb_updated(self, iova: int, size: int) -> None:
+        # Let kernels raise a new miss if they still need one.
+        for v in range(len(self.vq)):
+            if self.vq[v, VQ_MISS_PENDING]:
+                self._miss_sent.pop(v, None)
+                store_flag(self.vq[v], VQ_MISS_PENDING, 0)
+
+    def wake_fd(self) -> int:
+        return self._wake_fd
+
+    def service(self, session: BackendSession) -> None:
+        """Send the IOTLB misses the kernels parked on (and re-send stale ones)."""
+        now = time.monotonic()
+        for v in range(len(self.vq)):
+            if not self.vq[v, VQ_MISS_PENDING]:
+                continue
+            sent = self._miss_sent.get(v)
+            if sent is not None and now - sent < MISS_RESEND_S:
+                continue
+            iova = int(self.vq[v, VQ_MISS_IOVA]) & (2 ** 64 - 1)
+            perm = IotlbPerm.WO if self.vq[v, VQ_MISS_WRITE] else IotlbPerm.RO
+            if session.send_iotlb_miss(iova, perm):
+                self.misses_sent += 1
+            self._miss_sent[v] = now

@@ -1,0 +1,454 @@
+"""net_virtio_user: a port that plays VM1 (vhost-user front-end + virtio-net driver).
+
+Devargs (as DPDK's virtio-user, plus the emulated IOMMU): ``path=`` (the
+back-end's socket), ``server=0|1`` (1: we listen, the back-end connects),
+``queues=``, ``queue_size=``, ``mrg_rxbuf=0|1`` (ask for mergeable rx
+buffers), ``iommu=off|static|buffers|transient``, ``mem=`` (guest RAM
+layout, see ``layout.py``).
+
+IOMMU modes (VIRTIO_F_IOMMU_PLATFORM; IOVA = GPA):
+- ``static``: all RAM granted read-write at connect;
+- ``buffers``: only the rings and the packet buffers, each with its
+  direction's permission (tx buffers RO, rx buffers WO);
+- ``transient``: the rings; each buffer is granted just before the device
+  sees it and revoked (INVALIDATE, acked) once the device returned it.
+MISSes are answered with the grant that covers the address if the mode
+allows it, else refused (counted).
+
+A control thread connects (or accepts), negotiates like QEMU, then serves
+the back-end's requests and the transient grants; it reconnects after a
+disconnect.  The kernels (``vq.py``) never wait for it except, in transient
+mode, for the grant of the buffers they post.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import threading
+from typing import Callable
+
+import numpy as np
+
+from ..atomics_py import store_flag
+from ..ethdev import LinkStatus, PortDriver, PortError, new_stats, parse_bool, parse_int, register_driver
+from ..vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
+from ..vhost_user.messages import VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm, ProtocolFeature
+from ..vhostpci_pmd.window import Window
+from ..virtio.split import (
+    VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+    VRING_AVAIL_F_NO_INTERRUPT, mem_views, net_hdr_len,
+)
+from .guest_memory import PAGE_SIZE, GuestMemory
+from .layout import DEFAULT_MEM, Placer, RingPlace, parse_mem
+from .vq import (
+    CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_BUF, VQ_DESC, VQ_DONE_TAIL, VQ_FREE_TOP, VQ_HDR_LEN, VQ_KICK_FD,
+    VQ_MAP_DONE, VQ_NUM, VQ_POSTED, VQ_READY, VQ_STAGE_TAIL, VQ_STRIDE, VQ_TRANSIENT, VQ_UNMAP_DONE, VQ_USED, XSTAT_NAMES,
+    VirtioUserState,
+)
+
+log = logging.getLogger("vhostpci.port")
+
+IOMMU_MODES = ("off", "static", "buffers", "transient")
+BUF_STRIDE = PAGE_SIZE  # one buffer per page: a grant exposes exactly one buffer
+MAX_QUEUE_PAIRS = 16
+PF = ProtocolFeature
+WANT_PROTOCOL = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask
+STATUS_DRIVER_OK = 1 | 2 | 8 | 4  # ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+POLL_S = 0.1
+RECONNECT_MAX_S = 1.0
+
+
+def _iommu(text: str) -> str:
+    if text not in IOMMU_MODES:
+        raise ValueError(f"iommu must be one of {', '.join(IOMMU_MODES)}")
+    return text
+
+
+def _queue_size(text: str) -> int:
+    n = parse_int(text)
+    if n < 2 or n > 32768 or n & (n - 1):
+        raise ValueError(f"queue_size must be a power of two in 2..32768, got {n}")
+    return n
+
+
+def _queues(text: str) -> int:
+    n = parse_int(text)
+    if not 1 <= n <= MAX_QUEUE_PAIRS:
+        raise ValueError(f"queues must be 1..{MAX_QUEUE_PAIRS}, got {n}")
+    return n
+
+
+def _path(text: str) -> str:
+    if not text:
+        raise ValueError("empty socket path")
+    return text
+
+
+def _mem(text: str) -> list[tuple[int, int]]:
+    return parse_mem(text)
+
+
+@register_driver
+class VirtioUserDriver(PortDriver):
+    """VM1's virtio-net device, driven from our own lcores."""
+
+    prefix = "net_virtio_user"
+    devargs = {"path": _path, "server": parse_bool, "queues": _queues, "queue_size": _queue_size,
+               "mrg_rxbuf": parse_bool, "iommu": _iommu, "mem": _mem}
+    devarg_defaults = {"path": "", "server": False, "queues": 1, "queue_size": 256, "mrg_rxbuf": False,
+                       "iommu": "off", "mem": parse_mem(DEFAULT_MEM)}
+
+    def __init__(self, name: str, args: dict) -> None:
+        super().__init__(name, args)
+        if not args["path"]:
+            raise PortError(f"{name}: devarg path=<unix socket> is required")
+        self.nb_rxq = self.nb_txq = args["queues"]
+        self.mode = args["iommu"]
+        num = args["queue_size"]
+        nvq = 2 * args["queues"]
+        try:
+            self.memory = GuestMemory(args["mem"], name=f"{name}-ram")
+        except (ValueError, OSError) as e:
+            raise PortError(f"{name}: guest memory: {e}") from None
+        self._closers: list[Callable[[], None]] = [self.memory.close]
+        try:
+            top = max(r.gpa + r.size for r in self.memory.regions)
+            self.view = Window(-(-top // PAGE_SIZE) * PAGE_SIZE)  # our own RAM, at offset = GPA
+            self._closers.insert(0, self.view.close)
+            for r in self.memory.regions:
+                self.view.add_region(r.fd, r.gpa, r.size, 0, r.userspace_addr)
+            placer = Placer(args["mem"])
+            self.places = [placer.ring(num, BUF_STRIDE) for _ in range(nvq)]
+        except (ValueError, OSError) as e:
+            self.close()
+            raise PortError(f"{name}: {e}") from None
+        self.vq = np.zeros((nvq, N_VQ), np.int64)
+        self.free = np.zeros((nvq, num), np.int32)
+        self.stage = np.zeros((nvq, num), np.int32)
+        self.done = np.zeros((nvq, num), np.int32)
+        self.owned = np.zeros((nvq, num), np.uint8)
+        self.xstats = np.zeros((nvq, N_XSTATS), np.int64)
+        self._stats = new_stats(args["queues"])
+        self.ctl = np.full(8, -1, np.int64)
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.ctl[CTL_WAKE_FD] = self._wake_fd
+        self._kick = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nvq)]
+        self._call = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nvq)]
+        self._closers.insert(0, self._close_fds)
+        self._init_rings()
+        self.grants: dict[int, tuple[int, int]] = {}  # live transient buffer grants: iova -> (size, perm)
+        self.session: FrontendSession | None = None
+        self.features = 0
+        self.connections = 0
+        self.misses_granted = 0
+        self.misses_refused = 0
+        self.grants_sent = 0
+        self.invalidates_sent = 0
+        self._link = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._listener: FrontendListener | None = None
+        self.closed = False
+
+    # ---------------------------------------------------------------- setup
+    def _init_rings(self) -> None:
+        num = self.args["queue_size"]
+        for v, p in enumerate(self.places):
+            self.memory.view(p.desc, p.used_end - p.desc)[:] = 0
+            self.memory.write(p.avail, VRING_AVAIL_F_NO_INTERRUPT.to_bytes(2, "little"))  # we poll
+            row = self.vq[v]
+            row[VQ_NUM] = num
+            row[VQ_DESC], row[VQ_AVAIL], row[VQ_USED] = p.desc, p.avail, p.used
+            row[VQ_BUF], row[VQ_STRIDE] = p.buf, p.stride
+            row[VQ_KICK_FD] = self._kick[v]
+            row[VQ_TRANSIENT] = int(self.mode == "transient")
+            self.free[v] = np.arange(num, dtype=np.int32)[::-1]
+            row[VQ_FREE_TOP] = num
+
+    def _close_fds(self) -> None:
+        for fd in [self._wake_fd, *self._kick, *self._call]:
+            os.close(fd)
+        self.ctl[CTL_WAKE_FD] = -1
+        self.vq[:, VQ_KICK_FD] = -1
+
+    # ---------------------------------------------------------------- port ops
+    def configure(self, nb_rxq: int, nb_txq: int) -> None:
+        if (nb_rxq, nb_txq) != (self.args["queues"], self.args["queues"]):
+            raise PortError(f"{self.name}: has {self.args['queues']} queue pairs (devarg queues=); "
+                            f"{nb_rxq} rx / {nb_txq} tx asked")
+
+    def start(self) -> None:
+        if self.closed:
+            raise PortError(f"{self.name}: closed")
+        if self._thread is not None:
+            return
+        if self.args["server"]:
+            try:
+                self._listener = FrontendListener(self.args["path"], timeout=POLL_S)
+            except OSError as e:
+                raise PortError(f"{self.name}: cannot listen on {self.args['path']}: {e}") from None
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"virtio-user-ctl {self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            if self._thread.is_alive():
+                log.error("%s: control thread did not stop", self.name)
+            self._thread = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def close(self) -> None:
+        if getattr(self, "closed", False):
+            return
+        self.stop() if hasattr(self, "_stop") else None
+        self.closed = True
+        for fn in self._closers:
+            try:
+                fn()
+            except Exception as e:  # keep releasing the rest
+                log.error("%s: close: %s", self.name, e)
+        self._closers = []
+
+    def kernel_state(self) -> VirtioUserState:
+        if self.closed:
+            raise PortError(f"{self.name}: closed")
+        return VirtioUserState(mem_views(self.view.array), self.vq, self.free, self.stage, self.done, self.owned,
+                               self.xstats, self._stats, self.ctl, self.port_id)
+
+    def stats_array(self) -> np.ndarray:
+        return self._stats
+
+    def mac(self) -> bytes:
+        return bytes([0x02, 0x56, 0x55, 0x53, 0, int(self.name[len(self.prefix):]) & 0xFF])
+
+    def link(self) -> LinkStatus:
+        return LinkStatus(up=self._link, speed_mbps=10000 if self._link else 0)
+
+    def wait_link(self, up: bool = True, timeout: float = 5.0) -> bool:
+        """Wait until the link is ``up`` (tests, demo); False on timeout."""
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.01)):
+            if self._link == up:
+                return True
+            deadline.wait(0.01)
+        return self._link == up
+
+    def rx_buffers_posted(self, queue: int = 0) -> int:
+        """Receive buffers the device can fill now on ``queue`` (posted, not yet used)."""
+        row = self.vq[2 * queue]
+        return int(row[VQ_POSTED] - row[VQ_DONE_TAIL])
+
+    def xstats_totals(self) -> dict[str, int]:
+        totals = self.xstats.sum(axis=0)
+        out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
+        out.update(iotlb_grants_sent=self.grants_sent, iotlb_invalidates_sent=self.invalidates_sent,
+                   iotlb_misses_granted=self.misses_granted, iotlb_misses_refused=self.misses_refused)
+        return out
+
+    def info(self) -> dict:
+        out = {
+            "socket": f"{self.args['path']} ({'server' if self.args['server'] else 'client'})",
+            "connected": "yes" if self.session is not None else "no",
+            "features": f"{self.features:#x}",
+            "iommu": self.mode,
+            "guest memory": ", ".join(f"[{r.gpa:#x}, {r.gpa + r.size:#x})" for r in self.memory.regions),
+        }
+        out.update(self.xstats_totals())
+        return out
+
+    # ---------------------------------------------------------------- control thread
+    def _run(self) -> None:
+        delay = 0.05
+        while not self._stop.is_set():
+            session = self._connect()
+            if session is None:
+                self._stop.wait(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            self.connections += 1
+            try:
+                self._negotiate(session)
+                self.session = session
+                self._link = True
+                log.info("%s: connected to %s (features %#x, iommu %s)", self.name, self.args["path"],
+                         self.features, self.mode)
+                delay = 0.05
+                self._serve(session)
+            except (FrontendError, OSError, ValueError) as e:
+                log.warning("%s: vhost-user connection: %s", self.name, e)
+            except Exception:  # the control thread must survive anything
+                log.exception("%s: control thread error", self.name)
+            finally:
+                self._link = False
+                self.session = None
+                session.close()
+                self._unmap_all_pending()
+            if not self._stop.is_set():
+                self._stop.wait(delay)
+
+    def _connect(self) -> FrontendSession | None:
+        try:
+            if self._listener is not None:
+                return self._listener.accept(POLL_S)
+            return FrontendSession.connect(self.args["path"], timeout=POLL_S)
+        except FrontendError:
+            return None
+
+    def _negotiate(self, s: FrontendSession) -> None:
+        """QEMU's order: features, owner, protocol features, queues, back-end
+        channel, memory, grants, then each ring."""
+        offered = s.get_features()
+        want = (1 << VIRTIO_F_VERSION_1) | (offered & (1 << VIRTIO_F_ANY_LAYOUT))
+        if self.args["queues"] > 1:
+            want |= 1 << VIRTIO_NET_F_MQ
+        if self.args["mrg_rxbuf"] and offered & (1 << VIRTIO_NET_F_MRG_RXBUF):
+            want |= 1 << VIRTIO_NET_F_MRG_RXBUF
+        if self.mode != "off":
+            want |= 1 << VIRTIO_F_IOMMU_PLATFORM
+        missing = want & ~offered
+        if missing:
+            raise FrontendError(f"back-end offers features {offered:#x}, lacking {missing:#x} (needed for "
+                                f"queues={self.args['queues']}, iommu={self.mode})")
+        s.set_owner()
+        protocol = 0
+        if offered & (1 << VHOST_USER_F_PROTOCOL_FEATURES):
+            want |= 1 << VHOST_USER_F_PROTOCOL_FEATURES
+            protocol = s.get_protocol_features() & WANT_PROTOCOL
+            s.set_protocol_features(protocol)
+        nvq = 2 * self.args["queues"]
+        if protocol & PF.MQ.mask and s.get_queue_num() < nvq:
+            raise FrontendError(f"back-end has fewer than the {nvq} vrings queues={self.args['queues']} needs")
+        if protocol & PF.BACKEND_REQ.mask:
+            s.set_backend_req_fd()
+        elif self.mode != "off":
+            log.warning("%s: back-end has no request channel: it cannot report IOTLB misses", self.name)
+        s.set_features(want)
+        self.features = want
+        s.set_mem_table(self.memory)
+        for iova, size, perm in self._standing_grants():
+            self._grant(s, iova, size, perm)
+        for iova, (size, perm) in list(self.grants.items()):  # transient grants still in flight
+            self._grant(s, iova, size, perm)
+        hdr = net_hdr_len(want)
+        for v, p in enumerate(self.places):
+            self.vq[v, VQ_HDR_LEN] = hdr
+            used_idx = int.from_bytes(self.memory.read(p.used + 2, 2), "little")
+            s.set_vring_num(v, p.num)
+            s.set_vring_base(v, used_idx)  # the device resumes after what it returned
+            s.set_vring_addr(v, *(self._ring_addr(a) for a in (p.desc, p.used, p.avail)))
+            s.set_vring_kick(v, self._kick[v])
+            s.set_vring_call(v, self._call[v])
+            if want & (1 << VHOST_USER_F_PROTOCOL_FEATURES):
+                s.set_vring_enable(v, True)
+            store_flag(self.vq[v], VQ_READY, 1)
+        if protocol & PF.STATUS.mask:
+            s.set_status(STATUS_DRIVER_OK)
+
+    def _ring_addr(self, gpa: int) -> int:
+        """What SET_VRING_ADDR carries: our virtual address, or the IOVA with an IOMMU."""
+        return gpa if self.mode != "off" else self.memory.gpa_to_uaddr(gpa)
+
+    def _standing_grants(self) -> list[tuple[int, int, int]]:
+        """(iova, size, perm) granted for the whole connection in this mode."""
+        if self.mode == "off":
+            return []
+        if self.mode == "static":
+            return [(r.gpa, r.size, IotlbPerm.RW) for r in self.memory.regions]
+        out = []
+        for v, p in enumerate(self.places):
+            out.append((p.desc, p.ro_end - p.desc, IotlbPerm.RO))
+            out.append((p.used, p.used_end - p.used, IotlbPerm.RW))
+            if self.mode == "buffers":
+                out.append((p.buf, p.buf_end - p.buf, self._buf_perm(v)))
+        return out
+
+    @staticmethod
+    def _buf_perm(v: int) -> IotlbPerm:
+        return IotlbPerm.WO if v % 2 == 0 else IotlbPerm.RO  # rx rings are even
+
+    def _grant(self, s: FrontendSession, iova: int, size: int, perm: int) -> None:
+        s.iotlb_update(iova, size, self.memory.gpa_to_uaddr(iova, size), perm)
+        self.grants_sent += 1
+
+    def _serve(self, s: FrontendSession) -> None:
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(self._wake_fd, selectors.EVENT_READ, "wake")
+            sel.register(s.channel.fileno(), selectors.EVENT_READ, "main")
+            if s.backend_channel is not None:
+                sel.register(s.backend_channel.fileno(), selectors.EVENT_READ, "backend")
+            while not self._stop.is_set():
+                for key, _ in sel.select(POLL_S):
+                    if key.data == "wake":
+                        try:
+                            os.eventfd_read(self._wake_fd)
+                        except BlockingIOError:
+                            pass
+                    elif key.data == "backend":
+                        s.poll_backend_requests(self._on_miss, timeout=0.0)
+                    elif key.data == "main" and s.channel.peer_closed():
+                        raise FrontendError("back-end closed the connection")
+                if self.mode == "transient":
+                    self._service_transient(s)
+        finally:
+            sel.close()
+
+    def _on_miss(self, iova: int, perm: int) -> bool:
+        s = self.session
+        for start, size, gperm in self._standing_grants() + [(i, sz, p) for i, (sz, p) in self.grants.items()]:
+            if start <= iova < start + size:
+                if s is not None:
+                    self._grant(s, start, size, gperm)
+                self.misses_granted += 1
+                return True
+        self.misses_refused += 1
+        log.warning("%s: IOTLB miss at %#x refused: not granted in iommu=%s", self.name, iova, self.mode)
+        return False
+
+    def _service_transient(self, s: FrontendSession | None) -> None:
+        """Grant what the kernels staged, revoke what the device returned."""
+        for v, p in enumerate(self.places):
+            row = self.vq[v]
+            mask = p.num - 1
+            tail, done = int(row[VQ_STAGE_TAIL]), int(row[VQ_MAP_DONE])
+            if tail != done:
+                for iova, size in _runs([p.buf + int(self.stage[v, k & mask]) * p.stride
+                                         for k in range(done, tail)], p.stride):
+                    for k in range(iova, iova + size, p.stride):
+                        self.grants[k] = (p.stride, self._buf_perm(v))
+                    if s is not None:
+                        self._grant(s, iova, size, self._buf_perm(v))
+                store_flag(row, VQ_MAP_DONE, tail)
+            tail, done = int(row[VQ_DONE_TAIL]), int(row[VQ_UNMAP_DONE])
+            if tail != done:
+                for iova, size in _runs([p.buf + int(self.done[v, k & mask]) * p.stride
+                                         for k in range(done, tail)], p.stride):
+                    for k in range(iova, iova + size, p.stride):
+                        self.grants.pop(k, None)
+                    if s is not None:
+                        s.iotlb_invalidate(iova, size)
+                        self.invalidates_sent += 1
+                store_flag(row, VQ_UNMAP_DONE, tail)
+
+    def _unmap_all_pending(self) -> None:
+        """Disconnected: the back-end's grants died with it; let the kernels go on."""
+        if self.mode == "transient" and not self.closed:
+            self._service_transient(None)
+
+
+def _runs(addrs: list[int], stride: int) -> list[tuple[int, int]]:
+    """Coalesce buffer addresses into contiguous (start, size) runs: one
+    IOTLB message per run (the back-end splits a grant on a partial revoke)."""
+    runs: list[list[int]] = []
+    for a in sorted(set(addrs)):
+        if runs and runs[-1][0] + runs[-1][1] == a:
+            runs[-1][1] += stride
+        else:
+            runs.append([a, stride])
+    return [(a, n) for a, n in runs]

@@ -1,0 +1,79 @@
+"""Where the virtio-user port puts its rings and buffers in guest memory.
+
+The ``mem=`` devarg gives the GPA layout (``SIZE@GPA`` items separated by
+``/``, e.g. ``32M@0/32M@0x100000000``: two regions with a hole between).
+Rings go low, packet buffers high, so a default port exercises both sides
+of the hole; every ring part and buffer area is page-aligned so the
+emulated IOMMU can grant each with its own permission.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .guest_memory import PAGE_SIZE
+
+DEFAULT_MEM = "32M@0/32M@0x100000000"
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_mem(text: str) -> list[tuple[int, int]]:
+    """``SIZE@GPA[/SIZE@GPA...]`` -> [(gpa, size), ...]; ValueError names the bad item."""
+    out = []
+    for item in text.split("/"):
+        m = re.fullmatch(r"\s*(\d+)([KMG]?)@(0x[0-9a-fA-F]+|\d+)\s*", item)
+        if not m:
+            raise ValueError(f"memory region {item!r}: expected SIZE@GPA, e.g. 32M@0x100000000")
+        size = int(m.group(1)) * _UNITS[m.group(2)]
+        gpa = int(m.group(3), 0)
+        if size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE:
+            raise ValueError(f"memory region {item!r}: size and gpa must be page multiples")
+        out.append((gpa, size))
+    return out
+
+
+def _page_up(n: int) -> int:
+    return -(-n // PAGE_SIZE) * PAGE_SIZE
+
+
+@dataclass
+class RingPlace:
+    """GPAs of one vring's parts and its buffers."""
+
+    desc: int
+    avail: int
+    used: int
+    ro_end: int  # desc..ro_end is device-readable (desc table, avail ring)
+    used_end: int
+    buf: int
+    stride: int
+    num: int
+
+    @property
+    def buf_end(self) -> int:
+        return self.buf + self.stride * self.num
+
+
+class Placer:
+    """Bump allocator over the regions: ``low`` from the first, ``high`` from the last."""
+
+    def __init__(self, layout: list[tuple[int, int]]) -> None:
+        self.free = [[gpa, gpa + size] for gpa, size in sorted(layout)]
+
+    def take(self, size: int, high: bool) -> int:
+        size = _page_up(size)
+        for r in (reversed(self.free) if high else self.free):
+            if r[1] - r[0] >= size:
+                if high:
+                    r[1] -= size
+                    return r[1]
+                r[0] += size
+                return r[0] - size
+        raise ValueError(f"guest memory too small: no room for {size:#x} more bytes (enlarge mem=)")
+
+    def ring(self, num: int, stride: int) -> RingPlace:
+        desc = self.take(_page_up(16 * num) + _page_up(6 + 2 * num) + _page_up(6 + 8 * num), high=False)
+        avail = desc + _page_up(16 * num)
+        used = avail + _page_up(6 + 2 * num)
+        buf = self.take(stride * num, high=True)
+        return RingPlace(desc, avail, used, used, used + _page_up(6 + 8 * num), buf, stride, num)

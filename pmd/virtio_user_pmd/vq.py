@@ -1,0 +1,268 @@
+"""Driver-side split-ring kernels of the virtio-user port (VM1's virtio-net).
+
+Descriptor ``id`` always owns buffer ``id`` (``buf + id * stride`` in guest
+memory), one descriptor per packet: header and data together.  A buffer
+goes round a pipeline of three single-producer FIFOs of ids, so that the
+emulated IOMMU's control thread can grant a buffer before the device sees
+it and revoke it after the device returned it (iommu=transient):
+
+    free stack --kernel stages--> stage FIFO --control maps--> (MAP_DONE)
+      --kernel posts to avail ring--> device --used ring, kernel reaps-->
+    done FIFO --control unmaps--> (UNMAP_DONE) --kernel frees--> free stack
+
+Without transient mappings the kernel moves MAP_DONE and UNMAP_DONE itself,
+so the same code serves every mode.  Counters are free-running int64;
+``vq`` rows hold them (and the ring addresses, all guest-physical: this
+side reads its own RAM through a window mapped at GPA offsets).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from ..atomics import fence, load_acquire, memcpy, store_release
+from ..burst import register_burst
+from ..ethdev import (
+    ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF,
+)
+from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
+from ..syscalls import eventfd_signal
+from ..virtio.split import (
+    VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, Mem, set_avail_entry, set_desc, used_entry_id,
+    used_entry_len,
+)
+
+# vq control columns
+(VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_BUF, VQ_STRIDE, VQ_IOVA_DELTA, VQ_HDR_LEN, VQ_KICK_FD,
+ VQ_TRANSIENT, VQ_AVAIL_IDX, VQ_LAST_USED, VQ_FREE_TOP) = range(14)
+# FIFO counters, each on its own cache line (kernel vs control thread)
+VQ_STAGE_TAIL, VQ_MAP_DONE, VQ_POSTED = 16, 24, 17
+VQ_DONE_TAIL, VQ_UNMAP_DONE, VQ_FREED = 32, 40, 33
+N_VQ = 48
+
+XS_BAD_USED, XS_TOO_BIG, XS_KICKS = range(3)
+N_XSTATS = 4
+XSTAT_NAMES = ("bad_used_entries", "too_big", "kicks")
+
+CTL_WAKE_FD = 0
+
+
+class VirtioUserState(NamedTuple):
+    mem: Mem  # guest RAM by GPA
+    vq: np.ndarray  # (nb_vrings, N_VQ) int64
+    free: np.ndarray  # (nb_vrings, num) int32 stack of descriptor ids
+    stage: np.ndarray  # (nb_vrings, num) int32 FIFO
+    done: np.ndarray  # (nb_vrings, num) int32 FIFO
+    owned: np.ndarray  # (nb_vrings, num) uint8: 1 while the device holds the id
+    xstats: np.ndarray  # (nb_vrings, N_XSTATS) int64
+    stats: np.ndarray  # (nb_queue_pairs, N_STATS) int64
+    ctl: np.ndarray  # int64[8]
+    port_id: int
+
+
+@njit(nogil=True, cache=True)
+def _wake(st):
+    """Wake the control thread (transient grants/revokes to send)."""
+    fd = st.ctl[CTL_WAKE_FD]
+    if fd >= 0:
+        eventfd_signal(fd)
+
+
+@njit(nogil=True, cache=True)
+def _push_done(st, v, i):
+    """The device returned id ``i``; False if it was not the device's to
+    return (out of range or returned twice): counted, ignored."""
+    row = st.vq[v]
+    if i >= row[VQ_NUM] or st.owned[v, i] == 0:
+        st.xstats[v, XS_BAD_USED] += 1
+        return False
+    st.owned[v, i] = 0
+    num = row[VQ_NUM]
+    t = row[VQ_DONE_TAIL]
+    st.done[v, t & (num - 1)] = i
+    row[VQ_DONE_TAIL] = t + 1
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _recycle(st, v):
+    """Done ids the control thread has unmapped go back on the free stack."""
+    row = st.vq[v]
+    num = row[VQ_NUM]
+    if row[VQ_TRANSIENT] == 0:
+        row[VQ_UNMAP_DONE] = row[VQ_DONE_TAIL]
+    elif row[VQ_DONE_TAIL] != load_acquire(row, VQ_UNMAP_DONE):
+        _wake(st)  # returned buffers to revoke
+    upto = load_acquire(row, VQ_UNMAP_DONE)
+    f = row[VQ_FREED]
+    top = row[VQ_FREE_TOP]
+    while f < upto:
+        st.free[v, top] = st.done[v, f & (num - 1)]
+        top += 1
+        f += 1
+    row[VQ_FREED] = f
+    row[VQ_FREE_TOP] = top
+
+
+@njit(nogil=True, cache=True)
+def _stage(st, v, i):
+    row = st.vq[v]
+    t = row[VQ_STAGE_TAIL]
+    st.owned[v, i] = 1
+    st.stage[v, t & (row[VQ_NUM] - 1)] = i
+    store_release(row, VQ_STAGE_TAIL, t + 1)
+
+
+@njit(nogil=True, cache=True)
+def _post(st, v):
+    """Make staged (and, if transient, mapped) ids available; kick once."""
+    row = st.vq[v]
+    num = row[VQ_NUM]
+    if row[VQ_TRANSIENT] == 0:
+        row[VQ_MAP_DONE] = row[VQ_STAGE_TAIL]
+    elif row[VQ_STAGE_TAIL] != load_acquire(row, VQ_MAP_DONE):
+        _wake(st)  # staged buffers to grant
+    upto = load_acquire(row, VQ_MAP_DONE)
+    p = row[VQ_POSTED]
+    if p == upto:
+        return
+    m = st.mem
+    idx = row[VQ_AVAIL_IDX]
+    avail = row[VQ_AVAIL]
+    while p < upto:
+        set_avail_entry(m, avail, idx & (num - 1), st.stage[v, p & (num - 1)])
+        idx += 1
+        p += 1
+    row[VQ_POSTED] = p
+    row[VQ_AVAIL_IDX] = idx
+    store_release(m.u16, (avail + 2) >> 1, np.uint16(idx & 0xFFFF))
+    fd = row[VQ_KICK_FD]
+    if fd >= 0:
+        fence()  # pairs with the device's fence after arming notifications
+        if not load_acquire(m.u16, row[VQ_USED] >> 1) & VRING_USED_F_NO_NOTIFY:
+            eventfd_signal(fd)
+            st.xstats[v, XS_KICKS] += 1
+
+
+@njit(nogil=True, cache=True)
+def _buf_gpa(row, i):
+    return row[VQ_BUF] + i * row[VQ_STRIDE]
+
+
+@njit(nogil=True, cache=True)
+def xmit(st, v, q, pool, bufs, nb):
+    """``bufs[:nb]`` -> transmit ring ``v``; returns how many were taken."""
+    row = st.vq[v]
+    if load_acquire(row, VQ_READY) == 0:
+        return 0
+    m = st.mem
+    num = row[VQ_NUM]
+    used_idx = np.int64(load_acquire(m.u16, (row[VQ_USED] + 2) >> 1))
+    last = row[VQ_LAST_USED]
+    while last != used_idx:  # reap what the device sent
+        _push_done(st, v, used_entry_id(m, row[VQ_USED], last & (num - 1)))
+        last = (last + 1) & 0xFFFF
+    row[VQ_LAST_USED] = last
+    _recycle(st, v)
+    hdr = row[VQ_HDR_LEN]
+    room = row[VQ_STRIDE] - hdr
+    top = row[VQ_FREE_TOP]
+    taken = 0
+    sent = 0
+    nbytes = 0
+    while taken < nb and top > 0:
+        k = bufs[taken]
+        taken += 1
+        ln = np.int64(pool.data_len[k])
+        if ln > room:
+            st.xstats[v, XS_TOO_BIG] += 1
+            st.stats[q, ST_OERRORS] += 1
+            continue
+        top -= 1
+        i = np.int64(st.free[v, top])
+        gpa = _buf_gpa(row, i)
+        m.u8[gpa:gpa + hdr] = 0
+        memcpy(m.u8, gpa + hdr, pool.data, mbuf_offset(pool, k), ln)
+        set_desc(m, row[VQ_DESC], i, gpa + row[VQ_IOVA_DELTA], hdr + ln, 0, 0)
+        _stage(st, v, i)
+        sent += 1
+        nbytes += ln
+    row[VQ_FREE_TOP] = top
+    _post(st, v)
+    free_bulk(pool, bufs, taken)
+    st.stats[q, ST_OPACKETS] += sent
+    st.stats[q, ST_OBYTES] += nbytes
+    return taken
+
+
+@njit(nogil=True, cache=True)
+def recv(st, v, q, pool, bufs, nb):
+    """Receive ring ``v`` -> up to ``nb`` mbufs; refills the ring."""
+    row = st.vq[v]
+    if load_acquire(row, VQ_READY) == 0:
+        return 0
+    m = st.mem
+    num = row[VQ_NUM]
+    used = row[VQ_USED]
+    last = row[VQ_LAST_USED]
+    n = (np.int64(load_acquire(m.u16, (used + 2) >> 1)) - last) & 0xFFFF
+    n = min(n, nb)
+    got = 0
+    nbytes = 0
+    if n > 0:
+        if not alloc_bulk(pool, bufs, n):
+            st.stats[q, ST_RX_NOMBUF] += n
+            n = 0
+        hdr = row[VQ_HDR_LEN]
+        room = pool.buf_size - HEADROOM
+        for _ in range(n):
+            slot = last & (num - 1)
+            i = used_entry_id(m, used, slot)
+            ln = used_entry_len(m, used, slot) - hdr
+            last = (last + 1) & 0xFFFF
+            if not _push_done(st, v, i):
+                st.stats[q, ST_IERRORS] += 1
+                continue
+            if ln < 0 or ln > row[VQ_STRIDE] - hdr or ln > room:
+                st.xstats[v, XS_BAD_USED] += 1
+                st.stats[q, ST_IERRORS] += 1
+                continue
+            k = bufs[got]
+            memcpy(pool.data, mbuf_offset(pool, k), m.u8, _buf_gpa(row, i) + hdr, ln)
+            pool.data_len[k] = ln
+            pool.port[k] = st.port_id
+            nbytes += ln
+            got += 1
+        if got < n:
+            free_bulk(pool, bufs[got:], n - got)
+        row[VQ_LAST_USED] = last
+    _recycle(st, v)
+    top = row[VQ_FREE_TOP]
+    stride = row[VQ_STRIDE]
+    while top > 0:  # refill: every free buffer goes back to the device
+        top -= 1
+        i = np.int64(st.free[v, top])
+        set_desc(m, row[VQ_DESC], i, _buf_gpa(row, i) + row[VQ_IOVA_DELTA], stride, VRING_DESC_F_WRITE, 0)
+        _stage(st, v, i)
+    row[VQ_FREE_TOP] = top
+    _post(st, v)
+    if st.vq[v + 1, VQ_TRANSIENT] != 0:
+        _post(st, v + 1)  # tx buffers granted since the last transmit: rx is polled even when tx is idle
+    st.stats[q, ST_IPACKETS] += got
+    st.stats[q, ST_IBYTES] += nbytes
+    return got
+
+
+@njit(nogil=True, cache=True)
+def virtio_user_rx(st, q, pool, bufs, nb):
+    return recv(st, 2 * q, q, pool, bufs, nb)
+
+
+@njit(nogil=True, cache=True)
+def virtio_user_tx(st, q, pool, bufs, nb):
+    return xmit(st, 2 * q + 1, q, pool, bufs, nb)
+
+
+register_burst(VirtioUserState, virtio_user_rx, virtio_user_tx)

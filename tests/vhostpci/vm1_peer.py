@@ -1,0 +1,73 @@
+"""VM1 in its own process: a virtio-user port that sends sequence-numbered,
+CRC-protected packets and checks every one that comes back.
+
+    python -m tests.vhostpci.vm1_peer --path SOCK --count N [--iommu MODE] [--server]
+
+Prints one JSON line: sent, received, bad (CRC mismatch), duplicates,
+missing, and the port's xstats.  Exit 0 when the run finished (whatever
+the counts; the test judges them), 1 when the link never came up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from pmd.ethdev import Port, parse_vdev
+from pmd.mbuf import create_pool
+from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--path", required=True)
+    ap.add_argument("--iommu", default="off")
+    ap.add_argument("--server", action="store_true")
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=0, help="packet size (0: vary 64..1514)")
+    ap.add_argument("--window", type=int, default=32, help="packets in flight at most")
+    ap.add_argument("--timeout", type=float, default=30.0)
+    a = ap.parse_args(argv)
+    vdev = f"net_virtio_user0,path={a.path},iommu={a.iommu},server={int(a.server)}"
+    port = Port(0, parse_vdev(vdev))
+    pool = create_pool(4096)
+    result: dict = {"vdev": vdev}
+    try:
+        port.start()
+        if not port.driver.wait_link(True, a.timeout):
+            print(json.dumps({**result, "error": "link never came up"}), flush=True)
+            return 1
+        deadline = time.monotonic() + a.timeout
+        while port.driver.rx_buffers_posted() < port.driver.args["queue_size"] and time.monotonic() < deadline:
+            recv(port, pool)  # posts (and, in transient mode, gets granted) every rx buffer first
+            time.sleep(0.001)
+        seen: set[int] = set()
+        bad = dups = sent = 0
+        started = time.monotonic()
+        while len(seen) < a.count and time.monotonic() < deadline:
+            want = min(a.window - (sent - len(seen) - bad), a.count - sent, 32)
+            if want > 0:
+                pkts = [make_packet(s, a.size or 64 + (s * 97) % 1451) for s in range(sent, sent + want)]
+                sent += send(port, pool, pkts)
+            for pkt in recv(port, pool):
+                seq = check_packet(pkt)
+                if seq < 0:
+                    bad += 1
+                elif seq in seen:
+                    dups += 1
+                else:
+                    seen.add(seq)
+            if sent - len(seen) - bad >= a.window:
+                time.sleep(0.0002)
+        result.update(sent=sent, received=len(seen), bad=bad, duplicates=dups,
+                      missing=sent - len(seen), seconds=round(time.monotonic() - started, 3),
+                      xstats=port.driver.xstats_totals())
+        print(json.dumps(result), flush=True)
+        return 0
+    finally:
+        port.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
