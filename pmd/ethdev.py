@@ -126,6 +126,10 @@ class PortDriver(ABC):
         """Driver-specific lines for ``show port info``."""
         return {}
 
+    def xstats(self) -> dict[str, int]:
+        """Driver-specific counters (``show port xstats``), totals over queues."""
+        return {}
+
     def drain(self, pool) -> int:
         """Free buffers the device still holds (e.g. queued in a ring) after
         stop; returns how many.  Drivers that hold none keep this default."""

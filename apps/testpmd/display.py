@@ -78,6 +78,14 @@ def port_info(port: Port) -> str:
     return "\n".join(lines)
 
 
+def port_xstats(port: Port) -> str:
+    """testpmd's ``show port xstats``: the basic counters, then the driver's own."""
+    lines = [f"###### NIC extended statistics for port {port.port_id}"]
+    lines += [f"{k}: {v}" for k, v in port.stats().totals.items()]
+    lines += [f"{k}: {v}" for k, v in port.driver.xstats().items()]
+    return "\n".join(lines)
+
+
 def fwd_config(mode: str, burst: int, nb_cores: int, ports: list[int], streams: list[StreamInfo]) -> str:
     """testpmd's ``show config fwd`` block (also printed by ``start``)."""
     lcores = sorted({s.lcore for s in streams})

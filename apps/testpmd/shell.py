@@ -28,7 +28,7 @@ _PORT_LIST = "PORTS"  # completion placeholder: "all" plus the port ids
 _TREE: dict = {
     "start": ("tx_first",),
     "stop": None,
-    "show": {"port": {"stats": _PORT_LIST, "info": _PORT_LIST}, "config": ("fwd",)},
+    "show": {"port": {"stats": _PORT_LIST, "info": _PORT_LIST, "xstats": _PORT_LIST}, "config": ("fwd",)},
     "clear": {"port": {"stats": _PORT_LIST}},
     "set": {"fwd": MODE_NAMES, "burst": None, "txpkts": None, "nbcore": None},
     "port": {"start": _PORT_LIST, "stop": _PORT_LIST, "close": _PORT_LIST, "attach": None, "detach": _PORT_LIST},
@@ -170,7 +170,7 @@ class TestpmdShell(cmd.Cmd):
 
     # ---- show / clear --------------------------------------------------
     def do_show(self, arg: str) -> None:
-        """show port stats|info all|N, show config fwd."""
+        """show port stats|info|xstats all|N, show config fwd."""
         words = arg.split()
         if words == ["config", "fwd"]:
             self._print_fwd_config()
@@ -180,8 +180,11 @@ class TestpmdShell(cmd.Cmd):
         elif len(words) == 3 and words[:2] == ["port", "info"]:
             for pid in self._ports(words[2]):
                 print(display.port_info(self.fwd.ports[pid]))
+        elif len(words) == 3 and words[:2] == ["port", "xstats"]:
+            for pid in self._ports(words[2]):
+                print(display.port_xstats(self.fwd.ports[pid]))
         else:
-            raise BadArguments("usage: show port stats|info all|N, show config fwd")
+            raise BadArguments("usage: show port stats|info|xstats all|N, show config fwd")
 
     def _print_fwd_config(self) -> None:
         c = self.fwd.config

@@ -475,8 +475,8 @@ class BackendSession:
     def _maybe_start(self, ring: VringInfo) -> None:
         if ring.started or not ring.kick_set or ring.addr is None or not self._ring_enabled(ring):
             return
+        self.device.vring_ready(ring.index, ring)  # may refuse (HandlerError): the ring stays stopped
         ring.started = True
-        self.device.vring_ready(ring.index, ring)
         self._update_link()
 
     def _stop(self, ring: VringInfo) -> int:
@@ -838,6 +838,11 @@ class BackendServer:
                 self._thread = None
         if self._thread is None:
             self._teardown()
+
+    @property
+    def stopped(self) -> bool:
+        """No control thread runs (never started, or stopped and torn down)."""
+        return self._thread is None
 
     def __enter__(self) -> BackendServer:
         self.start()

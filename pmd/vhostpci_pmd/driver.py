@@ -22,7 +22,7 @@ import numpy as np
 
 from ..atomics_py import store_flag
 from ..ethdev import LinkStatus, PortDriver, PortError, new_stats, parse_bool, parse_int, register_driver
-from ..vhost_user.backend import BackendServer, BackendSession, VringInfo
+from ..vhost_user.backend import BackendServer, BackendSession, HandlerError, VringInfo
 from ..vhost_user.messages import IotlbPerm, ProtocolFeature
 from ..virtio.split import (
     AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1,
@@ -76,7 +76,7 @@ class VhostPciDriver(PortDriver):
         self.window = Window(WINDOW_SIZE)
         self.vq = np.zeros((nvq, N_VQ), np.int64)
         self.vq[:, VQ_CALL_FD] = -1
-        self.xstats = np.zeros((nvq, N_XSTATS), np.int64)
+        self._xstats = np.zeros((nvq, N_XSTATS), np.int64)
         self._stats = new_stats(args["queues"])
         self.ctl = np.full(8, -1, np.int64)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -111,9 +111,11 @@ class VhostPciDriver(PortDriver):
 
     def stop(self) -> None:
         """Disconnect VM1 and stop serving the socket (port start serves it again)."""
-        server, self.server = self.server, None
-        if server is not None:
-            server.stop()
+        if self.server is not None:
+            self.server.stop()
+            if not self.server.stopped:
+                raise PortError(f"{self.name}: control thread did not stop; socket {self.args['path']} kept")
+            self.server = None
 
     def close(self) -> None:
         self.stop()
@@ -127,7 +129,7 @@ class VhostPciDriver(PortDriver):
         if self.window.array is None:
             raise PortError(f"{self.name}: closed")
         return VhostPciState(mem_views(self.window.array), self.window.table, self.window.table_count,
-                             self.vq, self.xstats, self._stats, self.ctl, self.port_id)
+                             self.vq, self._xstats, self._stats, self.ctl, self.port_id)
 
     def stats_array(self) -> np.ndarray:
         return self._stats
@@ -138,8 +140,8 @@ class VhostPciDriver(PortDriver):
     def link(self) -> LinkStatus:
         return LinkStatus(up=self._link, speed_mbps=10000 if self._link else 0)
 
-    def xstats_totals(self) -> dict[str, int]:
-        totals = self.xstats.sum(axis=0)
+    def xstats(self) -> dict[str, int]:
+        totals = self._xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
         out["iotlb_miss_requests"] = self.misses_sent
         return out
@@ -153,7 +155,7 @@ class VhostPciDriver(PortDriver):
             "iommu": "yes" if self._features & (1 << VIRTIO_F_IOMMU_PLATFORM) else "no",
             "rings ready": int((self.vq[:, VQ_READY] != 0).sum()),
         }
-        out.update(self.xstats_totals())
+        out.update(self.xstats())
         return out
 
     # ------------------------------------------------------- BackendDevice
@@ -189,15 +191,12 @@ class VhostPciDriver(PortDriver):
         if not iommu:  # ring addresses are VM1's virtual addresses: make them GPAs
             gpas = [self.window.uaddr_to_gpa(a, n) for a, n in zip((desc, avail, used), sizes)]
             if min(gpas) < 0:
-                log.error("%s: vring %d addresses desc=%#x avail=%#x used=%#x are outside VM1 memory; "
-                          "ring not started", self.name, index, desc, avail, used)
-                return
+                raise HandlerError(f"vring {index} addresses desc={desc:#x} avail={avail:#x} used={used:#x} "
+                                   "are outside VM1 memory")
             desc, avail, used = gpas
         for what, a, align in (("desc", desc, DESC_ALIGN), ("avail", avail, AVAIL_ALIGN), ("used", used, USED_ALIGN)):
             if a % align:
-                log.error("%s: vring %d %s address %#x is not %d-aligned; ring not started",
-                          self.name, index, what, a, align)
-                return
+                raise HandlerError(f"vring {index} {what} address {a:#x} is not {align}-aligned")
         row = self.vq[index]
         row[VQ_NUM] = vring.num
         row[VQ_DESC], row[VQ_AVAIL], row[VQ_USED] = (np.int64(np.uint64(a)) for a in (desc, avail, used))

@@ -128,7 +128,7 @@ class VirtioUserDriver(PortDriver):
         self.stage = np.zeros((nvq, num), np.int32)
         self.done = np.zeros((nvq, num), np.int32)
         self.owned = np.zeros((nvq, num), np.uint8)
-        self.xstats = np.zeros((nvq, N_XSTATS), np.int64)
+        self._xstats = np.zeros((nvq, N_XSTATS), np.int64)
         self._stats = new_stats(args["queues"])
         self.ctl = np.full(8, -1, np.int64)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -219,7 +219,7 @@ class VirtioUserDriver(PortDriver):
         if self.closed:
             raise PortError(f"{self.name}: closed")
         return VirtioUserState(mem_views(self.view.array), self.vq, self.free, self.stage, self.done, self.owned,
-                               self.xstats, self._stats, self.ctl, self.port_id)
+                               self._xstats, self._stats, self.ctl, self.port_id)
 
     def stats_array(self) -> np.ndarray:
         return self._stats
@@ -244,8 +244,8 @@ class VirtioUserDriver(PortDriver):
         row = self.vq[2 * queue]
         return int(row[VQ_POSTED] - row[VQ_DONE_TAIL])
 
-    def xstats_totals(self) -> dict[str, int]:
-        totals = self.xstats.sum(axis=0)
+    def xstats(self) -> dict[str, int]:
+        totals = self._xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
         out.update(iotlb_grants_sent=self.grants_sent, iotlb_invalidates_sent=self.invalidates_sent,
                    iotlb_misses_granted=self.misses_granted, iotlb_misses_refused=self.misses_refused)
@@ -259,7 +259,7 @@ class VirtioUserDriver(PortDriver):
             "iommu": self.mode,
             "guest memory": ", ".join(f"[{r.gpa:#x}, {r.gpa + r.size:#x})" for r in self.memory.regions),
         }
-        out.update(self.xstats_totals())
+        out.update(self.xstats())
         return out
 
     # ---------------------------------------------------------------- control thread

@@ -64,10 +64,10 @@ def test_qemu_front_end_with_the_port(fwd, sockdir, paused):
         else:
             assert wait(lambda: port.link().up, 30.0), "DRIVER_OK / rings never came"
             assert wait(lambda: port.stats().ipackets >= 1 and port.stats().opackets >= 1, 60.0), \
-                f"no firmware packet through the port: {port.stats().totals} {port.driver.xstats_totals()}"
+                f"no firmware packet through the port: {port.stats().totals} {port.driver.xstats()}"
             st = port.stats()
             assert st.ierrors == st.oerrors == 0
-            xs = port.driver.xstats_totals()
+            xs = port.driver.xstats()
             assert xs["bad_descriptors"] == xs["bad_ring"] == xs["too_big"] == 0, xs
             assert qemu.poll() is None
         qemu.kill()  # VM1 dies: the port goes down, the app lives on

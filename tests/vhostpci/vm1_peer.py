@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.0002)
         result.update(sent=sent, received=len(seen), bad=bad, duplicates=dups,
                       missing=sent - len(seen), seconds=round(time.monotonic() - started, 3),
-                      xstats=port.driver.xstats_totals())
+                      xstats=port.driver.xstats())
         print(json.dumps(result), flush=True)
         return 0
     finally:
