@@ -69,8 +69,10 @@ class FrontendSession:
         self.closed = False
 
     @classmethod
-    def connect(cls, path: str | os.PathLike, timeout: float = 5.0) -> FrontendSession:
-        """Connect to a listening back-end, retrying until ``timeout`` (it may not be up yet)."""
+    def connect(cls, path: str | os.PathLike, timeout: float = 5.0,
+                request_timeout: float | None = None) -> FrontendSession:
+        """Connect to a listening back-end, retrying until ``timeout`` (it may not be up yet).
+        Requests then wait ``request_timeout`` (default: ``timeout``) for their replies."""
         path = os.fspath(path)
         deadline = time.monotonic() + timeout
         while True:
@@ -79,7 +81,8 @@ class FrontendSession:
                 sock.settimeout(max(deadline - time.monotonic(), 0.01))
                 sock.connect(path)
                 sock.settimeout(None)
-                return cls(_channel(sock, timeout), timeout=timeout)
+                rt = timeout if request_timeout is None else request_timeout
+                return cls(_channel(sock, rt), timeout=rt)
             except OSError as e:
                 sock.close()
                 if time.monotonic() >= deadline:
@@ -284,9 +287,11 @@ def _channel(sock: socket.socket, timeout: float) -> Channel:
 class FrontendListener:
     """Server mode: listen on ``path`` and accept back-ends (which connect as clients)."""
 
-    def __init__(self, path: str | os.PathLike, *, timeout: float = 5.0) -> None:
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 5.0,
+                 request_timeout: float | None = None) -> None:
         self.path = os.fspath(path)
         self.timeout = timeout
+        self.request_timeout = timeout if request_timeout is None else request_timeout
         try:
             if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
                 raise FileExistsError(f"{self.path} exists and is not a socket")
@@ -312,7 +317,7 @@ class FrontendListener:
         except TimeoutError:
             raise FrontendError(f"no back-end connected to {self.path} in time") from None
         sock.setblocking(True)
-        return FrontendSession(_channel(sock, self.timeout), timeout=self.timeout)
+        return FrontendSession(_channel(sock, self.request_timeout), timeout=self.request_timeout)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

@@ -56,6 +56,7 @@ PF = ProtocolFeature
 WANT_PROTOCOL = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask
 STATUS_DRIVER_OK = 1 | 2 | 8 | 4  # ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
 POLL_S = 0.1
+REQUEST_TIMEOUT_S = 5.0  # a back-end busy compiling its kernels can be slow to reply
 RECONNECT_MAX_S = 1.0
 
 
@@ -185,7 +186,7 @@ class VirtioUserDriver(PortDriver):
             return
         if self.args["server"]:
             try:
-                self._listener = FrontendListener(self.args["path"], timeout=POLL_S)
+                self._listener = FrontendListener(self.args["path"], timeout=POLL_S, request_timeout=REQUEST_TIMEOUT_S)
             except OSError as e:
                 raise PortError(f"{self.name}: cannot listen on {self.args['path']}: {e}") from None
         self._stop.clear()
@@ -296,7 +297,7 @@ class VirtioUserDriver(PortDriver):
         try:
             if self._listener is not None:
                 return self._listener.accept(POLL_S)
-            return FrontendSession.connect(self.args["path"], timeout=POLL_S)
+            return FrontendSession.connect(self.args["path"], timeout=POLL_S, request_timeout=REQUEST_TIMEOUT_S)
         except FrontendError:
             return None
 
