@@ -26,11 +26,12 @@ from ..vhost_user.backend import BackendServer, BackendSession, HandlerError, Vr
 from ..vhost_user.messages import IotlbPerm, ProtocolFeature
 from ..virtio.split import (
     AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1,
-    VIRTIO_NET_F_MQ, mem_views, net_hdr_len, ring_sizes,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, mem_views,
+    net_hdr_len, ring_sizes,
 )
 from .vq import (
-    CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_HDR_LEN, VQ_IOMMU, VQ_LAST_AVAIL,
-    VQ_LAST_USED, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_READY, VQ_USED, XSTAT_NAMES,
+    CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IOMMU,
+    VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_READY, VQ_USED, XSTAT_NAMES,
     VhostPciState,
 )
 from .window import Window
@@ -160,7 +161,8 @@ class VhostPciDriver(PortDriver):
 
     # ------------------------------------------------------- BackendDevice
     def features(self) -> int:
-        f = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_ANY_LAYOUT)
+        f = ((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_ANY_LAYOUT) | (1 << VIRTIO_NET_F_MRG_RXBUF)
+             | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX))
         if self.args["iommu_support"]:
             f |= 1 << VIRTIO_F_IOMMU_PLATFORM
         if self.args["queues"] > 1:
@@ -204,6 +206,8 @@ class VhostPciDriver(PortDriver):
         row[VQ_CALL_FD] = vring.call_fd
         row[VQ_HDR_LEN] = net_hdr_len(self._features)
         row[VQ_IOMMU] = int(iommu)
+        row[VQ_MRG] = int(bool(self._features & (1 << VIRTIO_NET_F_MRG_RXBUF)))
+        row[VQ_EVENT_IDX] = int(bool(self._features & (1 << VIRTIO_RING_F_EVENT_IDX)))
         row[VQ_MISS_PENDING] = 0
         store_flag(self.vq[index], VQ_READY, 1)
         log.info("%s: vring %d ready (num %d, base %d%s)", self.name, index, vring.num, vring.base,

@@ -32,26 +32,26 @@ from ..ethdev import (
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
 from ..syscalls import eventfd_signal
 from ..virtio.split import (
-    NET_HDR_NUM_BUFFERS, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    DESC_SIZE, NET_HDR_NUM_BUFFERS, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, Mem, avail_entry, desc_addr, desc_flags, desc_len,
-    desc_next, set_used_entry,
+    desc_next, set_used_entry, used_entry_id,
 )
 from .translate import translate
 
 # vq control columns
 VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_CALL_FD = range(8)
-VQ_HDR_LEN, VQ_IOMMU, VQ_MISS_PENDING, VQ_MISS_IOVA, VQ_MISS_WRITE = range(8, 13)
-N_VQ = 16
+VQ_HDR_LEN, VQ_IOMMU, VQ_MISS_PENDING, VQ_MISS_IOVA, VQ_MISS_WRITE, VQ_MRG, VQ_EVENT_IDX = range(8, 15)
+N_VQ = 24
 
 # extended per-vring counters
-XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_KICKS_SEEN = range(6)
+XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED = range(6)
 N_XSTATS = 8
-XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls", "kicks")
+XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls", "merged_rx_buffers")
 
 # wake-up control (state.ctl)
 CTL_WAKE_FD = 0
 
-# results of a chain copy (>= 0: bytes)
+# results of a chain walk (>= 0: bytes)
 R_BAD, R_MISS, R_TOO_BIG = -1, -2, -3
 
 
@@ -105,7 +105,7 @@ def _ring_offsets(st, v, num):
 @njit(nogil=True, cache=True)
 def _buffer(st, v, addr, length, write):
     """Window offset of one descriptor's buffer; on failure raise the miss
-    (IOMMU) and return -2, or return -1 (bad)."""
+    (IOMMU) and return R_MISS, or return R_BAD."""
     off = translate(st.table, st.tcount, addr, length, write)
     if off >= 0:
         return off
@@ -116,86 +116,140 @@ def _buffer(st, v, addr, length, write):
 
 
 @njit(nogil=True, cache=True)
-def _copy_chain_out(st, v, desc, num, head, pool, dst, room):
-    """Copy the chain at ``head`` (device-readable) past the net header into
-    ``pool.data[dst:]``; returns the packet length or an R_* code."""
+def _resolve(st, v, desc, num, head):
+    """The descriptor table a chain lives in: ``(table_offset, size, first)``,
+    the ring's own table or an indirect one (2.7.5.3); ``(R_*, 0, 0)`` if bad."""
     m = st.mem
-    skip = st.vq[v, VQ_HDR_LEN]
-    i = head
-    total = np.int64(0)
-    for _hop in range(num):
-        if i >= num:
-            return R_BAD
-        flags = desc_flags(m, desc, i)
-        if flags & (VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT):
-            return R_BAD
-        addr = desc_addr(m, desc, i)
-        ln = desc_len(m, desc, i)
-        s = min(skip, ln)
-        skip -= s
-        ln -= s
-        if ln > 0:
-            off = _buffer(st, v, addr + np.uint64(s), ln, False)
-            if off < 0:
-                return off
-            if total + ln > room:
-                return R_TOO_BIG
-            memcpy(pool.data, dst + total, m.u8, off, ln)
-            total += ln
-        if not flags & VRING_DESC_F_NEXT:
-            return total
-        i = desc_next(m, desc, i)
-    return R_BAD  # longer than the ring: a loop
+    if head >= num:
+        return np.int64(R_BAD), np.int64(0), np.int64(0)
+    flags = desc_flags(m, desc, head)
+    if not flags & VRING_DESC_F_INDIRECT:
+        return desc, num, head
+    ln = desc_len(m, desc, head)
+    if flags & VRING_DESC_F_NEXT or ln == 0 or ln % DESC_SIZE or ln > DESC_SIZE * 32768:
+        return np.int64(R_BAD), np.int64(0), np.int64(0)
+    off = _buffer(st, v, desc_addr(m, desc, head), ln, False)
+    if off < 0 or off % DESC_SIZE:
+        return np.int64(R_BAD if off >= 0 else off), np.int64(0), np.int64(0)
+    return off, ln // DESC_SIZE, np.int64(0)
+
+
+# The virtio-net header (5.1.6) travels as mbuf metadata (ol_flags):
+# flags | gso_type << 8 | gso_size << 16 | csum_start << 32 | csum_offset << 48
+# (hdr_len is recomputable; num_buffers belongs to the ring, not the packet).
+@njit(nogil=True, cache=True, inline="always")
+def _hdr_shift(pos):
+    if pos < 2:
+        return pos * 8
+    if 4 <= pos < 10:
+        return (pos - 2) * 8
+    return -1
 
 
 @njit(nogil=True, cache=True)
-def _copy_chain_in(st, v, desc, num, head, pool, src, length):
-    """Write the net header and ``pool.data[src:src+length]`` into the chain
-    at ``head`` (device-writable); returns bytes written or an R_* code."""
+def _copy_chain_out(st, v, tbl, n, first, pool, mbuf, room):
+    """Copy the device-readable chain at ``first`` of table ``tbl`` into
+    mbuf ``mbuf`` (the net header into its ol_flags); returns the packet
+    length or an R_* code."""
     m = st.mem
     hdr = st.vq[v, VQ_HDR_LEN]
-    need = hdr + length
-    i = head
-    done = np.int64(0)  # bytes of header + packet written
-    for _hop in range(num):
-        if i >= num:
+    dst = mbuf_offset(pool, mbuf)
+    i = first
+    pos = np.int64(0)  # bytes of the chain consumed
+    total = np.int64(0)  # bytes of packet copied
+    ol = np.uint64(0)
+    for _hop in range(n):
+        if i >= n:
             return R_BAD
-        flags = desc_flags(m, desc, i)
-        if flags & VRING_DESC_F_INDIRECT or not flags & VRING_DESC_F_WRITE:
+        flags = desc_flags(m, tbl, i)
+        if flags & (VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT):
             return R_BAD
-        ln = min(desc_len(m, desc, i), need - done)
+        ln = desc_len(m, tbl, i)
         if ln > 0:
-            off = _buffer(st, v, desc_addr(m, desc, i), ln, True)
+            off = _buffer(st, v, desc_addr(m, tbl, i), ln, False)
             if off < 0:
                 return off
             k = np.int64(0)
-            while done < hdr and k < ln:  # header bytes: zero, num_buffers = 1
-                m.u8[off + k] = 1 if (done == NET_HDR_NUM_BUFFERS and hdr > NET_HDR_NUM_BUFFERS) else 0
+            while pos < hdr and k < ln:
+                sh = _hdr_shift(pos)
+                if sh >= 0:
+                    ol |= np.uint64(m.u8[off + k]) << np.uint64(sh)
+                pos += 1
                 k += 1
-                done += 1
-            if k < ln:
-                memcpy(m.u8, off + k, pool.data, src + (done - hdr), ln - k)
-                done += ln - k
-        if done == need:
-            return done
+            rest = ln - k
+            if rest > 0:
+                if total + rest > room:
+                    return R_TOO_BIG
+                memcpy(pool.data, dst + total, m.u8, off + k, rest)
+                total += rest
         if not flags & VRING_DESC_F_NEXT:
-            return R_TOO_BIG
-        i = desc_next(m, desc, i)
-    return R_BAD
+            pool.ol_flags[mbuf] = ol
+            return total
+        i = desc_next(m, tbl, i)
+    return R_BAD  # longer than its table: a loop
 
 
 @njit(nogil=True, cache=True)
-def _publish(st, v, used, used_idx, avail):
-    """Publish the used index, then call the driver unless it said not to."""
+def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_nb):
+    """Continue writing header+packet (``done`` bytes of ``hdr + length``
+    already written) into the device-writable chain at ``first``.  Returns
+    ``(done_after, off_nb)`` where ``off_nb`` is the window offset of the
+    header's num_buffers field once written, or ``(R_*, off_nb)``."""
+    m = st.mem
+    hdr = st.vq[v, VQ_HDR_LEN]
+    need = hdr + length
+    i = first
+    for _hop in range(n):
+        if i >= n:
+            return np.int64(R_BAD), off_nb
+        flags = desc_flags(m, tbl, i)
+        if flags & VRING_DESC_F_INDIRECT or not flags & VRING_DESC_F_WRITE:
+            return np.int64(R_BAD), off_nb
+        w = min(desc_len(m, tbl, i), need - done)
+        if w > 0:
+            off = _buffer(st, v, desc_addr(m, tbl, i), w, True)
+            if off < 0:
+                return off, off_nb
+            k = np.int64(0)
+            while done < hdr and k < w:
+                sh = _hdr_shift(done)
+                b = np.uint64(0)
+                if sh >= 0:
+                    b = (ol >> np.uint64(sh)) & np.uint64(0xFF)
+                if done == NET_HDR_NUM_BUFFERS:
+                    off_nb = off + k
+                    b = np.uint64(1)
+                m.u8[off + k] = np.uint8(b)
+                k += 1
+                done += 1
+            if k < w:
+                memcpy(m.u8, off + k, pool.data, src + (done - hdr), w - k)
+                done += w - k
+        if done == need or not flags & VRING_DESC_F_NEXT:
+            return done, off_nb
+        i = desc_next(m, tbl, i)
+    return np.int64(R_BAD), off_nb
+
+
+@njit(nogil=True, cache=True)
+def _publish(st, v, used, old_used, used_idx, avail, num):
+    """Publish the used index, then call the driver if it asked to be
+    called (EVENT_IDX's used_event, else the NO_INTERRUPT flag)."""
     m = st.mem
     store_release(m.u16, (used + 2) >> 1, np.uint16(used_idx & 0xFFFF))
     st.vq[v, VQ_LAST_USED] = used_idx & 0xFFFF
     fd = st.vq[v, VQ_CALL_FD]
-    if fd >= 0:
-        fence()  # the driver re-checks used idx after arming; see FACTS.md (lost wake-ups)
-        if not load_acquire(m.u16, (avail >> 1)) & VRING_AVAIL_F_NO_INTERRUPT:
-            eventfd_signal(fd)
-            st.xstats[v, XS_CALLS] += 1
+    if fd < 0:
+        return
+    fence()  # the driver re-checks used idx after arming; see FACTS.md (lost wake-ups)
+    if st.vq[v, VQ_EVENT_IDX] != 0:
+        event = np.int64(load_acquire(m.u16, (avail + 4 + 2 * num) >> 1))
+        want = ((used_idx - event - 1) & 0xFFFF) < ((used_idx - old_used) & 0xFFFF)
+    else:
+        want = not load_acquire(m.u16, avail >> 1) & VRING_AVAIL_F_NO_INTERRUPT
+    if want:
+        eventfd_signal(fd)
+        st.xstats[v, XS_CALLS] += 1
 
 
 @njit(nogil=True, cache=True)
@@ -231,7 +285,8 @@ def dequeue(st, v, q, pool, bufs, nb):
     m = st.mem
     mask = num - 1
     last = st.vq[v, VQ_LAST_AVAIL]
-    used_idx = st.vq[v, VQ_LAST_USED]
+    old_used = st.vq[v, VQ_LAST_USED]
+    used_idx = old_used
     room = pool.buf_size - HEADROOM
     got = 0
     taken = 0
@@ -239,7 +294,8 @@ def dequeue(st, v, q, pool, bufs, nb):
     for k in range(n):
         head = avail_entry(m, avail, (last + k) & mask)
         i = bufs[got]
-        res = _copy_chain_out(st, v, desc, num, head, pool, mbuf_offset(pool, i), room)
+        tbl, tn, first = _resolve(st, v, desc, num, head)
+        res = tbl if tbl < 0 else _copy_chain_out(st, v, tbl, tn, first, pool, i, room)
         if res == R_MISS:
             break  # parked: retried once the grant arrives
         set_used_entry(m, used, used_idx & mask, head, 0)
@@ -258,7 +314,7 @@ def dequeue(st, v, q, pool, bufs, nb):
         free_bulk(pool, bufs[got:], n - got)
     if taken:
         st.vq[v, VQ_LAST_AVAIL] = (last + taken) & 0xFFFF
-        _publish(st, v, used, used_idx, avail)
+        _publish(st, v, used, old_used, used_idx, avail, num)
     st.stats[q, ST_IPACKETS] += got
     st.stats[q, ST_IBYTES] += nbytes
     return got
@@ -266,40 +322,84 @@ def dequeue(st, v, q, pool, bufs, nb):
 
 @njit(nogil=True, cache=True)
 def enqueue(st, v, q, pool, bufs, nb):
-    """``bufs[:nb]`` -> VM1 receive ring ``v``.  Returns how many mbufs were
-    taken (sent, or dropped on a bad descriptor and counted); the caller
-    keeps the rest (ring full, not ready, or parked on a miss)."""
-    num, desc, avail, used, n = _begin(st, v)
-    n = min(n, nb)
-    if n == 0:
+    """``bufs[:nb]`` -> VM1 receive ring ``v``.  With MRG_RXBUF a packet may
+    fill several available chains (num_buffers in its header).  Returns how
+    many mbufs were taken (sent, or dropped on a bad descriptor and
+    counted); the caller keeps the rest (ring full, not ready, or parked on
+    a miss)."""
+    num, desc, avail, used, n_avail = _begin(st, v)
+    if n_avail == 0:
         return 0
     m = st.mem
     mask = num - 1
+    mrg = st.vq[v, VQ_MRG] != 0
+    hdr = st.vq[v, VQ_HDR_LEN]
     last = st.vq[v, VQ_LAST_AVAIL]
-    used_idx = st.vq[v, VQ_LAST_USED]
+    old_used = st.vq[v, VQ_LAST_USED]
+    used_idx = old_used
+    consumed = 0
     taken = 0
     sent = 0
     nbytes = 0
-    for k in range(n):
+    for k in range(nb):
         i = bufs[k]
-        head = avail_entry(m, avail, (last + k) & mask)
         ln = np.int64(pool.data_len[i])
-        res = _copy_chain_in(st, v, desc, num, head, pool, mbuf_offset(pool, i), ln)
-        if res == R_MISS:
+        src = mbuf_offset(pool, i)
+        ol = pool.ol_flags[i]
+        need = hdr + ln
+        done = np.int64(0)
+        nbufs = 0
+        off_nb = np.int64(-1)
+        start_consumed = consumed
+        start_used = used_idx
+        status = 0  # 0 ok, 1 stop (ring empty or miss), 2 drop
+        while done < need:
+            if consumed >= n_avail:
+                status = 1
+                break
+            head = avail_entry(m, avail, (last + consumed) & mask)
+            tbl, tn, first = _resolve(st, v, desc, num, head)
+            res = tbl
+            if tbl >= 0:
+                res, off_nb = _fill_chain(st, v, tbl, tn, first, pool, src, ln, ol, done, off_nb)
+            if res == R_MISS:
+                status = 1
+                break
+            consumed += 1
+            if res < 0:
+                set_used_entry(m, used, used_idx & mask, head, 0)
+                used_idx += 1
+                st.xstats[v, XS_BAD_DESC] += 1
+                status = 2
+                break
+            set_used_entry(m, used, used_idx & mask, head, res - done)
+            used_idx += 1
+            nbufs += 1
+            done = res
+            if done < need and not mrg:
+                st.xstats[v, XS_TOO_BIG] += 1
+                status = 2
+                break
+        if status == 1:
+            consumed = start_consumed  # the chains it began stay available
+            used_idx = start_used
             break
         taken += 1
-        if res < 0:
-            st.xstats[v, XS_TOO_BIG if res == R_TOO_BIG else XS_BAD_DESC] += 1
+        if status == 2:  # every chain this packet touched goes back empty
+            for s in range(start_used, used_idx):
+                set_used_entry(m, used, s & mask, used_entry_id(m, used, s & mask), 0)
             st.stats[q, ST_OERRORS] += 1
-            set_used_entry(m, used, used_idx & mask, head, 0)
-        else:
-            set_used_entry(m, used, used_idx & mask, head, res)
-            sent += 1
-            nbytes += ln
-        used_idx += 1
+            continue
+        if nbufs > 1:
+            st.xstats[v, XS_MERGED] += nbufs - 1
+            m.u8[off_nb] = np.uint8(nbufs & 0xFF)  # num_buffers (u16 LE)
+            m.u8[off_nb + 1] = np.uint8(nbufs >> 8)
+        sent += 1
+        nbytes += ln
+    if consumed:
+        st.vq[v, VQ_LAST_AVAIL] = (last + consumed) & 0xFFFF
+        _publish(st, v, used, old_used, used_idx, avail, num)
     if taken:
-        st.vq[v, VQ_LAST_AVAIL] = (last + taken) & 0xFFFF
-        _publish(st, v, used, used_idx, avail)
         free_bulk(pool, bufs, taken)
     st.stats[q, ST_OPACKETS] += sent
     st.stats[q, ST_OBYTES] += nbytes

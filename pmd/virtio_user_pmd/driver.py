@@ -37,12 +37,13 @@ from ..vhost_user.messages import VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm, Pro
 from ..vhostpci_pmd.window import Window
 from ..virtio.split import (
     VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
-    VRING_AVAIL_F_NO_INTERRUPT, mem_views, net_hdr_len,
+    VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, mem_views, net_hdr_len,
 )
 from .guest_memory import PAGE_SIZE, GuestMemory
 from .layout import DEFAULT_MEM, Placer, RingPlace, parse_mem
 from .vq import (
-    CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_BUF, VQ_DESC, VQ_DONE_TAIL, VQ_FREE_TOP, VQ_HDR_LEN, VQ_KICK_FD,
+    CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_BUF, VQ_DESC, VQ_DONE_TAIL, VQ_EVENT_IDX, VQ_FREE_TOP, VQ_HDR_LEN,
+    VQ_KICK_FD, VQ_MRG,
     VQ_MAP_DONE, VQ_NUM, VQ_POSTED, VQ_READY, VQ_STAGE_TAIL, VQ_STRIDE, VQ_TRANSIENT, VQ_UNMAP_DONE, VQ_USED, XSTAT_NAMES,
     VirtioUserState,
 )
@@ -97,7 +98,7 @@ class VirtioUserDriver(PortDriver):
     prefix = "net_virtio_user"
     devargs = {"path": _path, "server": parse_bool, "queues": _queues, "queue_size": _queue_size,
                "mrg_rxbuf": parse_bool, "iommu": _iommu, "mem": _mem}
-    devarg_defaults = {"path": "", "server": False, "queues": 1, "queue_size": 256, "mrg_rxbuf": False,
+    devarg_defaults = {"path": "", "server": False, "queues": 1, "queue_size": 256, "mrg_rxbuf": True,
                        "iommu": "off", "mem": parse_mem(DEFAULT_MEM)}
 
     def __init__(self, name: str, args: dict) -> None:
@@ -310,6 +311,7 @@ class VirtioUserDriver(PortDriver):
             want |= 1 << VIRTIO_NET_F_MQ
         if self.args["mrg_rxbuf"] and offered & (1 << VIRTIO_NET_F_MRG_RXBUF):
             want |= 1 << VIRTIO_NET_F_MRG_RXBUF
+        want |= offered & (1 << VIRTIO_RING_F_EVENT_IDX)
         if self.mode != "off":
             want |= 1 << VIRTIO_F_IOMMU_PLATFORM
         missing = want & ~offered
@@ -339,6 +341,8 @@ class VirtioUserDriver(PortDriver):
         hdr = net_hdr_len(want)
         for v, p in enumerate(self.places):
             self.vq[v, VQ_HDR_LEN] = hdr
+            self.vq[v, VQ_MRG] = int(bool(want & (1 << VIRTIO_NET_F_MRG_RXBUF)))
+            self.vq[v, VQ_EVENT_IDX] = int(bool(want & (1 << VIRTIO_RING_F_EVENT_IDX)))
             used_idx = int.from_bytes(self.memory.read(p.used + 2, 2), "little")
             s.set_vring_num(v, p.num)
             s.set_vring_base(v, used_idx)  # the device resumes after what it returned

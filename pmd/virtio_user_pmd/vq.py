@@ -30,13 +30,13 @@ from ..ethdev import (
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
 from ..syscalls import eventfd_signal
 from ..virtio.split import (
-    VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, Mem, set_avail_entry, set_desc, used_entry_id,
+    NET_HDR_NUM_BUFFERS, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, Mem, set_avail_entry, set_desc, used_entry_id,
     used_entry_len,
 )
 
 # vq control columns
 (VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_BUF, VQ_STRIDE, VQ_IOVA_DELTA, VQ_HDR_LEN, VQ_KICK_FD,
- VQ_TRANSIENT, VQ_AVAIL_IDX, VQ_LAST_USED, VQ_FREE_TOP) = range(14)
+ VQ_TRANSIENT, VQ_AVAIL_IDX, VQ_LAST_USED, VQ_FREE_TOP, VQ_EVENT_IDX, VQ_MRG) = range(16)
 # FIFO counters, each on its own cache line (kernel vs control thread)
 VQ_STAGE_TAIL, VQ_MAP_DONE, VQ_POSTED = 16, 24, 17
 VQ_DONE_TAIL, VQ_UNMAP_DONE, VQ_FREED = 32, 40, 33
@@ -131,6 +131,7 @@ def _post(st, v):
     m = st.mem
     idx = row[VQ_AVAIL_IDX]
     avail = row[VQ_AVAIL]
+    p0 = p
     while p < upto:
         set_avail_entry(m, avail, idx & (num - 1), st.stage[v, p & (num - 1)])
         idx += 1
@@ -141,9 +142,25 @@ def _post(st, v):
     fd = row[VQ_KICK_FD]
     if fd >= 0:
         fence()  # pairs with the device's fence after arming notifications
-        if not load_acquire(m.u16, row[VQ_USED] >> 1) & VRING_USED_F_NO_NOTIFY:
+        if row[VQ_EVENT_IDX] != 0:  # kick only if avail_event was crossed (2.7.10)
+            event = np.int64(load_acquire(m.u16, (row[VQ_USED] + 4 + 8 * num) >> 1))
+            old = row[VQ_AVAIL_IDX] - (upto - p0)
+            want = ((idx - event - 1) & 0xFFFF) < ((idx - old) & 0xFFFF)
+        else:
+            want = not load_acquire(m.u16, row[VQ_USED] >> 1) & VRING_USED_F_NO_NOTIFY
+        if want:
             eventfd_signal(fd)
             st.xstats[v, XS_KICKS] += 1
+
+
+@njit(nogil=True, cache=True)
+def _no_calls(st, v, last_used):
+    """We poll: with EVENT_IDX keep used_event half a ring-index space
+    ahead, so the device never finds it crossed (the NO_INTERRUPT flag
+    does the same without EVENT_IDX)."""
+    row = st.vq[v]
+    if row[VQ_EVENT_IDX] != 0:
+        st.mem.u16[(row[VQ_AVAIL] + 4 + 2 * row[VQ_NUM]) >> 1] = np.uint16((last_used + 0x8000) & 0xFFFF)
 
 
 @njit(nogil=True, cache=True)
@@ -165,6 +182,7 @@ def xmit(st, v, q, pool, bufs, nb):
         _push_done(st, v, used_entry_id(m, row[VQ_USED], last & (num - 1)))
         last = (last + 1) & 0xFFFF
     row[VQ_LAST_USED] = last
+    _no_calls(st, v, last)
     _recycle(st, v)
     hdr = row[VQ_HDR_LEN]
     room = row[VQ_STRIDE] - hdr
@@ -217,11 +235,14 @@ def recv(st, v, q, pool, bufs, nb):
             n = 0
         hdr = row[VQ_HDR_LEN]
         room = pool.buf_size - HEADROOM
-        for _ in range(n):
+        avail_used = (np.int64(load_acquire(m.u16, (used + 2) >> 1)) - last) & 0xFFFF
+        e = 0  # used entries consumed
+        while got < n and e < avail_used:
             slot = last & (num - 1)
             i = used_entry_id(m, used, slot)
             ln = used_entry_len(m, used, slot) - hdr
             last = (last + 1) & 0xFFFF
+            e += 1
             if not _push_done(st, v, i):
                 st.stats[q, ST_IERRORS] += 1
                 continue
@@ -230,14 +251,37 @@ def recv(st, v, q, pool, bufs, nb):
                 st.stats[q, ST_IERRORS] += 1
                 continue
             k = bufs[got]
-            memcpy(pool.data, mbuf_offset(pool, k), m.u8, _buf_gpa(row, i) + hdr, ln)
-            pool.data_len[k] = ln
+            dst = mbuf_offset(pool, k)
+            memcpy(pool.data, dst, m.u8, _buf_gpa(row, i) + hdr, ln)
+            total = ln
+            nbuf = np.int64(m.u16[(_buf_gpa(row, i) + NET_HDR_NUM_BUFFERS) >> 1]) if row[VQ_MRG] != 0 else 1
+            ok = True
+            for _more in range(1, nbuf):  # MRG_RXBUF: the rest of the packet follows
+                if e >= avail_used:
+                    ok = False  # the device published a partial packet
+                    break
+                slot = last & (num - 1)
+                i2 = used_entry_id(m, used, slot)
+                ln2 = used_entry_len(m, used, slot)
+                last = (last + 1) & 0xFFFF
+                e += 1
+                if not _push_done(st, v, i2) or ln2 > row[VQ_STRIDE] or total + ln2 > room:
+                    ok = False
+                    continue
+                memcpy(pool.data, dst + total, m.u8, _buf_gpa(row, i2), ln2)
+                total += ln2
+            if not ok:
+                st.xstats[v, XS_BAD_USED] += 1
+                st.stats[q, ST_IERRORS] += 1
+                continue
+            pool.data_len[k] = total
             pool.port[k] = st.port_id
-            nbytes += ln
+            nbytes += total
             got += 1
         if got < n:
             free_bulk(pool, bufs[got:], n - got)
         row[VQ_LAST_USED] = last
+        _no_calls(st, v, last)
     _recycle(st, v)
     top = row[VQ_FREE_TOP]
     stride = row[VQ_STRIDE]
