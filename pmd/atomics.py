@@ -149,3 +149,20 @@ def memcpy(typingctx, dst, dst_off, src, src_off, nbytes):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def fetch_or_u8_at(typingctx, addr, index, value):
+    """Atomic ``*(uint8_t *)(addr + index) |= value`` on a raw address: for
+    memory the kernel reaches by address rather than through an array (the
+    dirty log, which the front-end may replace while the state lives on)."""
+    sig = types.void(types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        i8 = ir.IntType(8)
+        base = builder.inttoptr(args[0], i8.as_pointer())
+        ptr = builder.gep(base, [args[1]])
+        builder.atomic_rmw("or", ptr, builder.trunc(args[2], i8), "monotonic")
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -1,8 +1,16 @@
 """The benchmark runs and prints figures (no thresholds: speed lives in the
 bench output, not in tests)."""
+import glob
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+
+import psutil
+import pytest
 
 from .conftest import ROOT
 
@@ -21,3 +29,110 @@ def test_bench_rejects_unknown_scenario():
     out = subprocess.run([sys.executable, "-m", "apps.bench", "nope"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------ vhost bench
+def _bench_leftovers(pid: int) -> list[str]:
+    """Processes and DPDK runtime dirs a bench run with PID ``pid`` left behind."""
+    tag = f"vhostpci-bench-{pid}-"
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if tag in cmd or ("apps.fwd" in cmd and "vhostpci-bench-" in cmd):
+            left.append(f"process {p.info['pid']}: {cmd}")
+    for base in ("/var/run/dpdk", os.environ.get("XDG_RUNTIME_DIR", "/tmp") + "/dpdk", "/tmp/dpdk"):
+        left += glob.glob(os.path.join(base, tag + "*"))
+    return left
+
+
+def _run_vhost_bench(tmp_path, *args, path_env=None, timeout=240):
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # the bench's private socket dir goes here
+    if path_env is not None:
+        env["PATH"] = path_env
+    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vhost", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            for child in ps.children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
+    assert _bench_leftovers(proc.pid) == []
+    assert list(tmp_path.iterdir()) == []  # sockets and their directory removed
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow  # ~20-25 s: seven runs, each starting one or two processes
+def test_vhost_bench_quick_json(tmp_path):
+    """Every scenario at 64 B, one short round: figures for all of them,
+    DPDK's beside ours when dpdk-testpmd is installed; nothing left behind."""
+    have_dpdk = shutil.which("dpdk-testpmd") is not None
+    t0 = time.monotonic()
+    rc, out, err = _run_vhost_bench(tmp_path, "--quick", "--size", "64", "--json")
+    print(err, out, f"{time.monotonic() - t0:.1f} s")  # progress and figures, visible with pytest -s
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["rounds"] == 1 and doc["seconds"] == 0.5
+    results = doc["results"]
+    rows = {(r["scenario"], r["size"], r["ours"]) for r in results}
+    expect = {("c", 64, "iommu=off"), ("c", 64, "iommu=buffers"), ("c", 64, "iommu=transient")}
+    if have_dpdk:
+        expect |= {("a", 64, "vhost-pci"), ("b", 64, "vhost-pci")}
+    else:
+        assert doc["notes"] == ["DPDK dpdk-testpmd not found (install dpdk-dev: tools/setup does)"]
+    assert rows == expect
+    for r in results:
+        assert r["errors"] == [], r
+        assert r["ours_mpps"] > 0 and len(r["ours_runs"]) == 1, r
+        assert r["ref_mpps"] > 0 and r["ratio"] > 0, r
+        if r["scenario"] in "ab":
+            assert r["ref"] == "DPDK vhost"
+
+
+def test_vhost_bench_without_dpdk_says_so(tmp_path):
+    """With no dpdk-testpmd on PATH, a and b print why they did not run."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rc, out, err = _run_vhost_bench(run_dir, "--quick", "--scenarios", "ab", path_env=str(empty), timeout=60)
+    assert rc == 0, err
+    assert out.splitlines() == ["DPDK dpdk-testpmd not found (install dpdk-dev: tools/setup does)"]
+
+
+def test_vhost_bench_rejects_bad_size():
+    out = subprocess.run([sys.executable, "-m", "apps.bench", "vhost", "--size", "64,9000"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "9000" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_vhost_bench_sigterm_mid_run_leaves_nothing(tmp_path):
+    """SIGTERM while VM1 and VM2 are up: the bench ends every process it
+    started and removes its sockets and DPDK runtime dirs."""
+    scenario = "a" if shutil.which("dpdk-testpmd") else "c"
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vhost", "--scenarios", scenario, "--size", "64",
+                             "--rounds", "1", "--seconds", "30"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    try:
+        deadline = time.monotonic() + 60
+        while not ps.children() and time.monotonic() < deadline:  # VM1 (a: DPDK virtio-user; c: vhostpci-fwd)
+            time.sleep(0.05)
+        assert ps.children(), "the bench never started VM1"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            for child in ps.children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert _bench_leftovers(proc.pid) == []
+    assert list(tmp_path.iterdir()) == []

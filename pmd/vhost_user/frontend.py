@@ -30,6 +30,7 @@ from .messages import (
     FrontendReq,
     IotlbMsg,
     IotlbType,
+    LogRegion,
     MemTable,
     Payload,
     ProtocolFeature,
@@ -163,6 +164,15 @@ class FrontendSession:
     def set_mem_table(self, memory: GuestMemory) -> None:
         regions, fds = memory.regions_for_mem_table()
         self._set(F.SET_MEM_TABLE, MemTable(regions), fds)
+
+    def set_log_base(self, fd: int, size: int, offset: int = 0) -> None:
+        """Hand the back-end the dirty log (``size`` bytes of ``fd`` from
+        ``offset``); with LOG_SHMFD the back-end replies once it has mapped it."""
+        shm = bool(self.protocol_features & ProtocolFeature.LOG_SHMFD.mask)
+        msg = self._call(F.SET_LOG_BASE, LogRegion(size, offset), [fd], expect_reply=shm)
+        if msg is not None:
+            with msg:
+                self._check_ack(msg)
 
     def set_backend_req_fd(self) -> None:
         """Give the back-end a socket for its requests; we keep the other end."""

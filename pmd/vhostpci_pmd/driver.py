@@ -13,7 +13,9 @@ across reconnects; the session only remaps it.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import mmap
 import os
 import time
 from typing import Callable
@@ -23,7 +25,7 @@ import numpy as np
 from ..atomics_py import store_flag
 from ..ethdev import LinkStatus, PortDriver, PortError, new_stats, parse_bool, parse_int, register_driver
 from ..vhost_user.backend import BackendServer, BackendSession, HandlerError, VringInfo
-from ..vhost_user.messages import IotlbPerm, ProtocolFeature
+from ..vhost_user.messages import VHOST_F_LOG_ALL, IotlbPerm, ProtocolFeature
 from ..virtio.split import (
     AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, mem_views,
@@ -34,6 +36,7 @@ from .vq import (
     VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_READY, VQ_USED, XSTAT_NAMES,
     VhostPciState,
 )
+from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from .window import Window
 
 log = logging.getLogger("vhostpci.port")
@@ -44,7 +47,7 @@ QUIESCE_TIMEOUT_S = 1.0
 MISS_RESEND_S = 0.1  # a MISS with no UPDATE in reply is sent again after this
 
 PF = ProtocolFeature
-PROTOCOL_FEATURES = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask
+PROTOCOL_FEATURES = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
 
 
 def _queues(text: str) -> int:
@@ -80,6 +83,9 @@ class VhostPciDriver(PortDriver):
         self._xstats = np.zeros((nvq, N_XSTATS), np.int64)
         self._stats = new_stats(args["queues"])
         self.ctl = np.full(8, -1, np.int64)
+        self.logctl = new_logctl()
+        self._log_all = False
+        self._log_mapped = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ctl[CTL_WAKE_FD] = self._wake_fd
         self.server: BackendServer | None = None
@@ -129,8 +135,9 @@ class VhostPciDriver(PortDriver):
     def kernel_state(self) -> VhostPciState:
         if self.window.array is None:
             raise PortError(f"{self.name}: closed")
-        return VhostPciState(mem_views(self.window.array), self.window.table, self.window.table_count,
-                             self.vq, self._xstats, self._stats, self.ctl, self.port_id)
+        w = self.window
+        return VhostPciState(mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count,
+                             self.logctl, self.vq, self._xstats, self._stats, self.ctl, self.port_id)
 
     def stats_array(self) -> np.ndarray:
         return self._stats
@@ -161,7 +168,7 @@ class VhostPciDriver(PortDriver):
 
     # ------------------------------------------------------- BackendDevice
     def features(self) -> int:
-        f = ((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_ANY_LAYOUT) | (1 << VIRTIO_NET_F_MRG_RXBUF)
+        f = ((1 << VIRTIO_F_VERSION_1) | (1 << VHOST_F_LOG_ALL) | (1 << VIRTIO_F_ANY_LAYOUT) | (1 << VIRTIO_NET_F_MRG_RXBUF)
              | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX))
         if self.args["iommu_support"]:
             f |= 1 << VIRTIO_F_IOMMU_PLATFORM
@@ -177,6 +184,30 @@ class VhostPciDriver(PortDriver):
 
     def set_features(self, features: int) -> None:
         self._features = features
+        self._log_all = bool(features & (1 << VHOST_F_LOG_ALL))
+        self._update_log()
+
+    def log_changed(self, log: mmap.mmap | None) -> None:
+        """A new dirty log (SET_LOG_BASE), or None: the old one is about to be
+        unmapped, so the kernels stop using it first."""
+        if log is None:
+            self._log_mapped = False
+            self._update_log()
+            self.quiesce()
+            self.logctl[LOG_ADDR] = self.logctl[LOG_SIZE] = 0
+            return
+        anchor = ctypes.c_char.from_buffer(log)
+        self.logctl[LOG_ADDR] = ctypes.addressof(anchor)
+        del anchor  # the session owns the mapping; no export may keep it alive
+        self.logctl[LOG_SIZE] = len(log)
+        self._log_mapped = True
+        self._update_log()
+
+    def _update_log(self) -> None:
+        on = self._log_all and self._log_mapped
+        if bool(self.logctl[LOG_ON]) != on:
+            store_flag(self.logctl, LOG_ON, int(on))
+            log.info("%s: dirty logging %s", self.name, "on" if on else "off")
 
     def window_for(self, iommu: bool) -> Window:
         return self.window

@@ -11,7 +11,8 @@ Tables (owned by ``Window``; the control thread rewrites them while lcores
 translate, see "Seqlock" below):
 
 - ``table``: ``(N, 4)`` uint64 rows ``[iova_start, iova_last, window_offset,
-  perm]``, sorted by ``iova_start``, non-overlapping.  ``iova_last`` is the
+  perm]``; ``gpa_table``: the same shape, ``[iova_start, iova_last, gpa, 3]``
+  (for the dirty log; a row never spans two guest-physical ranges), sorted by ``iova_start``, non-overlapping.  ``iova_last`` is the
   last byte (inclusive) so a grant of the top page of the 64-bit space fits;
   ``perm`` is the vhost-user access mask (1 RO, 2 WO, 3 RW).  Without an IOMMU
   the window fills it with the memory regions, ``[gpa, gpa_last, gpa, RW]``,
@@ -43,9 +44,12 @@ PERM_RO = 1
 PERM_WO = 2
 PERM_RW = 3
 
+# table columns (the window's gpa_table has the gpa in COL_OFFSET's place)
+COL_IOVA, COL_LAST, COL_OFFSET, COL_PERM = range(4)
+
 
 @njit(nogil=True, cache=True, inline="always")
-def _lookup(table, n, a, ln, need):
+def _lookup(table, n, a, ln, need, col):
     # binary search: last row with iova_start <= a
     lo = np.int64(0)
     hi = np.int64(n)
@@ -58,10 +62,10 @@ def _lookup(table, n, a, ln, need):
     i = lo - 1
     if i < 0:
         return np.int64(-1)
-    start = table[i, 0]
-    last = table[i, 1]
-    off = table[i, 2]
-    perm = table[i, 3]
+    start = table[i, COL_IOVA]
+    last = table[i, COL_LAST]
+    off = table[i, col]
+    perm = table[i, COL_PERM]
     if a < start or a > last:
         return np.int64(-1)
     # bytes a .. a+ln-1 must end by last; last - a >= 0, so nothing wraps
@@ -70,6 +74,22 @@ def _lookup(table, n, a, ln, need):
     if (perm & need) != need:
         return np.int64(-1)
     return np.int64(off + (a - start))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _seq_lookup(table, count, iova, length, need, col):
+    a = np.uint64(iova)
+    ln = np.uint64(length)
+    while True:
+        seq = load_acquire(count, 1)
+        if seq & 1:  # a rewrite is in progress
+            cpu_pause()
+            continue
+        res = _lookup(table, load_acquire(count, 0), a, ln, need, col)
+        fence_acquire()  # the table loads stay above the re-check
+        if load_acquire(count, 1) == seq:
+            return res
+        cpu_pause()
 
 
 @njit(nogil=True, cache=True)
@@ -81,19 +101,15 @@ def translate(table, count, iova, length, write):
     0 checks only that ``iova`` itself is mapped.  ``count`` is the window's
     ``table_count`` ``[rows, seq]``: a lookup that raced a rewrite is retried.
     """
-    a = np.uint64(iova)
-    ln = np.uint64(length)
-    need = np.uint64(2) if write else np.uint64(1)
-    while True:
-        seq = load_acquire(count, 1)
-        if seq & 1:  # a rewrite is in progress
-            cpu_pause()
-            continue
-        res = _lookup(table, load_acquire(count, 0), a, ln, need)
-        fence_acquire()  # the table loads stay above the re-check
-        if load_acquire(count, 1) == seq:
-            return res
-        cpu_pause()
+    return _seq_lookup(table, count, iova, length, np.uint64(2) if write else np.uint64(1), COL_OFFSET)
+
+
+@njit(nogil=True, cache=True)
+def iova_to_gpa(gpa_table, count, iova, length):
+    """Guest-physical address of ``[iova, iova + length)`` if it is one
+    contiguous gpa range (the window's ``gpa_table``), else -1.  The dirty
+    log is kept in gpas."""
+    return _seq_lookup(gpa_table, count, iova, length, np.uint64(0), COL_OFFSET)
 
 
 @njit(nogil=True, cache=True)

@@ -11,7 +11,8 @@ What the peer can get wrong is counted, never trusted:
   thread is woken to send MISS; without one it is a bad descriptor;
 - a head or next index >= num, a chain longer than num (loop), a descriptor
   with the wrong direction, a packet larger than its buffers: the descriptor
-  is returned with len 0 (bad descriptor counted), the queue goes on.
+  is returned with len 0 (bad descriptor counted; a transmit chain that
+  outgrows the mbuf, loop or not, counts as too_big), the queue goes on.
 
 Per-queue control words (``vq`` rows, one cache line-pair each) are written
 by the control thread before it publishes ``VQ_READY`` with a release store;
@@ -36,6 +37,7 @@ from ..virtio.split import (
     VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, Mem, avail_entry, desc_addr, desc_flags, desc_len,
     desc_next, set_used_entry, used_entry_id,
 )
+from .dirty_log import log_write
 from .translate import translate
 
 # vq control columns
@@ -59,6 +61,9 @@ class VhostPciState(NamedTuple):
     mem: Mem  # the window
     table: np.ndarray  # window translation table
     tcount: np.ndarray
+    gtable: np.ndarray  # iova -> gpa (dirty log)
+    gcount: np.ndarray
+    logctl: np.ndarray  # dirty log control (dirty_log.py)
     vq: np.ndarray  # (nb_vrings, N_VQ) int64
     xstats: np.ndarray  # (nb_vrings, N_XSTATS) int64
     stats: np.ndarray  # (nb_queue_pairs, N_STATS) int64
@@ -78,6 +83,12 @@ def _miss(st, v, iova, write):
         fd = st.ctl[CTL_WAKE_FD]
         if fd >= 0:
             eventfd_signal(fd)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _log(st, v, addr, length):
+    """Every byte written into VM1 memory goes through here (dirty log)."""
+    log_write(st.logctl, st.gtable, st.gcount, st.vq[v, VQ_IOMMU] != 0, addr, length)
 
 
 @njit(nogil=True, cache=True)
@@ -190,26 +201,27 @@ def _copy_chain_out(st, v, tbl, n, first, pool, mbuf, room):
 
 
 @njit(nogil=True, cache=True)
-def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_nb):
+def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_lo, off_hi):
     """Continue writing header+packet (``done`` bytes of ``hdr + length``
     already written) into the device-writable chain at ``first``.  Returns
-    ``(done_after, off_nb)`` where ``off_nb`` is the window offset of the
-    header's num_buffers field once written, or ``(R_*, off_nb)``."""
+    ``(done_after, off_lo, off_hi)``: the window offsets of the header's
+    num_buffers bytes once written (they may lie in two descriptors), or
+    ``(R_*, ...)``."""
     m = st.mem
     hdr = st.vq[v, VQ_HDR_LEN]
     need = hdr + length
     i = first
     for _hop in range(n):
         if i >= n:
-            return np.int64(R_BAD), off_nb
+            return np.int64(R_BAD), off_lo, off_hi
         flags = desc_flags(m, tbl, i)
         if flags & VRING_DESC_F_INDIRECT or not flags & VRING_DESC_F_WRITE:
-            return np.int64(R_BAD), off_nb
+            return np.int64(R_BAD), off_lo, off_hi
         w = min(desc_len(m, tbl, i), need - done)
         if w > 0:
             off = _buffer(st, v, desc_addr(m, tbl, i), w, True)
             if off < 0:
-                return off, off_nb
+                return off, off_lo, off_hi
             k = np.int64(0)
             while done < hdr and k < w:
                 sh = _hdr_shift(done)
@@ -217,18 +229,21 @@ def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_nb):
                 if sh >= 0:
                     b = (ol >> np.uint64(sh)) & np.uint64(0xFF)
                 if done == NET_HDR_NUM_BUFFERS:
-                    off_nb = off + k
+                    off_lo = off + k
                     b = np.uint64(1)
+                elif done == NET_HDR_NUM_BUFFERS + 1:
+                    off_hi = off + k
                 m.u8[off + k] = np.uint8(b)
                 k += 1
                 done += 1
             if k < w:
                 memcpy(m.u8, off + k, pool.data, src + (done - hdr), w - k)
                 done += w - k
+            _log(st, v, desc_addr(m, tbl, i), w)
         if done == need or not flags & VRING_DESC_F_NEXT:
-            return done, off_nb
+            return done, off_lo, off_hi
         i = desc_next(m, tbl, i)
-    return np.int64(R_BAD), off_nb
+    return np.int64(R_BAD), off_lo, off_hi
 
 
 @njit(nogil=True, cache=True)
@@ -236,7 +251,16 @@ def _publish(st, v, used, old_used, used_idx, avail, num):
     """Publish the used index, then call the driver if it asked to be
     called (EVENT_IDX's used_event, else the NO_INTERRUPT flag)."""
     m = st.mem
+    ring = st.vq[v, VQ_USED]  # guest address of the used ring, for the log
+    first = old_used & (num - 1)
+    count = (used_idx - old_used) & 0xFFFF
+    if first + count <= num:
+        _log(st, v, ring + 4 + 8 * first, 8 * count)
+    else:
+        _log(st, v, ring + 4 + 8 * first, 8 * (num - first))
+        _log(st, v, ring + 4, 8 * (first + count - num))
     store_release(m.u16, (used + 2) >> 1, np.uint16(used_idx & 0xFFFF))
+    _log(st, v, ring + 2, 2)
     st.vq[v, VQ_LAST_USED] = used_idx & 0xFFFF
     fd = st.vq[v, VQ_CALL_FD]
     if fd < 0:
@@ -264,6 +288,7 @@ def _begin(st, v):
     m = st.mem
     if m.u16[used >> 1] != VRING_USED_F_NO_NOTIFY:
         m.u16[used >> 1] = VRING_USED_F_NO_NOTIFY  # we poll: no kicks needed
+        _log(st, v, st.vq[v, VQ_USED], 2)
     avail_idx = np.int64(load_acquire(m.u16, (avail + 2) >> 1))
     n = (avail_idx - st.vq[v, VQ_LAST_AVAIL]) & 0xFFFF
     if n > num:  # the driver claims more than the ring holds
@@ -349,7 +374,8 @@ def enqueue(st, v, q, pool, bufs, nb):
         need = hdr + ln
         done = np.int64(0)
         nbufs = 0
-        off_nb = np.int64(-1)
+        off_lo = np.int64(-1)
+        off_hi = np.int64(-1)
         start_consumed = consumed
         start_used = used_idx
         status = 0  # 0 ok, 1 stop (ring empty or miss), 2 drop
@@ -361,7 +387,7 @@ def enqueue(st, v, q, pool, bufs, nb):
             tbl, tn, first = _resolve(st, v, desc, num, head)
             res = tbl
             if tbl >= 0:
-                res, off_nb = _fill_chain(st, v, tbl, tn, first, pool, src, ln, ol, done, off_nb)
+                res, off_lo, off_hi = _fill_chain(st, v, tbl, tn, first, pool, src, ln, ol, done, off_lo, off_hi)
             if res == R_MISS:
                 status = 1
                 break
@@ -392,8 +418,8 @@ def enqueue(st, v, q, pool, bufs, nb):
             continue
         if nbufs > 1:
             st.xstats[v, XS_MERGED] += nbufs - 1
-            m.u8[off_nb] = np.uint8(nbufs & 0xFF)  # num_buffers (u16 LE)
-            m.u8[off_nb + 1] = np.uint8(nbufs >> 8)
+            m.u8[off_lo] = np.uint8(nbufs & 0xFF)  # num_buffers (u16 LE), only where
+            m.u8[off_hi] = np.uint8(nbufs >> 8)  # _fill_chain wrote (and logged) it
         sent += 1
         nbytes += ln
     if consumed:

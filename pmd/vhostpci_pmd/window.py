@@ -179,6 +179,9 @@ class Window:
         self._set_mode(iommu)
         self.regions_list: list[Region] = []
         self.table = np.zeros((table_capacity, 4), dtype=np.uint64)
+        self.gpa_table = np.zeros((table_capacity, 4), dtype=np.uint64)  # [iova, iova_last, gpa, RW]
+        self.gpa_table_count = np.zeros(2, dtype=np.int64)
+        self._rows5: list[tuple[int, int, int, int, int]] = []  # what both tables were built from
         self.table_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
         self.regions = np.zeros((max_regions, 2), dtype=np.uint64)
         self.region_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
@@ -213,35 +216,50 @@ class Window:
     def _rows(self) -> np.ndarray:
         return self.table[: int(self.table_count[0])]
 
-    def _set_rows(self, rows: list[tuple[int, int, int, int]]) -> None:
+    def _set_rows(self, rows: list[tuple[int, int, int, int, int]]) -> None:
+        """Rows ``(iova, iova_end, offset, perm, gpa)``; each lies in one region.
+
+        Two tables are written: ``table`` (iova -> window offset; neighbours
+        contiguous in the window merge, so a buffer may span grants of
+        scattered pages) and ``gpa_table`` (iova -> gpa, for the dirty log;
+        merged only where the gpas are contiguous too)."""
         if len(rows) > len(self.table):
             raise RuntimeError(f"translation table full ({len(self.table)} entries); "
                                "create the Window with a larger table_capacity")
         rows.sort()
-        # coalesce neighbours contiguous in iova and window offset, same perm
-        merged: list[list[int]] = []
-        for s, e, off, perm in rows:
-            if merged:
-                ps, pe, poff, pperm = merged[-1]
-                if pe == s and poff + (pe - ps) == off and pperm == perm:
-                    merged[-1][1] = e
-                    continue
-            merged.append([s, e, off, perm])
-        n = len(merged)
-        rows_np = np.array([[s, e - 1, off, perm] for s, e, off, perm in merged],
-                           dtype=np.uint64)  # iova_last: iova_end may be 2**64
-        old = int(self.table_count[0])
-        with _seq_write(self.table_count):
-            if n:
-                self.table[:n] = rows_np
-            self.table[n:old] = 0
-            self.table_count[0] = n
+        by_offset: list[list[int]] = []
+        by_gpa: list[list[int]] = []
+        for s, e, off, perm, gpa in rows:
+            if by_offset and by_offset[-1][1] == s and by_offset[-1][2] + (s - by_offset[-1][0]) == off \
+                    and by_offset[-1][3] == perm:
+                by_offset[-1][1] = e
+            else:
+                by_offset.append([s, e, off, perm])
+            if by_gpa and by_gpa[-1][1] == s and by_gpa[-1][2] + (s - by_gpa[-1][0]) == gpa:
+                by_gpa[-1][1] = e
+            else:
+                by_gpa.append([s, e, gpa, PERM_RW])
+        for table, count, merged in ((self.table, self.table_count, by_offset),
+                                     (self.gpa_table, self.gpa_table_count, by_gpa)):
+            n = len(merged)
+            rows_np = np.array([[s, e - 1, x, p] for s, e, x, p in merged],
+                               dtype=np.uint64).reshape(n, 4)  # *_last: an end may be 2**64
+            old = int(count[0])
+            with _seq_write(count):
+                if n:
+                    table[:n] = rows_np
+                table[n:old] = 0
+                count[0] = n
+        self._rows5 = rows
 
     def entries(self) -> list[tuple[int, int, int, int]]:
         """The translation table as Python ints ``(iova, iova_end, offset, perm)``
         (``iova_end`` exclusive; the numpy table holds ``iova_last``)."""
-        return [(int(s), int(last) + 1, int(off), int(perm))
-                for s, last, off, perm in self._rows()]
+        return [(int(s), int(last) + 1, int(off), int(perm)) for s, last, off, perm in self._rows()]
+
+    def _entries(self) -> list[tuple[int, int, int, int, int]]:
+        """Rows with their guest-physical address: ``(iova, iova_end, offset, perm, gpa)``."""
+        return list(self._rows5)
 
     # ------------------------------------------------------- memory regions
     def add_region(self, fd: int, gpa: int, size: int, mmap_offset: int,
@@ -283,7 +301,7 @@ class Window:
             self.regions[: n + 1] = rows
             self.region_count[0] = n + 1
         if not self.iommu:
-            self._set_rows(self.entries() + [(gpa, gpa + size, gpa, PERM_RW)])
+            self._set_rows(self._entries() + [(gpa, gpa + size, gpa, PERM_RW, gpa)])
         return region
 
     map_region = add_region
@@ -302,9 +320,13 @@ class Window:
         with _seq_write(self.table_count):
             self.table_count[0] = 0
             self.table[:] = 0
+        with _seq_write(self.gpa_table_count):
+            self.gpa_table_count[0] = 0
+            self.gpa_table[:] = 0
         with _seq_write(self.region_count):
             self.region_count[0] = 0
             self.regions[:] = 0
+        self._rows5 = []
         return had
 
     def unmap_all(self, *, quiesce: Callable[[], None] | None = None) -> None:
@@ -394,7 +416,12 @@ class Window:
             for r, file_offset, n in pieces:
                 self._map_fd(offset + done, n, r.fd, file_offset, prot, what)
                 done += n
-            self._set_rows(self.entries() + [(iova, iova + size, offset, perm)])
+            rows, done = [], 0
+            for r, file_offset, n in pieces:  # one row per region: each row has one gpa base
+                rows.append((iova + done, iova + done + n, offset + done, perm,
+                             r.gpa + (file_offset - r.mmap_offset)))
+                done += n
+            self._set_rows(self._entries() + rows)
         except BaseException:
             self._revoke(offset, size)
             if offset >= self.identity_limit:
@@ -415,15 +442,15 @@ class Window:
         end = min(-(-(iova + size) // PAGE_SIZE) * PAGE_SIZE, _U64_LIMIT)
         keep = []
         gone: list[tuple[int, int]] = []  # (window offset, length) to revoke
-        for s, e, off, perm in self.entries():
+        for s, e, off, perm, gpa in self._entries():
             if e <= start or s >= end:
-                keep.append((s, e, off, perm))
+                keep.append((s, e, off, perm, gpa))
                 continue
             cs, ce = max(s, start), min(e, end)
             if s < cs:
-                keep.append((s, cs, off, perm))
+                keep.append((s, cs, off, perm, gpa))
             if ce < e:
-                keep.append((ce, e, off + (ce - s), perm))
+                keep.append((ce, e, off + (ce - s), perm, gpa + (ce - s)))
             gone.append((off + (cs - s), ce - cs))
         if not gone:
             return

@@ -23,6 +23,7 @@ mode, for the grant of the buffers they post.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import selectors
 import threading
@@ -33,7 +34,8 @@ import numpy as np
 from ..atomics_py import store_flag
 from ..ethdev import LinkStatus, PortDriver, PortError, new_stats, parse_bool, parse_int, register_driver
 from ..vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
-from ..vhost_user.messages import VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm, ProtocolFeature
+from ..shm import create_shared
+from ..vhost_user.messages import VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm, ProtocolFeature
 from ..vhostpci_pmd.window import Window
 from ..virtio.split import (
     VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
@@ -54,7 +56,7 @@ IOMMU_MODES = ("off", "static", "buffers", "transient")
 BUF_STRIDE = PAGE_SIZE  # one buffer per page: a grant exposes exactly one buffer
 MAX_QUEUE_PAIRS = 16
 PF = ProtocolFeature
-WANT_PROTOCOL = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask
+WANT_PROTOCOL = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
 STATUS_DRIVER_OK = 1 | 2 | 8 | 4  # ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
 POLL_S = 0.1
 REQUEST_TIMEOUT_S = 5.0  # a back-end busy compiling its kernels can be slow to reply
@@ -151,6 +153,11 @@ class VirtioUserDriver(PortDriver):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._listener: FrontendListener | None = None
+        self._calls: list[tuple[Callable, list]] = []  # work for the control thread (run_in_control)
+        self._calls_lock = threading.Lock()
+        self.dirty_log: mmap.mmap | None = None
+        self._log_fd = -1
+        self._closers.insert(0, self._drop_log)
         self.closed = False
 
     # ---------------------------------------------------------------- setup
@@ -399,6 +406,7 @@ class VirtioUserDriver(PortDriver):
                         s.poll_backend_requests(self._on_miss, timeout=0.0)
                     elif key.data == "main" and s.channel.peer_closed():
                         raise FrontendError("back-end closed the connection")
+                self._run_calls(s)
                 if self.mode == "transient":
                     self._service_transient(s)
         finally:
@@ -440,6 +448,61 @@ class VirtioUserDriver(PortDriver):
                         s.iotlb_invalidate(iova, size)
                         self.invalidates_sent += 1
                 store_flag(row, VQ_UNMAP_DONE, tail)
+
+    # ------------------------------------------------------- control-thread calls
+    def run_in_control(self, fn: Callable[[FrontendSession], object], timeout: float = 5.0) -> object:
+        """Run ``fn(session)`` in the control thread (it owns the session) and
+        return its result; raises what it raised, or TimeoutError."""
+        if self.session is None:
+            raise PortError(f"{self.name}: not connected")
+        box: list = []
+        done = threading.Event()
+        with self._calls_lock:
+            self._calls.append((fn, [box, done]))
+        os.eventfd_write(self._wake_fd, 1)
+        if not done.wait(timeout):
+            raise TimeoutError(f"{self.name}: control thread did not run the call in {timeout} s")
+        ok, value = box
+        if not ok:
+            raise value
+        return value
+
+    def _run_calls(self, s: FrontendSession) -> None:
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for fn, (box, done) in calls:
+            try:
+                box[:] = [True, fn(s)]
+            except Exception as e:  # handed back to the caller
+                box[:] = [False, e]
+            done.set()
+
+    def start_dirty_log(self) -> mmap.mmap:
+        """Migration's first step, as QEMU does it: a log of one bit per 4 KiB
+        page of guest RAM (SET_LOG_BASE), then VHOST_F_LOG_ALL.  Returns the
+        log mapping (shared with the back-end)."""
+        def start(s: FrontendSession) -> mmap.mmap:
+            top = max(r.gpa + r.size for r in self.memory.regions)
+            size = -(-top // VHOST_LOG_PAGE // 8)
+            fd, mm = create_shared(f"{self.name}-dirty-log", -(-size // PAGE_SIZE) * PAGE_SIZE)
+            self._drop_log()
+            self._log_fd, self.dirty_log = fd, mm
+            s.set_log_base(fd, size)
+            self.features |= 1 << VHOST_F_LOG_ALL
+            s.set_features(self.features)
+            return mm
+        return self.run_in_control(start)  # type: ignore[return-value]
+
+    def _drop_log(self) -> None:
+        if self.dirty_log is not None:
+            try:
+                self.dirty_log.close()
+            except BufferError:
+                log.warning("%s: dirty log still viewed; unmapped by the GC", self.name)
+            self.dirty_log = None
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
 
     def _unmap_all_pending(self) -> None:
         """Disconnected: the back-end's grants died with it; let the kernels go on."""
