@@ -66,18 +66,18 @@ def create_pool(n: int, buf_size: int = DEFAULT_BUF_SIZE) -> MbufPool:
     )
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _lock(pool):
     while not compare_exchange(pool.ctl, CTL_LOCK, 0, 1):
         cpu_pause()
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _unlock(pool):
     store_release(pool.ctl, CTL_LOCK, 0)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def alloc_bulk(pool, out, n):
     """Take ``n`` buffers into ``out[:n]``, all or none (rte_pktmbuf_alloc_bulk).
 
@@ -101,7 +101,7 @@ def alloc_bulk(pool, out, n):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def free_bulk(pool, bufs, n):
     """Return ``bufs[:n]`` to the pool."""
     if n <= 0:
@@ -114,7 +114,7 @@ def free_bulk(pool, bufs, n):
     _unlock(pool)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def mbuf_offset(pool, i):
     """Byte offset of buffer ``i``'s packet data in ``pool.data``."""
     return np.int64(i) * pool.buf_size + pool.data_off[i]

@@ -22,7 +22,7 @@ def new_rings(nb_queues: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((nb_queues, size), np.int32), np.zeros((nb_queues, 16), np.int64)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def ring_enqueue(slots, ctl, bufs, nb):
     """Enqueue up to ``nb`` of ``bufs``; returns how many fitted."""
     size = slots.shape[0]
@@ -36,7 +36,7 @@ def ring_enqueue(slots, ctl, bufs, nb):
     return n
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def ring_dequeue(slots, ctl, bufs, nb):
     """Dequeue up to ``nb`` entries into ``bufs``; returns how many."""
     size = slots.shape[0]
@@ -50,6 +50,6 @@ def ring_dequeue(slots, ctl, bufs, nb):
     return n
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def ring_count(ctl):
     return load_acquire(ctl, PROD) - load_acquire(ctl, CONS)

@@ -26,7 +26,7 @@ def new_logctl() -> np.ndarray:
     return np.zeros(N_LOGCTL, np.int64)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _mark(logctl, gpa, length):
     addr = logctl[LOG_ADDR]
     size = logctl[LOG_SIZE]
@@ -39,7 +39,7 @@ def _mark(logctl, gpa, length):
         page += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def log_write(logctl, gpa_table, gcount, iommu, addr, length):
     """Mark ``[addr, addr + length)`` dirty; ``addr`` is a GPA, or an IOVA
     when ``iommu`` (looked up page by page if its gpas are scattered)."""

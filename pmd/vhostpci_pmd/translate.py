@@ -48,7 +48,7 @@ PERM_RW = 3
 COL_IOVA, COL_LAST, COL_OFFSET, COL_PERM = range(4)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _lookup(table, n, a, ln, need, col):
     # binary search: last row with iova_start <= a
     lo = np.int64(0)
@@ -76,7 +76,7 @@ def _lookup(table, n, a, ln, need, col):
     return np.int64(off + (a - start))
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _seq_lookup(table, count, iova, length, need, col):
     a = np.uint64(iova)
     ln = np.uint64(length)
@@ -92,7 +92,7 @@ def _seq_lookup(table, count, iova, length, need, col):
         cpu_pause()
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def translate(table, count, iova, length, write):
     """Window offset of ``[iova, iova + length)``, or -1.
 
@@ -104,7 +104,7 @@ def translate(table, count, iova, length, write):
     return _seq_lookup(table, count, iova, length, np.uint64(2) if write else np.uint64(1), COL_OFFSET)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def iova_to_gpa(gpa_table, count, iova, length):
     """Guest-physical address of ``[iova, iova + length)`` if it is one
     contiguous gpa range (the window's ``gpa_table``), else -1.  The dirty
@@ -112,7 +112,7 @@ def iova_to_gpa(gpa_table, count, iova, length):
     return _seq_lookup(gpa_table, count, iova, length, np.uint64(0), COL_OFFSET)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def translate_gpa(regions, count, gpa, length):
     """``gpa`` itself (its window offset without an IOMMU) if
     ``[gpa, gpa + length)`` lies inside one memory region, else -1.

@@ -71,7 +71,7 @@ class VhostPciState(NamedTuple):
     port_id: int
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _miss(st, v, iova, write):
     """Park on an unmapped address: ask the control thread for a MISS (once
     until it is answered)."""
@@ -85,13 +85,13 @@ def _miss(st, v, iova, write):
             eventfd_signal(fd)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _log(st, v, addr, length):
     """Every byte written into VM1 memory goes through here (dirty log)."""
     log_write(st.logctl, st.gtable, st.gcount, st.vq[v, VQ_IOMMU] != 0, addr, length)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _ring_offsets(st, v, num):
     """Window offsets of the three ring parts, or (-1, ...) after counting
     the problem (a miss with an IOMMU, a bad ring without)."""
@@ -113,7 +113,7 @@ def _ring_offsets(st, v, num):
     return np.int64(-1), np.int64(-1), np.int64(-1)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _buffer(st, v, addr, length, write):
     """Window offset of one descriptor's buffer; on failure raise the miss
     (IOMMU) and return R_MISS, or return R_BAD."""
@@ -126,7 +126,7 @@ def _buffer(st, v, addr, length, write):
     return np.int64(R_BAD)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _resolve(st, v, desc, num, head):
     """The descriptor table a chain lives in: ``(table_offset, size, first)``,
     the ring's own table or an indirect one (2.7.5.3); ``(R_*, 0, 0)`` if bad."""
@@ -148,7 +148,7 @@ def _resolve(st, v, desc, num, head):
 # The virtio-net header (5.1.6) travels as mbuf metadata (ol_flags):
 # flags | gso_type << 8 | gso_size << 16 | csum_start << 32 | csum_offset << 48
 # (hdr_len is recomputable; num_buffers belongs to the ring, not the packet).
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _hdr_shift(pos):
     if pos < 2:
         return pos * 8
@@ -157,7 +157,7 @@ def _hdr_shift(pos):
     return -1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _copy_chain_out(st, v, tbl, n, first, pool, mbuf, room):
     """Copy the device-readable chain at ``first`` of table ``tbl`` into
     mbuf ``mbuf`` (the net header into its ol_flags); returns the packet
@@ -200,7 +200,7 @@ def _copy_chain_out(st, v, tbl, n, first, pool, mbuf, room):
     return R_BAD  # longer than its table: a loop
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_lo, off_hi):
     """Continue writing header+packet (``done`` bytes of ``hdr + length``
     already written) into the device-writable chain at ``first``.  Returns
@@ -246,7 +246,7 @@ def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_lo, off_h
     return np.int64(R_BAD), off_lo, off_hi
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _publish(st, v, used, old_used, used_idx, avail, num):
     """Publish the used index, then call the driver if it asked to be
     called (EVENT_IDX's used_event, else the NO_INTERRUPT flag)."""
@@ -276,7 +276,7 @@ def _publish(st, v, used, old_used, used_idx, avail, num):
         st.xstats[v, XS_CALLS] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _begin(st, v):
     """Ring offsets and the number of new available entries, or num = 0."""
     if load_acquire(st.vq[v], VQ_READY) == 0:
@@ -297,7 +297,7 @@ def _begin(st, v):
     return num, desc, avail, used, n
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def dequeue(st, v, q, pool, bufs, nb):
     """VM1 transmit ring ``v`` -> up to ``nb`` mbufs in ``bufs``."""
     num, desc, avail, used, n = _begin(st, v)
@@ -345,7 +345,7 @@ def dequeue(st, v, q, pool, bufs, nb):
     return got
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def enqueue(st, v, q, pool, bufs, nb):
     """``bufs[:nb]`` -> VM1 receive ring ``v``.  With MRG_RXBUF a packet may
     fill several available chains (num_buffers in its header).  Returns how
@@ -432,12 +432,12 @@ def enqueue(st, v, q, pool, bufs, nb):
     return taken
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def vhost_pci_rx(st, q, pool, bufs, nb):
     return dequeue(st, 2 * q + 1, q, pool, bufs, nb)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def vhost_pci_tx(st, q, pool, bufs, nb):
     return enqueue(st, 2 * q, q, pool, bufs, nb)
 

@@ -75,27 +75,27 @@ def mem_views(area: np.ndarray) -> Mem:
     return Mem(area, area.view(np.uint16), area.view(np.uint32), area.view(np.uint64))
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def desc_addr(m, desc, i):
     return m.u64[(desc + DESC_SIZE * i) >> 3]
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def desc_len(m, desc, i):
     return np.int64(m.u32[(desc + DESC_SIZE * i + 8) >> 2])
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def desc_flags(m, desc, i):
     return np.int64(m.u16[(desc + DESC_SIZE * i + 12) >> 1])
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def desc_next(m, desc, i):
     return np.int64(m.u16[(desc + DESC_SIZE * i + 14) >> 1])
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def set_desc(m, desc, i, addr, length, flags, nxt):
     base = desc + DESC_SIZE * i
     m.u64[base >> 3] = np.uint64(addr)
@@ -104,28 +104,28 @@ def set_desc(m, desc, i, addr, length, flags, nxt):
     m.u16[(base + 14) >> 1] = np.uint16(nxt)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def avail_entry(m, avail, slot):
     """Head index in available-ring slot ``slot`` (already masked)."""
     return np.int64(m.u16[(avail + 4 + 2 * slot) >> 1])
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def set_avail_entry(m, avail, slot, head):
     m.u16[(avail + 4 + 2 * slot) >> 1] = np.uint16(head)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def used_entry_id(m, used, slot):
     return np.int64(m.u32[(used + 4 + 8 * slot) >> 2])
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def used_entry_len(m, used, slot):
     return np.int64(m.u32[(used + 8 + 8 * slot) >> 2])
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def set_used_entry(m, used, slot, head, length):
     m.u32[(used + 4 + 8 * slot) >> 2] = np.uint32(head)
     m.u32[(used + 8 + 8 * slot) >> 2] = np.uint32(length)

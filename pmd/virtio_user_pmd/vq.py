@@ -62,7 +62,7 @@ class VirtioUserState(NamedTuple):
     port_id: int
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _wake(st):
     """Wake the control thread (transient grants/revokes to send)."""
     fd = st.ctl[CTL_WAKE_FD]
@@ -70,7 +70,7 @@ def _wake(st):
         eventfd_signal(fd)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _push_done(st, v, i):
     """The device returned id ``i``; False if it was not the device's to
     return (out of range or returned twice): counted, ignored."""
@@ -86,7 +86,7 @@ def _push_done(st, v, i):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _recycle(st, v):
     """Done ids the control thread has unmapped go back on the free stack."""
     row = st.vq[v]
@@ -106,7 +106,7 @@ def _recycle(st, v):
     row[VQ_FREE_TOP] = top
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _stage(st, v, i):
     row = st.vq[v]
     t = row[VQ_STAGE_TAIL]
@@ -115,7 +115,7 @@ def _stage(st, v, i):
     store_release(row, VQ_STAGE_TAIL, t + 1)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _post(st, v):
     """Make staged (and, if transient, mapped) ids available; kick once."""
     row = st.vq[v]
@@ -153,7 +153,7 @@ def _post(st, v):
             st.xstats[v, XS_KICKS] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _no_calls(st, v, last_used):
     """We poll: with EVENT_IDX keep used_event half a ring-index space
     ahead, so the device never finds it crossed (the NO_INTERRUPT flag
@@ -163,12 +163,12 @@ def _no_calls(st, v, last_used):
         st.mem.u16[(row[VQ_AVAIL] + 4 + 2 * row[VQ_NUM]) >> 1] = np.uint16((last_used + 0x8000) & 0xFFFF)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _buf_gpa(row, i):
     return row[VQ_BUF] + i * row[VQ_STRIDE]
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def xmit(st, v, q, pool, bufs, nb):
     """``bufs[:nb]`` -> transmit ring ``v``; returns how many were taken."""
     row = st.vq[v]
@@ -215,7 +215,7 @@ def xmit(st, v, q, pool, bufs, nb):
     return taken
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def recv(st, v, q, pool, bufs, nb):
     """Receive ring ``v`` -> up to ``nb`` mbufs; refills the ring."""
     row = st.vq[v]
@@ -299,12 +299,12 @@ def recv(st, v, q, pool, bufs, nb):
     return got
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def virtio_user_rx(st, q, pool, bufs, nb):
     return recv(st, 2 * q, q, pool, bufs, nb)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def virtio_user_tx(st, q, pool, bufs, nb):
     return xmit(st, 2 * q + 1, q, pool, bufs, nb)
 
