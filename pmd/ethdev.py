@@ -156,6 +156,7 @@ def _load_builtin_drivers() -> None:
     from . import null_pmd, ring_pmd  # noqa: F401
     from .vhostpci_pmd import driver as _vhost_pci  # noqa: F401
     from .virtio_user_pmd import driver as _virtio_user  # noqa: F401
+    from .vf_pmd import driver as _vf  # noqa: F401
 
 
 _VDEV_NAME = re.compile(r"^([a-z_]+?)(\d+)$")

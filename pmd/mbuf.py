@@ -7,6 +7,7 @@ burst, with no Python involved.
 """
 from __future__ import annotations
 
+import mmap
 from typing import NamedTuple
 
 import numpy as np
@@ -46,6 +47,25 @@ class MbufPool(NamedTuple):
         return self.buf_size - HEADROOM
 
 
+_HUGE = 2 << 20
+
+
+def _huge_zeros(size: int) -> np.ndarray:
+    """Zeroed bytes backed by transparent huge pages where the kernel allows
+    (THP "madvise" mode): one TLB entry per 2 MiB of packet buffers instead
+    of per 4 KiB, which a burst touching 32 buffers notices."""
+    if size < _HUGE or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.zeros(size, np.uint8)
+    mm = mmap.mmap(-1, size + _HUGE)  # anonymous, zero-filled; padded to align
+    try:
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:
+        pass  # THP off: plain pages, same semantics
+    base = np.frombuffer(mm, np.uint8)
+    skip = (-base.ctypes.data) % _HUGE
+    return base[skip:skip + size]
+
+
 def create_pool(n: int, buf_size: int = DEFAULT_BUF_SIZE) -> MbufPool:
     """Create a pool of ``n`` buffers of ``buf_size`` bytes (headroom included)."""
     if n <= 0:
@@ -55,7 +75,7 @@ def create_pool(n: int, buf_size: int = DEFAULT_BUF_SIZE) -> MbufPool:
     ctl = np.zeros(16, np.int64)
     ctl[CTL_FREE] = n
     return MbufPool(
-        data=np.zeros(n * buf_size, np.uint8),
+        data=_huge_zeros(n * buf_size),
         data_off=np.full(n, HEADROOM, np.uint16),
         data_len=np.zeros(n, np.uint32),
         port=np.zeros(n, np.uint16),

@@ -456,7 +456,13 @@ class BackendSession:
             self._safe("link_changed", self.device.link_changed, up)
 
     def _update_link(self) -> None:
-        up = any(r.started for r in self.vrings.values()) or bool(self.status & VIRTIO_CONFIG_S_DRIVER_OK)
+        # With the STATUS protocol feature the driver says when it is done
+        # (DRIVER_OK: DPDK's virtio-user posts its buffers before); without
+        # it a started ring is all we get.
+        if self.protocol_features & ProtocolFeature.STATUS.mask and self.status:
+            up = bool(self.status & VIRTIO_CONFIG_S_DRIVER_OK)
+        else:
+            up = any(r.started for r in self.vrings.values()) or bool(self.status & VIRTIO_CONFIG_S_DRIVER_OK)
         self._set_link(up)
 
     def _ring(self, index: int) -> VringInfo:

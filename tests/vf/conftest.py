@@ -1,0 +1,136 @@
+"""A veth pair for the VF port: the host end is the port's netdev, the other
+end lives in a fresh network namespace where ``ns_peer.py`` plays the wire.
+Names are unique per pytest process; the pair and the namespace are removed
+on every exit path, and nothing else is ever touched."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PEER = str(Path(__file__).with_name("ns_peer.py"))
+_seq = itertools.count()
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
+
+
+@dataclass
+class Veth:
+    host: str  # the VF port's interface
+    ns: str  # namespace holding the peer end
+    peer: str  # the peer end, inside ``ns``
+    subnet: int
+
+    def peer_cmd(self, *args) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, sys.executable, PEER, args[0], self.peer, *map(str, args[1:])]
+
+    def run_peer(self, *args, timeout: float = 30) -> dict:
+        """Run ns_peer.py to completion; its JSON result."""
+        out = subprocess.run(self.peer_cmd(*args), capture_output=True, text=True, timeout=timeout, check=True)
+        return json.loads(out.stdout.splitlines()[-1])
+
+    def start_peer(self, *args) -> subprocess.Popen:
+        """Start ns_peer.py and wait until its socket is bound."""
+        p = subprocess.Popen(self.peer_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            p.kill()
+            raise RuntimeError(f"ns_peer did not start: {line!r} {p.stderr.read()}")
+        return p
+
+    @staticmethod
+    def peer_result(p: subprocess.Popen, timeout: float = 30) -> dict:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err
+        return json.loads(out.splitlines()[-1])
+
+    def set_host_up(self, up: bool) -> None:
+        _ip("link", "set", self.host, "up" if up else "down")
+
+
+def _cleanup(host: str, ns: str) -> None:
+    _ip("link", "del", host, check=False)  # takes the peer end with it
+    _ip("netns", "del", ns, check=False)
+    deadline = time.monotonic() + 3  # deletion is asynchronous
+    while os.path.exists(f"/sys/class/net/{host}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("VF port tests need root (veth pairs, network namespaces, AF_PACKET)")
+    if shutil.which("ip") is None:
+        pytest.skip("VF port tests need the `ip` tool (iproute2)")
+
+
+@contextlib.contextmanager
+def make_veth():
+    """Create the pair and the namespace, both ends up; always removed."""
+    n = next(_seq)
+    tag = f"{os.getpid() % 1000000}x{n}"
+    host, peer, ns = f"vfh{tag}", f"vfp{tag}", f"vfns{tag}"
+    subnet = (os.getpid() + n) % 250 + 1
+    try:
+        _ip("netns", "add", ns)
+        _ip("link", "add", host, "type", "veth", "peer", "name", peer)
+        _ip("link", "set", peer, "netns", ns)
+        # no IPv6 chatter (router solicitations, MLD) on the wire
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{peer}.disable_ipv6=1"],
+                       check=False, capture_output=True)
+        with open(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "w") as f:
+            f.write("1")
+        _ip("-n", ns, "addr", "add", f"10.99.{subnet}.1/24", "dev", peer)
+        _ip("-n", ns, "link", "set", peer, "up")
+        _ip("link", "set", host, "up")
+        deadline = time.monotonic() + 5
+        while Path(f"/sys/class/net/{host}/operstate").read_text().strip() != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"veth {host} did not come up")
+            time.sleep(0.02)
+        yield Veth(host, ns, peer, subnet)
+    finally:
+        _cleanup(host, ns)
+
+
+@pytest.fixture
+def veth():
+    _require_root()
+    with make_veth() as v:
+        yield v
+
+
+@pytest.fixture(scope="session")
+def compiled_vf():
+    """Compile (or load) every kernel these tests run once, outside the
+    timed parts: the VF burst kernels called from Python and the forwarding
+    loop over a VF port."""
+    _require_root()
+    from pmd.fwd.runtime import Forwarding
+    from pmd.lcore import LcoreManager
+    from pmd.mbuf import create_pool
+    from tests.conftest import CPUS, WORKER_CPU
+    from tests.vhostpci.peer_io import recv, send
+
+    with make_veth() as v:
+        fw = Forwarding(LcoreManager({0: CPUS[0], 1: WORKER_CPU}, 0), nb_mbufs=256)
+        try:
+            port = fw.attach_port(f"net_vf0,iface={v.host}")
+            port.start()
+            fw.start()
+            fw.stop()
+            pool = create_pool(64)
+            send(port, pool, [bytes(60)])
+            recv(port, pool)
+        finally:
+            fw.close()
