@@ -59,3 +59,64 @@ def _tx_burst_impl(state, queue, pool, bufs, nb):
         return impl(state, queue, pool, bufs, nb)
 
     return tx
+
+
+# ---- fallback interrupts (pmd/lcore/power.py) --------------------------------
+# ``intr_arm(state, queue) -> pending`` re-enables the peer's notifications
+# for rx queue ``queue``, issues a seq_cst fence and re-checks the ring: > 0
+# means work arrived meanwhile (do not sleep), 0 means armed and empty (a
+# notification will signal the driver's ``intr_fds(queue)``), < 0 means it
+# cannot be armed now (ring not ready or not mapped: keep polling).
+# ``intr_disarm(state, queue)`` suppresses notifications again.  A state
+# class without registered kernels arms to -1: its lcore never sleeps.
+_ARM: dict[type, Callable] = {}
+_DISARM: dict[type, Callable] = {}
+
+
+def register_intr(state_cls: type, arm: Callable, disarm: Callable) -> None:
+    """Make ``arm``/``disarm`` (njit functions) the interrupt kernels of ``state_cls``."""
+    _ARM[state_cls] = arm
+    _DISARM[state_cls] = disarm
+
+
+def has_intr(state) -> bool:
+    """True if ``state``'s driver registered interrupt kernels (Python side)."""
+    return type(state) in _ARM
+
+
+def intr_arm(state, queue):  # pragma: no cover - replaced in kernels
+    """Arm rx notifications on ``queue``; returns pending work (kernels only)."""
+    raise NotImplementedError("intr_arm is only callable from a Numba kernel")
+
+
+def intr_disarm(state, queue):  # pragma: no cover - replaced in kernels
+    """Suppress rx notifications on ``queue`` again (kernels only)."""
+    raise NotImplementedError("intr_disarm is only callable from a Numba kernel")
+
+
+@overload(intr_arm, jit_options={"nogil": True})
+def _intr_arm_impl(state, queue):
+    impl = _lookup(_ARM, state)
+    if impl is None:
+        def unsupported(state, queue):
+            return -1
+        return unsupported
+
+    def arm(state, queue):
+        return impl(state, queue)
+
+    return arm
+
+
+@overload(intr_disarm, jit_options={"nogil": True})
+def _intr_disarm_impl(state, queue):
+    impl = _lookup(_DISARM, state)
+    if impl is None:
+        def unsupported(state, queue):
+            return None
+        return unsupported
+
+    def disarm(state, queue):
+        impl(state, queue)
+
+    return disarm

@@ -3,13 +3,10 @@ ports (net_null -> net_null, and a net_ring pair looping packets).  This is
 the ceiling every real driver is measured against."""
 from __future__ import annotations
 
-import os
-import statistics
 import time
 from dataclasses import dataclass
 
-from pmd.fwd.runtime import Forwarding
-from pmd.lcore import LcoreManager
+from .common import default_cpu, forwarding, median
 
 SCENARIOS = {
     "null->null io": (("net_null0,size={size}", "net_null1,size={size}"), False),
@@ -28,7 +25,7 @@ class Result:
 
 
 def _run_once(vdevs: tuple[str, ...], tx_first: bool, size: int, cpu: int, seconds: float) -> float:
-    fw = Forwarding(LcoreManager({0: cpu, 1: cpu}, 0))
+    fw = forwarding(cpu)
     try:
         for v in vdevs:
             fw.attach_port(v.format(size=size)).start()
@@ -46,7 +43,7 @@ def _run_once(vdevs: tuple[str, ...], tx_first: bool, size: int, cpu: int, secon
 
 def run(seconds: float = 2.0, rounds: int = 3, size: int = 64, cpu: int | None = None) -> list[Result]:
     """Run each scenario ``rounds`` times, alternating, and return medians."""
-    cpu = max(os.sched_getaffinity(0)) if cpu is None else cpu
+    cpu = default_cpu() if cpu is None else cpu
     runs: dict[str, list[float]] = {name: [] for name in SCENARIOS}
     for name, (vdevs, tx_first) in SCENARIOS.items():  # warm-up: compile / load cache
         _run_once(vdevs, tx_first, size, cpu, 0.05)
@@ -55,6 +52,6 @@ def run(seconds: float = 2.0, rounds: int = 3, size: int = 64, cpu: int | None =
             runs[name].append(_run_once(vdevs, tx_first, size, cpu, seconds))
     out = []
     for name, mpps in runs.items():
-        med = statistics.median(mpps)
+        med = median(mpps)
         out.append(Result(name, size, med, mpps, 1e3 / med if med else float("inf"), med * size * 8 / 1e3))
     return out

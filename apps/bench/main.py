@@ -1,16 +1,19 @@
 """vhostpci-bench SCENARIO [options]: print throughput figures.
 
-Scenarios: ``framework`` (framework overhead on one lcore).  Later issues
-add ``vhost``, ``vf`` and ``vm1``.  ``--json`` prints machine-readable output.
+Scenarios: ``framework`` (framework overhead on one lcore), ``vhost`` (our
+vhost-pci port against DPDK's vhost PMD, and the cost of VM1's IOMMU).
+Later issues add ``vf`` and ``vm1``.  ``--json`` prints machine-readable output.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from dataclasses import asdict
 
-from . import framework
+from . import framework, vhost
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -26,20 +29,95 @@ def _print_table(results: list[framework.Result]) -> None:
         print(f"{r.scenario:<18} {r.size:>5} {r.mpps_median:>8.2f} {r.ns_per_packet:>8.1f} {r.gbps:>8.2f}  {runs}")
 
 
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _print_vhost_table(results: list[vhost.Result], notes: list[str]) -> None:
+    for note in notes:
+        print(note)
+    if not results:
+        return
+    print(f"{'scenario':<3} {'size':>5} {'ours':<15} {'ours Mpps':>9} {'ref':<15} {'ref Mpps':>9} {'ratio':>6}  "
+          "per-round ratios")
+    shown = set()
+    for r in results:
+        if r.scenario not in shown:
+            shown.add(r.scenario)
+            print(f"# {r.scenario}: {r.what}")
+        ratios = " ".join(f"{x:.2f}" for x in r.ratio_runs)
+        print(f"{r.scenario:<3} {r.size:>5} {r.ours:<15} {_fmt(r.ours_mpps):>9} {r.ref:<15} {_fmt(r.ref_mpps):>9} "
+              f"{_fmt(r.ratio):>6}  {ratios}")
+        for e in r.errors:
+            print(f"    not measured: {e}")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,1518, got {text!r}") from None
+    if not sizes or any(not 60 <= s <= 1518 for s in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be 60..1518, got {text!r}")
+    return sizes
+
+
+def _scenarios(text: str) -> tuple[str, ...]:
+    out = tuple(x for x in text.replace(",", "") if x)
+    if not out or any(x not in vhost.SCENARIOS for x in out):
+        raise argparse.ArgumentTypeError(f"scenarios are letters of {''.join(vhost.SCENARIOS)}, got {text!r}")
+    return out
+
+
+def _common(sub: argparse.ArgumentParser, seconds: float, rounds: int) -> None:
+    sub.add_argument("--seconds", type=float, default=seconds, help="length of one measured window")
+    sub.add_argument("--rounds", type=int, default=rounds, help="alternating runs per scenario (median reported)")
+    sub.add_argument("--cpu", type=int, default=None, help="CPU for the measured lcore (default: the last one)")
+    sub.add_argument("--json", action="store_true")
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM ends the bench through its cleanup paths, like Ctrl-C
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = _ArgParser(prog="vhostpci-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="scenario", required=True)
     fw = sub.add_parser("framework", help="io forwarding overhead: net_null and net_ring on one lcore")
-    fw.add_argument("--seconds", type=float, default=2.0, help="length of one run")
-    fw.add_argument("--rounds", type=int, default=3, help="alternating runs per scenario (median reported)")
+    _common(fw, 2.0, 3)
     fw.add_argument("--size", type=int, default=64)
-    fw.add_argument("--cpu", type=int, default=None, help="CPU for the forwarding lcore (default: the last one)")
-    fw.add_argument("--json", action="store_true")
+    vh = sub.add_parser("vhost", help="our vhost-pci port vs DPDK's vhost PMD; cost of VM1's IOMMU modes")
+    _common(vh, 2.0, 5)
+    vh.add_argument("--size", type=_sizes, default=vhost.SIZES, help="packet sizes, comma-separated (64,1518)")
+    vh.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the measured window")
+    vh.add_argument("--scenarios", type=_scenarios, default=vhost.SCENARIOS, help="subset of abc (default: all)")
+    vh.add_argument("--quick", action="store_true", help="short run: --seconds 0.5 --rounds 1 --warmup 0.3")
     args = p.parse_args(argv)
+    if args.cpu is not None and args.cpu not in os.sched_getaffinity(0):
+        p.error(f"--cpu {args.cpu}: not a CPU this process may use")
     if args.scenario == "framework":
         results = framework.run(args.seconds, args.rounds, args.size, args.cpu)
         if args.json:
             print(json.dumps({"scenario": "framework", "results": [asdict(r) for r in results]}, indent=2))
         else:
             _print_table(results)
+    elif args.scenario == "vhost":
+        if args.quick:
+            args.seconds, args.rounds, args.warmup = 0.5, 1, 0.3
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
+        try:
+            vresults, notes = vhost.run(args.seconds, args.rounds, args.size, args.cpu, args.warmup,
+                                        args.scenarios, progress)
+        except KeyboardInterrupt:
+            print("vhostpci-bench: interrupted", file=sys.stderr)
+            return 130
+        if args.json:
+            for note in notes:
+                print(note, file=sys.stderr)
+            print(json.dumps({"scenario": "vhost", "seconds": args.seconds, "rounds": args.rounds,
+                              "warmup": args.warmup, "notes": notes,
+                              "results": [asdict(r) for r in vresults]}, indent=2))
+        else:
+            _print_vhost_table(vresults, notes)
     return 0

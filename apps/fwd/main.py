@@ -12,6 +12,7 @@ import time
 from pmd.eal import eal_init
 from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
+from pmd.fwd.config import FwdConfig
 from pmd.fwd.runtime import FwdError, forwarding_from_eal
 from pmd.rates import RateTracker
 from pmd.signals import StopSignals
@@ -33,7 +34,14 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stats-period", type=float, default=1.0, help="seconds between stats lines (0: none)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until SIGINT)")
     p.add_argument("--total-num-mbufs", type=int, default=16384)
-    return p.parse_args(argv)
+    p.add_argument("--no-interrupts", action="store_true",
+                   help="pure polling: never fall back to sleeping on rx notifications")
+    p.add_argument("--idle-polls", type=int, default=FwdConfig.idle_polls, metavar="N",
+                   help=f"empty passes before an lcore sleeps until woken (default {FwdConfig.idle_polls})")
+    args = p.parse_args(argv)
+    if args.idle_polls < 1:
+        p.error(f"--idle-polls must be >= 1, got {args.idle_polls}")
+    return args
 
 
 def format_line(port_id: int, name: str, st: dict, rx_pps: float, tx_pps: float) -> str:
@@ -62,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             fw.config.burst = args.burst
             fw.config.txpkts = args.txpkts
             fw.config.nb_cores = args.nb_cores or len(fw.lcores.workers)
+            fw.config.interrupts = not args.no_interrupts
+            fw.config.idle_polls = args.idle_polls
             for pid, port in fw.ports.items():
                 print(f"Port {pid}: {port.name} MAC {format_mac(port.mac())}", flush=True)
             fw.start(tx_first=args.tx_first)

@@ -61,6 +61,10 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--burst", type=_positive, default=32, metavar="N", help="packets per burst")
     p.add_argument("--txpkts", type=_positive, default=64, metavar="N", help="txonly/flowgen frame size")
     p.add_argument("--total-num-mbufs", type=_positive, default=16384, metavar="N", help="mbuf pool size")
+    p.add_argument("--no-interrupts", action="store_true",
+                   help="pure polling: never fall back to sleeping on rx notifications")
+    p.add_argument("--idle-polls", type=_positive, default=FwdConfig.idle_polls, metavar="N",
+                   help=f"empty passes before an lcore sleeps until woken (default {FwdConfig.idle_polls})")
     return p.parse_args(argv)
 
 
@@ -76,7 +80,8 @@ def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace]:
     workers = len(eal.worker_lcores)
     if args.nb_cores > workers:
         _fail(f"--nb-cores={args.nb_cores}: only {workers} worker lcores (give the EAL more, e.g. -l)", 2)
-    config = FwdConfig(mode=args.forward_mode, nb_cores=args.nb_cores, burst=args.burst, txpkts=args.txpkts)
+    config = FwdConfig(mode=args.forward_mode, nb_cores=args.nb_cores, burst=args.burst, txpkts=args.txpkts,
+                       interrupts=not args.no_interrupts, idle_polls=args.idle_polls)
     try:
         config.validate()  # before any port exists: bad input starts nothing
     except ValueError as e:
@@ -86,10 +91,13 @@ def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace]:
     except (PortError, FwdError, ValueError) as e:
         _fail(str(e))
     fwd.config = config
-    for pid, port in fwd.ports.items():
-        print(f"Configuring Port {pid} (socket 0)")
-        print(f"Port {pid}: {format_mac(port.mac())}")
-    print("Checking link statuses...\nDone")
+    try:
+        for pid, port in fwd.ports.items():
+            print(f"Configuring Port {pid} (socket 0)")
+            print(f"Port {pid}: {format_mac(port.mac())}")
+        print("Checking link statuses...\nDone")
+    except BrokenPipeError:  # stdout's reader left already (| head -1): go on quietly
+        silence_stdout()
     return fwd, args
 
 

@@ -14,7 +14,11 @@ class FwdConfig:
     txpkts: int = 64
     nb_cores: int = 1
     nb_flows: int = 1024
-    idle_polls: int = 0  # 0: pure polling; N: return to the caller after N empty passes
+    # Fallback interrupts (l3fwd-power style, pmd/lcore/power.py): after
+    # ``idle_polls`` empty passes an lcore arms rx notifications and sleeps in
+    # epoll, if every rx queue it polls can wake it; else it keeps polling.
+    interrupts: bool = True
+    idle_polls: int = 10000  # empty passes before sleeping (~1-3 ms of polling)
 
     def validate(self) -> None:
         """Raise ValueError naming the bad setting."""
@@ -26,5 +30,7 @@ class FwdConfig:
             raise ValueError(f"txpkts must be {MIN_FRAME}..9000, got {self.txpkts}")
         if self.nb_cores < 1:
             raise ValueError(f"nb-cores must be >= 1, got {self.nb_cores}")
+        if self.idle_polls < 1:
+            raise ValueError(f"idle-polls must be >= 1, got {self.idle_polls}")
         if self.nb_flows < 1:
             raise ValueError(f"nb-flows must be >= 1, got {self.nb_flows}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..ethdev import Port, PortError, parse_vdev
 from ..lcore import LcoreManager
+from ..lcore.power import RxQueue, can_sleep, full_fence, power_fwd_loop, precompile
 from ..mbuf import MbufPool, create_pool
 from .common import (
     CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_NB_FLOWS, CFG_TX_FIRST, CTL_STOP, FS_DROPPED,
@@ -59,6 +60,7 @@ class Forwarding:
         self._fs = np.zeros((0, N_FS), np.int64)
         self._fs_base = self._fs
         self._peer_macs: dict[int, bytes] = {}
+        self._sleepy: set[int] = set()
 
     # ---- ports -------------------------------------------------------------
     def attach_port(self, vdev: str) -> Port:
@@ -158,13 +160,15 @@ class Forwarding:
             flow=np.zeros(8, np.int64),
         )
 
-    def _cfg(self, tx_first: bool) -> np.ndarray:
+    def _cfg(self, tx_first: bool, sleepy: bool = False) -> np.ndarray:
+        """``sleepy``: the lcore may sleep, so its loop returns after
+        idle_polls empty passes (else it polls until stopped)."""
         c = self.config
         cfg = np.zeros(N_CFG, np.int64)
         cfg[CFG_MODE] = MODE_NAMES.index(c.mode)
         cfg[CFG_BURST] = c.burst
         cfg[CFG_TX_FIRST] = int(tx_first)
-        cfg[CFG_IDLE_POLLS] = c.idle_polls
+        cfg[CFG_IDLE_POLLS] = c.idle_polls if sleepy else 0
         cfg[CFG_NB_FLOWS] = c.nb_flows
         return cfg
 
@@ -178,6 +182,15 @@ class Forwarding:
             if s.lcore == lcore
         )
 
+    def _lcore_rx_queues(self, lcore: int) -> list[RxQueue]:
+        return [RxQueue(self.ports[s.rx_port].driver, s.rxq, self.ports[s.rx_port].kernel_state())
+                for s in self.streams if s.lcore == lcore]
+
+    def sleepy_lcores(self) -> list[int]:
+        """Forwarding lcores of the current run that may fall back to
+        interrupts (every rx queue they poll can wake them)."""
+        return sorted(self._sleepy)
+
     # ---- start / stop ------------------------------------------------------
     def start(self, tx_first: bool = False) -> None:
         """Compile (or load from cache) and launch one loop per forwarding lcore."""
@@ -187,23 +200,35 @@ class Forwarding:
         self.streams = self.layout()
         self._fs = np.zeros((len(self.streams), N_FS), np.int64)
         self._fs_base = self._fs.copy()
-        cfg = self._cfg(tx_first)
         plan = []
+        self._sleepy = set()
+        full_fence()  # compiled before any control thread's wait_quiescent needs it
         for lcore in sorted({s.lcore for s in self.streams}):
             streams = self._lcore_streams(lcore)
-            ctx = self._ctx(self._fs, cfg)
+            queues = self._lcore_rx_queues(lcore)
+            sleepy = self.config.interrupts and can_sleep(queues)
+            ctx = self._ctx(self._fs, self._cfg(tx_first, sleepy))
             # Compile in the control thread (errors surface here, lcores start
             # instantly): a call with the stop flag already set returns at once.
             dry = np.zeros(N_CTL, np.int64)
             dry[CTL_STOP] = 1
             fwd_loop(streams, ctx._replace(cfg=self._cfg(False)), dry)
-            plan.append((lcore, streams, ctx))
+            if sleepy:
+                precompile(queues, dry)
+                self._sleepy.add(lcore)
+            plan.append((lcore, streams, ctx, queues, sleepy))
         self._set_quiesce_hooks()
-        for lcore, streams, ctx in plan:
-            self.lcores.remote_launch(lcore, fwd_loop, streams, ctx, self.lcores.ctl(lcore))
+        for lcore, streams, ctx, queues, sleepy in plan:
+            ctl = self.lcores.ctl(lcore)
+            if sleepy:
+                self.lcores.remote_launch(lcore, power_fwd_loop, streams, ctx, ctl, queues,
+                                          self.lcores.stop_fd(lcore))
+            else:
+                self.lcores.remote_launch(lcore, fwd_loop, streams, ctx, ctl)
         self.running = True
-        log.info("forwarding started: mode %s, %d streams on lcores %s", self.config.mode,
-                 len(self.streams), sorted({s.lcore for s in self.streams}))
+        log.info("forwarding started: mode %s, %d streams on lcores %s (interrupt fallback on %s)",
+                 self.config.mode, len(self.streams), sorted({s.lcore for s in self.streams}),
+                 sorted(self._sleepy) or "none")
 
     def stop(self) -> dict[int, dict[str, int]]:
         """Stop every forwarding lcore (within STOP_TIMEOUT_S); returns the

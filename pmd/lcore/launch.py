@@ -4,20 +4,23 @@ Each worker lcore is a thread pinned to its CPU with ``sched_setaffinity``
 (on Linux, pid 0 means the calling *thread*).  The function it runs is a
 ``nogil`` Numba kernel, so workers truly run in parallel; each gets a
 control-word array whose CTL_STOP slot the kernel reads with an acquire
-load, so ``stop()`` is always seen.
+load, so ``stop()`` is always seen, and a stop eventfd that ``stop()``
+signals too, for a body sleeping in epoll (fallback interrupts, power.py).
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from ..atomics_py import store_flag
-from ..fwd.common import CTL_EPOCH, CTL_STOP, N_CTL
+from ..fwd.common import CTL_EPOCH, CTL_SLEEPING, CTL_STOP, N_CTL
+from .power import full_fence
 
 
 class LcoreError(Exception):
@@ -38,6 +41,7 @@ class _Lcore:
     error: BaseException | None = None
     affinity: set[int] = field(default_factory=set)  # as seen by the thread itself
     native_id: int = 0
+    stop_fd: int = -1  # eventfd stop() signals (created on first use)
 
 
 class LcoreManager:
@@ -57,6 +61,23 @@ class LcoreManager:
     def ctl(self, lcore_id: int) -> np.ndarray:
         """The lcore's control words (pass them to the kernel you launch)."""
         return self._get(lcore_id).ctl
+
+    def stop_fd(self, lcore_id: int) -> int:
+        """An eventfd that ``stop()`` signals after setting CTL_STOP: a body
+        that sleeps (epoll) waits on it too, so stopping stays prompt."""
+        lc = self._get(lcore_id)
+        if lc.stop_fd < 0:
+            lc.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            weakref.finalize(lc, os.close, lc.stop_fd)
+        return lc.stop_fd
+
+    def thread_id(self, lcore_id: int) -> int:
+        """The native (kernel) thread id of the lcore's current or last thread."""
+        return self._get(lcore_id).native_id
+
+    def sleeping(self, lcore_id: int) -> bool:
+        """True while the lcore sleeps waiting for rx notifications."""
+        return bool(self._get(lcore_id).ctl[CTL_SLEEPING])
 
     def affinity(self, lcore_id: int) -> set[int]:
         """The CPU set the lcore's thread reported for itself when it started."""
@@ -79,6 +100,12 @@ class LcoreManager:
             raise LcoreBusy(f"lcore {lcore_id} is still running")
         lc.result, lc.error = None, None
         store_flag(lc.ctl, CTL_STOP, 0)
+        store_flag(lc.ctl, CTL_SLEEPING, 0)
+        if lc.stop_fd >= 0:
+            try:
+                os.eventfd_read(lc.stop_fd)  # a stop() from an earlier run
+            except BlockingIOError:
+                pass
         ready = threading.Event()
 
         def body() -> None:
@@ -101,8 +128,12 @@ class LcoreManager:
         ready.wait()
 
     def stop(self, lcore_id: int) -> None:
-        """Ask the lcore's loop to return (it checks once per pass)."""
-        store_flag(self._get(lcore_id).ctl, CTL_STOP, 1)
+        """Ask the lcore's loop to return (it checks once per pass; a sleeping
+        body is woken through its stop eventfd)."""
+        lc = self._get(lcore_id)
+        store_flag(lc.ctl, CTL_STOP, 1)
+        if lc.stop_fd >= 0:
+            os.eventfd_write(lc.stop_fd, 1)
 
     def stop_all(self) -> None:
         for lid in self._lcores:
@@ -149,12 +180,22 @@ class LcoreManager:
         a kernel that has since finished a pass can no longer hold an address
         from before the change.  Raises TimeoutError naming the stuck lcores
         (bounded: a stuck lcore is an error, never a deadlock).
+
+        An lcore sleeping in epoll (CTL_SLEEPING, fallback interrupts) is
+        quiescent too: it set the flag with a release store after its last
+        access to port memory, and on waking clears it and issues a seq_cst
+        fence before touching tables again.  The fence below pairs with
+        that one: the caller's change is visible before we read the flag,
+        so an lcore whose flag we still read as 1 sees the change once it
+        wakes (see power.py).
         """
+        full_fence()
         start = {lid: self.epoch(lid) for lid in lcore_ids}
         deadline = time.monotonic() + timeout
         pending = set(lcore_ids)
         while True:
-            pending = {lid for lid in pending if self.is_running(lid) and self.epoch(lid) == start[lid]}
+            pending = {lid for lid in pending
+                       if self.is_running(lid) and self.epoch(lid) == start[lid] and not self.sleeping(lid)}
             if not pending:
                 return
             if time.monotonic() >= deadline:

@@ -22,7 +22,7 @@ class NullState(NamedTuple):
     port_id: int
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def null_rx(st, q, pool, bufs, nb):
     if not alloc_bulk(pool, bufs, nb):
         st.stats[q, ST_RX_NOMBUF] += nb
@@ -39,7 +39,7 @@ def null_rx(st, q, pool, bufs, nb):
     return nb
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def null_tx(st, q, pool, bufs, nb):
     nbytes = 0
     for k in range(nb):
@@ -83,6 +83,10 @@ class NullDriver(PortDriver):
 
     def stats_array(self) -> np.ndarray:
         return self._stats
+
+    def intr_fds(self, queue: int) -> list[int]:
+        """No rx notifications: an lcore polling this port never sleeps."""
+        return []
 
     def mac(self) -> bytes:
         return bytes([0x02, 0, 0, 0, 0x4E, int(self.name[len(self.prefix):]) & 0xFF])

@@ -25,7 +25,7 @@ class RingState(NamedTuple):
     port_id: int
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def ring_rx(st, q, pool, bufs, nb):
     n = ring_dequeue(st.rx_slots[q], st.rx_ctl[q], bufs, nb)
     nbytes = 0
@@ -38,7 +38,7 @@ def ring_rx(st, q, pool, bufs, nb):
     return n
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def ring_tx(st, q, pool, bufs, nb):
     n = ring_enqueue(st.tx_slots[q], st.tx_ctl[q], bufs, nb)
     nbytes = 0
@@ -123,6 +123,10 @@ class RingDriver(PortDriver):
 
     def stats_array(self) -> np.ndarray:
         return self._stats
+
+    def intr_fds(self, queue: int) -> list[int]:
+        """No rx notifications: an lcore polling this port never sleeps."""
+        return []
 
     def mac(self) -> bytes:
         return bytes([0x02, 0, 0, 0, 0x52, int(self.name[len(self.prefix):]) & 0xFF])

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..atomics_py import store_flag
 from ..ethdev import LinkStatus, PortDriver, PortError, new_stats, parse_bool, parse_int, register_driver
-from ..vhost_user.backend import BackendServer, BackendSession, HandlerError, VringInfo
+from ..vhost_user.backend import VIRTIO_CONFIG_S_DRIVER_OK, BackendServer, BackendSession, HandlerError, VringInfo
 from ..vhost_user.messages import VHOST_F_LOG_ALL, IotlbPerm, ProtocolFeature
 from ..virtio.split import (
     AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1,
@@ -37,6 +37,7 @@ from .vq import (
     VhostPciState,
 )
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
+from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
 from .window import Window
 
 log = logging.getLogger("vhostpci.port")
@@ -91,6 +92,8 @@ class VhostPciDriver(PortDriver):
         self.server: BackendServer | None = None
         self.quiesce_hook: Callable[[float], None] | None = None  # set by the forwarding runtime
         self._features = 0
+        self._status = 0  # virtio device status (SET_STATUS), 0: not reported
+        self._held: set[int] = set()  # rings set up, waiting for DRIVER_OK
         self._link = False
         self._miss_sent: dict[int, float] = {}  # vring -> time of the last MISS sent
         self.misses_sent = 0
@@ -213,7 +216,11 @@ class VhostPciDriver(PortDriver):
         return self.window
 
     def memory_changed(self, window: Window | None) -> None:
-        pass  # the kernels hold the window's tables; nothing else to swap
+        # The kernels hold the window's tables; nothing else to swap.  No
+        # memory: the connection is gone or reset, so is the driver status.
+        if window is None:
+            self._status = 0
+            self._held.clear()
 
     def vring_ready(self, index: int, vring: VringInfo) -> None:
         addr = vring.addr
@@ -240,11 +247,15 @@ class VhostPciDriver(PortDriver):
         row[VQ_MRG] = int(bool(self._features & (1 << VIRTIO_NET_F_MRG_RXBUF)))
         row[VQ_EVENT_IDX] = int(bool(self._features & (1 << VIRTIO_RING_F_EVENT_IDX)))
         row[VQ_MISS_PENDING] = 0
+        if self._status and not self._status & VIRTIO_CONFIG_S_DRIVER_OK:
+            self._held.add(index)  # the driver reports its status: wait for DRIVER_OK
+            return
         store_flag(self.vq[index], VQ_READY, 1)
         log.info("%s: vring %d ready (num %d, base %d%s)", self.name, index, vring.num, vring.base,
                  ", iommu" if iommu else "")
 
     def vring_stopped(self, index: int) -> int:
+        self._held.discard(index)
         store_flag(self.vq[index], VQ_READY, 0)
         self.quiesce()
         return int(self.vq[index, VQ_LAST_AVAIL])
@@ -254,7 +265,13 @@ class VhostPciDriver(PortDriver):
         self.vq[index, VQ_CALL_FD] = fd
 
     def status_changed(self, status: int) -> None:
-        pass
+        """SET_STATUS: rings set up before DRIVER_OK start only with it (as
+        DPDK's vhost library does: the driver may still be filling them)."""
+        self._status = status
+        if status & VIRTIO_CONFIG_S_DRIVER_OK:
+            for index in sorted(self._held):
+                store_flag(self.vq[index], VQ_READY, 1)
+            self._held.clear()
 
     def link_changed(self, up: bool) -> None:
         self._link = up
@@ -289,3 +306,15 @@ class VhostPciDriver(PortDriver):
             if session.send_iotlb_miss(iova, perm):
                 self.misses_sent += 1
             self._miss_sent[v] = now
+
+    # ------------------------------------------------------- fallback interrupts
+    def intr_fds(self, queue: int) -> list[int]:
+        """The eventfd VM1 kicks when it posts on rx queue ``queue``'s ring
+        (its transmit vring 2q+1), or [] if there is none now.  The session
+        owns it and replaces it on reconnect: fetch it before every sleep
+        (and dup it: it may be closed while the lcore sleeps)."""
+        server = self.server
+        session = server.session if server is not None else None
+        ring = session.vrings.get(2 * queue + 1) if session is not None else None
+        fd = ring.kick_fd if ring is not None else -1
+        return [fd] if fd >= 0 else []

@@ -43,6 +43,7 @@ from ..virtio.split import (
 )
 from .guest_memory import PAGE_SIZE, GuestMemory
 from .layout import DEFAULT_MEM, Placer, RingPlace, parse_mem
+from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
 from .vq import (
     CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_BUF, VQ_DESC, VQ_DONE_TAIL, VQ_EVENT_IDX, VQ_FREE_TOP, VQ_HDR_LEN,
     VQ_KICK_FD, VQ_MRG,
@@ -53,7 +54,9 @@ from .vq import (
 log = logging.getLogger("vhostpci.port")
 
 IOMMU_MODES = ("off", "static", "buffers", "transient")
-BUF_STRIDE = PAGE_SIZE  # one buffer per page: a grant exposes exactly one buffer
+# With per-buffer grants (buffers, transient) each buffer has its page, so a
+# grant exposes exactly one buffer; otherwise two per page (fewer TLB misses).
+BUF_STRIDE = {"off": 2048, "static": 2048, "buffers": PAGE_SIZE, "transient": PAGE_SIZE}
 MAX_QUEUE_PAIRS = 16
 PF = ProtocolFeature
 WANT_PROTOCOL = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
@@ -123,7 +126,7 @@ class VirtioUserDriver(PortDriver):
             for r in self.memory.regions:
                 self.view.add_region(r.fd, r.gpa, r.size, 0, r.userspace_addr)
             placer = Placer(args["mem"])
-            self.places = [placer.ring(num, BUF_STRIDE) for _ in range(nvq)]
+            self.places = [placer.ring(num, BUF_STRIDE[self.mode]) for _ in range(nvq)]
         except (ValueError, OSError) as e:
             self.close()
             raise PortError(f"{name}: {e}") from None
@@ -247,6 +250,13 @@ class VirtioUserDriver(PortDriver):
                 return True
             deadline.wait(0.01)
         return self._link == up
+
+    def intr_fds(self, queue: int) -> list[int]:
+        """The call eventfd the device signals when it returns buffers on rx
+        queue ``queue`` (receive vring 2q; ours for the port's lifetime)."""
+        if self.closed or self.session is None:
+            return []
+        return [self._call[2 * queue]]
 
     def rx_buffers_posted(self, queue: int = 0) -> int:
         """Receive buffers the device can fill now on ``queue`` (posted, not yet used)."""

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(TESTPMD is None, reason="dpdk-testpmd not instal
 
 
 def dpdk_vm1(path: str, prefix: str, devargs: str = "") -> subprocess.Popen:
-    cmd = ["stdbuf", "-oL", TESTPMD, "--lcores", "0@0,1@0", "--no-pci", "--no-huge", "-m", "1024", "--single-file-segments",
+    cmd = ["stdbuf", "-oL", TESTPMD, "--lcores", "0@0,1@0", "--no-pci", "--no-huge", "-m", "256", "--single-file-segments",
            "--file-prefix", prefix, "--vdev", f"net_virtio_user0,path={path},queue_size=256{devargs}", "--",
            "--forward-mode=io", "--nb-cores=1", "-a", "--total-num-mbufs=8192"]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,0 +1,81 @@
+"""Fallback interrupts of the vhost-pci port: kick notifications (virtio 1.2, 2.7.7/2.7.10).
+
+Rx queue ``q`` reads VM1's transmit vring ``v = 2q + 1``.  While polling,
+the rx kernel (``vq._begin``) sets VRING_USED_F_NO_NOTIFY at every burst;
+to sleep, the lcore arms the ring: clear the flag and, with EVENT_IDX, set
+avail_event to last_avail_idx (so VM1 kicks on its very next post), then a
+seq_cst fence and a re-read of avail idx.  The fence pairs with the one
+VM1's driver issues between publishing avail idx and reading the flag /
+avail_event (``virtio_user_pmd.vq._post``, Linux's virtqueue_kick_prepare):
+either VM1 sees the ring armed and kicks, or we see its new entries here
+and do not sleep.  Without both fences a wake-up can be lost (FACTS.md).
+
+Every write into VM1 memory (used flags, avail_event) is logged for
+migration (``vq._log``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..atomics import fence, load_acquire, store_release
+from ..burst import register_intr
+from ..virtio.split import VRING_USED_F_NO_NOTIFY
+from .vq import VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_READY, VQ_USED, VhostPciState, _log, _ring_offsets
+
+# With EVENT_IDX, disarming parks avail_event this far ahead of last_avail
+# (VM1 would kick once per 32768 posts at most, as vq._begin never moves it).
+_PARK = 0x8000
+
+
+@njit(nogil=True, cache=True)
+def _used_offset(st, v):
+    """Window offset of ring ``v``'s used ring, or -1 (not ready / not mapped)."""
+    if load_acquire(st.vq[v], VQ_READY) == 0:
+        return np.int64(-1), np.int64(0), np.int64(0)
+    num = st.vq[v, VQ_NUM]
+    desc, avail, used = _ring_offsets(st, v, num)
+    if desc < 0:
+        return np.int64(-1), np.int64(0), np.int64(0)
+    return used, avail, num
+
+
+@njit(nogil=True, cache=True)
+def vhost_pci_arm(st, q):
+    """Ask VM1 to kick rx queue ``q``'s ring; returns the entries pending
+    after the fence (> 0: do not sleep), or -1 if the ring cannot be armed."""
+    v = 2 * q + 1
+    used, avail, num = _used_offset(st, v)
+    if used < 0:
+        return np.int64(-1)
+    m = st.mem
+    ring = st.vq[v, VQ_USED]  # guest address, for the dirty log
+    last = st.vq[v, VQ_LAST_AVAIL]
+    store_release(m.u16, used >> 1, np.uint16(0))  # flags: clear NO_NOTIFY
+    _log(st, v, ring, 2)
+    if st.vq[v, VQ_EVENT_IDX] != 0:
+        store_release(m.u16, (used + 4 + 8 * num) >> 1, np.uint16(last & 0xFFFF))  # avail_event
+        _log(st, v, ring + 4 + 8 * num, 2)
+    fence()  # pairs with VM1's fence between avail idx and reading flags/avail_event
+    avail_idx = np.int64(load_acquire(m.u16, (avail + 2) >> 1))
+    return (avail_idx - last) & 0xFFFF
+
+
+@njit(nogil=True, cache=True)
+def vhost_pci_disarm(st, q):
+    """Back to polling: no kicks wanted (``vq._begin`` keeps the flag set)."""
+    v = 2 * q + 1
+    used, avail, num = _used_offset(st, v)
+    if used < 0:
+        return
+    m = st.mem
+    ring = st.vq[v, VQ_USED]
+    store_release(m.u16, used >> 1, np.uint16(VRING_USED_F_NO_NOTIFY))
+    _log(st, v, ring, 2)
+    if st.vq[v, VQ_EVENT_IDX] != 0:
+        park = (st.vq[v, VQ_LAST_AVAIL] + _PARK) & 0xFFFF
+        store_release(m.u16, (used + 4 + 8 * num) >> 1, np.uint16(park))
+        _log(st, v, ring + 4 + 8 * num, 2)
+
+
+register_intr(VhostPciState, vhost_pci_arm, vhost_pci_disarm)

@@ -1,0 +1,76 @@
+"""Fallback interrupts of the virtio-user port (VM1's driver): device calls.
+
+Rx queue ``q`` is receive vring ``v = 2q``.  While polling, the avail
+ring's VRING_AVAIL_F_NO_INTERRUPT flag is set (``driver._init_rings``) and,
+with EVENT_IDX, the rx kernel parks used_event half an index space ahead
+(``vq._no_calls``) at every receive.  Arming clears the flag and, with
+EVENT_IDX, sets used_event = last_used (call on the very next used entry),
+then a seq_cst fence and a re-read of used idx; the device's ``_publish``
+(vhost-pci ``vq.py``) fences between publishing used idx and reading
+them, so either it calls or we see the new entries here.  The call eventfd
+is ``driver._call[v]`` (the driver's own, given to the device with
+SET_VRING_CALL).  This is our own RAM: nothing to log.
+
+Pending work the driver itself owes the ring also keeps the lcore awake:
+staged-but-unposted or returned-but-unrecycled buffers (transient grants
+waiting for the control thread): polling, not a call, moves them on.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..atomics import fence, load_acquire, store_release
+from ..burst import register_intr
+from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT
+from .vq import (
+    VQ_AVAIL, VQ_DONE_TAIL, VQ_EVENT_IDX, VQ_FREED, VQ_LAST_USED, VQ_NUM, VQ_POSTED, VQ_READY, VQ_STAGE_TAIL,
+    VQ_TRANSIENT, VQ_USED, VirtioUserState,
+)
+
+_PARK = 0x8000  # as vq._no_calls
+
+
+@njit(nogil=True, cache=True)
+def virtio_user_arm(st, q):
+    """Ask the device to call rx queue ``q``; returns the used entries (or
+    the driver's own buffer work) pending after the fence, or -1 if the
+    ring is not ready."""
+    v = 2 * q
+    row = st.vq[v]
+    if load_acquire(row, VQ_READY) == 0:
+        return np.int64(-1)
+    if load_acquire(row, VQ_STAGE_TAIL) != row[VQ_POSTED] or load_acquire(row, VQ_DONE_TAIL) != row[VQ_FREED]:
+        return np.int64(1)  # buffers to post or recycle
+    tx = st.vq[v + 1]
+    if tx[VQ_TRANSIENT] != 0 and load_acquire(tx, VQ_STAGE_TAIL) != tx[VQ_POSTED]:
+        return np.int64(1)  # granted tx buffers the rx kernel posts (vq.recv)
+    m = st.mem
+    num = row[VQ_NUM]
+    avail = row[VQ_AVAIL]
+    last = row[VQ_LAST_USED]
+    flags = m.u16[avail >> 1]
+    store_release(m.u16, avail >> 1, np.uint16(flags & ~VRING_AVAIL_F_NO_INTERRUPT))
+    if row[VQ_EVENT_IDX] != 0:
+        store_release(m.u16, (avail + 4 + 2 * num) >> 1, np.uint16(last & 0xFFFF))  # used_event
+    fence()  # pairs with the device's fence in _publish
+    used_idx = np.int64(load_acquire(m.u16, (row[VQ_USED] + 2) >> 1))
+    return (used_idx - last) & 0xFFFF
+
+
+@njit(nogil=True, cache=True)
+def virtio_user_disarm(st, q):
+    """Back to polling: no calls wanted."""
+    v = 2 * q
+    row = st.vq[v]
+    if load_acquire(row, VQ_READY) == 0:
+        return
+    m = st.mem
+    avail = row[VQ_AVAIL]
+    store_release(m.u16, avail >> 1, np.uint16(m.u16[avail >> 1] | VRING_AVAIL_F_NO_INTERRUPT))
+    if row[VQ_EVENT_IDX] != 0:
+        park = (row[VQ_LAST_USED] + _PARK) & 0xFFFF
+        store_release(m.u16, (avail + 4 + 2 * row[VQ_NUM]) >> 1, np.uint16(park))
+
+
+register_intr(VirtioUserState, virtio_user_arm, virtio_user_disarm)
