@@ -37,7 +37,7 @@ def _lookup(table: dict, state) -> Callable | None:
     return table.get(getattr(state, "instance_class", None))
 
 
-@overload(rx_burst, jit_options={"nogil": True})
+@overload(rx_burst, jit_options={"nogil": True, "_nrt": False})
 def _rx_burst_impl(state, queue, pool, bufs, nb):
     impl = _lookup(_RX, state)
     if impl is None:
@@ -49,7 +49,7 @@ def _rx_burst_impl(state, queue, pool, bufs, nb):
     return rx
 
 
-@overload(tx_burst, jit_options={"nogil": True})
+@overload(tx_burst, jit_options={"nogil": True, "_nrt": False})
 def _tx_burst_impl(state, queue, pool, bufs, nb):
     impl = _lookup(_TX, state)
     if impl is None:
@@ -94,7 +94,7 @@ def intr_disarm(state, queue):  # pragma: no cover - replaced in kernels
     raise NotImplementedError("intr_disarm is only callable from a Numba kernel")
 
 
-@overload(intr_arm, jit_options={"nogil": True})
+@overload(intr_arm, jit_options={"nogil": True, "_nrt": False})
 def _intr_arm_impl(state, queue):
     impl = _lookup(_ARM, state)
     if impl is None:
@@ -108,7 +108,7 @@ def _intr_arm_impl(state, queue):
     return arm
 
 
-@overload(intr_disarm, jit_options={"nogil": True})
+@overload(intr_disarm, jit_options={"nogil": True, "_nrt": False})
 def _intr_disarm_impl(state, queue):
     impl = _lookup(_DISARM, state)
     if impl is None:

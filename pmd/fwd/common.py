@@ -65,7 +65,7 @@ class FwdCtx(NamedTuple):
     flow: np.ndarray  # int64[8]: flowgen's running flow index
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def receive(s, ctx, burst):
     """rx up to ``burst`` packets of the stream into ``ctx.bufs`` and count them."""
     n = rx_burst(s.rx, s.rxq, ctx.pool, ctx.bufs, burst)
@@ -73,7 +73,7 @@ def receive(s, ctx, burst):
     return n
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def send_burst(s, ctx, n):
     """tx ``ctx.bufs[:n]`` on the stream; free and count what the port refused."""
     sent = 0
@@ -86,13 +86,13 @@ def send_burst(s, ctx, n):
     return sent
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def write_mac(data, off, mac):
     for b in range(6):
         data[off + b] = mac[b]
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def fill_from_template(s, ctx, n):
     """Allocate ``n`` buffers holding the template frame addressed from the
     tx port to its peer; returns how many were allocated (n or 0)."""

@@ -6,7 +6,7 @@ from . import flowgen, io, mac, macswap, rxonly, txonly
 from .common import MODE_FLOWGEN, MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def fwd_one(s, ctx, mode, burst):
     if mode == MODE_IO:
         return io.fwd(s, ctx, burst)

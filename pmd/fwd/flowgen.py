@@ -13,7 +13,7 @@ IP_CSUM = ETH_LEN + 10
 IP_DST = ETH_LEN + 16
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def ipv4_checksum(data, off):
     total = 0
     for w in range(10):
@@ -24,7 +24,7 @@ def ipv4_checksum(data, off):
     return ~total & 0xFFFF
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def fwd(s, ctx, burst):
     n = fill_from_template(s, ctx, burst)
     pool = ctx.pool

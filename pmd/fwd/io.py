@@ -4,7 +4,7 @@ from numba import njit
 from .common import receive, send_burst
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def fwd(s, ctx, burst):
     n = receive(s, ctx, burst)
     if n > 0:

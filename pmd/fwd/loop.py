@@ -17,7 +17,7 @@ from .common import (
 from .unroll import poll_streams, tx_first_streams
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def fwd_loop(streams, ctx, ctl):
     """Forward on ``streams`` until ``ctl[CTL_STOP]`` is set (returns
     EXIT_STOPPED) or, when cfg[CFG_IDLE_POLLS] > 0, until that many passes

@@ -5,7 +5,7 @@ from ..mbuf import mbuf_offset
 from .common import receive, send_burst, write_mac
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def fwd(s, ctx, burst):
     pool = ctx.pool
     n = receive(s, ctx, burst)

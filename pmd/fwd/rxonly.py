@@ -5,7 +5,7 @@ from ..mbuf import free_bulk
 from .common import receive
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def fwd(s, ctx, burst):
     n = receive(s, ctx, burst)
     if n > 0:

@@ -38,14 +38,14 @@ def _txonly_fwd():
     return fwd
 
 
-@overload(poll_streams, jit_options={"nogil": True})
+@overload(poll_streams, jit_options={"nogil": True, "_nrt": False})
 def _poll_streams(streams, ctx, mode, burst):
     if not isinstance(streams, types.BaseTuple):
         return None
     return _unrolled("poll", "streams, ctx, mode, burst", "fwd_one(streams[{i}], ctx, mode, burst)", len(streams))
 
 
-@overload(tx_first_streams, jit_options={"nogil": True})
+@overload(tx_first_streams, jit_options={"nogil": True, "_nrt": False})
 def _tx_first_streams(streams, ctx, burst):
     if not isinstance(streams, types.BaseTuple):
         return None
