@@ -44,7 +44,7 @@ def test_sigint_stops_within_a_second():
 
 def test_bad_eal_and_app_options_exit_2_with_one_line():
     for args in (["-c", "0x0", "--vdev", "net_ring0"], ["-l", "0-1", "--vdev", "net_bogus0"],
-                 ["-l", "0-1", "--vdev", "net_ring0,bogus=1"], ["-l", "0-1"],
+                 ["-l", "0-1", "--vdev", "net_ring0,bogus=1"], ["-l", "0-1", "--", "--duration", "0"],
                  ["-l", "0-1", "--vdev", "net_ring0", "--", "--forward-mode", "nope"]):
         out = subprocess.run(FWD + args, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2, (args, out.stderr)

@@ -55,10 +55,10 @@ def format_line(port_id: int, name: str, st: dict, rx_pps: float, tx_pps: float)
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     eal, app_argv = eal_init(argv)
+    if not eal.vdevs:  # no ports given: the VM-to-VM demo (its own options)
+        from .demo import run_demo
+        return run_demo(eal, app_argv)
     args = parse_app_args(app_argv)
-    if not eal.vdevs:
-        print("vhostpci-fwd: error: no ports: give at least one --vdev", file=sys.stderr)
-        return 2
     try:
         fw = forwarding_from_eal(eal, args.total_num_mbufs)
     except (PortError, ValueError) as e:
