@@ -63,6 +63,23 @@ def parse_int(text: str) -> int:
     return int(text, 0)
 
 
+def parse_path(text: str) -> str:
+    """A devarg naming a file (a unix socket): non-empty."""
+    if not text:
+        raise ValueError("empty path")
+    return text
+
+
+def int_in_range(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    """A devarg parser for an integer ``name`` in ``lo..hi``."""
+    def parse(text: str) -> int:
+        n = parse_int(text)
+        if not lo <= n <= hi:
+            raise ValueError(f"{name} must be {lo}..{hi}, got {n}")
+        return n
+    return parse
+
+
 def parse_bool(text: str) -> bool:
     if text in ("1", "yes", "on", "true"):
         return True
@@ -134,6 +151,19 @@ class PortDriver(ABC):
         """Free buffers the device still holds (e.g. queued in a ring) after
         stop; returns how many.  Drivers that hold none keep this default."""
         return 0
+
+
+class DevargQueuePairs:
+    """Mixin for drivers whose queue pairs are fixed by the ``queues=`` devarg
+    (the peer negotiates them): configure() accepts only that count."""
+
+    name: str
+    args: dict[str, Any]
+
+    def configure(self, nb_rxq: int, nb_txq: int) -> None:
+        n = self.args["queues"]
+        if (nb_rxq, nb_txq) != (n, n):
+            raise PortError(f"{self.name}: has {n} queue pairs (devarg queues=); {nb_rxq} rx / {nb_txq} tx asked")
 
 
 _DRIVERS: dict[str, type[PortDriver]] = {}

@@ -20,6 +20,7 @@ from ..ethdev import (
     LinkStatus,
     PortDriver,
     PortError,
+    int_in_range,
     new_stats,
     parse_bool,
     parse_int,
@@ -38,13 +39,6 @@ def _iface(text: str) -> str:
     return text
 
 
-def _queues(text: str) -> int:
-    n = parse_int(text)
-    if not 1 <= n <= MAX_QUEUES:
-        raise ValueError(f"queues must be 1..{MAX_QUEUES}, got {n}")
-    return n
-
-
 def _blocksize(text: str) -> int:
     n = parse_int(text)
     if n < mmap.PAGESIZE or n % mmap.PAGESIZE or n & (n - 1) or n > 1 << 26:
@@ -52,13 +46,6 @@ def _blocksize(text: str) -> int:
     return n
 
 
-def _positive(lo: int, hi: int):
-    def parse(text: str) -> int:
-        n = parse_int(text)
-        if not lo <= n <= hi:
-            raise ValueError(f"expected {lo}..{hi}, got {n}")
-        return n
-    return parse
 
 
 def _pow2_at_least(n: int) -> int:
@@ -71,8 +58,9 @@ def _pow2_at_least(n: int) -> int:
 @register_driver
 class VfDriver(PortDriver):
     prefix = "net_vf"
-    devargs = {"iface": _iface, "queues": _queues, "blocksize": _blocksize, "blocks": _positive(2, 4096),
-               "framecount": _positive(16, 1 << 20), "qdisc_bypass": parse_bool}
+    devargs = {"iface": _iface, "queues": int_in_range("queues", 1, MAX_QUEUES), "blocksize": _blocksize,
+               "blocks": int_in_range("blocks", 2, 4096), "framecount": int_in_range("framecount", 16, 1 << 20),
+               "qdisc_bypass": parse_bool}
     devarg_defaults = {"iface": "", "queues": 1, "blocksize": 1 << 16, "blocks": 256, "framecount": 2048,
                        "qdisc_bypass": False}
 

@@ -23,7 +23,9 @@ from typing import Callable
 import numpy as np
 
 from ..atomics_py import store_flag
-from ..ethdev import LinkStatus, PortDriver, PortError, new_stats, parse_bool, parse_int, register_driver
+from ..ethdev import (
+    DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, new_stats, parse_bool, parse_path, register_driver,
+)
 from ..vhost_user.backend import VIRTIO_CONFIG_S_DRIVER_OK, BackendServer, BackendSession, HandlerError, VringInfo
 from ..vhost_user.messages import VHOST_F_LOG_ALL, IotlbPerm, ProtocolFeature
 from ..virtio.split import (
@@ -51,25 +53,13 @@ PF = ProtocolFeature
 PROTOCOL_FEATURES = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
 
 
-def _queues(text: str) -> int:
-    n = parse_int(text)
-    if not 1 <= n <= MAX_QUEUE_PAIRS:
-        raise ValueError(f"queues must be 1..{MAX_QUEUE_PAIRS}, got {n}")
-    return n
-
-
-def _path(text: str) -> str:
-    if not text:
-        raise ValueError("empty socket path")
-    return text
-
-
 @register_driver
-class VhostPciDriver(PortDriver):
+class VhostPciDriver(DevargQueuePairs, PortDriver):
     """One vhost-pci port; also the vhost-user ``BackendDevice`` of its server."""
 
     prefix = "net_vhost_pci"
-    devargs = {"path": _path, "client": parse_bool, "queues": _queues, "iommu_support": parse_bool}
+    devargs = {"path": parse_path, "client": parse_bool, "queues": int_in_range("queues", 1, MAX_QUEUE_PAIRS),
+               "iommu_support": parse_bool}
     devarg_defaults = {"path": "", "client": False, "queues": 1, "iommu_support": True}
 
     def __init__(self, name: str, args: dict) -> None:
@@ -100,11 +90,6 @@ class VhostPciDriver(PortDriver):
         self.closed = False
 
     # ---------------------------------------------------------------- port ops
-    def configure(self, nb_rxq: int, nb_txq: int) -> None:
-        if (nb_rxq, nb_txq) != (self.args["queues"], self.args["queues"]):
-            raise PortError(f"{self.name}: has {self.args['queues']} queue pairs (devarg queues=); "
-                            f"{nb_rxq} rx / {nb_txq} tx asked")
-
     def start(self) -> None:
         if self.closed:
             raise PortError(f"{self.name}: closed")

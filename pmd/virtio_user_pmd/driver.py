@@ -32,7 +32,9 @@ from typing import Callable
 import numpy as np
 
 from ..atomics_py import store_flag
-from ..ethdev import LinkStatus, PortDriver, PortError, new_stats, parse_bool, parse_int, register_driver
+from ..ethdev import (
+    DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, new_stats, parse_bool, parse_int, parse_path, register_driver,
+)
 from ..vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
 from ..shm import create_shared
 from ..vhost_user.messages import VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm, ProtocolFeature
@@ -42,7 +44,7 @@ from ..virtio.split import (
     VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, mem_views, net_hdr_len,
 )
 from .guest_memory import PAGE_SIZE, GuestMemory
-from .layout import DEFAULT_MEM, Placer, RingPlace, parse_mem
+from .layout import DEFAULT_MEM, Placer, parse_mem
 from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
 from .vq import (
     CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_BUF, VQ_DESC, VQ_DONE_TAIL, VQ_EVENT_IDX, VQ_FREE_TOP, VQ_HDR_LEN,
@@ -79,29 +81,16 @@ def _queue_size(text: str) -> int:
     return n
 
 
-def _queues(text: str) -> int:
-    n = parse_int(text)
-    if not 1 <= n <= MAX_QUEUE_PAIRS:
-        raise ValueError(f"queues must be 1..{MAX_QUEUE_PAIRS}, got {n}")
-    return n
-
-
-def _path(text: str) -> str:
-    if not text:
-        raise ValueError("empty socket path")
-    return text
-
-
 def _mem(text: str) -> list[tuple[int, int]]:
     return parse_mem(text)
 
 
 @register_driver
-class VirtioUserDriver(PortDriver):
+class VirtioUserDriver(DevargQueuePairs, PortDriver):
     """VM1's virtio-net device, driven from our own lcores."""
 
     prefix = "net_virtio_user"
-    devargs = {"path": _path, "server": parse_bool, "queues": _queues, "queue_size": _queue_size,
+    devargs = {"path": parse_path, "server": parse_bool, "queues": int_in_range("queues", 1, MAX_QUEUE_PAIRS), "queue_size": _queue_size,
                "mrg_rxbuf": parse_bool, "iommu": _iommu, "mem": _mem}
     devarg_defaults = {"path": "", "server": False, "queues": 1, "queue_size": 256, "mrg_rxbuf": True,
                        "iommu": "off", "mem": parse_mem(DEFAULT_MEM)}
@@ -185,11 +174,6 @@ class VirtioUserDriver(PortDriver):
         self.vq[:, VQ_KICK_FD] = -1
 
     # ---------------------------------------------------------------- port ops
-    def configure(self, nb_rxq: int, nb_txq: int) -> None:
-        if (nb_rxq, nb_txq) != (self.args["queues"], self.args["queues"]):
-            raise PortError(f"{self.name}: has {self.args['queues']} queue pairs (devarg queues=); "
-                            f"{nb_rxq} rx / {nb_txq} tx asked")
-
     def start(self) -> None:
         if self.closed:
             raise PortError(f"{self.name}: closed")

@@ -87,15 +87,23 @@ def _push_done(st, v, i):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _handed_back(st, row, tail, done):
+    """How far the control thread has processed a FIFO (``row[done]``, it
+    owns that counter in transient mode; wake it if it lags); without
+    transient grants there is nothing to do and the kernel moves it itself."""
+    if row[VQ_TRANSIENT] == 0:
+        row[done] = row[tail]
+    elif row[tail] != load_acquire(row, done):
+        _wake(st)
+    return load_acquire(row, done)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _recycle(st, v):
     """Done ids the control thread has unmapped go back on the free stack."""
     row = st.vq[v]
     num = row[VQ_NUM]
-    if row[VQ_TRANSIENT] == 0:
-        row[VQ_UNMAP_DONE] = row[VQ_DONE_TAIL]
-    elif row[VQ_DONE_TAIL] != load_acquire(row, VQ_UNMAP_DONE):
-        _wake(st)  # returned buffers to revoke
-    upto = load_acquire(row, VQ_UNMAP_DONE)
+    upto = _handed_back(st, row, VQ_DONE_TAIL, VQ_UNMAP_DONE)  # returned buffers revoked
     f = row[VQ_FREED]
     top = row[VQ_FREE_TOP]
     while f < upto:
@@ -120,11 +128,7 @@ def _post(st, v):
     """Make staged (and, if transient, mapped) ids available; kick once."""
     row = st.vq[v]
     num = row[VQ_NUM]
-    if row[VQ_TRANSIENT] == 0:
-        row[VQ_MAP_DONE] = row[VQ_STAGE_TAIL]
-    elif row[VQ_STAGE_TAIL] != load_acquire(row, VQ_MAP_DONE):
-        _wake(st)  # staged buffers to grant
-    upto = load_acquire(row, VQ_MAP_DONE)
+    upto = _handed_back(st, row, VQ_STAGE_TAIL, VQ_MAP_DONE)  # staged buffers granted
     p = row[VQ_POSTED]
     if p == upto:
         return

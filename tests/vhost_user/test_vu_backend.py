@@ -23,6 +23,7 @@ from pmd.vhost_user.messages import BackendReq, FrontendReq, IotlbType
 from pmd.vhostpci_pmd.window import Window
 
 from .fakes import IOMMU_PLATFORM, MRG_RXBUF, PF, PROTOCOL_FEATURES, VERSION_1, WINDOW, FakeDevice
+from tests.util import wait_until
 
 F = FrontendReq
 UADDR = 0x7F00_0000_0000
@@ -83,15 +84,6 @@ def readable(addr: int) -> bool:
     finally:
         os.close(r)
         os.close(w)
-
-
-def wait_until(pred, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 # --------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -25,17 +24,9 @@ from pmd.vhostpci_pmd.translate import translate
 from pmd.virtio.split import set_avail_entry, set_desc, mem_views
 from pmd.virtio_user_pmd.vq import VQ_AVAIL_IDX, VQ_DONE_TAIL, VQ_UNMAP_DONE
 from tests.vhostpci.peer_io import _send, check_packet, make_packet, recv, send
+from tests.util import wait_until as wait
 
 ROGUE_GPA = 0x1800000  # low region, past the rings: never granted
-
-
-def wait(pred, timeout=5.0) -> bool:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def main(action: str, mode: str) -> None:

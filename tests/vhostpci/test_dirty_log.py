@@ -7,7 +7,6 @@ RAM, so every page that changed was written by the device."""
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -17,17 +16,9 @@ from pmd.mbuf import create_pool
 from pmd.vhost_user.messages import VHOST_LOG_PAGE
 from pmd.vhostpci_pmd.dirty_log import LOG_ON
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
+from tests.util import wait_until as wait
 
 N = 40
-
-
-def wait(pred, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 def ram_pages(mem) -> dict[int, bytes]:

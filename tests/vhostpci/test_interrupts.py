@@ -20,20 +20,12 @@ from pmd.fwd.common import CTL_SLEEPS, CTL_WAKEUPS
 from pmd.lcore.power import arm_queue, disarm_queue
 from pmd.mbuf import create_pool
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
+from tests.util import wait_until as wait_for
 
 LCORE = 1  # the fwd fixture's worker
 IDLE_POLLS = 2000
 CYCLES = 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def thread_cpu_share(tid: int, seconds: float = 1.0) -> float:

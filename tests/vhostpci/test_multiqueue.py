@@ -3,23 +3,14 @@ each rx queue a ring of its own (VIRTIO_NET_F_MQ, GET_QUEUE_NUM)."""
 from __future__ import annotations
 
 import os
-import time
 
 from pmd.ethdev import Port, parse_vdev
 from pmd.mbuf import create_pool
 from pmd.virtio.split import VIRTIO_NET_F_MQ
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
+from tests.util import wait_until as wait
 
 QUEUES = 3
-
-
-def wait(pred, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 def test_each_queue_pair_carries_its_own_traffic(sockdir):

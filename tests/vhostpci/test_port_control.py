@@ -23,7 +23,8 @@ from pmd.vhost_user.messages import (
 )
 from pmd.virtio.split import VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, ring_sizes
 from pmd.virtio_user_pmd.guest_memory import GuestMemory
-from tests.vhost_user.test_vu_backend import maps_count, open_fds, raw_send, wait_until
+from tests.util import wait_until
+from tests.vhost_user.test_vu_backend import maps_count, open_fds, raw_send
 
 F = FrontendReq
 VERSION_1 = 1 << VIRTIO_F_VERSION_1

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from pmd.vhost_user.messages import FrontendReq as F
+from tests.util import wait_until as wait
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = [
@@ -27,15 +28,6 @@ def qemu_cmd(path: str, paused: bool) -> list[str]:
             "-chardev", f"socket,id=chr0,path={path}", "-netdev", "vhost-user,id=net0,chardev=chr0",
             "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,vectors=0",
             "-nographic", "-nodefaults", "-display", "none", "-serial", "none"] + (["-S"] if paused else [])
-
-
-def wait(pred, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 @pytest.mark.parametrize("paused", [True, False], ids=["init-negotiation", "firmware-traffic"])
