@@ -1,8 +1,9 @@
 """vhostpci-bench SCENARIO [options]: print throughput figures.
 
 Scenarios: ``framework`` (framework overhead on one lcore), ``vhost`` (our
-vhost-pci port against DPDK's vhost PMD, and the cost of VM1's IOMMU).
-Later issues add ``vf`` and ``vm1``.  ``--json`` prints machine-readable output.
+vhost-pci port against DPDK's vhost PMD, and the cost of VM1's IOMMU), ``vf``
+(our VF port against DPDK's af_packet PMD on a veth pair, tx and rx).
+A later issue adds ``vm1``.  ``--json`` prints machine-readable output.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import signal
 import sys
 from dataclasses import asdict
 
-from . import framework, vhost
+from . import framework, vf, vhost
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -33,7 +34,7 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _print_vhost_table(results: list[vhost.Result], notes: list[str]) -> None:
+def _print_vhost_table(results: list[vhost.Result], notes: list[str]) -> None:  # vhost and vf
     for note in notes:
         print(note)
     if not results:
@@ -69,6 +70,13 @@ def _scenarios(text: str) -> tuple[str, ...]:
     return out
 
 
+def _directions(text: str) -> tuple[str, ...]:
+    out = tuple(x for x in text.split(",") if x)
+    if not out or any(x not in vf.DIRECTIONS for x in out):
+        raise argparse.ArgumentTypeError(f"directions are {','.join(vf.DIRECTIONS)}, got {text!r}")
+    return out
+
+
 def _common(sub: argparse.ArgumentParser, seconds: float, rounds: int) -> None:
     sub.add_argument("--seconds", type=float, default=seconds, help="length of one measured window")
     sub.add_argument("--rounds", type=int, default=rounds, help="alternating runs per scenario (median reported)")
@@ -92,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     vh.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the measured window")
     vh.add_argument("--scenarios", type=_scenarios, default=vhost.SCENARIOS, help="subset of abc (default: all)")
     vh.add_argument("--quick", action="store_true", help="short run: --seconds 0.5 --rounds 1 --warmup 0.3")
+    vfp = sub.add_parser("vf", help="our VF port vs DPDK's af_packet PMD on a veth pair (needs root)")
+    _common(vfp, 2.0, 5)
+    vfp.add_argument("--size", type=_sizes, default=vf.SIZES,
+                     help="frame sizes with FCS, comma-separated (64,1518; veth frames are 4 B shorter)")
+    vfp.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the measured window")
+    vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx (default: both)")
+    vfp.add_argument("--quick", action="store_true", help="short run: --seconds 0.5 --rounds 1 --warmup 0.3")
     args = p.parse_args(argv)
     if args.cpu is not None and args.cpu not in os.sched_getaffinity(0):
         p.error(f"--cpu {args.cpu}: not a CPU this process may use")
@@ -101,21 +116,28 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"scenario": "framework", "results": [asdict(r) for r in results]}, indent=2))
         else:
             _print_table(results)
-    elif args.scenario == "vhost":
+    else:  # vhost, vf: ours vs DPDK side by side
         if args.quick:
             args.seconds, args.rounds, args.warmup = 0.5, 1, 0.3
         signal.signal(signal.SIGTERM, _raise_interrupt)
         progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
         try:
-            vresults, notes = vhost.run(args.seconds, args.rounds, args.size, args.cpu, args.warmup,
-                                        args.scenarios, progress)
+            if args.scenario == "vhost":
+                vresults, notes = vhost.run(args.seconds, args.rounds, args.size, args.cpu, args.warmup,
+                                            args.scenarios, progress)
+            else:
+                vresults, notes = vf.run(args.seconds, args.rounds, args.size, args.cpu, args.warmup,
+                                         args.directions, progress)
         except KeyboardInterrupt:
             print("vhostpci-bench: interrupted", file=sys.stderr)
             return 130
+        except vf.BenchError as e:  # the bench could not be set up (e.g. the veth pair)
+            print(f"vhostpci-bench: error: {e}", file=sys.stderr)
+            return 1
         if args.json:
             for note in notes:
                 print(note, file=sys.stderr)
-            print(json.dumps({"scenario": "vhost", "seconds": args.seconds, "rounds": args.rounds,
+            print(json.dumps({"scenario": args.scenario, "seconds": args.seconds, "rounds": args.rounds,
                               "warmup": args.warmup, "notes": notes,
                               "results": [asdict(r) for r in vresults]}, indent=2))
         else:

@@ -27,14 +27,23 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pmd.ethdev import Port
 
 from . import dpdk
-from .common import default_cpu, forwarding, median, other_cpu
+from .common import (
+    FLOW_TIMEOUT_S,
+    BenchError,
+    CounterMeter,
+    Result,
+    alternate,
+    default_cpu,
+    forwarding,
+    measure,
+    other_cpu,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCENARIOS = ("a", "b", "c")
@@ -45,40 +54,20 @@ NOT_FOUND = f"DPDK {dpdk.TESTPMD} not found (install dpdk-dev: tools/setup does)
 VIRTIO_USER_ARGS = "queue_size=256,mrg_rxbuf=0,in_order=0,packed_vq=0"
 VIRTIO_USER_EAL = ("--single-file-segments",)  # else: "Too many memory regions"
 ISOLATION_MODES = ("off", "buffers", "transient")
-FLOW_TIMEOUT_S = 20.0  # from VM1's start to the first packet at the receiver
 OURS_VM1_TIMEOUT_S = 120.0  # the same when VM1 is ours: its kernels may need compiling first (cache cold)
 
 
-class BenchError(RuntimeError):
-    """One run could not be measured; the message says why."""
-
-
-@dataclass
-class Result:
-    scenario: str  # "a", "b", "c"
-    what: str  # one line saying what is measured
-    size: int
-    ours: str  # label of our variant
-    ref: str  # label of the reference variant
-    ours_mpps: float | None  # median over rounds (None: not measured)
-    ref_mpps: float | None
-    ratio: float | None  # median of the per-round ratio ours / ref
-    ours_runs: list[float] = field(default_factory=list)
-    ref_runs: list[float] = field(default_factory=list)
-    ratio_runs: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
 # ------------------------------------------------------------------ sides
-class OursVm2:
-    """Our net_vhost_pci port forwarding in this process, lcore pinned to ``cpu``."""
+class OursPort(CounterMeter):
+    """A port of ours (``vdev``) forwarding in ``mode`` in this process, one
+    lcore pinned to ``cpu``, interrupts off; as a receiver it meters its own
+    ``ipackets``."""
 
-    def __init__(self, path: str, mode: str, size: int, cpu: int, iommu_support: bool) -> None:
-        self.vdev = f"net_vhost_pci0,path={path},iommu_support={int(iommu_support)}"
+    def __init__(self, vdev: str, mode: str, size: int, cpu: int) -> None:
+        self.vdev = vdev
         self.mode, self.size, self.cpu = mode, size, cpu
         self.fw = None
         self.port: Port | None = None
-        self._t0 = self._n0 = 0.0
 
     def start(self) -> None:
         self.fw = forwarding(self.cpu)
@@ -95,20 +84,21 @@ class OursVm2:
         assert self.port is not None
         return self.port.stats().ipackets
 
-    def begin(self) -> None:
-        self._n0, self._t0 = self.packets(), time.perf_counter()
-
-    def end(self) -> float:
-        n, t = self.packets(), time.perf_counter()
-        return (n - self._n0) / (t - self._t0) / 1e6
-
     def close(self) -> None:
         if self.fw is not None:
             self.fw.close()
 
 
+class OursVm2(OursPort):
+    """Our net_vhost_pci port forwarding in this process, lcore pinned to ``cpu``."""
+
+    def __init__(self, path: str, mode: str, size: int, cpu: int, iommu_support: bool) -> None:
+        super().__init__(f"net_vhost_pci0,path={path},iommu_support={int(iommu_support)}", mode, size, cpu)
+
+
 class DpdkSide:
-    """A dpdk-testpmd process (vhost or virtio-user) forwarding in ``mode``."""
+    """A dpdk-testpmd process (vhost, virtio-user, af_packet...) forwarding in ``mode``;
+    as a receiver it meters testpmd's own Rx-pps."""
 
     def __init__(self, vdev: str, mode: str, size: int, cpu: int, prefix: str, eal_extra: tuple[str, ...] = ()):
         self.tp = dpdk.Testpmd(vdev, mode, size, cpu, prefix, eal_extra=eal_extra)
@@ -137,16 +127,17 @@ class DpdkSide:
         self.tp.close()
 
 
-class OursVm1:
-    """Our net_virtio_user port as VM1: a ``vhostpci-fwd`` process (txonly)."""
+class FwdProcess:
+    """A ``vhostpci-fwd`` process: our port ``vdev`` forwarding in ``mode``
+    (one lcore on ``cpu``, interrupts off), output to ``log_path``."""
 
     flow_timeout = OURS_VM1_TIMEOUT_S
+    what = "generator"  # its role, in error messages
 
-    def __init__(self, path: str, iommu: str, size: int, cpu: int, log_path: str, max_seconds: float) -> None:
+    def __init__(self, vdev: str, mode: str, size: int, cpu: int, log_path: str, max_seconds: float) -> None:
         # --duration: a backstop should this process outlive the bench (SIGKILLed); close() ends it first
-        self.argv = [sys.executable, "-m", "apps.fwd", "--lcores", f"0@{cpu},1@{cpu}",
-                     "--vdev", f"net_virtio_user0,path={path},iommu={iommu}", "--",
-                     "--forward-mode=txonly", f"--txpkts={size}", "--stats-period=0", "--no-interrupts",
+        self.argv = [sys.executable, "-m", "apps.fwd", "--lcores", f"0@{cpu},1@{cpu}", "--vdev", vdev, "--",
+                     f"--forward-mode={mode}", f"--txpkts={size}", "--stats-period=0", "--no-interrupts",
                      f"--duration={max_seconds:.0f}"]
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
@@ -158,7 +149,7 @@ class OursVm1:
 
     def check(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"vhostpci-fwd (VM1) exited with {self.proc.returncode}: {self._tail()}")
+            raise BenchError(f"vhostpci-fwd ({self.what}) exited with {self.proc.returncode}: {self._tail()}")
 
     def _tail(self) -> str:
         try:
@@ -179,6 +170,15 @@ class OursVm1:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(wait)
         p.wait()
+
+
+class OursVm1(FwdProcess):
+    """Our net_virtio_user port as VM1: a ``vhostpci-fwd`` process (txonly)."""
+
+    what = "VM1"
+
+    def __init__(self, path: str, iommu: str, size: int, cpu: int, log_path: str, max_seconds: float) -> None:
+        super().__init__(f"net_virtio_user0,path={path},iommu={iommu}", "txonly", size, cpu, log_path, max_seconds)
 
 
 # ------------------------------------------------------------------ runs
@@ -206,26 +206,7 @@ class _Env:
 
 def _measure(env: _Env, vm2, vm1_factory: Callable[[], Any], meter_of: Callable[[Any, Any], Any]) -> float:
     """Start VM2, then VM1; wait for traffic at the receiver, warm up, measure Mpps."""
-    with contextlib.ExitStack() as stack:
-        stack.callback(vm2.close)
-        vm2.start()
-        vm1 = vm1_factory()
-        stack.callback(vm1.close)
-        vm1.start()
-        meter = meter_of(vm2, vm1)
-        timeout = vm1.flow_timeout
-        deadline = time.monotonic() + timeout
-        while meter.packets() == 0:
-            vm1.check()
-            if time.monotonic() > deadline:
-                raise BenchError(f"no packet reached the receiver within {timeout:.0f} s")
-            time.sleep(0.05)
-        time.sleep(env.warmup)
-        meter.begin()
-        time.sleep(env.seconds)
-        mpps = meter.end()
-        vm1.check()  # still alive: the window measured a running VM1
-        return mpps
+    return measure(vm2, vm1_factory, meter_of, env.warmup, env.seconds)
 
 
 def _dpdk_vu(env: _Env, path: str, prefix: str, mode: str, size: int) -> DpdkSide:
@@ -290,44 +271,9 @@ def run(seconds: float = 2.0, rounds: int = 5, sizes: tuple[int, ...] = SIZES, c
         notes.append(NOT_FOUND)
         todo = [s for s in todo if s not in ("a", "b")]
     env = _Env(default_cpu() if cpu is None else cpu, seconds, warmup)
-    runs: dict[tuple[str, int, str], list[float | None]] = {}
-    errors: dict[tuple[str, int, str], list[str]] = {}
     try:
-        for r in range(rounds):
-            for size in sizes:
-                for sc in todo:
-                    variants = _variants(sc)
-                    for v in (variants if r % 2 == 0 else variants[::-1]):
-                        key = (sc, size, v)
-                        if key in runs and None in runs[key]:
-                            runs[key].append(None)  # failed before: do not retry every round
-                            continue
-                        t0 = time.monotonic()
-                        try:
-                            mpps: float | None = _variant(env, sc, v, size)
-                            say(f"round {r + 1}/{rounds} {sc} {size:>4} B {_label(sc, v):<16} {mpps:8.3f} Mpps"
-                                f"  ({time.monotonic() - t0:.1f} s)")
-                        except Exception as e:  # noqa: BLE001 - any failure of one run is reported, the rest go on
-                            mpps = None
-                            msg = f"{sc} {size} B {_label(sc, v)}: {e}"
-                            errors.setdefault(key, []).append(msg)
-                            say(f"round {r + 1}/{rounds} {msg}")
-                        runs.setdefault(key, []).append(mpps)
+        results = alternate(rounds, sizes, todo, variants=_variants, pairs=_pairs, label=_label,
+                            what=WHAT.__getitem__, run_one=lambda sc, v, size: _variant(env, sc, v, size), say=say)
     finally:
         env.close()
-    results = []
-    for sc in todo:
-        for size in sizes:
-            for ours, ref in _pairs(sc):
-                o = runs.get((sc, size, ours), [])
-                f = runs.get((sc, size, ref), [])
-                ratios = [a / b for a, b in zip(o, f) if a is not None and b]
-                o_ok = [x for x in o if x is not None]
-                f_ok = [x for x in f if x is not None]
-                results.append(Result(
-                    sc, WHAT[sc], size, _label(sc, ours), _label(sc, ref),
-                    median(o_ok) if o_ok else None, median(f_ok) if f_ok else None,
-                    median(ratios) if ratios else None, o_ok, f_ok, ratios,
-                    errors.get((sc, size, ours), []) + (errors.get((sc, size, ref), []) if ref != ours else []),
-                ))
     return results, notes

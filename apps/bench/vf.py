@@ -1,0 +1,253 @@
+"""Our VF port (``net_vf``: AF_PACKET TPACKET_V3 rx / V2 tx rings) against
+DPDK's ``net_af_packet`` PMD, side by side in one run, on a veth pair.
+
+The wire: a veth pair ``vbf<pid>a`` (A, the measured side's netdev) <->
+``vbf<pid>b`` (B), both in the root namespace, both up, default MTU, no
+addresses, IPv6 off (no chatter); removed on every exit path.
+
+- ``tx``: the measured side transmits on A (txonly, one lcore on ``--cpu``):
+  our net_vf in this process vs DPDK testpmd net_af_packet.  The rate is
+  counted at B by the kernel (``/sys/class/net/B/statistics/rx_packets``,
+  read twice ``seconds`` apart): one meter for both.
+- ``rx``: a generator (DPDK testpmd net_af_packet txonly on B, on the other
+  CPU; our own VF port in a ``vhostpci-fwd`` process when DPDK is absent)
+  sends into B; the measured side receives on A in rxonly: ours (rate from
+  the port's ipackets) vs DPDK (testpmd's Rx-pps).  The same generator for
+  both; what it offered (A's kernel rx counter over the window) is noted.
+
+Sizes are Ethernet frame sizes counted with the FCS, as on a wire (64..1518
+for MTU 1500); a veth carries no FCS, so frames are ``size - 4`` bytes
+(1518 -> 1514, a full MTU-1500 frame).  Both drivers use the same settings:
+PACKET_QDISC_BYPASS on (DPDK's default), 2048 tx frames.
+
+Variants alternate within each round, order reversed every other round;
+ratio = median of the per-round ours / DPDK (FACTS.md: the machine jumps
+between speed levels, absolute figures alone mean little).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from apps.fwd.demo import _ip, vf_unavailable
+
+from . import dpdk
+from .common import (
+    BenchError,
+    CounterMeter,
+    Result,
+    alternate,
+    default_cpu,
+    measure,
+    signals_deferred,
+)
+from .vhost import NOT_FOUND, OURS_VM1_TIMEOUT_S, DpdkSide, FwdProcess, OursPort, _Env
+
+DIRECTIONS = ("tx", "rx")
+SIZES = (64, 1518)
+FCS = 4  # counted in the sizes, not carried by a veth
+QDISC_BYPASS = 1
+FRAMECOUNT = 2048  # tx ring frames: ours' default, given to DPDK too (its default is 512)
+NEEDS_ROOT = "the VF bench needs root (a veth pair, AF_PACKET sockets): not run"
+
+
+class VethPair:
+    """``a`` <-> ``b`` in the root namespace, both up; ``delete()`` removes it (idempotent)."""
+
+    def __init__(self) -> None:
+        tag = os.getpid()
+        self.a, self.b = f"vbf{tag}a", f"vbf{tag}b"
+        self.created = False
+
+    def create(self) -> None:
+        self.created = True  # from the first command on, delete() cleans up
+        _ip("link", "add", self.a, "type", "veth", "peer", "name", self.b)
+        for end in (self.a, self.b):
+            with contextlib.suppress(OSError):  # no router solicitations / MLD in the counters
+                Path(f"/proc/sys/net/ipv6/conf/{end}/disable_ipv6").write_text("1")
+            _ip("link", "set", end, "up")
+        deadline = time.monotonic() + 5
+        for end in (self.a, self.b):
+            while Path(f"/sys/class/net/{end}/operstate").read_text().strip() != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"veth {end} did not come up")
+                time.sleep(0.02)
+
+    def mtu(self) -> int:
+        return int(Path(f"/sys/class/net/{self.a}/mtu").read_text())
+
+    def delete(self) -> None:
+        if not self.created:
+            return
+        _ip("link", "del", self.a, check=False)  # takes b with it
+        deadline = time.monotonic() + 3  # deletion is asynchronous
+        while (os.path.exists(f"/sys/class/net/{self.a}") or os.path.exists(f"/sys/class/net/{self.b}")) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.created = False
+
+
+class IfaceCounter(CounterMeter):
+    """A kernel interface counter (``/sys/class/net/IFACE/statistics/COUNTER``) as a meter."""
+
+    def __init__(self, iface: str, counter: str = "rx_packets") -> None:
+        self.path = f"/sys/class/net/{iface}/statistics/{counter}"
+
+    def packets(self) -> int:
+        with open(self.path) as f:
+            return int(f.read())
+
+
+class _Offered:
+    """The receiver's meter, with the generator's offered load (kernel rx
+    counter of A) read over the same window."""
+
+    def __init__(self, meter, a: str) -> None:
+        self.meter, self.kernel = meter, IfaceCounter(a)
+        self.offered = 0.0
+
+    def packets(self) -> int:
+        return self.meter.packets()
+
+    def begin(self) -> None:
+        self.kernel.begin()
+        self.meter.begin()
+
+    def end(self) -> float:
+        mpps = self.meter.end()
+        self.offered = self.kernel.end()
+        return mpps
+
+
+class AfPacketSide(DpdkSide):
+    """testpmd with net_af_packet.  DPDK 22.11 joins every af_packet socket
+    to the PACKET_FANOUT group ``(pid ^ ifindex) & 0xffff``: two testpmd
+    processes on the two veth ends (consecutive pids, consecutive ifindexes)
+    often get the same id, and the kernel refuses the second (EINVAL: a
+    group is bound to one device).  A new process has a new pid: retried."""
+
+    TRIES = 4
+
+    def __init__(self, iface: str, mode: str, frame: int, cpu: int, prefix: str) -> None:
+        self.args = (f"net_af_packet0,iface={iface},qdisc_bypass={QDISC_BYPASS},framecnt={FRAMECOUNT}",
+                     mode, frame, cpu, prefix)
+        super().__init__(*self.args)
+
+    def start(self) -> None:
+        for attempt in range(self.TRIES):
+            try:
+                return super().start()
+            except dpdk.DpdkError as e:
+                if "PACKET_FANOUT" not in str(e) or attempt == self.TRIES - 1:
+                    raise
+                self.tp.close()
+                self.tp = dpdk.Testpmd(*self.args)
+
+
+class _Bench:
+    def __init__(self, env: _Env, veth: VethPair, have_dpdk: bool) -> None:
+        self.env, self.veth, self.have_dpdk = env, veth, have_dpdk
+        self.offered: dict[tuple[int, str], list[float]] = {}
+
+    def ours(self, iface: str, mode: str, frame: int, cpu: int) -> OursPort:
+        return OursPort(f"net_vf0,iface={iface},qdisc_bypass={QDISC_BYPASS},framecount={FRAMECOUNT}",
+                        mode, frame, cpu)
+
+    def dpdk(self, iface: str, mode: str, frame: int, cpu: int, prefix: str) -> AfPacketSide:
+        return AfPacketSide(iface, mode, frame, cpu, prefix)
+
+    def generator(self, frame: int, prefix: str, n: str):
+        """txonly on B, on the other CPU: DPDK when present, else our VF port in a subprocess."""
+        env = self.env
+        if self.have_dpdk:
+            return self.dpdk(self.veth.b, "txonly", frame, env.vm1_cpu, prefix + "-gen")
+        vdev = f"net_vf0,iface={self.veth.b},qdisc_bypass={QDISC_BYPASS},framecount={FRAMECOUNT}"
+        return FwdProcess(vdev, "txonly", frame, env.vm1_cpu, os.path.join(env.dir, f"gen{n}.log"),
+                          OURS_VM1_TIMEOUT_S + env.warmup + env.seconds + 30)
+
+    def run_one(self, direction: str, variant: str, size: int) -> float:
+        env, a = self.env, self.veth.a
+        frame = size - FCS
+        _, prefix = env.fresh(direction + variant)
+        if variant == "ours":
+            side = self.ours(a, "txonly" if direction == "tx" else "rxonly", frame, env.vm2_cpu)
+        else:
+            side = self.dpdk(a, "txonly" if direction == "tx" else "rxonly", frame, env.vm2_cpu, prefix + "-af")
+        if direction == "tx":
+            return _measure(env, side, None, lambda s, g: IfaceCounter(self.veth.b))
+        meters: list[_Offered] = []
+
+        def meter_of(s, g) -> _Offered:
+            meters.append(_Offered(s, a))
+            return meters[-1]
+
+        mpps = _measure(env, side, lambda: self.generator(frame, prefix, prefix.rsplit("-", 1)[-1]), meter_of)
+        self.offered.setdefault((size, variant), []).append(meters[-1].offered)
+        return mpps
+
+
+def _measure(env: _Env, side, generator_factory, meter_of) -> float:
+    return measure(side, generator_factory, meter_of, env.warmup, env.seconds)
+
+
+WHAT = {
+    "tx": "measured side txonly on veth A -> kernel rx counter of B",
+    "rx": "generator txonly on veth B -> measured side rxonly on A",
+}
+
+
+def _label(direction: str, variant: str) -> str:
+    return "net_vf" if variant == "ours" else "DPDK af_packet"
+
+
+def run(seconds: float = 2.0, rounds: int = 5, sizes: tuple[int, ...] = SIZES, cpu: int | None = None,
+        warmup: float = 1.0, directions: tuple[str, ...] = DIRECTIONS,
+        progress: Callable[[str], None] | None = None) -> tuple[list[Result], list[str]]:
+    """Run both directions ``rounds`` times, ours and DPDK alternating; returns
+    the results and notes (what was skipped and why, the generator's load)."""
+    say = progress or (lambda msg: None)
+    why = vf_unavailable()
+    if why is not None:
+        return [], [NEEDS_ROOT if why == "not root" else f"the VF bench cannot run: {why}"]
+    notes: list[str] = []
+    have_dpdk = dpdk.testpmd_path() is not None
+    if not have_dpdk:
+        notes.append(NOT_FOUND + "; measuring ours only")
+    env = _Env(default_cpu() if cpu is None else cpu, seconds, warmup)
+    veth = VethPair()
+    try:
+        try:
+            veth.create()
+        except (subprocess.CalledProcessError, RuntimeError, OSError) as e:
+            detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) and e.stderr else e
+            raise BenchError(f"cannot create the veth pair {veth.a}/{veth.b}: {detail}") from None
+        mtu = veth.mtu()
+        too_big = [s for s in sizes if s - FCS > mtu + 14]
+        if too_big:
+            notes.append(f"sizes {too_big} do not fit MTU {mtu} of {veth.a}: not run")
+            sizes = tuple(s for s in sizes if s not in too_big)
+        bench = _Bench(env, veth, have_dpdk)
+        gen = "DPDK testpmd af_packet" if have_dpdk else "our net_vf (vhostpci-fwd)"
+        what = {"tx": WHAT["tx"], "rx": f"{WHAT['rx']} (generator: {gen})"}
+        say(f"veth {veth.a} <-> {veth.b}, measured side on CPU {env.vm2_cpu}, "
+            f"generator on CPU {env.vm1_cpu}; frames are size-{FCS} B (no FCS on a veth)")
+        results = alternate(rounds, sizes, directions,
+                            variants=lambda d: ["ours", "dpdk"] if have_dpdk else ["ours"],
+                            pairs=lambda d: [("ours", "dpdk")], label=_label, what=what.__getitem__,
+                            run_one=bench.run_one, say=say)
+        if "rx" in directions:
+            for size in sizes:
+                loads = [f"{_label('rx', v)} {min(x):.3f}-{max(x):.3f}"
+                         for v in ("ours", "dpdk") if (x := bench.offered.get((size, v)))]
+                if loads:
+                    notes.append(f"rx {size} B: offered by the generator (Mpps, kernel rx counter of "
+                                 f"{veth.a}) while receiving with " + ", ".join(loads))
+    finally:
+        with signals_deferred():  # no Ctrl-C / SIGTERM half-way through: it ends the bench after this
+            veth.delete()
+            env.close()
+    return results, notes
