@@ -33,7 +33,7 @@ from ..ethdev import (
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
 from ..syscalls import eventfd_signal
 from ..virtio.split import (
-    DESC_SIZE, NET_HDR_NUM_BUFFERS, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    DESC_SIZE, NET_HDR_LEN, NET_HDR_NUM_BUFFERS, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, Mem, avail_entry, desc_addr, desc_flags, desc_len,
     desc_next, set_used_entry, used_entry_id,
 )
@@ -181,6 +181,14 @@ def _copy_chain_out(st, v, tbl, n, first, pool, mbuf, room):
             if off < 0:
                 return off
             k = np.int64(0)
+            if pos == 0 and ln >= hdr and hdr == NET_HDR_LEN:
+                # the common case: the whole header in the first buffer
+                h = m.u8
+                ol = (np.uint64(h[off]) | np.uint64(h[off + 1]) << np.uint64(8)
+                      | np.uint64(h[off + 4]) << np.uint64(16) | np.uint64(h[off + 5]) << np.uint64(24)
+                      | np.uint64(h[off + 6]) << np.uint64(32) | np.uint64(h[off + 7]) << np.uint64(40)
+                      | np.uint64(h[off + 8]) << np.uint64(48) | np.uint64(h[off + 9]) << np.uint64(56))
+                k = pos = np.int64(NET_HDR_LEN)
             while pos < hdr and k < ln:
                 sh = _hdr_shift(pos)
                 if sh >= 0:
@@ -223,6 +231,14 @@ def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_lo, off_h
             if off < 0:
                 return off, off_lo, off_hi
             k = np.int64(0)
+            if done == 0 and w >= NET_HDR_LEN and hdr == NET_HDR_LEN and ol == 0:
+                # the common case: a plain packet, the whole header in the first buffer
+                for j in range(NET_HDR_LEN):
+                    m.u8[off + j] = 0
+                m.u8[off + NET_HDR_NUM_BUFFERS] = 1
+                off_lo = off + NET_HDR_NUM_BUFFERS
+                off_hi = off_lo + 1
+                k = done = np.int64(NET_HDR_LEN)
             while done < hdr and k < w:
                 sh = _hdr_shift(done)
                 b = np.uint64(0)
