@@ -14,6 +14,7 @@ from numba import njit
 from ..atomics import memcpy
 from ..burst import rx_burst, tx_burst
 from ..mbuf import MbufPool, alloc_bulk, free_bulk, mbuf_offset
+from .pktgen import MIN_FRAME
 
 MAX_BURST = 512
 
@@ -95,15 +96,18 @@ def write_mac(data, off, mac):
 @njit(nogil=True, cache=True, _nrt=False)
 def fill_from_template(s, ctx, n):
     """Allocate ``n`` buffers holding the template frame addressed from the
-    tx port to its peer; returns how many were allocated (n or 0)."""
+    tx port to its peer; returns how many were allocated (n or 0).  As
+    testpmd's txonly, only the Ethernet/IPv4/UDP headers are written: the
+    payload is whatever the buffer held (a generator, not a data source)."""
     pool = ctx.pool
     if not alloc_bulk(pool, ctx.bufs, n):
         return 0
     size = len(ctx.tmpl)
+    head = min(size, MIN_FRAME)
     for k in range(n):
         i = ctx.bufs[k]
         off = mbuf_offset(pool, i)
-        memcpy(pool.data, off, ctx.tmpl, 0, size)
+        memcpy(pool.data, off, ctx.tmpl, 0, head)
         write_mac(pool.data, off, ctx.peer_macs[s.tx_port])
         write_mac(pool.data, off + 6, ctx.macs[s.tx_port])
         pool.data_len[i] = size
