@@ -26,14 +26,12 @@ between speed levels, absolute figures alone mean little).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from apps.fwd.demo import _ip, vf_unavailable
+from apps.wire import VethWire, wire_unavailable
 
 from . import dpdk
 from .common import (
@@ -55,40 +53,23 @@ FRAMECOUNT = 2048  # tx ring frames: ours' default, given to DPDK too (its defau
 NEEDS_ROOT = "the VF bench needs root (a veth pair, AF_PACKET sockets): not run"
 
 
-class VethPair:
-    """``a`` <-> ``b`` in the root namespace, both up; ``delete()`` removes it (idempotent)."""
+class VethPair(VethWire):
+    """``a`` <-> ``b`` in the root namespace, both up."""
 
     def __init__(self) -> None:
         tag = os.getpid()
-        self.a, self.b = f"vbf{tag}a", f"vbf{tag}b"
-        self.created = False
+        super().__init__(f"vbf{tag}a", f"vbf{tag}b")
 
-    def create(self) -> None:
-        self.created = True  # from the first command on, delete() cleans up
-        _ip("link", "add", self.a, "type", "veth", "peer", "name", self.b)
-        for end in (self.a, self.b):
-            with contextlib.suppress(OSError):  # no router solicitations / MLD in the counters
-                Path(f"/proc/sys/net/ipv6/conf/{end}/disable_ipv6").write_text("1")
-            _ip("link", "set", end, "up")
-        deadline = time.monotonic() + 5
-        for end in (self.a, self.b):
-            while Path(f"/sys/class/net/{end}/operstate").read_text().strip() != "up":
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"veth {end} did not come up")
-                time.sleep(0.02)
+    @property
+    def a(self) -> str:
+        return self.host
+
+    @property
+    def b(self) -> str:
+        return self.peer
 
     def mtu(self) -> int:
         return int(Path(f"/sys/class/net/{self.a}/mtu").read_text())
-
-    def delete(self) -> None:
-        if not self.created:
-            return
-        _ip("link", "del", self.a, check=False)  # takes b with it
-        deadline = time.monotonic() + 3  # deletion is asynchronous
-        while (os.path.exists(f"/sys/class/net/{self.a}") or os.path.exists(f"/sys/class/net/{self.b}")) \
-                and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.created = False
 
 
 class IfaceCounter(CounterMeter):
@@ -210,7 +191,7 @@ def run(seconds: float = 2.0, rounds: int = 5, sizes: tuple[int, ...] = SIZES, c
     """Run both directions ``rounds`` times, ours and DPDK alternating; returns
     the results and notes (what was skipped and why, the generator's load)."""
     say = progress or (lambda msg: None)
-    why = vf_unavailable()
+    why = wire_unavailable()
     if why is not None:
         return [], [NEEDS_ROOT if why == "not root" else f"the VF bench cannot run: {why}"]
     notes: list[str] = []

@@ -40,6 +40,8 @@ from pmd.lcore import LcoreManager
 from pmd.rates import RateTracker
 from pmd.signals import StopSignals
 
+from apps.wire import VethWire, wire_unavailable
+
 from .main import format_line
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,61 +83,19 @@ def parse_demo_args(argv: list[str]) -> argparse.Namespace:
 
 # ---- the wire: a veth pair whose far end is in a namespace -------------------------------
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
-
-
-def vf_unavailable() -> str | None:
-    """Why the namespace wire cannot be built here, or None when it can."""
-    if os.geteuid() != 0:
-        return "not root"
-    if shutil.which("ip") is None:
-        return "no `ip` tool (iproute2)"
-    return None
-
-
-class Wire:
+class Wire(VethWire):
     """veth ``host`` (the VF's netdev) <-> ``peer`` in namespace ``ns`` with
     address NS_IP/24 and a permanent neighbour entry for VM1 (no ARP)."""
 
     def __init__(self) -> None:
         tag = f"{os.getpid() % 10000000}"
-        self.host, self.peer, self.ns = f"vpd{tag}h", f"vpd{tag}n", f"vhostpci-demo-{tag}"
-        self.created = False
+        super().__init__(f"vpd{tag}h", f"vpd{tag}n", f"vhostpci-demo-{tag}")
 
-    def create(self, vm1_mac: str) -> None:
-        self.created = True  # from the first command on, delete() cleans up
-        _ip("netns", "add", self.ns)
-        _ip("link", "add", self.host, "type", "veth", "peer", "name", self.peer)
-        _ip("link", "set", self.peer, "netns", self.ns)
-        subprocess.run(["ip", "netns", "exec", self.ns, "sysctl", "-qw",
-                        f"net.ipv6.conf.{self.peer}.disable_ipv6=1"], check=False, capture_output=True)
-        with contextlib.suppress(OSError):
-            Path(f"/proc/sys/net/ipv6/conf/{self.host}/disable_ipv6").write_text("1")
-        _ip("-n", self.ns, "addr", "add", f"{NS_IP}/24", "dev", self.peer)
-        _ip("-n", self.ns, "neigh", "add", VM1_IP, "lladdr", vm1_mac, "dev", self.peer, "nud", "permanent")
-        _ip("-n", self.ns, "link", "set", self.peer, "up")
-        _ip("-n", self.ns, "link", "set", "lo", "up")
-        _ip("link", "set", self.host, "up")
-        deadline = time.monotonic() + 5
-        while Path(f"/sys/class/net/{self.host}/operstate").read_text().strip() != "up":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"veth {self.host} did not come up")
-            time.sleep(0.02)
-
-    def peer_mac(self) -> str:
-        out = _ip("-n", self.ns, "-o", "link", "show", self.peer).stdout
-        return out.split("link/ether ")[1].split()[0]
-
-    def delete(self) -> None:
-        if not self.created:
-            return
-        _ip("link", "del", self.host, check=False)  # takes the peer end with it
-        _ip("netns", "del", self.ns, check=False)
-        deadline = time.monotonic() + 3  # deletion is asynchronous
-        while os.path.exists(f"/sys/class/net/{self.host}") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.created = False
+    def create(self, vm1_mac: str) -> None:  # type: ignore[override]
+        super().create()
+        self.peer_ip("addr", "add", f"{NS_IP}/24", "dev", self.peer)
+        self.peer_ip("neigh", "add", VM1_IP, "lladdr", vm1_mac, "dev", self.peer, "nud", "permanent")
+        self.peer_ip("link", "set", "lo", "up")
 
 
 def read_snmp(pid: int) -> dict[str, int]:
@@ -257,7 +217,7 @@ def _run(eal: EalConfig, a: argparse.Namespace, stop: StopSignals, cleanup: cont
     sock = os.path.join(sockdir, "vm2.sock")
     vm1_mac = "02:56:55:53:00:00"  # net_virtio_user0's MAC (VirtioUserDriver.mac)
 
-    why = "--no-vf" if a.no_vf else vf_unavailable()
+    why = "--no-vf" if a.no_vf else wire_unavailable()
     wire = receiver = None
     if why is None:
         wire = Wire()

@@ -8,21 +8,19 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from apps.wire import VethWire, ip, wire_unavailable
+
 PEER = str(Path(__file__).with_name("ns_peer.py"))
 _seq = itertools.count()
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
 
 
 @dataclass
@@ -56,22 +54,13 @@ class Veth:
         return json.loads(out.splitlines()[-1])
 
     def set_host_up(self, up: bool) -> None:
-        _ip("link", "set", self.host, "up" if up else "down")
-
-
-def _cleanup(host: str, ns: str) -> None:
-    _ip("link", "del", host, check=False)  # takes the peer end with it
-    _ip("netns", "del", ns, check=False)
-    deadline = time.monotonic() + 3  # deletion is asynchronous
-    while os.path.exists(f"/sys/class/net/{host}") and time.monotonic() < deadline:
-        time.sleep(0.02)
+        ip("link", "set", self.host, "up" if up else "down")
 
 
 def _require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("VF port tests need root (veth pairs, network namespaces, AF_PACKET)")
-    if shutil.which("ip") is None:
-        pytest.skip("VF port tests need the `ip` tool (iproute2)")
+    why = wire_unavailable()
+    if why is not None:
+        pytest.skip(f"VF port tests need root and iproute2 (veth pairs, network namespaces, AF_PACKET): {why}")
 
 
 @contextlib.contextmanager
@@ -81,26 +70,13 @@ def make_veth():
     tag = f"{os.getpid() % 1000000}x{n}"
     host, peer, ns = f"vfh{tag}", f"vfp{tag}", f"vfns{tag}"
     subnet = (os.getpid() + n) % 250 + 1
+    wire = VethWire(host, peer, ns)
     try:
-        _ip("netns", "add", ns)
-        _ip("link", "add", host, "type", "veth", "peer", "name", peer)
-        _ip("link", "set", peer, "netns", ns)
-        # no IPv6 chatter (router solicitations, MLD) on the wire
-        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{peer}.disable_ipv6=1"],
-                       check=False, capture_output=True)
-        with open(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "w") as f:
-            f.write("1")
-        _ip("-n", ns, "addr", "add", f"10.99.{subnet}.1/24", "dev", peer)
-        _ip("-n", ns, "link", "set", peer, "up")
-        _ip("link", "set", host, "up")
-        deadline = time.monotonic() + 5
-        while Path(f"/sys/class/net/{host}/operstate").read_text().strip() != "up":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"veth {host} did not come up")
-            time.sleep(0.02)
+        wire.create()
+        wire.peer_ip("addr", "add", f"10.99.{subnet}.1/24", "dev", peer)
         yield Veth(host, ns, peer, subnet)
     finally:
-        _cleanup(host, ns)
+        wire.delete()
 
 
 @pytest.fixture
