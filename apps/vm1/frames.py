@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from pmd.burst import rx_burst, tx_burst
+from pmd.fwd.pktgen import inet_checksum
 from pmd.mbuf import alloc_bulk, free_bulk, mbuf_offset
 
 MAGIC = b"VPCI"
@@ -42,21 +43,6 @@ def template(size: int, src_mac: bytes, dst_mac: bytes, src_ip: bytes, dst_ip: b
     f[26:30], f[30:34] = src_ip, dst_ip
     f[PAYLOAD:PAYLOAD + 4] = MAGIC
     return np.frombuffer(bytes(f), np.uint8).copy()
-
-
-@njit(nogil=True, cache=True)
-def _csum(d, start, end):
-    """The Internet checksum of d[start:end] (one's complement sum)."""
-    s = 0
-    i = start
-    while i + 1 < end:
-        s += (np.int64(d[i]) << 8) | np.int64(d[i + 1])
-        i += 2
-    if i < end:
-        s += np.int64(d[i]) << 8
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return (~s) & 0xFFFF
 
 
 @njit(nogil=True, cache=True)
@@ -92,7 +78,7 @@ def _fill(d, tmpl_icmp, tmpl_udp, size, seq, icmp_id, nflows):
     for k in range(4):
         d[p + 8 + k] = (flow >> (8 * k)) & 0xFF
     _put16(d, 24, 0)
-    _put16(d, 24, _csum(d, ETH, ETH + IP))
+    _put16(d, 24, inet_checksum(d, ETH, ETH + IP))
     l4 = ETH + IP
     if seq % 2 == 0:  # ICMP echo request
         d[l4] = 8
@@ -100,7 +86,7 @@ def _fill(d, tmpl_icmp, tmpl_udp, size, seq, icmp_id, nflows):
         _put16(d, l4 + 4, icmp_id)
         _put16(d, l4 + 6, (seq // 2) & 0xFFFF)
         _put16(d, l4 + 2, 0)
-        _put16(d, l4 + 2, _csum(d, l4, size))
+        _put16(d, l4 + 2, inet_checksum(d, l4, size))
     else:  # UDP, no checksum (optional in IPv4)
         _put16(d, l4, UDP_SPORT0 + flow)
         _put16(d, l4 + 2, UDP_DPORT)
@@ -140,12 +126,12 @@ def _classify(d, ln, icmp_id, limit):
         return 3, -1
     proto = d[23]
     l4 = ETH + IP
-    if _csum(d, ETH, ETH + IP) != 0:
+    if inet_checksum(d, ETH, ETH + IP) != 0:
         return 3, -1
     if proto == 1:
         if _get16(d, l4 + 4) != icmp_id or _get16(d, l4 + 6) != (seq // 2) & 0xFFFF or seq % 2 != 0:
             return 0, -1
-        if _csum(d, l4, ln) != 0:
+        if inet_checksum(d, l4, ln) != 0:
             return 3, -1
         if d[l4] == 0:
             return 1, seq

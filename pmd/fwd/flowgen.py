@@ -7,21 +7,12 @@ from numba import njit
 
 from ..mbuf import mbuf_offset
 from .common import CFG_NB_FLOWS, fill_from_template, send_burst
+from .pktgen import inet_checksum
 
 ETH_LEN = 14
 IP_CSUM = ETH_LEN + 10
 IP_DST = ETH_LEN + 16
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def ipv4_checksum(data, off):
-    total = 0
-    for w in range(10):
-        if w != 5:
-            total += (data[off + 2 * w] << 8) | data[off + 2 * w + 1]
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+IP_LEN = 20
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -35,7 +26,9 @@ def fwd(s, ctx, burst):
         off = mbuf_offset(pool, i)
         pool.data[off + IP_DST + 2] = (flow >> 8) & 0xFF
         pool.data[off + IP_DST + 3] = flow & 0xFF
-        csum = ipv4_checksum(pool.data, off + ETH_LEN)
+        pool.data[off + IP_CSUM] = 0
+        pool.data[off + IP_CSUM + 1] = 0
+        csum = inet_checksum(pool.data, off + ETH_LEN, off + ETH_LEN + IP_LEN)
         pool.data[off + IP_CSUM] = csum >> 8
         pool.data[off + IP_CSUM + 1] = csum & 0xFF
         flow = (flow + 1) % nb_flows
