@@ -1,8 +1,11 @@
 """Shared memory that can be passed to a peer as an fd (memfd + MAP_SHARED)."""
 from __future__ import annotations
 
+import logging
 import mmap
 import os
+
+log = logging.getLogger(__name__)
 
 
 def create_shared(name: str, size: int) -> tuple[int, mmap.mmap]:
@@ -18,3 +21,16 @@ def create_shared(name: str, size: int) -> tuple[int, mmap.mmap]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def release_shared(mm: mmap.mmap | None, fd: int, what: str) -> None:
+    """Unmap ``mm`` and close ``fd`` (either may be absent: None / -1).  A
+    mapping still exported to a numpy view cannot be closed now: it is left
+    to the garbage collector, with a warning naming ``what``."""
+    if mm is not None:
+        try:
+            mm.close()
+        except BufferError:
+            log.warning("%s still in use; unmapped by the GC", what)
+    if fd >= 0:
+        os.close(fd)

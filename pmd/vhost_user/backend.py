@@ -41,7 +41,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
-from ..shm import create_shared
+from ..shm import create_shared, release_shared
 from ..vhostpci_pmd.window import Window
 from .codec import Channel, Message
 from .errors import PeerClosed, Timeout, VhostUserError
@@ -423,10 +423,7 @@ class BackendSession:
             hook = getattr(self.device, "log_changed", None)
             if hook is not None:
                 self._safe("log_changed", hook, None)
-            try:
-                old.close()
-            except BufferError:  # a view is still alive; the GC unmaps it later
-                log.warning("%s: dirty log still in use, left for the GC", self.name)
+            release_shared(old, -1, f"{self.name}: dirty log")
 
     def _set_log_fd_value(self, fd: int) -> None:
         if self.log_fd >= 0:
@@ -434,16 +431,8 @@ class BackendSession:
         self.log_fd = fd
 
     def _drop_inflight(self) -> None:
-        if self.inflight is not None:
-            try:
-                self.inflight.close()
-            except BufferError:
-                log.warning("%s: inflight area still in use, left for the GC", self.name)
-            self.inflight = None
-        if self.inflight_fd >= 0:
-            os.close(self.inflight_fd)
-            self.inflight_fd = -1
-        self.inflight_info = None
+        release_shared(self.inflight, self.inflight_fd, f"{self.name}: inflight area")
+        self.inflight, self.inflight_fd, self.inflight_info = None, -1, None
 
     # ------------------------------------------------------------ link / rings
     @property

@@ -27,6 +27,7 @@ import mmap
 import os
 import selectors
 import threading
+import time
 from typing import Callable
 
 import numpy as np
@@ -36,7 +37,7 @@ from ..ethdev import (
     DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, new_stats, parse_bool, parse_int, parse_path, register_driver,
 )
 from ..vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
-from ..shm import create_shared
+from ..shm import create_shared, release_shared
 from ..vhost_user.messages import VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm, ProtocolFeature
 from ..vhostpci_pmd.window import Window
 from ..virtio.split import (
@@ -228,11 +229,9 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
 
     def wait_link(self, up: bool = True, timeout: float = 5.0) -> bool:
         """Wait until the link is ``up`` (tests, demo); False on timeout."""
-        deadline = threading.Event()
-        for _ in range(int(timeout / 0.01)):
-            if self._link == up:
-                return True
-            deadline.wait(0.01)
+        deadline = time.monotonic() + timeout
+        while self._link != up and time.monotonic() < deadline:
+            time.sleep(0.01)
         return self._link == up
 
     def intr_fds(self, queue: int) -> list[int]:
@@ -488,15 +487,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         return self.run_in_control(start)  # type: ignore[return-value]
 
     def _drop_log(self) -> None:
-        if self.dirty_log is not None:
-            try:
-                self.dirty_log.close()
-            except BufferError:
-                log.warning("%s: dirty log still viewed; unmapped by the GC", self.name)
-            self.dirty_log = None
-        if self._log_fd >= 0:
-            os.close(self._log_fd)
-            self._log_fd = -1
+        release_shared(self.dirty_log, self._log_fd, f"{self.name}: dirty log")
+        self.dirty_log, self._log_fd = None, -1
 
     def _unmap_all_pending(self) -> None:
         """Disconnected: the back-end's grants died with it; let the kernels go on."""

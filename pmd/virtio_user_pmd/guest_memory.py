@@ -9,19 +9,16 @@ fds sees every byte written here, and we see what it writes.
 from __future__ import annotations
 
 import ctypes
-import logging
 import mmap
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..shm import create_shared
+from ..shm import create_shared, release_shared
 from ..vhost_user.messages import MAX_MEM_REGIONS, MemoryRegion
 
 __all__ = ["GuestMemory", "GuestRegion", "PAGE_SIZE"]
 
-log = logging.getLogger(__name__)
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -133,13 +130,8 @@ class GuestMemory:
         self.closed = True
         regions, self.regions = self.regions, []
         for r in regions:
-            try:
-                r.mm.close()
-            except BufferError:  # a view() is still alive; the GC unmaps it later
-                log.warning("guest memory gpa=%#x still viewed; unmapped by the GC", r.gpa)
-            if r.fd >= 0:
-                os.close(r.fd)
-                r.fd = -1
+            release_shared(r.mm, r.fd, f"guest memory gpa={r.gpa:#x}")
+            r.fd = -1
 
     def __enter__(self) -> GuestMemory:
         return self
