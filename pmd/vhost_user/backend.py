@@ -11,10 +11,8 @@ stop, memory, quiescence).  No virtio-net, no Numba here.
   the device has ``window_for`` -- and owns every fd the front-end sent
   (kick/call/err, log, inflight, the back-end request channel) and closes all
   of it on disconnect.
-- ``BackendServer``: the connection manager.  Server mode listens on a unix
-  socket path and serves one front-end at a time; client mode connects with
-  back-off and reconnects.  Runs ``handle_one`` in a control thread, and the
-  device's ``service`` when its wake-up fd fires (IOTLB misses to send, ...).
+- ``BackendServer`` (``server.py``): the connection manager that runs
+  sessions in a control thread.
 
 Unmap safety (DESIGN.md "Invalidate/unmap safety"): memory goes away in RCU
 order -- the window drops the translation rows, then the session calls
@@ -32,11 +30,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import selectors
-import socket
-import stat
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
@@ -70,7 +64,6 @@ from .messages import (
 __all__ = [
     "BackendDevice",
     "BackendSession",
-    "BackendServer",
     "VringInfo",
     "HandlerError",
     "VIRTIO_F_IOMMU_PLATFORM",
@@ -766,246 +759,3 @@ class BackendSession:
 
 # ----------------------------------------------------------------------------
 # Connection manager
-
-
-class BackendServer:
-    """Serves one front-end at a time on ``path`` from a control thread.
-
-    ``client=False``: listen on ``path`` (a stale socket file is unlinked),
-    accept one connection, serve it until it closes, accept the next.
-    ``client=True``: connect to ``path``, retrying with back-off (0.1 s
-    doubling to 1 s), and reconnect the same way after a disconnect.
-    ``stop()`` returns within about a second.
-
-    If the device has ``wake_fd()`` and ``service(session)`` (see
-    ``BackendDevice``), the control thread waits on the session's socket and
-    that fd together: a write to the fd runs ``service`` promptly (and it runs
-    at least every ``POLL`` seconds anyway); exceptions from it are logged.
-    """
-
-    POLL = 0.1  # seconds between checks of the stop flag
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        device: BackendDevice,
-        *,
-        client: bool = False,
-        window_size: int = DEFAULT_WINDOW_SIZE,
-        name: str | None = None,
-    ) -> None:
-        self.path = os.fspath(path)
-        self.device = device
-        self.client = client
-        self.window_size = window_size
-        self.name = name or f"vhost-user {self.path}"
-        self.session: BackendSession | None = None  # the live one
-        self.last_session: BackendSession | None = None  # the live or most recent one
-        self.connections = 0
-        self.disconnections = 0
-        self._listener: socket.socket | None = None
-        self._selector: selectors.BaseSelector | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._cond = threading.Condition()
-        # device wake-up (wake_fd/service), armed per session
-        self._session_sel: selectors.BaseSelector | None = None
-        self._service: Callable[[BackendSession], None] | None = None
-        self._next_service = 0.0
-
-    # ------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError(f"{self.name}: already started")
-        if not self.client:
-            self._listen()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"vhost-user-ctl {self.path}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.error("%s: control thread did not stop within %.1f s", self.name, timeout)
-            else:
-                self._thread = None
-        if self._thread is None:
-            self._teardown()
-
-    @property
-    def stopped(self) -> bool:
-        """No control thread runs (never started, or stopped and torn down)."""
-        return self._thread is None
-
-    def __enter__(self) -> BackendServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def wait_for(self, predicate: Callable[[BackendServer], bool], timeout: float = 5.0) -> bool:
-        """Wait until ``predicate(self)`` holds (re-checked on every connect/disconnect and poll)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, self.POLL))
-            return True
-
-    # ------------------------------------------------------------ internals
-    def _listen(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise FileExistsError(f"{self.path} exists and is not a socket")
-            os.unlink(self.path)  # stale socket from an earlier run
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(self.path)
-            sock.listen(1)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._listener = sock
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(sock, selectors.EVENT_READ)
-
-    def _teardown(self) -> None:
-        if self.session is not None:
-            self.session.close("back-end stopped")
-            self._session_gone()
-        if self._selector is not None:
-            self._selector.close()
-            self._selector = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-
-    def _notify(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def _session_gone(self) -> None:
-        self.session = None
-        if self._session_sel is not None:
-            self._session_sel.close()
-            self._session_sel = None
-        self._service = None
-        self.disconnections += 1
-        self._notify()
-
-    def _new_session(self, sock: socket.socket) -> None:
-        sock.setblocking(True)
-        ch = Channel(sock, "frontend", message_timeout=1.0, send_timeout=1.0)
-        self.connections += 1
-        session = BackendSession(ch, self.device, window_size=self.window_size,
-                                 name=f"{self.name} #{self.connections}")
-        self.session = self.last_session = session
-        self._arm_wakeup(session)
-        log.info("%s: front-end connected (#%d)", self.name, self.connections)
-        self._notify()
-
-    def _arm_wakeup(self, session: BackendSession) -> None:
-        """Wait on the device's wake fd with the socket, if it has one."""
-        wake_fd = getattr(self.device, "wake_fd", None)
-        service = getattr(self.device, "service", None)
-        if wake_fd is None or service is None:
-            return
-        sel = selectors.DefaultSelector()
-        try:
-            fd = int(wake_fd())
-            os.set_blocking(fd, False)  # draining must never block the control thread
-            sel.register(session.channel.fileno(), selectors.EVENT_READ, "socket")
-            sel.register(fd, selectors.EVENT_READ, "wake")
-        except Exception:
-            log.exception("%s: device wake fd unusable; serving without it", self.name)
-            sel.close()
-            return
-        self._session_sel, self._service = sel, service
-        self._next_service = time.monotonic()
-
-    def _serve(self, session: BackendSession) -> str:
-        """One round for the live session: a message, the device's service, or
-        neither within POLL.  Returns what ``handle_one`` does."""
-        sel, service = self._session_sel, self._service
-        if sel is None or service is None:
-            return session.handle_one(self.POLL)
-        woke = readable = False
-        for key, _ in sel.select(max(0.0, min(self.POLL, self._next_service - time.monotonic()))):
-            if key.data == "wake":
-                woke = True
-                try:
-                    os.read(key.fd, 8)  # reset the eventfd counter
-                except (BlockingIOError, InterruptedError):
-                    pass  # drained already: a spurious or repeated wake-up
-            else:
-                readable = True
-        if woke or time.monotonic() >= self._next_service:
-            self._next_service = time.monotonic() + self.POLL
-            try:
-                service(session)
-            except Exception:  # a device bug must not kill the control thread
-                log.exception("%s: device service failed", self.name)
-        if readable:
-            return session.handle_one(0)
-        return "closed" if session.closed else "idle"
-
-    def _accept(self) -> None:
-        assert self._listener is not None
-        assert self._selector is not None
-        if not self._selector.select(self.POLL):
-            return
-        try:
-            sock, _ = self._listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        self._new_session(sock)
-
-    def _connect(self, delay: float) -> float:
-        """One connection attempt; returns the next back-off delay."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.settimeout(1.0)
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            self._stop.wait(delay)
-            return min(delay * 2, 1.0)
-        self._new_session(sock)
-        return 0.1
-
-    def _run(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                session = self.session
-                if session is None:
-                    if self.client:
-                        delay = self._connect(delay)
-                    else:
-                        self._accept()
-                    continue
-                if self._serve(session) == "closed":
-                    self._session_gone()
-                    delay = 0.1
-                else:
-                    self._notify()
-            except Exception:  # the control thread must survive anything
-                log.exception("%s: control thread error", self.name)
-                if self.session is not None:
-                    self.session.close("control thread error")
-                    self._session_gone()
-                self._stop.wait(self.POLL)

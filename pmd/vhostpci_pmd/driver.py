@@ -26,7 +26,8 @@ from ..atomics_py import store_flag
 from ..ethdev import (
     DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, new_stats, parse_bool, parse_path, register_driver,
 )
-from ..vhost_user.backend import VIRTIO_CONFIG_S_DRIVER_OK, BackendServer, BackendSession, HandlerError, VringInfo
+from ..vhost_user.backend import VIRTIO_CONFIG_S_DRIVER_OK, BackendSession, HandlerError, VringInfo
+from ..vhost_user.server import BackendServer
 from ..vhost_user.messages import VHOST_F_LOG_ALL, IotlbPerm, ProtocolFeature
 from ..virtio.split import (
     AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1,

@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from pmd.vhost_user.backend import BackendServer
+from pmd.vhost_user.server import BackendServer
 
 from .fakes import IOMMU_PLATFORM, MRG_RXBUF, VERSION_1, WINDOW, FakeDevice
 

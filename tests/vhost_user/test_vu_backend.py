@@ -13,11 +13,8 @@ import time
 import pytest
 
 from pmd.vhost_user import messages as m
-from pmd.vhost_user.backend import (
-    VIRTIO_CONFIG_S_DRIVER_OK,
-    BackendServer,
-    BackendSession,
-)
+from pmd.vhost_user.backend import VIRTIO_CONFIG_S_DRIVER_OK, BackendSession
+from pmd.vhost_user.server import BackendServer
 from pmd.vhost_user.codec import Channel, VhostUserError
 from pmd.vhost_user.messages import BackendReq, FrontendReq, IotlbType
 from pmd.vhostpci_pmd.window import Window
@@ -603,3 +600,89 @@ def test_real_qemu_handshake(sockdir, boot):
             qemu.wait(5)
         qemu.stdout.close()
         srv.stop()
+
+
+# --------------------------------------------------------------------------
+# Handover: a second front-end while one is live (VM1 live migration on one host)
+
+
+def live_ring(fe: Channel, ram: int, kick: int, call: int) -> None:
+    """Memory, ring 0 started: what a running VM1's QEMU has set up."""
+    assert ack(fe, F.SET_FEATURES, m.U64(VERSION_1 | PROTOCOL_FEATURES)) == 0
+    assert ack(fe, F.SET_MEM_TABLE, m.MemTable([m.MemoryRegion(0, 1 << 20, UADDR, 0)]), [ram]) == 0
+    assert ack(fe, F.SET_VRING_NUM, m.VringState(0, 256)) == 0
+    assert ack(fe, F.SET_VRING_ADDR, m.VringAddr(0, 0, UADDR, UADDR + 0x2000, UADDR + 0x1000, 0)) == 0
+    assert ack(fe, F.SET_VRING_KICK, m.VringFd(0), [kick]) == 0
+    assert ack(fe, F.SET_VRING_CALL, m.VringFd(0), [call]) == 0
+    assert ack(fe, F.SET_VRING_ENABLE, m.VringState(0, 1)) == 0
+
+
+def test_second_front_end_negotiates_as_standby_then_takes_over(served):
+    """The destination QEMU of a migration connects and negotiates while the
+    source forwards; the source stops its ring; the destination's first device
+    change closes the source's session and becomes the live one."""
+    srv, dev, path = served
+    fds = [memfd(1 << 20), *(os.eventfd(0, os.EFD_CLOEXEC) for _ in range(4))]
+    ram, kick1, call1, kick2, call2 = fds
+    try:
+        with connect(path) as src:
+            handshake(src, 0)
+            live_ring(src, ram, kick1, call1)
+            assert dev.link and srv.session is not None
+            live, before = srv.session, len(dev.calls)
+            with connect(path) as dst:
+                handshake(dst, 0)  # answered while the source is live
+                assert dst.call(F.GET_QUEUE_NUM).u64 == 2
+                assert ack(dst, F.SET_VRING_CALL, m.VringFd(0), [call2]) == 0  # QEMU's masked notifier
+                assert srv.wait_for(lambda s: s.standby is not None)
+                assert srv.session is live and dev.calls[before:] == [], "the standby touched the device"
+                assert src.call(F.GET_QUEUE_NUM).u64 == 2, "the source is still served"
+                assert src.call(F.GET_VRING_BASE, m.VringState(0, 0)).decode() == m.VringState(0, 7)
+                # the destination starts: its first device change takes the port over
+                assert ack(dst, F.SET_FEATURES, m.U64(VERSION_1 | PROTOCOL_FEATURES)) == 0
+                assert srv.session is not live and srv.standby is None and srv.handovers == 1
+                assert live.closed and "superseded" in live.close_reason
+                with pytest.raises(VhostUserError):  # the source's connection is closed
+                    src.call(F.GET_FEATURES, timeout=2.0)
+                assert ("memory_changed", False) in dev.calls[before:], "the source's memory was dropped"
+                live_ring(dst, ram, kick2, call2)
+                assert dev.link and dev.rings[0].kick_fd >= 0
+                os.eventfd_write(kick2, 1)
+                assert os.eventfd_read(dev.rings[0].kick_fd) == 1, "ring 0 is the destination's"
+            assert srv.wait_for(lambda s: s.session is None and not dev.link)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_standby_that_leaves_changes_nothing_and_a_third_is_refused(served):
+    srv, dev, path = served
+    with connect(path) as first:
+        handshake(first, 0)
+        live = srv.session
+        with connect(path) as second:
+            handshake(second, 0)
+            assert srv.wait_for(lambda s: s.standby is not None)
+            with connect(path) as third:
+                with pytest.raises(VhostUserError):
+                    third.call(F.GET_FEATURES, timeout=2.0)
+            n = len(dev.calls)
+        assert srv.wait_for(lambda s: s.standby is None)
+        assert srv.session is live and dev.calls[n:] == [] and "quiesce" not in dev.names()
+        assert first.call(F.GET_QUEUE_NUM).u64 == 2
+    # the live one leaves while a standby waits: the standby becomes live at once
+    with connect(path) as a:
+        handshake(a, 0)
+        with connect(path) as b:
+            assert b.call(F.GET_FEATURES).u64
+            assert srv.wait_for(lambda s: s.standby is not None)
+        # b gone; now a stays live
+        assert srv.wait_for(lambda s: s.standby is None) and srv.session is not None
+    assert srv.wait_for(lambda s: s.session is None)
+    with connect(path) as c, connect(path) as d:
+        handshake(c, 0)
+        assert d.call(F.GET_FEATURES).u64
+        assert srv.wait_for(lambda s: s.standby is not None)
+        c.close()
+        assert srv.wait_for(lambda s: s.standby is None and s.session is not None and not s.session.closed)
+        assert d.call(F.GET_QUEUE_NUM).u64 == 2

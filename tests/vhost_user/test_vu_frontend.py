@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from pmd.vhost_user.backend import BackendServer
+from pmd.vhost_user.server import BackendServer
 from pmd.vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
 from pmd.vhost_user.messages import IotlbPerm
 from pmd.vhostpci_pmd.translate import translate
