@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from pmd.burst import rx_burst, tx_burst
-from pmd.fwd.pktgen import inet_checksum
+from pmd.csum import inet_checksum
 from pmd.mbuf import alloc_bulk, free_bulk, mbuf_offset
 
 MAGIC = b"VPCI"

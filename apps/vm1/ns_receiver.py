@@ -13,8 +13,9 @@ import sys
 MAGIC = b"VPCI"
 
 
-def main(argv):
-    port = int(argv[0])
+def receive(port, take, bufsize=65536):
+    """Bind UDP ``port`` on every address, print ``ready``, hand every
+    datagram to ``take(bytes)`` until SIGTERM/SIGINT, then what is queued."""
     stop = []
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda *_: stop.append(1))
@@ -23,6 +24,21 @@ def main(argv):
     sock.bind(("0.0.0.0", port))
     sock.settimeout(0.05)
     print("ready", flush=True)
+    while not stop:
+        try:
+            take(sock.recv(bufsize))
+        except (TimeoutError, InterruptedError):
+            continue
+    sock.setblocking(False)
+    while True:  # what is already queued
+        try:
+            take(sock.recv(bufsize))
+        except (BlockingIOError, InterruptedError):
+            break
+    sock.close()
+
+
+def main(argv):
     seen, flows = set(), {}
     total = dups = foreign = 0
 
@@ -40,17 +56,7 @@ def main(argv):
         flow = int.from_bytes(data[12:16], "little")
         flows[flow] = flows.get(flow, 0) + 1
 
-    while not stop:
-        try:
-            take(sock.recv(2048))
-        except (TimeoutError, InterruptedError):
-            continue
-    sock.setblocking(False)
-    while True:  # what is already queued
-        try:
-            take(sock.recv(2048))
-        except (BlockingIOError, InterruptedError):
-            break
+    receive(int(argv[0]), take)
     print(json.dumps({"datagrams": total, "unique": len(seen), "duplicates": dups, "foreign": foreign,
                       "flows": {str(k): v for k, v in sorted(flows.items())}}), flush=True)
 

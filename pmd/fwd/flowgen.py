@@ -7,7 +7,7 @@ from numba import njit
 
 from ..mbuf import mbuf_offset
 from .common import CFG_NB_FLOWS, fill_from_template, send_burst
-from .pktgen import inet_checksum
+from ..csum import inet_checksum
 
 ETH_LEN = 14
 IP_CSUM = ETH_LEN + 10

@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-from numba import njit
 
 ETH_HDR = 14
 IP_HDR = 20
@@ -18,22 +17,6 @@ DST_IP = bytes([198, 18, 0, 2])
 def ipv4_checksum(header: bytes) -> int:
     """RFC 1071 checksum of an IPv4 header whose checksum field is zero."""
     total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def inet_checksum(data, start, end):
-    """RFC 1071 checksum of ``data[start:end]`` in a kernel (zero the
-    checksum field first when computing one; a valid header sums to 0)."""
-    total = 0
-    i = start
-    while i + 1 < end:
-        total += (np.int64(data[i]) << 8) | np.int64(data[i + 1])
-        i += 2
-    if i < end:
-        total += np.int64(data[i]) << 8
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF

@@ -19,6 +19,7 @@ from numba import njit
 
 from ..atomics import load_acquire, memcpy, store_release
 from ..burst import register_burst
+from ..csum import complete_partial_l4_checksum
 from ..ethdev import (
     ST_IBYTES,
     ST_IERRORS,
@@ -49,6 +50,7 @@ from .layout import (
     T3_STATUS,
     T3_VLAN_TCI,
     T3_VLAN_TPID,
+    TP_STATUS_CSUMNOTREADY,
     TP_STATUS_KERNEL,
     TP_STATUS_SEND_REQUEST,
     TP_STATUS_USER,
@@ -57,6 +59,7 @@ from .layout import (
     TP_STATUS_WRONG_FORMAT,
     TX_HEAD,
     X_RX_BLOCKS,
+    X_RX_CSUM_COMPLETED,
     X_RX_TRUNCATED,
     X_RX_VLAN,
     X_TX_KICK_ERRORS,
@@ -146,6 +149,12 @@ def vf_rx(st, q, pool, bufs, nb):
                 st.xstats[q, X_RX_VLAN] += 1
             else:
                 memcpy(pool.data, dst, ring8, mac, snap)
+            if status & TP_STATUS_CSUMNOTREADY:
+                # A local sender (veth peer) left the L4 checksum to the NIC;
+                # nothing downstream (a VM without GUEST_CSUM) would finish
+                # it.  A real VF's wire never sets this.
+                if complete_partial_l4_checksum(pool.data, dst, snap + vlan):
+                    st.xstats[q, X_RX_CSUM_COMPLETED] += 1
             pool.data_len[i] = snap + vlan
             pool.port[i] = st.port_id
             nbytes += snap + vlan

@@ -40,6 +40,7 @@ MSG_DONTWAIT = 0x40
 # tp_status / block_status bits
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
+TP_STATUS_CSUMNOTREADY = 0x8  # L4 checksum left to "hardware" (CHECKSUM_PARTIAL, e.g. from a veth peer)
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 TP_STATUS_AVAILABLE = 0
@@ -77,7 +78,8 @@ TX_HEAD = 0  # next tx frame to fill
 N_CUR = 8
 
 # driver counters (xstats), one row per queue
-X_RX_BLOCKS, X_RX_VLAN, X_RX_TRUNCATED, X_TX_KICKS, X_TX_KICK_ERRORS, X_TX_RING_FULL, X_TX_TOO_BIG = range(7)
+(X_RX_BLOCKS, X_RX_VLAN, X_RX_TRUNCATED, X_TX_KICKS, X_TX_KICK_ERRORS, X_TX_RING_FULL, X_TX_TOO_BIG,
+ X_RX_CSUM_COMPLETED) = range(8)
 N_X = 8
 X_NAMES = ("rx_blocks", "rx_vlan_reinserted", "rx_truncated", "tx_kicks", "tx_kick_errors",
-           "tx_ring_full", "tx_too_big")
+           "tx_ring_full", "tx_too_big", "rx_csum_completed")

@@ -264,3 +264,86 @@ def test_io_forwarding_loops_namespace_traffic_back(veth, fwd):
     assert res == {"sent": count, "received": count, "bad": 0, "dup": 0, "missing": 0, "out_of_range": 0}
     assert stats[port.port_id]["rx"] == stats[port.port_id]["tx"] >= count
     assert stats[port.port_id]["dropped"] == 0
+
+
+def _udp_checksum_ok(frame: bytes) -> bool:
+    """IPv4/UDP checksum of an Ethernet frame verifies (pseudo-header included)."""
+    import struct
+    ip = frame[14:]
+    ihl = (ip[0] & 0xF) * 4
+    length = struct.unpack("!H", ip[2:4])[0]
+    udp = ip[ihl:length]
+    pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, len(udp))
+    data = pseudo + udp + (b"\0" if len(udp) % 2 else b"")
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF
+
+
+def test_rx_completes_checksums_a_local_sender_left_to_the_nic(veth, port_on):
+    """A UDP socket in the namespace sends over the veth with its checksum left
+    to "hardware" (TP_STATUS_CSUMNOTREADY): the port finishes it, so a VM
+    behind it does not drop every such datagram as corrupt."""
+    port = port_on()
+    pool = create_pool(512)
+    dst = f"10.99.{veth.subnet}.2"
+    subprocess.run(["ip", "-n", veth.ns, "neigh", "replace", dst, "lladdr", "02:00:00:00:00:02", "dev", veth.peer,
+                    "nud", "permanent"], check=True)
+    code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for i in range(10): s.sendto(b'partial %d ' % i + b'x' * (100 + i), ('{dst}', 9999))")
+    subprocess.run(["ip", "netns", "exec", veth.ns, sys.executable, "-c", code], check=True, timeout=30)
+    got: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 10 and time.monotonic() < deadline:
+        got += [p for p in recv(port, pool) if p[12:14] == b"\x08\x00" and p[23] == 17]
+    assert len(got) == 10
+    assert all(_udp_checksum_ok(p) for p in got)
+    assert port.driver.xstats()["rx_csum_completed"] == 10
+
+
+def test_complete_partial_l4_checksum_kernel():
+    """UDP/IPv4, TCP/IPv6 and VLAN-tagged frames whose L4 checksum field holds
+    the pseudo-header sum come out with the full checksum; others untouched."""
+    import struct
+
+    import numpy as np
+
+    from pmd.csum import complete_partial_l4_checksum, inet_checksum
+
+    def fold(data: bytes) -> int:
+        data += b"\0" * (len(data) % 2)
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return total
+
+    def frame(v6: bool, proto: int, vlan: bool, payload: bytes) -> tuple[bytes, int, int]:
+        l4 = (struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) if proto == 17
+              else struct.pack("!HHIIBBHHH", 1000, 2000, 1, 0, 0x50, 0x18, 512, 0, 0)) + payload
+        if v6:
+            src, dst = bytes(range(16)), bytes(range(16, 32))
+            l3 = struct.pack("!IHBB", 6 << 28, len(l4), proto, 64) + src + dst
+            pseudo = src + dst + struct.pack("!IxxxB", len(l4), proto)
+        else:
+            src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+            l3 = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0) + src + dst
+            pseudo = src + dst + struct.pack("!BBH", 0, proto, len(l4))
+        field = 6 if proto == 17 else 16
+        full = ~fold(pseudo + l4) & 0xFFFF
+        partial = fold(pseudo)  # what CHECKSUM_PARTIAL leaves in the field
+        eth = bytes(12) + (b"\x81\x00\x00\x05" if vlan else b"") + (b"\x86\xdd" if v6 else b"\x08\x00")
+        off = len(eth) + len(l3) + field
+        put = lambda v: eth + l3 + l4[:field] + struct.pack("!H", v) + l4[field + 2:]  # noqa: E731
+        return put(partial), off, full or 0xFFFF
+
+    for v6, proto, vlan in [(False, 17, False), (True, 6, False), (False, 6, True), (True, 17, True)]:
+        pkt, off, want = frame(v6, proto, vlan, b"hello, partial checksum!" * 3)
+        buf = np.zeros(4096, np.uint8)
+        buf[100:100 + len(pkt)] = np.frombuffer(pkt, np.uint8)
+        assert complete_partial_l4_checksum(buf, 100, len(pkt))
+        assert int(buf[100 + off]) << 8 | int(buf[100 + off + 1]) == want, (v6, proto, vlan)
+    arp = np.zeros(64, np.uint8)
+    arp[12:14] = (0x08, 0x06)
+    assert not complete_partial_l4_checksum(arp, 0, 60)
+    assert inet_checksum(np.frombuffer(b"\x45\x00\x00\x1c", np.uint8), 0, 4) == ~(0x4500 + 0x001c) & 0xFFFF
