@@ -61,6 +61,42 @@ def _tx_burst_impl(state, queue, pool, bufs, nb):
     return tx
 
 
+# ---- deferred tx ------------------------------------------------------------
+# ``tx_flush(state, queue, pool) -> pending``: a port whose tx_burst may accept
+# packets it cannot place yet (the vhost-pci port while VM1's IOMMU answers a
+# miss: the packet is kept, not dropped) sends what it holds and returns how
+# many it still holds.  The forwarding loop calls it on passes where the
+# stream received nothing, and a non-zero answer keeps the lcore polling.
+# Drivers without such a queue register nothing: it compiles to 0.
+_FLUSH: dict[type, Callable] = {}
+
+
+def register_tx_flush(state_cls: type, flush: Callable) -> None:
+    """Make ``flush`` (an njit function (state, queue, pool) -> held) the
+    deferred-tx flush of ``state_cls``."""
+    _FLUSH[state_cls] = flush
+
+
+def tx_flush(state, queue, pool):  # pragma: no cover - replaced in kernels
+    """Send what ``queue`` holds back; returns how many it still holds (kernels only)."""
+    raise NotImplementedError("tx_flush is only callable from a Numba kernel")
+
+
+@overload(tx_flush, jit_options={"nogil": True, "_nrt": False})
+def _tx_flush_impl(state, queue, pool):
+    impl = _lookup(_FLUSH, state)
+    if impl is None:
+        def nothing_held(state, queue, pool):
+            return 0
+
+        return nothing_held
+
+    def flush(state, queue, pool):
+        return impl(state, queue, pool)
+
+    return flush
+
+
 # ---- fallback interrupts (pmd/lcore/power.py) --------------------------------
 # ``intr_arm(state, queue) -> pending`` re-enables the peer's notifications
 # for rx queue ``queue``, issues a seq_cst fence and re-checks the ring: > 0
