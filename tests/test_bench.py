@@ -1,5 +1,6 @@
 """The benchmark runs and prints figures (no thresholds: speed lives in the
 bench output, not in tests)."""
+import contextlib
 import glob
 import json
 import os
@@ -194,3 +195,73 @@ def test_vf_bench_not_root_says_so(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     results, notes = vf.run(seconds=0.1, rounds=1)
     assert results == [] and notes == [vf.NEEDS_ROOT]
+
+# ------------------------------------------------------------ VM1 bench
+def _vm1_bench_missing() -> str | None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "the VM1 bench needs root and iproute2 (veth + namespace)"
+    for tool, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("dpdk-testpmd", "dpdk-dev"), ("gcc", "gcc")):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed ({pkg}; tools/setup installs it)"
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        return "no apt-get/dpkg-deb to build the guest from Debian packages"
+    return None
+
+
+@contextlib.contextmanager
+def _killed_on_exit(proc: subprocess.Popen):
+    """SIGKILL ``proc`` and everything below it if the block leaves it running (a test timeout)."""
+    tree = psutil.Process(proc.pid)
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            for p in [*tree.children(recursive=True), tree]:
+                p.kill()
+            proc.wait()
+
+
+@pytest.mark.slow  # ~1 min: four TCG boots (ours and DPDK, without and with strict intel-iommu)
+@pytest.mark.skipif(_vm1_bench_missing() is not None, reason=str(_vm1_bench_missing()))
+def test_vm1_bench_quick_json(tmp_path):
+    """One short round: guest -> namespace figures for ours and DPDK in both
+    IOMMU modes (no thresholds: losses are reported, not judged); no QEMU,
+    testpmd, vhostpci-fwd, veth, namespace or socket left behind."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vm1", "--quick", "--json"], cwd=ROOT,
+                            env=dict(os.environ, TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    with _killed_on_exit(proc):
+        out, err = proc.communicate(timeout=900)  # boots take minutes when the machine is shared; cold caches
+    print(err, out, f"{time.monotonic() - t0:.1f} s")  # progress and figures, visible with pytest -s
+    assert proc.returncode == 0, err
+    tag = str(proc.pid % 10_000_000)
+    links = subprocess.run(["ip", "-o", "link", "show"], check=True, capture_output=True, text=True, timeout=10).stdout
+    assert f"vbm{tag}h" not in links
+    netns = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, text=True, timeout=10).stdout
+    assert f"vhostpci-bench-vm1-{tag}" not in netns
+    assert _bench_leftovers(proc.pid) == []
+    assert not [p.info for p in psutil.process_iter(["pid", "cmdline"])
+                if str(tmp_path) in " ".join(p.info["cmdline"] or [])]  # QEMU, vhostpci-fwd: sockets live there
+    assert list(tmp_path.iterdir()) == []
+    doc = json.loads(out)
+    assert doc["scenario"] == "vm1" and doc["rounds"] == 1 and doc["sizes"] == [64] and doc["notes"] == []
+    rows = {(r["scenario"], r["size"]): r for r in doc["results"]}
+    assert set(rows) == {("none", 64), ("intel-strict", 64)}
+    for r in rows.values():
+        assert r["errors"] == [], r
+        for side in ("ours", "ref"):
+            assert len(r[f"{side}_runs"]) == 1 and r[f"{side}_mpps"] is not None, r
+            (s,) = r[f"{side}_samples"]
+            assert s["sent"] > 0 and s["seconds"] > 0, r
+
+
+def test_vm1_bench_without_qemu_says_so(tmp_path):
+    """No qemu-system-x86_64 on PATH: one line saying so, no figures, exit 0."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    out = subprocess.run([sys.executable, "-m", "apps.bench", "vm1", "--quick"], cwd=ROOT, check=False,
+                         env=dict(os.environ, PATH=str(empty)), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "qemu-system-x86_64 not found (tools/setup installs qemu-system-x86): the VM1 bench did not run"]

@@ -2,8 +2,10 @@
 
 Scenarios: ``framework`` (framework overhead on one lcore), ``vhost`` (our
 vhost-pci port against DPDK's vhost PMD, and the cost of VM1's IOMMU), ``vf``
-(our VF port against DPDK's af_packet PMD on a veth pair, tx and rx).
-A later issue adds ``vm1``.  ``--json`` prints machine-readable output.
+(our VF port against DPDK's af_packet PMD on a veth pair, tx and rx), ``vm1``
+(a real QEMU guest sending through our app vs through DPDK testpmd into a
+namespace, with and without a strict vIOMMU).  ``--json`` prints
+machine-readable output.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import signal
 import sys
 from dataclasses import asdict
 
-from . import framework, vf, vhost
+from . import framework, vf, vhost, vm1
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -53,14 +55,50 @@ def _print_vhost_table(results: list[vhost.Result], notes: list[str]) -> None:  
             print(f"    not measured: {e}")
 
 
-def _sizes(text: str) -> tuple[int, ...]:
+def _print_vm1_table(results: list[vm1.Vm1Result], notes: list[str]) -> None:
+    """kpps rather than Mpps: under TCG the guest sends tens of thousands per second."""
+    for note in notes:
+        print(note)
+    if not results:
+        return
+    print(f"# {results[0].ours} vs {results[0].ref}: guest UDP -> namespace socket, kpps received "
+          "(loss: 1 - received / sent by the guest's stack)")
+    print(f"{'iommu':<13} {'size':>5} {'ours kpps':>9} {'loss':>6} {'DPDK kpps':>9} {'loss':>6} {'ratio':>6}  "
+          "per-round ratios")
+    k = (lambda x: None if x is None else x * 1e3)
+    pct = (lambda x: "-" if x is None else f"{x:.1%}")
+    for r in results:
+        ratios = " ".join(f"{x:.2f}" for x in r.ratio_runs)
+        print(f"{r.scenario:<13} {r.size:>5} {_fmt(k(r.ours_mpps)):>9} {pct(r.ours_loss):>6} "
+              f"{_fmt(k(r.ref_mpps)):>9} {pct(r.ref_loss):>6} {_fmt(r.ratio):>6}  {ratios}")
+        for e in r.errors:
+            print(f"    not measured: {e.splitlines()[0]}")
+
+
+def _payloads(text: str) -> tuple[int, ...]:
+    return _int_list(text, 16, 1472, "UDP payload sizes")  # 1472: one frame at MTU 1500
+
+
+def _iommus(text: str) -> tuple[str, ...]:
+    out = tuple(x for x in text.split(",") if x)
+    if not out or any(x not in vm1.IOMMUS for x in out):
+        raise argparse.ArgumentTypeError(f"IOMMU modes are {','.join(vm1.IOMMUS)}, got {text!r}")
+    return out
+
+
+def _int_list(text: str, lo: int, hi: int, what: str) -> tuple[int, ...]:
+    """Comma-separated integers, each in lo..hi (an argparse type)."""
     try:
-        sizes = tuple(int(x) for x in text.split(","))
+        out = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 64,1518, got {text!r}") from None
-    if not sizes or any(not 60 <= s <= 1518 for s in sizes):
-        raise argparse.ArgumentTypeError(f"sizes must be 60..1518, got {text!r}")
-    return sizes
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,{hi}, got {text!r}") from None
+    if not out or any(not lo <= s <= hi for s in out):
+        raise argparse.ArgumentTypeError(f"{what} must be {lo}..{hi}, got {text!r}")
+    return out
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return _int_list(text, 60, 1518, "sizes")
 
 
 def _scenarios(text: str) -> tuple[str, ...]:
@@ -88,6 +126,30 @@ def _raise_interrupt(signum, frame):  # SIGTERM ends the bench through its clean
     raise KeyboardInterrupt
 
 
+def _run_vm1(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.seconds, args.rounds, args.size = 2.0, 1, args.size[:1]
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        results, notes = vm1.run(args.seconds, args.rounds, args.size, args.cpu, args.iommu,
+                                 lambda msg: print(msg, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("vhostpci-bench: interrupted", file=sys.stderr)
+        return 130
+    except vm1.BenchError as e:  # no gcc, no guest image, no veth
+        print(f"vhostpci-bench: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        for note in notes:
+            print(note, file=sys.stderr)
+        print(json.dumps({"scenario": "vm1", "seconds": args.seconds, "rounds": args.rounds,
+                          "sizes": list(args.size), "iommu": list(args.iommu), "notes": notes,
+                          "results": [asdict(r) for r in results]}, indent=2))
+    else:
+        _print_vm1_table(results, notes)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = _ArgParser(prog="vhostpci-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="scenario", required=True)
@@ -107,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     vfp.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the measured window")
     vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx (default: both)")
     vfp.add_argument("--quick", action="store_true", help="short run: --seconds 0.5 --rounds 1 --warmup 0.3")
+    v1 = sub.add_parser("vm1", help="real VM1 (QEMU TCG) -> namespace through our app vs DPDK testpmd (root)")
+    _common(v1, 5.0, 3)
+    v1.add_argument("--size", type=_payloads, default=vm1.SIZES,
+                    help="UDP payload sizes, comma-separated (64,1024); all sent in each boot")
+    v1.add_argument("--iommu", type=_iommus, default=vm1.IOMMUS,
+                    help="subset of none,intel-strict (default: both)")
+    v1.add_argument("--quick", action="store_true", help="short run: --seconds 2 --rounds 1, first size only")
     args = p.parse_args(argv)
     if args.cpu is not None and args.cpu not in os.sched_getaffinity(0):
         p.error(f"--cpu {args.cpu}: not a CPU this process may use")
@@ -116,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"scenario": "framework", "results": [asdict(r) for r in results]}, indent=2))
         else:
             _print_table(results)
+    elif args.scenario == "vm1":
+        return _run_vm1(args)
     else:  # vhost, vf: ours vs DPDK side by side
         if args.quick:
             args.seconds, args.rounds, args.warmup = 0.5, 1, 0.3
