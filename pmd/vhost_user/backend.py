@@ -136,7 +136,8 @@ class BackendDevice(Protocol):
     ``set_config(offset, data, flags)``, ``vring_call_changed(index, fd)`` (a
     started ring got a new call eventfd; the old one is closed after a
     quiesce), ``iotlb_updated(iova, size)`` (retry
-    parked descriptors), ``set_mtu(mtu)``, ``log_changed(log_mmap_or_None)``,
+    parked descriptors), ``iotlb_invalidated(iova, size)`` (unmapped and
+    quiesced), ``set_mtu(mtu)``, ``log_changed(log_mmap_or_None)``,
     and:
 
     - ``window_for(iommu: bool) -> Window``: the port's persistent window
@@ -424,6 +425,8 @@ class BackendSession:
         self.log_fd = fd
 
     def _drop_inflight(self) -> None:
+        if self.inflight is not None:
+            self._inflight_hook(-1, None)  # the device stops using it before it is unmapped
         release_shared(self.inflight, self.inflight_fd, f"{self.name}: inflight area")
         self.inflight, self.inflight_fd, self.inflight_info = None, -1, None
 
@@ -576,6 +579,9 @@ class BackendSession:
             # uaddr/perm are garbage on invalidate (FACTS.md): not checked.
             # The window quiesces between dropping the rows and the unmap.
             self.window.iotlb_invalidate(iotlb.iova, iotlb.size, quiesce=self._quiescer("IOTLB invalidate"))
+            hook = getattr(self.device, "iotlb_invalidated", None)
+            if hook is not None:
+                hook(iotlb.iova, iotlb.size)
         else:
             raise HandlerError(f"IOTLB message type {iotlb.type} is not one a front-end sends")
         return U64(0)
@@ -632,6 +638,7 @@ class BackendSession:
         self._drop_inflight()
         self.inflight, self.inflight_fd = area, fd
         self.inflight_info = InflightInfo(size, 0, req.num_queues, req.queue_size)
+        self._inflight_hook(fd, self.inflight_info)
         return self.inflight_info, [fd]
 
     def _set_inflight_fd(self, msg: Message) -> None:
@@ -641,6 +648,17 @@ class BackendSession:
         area = _map_shared_fd(fd, info.mmap_size, info.mmap_offset, "inflight area")
         self._drop_inflight()
         self.inflight, self.inflight_fd, self.inflight_info = area, fd, info
+        self._inflight_hook(fd, info)
+
+    def _inflight_hook(self, fd: int, info: InflightInfo | None) -> None:
+        """Optional device hook ``inflight_changed(fd, info)``: a region is
+        mapped (the fd stays the session's), or None: it is about to go."""
+        hook = getattr(self.device, "inflight_changed", None)
+        if hook is not None:
+            if info is None:
+                self._safe("inflight_changed", hook, fd, None)
+            else:
+                hook(fd, info)
 
     # ------------------------------------------------------------ vrings
     def _set_vring_num(self, msg: Message) -> None:

@@ -28,6 +28,7 @@ from .errors import Timeout, VhostUserError
 from .messages import (
     BackendReq,
     FrontendReq,
+    InflightInfo,
     IotlbMsg,
     IotlbType,
     LogRegion,
@@ -173,6 +174,23 @@ class FrontendSession:
         if msg is not None:
             with msg:
                 self._check_ack(msg)
+
+    def get_inflight_fd(self, num_queues: int, queue_size: int) -> tuple[int, InflightInfo]:
+        """GET_INFLIGHT_FD (INFLIGHT_SHMFD): the back-end allocates the region
+        in which it tracks descriptors in flight; we keep the returned fd
+        (ours to close) for the lifetime of the device, across back-ends."""
+        msg = self._call(F.GET_INFLIGHT_FD, InflightInfo(0, 0, num_queues, queue_size))
+        assert msg is not None
+        with msg:
+            info = msg.decode()
+            if not isinstance(info, InflightInfo) or not msg.fds:
+                raise FrontendError(f"GET_INFLIGHT_FD: reply without a region ({len(msg.fds)} fds)")
+            return msg.take_fd(), info
+
+    def set_inflight_fd(self, fd: int, info: InflightInfo) -> None:
+        """SET_INFLIGHT_FD: hand a (re)started back-end the region it or its
+        predecessor filled (QEMU sends it before the rings, on every start)."""
+        self._set(F.SET_INFLIGHT_FD, info, [fd])
 
     def set_backend_req_fd(self) -> None:
         """Give the back-end a socket for its requests; we keep the other end."""

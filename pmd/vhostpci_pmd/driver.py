@@ -9,7 +9,10 @@ The port is the ``BackendDevice`` of a ``BackendServer`` (control thread):
 the session tells it about memory, rings, features and the link, and it
 turns that into the numpy control words its kernels (``vq.py``) read.  The
 window is the port's for its whole life, so the kernel state never changes
-across reconnects; the session only remaps it.
+across reconnects; the session only remaps it.  The inflight region
+(INFLIGHT_SHMFD) gets the same treatment: a reservation of its own, mapped
+from the front-end's fd while one is set (``inflight_changed``), recovered
+from when a ring starts (``inflight.recover``).
 """
 from __future__ import annotations
 
@@ -28,17 +31,20 @@ from ..ethdev import (
 )
 from ..vhost_user.backend import VIRTIO_CONFIG_S_DRIVER_OK, BackendSession, HandlerError, VringInfo
 from ..vhost_user.server import BackendServer
-from ..vhost_user.messages import VHOST_F_LOG_ALL, IotlbPerm, ProtocolFeature
+from ..vhost_user.messages import VHOST_F_LOG_ALL, InflightInfo, IotlbPerm, ProtocolFeature
 from ..virtio.split import (
     AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, mem_views,
     net_hdr_len, ring_sizes,
 )
 from .vq import (
-    CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IOMMU,
-    VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_READY, VQ_USED, XSTAT_NAMES,
-    VhostPciState,
+    CTL_INFLIGHT, CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER,
+    VQ_IOMMU, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_PENDING,
+    VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, XSTAT_NAMES, VhostPciState,
+    flush_inflight,
 )
+from .inflight import RESUB_DELIVERED, queue_area, recover
+from .translate import translate
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
 from .window import Window
@@ -51,7 +57,11 @@ QUIESCE_TIMEOUT_S = 1.0
 MISS_RESEND_S = 0.1  # a MISS with no UPDATE in reply is sent again after this
 
 PF = ProtocolFeature
-PROTOCOL_FEATURES = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
+PROTOCOL_FEATURES = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
+                     | PF.INFLIGHT_SHMFD.mask)
+MAX_VRING_SIZE = 32768
+MAX_TRACKED_MBUFS = 1 << 20
+PAGE = mmap.PAGESIZE
 
 
 @register_driver
@@ -72,6 +82,14 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         self.window = Window(WINDOW_SIZE)
         self.vq = np.zeros((nvq, N_VQ), np.int64)
         self.vq[:, VQ_CALL_FD] = -1
+        self.vq[:, VQ_IF_BASE] = -1
+        self.resub = np.zeros((nvq, MAX_VRING_SIZE), np.uint16)  # untouched pages cost nothing
+        # by mbuf index: the source of what dequeue filled (commit records); an mbuf
+        # beyond it goes untracked: at worst delivered twice after a kill, never lost
+        self.src = np.zeros(MAX_TRACKED_MBUFS, np.uint64)
+        self.inflight = Window(-(-nvq * queue_area(MAX_VRING_SIZE) // PAGE) * PAGE, table_capacity=1, max_regions=1)
+        self._inflight_info: InflightInfo | None = None  # set while the region is mapped
+        self._rx_used_at_start: dict[int, int] = {}  # receive vring -> used->idx when it started (this connection)
         self._xstats = np.zeros((nvq, N_XSTATS), np.int64)
         self._stats = new_stats(args["queues"])
         self.ctl = np.full(8, -1, np.int64)
@@ -88,6 +106,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         self._link = False
         self._miss_sent: dict[int, float] = {}  # vring -> time of the last MISS sent
         self.misses_sent = 0
+        self.iotlb_updates = self.iotlb_invalidates = 0  # IOTLB messages from VM1, all sessions
         self.closed = False
 
     # ---------------------------------------------------------------- port ops
@@ -96,6 +115,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             raise PortError(f"{self.name}: closed")
         if self.server is not None:
             return
+        self._warm_control_kernels()
         server = BackendServer(self.args["path"], self, client=self.args["client"], name=self.name)
         try:
             server.start()
@@ -104,6 +124,14 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         self.server = server
         log.info("%s: vhost-user %s on %s", self.name, "client" if self.args["client"] else "server",
                  self.args["path"])
+
+    def _warm_control_kernels(self) -> None:
+        """Compile (or load from the cache) the kernels the control thread
+        calls (inflight recovery and flush) now: a cold compile there takes
+        seconds and would stall the session mid-request."""
+        if (self.vq[:, VQ_IF_BASE] < 0).all():  # no-ops with tracking off
+            flush_inflight(self.kernel_state(), 0)
+            self._used_idx(0, 1)
 
     def stop(self) -> None:
         """Disconnect VM1 and stop serving the socket (port start serves it again)."""
@@ -120,13 +148,15 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             os.close(self._wake_fd)
             self.ctl[CTL_WAKE_FD] = -1
             self.window.close()
+            self.inflight.close()
 
     def kernel_state(self) -> VhostPciState:
         if self.window.array is None:
             raise PortError(f"{self.name}: closed")
         w = self.window
         return VhostPciState(mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count,
-                             self.logctl, self.vq, self._xstats, self._stats, self.ctl, self.port_id)
+                             self.logctl, self.vq, self._xstats, self._stats, self.ctl, self.port_id,
+                             mem_views(self.inflight.array), self.resub, self.src)
 
     def stats_array(self) -> np.ndarray:
         return self._stats
@@ -141,6 +171,8 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         totals = self._xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
         out["iotlb_miss_requests"] = self.misses_sent
+        out["iotlb_updates"] = self.iotlb_updates
+        out["iotlb_invalidates"] = self.iotlb_invalidates
         return out
 
     def info(self) -> dict:
@@ -207,6 +239,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         if window is None:
             self._status = 0
             self._held.clear()
+            self._rx_used_at_start.clear()
 
     def vring_ready(self, index: int, vring: VringInfo) -> None:
         addr = vring.addr
@@ -233,6 +266,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         row[VQ_MRG] = int(bool(self._features & (1 << VIRTIO_NET_F_MRG_RXBUF)))
         row[VQ_EVENT_IDX] = int(bool(self._features & (1 << VIRTIO_RING_F_EVENT_IDX)))
         row[VQ_MISS_PENDING] = 0
+        self._recover_inflight(index, vring)
         if self._status and not self._status & VIRTIO_CONFIG_S_DRIVER_OK:
             self._held.add(index)  # the driver reports its status: wait for DRIVER_OK
             return
@@ -244,7 +278,96 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         self._held.discard(index)
         store_flag(self.vq[index], VQ_READY, 0)
         self.quiesce()
-        return int(self.vq[index, VQ_LAST_AVAIL])
+        given_back = int(flush_inflight(self.kernel_state(), index))
+        return (int(self.vq[index, VQ_LAST_AVAIL]) - given_back) & 0xFFFF
+
+    # ------------------------------------------------------- inflight (INFLIGHT_SHMFD)
+    def inflight_changed(self, fd: int, info: InflightInfo | None) -> None:
+        """The session mapped a region (GET/SET_INFLIGHT_FD; ``fd`` stays the
+        session's) or, with None, is about to unmap it: kernels stop using
+        it before it goes.  Rings pick a new one up when they (re)start."""
+        if self._inflight_info is not None:
+            for v in range(len(self.vq)):
+                store_flag(self.vq[v], VQ_IF_BASE, -1)
+            store_flag(self.ctl, CTL_INFLIGHT, 0)
+            self.quiesce()
+            self.inflight.unmap_all()
+            self._inflight_info = None
+        if info is None:
+            return
+        size = -(-info.mmap_size // PAGE) * PAGE
+        if size > self.inflight.size or info.mmap_offset % PAGE:
+            raise HandlerError(f"inflight region of {info.mmap_size} bytes at offset {info.mmap_offset} "
+                               f"does not fit the port's {self.inflight.size}-byte reservation")
+        self.inflight.add_region(fd, 0, size, info.mmap_offset, 0)
+        self._inflight_info = info
+        store_flag(self.ctl, CTL_INFLIGHT, 1)
+
+    def _used_idx(self, addr: int, num: int) -> int | None:
+        """used->idx of the used ring at ``addr`` (as the row holds it: a
+        GPA, or an IOVA with an IOMMU), None if it is not mapped."""
+        w = self.window
+        addr &= 2 ** 64 - 1
+        used = translate(w.table, w.table_count, np.int64(addr - (1 << 64) if addr >> 63 else addr), 6 + 8 * num, False)
+        if used < 0:
+            return None
+        return int(w.array[used + 2: used + 4].view(np.uint16)[0])
+
+    def _rx_used_before(self, vring: int) -> int | None:
+        """A receive ring's used->idx as the killed back-end left it: its
+        value when the ring started (this back-end may have published since),
+        or the ring's own if it has not started yet."""
+        if vring % 2 or vring >= len(self.vq):
+            return None
+        if vring in self._rx_used_at_start:
+            return self._rx_used_at_start[vring]
+        session = self.server.session if self.server is not None else None
+        ring = session.vrings.get(vring) if session is not None else None
+        if ring is None or ring.addr is None or not ring.num:
+            return None
+        addr = ring.addr.used_user_addr
+        if not self._features & (1 << VIRTIO_F_IOMMU_PLATFORM):
+            addr = self.window.uaddr_to_gpa(addr, 6 + 8 * ring.num)
+            if addr < 0:
+                return None
+        return self._used_idx(addr, ring.num)
+
+    def _recover_inflight(self, index: int, vring: VringInfo) -> None:
+        """Before ring ``index`` starts: track it if a region covers it, and
+        pick up what a killed predecessor left in flight (``inflight.recover``):
+        last_avail_idx becomes used->idx plus the heads still in flight, which
+        the kernel takes again first, in counter order."""
+        row = self.vq[index]
+        row[VQ_IF_BASE] = -1
+        row[VQ_PENDING] = row[VQ_RESUB_N] = row[VQ_RESUB_POS] = 0
+        info = self._inflight_info
+        if info is None:
+            return
+        area = queue_area(info.queue_size)
+        if index >= info.num_queues or vring.num > info.queue_size or (index + 1) * area > info.mmap_size:
+            log.warning("%s: inflight region (%d queues of %d) does not cover vring %d of %d; untracked",
+                        self.name, info.num_queues, info.queue_size, index, vring.num)
+            return
+        used_idx = self._used_idx(int(row[VQ_USED]), vring.num)
+        if used_idx is None:
+            log.warning("%s: vring %d used ring not mapped at start; inflight untracked", self.name, index)
+            return
+        if index % 2 == 0:
+            self._rx_used_at_start[index] = used_idx
+        heads, repaired, counter = recover(self.inflight.array, index * area, vring.num, used_idx, self._features,
+                                           index % 2 == 1, self._rx_used_before)  # odd vrings: VM1 transmit
+        self.resub[index, :len(heads)] = heads
+        row[VQ_RESUB_N] = len(heads)
+        row[VQ_IF_COUNTER] = counter
+        self._xstats[index, XS_RESUBMITTED] += sum(1 for h in heads if not h & RESUB_DELIVERED)
+        self._xstats[index, XS_REPAIRED] += repaired
+        # taken heads are a prefix of the available entries after used->idx
+        row[VQ_LAST_AVAIL] = (used_idx + len(heads)) & 0xFFFF
+        row[VQ_LAST_USED] = used_idx
+        row[VQ_IF_BASE] = index * area
+        if heads or repaired or used_idx != vring.base & 0xFFFF:
+            log.info("%s: vring %d inflight: %d resubmitted, %d repaired, used %d, base %d", self.name, index,
+                     len(heads), repaired, used_idx, vring.base)
 
     def vring_call_changed(self, index: int, fd: int) -> None:
         """A new call eventfd (the session closes the old one after quiesce)."""
@@ -268,7 +391,11 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         if hook is not None:
             hook(QUIESCE_TIMEOUT_S)
 
+    def iotlb_invalidated(self, iova: int, size: int) -> None:
+        self.iotlb_invalidates += 1
+
     def iotlb_updated(self, iova: int, size: int) -> None:
+        self.iotlb_updates += 1
         # Let kernels raise a new miss if they still need one.
         for v in range(len(self.vq)):
             if self.vq[v, VQ_MISS_PENDING]:

@@ -17,6 +17,20 @@ What the peer can get wrong is counted, never trusted:
 Per-queue control words (``vq`` rows, one cache line-pair each) are written
 by the control thread before it publishes ``VQ_READY`` with a release store;
 the kernel owns ``VQ_LAST_AVAIL``/``VQ_LAST_USED`` while the queue is ready.
+
+Inflight tracking (``inflight.py``; on when ``VQ_IF_BASE`` >= 0: INFLIGHT_SHMFD
+negotiated and a region set) changes when a transmit descriptor counts as
+done.  A head ``dequeue`` takes is recorded in flight and its used entry
+written, but used->idx is published only when the lcore comes back for the
+next burst on that ring (or the ring stops): by then the previous burst's
+mbufs have been handed to their tx port (the forwarding loop runs rx, tx,
+rx, ... on one lcore), so a back-end killed at any moment leaves every
+packet it had not yet forwarded in flight, and the restarted one resubmits
+it (``VQ_RESUB_*``, before new available entries).  The receive ring needs
+no record: its buffers are only written, and a restarted back-end starts
+from VM1's used->idx (SET_VRING_BASE), so a batch whose used entries were
+written but not published is simply filled again; one u16 store publishes
+a batch, so VM1 never sees part of one.
 """
 from __future__ import annotations
 
@@ -38,20 +52,29 @@ from ..virtio.split import (
     desc_next, set_used_entry, used_entry_id,
 )
 from .dirty_log import log_write
+from .inflight import (
+    RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, mark_delivered, set_used_idx, source,
+    source_fields, take, unlink,
+)
 from .translate import translate
 
 # vq control columns
 VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_CALL_FD = range(8)
 VQ_HDR_LEN, VQ_IOMMU, VQ_MISS_PENDING, VQ_MISS_IOVA, VQ_MISS_WRITE, VQ_MRG, VQ_EVENT_IDX = range(8, 15)
+# inflight tracking: the vring's area in the region (-1: off), the next counter,
+# heads taken by the last burst and not yet published, heads to resubmit
+VQ_IF_BASE, VQ_IF_COUNTER, VQ_PENDING, VQ_RESUB_N, VQ_RESUB_POS = range(15, 20)
 N_VQ = 24
 
 # extended per-vring counters
-XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED = range(6)
-N_XSTATS = 8
-XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls", "merged_rx_buffers")
+(XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,
+ XS_ROLLED_FORWARD) = range(9)
+N_XSTATS = 10
+XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls", "merged_rx_buffers",
+               "inflight_resubmitted", "inflight_repaired", "inflight_rolled_forward")
 
-# wake-up control (state.ctl)
-CTL_WAKE_FD = 0
+# wake-up control (state.ctl); CTL_INFLIGHT: 1 while an inflight region is mapped
+CTL_WAKE_FD, CTL_INFLIGHT = 0, 1
 
 # results of a chain walk (>= 0: bytes)
 R_BAD, R_MISS, R_TOO_BIG = -1, -2, -3
@@ -69,6 +92,9 @@ class VhostPciState(NamedTuple):
     stats: np.ndarray  # (nb_queue_pairs, N_STATS) int64
     ctl: np.ndarray  # int64[8]
     port_id: int
+    inflight: Mem  # the inflight region (inflight.py), mapped while set
+    resub: np.ndarray  # (nb_vrings, 32768) uint16: heads to resubmit, [VQ_RESUB_POS, VQ_RESUB_N)
+    src: np.ndarray  # uint64[MAX_TRACKED_MBUFS]: by mbuf index, where dequeue took it (inflight.source)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -313,11 +339,44 @@ def _begin(st, v):
     return num, desc, avail, used, n
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _complete_pending(st, v, num, avail, used, ibase):
+    """Publish the heads the previous burst took (used entries written at
+    take time), with the inflight batch protocol around used->idx."""
+    p = st.vq[v, VQ_PENDING]
+    if p == 0:
+        return
+    m = st.mem
+    im = st.inflight
+    mask = num - 1
+    old_used = st.vq[v, VQ_LAST_USED]
+    last = last_batch_head(im, ibase)
+    for s in range(p):
+        head = np.int64(used_entry_id(m, used, (old_used + s) & mask))
+        if head < num:  # only heads take() recorded (VM1 may scribble on its used ring)
+            last = link(im, ibase, head, last)
+    close_batch(im, ibase, last)
+    _publish(st, v, used, old_used, old_used + p, avail, num)
+    for s in range(p):  # the same entries, still in cache: independent loads, not a walk of next
+        head = np.int64(used_entry_id(m, used, (old_used + s) & mask))
+        if head < num:
+            unlink(im, ibase, head)
+    set_used_idx(im, ibase, old_used + p)
+    st.vq[v, VQ_PENDING] = 0
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def dequeue(st, v, q, pool, bufs, nb):
     """VM1 transmit ring ``v`` -> up to ``nb`` mbufs in ``bufs``."""
     num, desc, avail, used, n = _begin(st, v)
-    n = min(n, nb)
+    if num == 0:
+        return 0
+    ibase = st.vq[v, VQ_IF_BASE]  # read once: the control thread clears it only with the ring quiescent
+    r = 0  # heads to resubmit, taken before new available entries
+    if ibase >= 0:
+        _complete_pending(st, v, num, avail, used, ibase)
+        r = st.vq[v, VQ_RESUB_N] - st.vq[v, VQ_RESUB_POS]
+    n = min(n + r, nb)
     if n == 0:
         return 0
     if not alloc_bulk(pool, bufs, n):
@@ -326,6 +385,8 @@ def dequeue(st, v, q, pool, bufs, nb):
     m = st.mem
     mask = num - 1
     last = st.vq[v, VQ_LAST_AVAIL]
+    rpos = st.vq[v, VQ_RESUB_POS]
+    counter = st.vq[v, VQ_IF_COUNTER]
     old_used = st.vq[v, VQ_LAST_USED]
     used_idx = old_used
     room = pool.buf_size - HEADROOM
@@ -333,13 +394,31 @@ def dequeue(st, v, q, pool, bufs, nb):
     taken = 0
     nbytes = 0
     for k in range(n):
-        head = avail_entry(m, avail, (last + k) & mask)
+        if k < r:
+            head = np.int64(st.resub[v, rpos + k])
+            if head & RESUB_DELIVERED:  # delivered before the kill (commit record): only return it
+                set_used_entry(m, used, used_idx & mask, head & ~RESUB_DELIVERED, 0)
+                used_idx += 1
+                taken += 1
+                st.xstats[v, XS_ROLLED_FORWARD] += 1
+                continue
+        else:
+            head = avail_entry(m, avail, (last + k - r) & mask)
         i = bufs[got]
         tbl, tn, first = _resolve(st, v, desc, num, head)
         res = tbl if tbl < 0 else _copy_chain_out(st, v, tbl, tn, first, pool, i, room)
         if res == R_MISS:
             break  # parked: retried once the grant arrives
         set_used_entry(m, used, used_idx & mask, head, 0)
+        if ibase >= 0 and head < num:
+            if k >= r:
+                c = counter
+                take(st.inflight, ibase, head, c)
+                counter += 1
+            else:  # a resubmitted head keeps its record
+                c = entry_counter(st.inflight, ibase, head)
+            if res >= 0 and i < len(st.src):
+                st.src[i] = source(v, head, c)
         used_idx += 1
         taken += 1
         if res < 0:
@@ -354,11 +433,50 @@ def dequeue(st, v, q, pool, bufs, nb):
     if got < n:
         free_bulk(pool, bufs[got:], n - got)
     if taken:
-        st.vq[v, VQ_LAST_AVAIL] = (last + taken) & 0xFFFF
-        _publish(st, v, used, old_used, used_idx, avail, num)
+        again = min(taken, r)
+        st.vq[v, VQ_LAST_AVAIL] = (last + taken - again) & 0xFFFF
+        if ibase >= 0:
+            st.vq[v, VQ_RESUB_POS] = rpos + again
+            st.vq[v, VQ_IF_COUNTER] = counter
+            st.vq[v, VQ_PENDING] = taken  # published by the next burst (module docstring)
+        else:
+            _publish(st, v, used, old_used, used_idx, avail, num)
     st.stats[q, ST_IPACKETS] += got
     st.stats[q, ST_IBYTES] += nbytes
     return got
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def flush_inflight(st, v):
+    """Control thread, ring ``v`` stopped and its lcores quiescent (their
+    last burst forwarded): publish what the last burst took and drop the
+    resubmissions not yet taken.  Returns how many were dropped: they go
+    back to the available ring (last_avail_idx moves back by as many)."""
+    if st.vq[v, VQ_IF_BASE] < 0:
+        return 0
+    num = st.vq[v, VQ_NUM]
+    desc, avail, used = _ring_offsets(st, v, num)
+    if desc >= 0:
+        _complete_pending(st, v, num, avail, used, st.vq[v, VQ_IF_BASE])
+    left = st.vq[v, VQ_RESUB_N] - st.vq[v, VQ_RESUB_POS]
+    st.vq[v, VQ_RESUB_N] = 0
+    st.vq[v, VQ_RESUB_POS] = 0
+    return left
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _commit(st, v, pool, i, used_idx):
+    """Mbuf ``i`` goes out with receive ring ``v``'s publication of
+    ``used_idx``: if this port took it from a tracked transmit ring, write
+    the commit record first (``inflight.mark_delivered``)."""
+    if i >= len(st.src):
+        return
+    t, head, counter = source_fields(st.src[i])
+    if t < 0 or t >= st.vq.shape[0]:
+        return
+    ibase = st.vq[t, VQ_IF_BASE]
+    if ibase >= 0 and head < st.vq[t, VQ_NUM]:
+        mark_delivered(st.inflight, ibase, head, counter, v, used_idx)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -439,6 +557,9 @@ def enqueue(st, v, q, pool, bufs, nb):
         sent += 1
         nbytes += ln
     if consumed:
+        if st.ctl[CTL_INFLIGHT] != 0:
+            for k in range(taken):
+                _commit(st, v, pool, bufs[k], used_idx)
         st.vq[v, VQ_LAST_AVAIL] = (last + consumed) & 0xFFFF
         _publish(st, v, used, old_used, used_idx, avail, num)
     if taken:

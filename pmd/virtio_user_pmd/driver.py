@@ -38,7 +38,9 @@ from ..ethdev import (
 )
 from ..vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
 from ..shm import create_shared, release_shared
-from ..vhost_user.messages import VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm, ProtocolFeature
+from ..vhost_user.messages import (
+    VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, InflightInfo, IotlbPerm, ProtocolFeature,
+)
 from ..vhostpci_pmd.window import Window
 from ..virtio.split import (
     VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
@@ -62,7 +64,8 @@ IOMMU_MODES = ("off", "static", "buffers", "transient")
 BUF_STRIDE = {"off": 2048, "static": 2048, "buffers": PAGE_SIZE, "transient": PAGE_SIZE}
 MAX_QUEUE_PAIRS = 16
 PF = ProtocolFeature
-WANT_PROTOCOL = PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
+WANT_PROTOCOL = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
+                 | PF.INFLIGHT_SHMFD.mask)
 STATUS_DRIVER_OK = 1 | 2 | 8 | 4  # ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
 POLL_S = 0.1
 REQUEST_TIMEOUT_S = 5.0  # a back-end busy compiling its kernels can be slow to reply
@@ -151,6 +154,9 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         self.dirty_log: mmap.mmap | None = None
         self._log_fd = -1
         self._closers.insert(0, self._drop_log)
+        self.inflight_fd = -1  # the back-end's inflight region (INFLIGHT_SHMFD), kept across back-ends
+        self.inflight_info: InflightInfo | None = None
+        self._closers.insert(0, self._drop_inflight)
         self.closed = False
 
     # ---------------------------------------------------------------- setup
@@ -334,6 +340,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         s.set_features(want)
         self.features = want
         s.set_mem_table(self.memory)
+        if protocol & PF.INFLIGHT_SHMFD.mask:
+            self._set_inflight(s, nvq)
         for iova, size, perm in self._standing_grants():
             self._grant(s, iova, size, perm)
         for iova, (size, perm) in list(self.grants.items()):  # transient grants still in flight
@@ -354,6 +362,21 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             store_flag(self.vq[v], VQ_READY, 1)
         if protocol & PF.STATUS.mask:
             s.set_status(STATUS_DRIVER_OK)
+
+    def _set_inflight(self, s: FrontendSession, nvq: int) -> None:
+        """QEMU's inflight steps: the first back-end allocates the region
+        (GET_INFLIGHT_FD); every back-end, the first and each restarted one,
+        gets it with SET_INFLIGHT_FD before the rings, so a successor finds
+        what a killed predecessor had in flight."""
+        if self.inflight_fd < 0:
+            self.inflight_fd, self.inflight_info = s.get_inflight_fd(nvq, self.args["queue_size"])
+        assert self.inflight_info is not None
+        s.set_inflight_fd(self.inflight_fd, self.inflight_info)
+
+    def _drop_inflight(self) -> None:
+        if self.inflight_fd >= 0:
+            os.close(self.inflight_fd)
+        self.inflight_fd, self.inflight_info = -1, None
 
     def _ring_addr(self, gpa: int) -> int:
         """What SET_VRING_ADDR carries: our virtual address, or the IOVA with an IOMMU."""
