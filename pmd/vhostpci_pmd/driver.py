@@ -47,6 +47,8 @@ from .inflight import RESUB_DELIVERED, queue_area, recover
 from .translate import translate
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
+from .missahead import MAX_AHEAD, misses_ahead
+from .txhold import HOLD_CAP  # also registers the port's burst kernels
 from .window import Window
 
 log = logging.getLogger("vhostpci.port")
@@ -87,6 +89,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         # by mbuf index: the source of what dequeue filled (commit records); an mbuf
         # beyond it goes untracked: at worst delivered twice after a kill, never lost
         self.src = np.zeros(MAX_TRACKED_MBUFS, np.uint64)
+        self.hold = np.zeros((args["queues"], HOLD_CAP), np.int64)  # tx mbufs parked on a miss (txhold.py)
         self.inflight = Window(-(-nvq * queue_area(MAX_VRING_SIZE) // PAGE) * PAGE, table_capacity=1, max_regions=1)
         self._inflight_info: InflightInfo | None = None  # set while the region is mapped
         self._rx_used_at_start: dict[int, int] = {}  # receive vring -> used->idx when it started (this connection)
@@ -105,6 +108,9 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         self._held: set[int] = set()  # rings set up, waiting for DRIVER_OK
         self._link = False
         self._miss_sent: dict[int, float] = {}  # vring -> time of the last MISS sent
+        self._ahead = np.zeros(MAX_AHEAD, np.int64)  # pages missahead.py found
+        self._ahead_sent: dict[tuple[int, int], float] = {}  # (page, perm) -> when asked
+        self.misses_ahead = 0
         self.misses_sent = 0
         self.iotlb_updates = self.iotlb_invalidates = 0  # IOTLB messages from VM1, all sessions
         self.closed = False
@@ -132,6 +138,8 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         if (self.vq[:, VQ_IF_BASE] < 0).all():  # no-ops with tracking off
             flush_inflight(self.kernel_state(), 0)
             self._used_idx(0, 1)
+        if not self.vq[:, VQ_READY].any():  # rings not ready: returns 0 at once
+            misses_ahead(self.kernel_state(), 0, False, self._ahead)
 
     def stop(self) -> None:
         """Disconnect VM1 and stop serving the socket (port start serves it again)."""
@@ -156,7 +164,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         w = self.window
         return VhostPciState(mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count,
                              self.logctl, self.vq, self._xstats, self._stats, self.ctl, self.port_id,
-                             mem_views(self.inflight.array), self.resub, self.src)
+                             mem_views(self.inflight.array), self.resub, self.src, self.hold)
 
     def stats_array(self) -> np.ndarray:
         return self._stats
@@ -171,6 +179,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         totals = self._xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
         out["iotlb_miss_requests"] = self.misses_sent
+        out["iotlb_miss_ahead"] = self.misses_ahead
         out["iotlb_updates"] = self.iotlb_updates
         out["iotlb_invalidates"] = self.iotlb_invalidates
         return out
@@ -419,6 +428,25 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             if session.send_iotlb_miss(iova, perm):
                 self.misses_sent += 1
             self._miss_sent[v] = now
+            self._ask_ahead(session, v, iova, perm, now)
+
+    def _ask_ahead(self, session: BackendSession, v: int, iova: int, perm: int, now: float) -> None:
+        """Also ask for the ungranted pages of the chains queued behind the
+        parked one (missahead.py): one round trip for a ring of fresh buffers."""
+        if self.closed:
+            return
+        n = misses_ahead(self.kernel_state(), v, perm == IotlbPerm.WO, self._ahead)
+        if len(self._ahead_sent) > 4096:  # forget old requests (they are re-asked when still needed)
+            self._ahead_sent = {p: t for p, t in self._ahead_sent.items() if now - t < MISS_RESEND_S}
+        parked = iova & ~(PAGE - 1)
+        for page in self._ahead[:n].tolist():
+            key = (page, perm)
+            if page == parked or now - self._ahead_sent.get(key, -1.0) < MISS_RESEND_S:
+                continue
+            self._ahead_sent[key] = now
+            if session.send_iotlb_miss(page, perm):
+                self.misses_sent += 1
+                self.misses_ahead += 1
 
     # ------------------------------------------------------- fallback interrupts
     def intr_fds(self, queue: int) -> list[int]:

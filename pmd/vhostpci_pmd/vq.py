@@ -40,7 +40,6 @@ import numpy as np
 from numba import njit
 
 from ..atomics import fence, load_acquire, memcpy, store_release
-from ..burst import register_burst
 from ..ethdev import (
     ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF,
 )
@@ -64,14 +63,15 @@ VQ_HDR_LEN, VQ_IOMMU, VQ_MISS_PENDING, VQ_MISS_IOVA, VQ_MISS_WRITE, VQ_MRG, VQ_E
 # inflight tracking: the vring's area in the region (-1: off), the next counter,
 # heads taken by the last burst and not yet published, heads to resubmit
 VQ_IF_BASE, VQ_IF_COUNTER, VQ_PENDING, VQ_RESUB_N, VQ_RESUB_POS = range(15, 20)
+VQ_HELD = 20  # receive rings: packets in the port's hold queue (txhold.py)
 N_VQ = 24
 
 # extended per-vring counters
 (XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,
- XS_ROLLED_FORWARD) = range(9)
+ XS_ROLLED_FORWARD, XS_HELD) = range(10)
 N_XSTATS = 10
 XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls", "merged_rx_buffers",
-               "inflight_resubmitted", "inflight_repaired", "inflight_rolled_forward")
+               "inflight_resubmitted", "inflight_repaired", "inflight_rolled_forward", "tx_held_on_miss")
 
 # wake-up control (state.ctl); CTL_INFLIGHT: 1 while an inflight region is mapped
 CTL_WAKE_FD, CTL_INFLIGHT = 0, 1
@@ -95,6 +95,7 @@ class VhostPciState(NamedTuple):
     inflight: Mem  # the inflight region (inflight.py), mapped while set
     resub: np.ndarray  # (nb_vrings, 32768) uint16: heads to resubmit, [VQ_RESUB_POS, VQ_RESUB_N)
     src: np.ndarray  # uint64[MAX_TRACKED_MBUFS]: by mbuf index, where dequeue took it (inflight.source)
+    hold: np.ndarray  # (nb_queue_pairs, HOLD_CAP) int64: mbufs held on a miss, [0, vq[2q, VQ_HELD]) (txhold.py)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -574,9 +575,4 @@ def vhost_pci_rx(st, q, pool, bufs, nb):
     return dequeue(st, 2 * q + 1, q, pool, bufs, nb)
 
 
-@njit(nogil=True, cache=True, _nrt=False)
-def vhost_pci_tx(st, q, pool, bufs, nb):
-    return enqueue(st, 2 * q, q, pool, bufs, nb)
-
-
-register_burst(VhostPciState, vhost_pci_rx, vhost_pci_tx)
+# tx_burst (with its hold queue) is registered in txhold.py

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 from numba import njit
 
-from pmd.burst import rx_burst, tx_burst
+from pmd.burst import rx_burst, tx_burst, tx_flush
 from pmd.mbuf import alloc_bulk, free_bulk, mbuf_offset
 
 HDR = bytes.fromhex("020000000001" "020000000002" "88b5")  # dst, src, local experimental ethertype
@@ -68,6 +68,16 @@ def send(port, pool, packets: list[bytes], queue: int = 0) -> int:
         data[k, :len(p)] = np.frombuffer(p, np.uint8)
         lens[k] = len(p)
     return int(_send(port.kernel_state(), queue, pool, data, lens, len(packets)))
+
+
+@njit(nogil=True, cache=True)
+def _flush(st, q, pool):
+    return tx_flush(st, q, pool)
+
+
+def flush(port, pool, queue: int = 0) -> int:
+    """tx_flush on ``port``: send what it holds; returns how many it still holds."""
+    return int(_flush(port.kernel_state(), queue, pool))
 
 
 def recv(port, pool, nb: int = 64, queue: int = 0, width: int = 2048) -> list[bytes]:

@@ -33,7 +33,7 @@ from pmd.virtio.split import VRING_DESC_F_NEXT as NEXT
 from pmd.virtio.split import VRING_DESC_F_WRITE as WRITE
 from tests.conftest import ROOT
 from tests.util import wait_until
-from tests.vhostpci.peer_io import make_packet, recv, send
+from tests.vhostpci.peer_io import flush, make_packet, recv, send
 from tests.vhostpci.rogue_vm1 import (
     EVENT_IDX,
     HDR_LEN,
@@ -610,31 +610,55 @@ def test_iommu_ungranted_buffer_parks_until_granted_then_delivered(vp, connect):
 
 
 def test_iommu_write_into_read_only_grant_is_never_written(vp, connect):
-    """An rx buffer VM1 granted read-only: a miss for a write (the device asks
-    for WO), the packet is kept (not delivered, not written); once VM1 grants
-    the page writable it goes through."""
+    """Rx buffers VM1 granted read-only: a miss for a write (the device asks
+    for WO); the port holds the packets (taken, not written, not dropped)
+    and, once VM1 grants the page writable, delivers them in order."""
     page = HIGH[0] + 0x20000
     vm = connect(iommu=True)
     vm.grant(page, PAGE, IotlbPerm.RO)
     c = Counters(vp.port)
     vm.desc(RX, 0, page, 2048, WRITE)
+    vm.desc(RX, 1, page + 2048, 2048, WRITE)
     vm.offer(RX, 0)
+    vm.offer(RX, 1)
     before = vm.snapshot()
-    pkt = make_packet(6001, 150)
+    pkts = [make_packet(6001, 150), make_packet(6002, 90)]
+    assert send(vp.port, vp.pool, pkts[:1]) == 1, "held on the miss (a refusal would be a drop in io fwd)"
+    assert send(vp.port, vp.pool, pkts[1:]) == 1, "queued behind the held one"
     for _ in range(3):
-        assert send(vp.port, vp.pool, [pkt]) == 0
+        assert flush(vp.port, vp.pool) == 2, "still held: VM1 has not granted"
     assert vm.changes(before) == [], "the device wrote into a read-only grant (or elsewhere)"
     assert vm.used_idx(RX) == 0 and last_avail(vp, RX) == 0
     misses = vm.misses()
     assert misses and misses[0] == (page, IotlbPerm.WO), misses
     d = c.delta()
     assert d.get("iotlb_misses", 0) >= 1 and "opackets" not in d and "oerrors" not in d, d
+    assert vp.port.driver.xstats()["tx_held_on_miss"] == 2
     vm.grant(page, PAGE, IotlbPerm.RW)
-    assert send(vp.port, vp.pool, [pkt]) == 1
-    assert vm.used_entries(RX) == [(0, HDR_LEN + len(pkt))]
-    assert vm.mem.read(page, HDR_LEN + len(pkt)) == RX_HDR + pkt
-    assert c.delta()["opackets"] == 1
-    assert vm.changes(before, [(page, HDR_LEN + len(pkt))]) == []
+    assert flush(vp.port, vp.pool) == 0
+    assert vm.used_entries(RX) == [(0, HDR_LEN + len(pkts[0])), (1, HDR_LEN + len(pkts[1]))]
+    assert vm.mem.read(page, HDR_LEN + len(pkts[0])) == RX_HDR + pkts[0]
+    assert vm.mem.read(page + 2048, HDR_LEN + len(pkts[1])) == RX_HDR + pkts[1]
+    assert c.delta()["opackets"] == 2
+    assert vm.changes(before, [(page, HDR_LEN + len(pkts[0])), (page + 2048, HDR_LEN + len(pkts[1]))]) == []
+
+
+def test_held_packets_are_dropped_and_counted_when_the_ring_stops(vp, connect):
+    """A packet held on a miss when VM1 goes away: the next flush frees it
+    (oerrors), the pool is whole again (the fixture checks)."""
+    vm = RogueVM1(vp.path, iommu=True)  # not connect()'s: this test closes it itself
+    page = HIGH[0] + 0x30000  # never granted
+    vm.desc(RX, 0, page, 2048, WRITE)
+    vm.offer(RX, 0)
+    c = Counters(vp.port)
+    assert send(vp.port, vp.pool, [make_packet(6101, 100)]) == 1
+    assert flush(vp.port, vp.pool) == 1
+    n = vp.srv.disconnections
+    vm.close()
+    assert vp.srv.wait_for(lambda s: s.disconnections > n and s.session is None, 3.0)
+    assert flush(vp.port, vp.pool) == 0
+    d = c.delta()
+    assert d["oerrors"] == 1 and "opackets" not in d and d["iotlb_misses"] >= 1, d
 
 
 def test_iommu_read_from_write_only_grant_is_a_miss(vp, connect):

@@ -1,0 +1,90 @@
+"""UDP peer of the real-VM1 tests, run inside the test's namespace with
+``ip netns exec NS python3 ns_udp.py ...`` (standard library only).
+
+``recv PORT``: bind UDP PORT, print ``ready``, count datagrams until
+SIGTERM/SIGINT, then print one JSON line: datagrams, bytes, unique sequence
+numbers, duplicates, bad (payloads not of the form below).
+
+``send DST PORT COUNT RATE SIZE``: send COUNT datagrams of SIZE bytes to
+DST:PORT, RATE per second, then print one JSON line (sent, seconds).
+
+Payload: from here ``ns SEQ `` then ``x`` up to SIZE-1 bytes, then a
+newline (one line per datagram for the guest's awk); from the guest
+(tools/guest ``udp_send``) ``SEQ `` then ``x`` up to SIZE bytes.  Every byte
+is implied by the sequence number and the size: the receiver checks all.
+"""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from apps.vm1.ns_receiver import receive  # noqa: E402
+
+
+def payload(tag: str, seq: int, size: int) -> bytes:
+    head = f"{tag} {seq} ".encode()
+    return head + b"x" * max(0, size - len(head) - 1) + b"\n"
+
+
+_WELL_FORMED = re.compile(rb"(?:ns )?(\d+) x*\n?")
+
+
+def check(data: bytes) -> int | None:
+    """The sequence number of a well-formed payload (either form), else None."""
+    m = _WELL_FORMED.fullmatch(data)
+    return int(m.group(1)) if m else None
+
+
+def recv(port: int) -> None:
+    seen: set[int] = set()
+    total = nbytes = dups = bad = 0
+    first = last = 0.0
+
+    def take(data: bytes) -> None:
+        nonlocal total, nbytes, dups, bad, first, last
+        total += 1
+        nbytes += len(data)
+        last = time.monotonic()
+        first = first or last
+        seq = check(data)
+        if seq is None:
+            bad += 1
+        elif seq in seen:
+            dups += 1
+        else:
+            seen.add(seq)
+
+    receive(port, take)
+    print(json.dumps({"datagrams": total, "bytes": nbytes, "unique": len(seen), "duplicates": dups,
+                      "bad": bad, "active_s": last - first}), flush=True)
+
+
+def send(dst: str, port: int, count: int, rate: float, size: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    t0 = time.monotonic()
+    sent = 0
+    for seq in range(count):
+        due = t0 + seq / rate
+        while (now := time.monotonic()) < due:
+            time.sleep(min(due - now, 0.01))
+        try:
+            sock.sendto(payload("ns", seq, size), (dst, port))
+            sent += 1
+        except OSError as e:  # ENOBUFS/EAGAIN: counted as not sent, never retried (a fixed count)
+            print(json.dumps({"error": str(e), "seq": seq}), file=sys.stderr, flush=True)
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}), flush=True)
+
+
+if __name__ == "__main__":
+    cmd, *rest = sys.argv[1:]
+    if cmd == "recv":
+        recv(int(rest[0]))
+    elif cmd == "send":
+        send(rest[0], int(rest[1]), int(rest[2]), float(rest[3]), int(rest[4]))
+    else:
+        sys.exit(f"ns_udp.py: unknown command {cmd!r}")
