@@ -221,12 +221,13 @@ def _killed_on_exit(proc: subprocess.Popen):
             proc.wait()
 
 
-@pytest.mark.slow  # ~1 min: four TCG boots (ours and DPDK, without and with strict intel-iommu)
+@pytest.mark.slow  # ~2-4 min: four TCG boots (ours and DPDK, without and with strict intel-iommu)
 @pytest.mark.skipif(_vm1_bench_missing() is not None, reason=str(_vm1_bench_missing()))
 def test_vm1_bench_quick_json(tmp_path):
-    """One short round: guest -> namespace figures for ours and DPDK in both
-    IOMMU modes (no thresholds: losses are reported, not judged); no QEMU,
-    testpmd, vhostpci-fwd, veth, namespace or socket left behind."""
+    """One short round: guest -> namespace figures and namespace -> guest
+    delivery for ours and DPDK in both IOMMU modes (no thresholds: losses are
+    reported, not judged); no QEMU, testpmd, vhostpci-fwd, veth, namespace or
+    socket left behind."""
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vm1", "--quick", "--json"], cwd=ROOT,
                             env=dict(os.environ, TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
@@ -254,6 +255,15 @@ def test_vm1_bench_quick_json(tmp_path):
             assert len(r[f"{side}_runs"]) == 1 and r[f"{side}_mpps"] is not None, r
             (s,) = r[f"{side}_samples"]
             assert s["sent"] > 0 and s["seconds"] > 0, r
+    assert doc["what"] == ["throughput", "delivery"] and doc["rates"] == [500, 5000] and doc["count"] == 1000
+    delivery = {(r["iommu"], r["rate"]): r for r in doc["delivery"]}
+    assert set(delivery) == {(i, rate) for i in ("none", "intel-strict") for rate in (500, 5000)}
+    for r in delivery.values():
+        assert r["errors"] == [], r
+        for side in ("ours", "ref"):
+            assert len(r[f"{side}_runs"]) == 1 and r[f"{side}_delivered_pct"] is not None, r
+            (d,) = r[f"{side}_samples"]
+            assert d["sent"] > 0 and 0 <= d["received"] <= d["sent"], r
 
 
 def test_vm1_bench_without_qemu_says_so(tmp_path):

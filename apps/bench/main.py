@@ -4,7 +4,8 @@ Scenarios: ``framework`` (framework overhead on one lcore), ``vhost`` (our
 vhost-pci port against DPDK's vhost PMD, and the cost of VM1's IOMMU), ``vf``
 (our VF port against DPDK's af_packet PMD on a veth pair, tx and rx), ``vm1``
 (a real QEMU guest sending through our app vs through DPDK testpmd into a
-namespace, with and without a strict vIOMMU).  ``--json`` prints
+namespace, and the namespace's datagrams delivered to the guest, with and
+without a strict vIOMMU).  ``--json`` prints
 machine-readable output.
 """
 from __future__ import annotations
@@ -75,15 +76,47 @@ def _print_vm1_table(results: list[vm1.Vm1Result], notes: list[str]) -> None:
             print(f"    not measured: {e.splitlines()[0]}")
 
 
+def _print_delivery_table(results: list[vm1.DeliveryResult]) -> None:
+    """Delivered / sent in %: what a lossy back-end (an IOTLB miss dropping packets) shows."""
+    if not results:
+        return
+    r0 = results[0]
+    print(f"# {r0.ours} vs {r0.ref}: namespace -> guest socket, {r0.count} x {vm1.DELIVERY_SIZE} B per rate, "
+          "% delivered (guest Udp InDatagrams / sent)")
+    print(f"{'iommu':<13} {'pps':>5} {'ours %':>7} {'DPDK %':>7}  per-round ours | DPDK")
+    for r in results:
+        runs = " ".join(f"{x:.1f}" for x in r.ours_runs) + " | " + " ".join(f"{x:.1f}" for x in r.ref_runs)
+        print(f"{r.iommu:<13} {r.rate:>5} {_fmt(r.ours_delivered_pct, '.1f'):>7} "
+              f"{_fmt(r.ref_delivered_pct, '.1f'):>7}  {runs}")
+        csum = sum(s["csum_errors"] for s in r.ours_samples + r.ref_samples)
+        if csum:
+            print(f"    UDP checksum errors in the guest: {csum} (see --json)")
+        for e in r.errors:
+            print(f"    not measured: {e.splitlines()[0]}")
+
+
 def _payloads(text: str) -> tuple[int, ...]:
     return _int_list(text, 16, 1472, "UDP payload sizes")  # 1472: one frame at MTU 1500
 
 
-def _iommus(text: str) -> tuple[str, ...]:
+def _choices(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """A comma-separated subset of ``allowed`` (an argparse type's body)."""
     out = tuple(x for x in text.split(",") if x)
-    if not out or any(x not in vm1.IOMMUS for x in out):
-        raise argparse.ArgumentTypeError(f"IOMMU modes are {','.join(vm1.IOMMUS)}, got {text!r}")
+    if not out or any(x not in allowed for x in out):
+        raise argparse.ArgumentTypeError(f"{what} are {','.join(allowed)}, got {text!r}")
     return out
+
+
+def _iommus(text: str) -> tuple[str, ...]:
+    return _choices(text, vm1.IOMMUS, "IOMMU modes")
+
+
+def _whats(text: str) -> tuple[str, ...]:
+    return _choices(text, vm1.WHATS, "measurements")
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    return _int_list(text, 1, 100_000, "rates (datagrams/s)")
 
 
 def _int_list(text: str, lo: int, hi: int, what: str) -> tuple[int, ...]:
@@ -91,7 +124,7 @@ def _int_list(text: str, lo: int, hi: int, what: str) -> tuple[int, ...]:
     try:
         out = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 64,{hi}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{what}: expected integers like {lo},{hi}, got {text!r}") from None
     if not out or any(not lo <= s <= hi for s in out):
         raise argparse.ArgumentTypeError(f"{what} must be {lo}..{hi}, got {text!r}")
     return out
@@ -109,10 +142,7 @@ def _scenarios(text: str) -> tuple[str, ...]:
 
 
 def _directions(text: str) -> tuple[str, ...]:
-    out = tuple(x for x in text.split(",") if x)
-    if not out or any(x not in vf.DIRECTIONS for x in out):
-        raise argparse.ArgumentTypeError(f"directions are {','.join(vf.DIRECTIONS)}, got {text!r}")
-    return out
+    return _choices(text, vf.DIRECTIONS, "directions")
 
 
 def _common(sub: argparse.ArgumentParser, seconds: float, rounds: int) -> None:
@@ -122,17 +152,21 @@ def _common(sub: argparse.ArgumentParser, seconds: float, rounds: int) -> None:
     sub.add_argument("--json", action="store_true")
 
 
+QUICK_COUNT = 1000  # vm1 --quick: delivery datagrams per rate (2 s at 500 pps)
+
+
 def _raise_interrupt(signum, frame):  # SIGTERM ends the bench through its cleanup paths, like Ctrl-C
     raise KeyboardInterrupt
 
 
 def _run_vm1(args: argparse.Namespace) -> int:
     if args.quick:
-        args.seconds, args.rounds, args.size = 2.0, 1, args.size[:1]
+        args.seconds, args.rounds, args.size, args.count = 2.0, 1, args.size[:1], min(args.count, QUICK_COUNT)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        results, notes = vm1.run(args.seconds, args.rounds, args.size, args.cpu, args.iommu,
-                                 lambda msg: print(msg, file=sys.stderr, flush=True))
+        report = vm1.run(args.seconds, args.rounds, args.size, args.cpu, args.iommu,
+                         lambda msg: print(msg, file=sys.stderr, flush=True), what=args.what, rates=args.rates,
+                         count=args.count)
     except KeyboardInterrupt:
         print("vhostpci-bench: interrupted", file=sys.stderr)
         return 130
@@ -140,13 +174,16 @@ def _run_vm1(args: argparse.Namespace) -> int:
         print(f"vhostpci-bench: error: {e}", file=sys.stderr)
         return 1
     if args.json:
-        for note in notes:
+        for note in report.notes:
             print(note, file=sys.stderr)
-        print(json.dumps({"scenario": "vm1", "seconds": args.seconds, "rounds": args.rounds,
-                          "sizes": list(args.size), "iommu": list(args.iommu), "notes": notes,
-                          "results": [asdict(r) for r in results]}, indent=2))
+        print(json.dumps({"scenario": "vm1", "what": list(args.what), "seconds": args.seconds, "rounds": args.rounds,
+                          "sizes": list(args.size), "iommu": list(args.iommu), "rates": list(args.rates),
+                          "count": args.count, "notes": report.notes,
+                          "results": [asdict(r) for r in report.throughput],
+                          "delivery": [asdict(r) for r in report.delivery]}, indent=2))
     else:
-        _print_vm1_table(results, notes)
+        _print_vm1_table(report.throughput, report.notes)
+        _print_delivery_table(report.delivery)
     return 0
 
 
@@ -169,16 +206,25 @@ def main(argv: list[str] | None = None) -> int:
     vfp.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the measured window")
     vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx (default: both)")
     vfp.add_argument("--quick", action="store_true", help="short run: --seconds 0.5 --rounds 1 --warmup 0.3")
-    v1 = sub.add_parser("vm1", help="real VM1 (QEMU TCG) -> namespace through our app vs DPDK testpmd (root)")
+    v1 = sub.add_parser("vm1", help="real VM1 (QEMU TCG) <-> namespace through our app vs DPDK testpmd (root)")
     _common(v1, 5.0, 3)
     v1.add_argument("--size", type=_payloads, default=vm1.SIZES,
                     help="UDP payload sizes, comma-separated (64,1024); all sent in each boot")
     v1.add_argument("--iommu", type=_iommus, default=vm1.IOMMUS,
                     help="subset of none,intel-strict (default: both)")
-    v1.add_argument("--quick", action="store_true", help="short run: --seconds 2 --rounds 1, first size only")
+    v1.add_argument("--what", type=_whats, default=vm1.WHATS,
+                    help="subset of throughput (guest -> namespace),delivery (namespace -> guest); default both, "
+                    "in one boot")
+    v1.add_argument("--rates", type=_rates, default=vm1.RATES,
+                    help="delivery: datagrams/s from the namespace, comma-separated (500,5000)")
+    v1.add_argument("--count", type=int, default=vm1.COUNT, help=f"delivery: datagrams per rate ({vm1.COUNT})")
+    v1.add_argument("--quick", action="store_true",
+                    help=f"short run: --seconds 2 --rounds 1, first size only, --count {QUICK_COUNT}")
     args = p.parse_args(argv)
     if args.cpu is not None and args.cpu not in os.sched_getaffinity(0):
         p.error(f"--cpu {args.cpu}: not a CPU this process may use")
+    if args.scenario == "vm1" and args.count < 1:
+        p.error(f"--count {args.count}: at least one datagram per rate")
     if args.scenario == "framework":
         results = framework.run(args.seconds, args.rounds, args.size, args.cpu)
         if args.json:

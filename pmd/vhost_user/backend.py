@@ -597,8 +597,18 @@ class BackendSession:
                 log.warning("%s: IOTLB miss at %#x but no back-end request channel", self.name, iova)
                 return False
             try:
-                ch.send_message(BackendReq.IOTLB_MSG, IotlbMsg(iova, 0, 0, int(perm), IotlbType.MISS))
+                # Never wait for room: QEMU may itself be blocked waiting for
+                # our ack of an IOTLB update on the main channel, and stops
+                # reading this one meanwhile; a blocking send would deadlock
+                # both (seen: QEMU's vCPU frozen for a minute).  A miss that
+                # does not fit now is re-sent by the device later.
+                ch.send_message(BackendReq.IOTLB_MSG, IotlbMsg(iova, 0, 0, int(perm), IotlbType.MISS), timeout=0)
                 return True
+            except Timeout as e:
+                if not e.in_sync:  # part of a message went out: the stream is broken
+                    log.warning("%s: back-end channel broken mid-message (%s); closed", self.name, e)
+                    ch.close()
+                return False
             except (VhostUserError, OSError, ValueError) as e:
                 log.warning("%s: sending IOTLB miss at %#x failed: %s", self.name, iova, e)
                 return False

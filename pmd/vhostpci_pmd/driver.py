@@ -47,7 +47,7 @@ from .inflight import RESUB_DELIVERED, queue_area, recover
 from .translate import translate
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
-from .missahead import MAX_AHEAD, misses_ahead
+from .missahead import MAX_AHEAD, MAX_ASK, misses_ahead
 from .txhold import HOLD_CAP  # also registers the port's burst kernels
 from .window import Window
 
@@ -139,7 +139,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             flush_inflight(self.kernel_state(), 0)
             self._used_idx(0, 1)
         if not self.vq[:, VQ_READY].any():  # rings not ready: returns 0 at once
-            misses_ahead(self.kernel_state(), 0, False, self._ahead)
+            misses_ahead(self.kernel_state(), 0, self._ahead)
 
     def stop(self) -> None:
         """Disconnect VM1 and stop serving the socket (port start serves it again)."""
@@ -405,9 +405,13 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
 
     def iotlb_updated(self, iova: int, size: int) -> None:
         self.iotlb_updates += 1
-        # Let kernels raise a new miss if they still need one.
+        # A ring parked on an address this grant covers retries (and raises a
+        # new miss if it still needs one).  Others stay parked: clearing them
+        # on every update (the pages asked ahead arrive as updates too) made
+        # each ring re-ask for its own page several times per packet.
+        end = iova + size
         for v in range(len(self.vq)):
-            if self.vq[v, VQ_MISS_PENDING]:
+            if self.vq[v, VQ_MISS_PENDING] and iova <= int(self.vq[v, VQ_MISS_IOVA]) & (2 ** 64 - 1) < end:
                 self._miss_sent.pop(v, None)
                 store_flag(self.vq[v], VQ_MISS_PENDING, 0)
 
@@ -428,25 +432,30 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             if session.send_iotlb_miss(iova, perm):
                 self.misses_sent += 1
             self._miss_sent[v] = now
-            self._ask_ahead(session, v, iova, perm, now)
+            self._ask_ahead(session, v, iova, now)
 
-    def _ask_ahead(self, session: BackendSession, v: int, iova: int, perm: int, now: float) -> None:
+    def _ask_ahead(self, session: BackendSession, v: int, iova: int, now: float) -> None:
         """Also ask for the ungranted pages of the chains queued behind the
-        parked one (missahead.py): one round trip for a ring of fresh buffers."""
+        parked one (missahead.py): one round trip for a ring of fresh
+        buffers.  At most MAX_ASK per call, and none once the channel is full."""
         if self.closed:
             return
-        n = misses_ahead(self.kernel_state(), v, perm == IotlbPerm.WO, self._ahead)
+        n = misses_ahead(self.kernel_state(), v, self._ahead)
         if len(self._ahead_sent) > 4096:  # forget old requests (they are re-asked when still needed)
-            self._ahead_sent = {p: t for p, t in self._ahead_sent.items() if now - t < MISS_RESEND_S}
+            self._ahead_sent = {k: t for k, t in self._ahead_sent.items() if now - t < MISS_RESEND_S}
         parked = iova & ~(PAGE - 1)
-        for page in self._ahead[:n].tolist():
+        asked = 0
+        for entry in self._ahead[:n].tolist():
+            page, perm = entry & ~1, IotlbPerm.WO if entry & 1 else IotlbPerm.RO
             key = (page, perm)
             if page == parked or now - self._ahead_sent.get(key, -1.0) < MISS_RESEND_S:
                 continue
+            if asked == MAX_ASK or not session.send_iotlb_miss(page, perm):
+                return
             self._ahead_sent[key] = now
-            if session.send_iotlb_miss(page, perm):
-                self.misses_sent += 1
-                self.misses_ahead += 1
+            asked += 1
+            self.misses_sent += 1
+            self.misses_ahead += 1
 
     # ------------------------------------------------------- fallback interrupts
     def intr_fds(self, queue: int) -> list[int]:

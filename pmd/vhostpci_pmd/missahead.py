@@ -15,13 +15,14 @@ import numpy as np
 from numba import njit
 
 from ..virtio.split import (
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, avail_entry, desc_addr, desc_flags, desc_len, desc_next,
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, avail_entry, desc_addr, desc_flags, desc_len, desc_next,
 )
 from .translate import translate
 from .vq import VQ_AVAIL, VQ_DESC, VQ_LAST_AVAIL, VQ_NUM, VQ_READY
 
 PAGE = 4096
 MAX_AHEAD = 64  # chains looked at per call
+MAX_ASK = 16  # pages asked for per call: a few round trips' worth, never a flood
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -36,9 +37,11 @@ def _add(out, n, page):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def misses_ahead(st, v, write, out):
-    """Pages (IOVA, page-aligned) of the buffers in ring ``v``'s next
-    available chains that the window does not grant for ``write``; fills
+def misses_ahead(st, v, out):
+    """Pages of the buffers in ring ``v``'s next available chains that the
+    window does not grant the way the descriptor is used: ``page | 1`` for a
+    device-writable descriptor (ask WO), ``page`` for a readable one (ask
+    RO: never more than VM1 granted, or its IOMMU reports a fault); fills
     ``out`` (distinct, in ring order) and returns how many.  Chains whose
     descriptor table itself is not mapped are skipped (the kernel's own miss
     covers those); indirect tables are looked into when mapped."""
@@ -68,14 +71,16 @@ def misses_ahead(st, v, write, out):
         for _ in range(tn):  # a chain visits each descriptor once at most
             addr = desc_addr(m, tbl, i)
             length = desc_len(m, tbl, i)
+            flags = desc_flags(m, tbl, i)
+            write = flags & VRING_DESC_F_WRITE != 0
             if length > 0 and translate(st.table, st.tcount, addr, length, write) < 0:
                 a = np.int64(addr) & ~np.int64(PAGE - 1)
                 end = np.int64(addr) + length
                 while a < end:
                     if translate(st.table, st.tcount, a, 1, write) < 0:
-                        n = _add(out, n, a)
+                        n = _add(out, n, a | (1 if write else 0))
                     a += PAGE
-            if desc_flags(m, tbl, i) & VRING_DESC_F_NEXT == 0:
+            if flags & VRING_DESC_F_NEXT == 0:
                 break
             i = desc_next(m, tbl, i)
             if i >= tn:

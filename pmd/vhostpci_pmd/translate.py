@@ -68,11 +68,18 @@ def _lookup(table, n, a, ln, need, col):
     perm = table[i, COL_PERM]
     if a < start or a > last:
         return np.int64(-1)
-    # bytes a .. a+ln-1 must end by last; last - a >= 0, so nothing wraps
-    if ln > np.uint64(0) and ln - np.uint64(1) > last - a:
-        return np.int64(-1)
     if (perm & need) != need:
         return np.int64(-1)
+    # bytes a .. a+ln-1 must end by last (last - a >= 0: nothing wraps) or
+    # continue in the next rows: a buffer across two pages granted one by
+    # one (each IOTLB UPDATE is a page) is still one range of the window
+    while ln > np.uint64(0) and ln - np.uint64(1) > last - a:
+        i += 1
+        if i >= n or table[i, COL_IOVA] != last + np.uint64(1):
+            return np.int64(-1)
+        if table[i, col] != off + (table[i, COL_IOVA] - start) or (table[i, COL_PERM] & need) != need:
+            return np.int64(-1)
+        last = table[i, COL_LAST]
     return np.int64(off + (a - start))
 
 
@@ -96,8 +103,9 @@ def _seq_lookup(table, count, iova, length, need, col):
 def translate(table, count, iova, length, write):
     """Window offset of ``[iova, iova + length)``, or -1.
 
-    ``-1`` when the range is not inside one table entry, or when ``write`` and
-    the entry is not writable (or not ``write`` and not readable).  ``length``
+    ``-1`` when the range is not covered by one table entry or a run of
+    adjacent entries contiguous in the window, or when ``write`` and an
+    entry is not writable (or not ``write`` and not readable).  ``length``
     0 checks only that ``iova`` itself is mapped.  ``count`` is the window's
     ``table_count`` ``[rows, seq]``: a lookup that raced a rewrite is retried.
     """

@@ -148,7 +148,15 @@ def _buffer(st, v, addr, length, write):
     if off >= 0:
         return off
     if st.vq[v, VQ_IOMMU] != 0:
-        _miss(st, v, addr, write)
+        # ask for the first page of the buffer that is missing (a buffer
+        # across pages: its first page may be granted already)
+        a = np.int64(addr)
+        nxt = (a | np.int64(4095)) + 1
+        end = a + np.int64(length)
+        while nxt < end and translate(st.table, st.tcount, a, 1, write) >= 0:
+            a = nxt
+            nxt += 4096
+        _miss(st, v, a, write)
         return np.int64(R_MISS)
     return np.int64(R_BAD)
 

@@ -45,10 +45,15 @@ udp_send() {
     done
 }
 # udp_recv PORT FILE: receive datagrams on PORT into FILE in the background
-# (payloads concatenated; the first sender "connects"); sets $UDP_RECV_PID.
+# (payloads concatenated; the first sender "connects"); returns once PORT is
+# bound; sets $UDP_RECV_PID.
 udp_recv() {
     nc.openbsd -u -l -p "$1" > "$2" 2>/dev/null &
     UDP_RECV_PID=$!
+    # return once the port is bound: a datagram sent before would count in
+    # Udp NoPorts (nc takes tens of ms to start under TCG)
+    _n=0
+    while ! grep -q ":$(printf '%04X' "$1") " /proc/net/udp && [ "$_n" -lt 500 ]; do usleep 10000; _n=$((_n + 1)); done
 }
 # wait_file PATH SECS: wait until PATH exists
 wait_file() { _n=0; while [ ! -e "$1" ] && [ "$_n" -lt "$(($2 * 10))" ]; do usleep 100000; _n=$((_n + 1)); done; [ -e "$1" ]; }
