@@ -46,21 +46,27 @@ def _bench_leftovers(pid: int) -> list[str]:
     return left
 
 
+@contextlib.contextmanager
+def _killed_on_exit(proc: subprocess.Popen):
+    """SIGKILL ``proc`` and everything below it if the block leaves it running (a test timeout)."""
+    tree = psutil.Process(proc.pid)
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            for p in [*tree.children(recursive=True), tree]:
+                p.kill()
+            proc.wait()
+
+
 def _run_vhost_bench(tmp_path, *args, path_env=None, timeout=240):
     env = dict(os.environ, TMPDIR=str(tmp_path))  # the bench's private socket dir goes here
     if path_env is not None:
         env["PATH"] = path_env
     proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vhost", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    try:
+    with _killed_on_exit(proc):
         out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            for child in ps.children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait()
     assert _bench_leftovers(proc.pid) == []
     assert list(tmp_path.iterdir()) == []  # sockets and their directory removed
     return proc.returncode, out, err
@@ -157,15 +163,8 @@ def test_vf_bench_quick_json(tmp_path):
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vf", "--quick", "--size", "64", "--json"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    try:
+    with _killed_on_exit(proc):
         out, err = proc.communicate(timeout=600)  # a cold Numba cache compiles the kernels first
-    finally:
-        if proc.poll() is None:
-            for child in ps.children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait()
     print(err, out, f"{time.monotonic() - t0:.1f} s")  # progress and figures, visible with pytest -s
     assert proc.returncode == 0, err
     assert _veths(proc.pid) == []
@@ -206,19 +205,6 @@ def _vm1_bench_missing() -> str | None:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         return "no apt-get/dpkg-deb to build the guest from Debian packages"
     return None
-
-
-@contextlib.contextmanager
-def _killed_on_exit(proc: subprocess.Popen):
-    """SIGKILL ``proc`` and everything below it if the block leaves it running (a test timeout)."""
-    tree = psutil.Process(proc.pid)
-    try:
-        yield
-    finally:
-        if proc.poll() is None:
-            for p in [*tree.children(recursive=True), tree]:
-                p.kill()
-            proc.wait()
 
 
 @pytest.mark.slow  # ~2-4 min: four TCG boots (ours and DPDK, without and with strict intel-iommu)

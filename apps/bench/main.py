@@ -187,6 +187,12 @@ def _run_vm1(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warmup_quick(p: argparse.ArgumentParser) -> None:
+    """--warmup and --quick of the packet benches (vhost, vf)."""
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the measured window")
+    p.add_argument("--quick", action="store_true", help="short run: --seconds 0.5 --rounds 1 --warmup 0.3")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = _ArgParser(prog="vhostpci-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="scenario", required=True)
@@ -196,16 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     vh = sub.add_parser("vhost", help="our vhost-pci port vs DPDK's vhost PMD; cost of VM1's IOMMU modes")
     _common(vh, 2.0, 5)
     vh.add_argument("--size", type=_sizes, default=vhost.SIZES, help="packet sizes, comma-separated (64,1518)")
-    vh.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the measured window")
+    _warmup_quick(vh)
     vh.add_argument("--scenarios", type=_scenarios, default=vhost.SCENARIOS, help="subset of abc (default: all)")
-    vh.add_argument("--quick", action="store_true", help="short run: --seconds 0.5 --rounds 1 --warmup 0.3")
     vfp = sub.add_parser("vf", help="our VF port vs DPDK's af_packet PMD on a veth pair (needs root)")
     _common(vfp, 2.0, 5)
     vfp.add_argument("--size", type=_sizes, default=vf.SIZES,
                      help="frame sizes with FCS, comma-separated (64,1518; veth frames are 4 B shorter)")
-    vfp.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the measured window")
+    _warmup_quick(vfp)
     vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx (default: both)")
-    vfp.add_argument("--quick", action="store_true", help="short run: --seconds 0.5 --rounds 1 --warmup 0.3")
     v1 = sub.add_parser("vm1", help="real VM1 (QEMU TCG) <-> namespace through our app vs DPDK testpmd (root)")
     _common(v1, 5.0, 3)
     v1.add_argument("--size", type=_payloads, default=vm1.SIZES,

@@ -36,6 +36,7 @@ from pmd.vhostpci_pmd.inflight import (
     recover,
 )
 from pmd.vhostpci_pmd.vq import VQ_IF_BASE, VQ_READY
+from tests.util import wait_until
 from tests.vhostpci.peer_io import _send, check_packet, make_packet, recv, send
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -165,12 +166,17 @@ def _vm2(path: str):
 
 
 def _wait(pred, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
+    return wait_until(pred, timeout, 0.01)
+
+
+def _looped_back(vp, vu, pool, n: int) -> list[int]:
+    """Loop VM1's packets back through ``vp`` until ``n`` came back (or 10 s); their sequence numbers."""
+    got: list[int] = []
+    end = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < end:
+        _loop_back(vp.kernel_state(), pool, 32)
+        got += [check_packet(p) for p in recv(vu, pool)]
+    return got
 
 
 @pytest.mark.parametrize("forwarded", [False, True], ids=["resubmitted", "rolled_forward"])
@@ -195,11 +201,7 @@ def test_restart_after_death_delivers_each_packet_once(sockdir, forwarded):
         _die(vp)
         vp = _vm2(path)
         assert _wait(lambda: vp.link().up and vu.driver.session is not None and vp.driver.vq[1, VQ_READY] == 1)
-        got = []
-        end = time.monotonic() + 10
-        while len(got) < 20 and time.monotonic() < end:
-            _loop_back(vp.kernel_state(), pool, 32)
-            got += [check_packet(p) for p in recv(vu, pool)]
+        got = _looped_back(vp, vu, pool, 20)
         _loop_back(vp.kernel_state(), pool, 32)  # its next burst returns the heads
         _reap(vu, pool)
         got += [check_packet(p) for p in recv(vu, pool)]
@@ -238,11 +240,7 @@ def test_unpublished_receive_entries_never_surface(sockdir):
         vp = _vm2(path)
         assert _wait(lambda: vp.link().up and vu.driver.session is not None and vp.driver.vq[1, VQ_READY] == 1)
         assert send(vu, pool, [make_packet(s, 60 + 20 * s) for s in range(5)]) == 5
-        got = []
-        end = time.monotonic() + 10
-        while len(got) < 5 and time.monotonic() < end:
-            _loop_back(vp.kernel_state(), pool, 32)
-            got += [check_packet(p) for p in recv(vu, pool)]
+        got = _looped_back(vp, vu, pool, 5)
         time.sleep(0.05)
         _loop_back(vp.kernel_state(), pool, 32)
         got += [check_packet(p) for p in recv(vu, pool)]
@@ -324,7 +322,6 @@ def test_sigkill_vm2_mid_traffic_loses_and_duplicates_nothing(sockdir):
 
         restart()
         packets: list[bytes] = []
-        next_kill = rng.randrange(100, 400)
         deadline = time.monotonic() + BUDGET_S
         next_kill = len(seen) + rng.randrange(100, 400)
         tries = 0

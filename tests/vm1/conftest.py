@@ -123,16 +123,6 @@ class Vm2:
         out, _ = p.communicate(timeout=timeout)
         return json.loads(out.strip().splitlines()[-1])
 
-    def ns_snmp(self) -> dict[str, int]:
-        out = subprocess.run(["ip", "netns", "exec", self.wire.ns, "cat", "/proc/net/snmp"], capture_output=True,
-                             text=True, check=True, timeout=10).stdout.splitlines()
-        res: dict[str, int] = {}
-        for names, values in zip(out[::2], out[1::2]):
-            proto, *keys = names.split()
-            for k, v in zip(keys, values.split()[1:]):
-                res[f"{proto.rstrip(':')}.{k}"] = int(v)
-        return res
-
     def diagnostics(self) -> dict:
         """Counters that say where packets went (for assertion messages)."""
         return {"streams": self.fw.fwd_stats() if self.fw else None,
