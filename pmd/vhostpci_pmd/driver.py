@@ -276,19 +276,25 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         row[VQ_EVENT_IDX] = int(bool(self._features & (1 << VIRTIO_RING_F_EVENT_IDX)))
         row[VQ_MISS_PENDING] = 0
         self._recover_inflight(index, vring)
-        if self._status and not self._status & VIRTIO_CONFIG_S_DRIVER_OK:
+        held = bool(self._status and not self._status & VIRTIO_CONFIG_S_DRIVER_OK)
+        log.info("%s: vring %d ready (num %d, base %d, used->idx %s%s%s)", self.name, index, vring.num, vring.base,
+                 self._used_idx(int(row[VQ_USED]), vring.num), ", iommu" if iommu else "",
+                 ", starts with DRIVER_OK" if held else "")
+        if held:
             self._held.add(index)  # the driver reports its status: wait for DRIVER_OK
             return
         store_flag(self.vq[index], VQ_READY, 1)
-        log.info("%s: vring %d ready (num %d, base %d%s)", self.name, index, vring.num, vring.base,
-                 ", iommu" if iommu else "")
 
     def vring_stopped(self, index: int) -> int:
         self._held.discard(index)
         store_flag(self.vq[index], VQ_READY, 0)
         self.quiesce()
         given_back = int(flush_inflight(self.kernel_state(), index))
-        return (int(self.vq[index, VQ_LAST_AVAIL]) - given_back) & 0xFFFF
+        row = self.vq[index]
+        log.info("%s: vring %d stopped (last_avail %d, last_used %d, used->idx %s, given back %d)", self.name,
+                 index, row[VQ_LAST_AVAIL], row[VQ_LAST_USED], self._used_idx(int(row[VQ_USED]), int(row[VQ_NUM])),
+                 given_back)
+        return (int(row[VQ_LAST_AVAIL]) - given_back) & 0xFFFF
 
     # ------------------------------------------------------- inflight (INFLIGHT_SHMFD)
     def inflight_changed(self, fd: int, info: InflightInfo | None) -> None:

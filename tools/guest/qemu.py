@@ -290,6 +290,20 @@ class Vm1:
         """QMP events received so far (seen while waiting for replies)."""
         return self._qmp.events if self._qmp else []
 
+    @property
+    def mem_bytes(self) -> int:
+        """Guest RAM size in bytes (from ``mem``: a number with an optional K/M/G suffix)."""
+        m = re.fullmatch(r"(\d+)([KMG]?)", self.mem.strip().upper())
+        if not m:
+            raise ValueError(f"memory size {self.mem!r} is not a number with an optional K/M/G suffix")
+        return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
+
+    def dump_ram(self, path: str | Path) -> Path:
+        """Write guest-physical memory [0, mem) to PATH (QMP ``pmemsave``);
+        the VM should be paused for a consistent picture."""
+        self.qmp("pmemsave", val=0, size=self.mem_bytes, filename=str(path))
+        return Path(path)
+
     def migrate(self, uri: str, timeout: float = 120.0, poll: float = 0.1) -> dict[str, Any]:
         """QMP `migrate` to URI, poll `query-migrate` until completed/failed/cancelled;
         return the last query-migrate (status, total-time, downtime, ram...)."""
