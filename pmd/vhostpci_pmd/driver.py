@@ -109,7 +109,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         self._link = False
         self._miss_sent: dict[int, float] = {}  # vring -> time of the last MISS sent
         self._ahead = np.zeros(MAX_AHEAD, np.int64)  # pages missahead.py found
-        self._ahead_sent: dict[tuple[int, int], float] = {}  # (page, perm) -> when asked
+        self._asked: dict[tuple[int, int], float] = {}  # (page, perm) -> when asked, until an UPDATE covers it
         self.misses_ahead = 0
         self.misses_sent = 0
         self.iotlb_updates = self.iotlb_invalidates = 0  # IOTLB messages from VM1, all sessions
@@ -416,6 +416,14 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         # on every update (the pages asked ahead arrive as updates too) made
         # each ring re-ask for its own page several times per packet.
         end = iova + size
+        if self._asked:  # answered: a later miss on these pages is a new question
+            first = iova & ~(PAGE - 1)
+            if size <= 64 * PAGE:
+                for page in range(first, end, PAGE):
+                    self._asked.pop((page, int(IotlbPerm.RO)), None)
+                    self._asked.pop((page, int(IotlbPerm.WO)), None)
+            else:
+                self._asked = {k: t for k, t in self._asked.items() if not first <= k[0] < end}
         for v in range(len(self.vq)):
             if self.vq[v, VQ_MISS_PENDING] and iova <= int(self.vq[v, VQ_MISS_IOVA]) & (2 ** 64 - 1) < end:
                 self._miss_sent.pop(v, None)
@@ -435,8 +443,13 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
                 continue
             iova = int(self.vq[v, VQ_MISS_IOVA]) & (2 ** 64 - 1)
             perm = IotlbPerm.WO if self.vq[v, VQ_MISS_WRITE] else IotlbPerm.RO
-            if session.send_iotlb_miss(iova, perm):
+            key = (iova & ~(PAGE - 1), int(perm))
+            # Not again if the page was just asked for (ahead, or by another
+            # ring) and is not answered yet: a second UPDATE of the same page
+            # would cost a remap.
+            if now - self._asked.get(key, -1.0) >= MISS_RESEND_S and session.send_iotlb_miss(iova, perm):
                 self.misses_sent += 1
+                self._asked[key] = now
             self._miss_sent[v] = now
             self._ask_ahead(session, v, iova, now)
 
@@ -447,18 +460,18 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         if self.closed:
             return
         n = misses_ahead(self.kernel_state(), v, self._ahead)
-        if len(self._ahead_sent) > 4096:  # forget old requests (they are re-asked when still needed)
-            self._ahead_sent = {k: t for k, t in self._ahead_sent.items() if now - t < MISS_RESEND_S}
+        if len(self._asked) > 4096:  # forget old requests (they are re-asked when still needed)
+            self._asked = {k: t for k, t in self._asked.items() if now - t < MISS_RESEND_S}
         parked = iova & ~(PAGE - 1)
         asked = 0
         for entry in self._ahead[:n].tolist():
             page, perm = entry & ~1, IotlbPerm.WO if entry & 1 else IotlbPerm.RO
-            key = (page, perm)
-            if page == parked or now - self._ahead_sent.get(key, -1.0) < MISS_RESEND_S:
+            key = (page, int(perm))
+            if page == parked or now - self._asked.get(key, -1.0) < MISS_RESEND_S:
                 continue
             if asked == MAX_ASK or not session.send_iotlb_miss(page, perm):
                 return
-            self._ahead_sent[key] = now
+            self._asked[key] = now
             asked += 1
             self.misses_sent += 1
             self.misses_ahead += 1

@@ -437,6 +437,9 @@ class Window:
             raise ValueError(f"{what}: larger than the window's compact area "
                              f"(0x{self.size - self.identity_limit:x} bytes)")
         pieces = self._uaddr_pieces(uaddr, size)  # validates before any change
+        same = self._same_grant(iova, size, perm, pieces)
+        if same >= 0:  # asked twice (ahead and on demand): already mapped as granted
+            return same
         # a re-grant replaces whatever overlapped it
         self.iotlb_invalidate(iova, size, quiesce=quiesce)
         if iova + size <= self.identity_limit:
@@ -471,6 +474,18 @@ class Window:
                 self._compact.free(offset, size)
             raise
         return offset
+
+    def _same_grant(self, iova: int, size: int, perm: int, pieces: list[tuple[Region, int, int]]) -> int:
+        """The window offset of a live grant exactly like this one (same
+        IOVA range, VM1 pages and perm, one region), else -1."""
+        if len(pieces) != 1:
+            return -1
+        r, file_offset, _ = pieces[0]
+        g = self._grants
+        hit = np.flatnonzero((g[:, G_IOVA] == np.uint64(iova)) & (g[:, G_LAST] == np.uint64(iova + size - 1)))
+        if len(hit) and int(g[hit[0], G_PERM]) == perm and int(g[hit[0], G_GPA]) == r.gpa + (file_offset - r.mmap_offset):
+            return int(g[hit[0], G_OFF])
+        return -1
 
     def iotlb_invalidate(self, iova: int, size: int, *,
                          quiesce: Callable[[], None] | None = None) -> None:

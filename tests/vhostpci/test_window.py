@@ -545,3 +545,20 @@ def test_random_grants_and_invalidates_match_a_page_model(ram):
                     assert off >= 0 and w.array[off - 5] == (ram_page + 1) & 0xFF, p
                     assert woff == (off if perm == PERM_RW else -1), p
             assert len(w.entries()) <= len(model)
+
+
+def test_identical_regrant_keeps_the_mapping(ram):
+    """The same grant twice (asked ahead and on demand) changes nothing: no
+    invalidate, same offset; a grant differing in pages or perm replaces."""
+    fd, _ = ram
+    calls = []
+    with Window(1 << 32, iommu=True) as w:
+        w.add_region(fd, 0, RAM_SIZE, MMAP_OFFSET, UADDR)
+        off = w.iotlb_update(0x10000, PG, UADDR + 4 * PG, PERM_RO)
+        seq = int(w.table_count[1])
+        assert w.iotlb_update(0x10000, PG, UADDR + 4 * PG, PERM_RO, quiesce=lambda: calls.append(1)) == off
+        assert calls == [] and int(w.table_count[1]) == seq
+        w.iotlb_update(0x10000, PG, UADDR + 4 * PG, PERM_RW, quiesce=lambda: calls.append(2))
+        assert calls == [2] and w.entries() == [(0x10000, 0x10000 + PG, 0x10000, PERM_RW)]
+        w.iotlb_update(0x10000, PG, UADDR + 6 * PG, PERM_RW, quiesce=lambda: calls.append(3))
+        assert calls == [2, 3] and w.array[0x10000] == 7
