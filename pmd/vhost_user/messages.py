@@ -9,6 +9,7 @@ socket and enforces the rules in ``FRONTEND_SPECS`` / ``BACKEND_SPECS``.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal, Self
@@ -672,6 +673,7 @@ SPECS: dict[str, dict[int, RequestSpec]] = {"frontend": FRONTEND_SPECS, "backend
 _CODES: dict[str, type[enum.IntEnum]] = {"frontend": FrontendReq, "backend": BackendReq}
 
 
+@functools.lru_cache(maxsize=1024)  # every message names itself several times; pure
 def request_code(request: int, direction: Direction) -> int:
     """``request`` as a FrontendReq/BackendReq member when known (it prints its name), else the int."""
     try:
@@ -680,6 +682,7 @@ def request_code(request: int, direction: Direction) -> int:
         return request
 
 
+@functools.lru_cache(maxsize=1024)
 def request_name(request: int, direction: Direction) -> str:
     """'SET_FEATURES (2)' for a known code, 'unknown request 999' otherwise."""
     code = request_code(request, direction)
