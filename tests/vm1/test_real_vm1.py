@@ -6,7 +6,8 @@ the serial console; the namespace side runs tests/vm1/ns_udp.py.
 2. the same behind intel-iommu in strict mode: every frame delivered, the
    port's IOTLB counters reported;
 3. the same behind virtio-iommu (6.12 backports kernel);
-4. live migration of VM1 while the namespace sends to it: the destination QEMU
+4. live migration of VM1 while the namespace sends to it, without and behind
+   strict intel-iommu: the destination QEMU
    (paused until its RAM was compared with the source's: identical) takes the
    port over, every packet the port wrote into VM1 reaches the guest intact
    (the dirty log lost no page), downtime reported;
@@ -199,9 +200,11 @@ def _migrate_whole(src, vm2, workdir, dsts: list) -> tuple:
                 + "; ".join(f"{len(p)} pages from {p[0]:#x}" for p in lost))
 
 
-def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys):
+@pytest.mark.parametrize("iommu", [None, "intel"], ids=["no-iommu", "intel-strict"])
+def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, iommu):
     count, rate = 4500, 300  # 15 s of traffic; the migration starts ~3 s in
-    src = make_vm1(image61, vm2, workdir / "src", REPORT + MIGRATION_GUEST.format(guest_port=GUEST_UDP))
+    src = make_vm1(image61, vm2, workdir / "src", REPORT + MIGRATION_GUEST.format(guest_port=GUEST_UDP),
+                   iommu=iommu)
     server = vm2.vp.driver.server
     dsts: list = []
     try:
@@ -229,7 +232,7 @@ def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys):
     assert got == {"datagrams": written, "csum_errors": 0, "rcvbuf_errors": 0, "lines": written,
                    "good": written, "unique": written}, (got, written)
     with capsys.disabled():
-        print(f"\n[live migration] {info.get('total-time')} ms total, downtime {info.get('downtime')} ms; "
+        print(f"\n[live migration, {iommu or 'no'} iommu] {info.get('total-time')} ms total, downtime {info.get('downtime')} ms; "
               f"RAM identical on both sides; {len(lost)} earlier attempt(s) abandoned (QEMU lost "
               f"{[len(p) for p in lost]} pages); sent {count} at {rate} pps, written into VM1 {written} "
               f"({at_handover} before the handover), received intact by the guest {got['good']}")
