@@ -114,6 +114,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         self.misses_sent = 0
         self.iotlb_updates = self.iotlb_invalidates = 0  # IOTLB messages from VM1, all sessions
         self.closed = False
+        self._kstate: VhostPciState | None = None
 
     # ---------------------------------------------------------------- port ops
     def start(self) -> None:
@@ -155,12 +156,21 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             self.closed = True
             os.close(self._wake_fd)
             self.ctl[CTL_WAKE_FD] = -1
+            self._kstate = None
             self.window.close()
             self.inflight.close()
 
     def kernel_state(self) -> VhostPciState:
+        # Built once: the window and inflight reservations, the tables and
+        # rows it holds live as long as the port (the control thread asks
+        # for it on every IOTLB miss).
         if self.window.array is None:
             raise PortError(f"{self.name}: closed")
+        if self._kstate is None:
+            self._kstate = self._new_kernel_state()
+        return self._kstate
+
+    def _new_kernel_state(self) -> VhostPciState:
         w = self.window
         return VhostPciState(mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count,
                              self.logctl, self.vq, self._xstats, self._stats, self.ctl, self.port_id,

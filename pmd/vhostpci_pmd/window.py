@@ -248,6 +248,7 @@ class Window:
         self._closed = False
         self.array = np.frombuffer((ctypes.c_uint8 * size).from_address(self.base),
                                    dtype=np.uint8)
+        self._set_grants(self._grants)  # compiles (or loads) the merge kernel now, not mid-request
 
     # ---------------------------------------------------------------- helpers
     def _set_mode(self, iommu: bool) -> None:
