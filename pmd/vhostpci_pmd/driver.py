@@ -428,12 +428,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         end = iova + size
         if self._asked:  # answered: a later miss on these pages is a new question
             first = iova & ~(PAGE - 1)
-            if size <= 64 * PAGE:
-                for page in range(first, end, PAGE):
-                    self._asked.pop((page, int(IotlbPerm.RO)), None)
-                    self._asked.pop((page, int(IotlbPerm.WO)), None)
-            else:
-                self._asked = {k: t for k, t in self._asked.items() if not first <= k[0] < end}
+            self._asked = {k: t for k, t in self._asked.items() if not first <= k[0] < end}
         for v in range(len(self.vq)):
             if self.vq[v, VQ_MISS_PENDING] and iova <= int(self.vq[v, VQ_MISS_IOVA]) & (2 ** 64 - 1) < end:
                 self._miss_sent.pop(v, None)

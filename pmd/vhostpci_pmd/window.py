@@ -147,6 +147,9 @@ def _merge_grants(grants, n, table, gpa_table):
     return nt, ng
 
 
+_NO_GRANTS = np.zeros((0, 5), dtype=np.uint64)  # never written in place: grant arrays are replaced whole
+
+
 def _grant_array(rows: list[tuple[int, int, int, int, int]]) -> np.ndarray:
     """Grant rows from ``(iova, iova_end, offset, perm, gpa)`` tuples (``iova_end`` exclusive)."""
     return np.array([(s, e - 1, off, perm, gpa) for s, e, off, perm, gpa in rows],
@@ -168,6 +171,10 @@ class Region:
     uaddr: int
     mmap_offset: int
     fd: int = -1  # our dup, kept only in IOMMU mode
+
+    def gpa_at(self, file_offset: int) -> int:
+        """The guest-physical address at ``file_offset`` in this region's fd."""
+        return self.gpa + (file_offset - self.mmap_offset)
 
 
 class _RangeAllocator:
@@ -238,7 +245,7 @@ class Window:
         self.table = np.zeros((table_capacity, 4), dtype=np.uint64)
         self.gpa_table = np.zeros((table_capacity, 4), dtype=np.uint64)  # [iova, iova_last, gpa, RW]
         self.gpa_table_count = np.zeros(2, dtype=np.int64)
-        self._grants = np.zeros((0, 5), dtype=np.uint64)  # what both tables were built from (G_*)
+        self._grants = _NO_GRANTS  # what both tables were built from (G_*)
         self._scratch = (np.zeros_like(self.table), np.zeros_like(self.gpa_table))
         self.table_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
         self.regions = np.zeros((max_regions, 2), dtype=np.uint64)
@@ -360,16 +367,10 @@ class Window:
     def _clear_tables(self) -> bool:
         """Empty both tables (seqlock writes); True if anything was in them."""
         had = int(self.table_count[0]) > 0 or int(self.region_count[0]) > 0
-        with _seq_write(self.table_count):
-            self.table_count[0] = 0
-            self.table[:] = 0
-        with _seq_write(self.gpa_table_count):
-            self.gpa_table_count[0] = 0
-            self.gpa_table[:] = 0
+        self._set_grants(_NO_GRANTS)
         with _seq_write(self.region_count):
             self.region_count[0] = 0
             self.regions[:] = 0
-        self._grants = np.zeros((0, 5), dtype=np.uint64)
         return had
 
     def unmap_all(self, *, quiesce: Callable[[], None] | None = None) -> None:
@@ -465,8 +466,7 @@ class Window:
                 done += n
             rows, done = [], 0
             for r, file_offset, n in pieces:  # one row per region: each row has one gpa base
-                rows.append((iova + done, iova + done + n, offset + done, perm,
-                             r.gpa + (file_offset - r.mmap_offset)))
+                rows.append((iova + done, iova + done + n, offset + done, perm, r.gpa_at(file_offset)))
                 done += n
             self._add_grants(rows)
         except BaseException:
@@ -484,7 +484,7 @@ class Window:
         r, file_offset, _ = pieces[0]
         g = self._grants
         hit = np.flatnonzero((g[:, G_IOVA] == np.uint64(iova)) & (g[:, G_LAST] == np.uint64(iova + size - 1)))
-        if len(hit) and int(g[hit[0], G_PERM]) == perm and int(g[hit[0], G_GPA]) == r.gpa + (file_offset - r.mmap_offset):
+        if len(hit) and int(g[hit[0], G_PERM]) == perm and int(g[hit[0], G_GPA]) == r.gpa_at(file_offset):
             return int(g[hit[0], G_OFF])
         return -1
 

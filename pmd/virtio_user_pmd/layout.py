@@ -11,20 +11,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..units import SIZE_PATTERN, size_bytes
 from .guest_memory import PAGE_SIZE
 
 DEFAULT_MEM = "32M@0/32M@0x100000000"
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def parse_mem(text: str) -> list[tuple[int, int]]:
     """``SIZE@GPA[/SIZE@GPA...]`` -> [(gpa, size), ...]; ValueError names the bad item."""
     out = []
     for item in text.split("/"):
-        m = re.fullmatch(r"\s*(\d+)([KMG]?)@(0x[0-9a-fA-F]+|\d+)\s*", item)
+        m = re.fullmatch(rf"\s*{SIZE_PATTERN}@(0x[0-9a-fA-F]+|\d+)\s*", item)
         if not m:
             raise ValueError(f"memory region {item!r}: expected SIZE@GPA, e.g. 32M@0x100000000")
-        size = int(m.group(1)) * _UNITS[m.group(2)]
+        size = size_bytes(m.group(1), m.group(2))
         gpa = int(m.group(3), 0)
         if size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE:
             raise ValueError(f"memory region {item!r}: size and gpa must be page multiples")

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pmd.units import parse_size
+
 from .image import GuestImage
 from .qmp import Qmp, QmpError
 
@@ -293,10 +295,7 @@ class Vm1:
     @property
     def mem_bytes(self) -> int:
         """Guest RAM size in bytes (from ``mem``: a number with an optional K/M/G suffix)."""
-        m = re.fullmatch(r"(\d+)([KMG]?)", self.mem.strip().upper())
-        if not m:
-            raise ValueError(f"memory size {self.mem!r} is not a number with an optional K/M/G suffix")
-        return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
+        return parse_size(self.mem)
 
     def dump_ram(self, path: str | Path) -> Path:
         """Write guest-physical memory [0, mem) to PATH (QMP ``pmemsave``);
