@@ -10,6 +10,7 @@ notifications against a peer that may be going to sleep needs ``fence()``
 from __future__ import annotations
 
 from llvmlite import ir
+from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
@@ -166,3 +167,10 @@ def fetch_or_u8_at(typingctx, addr, index, value):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@njit(cache=True)
+def full_fence():
+    """A seq_cst fence for Python callers (``LcoreManager.wait_quiescent``'s
+    side of the pairing with a waking lcore)."""
+    fence()

@@ -97,7 +97,7 @@ def _tx_flush_impl(state, queue, pool):
     return flush
 
 
-# ---- fallback interrupts (pmd/lcore/power.py) --------------------------------
+# ---- fallback interrupts (pmd/fwd/power.py) --------------------------------
 # ``intr_arm(state, queue) -> pending`` re-enables the peer's notifications
 # for rx queue ``queue``, issues a seq_cst fence and re-checks the ring: > 0
 # means work arrived meanwhile (do not sleep), 0 means armed and empty (a

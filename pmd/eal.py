@@ -18,7 +18,8 @@ import sys
 from collections.abc import Set
 from dataclasses import dataclass, field
 
-from .ethdev import DevargError, VdevSpec, parse_vdev
+from .ethdev import DevargError, VdevSpec
+from .vdev import parse_vdev
 
 MAX_LCORE = 128  # as DPDK's default RTE_MAX_LCORE
 _MAX_ID = 8192  # bound on any id in a list (Linux's largest NR_CPUS)

@@ -8,7 +8,6 @@ instead of zeroing, so it never races with a running lcore.
 """
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, NamedTuple
@@ -147,6 +146,13 @@ class PortDriver(ABC):
         """Driver-specific counters (``show port xstats``), totals over queues."""
         return {}
 
+    def intr_fds(self, queue: int) -> list[int]:
+        """Fds that become readable when rx queue ``queue`` has work once its
+        interrupt kernel armed it (fallback interrupts, ``pmd.burst.intr_arm``).
+        Fetched before every sleep; [] (the default: no notifications, or
+        none right now) keeps the lcore polling."""
+        return []
+
     def drain(self, pool) -> int:
         """Free buffers the device still holds (e.g. queued in a ring) after
         stop; returns how many.  Drivers that hold none keep this default."""
@@ -175,21 +181,10 @@ def register_driver(cls: type[PortDriver]) -> type[PortDriver]:
     return cls
 
 
-def drivers() -> dict[str, type[PortDriver]]:
-    """All registered drivers, keyed by vdev prefix."""
-    _load_builtin_drivers()
+def registered_drivers() -> dict[str, type[PortDriver]]:
+    """The drivers registered so far, keyed by vdev prefix (``pmd.vdev``
+    loads the built-in ones)."""
     return dict(_DRIVERS)
-
-
-def _load_builtin_drivers() -> None:
-    # Imported for their register_driver side effect.
-    from . import null_pmd, ring_pmd  # noqa: F401
-    from .vhostpci_pmd import driver as _vhost_pci  # noqa: F401
-    from .virtio_user_pmd import driver as _virtio_user  # noqa: F401
-    from .vf_pmd import driver as _vf  # noqa: F401
-
-
-_VDEV_NAME = re.compile(r"^([a-z_]+?)(\d+)$")
 
 
 @dataclass
@@ -200,39 +195,6 @@ class VdevSpec:
     driver: type[PortDriver]
     args: dict[str, Any] = field(default_factory=dict)
     text: str = ""
-
-
-def parse_vdev(text: str) -> VdevSpec:
-    """Parse and validate a vdev string against the driver registry.
-
-    Raises DevargError naming the bad token: a malformed string, an unknown
-    driver, an unknown devarg, or a devarg value its parser rejects.
-    """
-    parts = text.split(",")
-    name = parts[0].strip()
-    if not name:
-        raise DevargError(f"malformed vdev {text!r}: empty device name")
-    m = _VDEV_NAME.match(name)
-    if not m:
-        raise DevargError(f"malformed vdev name {name!r}: expected <driver><N>, e.g. net_ring0")
-    known = drivers()
-    cls = known.get(m.group(1))
-    if cls is None:
-        raise DevargError(f"unknown driver {m.group(1)!r} in vdev {name!r} (known: {', '.join(sorted(known))})")
-    args = dict(cls.devarg_defaults)
-    for kv in parts[1:]:
-        key, sep, value = kv.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise DevargError(f"malformed devarg {kv!r} in vdev {name!r}: expected key=value")
-        if key not in cls.devargs:
-            allowed = ", ".join(sorted(cls.devargs)) or "none"
-            raise DevargError(f"unknown devarg {key!r} for {name} (allowed: {allowed})")
-        try:
-            args[key] = cls.devargs[key](value)
-        except ValueError as e:
-            raise DevargError(f"bad value for devarg {key}={value!r} of {name}: {e}") from None
-    return VdevSpec(name=name, driver=cls, args=args, text=text)
 
 
 class Port:

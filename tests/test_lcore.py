@@ -6,7 +6,7 @@ import pytest
 from numba import njit
 
 from pmd.atomics import cpu_pause, load_acquire, store_release
-from pmd.fwd.common import CTL_EPOCH, CTL_STOP
+from pmd.lcore.control import LC_EPOCH, LC_STOP
 from pmd.lcore import LcoreBusy, LcoreError, LcoreManager
 
 from .conftest import CPUS, WORKER_CPU
@@ -15,7 +15,7 @@ from .conftest import CPUS, WORKER_CPU
 @njit(nogil=True, cache=True)
 def spin_until_stop(ctl):
     n = 0
-    while load_acquire(ctl, CTL_STOP) == 0:
+    while load_acquire(ctl, LC_STOP) == 0:
         cpu_pause()
         n += 1
     return n
@@ -84,16 +84,16 @@ def test_wait_times_out_on_a_running_lcore():
     finally:
         lm.stop(1)
         lm.wait(1, 1.0)
-    assert np.all(ctl[CTL_STOP] == 1)
+    assert np.all(ctl[LC_STOP] == 1)
 
 
 @njit(nogil=True, cache=True)
 def epoch_loop(ctl, stall):
     """Bumps the epoch each pass; while stall[0] is set it spins without one."""
-    while load_acquire(ctl, CTL_STOP) == 0:
-        while load_acquire(stall, 0) != 0 and load_acquire(ctl, CTL_STOP) == 0:
+    while load_acquire(ctl, LC_STOP) == 0:
+        while load_acquire(stall, 0) != 0 and load_acquire(ctl, LC_STOP) == 0:
             cpu_pause()
-        store_release(ctl, CTL_EPOCH, ctl[CTL_EPOCH] + 1)
+        store_release(ctl, LC_EPOCH, ctl[LC_EPOCH] + 1)
     return 0
 
 

@@ -104,7 +104,8 @@ def warm() -> None:
     one ``fwd_loop`` per driver pairing, without launching any lcore."""
     import numpy as np
 
-    from pmd.fwd.common import CTL_STOP, N_CTL, N_FS
+    from pmd.fwd.common import N_FS
+    from pmd.lcore.control import LC_STOP, N_LC
     from pmd.fwd.loop import fwd_loop
     from pmd.fwd.runtime import Forwarding
     from pmd.lcore import LcoreManager
@@ -124,8 +125,8 @@ def warm() -> None:
             fw.streams = fw.layout()
             fs = np.zeros((len(fw.streams), N_FS), np.int64)
             for lcore in sorted({s.lcore for s in fw.streams}):
-                ctl = np.zeros(N_CTL, np.int64)
-                ctl[CTL_STOP] = 1  # returns at once: this only compiles
+                ctl = np.zeros(N_LC, np.int64)
+                ctl[LC_STOP] = 1  # returns at once: this only compiles
                 fwd_loop(fw._lcore_streams(lcore), fw._ctx(fs, fw._cfg(False)), ctl)
         finally:
             fw.close()

@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 
-from pmd.ethdev import Port, PortError, parse_vdev
+from pmd.ethdev import Port, PortError
+from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
 from pmd.signals import StopSignals
 

@@ -30,16 +30,6 @@ N_CFG = 8
 FS_RX, FS_TX, FS_DROPPED = range(3)
 N_FS = 4
 
-# Per-lcore control words, each on its own cache line
-CTL_STOP = 0  # set by the control thread; the loop exits when it sees it
-CTL_EPOCH = 8  # bumped by the loop once per pass: a quiescent point
-CTL_POLLS = 16  # passes so far (published with the epoch)
-# Fallback interrupts (pmd/lcore/power.py), written by the lcore only:
-CTL_SLEEPING = 24  # 1 while the lcore sleeps in epoll: it then counts as quiescent
-CTL_SLEEPS = 25  # times it went to sleep
-CTL_WAKEUPS = 26  # times a notification (not a timeout) woke it
-N_CTL = 32
-
 # Loop exit reasons
 EXIT_STOPPED, EXIT_IDLE = 0, 1
 

@@ -14,7 +14,7 @@ class FwdConfig:
     txpkts: int = 64
     nb_cores: int = 1
     nb_flows: int = 1024
-    # Fallback interrupts (l3fwd-power style, pmd/lcore/power.py): after
+    # Fallback interrupts (l3fwd-power style, pmd/fwd/power.py): after
     # ``idle_polls`` empty passes an lcore arms rx notifications and sleeps in
     # epoll, if every rx queue it polls can wake it; else it keeps polling.
     interrupts: bool = True

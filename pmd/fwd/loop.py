@@ -10,16 +10,14 @@ from __future__ import annotations
 from numba import njit
 
 from ..atomics import load_acquire, store_release
-from .common import (
-    CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_TX_FIRST, CTL_EPOCH, CTL_POLLS, CTL_STOP,
-    EXIT_IDLE, EXIT_STOPPED,
-)
+from ..lcore.control import LC_EPOCH, LC_POLLS, LC_STOP
+from .common import CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_TX_FIRST, EXIT_IDLE, EXIT_STOPPED
 from .unroll import poll_streams, tx_first_streams
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def fwd_loop(streams, ctx, ctl):
-    """Forward on ``streams`` until ``ctl[CTL_STOP]`` is set (returns
+    """Forward on ``streams`` until ``ctl[LC_STOP]`` is set (returns
     EXIT_STOPPED) or, when cfg[CFG_IDLE_POLLS] > 0, until that many passes
     in a row found nothing (returns EXIT_IDLE)."""
     mode = ctx.cfg[CFG_MODE]
@@ -27,15 +25,15 @@ def fwd_loop(streams, ctx, ctl):
     idle_limit = ctx.cfg[CFG_IDLE_POLLS]
     if ctx.cfg[CFG_TX_FIRST] != 0:
         tx_first_streams(streams, ctx, burst)
-    epoch = ctl[CTL_EPOCH]
-    polls = ctl[CTL_POLLS]
+    epoch = ctl[LC_EPOCH]
+    polls = ctl[LC_POLLS]
     idle = 0
-    while load_acquire(ctl, CTL_STOP) == 0:
+    while load_acquire(ctl, LC_STOP) == 0:
         work = poll_streams(streams, ctx, mode, burst)
         epoch += 1
         polls += 1
-        store_release(ctl, CTL_POLLS, polls)
-        store_release(ctl, CTL_EPOCH, epoch)
+        store_release(ctl, LC_POLLS, polls)
+        store_release(ctl, LC_EPOCH, epoch)
         if work == 0:
             idle += 1
             if idle_limit > 0 and idle >= idle_limit:

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ethdev import Port, PortError, parse_vdev
+from ..ethdev import Port, PortError
+from ..vdev import parse_vdev
 from ..lcore import LcoreManager
-from ..lcore.power import RxQueue, can_sleep, full_fence, power_fwd_loop, precompile
+from ..lcore.control import LC_STOP, N_LC
+from .power import RxQueue, can_sleep, full_fence, power_fwd_loop, precompile
 from ..mbuf import MbufPool, create_pool
 from .common import (
-    CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_NB_FLOWS, CFG_TX_FIRST, CTL_STOP, FS_DROPPED,
-    FS_RX, FS_TX, MAX_BURST, MODE_NAMES, N_CFG, N_CTL, N_FS, FwdCtx, Stream,
+    CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_NB_FLOWS, CFG_TX_FIRST, FS_DROPPED,
+    FS_RX, FS_TX, MAX_BURST, MODE_NAMES, N_CFG, N_FS, FwdCtx, Stream,
 )
 from .config import FwdConfig
 from .loop import fwd_loop
@@ -210,8 +212,8 @@ class Forwarding:
             ctx = self._ctx(self._fs, self._cfg(tx_first, sleepy))
             # Compile in the control thread (errors surface here, lcores start
             # instantly): a call with the stop flag already set returns at once.
-            dry = np.zeros(N_CTL, np.int64)
-            dry[CTL_STOP] = 1
+            dry = np.zeros(N_LC, np.int64)
+            dry[LC_STOP] = 1
             fwd_loop(streams, ctx._replace(cfg=self._cfg(False)), dry)
             if sleepy:
                 precompile(queues, dry)

@@ -3,7 +3,7 @@
 Each worker lcore is a thread pinned to its CPU with ``sched_setaffinity``
 (on Linux, pid 0 means the calling *thread*).  The function it runs is a
 ``nogil`` Numba kernel, so workers truly run in parallel; each gets a
-control-word array whose CTL_STOP slot the kernel reads with an acquire
+control-word array whose LC_STOP slot the kernel reads with an acquire
 load, so ``stop()`` is always seen, and a stop eventfd that ``stop()``
 signals too, for a body sleeping in epoll (fallback interrupts, power.py).
 """
@@ -19,8 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..atomics_py import store_flag
-from ..fwd.common import CTL_EPOCH, CTL_SLEEPING, CTL_STOP, N_CTL
-from .power import full_fence
+from .control import LC_EPOCH, LC_SLEEPING, LC_STOP, N_LC
+from ..atomics import full_fence
 
 
 class LcoreError(Exception):
@@ -35,7 +35,7 @@ class LcoreBusy(LcoreError):
 class _Lcore:
     lcore_id: int
     cpu: int
-    ctl: np.ndarray = field(default_factory=lambda: np.zeros(N_CTL, np.int64))
+    ctl: np.ndarray = field(default_factory=lambda: np.zeros(N_LC, np.int64))
     thread: threading.Thread | None = None
     result: Any = None
     error: BaseException | None = None
@@ -63,7 +63,7 @@ class LcoreManager:
         return self._get(lcore_id).ctl
 
     def stop_fd(self, lcore_id: int) -> int:
-        """An eventfd that ``stop()`` signals after setting CTL_STOP: a body
+        """An eventfd that ``stop()`` signals after setting LC_STOP: a body
         that sleeps (epoll) waits on it too, so stopping stays prompt."""
         lc = self._get(lcore_id)
         if lc.stop_fd < 0:
@@ -77,7 +77,7 @@ class LcoreManager:
 
     def sleeping(self, lcore_id: int) -> bool:
         """True while the lcore sleeps waiting for rx notifications."""
-        return bool(self._get(lcore_id).ctl[CTL_SLEEPING])
+        return bool(self._get(lcore_id).ctl[LC_SLEEPING])
 
     def affinity(self, lcore_id: int) -> set[int]:
         """The CPU set the lcore's thread reported for itself when it started."""
@@ -99,8 +99,8 @@ class LcoreManager:
         if self.is_running(lcore_id):
             raise LcoreBusy(f"lcore {lcore_id} is still running")
         lc.result, lc.error = None, None
-        store_flag(lc.ctl, CTL_STOP, 0)
-        store_flag(lc.ctl, CTL_SLEEPING, 0)
+        store_flag(lc.ctl, LC_STOP, 0)
+        store_flag(lc.ctl, LC_SLEEPING, 0)
         if lc.stop_fd >= 0:
             try:
                 os.eventfd_read(lc.stop_fd)  # a stop() from an earlier run
@@ -131,7 +131,7 @@ class LcoreManager:
         """Ask the lcore's loop to return (it checks once per pass; a sleeping
         body is woken through its stop eventfd)."""
         lc = self._get(lcore_id)
-        store_flag(lc.ctl, CTL_STOP, 1)
+        store_flag(lc.ctl, LC_STOP, 1)
         if lc.stop_fd >= 0:
             os.eventfd_write(lc.stop_fd, 1)
 
@@ -169,7 +169,7 @@ class LcoreManager:
 
     def epoch(self, lcore_id: int) -> int:
         """The lcore's last published quiescent point."""
-        return int(self._get(lcore_id).ctl[CTL_EPOCH])
+        return int(self._get(lcore_id).ctl[LC_EPOCH])
 
     def wait_quiescent(self, lcore_ids: list[int], timeout: float = 1.0) -> None:
         """Return once every lcore in ``lcore_ids`` has passed a quiescent
@@ -181,13 +181,13 @@ class LcoreManager:
         from before the change.  Raises TimeoutError naming the stuck lcores
         (bounded: a stuck lcore is an error, never a deadlock).
 
-        An lcore sleeping in epoll (CTL_SLEEPING, fallback interrupts) is
+        An lcore sleeping in epoll (LC_SLEEPING, fallback interrupts) is
         quiescent too: it set the flag with a release store after its last
         access to port memory, and on waking clears it and issues a seq_cst
         fence before touching tables again.  The fence below pairs with
         that one: the caller's change is visible before we read the flag,
         so an lcore whose flag we still read as 1 sees the change once it
-        wakes (see power.py).
+        wakes (see pmd/fwd/power.py).
         """
         full_fence()
         start = {lid: self.epoch(lid) for lid in lcore_ids}

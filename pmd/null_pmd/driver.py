@@ -84,9 +84,5 @@ class NullDriver(PortDriver):
     def stats_array(self) -> np.ndarray:
         return self._stats
 
-    def intr_fds(self, queue: int) -> list[int]:
-        """No rx notifications: an lcore polling this port never sleeps."""
-        return []
-
     def mac(self) -> bytes:
         return bytes([0x02, 0, 0, 0, 0x4E, int(self.name[len(self.prefix):]) & 0xFF])

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
 from ..shm import create_shared, release_shared
-from ..vhostpci_pmd.window import Window
+from ..guestmem.window import Window
 from .codec import Channel, Message
 from .errors import PeerClosed, Timeout, VhostUserError
 from .messages import (

@@ -15,7 +15,7 @@ from numba import njit
 
 from ..atomics import fetch_or_u8_at, load_acquire
 from ..vhost_user.messages import VHOST_LOG_PAGE
-from .translate import iova_to_gpa
+from ..guestmem.translate import iova_to_gpa
 
 LOG_ON, LOG_ADDR, LOG_SIZE = 0, 1, 2
 N_LOGCTL = 8

@@ -44,12 +44,12 @@ from .vq import (
     flush_inflight,
 )
 from .inflight import RESUB_DELIVERED, queue_area, recover
-from .translate import translate
+from ..guestmem.translate import translate
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
 from .missahead import MAX_AHEAD, MAX_ASK, misses_ahead
 from .txhold import HOLD_CAP  # also registers the port's burst kernels
-from .window import Window
+from ..guestmem.window import Window
 
 log = logging.getLogger("vhostpci.port")
 

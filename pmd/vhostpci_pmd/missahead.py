@@ -17,7 +17,7 @@ from numba import njit
 from ..virtio.split import (
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, avail_entry, desc_addr, desc_flags, desc_len, desc_next,
 )
-from .translate import translate
+from ..guestmem.translate import translate
 from .vq import VQ_AVAIL, VQ_DESC, VQ_LAST_AVAIL, VQ_NUM, VQ_READY
 
 PAGE = 4096

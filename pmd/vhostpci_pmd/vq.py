@@ -55,7 +55,7 @@ from .inflight import (
     RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, mark_delivered, set_used_idx, source,
     source_fields, take, unlink,
 )
-from .translate import translate
+from ..guestmem.translate import translate
 
 # vq control columns
 VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_CALL_FD = range(8)

@@ -41,7 +41,7 @@ from ..shm import create_shared, release_shared
 from ..vhost_user.messages import (
     VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, InflightInfo, IotlbPerm, ProtocolFeature,
 )
-from ..vhostpci_pmd.window import Window
+from ..guestmem.window import Window
 from ..virtio.split import (
     VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, mem_views, net_hdr_len,

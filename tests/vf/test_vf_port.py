@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pmd.ethdev import Port, PortError, parse_vdev
+from pmd.ethdev import Port, PortError
+from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
 from tests.vf.ns_peer import ETHERTYPE, check_packet, make_packet
 from tests.vhostpci.peer_io import recv, send
@@ -211,7 +212,7 @@ def test_interface_down_is_a_port_error_and_link_is_live(veth, port_on):
 def test_permission_denied_is_a_port_error(veth):
     code = (
         "import sys; sys.path.insert(0, '.')\n"
-        "from pmd.ethdev import Port, PortError, parse_vdev\n"
+        "from pmd.ethdev import Port, PortError\nfrom pmd.vdev import parse_vdev\n"
         f"p = Port(0, parse_vdev('net_vf0,iface={veth.host}'))\n"
         "try:\n    p.start()\nexcept PortError as e:\n    print(e)\n"
     )

@@ -17,7 +17,7 @@ from pmd.vhost_user.backend import VIRTIO_CONFIG_S_DRIVER_OK, BackendSession
 from pmd.vhost_user.server import BackendServer
 from pmd.vhost_user.codec import Channel, VhostUserError
 from pmd.vhost_user.messages import BackendReq, FrontendReq, IotlbType
-from pmd.vhostpci_pmd.window import Window
+from pmd.guestmem.window import Window
 
 from .fakes import IOMMU_PLATFORM, MRG_RXBUF, PF, PROTOCOL_FEATURES, VERSION_1, WINDOW, FakeDevice
 from tests.util import wait_until
@@ -196,7 +196,7 @@ def test_dirty_log_and_inflight(served):
 
 
 def test_iommu_flow_update_invalidate_and_miss(served):
-    from pmd.vhostpci_pmd.translate import translate
+    from pmd.guestmem.translate import translate
 
     srv, dev, path = served
     size = 1 << 20
@@ -434,7 +434,7 @@ class WindowDevice(FakeDevice):
 
 
 def test_device_window_is_reused_reset_and_never_closed(sockdir):
-    from pmd.vhostpci_pmd.translate import translate
+    from pmd.guestmem.translate import translate
 
     dev = WindowDevice(features=VERSION_1 | IOMMU_PLATFORM)
     win = dev.port_window

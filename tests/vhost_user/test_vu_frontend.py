@@ -12,7 +12,7 @@ import pytest
 from pmd.vhost_user.server import BackendServer
 from pmd.vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
 from pmd.vhost_user.messages import IotlbPerm
-from pmd.vhostpci_pmd.translate import translate
+from pmd.guestmem.translate import translate
 from pmd.virtio_user_pmd.guest_memory import PAGE_SIZE, GuestMemory
 
 from .fakes import IOMMU_PLATFORM, MRG_RXBUF, PF, PROTOCOL_FEATURES, VERSION_1, WINDOW, FakeDevice

@@ -16,7 +16,8 @@ from tests.vhost_user.conftest import no_hang, sockdir  # noqa: F401
 
 @pytest.fixture(scope="session", autouse=True)
 def compiled_kernels():
-    from pmd.ethdev import Port, parse_vdev
+    from pmd.ethdev import Port
+    from pmd.vdev import parse_vdev
     from pmd.fwd.runtime import Forwarding
     from pmd.lcore import LcoreManager
     from pmd.mbuf import create_pool

@@ -222,7 +222,8 @@ def _mrg_split_at_grant_edge() -> None:
     import shutil
     import tempfile
 
-    from pmd.ethdev import Port, parse_vdev
+    from pmd.ethdev import Port
+    from pmd.vdev import parse_vdev
     from pmd.mbuf import create_pool
     from tests.vhostpci.peer_io import make_packet, send
 

@@ -11,7 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from pmd.ethdev import Port, parse_vdev
+from pmd.ethdev import Port
+from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
 from pmd.vhost_user.messages import VHOST_LOG_PAGE
 from pmd.vhostpci_pmd.dirty_log import LOG_ON

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from pmd.ethdev import Port, parse_vdev
+from pmd.ethdev import Port
+from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
 

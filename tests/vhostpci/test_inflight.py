@@ -29,7 +29,8 @@ import pytest
 from numba import njit
 
 from pmd.burst import rx_burst, tx_burst
-from pmd.ethdev import Port, parse_vdev
+from pmd.ethdev import Port
+from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool, free_bulk
 from pmd.vhostpci_pmd.inflight import (
     IF_DELIVERED, IF_DESC_NUM, IF_HEADER, IF_LAST_BATCH_HEAD, IF_TAKEN, IF_USED_IDX, RESUB_DELIVERED, queue_area,

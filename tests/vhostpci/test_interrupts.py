@@ -1,4 +1,4 @@
-"""Fallback interrupts (pmd/lcore/power.py): VM2's forwarding lcore sleeps
+"""Fallback interrupts (pmd/fwd/power.py): VM2's forwarding lcore sleeps
 when VM1 goes quiet, a kick wakes it, stop and quiescence stay prompt, and
 an lcore that also polls a port without notifications never sleeps.
 
@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from pmd.ethdev import Port, parse_vdev
-from pmd.fwd.common import CTL_SLEEPS, CTL_WAKEUPS
-from pmd.lcore.power import arm_queue, disarm_queue
+from pmd.ethdev import Port
+from pmd.vdev import parse_vdev
+from pmd.lcore.control import LC_SLEEPS, LC_WAKEUPS
+from pmd.fwd.power import arm_queue, disarm_queue
 from pmd.mbuf import create_pool
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
 from tests.util import wait_until as wait_for
@@ -109,7 +110,7 @@ def test_sleeps_when_idle_wakes_on_kick_no_loss(fwd, vm1):
 
     lat = []
     received = []
-    wakeups0 = int(ctl[CTL_WAKEUPS])
+    wakeups0 = int(ctl[LC_WAKEUPS])
     for seq in range(CYCLES):
         assert wait_for(lambda: asleep(fwd), 2), f"cycle {seq}: not asleep"
         time.sleep(0.002)  # well inside the sleep, not at its edge
@@ -117,7 +118,7 @@ def test_sleeps_when_idle_wakes_on_kick_no_loss(fwd, vm1):
         assert seqs, f"packet {seq} not forwarded back within 1 s"
         lat.append(dt)
         received += seqs
-    wakeups = int(ctl[CTL_WAKEUPS]) - wakeups0
+    wakeups = int(ctl[LC_WAKEUPS]) - wakeups0
     assert received == list(range(CYCLES)), received  # none lost, none duplicated, in order
     assert wakeups >= CYCLES // 2, wakeups  # woken by kicks, not by polling through
     assert max(lat) < 0.050, lat
@@ -138,7 +139,7 @@ def test_sleeps_when_idle_wakes_on_kick_no_loss(fwd, vm1):
     print(f"\n[interrupts] lcore CPU idle: {idle_cpu:.1f}% asleep vs {poll_cpu:.1f}% polling (--no-interrupts); "
           f"wake-up round trip over {CYCLES} sleep/wake cycles: median {statistics.median(lat) * 1e6:.0f} us, "
           f"max {max(lat) * 1e6:.0f} us (polling: median {statistics.median(poll_lat) * 1e6:.0f} us, "
-          f"max {max(poll_lat) * 1e6:.0f} us); sleeps {int(ctl[CTL_SLEEPS])}, kick wake-ups {wakeups}")
+          f"max {max(poll_lat) * 1e6:.0f} us); sleeps {int(ctl[LC_SLEEPS])}, kick wake-ups {wakeups}")
     assert idle_cpu < 10.0, idle_cpu
     assert poll_cpu > max(20.0, 3 * idle_cpu), poll_cpu  # ~100% on an idle machine
     st = vp.stats()
@@ -184,11 +185,11 @@ def test_port_without_interrupts_keeps_lcore_polling(fwd, vm1):
     while time.monotonic() < deadline:
         assert not asleep(fwd)
         time.sleep(0.001)
-    assert ctl[CTL_SLEEPS] == 0
+    assert ctl[LC_SLEEPS] == 0
     for seq in range(5):
         dt, seqs = round_trip(port, pool, seq)
         assert seqs == [seq], (seq, seqs)
-    assert ctl[CTL_SLEEPS] == 0
+    assert ctl[LC_SLEEPS] == 0
 
 
 def test_virtio_user_arm_gets_called(fwd, vm1):

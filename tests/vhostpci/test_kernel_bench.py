@@ -14,7 +14,8 @@ import pytest
 from numba import njit
 
 from pmd.burst import rx_burst, tx_burst
-from pmd.ethdev import Port, parse_vdev
+from pmd.ethdev import Port
+from pmd.vdev import parse_vdev
 from pmd.mbuf import alloc_bulk, create_pool, free_bulk
 from tests.vhostpci.peer_io import recv
 

@@ -24,7 +24,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pmd.ethdev import Port, parse_vdev
+from pmd.ethdev import Port
+from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
 from pmd.vhost_user.messages import IotlbPerm
 from pmd.vhostpci_pmd.vq import VQ_LAST_AVAIL, VQ_LAST_USED

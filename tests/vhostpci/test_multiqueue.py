@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from pmd.ethdev import Port, parse_vdev
+from pmd.ethdev import Port
+from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
 from pmd.virtio.split import VIRTIO_NET_F_MQ
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send

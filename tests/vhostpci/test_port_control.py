@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from pmd.ethdev import DevargError, Port, PortError, parse_vdev
+from pmd.ethdev import DevargError, Port, PortError
+from pmd.vdev import parse_vdev
 from pmd.vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
 from pmd.vhost_user.messages import (
     VERSION,

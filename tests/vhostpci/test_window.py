@@ -15,8 +15,8 @@ from numba import njit
 
 import pmd  # noqa: F401  (numba cache dir)
 from pmd.atomics import load_acquire
-from pmd.vhostpci_pmd.translate import PERM_RO, PERM_RW, PERM_WO, translate, translate_gpa
-from pmd.vhostpci_pmd.window import PAGE_SIZE, Window
+from pmd.guestmem.translate import PERM_RO, PERM_RW, PERM_WO, translate, translate_gpa
+from pmd.guestmem.window import PAGE_SIZE, Window
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = PAGE_SIZE
@@ -200,7 +200,7 @@ CHILD = textwrap.dedent("""
     import mmap, os, sys
     sys.path.insert(0, {root!r})
     import pmd
-    from pmd.vhostpci_pmd.window import Window, PAGE_SIZE as PG
+    from pmd.guestmem.window import Window, PAGE_SIZE as PG
     fd = os.memfd_create("vm1")
     os.ftruncate(fd, 1 << 20)
     m = mmap.mmap(fd, 1 << 20)
@@ -507,7 +507,7 @@ def test_random_grants_and_invalidates_match_a_page_model(ram):
     """Against a page-by-page model: after each random update/invalidate,
     every page of the IOVA range translates as the model says (window offset
     holds the right VM1 page, perm respected, gpa for the dirty log)."""
-    from pmd.vhostpci_pmd.translate import iova_to_gpa
+    from pmd.guestmem.translate import iova_to_gpa
     fd, _ = ram
     rng = np.random.default_rng(7)
     pages = 48

@@ -33,189 +33,17 @@ empties it and switches mode for the next front-end.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
-from numba import njit
 
-from ..atomics_py import store_flag
+from .grants import (
+    G_GPA, G_IOVA, G_LAST, G_OFF, G_PERM, NO_GRANTS, RangeAllocator, grant_array, merge_grants, seq_write, sorted_grants,
+)
+from .region import Region
 from .translate import PERM_RO, PERM_RW, PERM_WO
-
-PAGE_SIZE = mmap.PAGESIZE
-
-PROT_NONE = 0
-PROT_READ = 1
-PROT_WRITE = 2
-MAP_SHARED = 0x01
-MAP_PRIVATE = 0x02
-MAP_FIXED = 0x10
-MAP_ANONYMOUS = 0x20
-MAP_NORESERVE = 0x4000
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_RESERVE_FLAGS = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
-
-_U64_LIMIT = 1 << 64
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_mmap = _libc.mmap
-_mmap.restype = ctypes.c_void_p
-_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                  ctypes.c_int, ctypes.c_int64]
-_munmap = _libc.munmap
-_munmap.restype = ctypes.c_int
-_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-
-
-def _sys_mmap(addr, length, prot, flags, fd, offset, what):
-    res = _mmap(addr, length, prot, flags, fd, offset)
-    if res is None or res == _MAP_FAILED:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mmap {what} (addr=0x{addr or 0:x} len=0x{length:x} "
-                           f"fd={fd} offset=0x{offset:x}): {os.strerror(err)}")
-    if flags & MAP_FIXED and res != addr:  # cannot happen on Linux
-        raise OSError(f"mmap {what}: MAP_FIXED returned 0x{res:x}, not 0x{addr:x}")
-    return res
-
-
-def _aligned(x: int) -> bool:
-    return x % PAGE_SIZE == 0
-
-
-@contextmanager
-def _seq_write(count: np.ndarray) -> Iterator[None]:
-    """Seqlock write section on ``count = [rows, seq]``: seq odd inside, even
-    after (also after an exception, or readers would spin forever).
-
-    Python-side stores are plain aligned 8-byte ``mov``s issued in program
-    order (each numpy store is a separate call the C compiler cannot reorder
-    across), and x86 (TSO) never reorders stores with stores, so kernels see
-    seq odd before any row changes and the rows before seq even again.
-    """
-    seq = int(count[1])
-    store_flag(count, 1, seq + 1)
-    try:
-        yield
-    finally:
-        store_flag(count, 1, seq + 2)
-
-
-# Grant rows (``Window._grants``): one per granted range, sorted by IOVA, as
-# uint64 columns; ``last`` is inclusive (a range may end at 2**64).
-G_IOVA, G_LAST, G_OFF, G_PERM, G_GPA = range(5)
-_ONE = np.uint64(1)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _append_merged(table, n, s, last, x, perm):
-    """Append the row ``(s, last, x, perm)`` to ``table[:n]``, or extend the
-    last row when both ranges are contiguous (iova and x) with the same
-    perm; returns the new row count."""
-    if n > 0 and table[n - 1, 1] + _ONE == s and table[n - 1, 2] + (s - table[n - 1, 0]) == x \
-            and table[n - 1, 3] == perm:
-        table[n - 1, 1] = last
-        return n
-    table[n, 0] = s
-    table[n, 1] = last
-    table[n, 2] = x
-    table[n, 3] = perm
-    return n + 1
-
-
-@njit(nogil=True, cache=True)
-def _merge_grants(grants, n, table, gpa_table):
-    """Build both translation tables from the first ``n`` sorted grant rows
-    into ``table``/``gpa_table`` (scratch arrays); returns their row counts.
-
-    ``table`` (iova -> window offset) merges neighbours contiguous in the
-    window with the same perm, so a buffer may span grants of scattered
-    pages; ``gpa_table`` (iova -> gpa, for the dirty log) merges neighbours
-    whose gpas are contiguous too.  Compiled: with hundreds of live grants
-    (a strict vIOMMU maps every rx buffer) a Python loop per IOTLB message
-    cost ~100 us."""
-    nt = 0
-    ng = 0
-    rw = np.uint64(PERM_RW)
-    for i in range(n):
-        s = grants[i, G_IOVA]
-        last = grants[i, G_LAST]
-        nt = _append_merged(table, nt, s, last, grants[i, G_OFF], grants[i, G_PERM])
-        ng = _append_merged(gpa_table, ng, s, last, grants[i, G_GPA], rw)
-    return nt, ng
-
-
-_NO_GRANTS = np.zeros((0, 5), dtype=np.uint64)  # never written in place: grant arrays are replaced whole
-
-
-def _grant_array(rows: list[tuple[int, int, int, int, int]]) -> np.ndarray:
-    """Grant rows from ``(iova, iova_end, offset, perm, gpa)`` tuples (``iova_end`` exclusive)."""
-    return np.array([(s, e - 1, off, perm, gpa) for s, e, off, perm, gpa in rows],
-                    dtype=np.uint64).reshape(len(rows), 5)
-
-
-def _sorted_grants(*parts: np.ndarray) -> np.ndarray:
-    """Grant rows joined in IOVA order (they never overlap)."""
-    rows = np.concatenate(parts)
-    return rows[np.argsort(rows[:, G_IOVA], kind="stable")]
-
-
-@dataclass
-class Region:
-    """One SET_MEM_TABLE region (vhost-user.rst "Memory region description")."""
-
-    gpa: int
-    size: int
-    uaddr: int
-    mmap_offset: int
-    fd: int = -1  # our dup, kept only in IOMMU mode
-
-    def gpa_at(self, file_offset: int) -> int:
-        """The guest-physical address at ``file_offset`` in this region's fd."""
-        return self.gpa + (file_offset - self.mmap_offset)
-
-
-class _RangeAllocator:
-    """First-fit allocator of window space for compact offsets (free list of
-    ``[start, end)``, coalesced on free)."""
-
-    def __init__(self, start: int, end: int):
-        self.start, self.end = start, end
-        self.free_list = [[start, end]] if end > start else []
-
-    def alloc(self, size: int) -> int:
-        for r in self.free_list:
-            if r[1] - r[0] >= size:
-                off = r[0]
-                r[0] += size
-                if r[0] == r[1]:
-                    self.free_list.remove(r)
-                return off
-        return -1
-
-    def alloc_at(self, off: int, size: int) -> bool:
-        for i, r in enumerate(self.free_list):
-            if r[0] <= off and off + size <= r[1]:
-                parts = [p for p in ([r[0], off], [off + size, r[1]]) if p[1] > p[0]]
-                self.free_list[i:i + 1] = parts
-                return True
-        return False
-
-    def free(self, off: int, size: int) -> None:
-        if off < self.start or off + size > self.end or size <= 0:
-            return
-        fl = self.free_list
-        fl.append([off, off + size])
-        fl.sort()
-        merged = [fl[0]]
-        for s, e in fl[1:]:
-            if s <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], e)
-            else:
-                merged.append([s, e])
-        self.free_list = merged
+from .vmem import PAGE_SIZE, PROT_READ, PROT_WRITE, U64_LIMIT, aligned, map_fd, release, reserve, revoke
 
 
 class Window:
@@ -230,12 +58,12 @@ class Window:
     def __init__(self, size: int = 1 << 40, *, iommu: bool = False,
                  compact_size: int | None = None, table_capacity: int = 16384,
                  max_regions: int = 512):
-        if size <= 0 or not _aligned(size):
+        if size <= 0 or not aligned(size):
             raise ValueError(f"window size 0x{size:x} is not a positive multiple of "
                              f"the page size 0x{PAGE_SIZE:x}")
         if compact_size is None:
             compact_size = (size // 4) // PAGE_SIZE * PAGE_SIZE
-        if not 0 <= compact_size <= size or not _aligned(compact_size):
+        if not 0 <= compact_size <= size or not aligned(compact_size):
             raise ValueError(f"compact_size 0x{compact_size:x} must be page-aligned "
                              f"and at most the window size 0x{size:x}")
         self.size = size
@@ -245,13 +73,12 @@ class Window:
         self.table = np.zeros((table_capacity, 4), dtype=np.uint64)
         self.gpa_table = np.zeros((table_capacity, 4), dtype=np.uint64)  # [iova, iova_last, gpa, RW]
         self.gpa_table_count = np.zeros(2, dtype=np.int64)
-        self._grants = _NO_GRANTS  # what both tables were built from (G_*)
+        self._grants = NO_GRANTS  # what both tables were built from (G_*)
         self._scratch = (np.zeros_like(self.table), np.zeros_like(self.gpa_table))
         self.table_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
         self.regions = np.zeros((max_regions, 2), dtype=np.uint64)
         self.region_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
-        self.base = _sys_mmap(None, size, PROT_NONE, _RESERVE_FLAGS, -1, 0,
-                              "window reservation")
+        self.base = reserve(size)
         self._closed = False
         self.array = np.frombuffer((ctypes.c_uint8 * size).from_address(self.base),
                                    dtype=np.uint8)
@@ -261,19 +88,16 @@ class Window:
     def _set_mode(self, iommu: bool) -> None:
         self.iommu = iommu
         self.identity_limit = self.size - self.compact_size if iommu else self.size
-        self._compact = _RangeAllocator(self.identity_limit, self.size)
+        self._compact = RangeAllocator(self.identity_limit, self.size)
 
     def _map_fd(self, offset: int, length: int, fd: int, file_offset: int,
                 prot: int, what: str) -> None:
-        _sys_mmap(self.base + offset, length, prot, MAP_SHARED | MAP_FIXED, fd,
-                  file_offset, what)
+        map_fd(self.base + offset, length, fd, file_offset, prot, what)
 
     def _revoke(self, offset: int, length: int) -> None:
         """``PROT_NONE`` anonymous memory over ``[offset, offset+length)``:
         drops the file mapping, keeps the reservation."""
-        if length > 0:
-            _sys_mmap(self.base + offset, length, PROT_NONE,
-                      _RESERVE_FLAGS | MAP_FIXED, -1, 0, "revoke")
+        revoke(self.base + offset, length)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -285,17 +109,17 @@ class Window:
     def _set_grants(self, grants: np.ndarray) -> None:
         """Replace the grant rows (``G_*`` columns, sorted by IOVA, each in
         one region) and rewrite both translation tables from them under
-        their seqlocks (``_merge_grants`` says how they merge)."""
+        their seqlocks (``merge_grants`` says how they merge)."""
         n = len(grants)
         if n > len(self.table):
             raise RuntimeError(f"translation table full ({len(self.table)} entries); "
                                "create the Window with a larger table_capacity")
         by_offset, by_gpa = self._scratch
-        counts = _merge_grants(grants, n, by_offset, by_gpa)
+        counts = merge_grants(grants, n, by_offset, by_gpa)
         for table, count, merged, m in ((self.table, self.table_count, by_offset, counts[0]),
                                         (self.gpa_table, self.gpa_table_count, by_gpa, counts[1])):
             old = int(count[0])
-            with _seq_write(count):
+            with seq_write(count):
                 table[:m] = merged[:m]
                 table[m:old] = 0
                 count[0] = m
@@ -304,7 +128,7 @@ class Window:
     def _add_grants(self, rows: list[tuple[int, int, int, int, int]]) -> None:
         """Add grant rows ``(iova, iova_end, offset, perm, gpa)`` (``iova_end``
         exclusive) to the existing ones."""
-        self._set_grants(_sorted_grants(self._grants, _grant_array(rows)))
+        self._set_grants(sorted_grants(self._grants, grant_array(rows)))
 
     def entries(self) -> list[tuple[int, int, int, int]]:
         """The translation table as Python ints ``(iova, iova_end, offset, perm)``
@@ -322,11 +146,11 @@ class Window:
                 f"uaddr=0x{userspace_addr:x} mmap_offset=0x{mmap_offset:x}")
         for v, field in ((gpa, "gpa"), (size, "size"), (mmap_offset, "mmap_offset"),
                          (userspace_addr, "uaddr")):
-            if v < 0 or not _aligned(v):
+            if v < 0 or not aligned(v):
                 raise ValueError(f"{name}: {field} is not page-aligned")
         if size == 0:
             raise ValueError(f"{name}: empty region")
-        if userspace_addr + size > _U64_LIMIT:
+        if userspace_addr + size > U64_LIMIT:
             raise ValueError(f"{name}: uaddr + size overflows 64 bits")
         if not self.iommu and gpa + size > self.size:
             raise ValueError(f"{name} ends beyond the window (0x{self.size:x} bytes)")
@@ -347,7 +171,7 @@ class Window:
         self.regions_list.append(region)
         self.regions_list.sort(key=lambda r: r.gpa)
         rows = np.array([[r.gpa, r.gpa + r.size] for r in self.regions_list], dtype=np.uint64)
-        with _seq_write(self.region_count):
+        with seq_write(self.region_count):
             self.regions[: n + 1] = rows
             self.region_count[0] = n + 1
         if not self.iommu:
@@ -367,8 +191,8 @@ class Window:
     def _clear_tables(self) -> bool:
         """Empty both tables (seqlock writes); True if anything was in them."""
         had = int(self.table_count[0]) > 0 or int(self.region_count[0]) > 0
-        self._set_grants(_NO_GRANTS)
-        with _seq_write(self.region_count):
+        self._set_grants(NO_GRANTS)
+        with seq_write(self.region_count):
             self.region_count[0] = 0
             self.regions[:] = 0
         return had
@@ -381,7 +205,7 @@ class Window:
         if self._clear_tables() and quiesce is not None:
             quiesce()  # lcores finish lookups made with the old tables
         self._revoke(0, self.size)
-        self._compact = _RangeAllocator(self.identity_limit, self.size)
+        self._compact = RangeAllocator(self.identity_limit, self.size)
         self._close_region_fds()
         self.regions_list = []
 
@@ -431,9 +255,9 @@ class Window:
             raise ValueError(f"{what}: perm must be 1 (RO), 2 (WO) or 3 (RW)")
         if size <= 0 or iova < 0 or uaddr < 0:
             raise ValueError(f"{what}: empty or negative")
-        if not (_aligned(iova) and _aligned(size) and _aligned(uaddr)):
+        if not (aligned(iova) and aligned(size) and aligned(uaddr)):
             raise ValueError(f"{what}: not page-aligned (page 0x{PAGE_SIZE:x})")
-        if iova + size > _U64_LIMIT or uaddr + size > _U64_LIMIT:
+        if iova + size > U64_LIMIT or uaddr + size > U64_LIMIT:
             raise ValueError(f"{what}: range overflows 64 bits")
         if size > self.size - self.identity_limit and iova + size > self.identity_limit:
             raise ValueError(f"{what}: larger than the window's compact area "
@@ -498,7 +322,7 @@ class Window:
         if size <= 0:
             return
         start = max(iova, 0) // PAGE_SIZE * PAGE_SIZE
-        end = min(-(-(iova + size) // PAGE_SIZE) * PAGE_SIZE, _U64_LIMIT)
+        end = min(-(-(iova + size) // PAGE_SIZE) * PAGE_SIZE, U64_LIMIT)
         if end <= start:
             return
         g = self._grants
@@ -517,7 +341,7 @@ class Window:
                 pieces.append((ce, e, off + (ce - s), perm, gpa + (ce - s)))
             gone.append((off + (cs - s), ce - cs))
         # (a) no new translation returns these pages
-        self._set_grants(_sorted_grants(np.delete(g, hit, axis=0), _grant_array(pieces)))
+        self._set_grants(sorted_grants(np.delete(g, hit, axis=0), grant_array(pieces)))
         if quiesce is not None:
             quiesce()  # (b) lookups made with the old rows are finished
         for woff, n in gone:  # (c) now nobody can be using them
@@ -534,10 +358,7 @@ class Window:
         self._closed = True
         self._clear_tables()
         self.array = None
-        if _munmap(self.base, self.size) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"munmap window 0x{self.base:x}+0x{self.size:x}: "
-                               f"{os.strerror(err)}")
+        release(self.base, self.size)
         self._close_region_fds()
         self.regions_list = []
 

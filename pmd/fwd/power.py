@@ -18,23 +18,23 @@ runs ``fwd_loop`` (cfg[CFG_IDLE_POLLS] > 0); when that returns EXIT_IDLE:
 4. ``epoll.poll`` on the dups plus the lcore's stop eventfd, GIL released,
    at most SLEEP_TIMEOUT_S (a timeout re-arms and re-checks, so a missed
    or replaced fd costs at most that much latency, never a hang);
-5. ``wake_up``: CTL_SLEEPING = 0 (store + fence), drain the ready eventfds;
+5. ``wake_up``: LC_SLEEPING = 0 (store + fence), drain the ready eventfds;
    on a timeout go back to 1 (re-arm and re-check, nothing polled);
    otherwise disarm and return to ``fwd_loop``.  The kernels on this path
    keep the GIL (no nogil): no GIL hand-off between waking and polling.
-Stop: ``LcoreManager.stop`` sets CTL_STOP, then writes the stop eventfd, so
+Stop: ``LcoreManager.stop`` sets LC_STOP, then writes the stop eventfd, so
 a sleeper returns at once (and one about to sleep finds the fd readable).
 
 Quiescence (``LcoreManager.wait_quiescent``) counts a sleeping lcore as
 quiescent: asleep it holds no address into port memory.  The order:
 
 - going to sleep, every access to port memory (the last pass, the arm
-  kernels) comes before the release store of CTL_SLEEPING = 1, so a control
+  kernels) comes before the release store of LC_SLEEPING = 1, so a control
   thread that reads 1 knows they are done;
-- waking, the lcore stores CTL_SLEEPING = 0, then a seq_cst fence, and only
+- waking, the lcore stores LC_SLEEPING = 0, then a seq_cst fence, and only
   then touches translation tables or port memory (disarm, fwd_loop);
 - the control thread changes the tables first, then (``wait_quiescent``) a
-  seq_cst fence, then reads CTL_SLEEPING.  Store-buffering with fences on
+  seq_cst fence, then reads LC_SLEEPING.  Store-buffering with fences on
   both sides: if it still read 1, the lcore's later table reads see the
   change; without the fences x86 may let both sides read stale values.
 """
@@ -48,11 +48,12 @@ import numpy as np
 from numba import njit, typeof
 from numba.core import types
 
-from ..atomics import fence, store_release
+from ..atomics import fence, full_fence, store_release
 from ..burst import has_intr, intr_arm, intr_disarm
 from ..syscalls import eventfd_drain
-from ..fwd.common import CFG_TX_FIRST, CTL_SLEEPING, CTL_SLEEPS, CTL_STOP, CTL_WAKEUPS, EXIT_STOPPED
-from ..fwd.loop import fwd_loop
+from ..lcore.control import LC_SLEEPING, LC_SLEEPS, LC_STOP, LC_WAKEUPS
+from .common import CFG_TX_FIRST, EXIT_STOPPED
+from .loop import fwd_loop
 
 SLEEP_TIMEOUT_S = 0.1
 
@@ -75,25 +76,19 @@ def disarm_queue(state, queue):
 
 @njit(cache=True)
 def set_sleeping(ctl, value):
-    """CTL_SLEEPING = value, a release store followed by a seq_cst fence."""
-    store_release(ctl, CTL_SLEEPING, value)
+    """LC_SLEEPING = value, a release store followed by a seq_cst fence."""
+    store_release(ctl, LC_SLEEPING, value)
     fence()
 
 
 @njit(cache=True)
 def wake_up(ctl, ready, n):
-    """Awake: CTL_SLEEPING = 0 and a seq_cst fence (before any table or port
+    """Awake: LC_SLEEPING = 0 and a seq_cst fence (before any table or port
     memory access), then drain the ``n`` eventfds epoll reported in ``ready``."""
-    store_release(ctl, CTL_SLEEPING, 0)
+    store_release(ctl, LC_SLEEPING, 0)
     fence()
     for k in range(n):
         eventfd_drain(ready[k])
-
-
-@njit(cache=True)
-def full_fence():
-    """A seq_cst fence for Python callers (wait_quiescent's side of the pairing)."""
-    fence()
 
 
 class RxQueue:
@@ -106,10 +101,9 @@ class RxQueue:
 
 
 def can_sleep(queues: list[RxQueue]) -> bool:
-    """True if every rx queue's driver can wake a sleeping lcore."""
-    return bool(queues) and all(
-        has_intr(q.state) and callable(getattr(q.driver, "intr_fds", None)) for q in queues
-    )
+    """True if every rx queue's driver can wake a sleeping lcore (it
+    registered interrupt kernels; ``PortDriver.intr_fds`` gives the fds)."""
+    return bool(queues) and all(has_intr(q.state) for q in queues)
 
 
 def precompile(queues: list[RxQueue], ctl: np.ndarray) -> None:
@@ -162,7 +156,7 @@ class Sleeper:
         again) or _STOPPED."""
         self.close()
         ctl, queues = self.ctl, self.queues
-        if ctl[CTL_STOP]:
+        if ctl[LC_STOP]:
             return _STOPPED
         fds = _fds(queues)
         if fds is None:
@@ -189,8 +183,8 @@ class Sleeper:
         if self.stop_fd >= 0:
             ep.register(self.stop_fd, select.EPOLLIN)
         set_sleeping(ctl, 1)
-        ctl[CTL_SLEEPS] += 1
-        events = ep.poll(self.timeout) if not ctl[CTL_STOP] else []
+        ctl[LC_SLEEPS] += 1
+        events = ep.poll(self.timeout) if not ctl[LC_STOP] else []
         n = min(len(events), len(self.ready))
         woken = False
         for k in range(n):
@@ -198,20 +192,20 @@ class Sleeper:
             self.ready[k] = fd
             woken = woken or fd != self.stop_fd
         wake_up(ctl, self.ready, n)  # sleeping = 0 + fence, before touching port memory
-        if ctl[CTL_STOP]:
+        if ctl[LC_STOP]:
             self._disarm()
             return _STOPPED
         if not woken:
             return _TIMEOUT  # still armed: re-armed and re-checked next round
         self._disarm()
-        ctl[CTL_WAKEUPS] += 1
+        ctl[LC_WAKEUPS] += 1
         return _POLL
 
 
 def power_fwd_loop(streams: tuple, ctx: Any, ctl: np.ndarray, queues: list[RxQueue], stop_fd: int,
                    timeout: float = SLEEP_TIMEOUT_S) -> int:
     """The lcore body: ``fwd_loop`` until idle, then sleep until woken (see
-    the module doc); returns EXIT_STOPPED once ctl[CTL_STOP] is set."""
+    the module doc); returns EXIT_STOPPED once ctl[LC_STOP] is set."""
     again = ctx._replace(cfg=ctx.cfg.copy())
     again.cfg[CFG_TX_FIRST] = 0  # tx_first only on the first entry
     cur = ctx
