@@ -113,6 +113,14 @@ def translate(table, count, iova, length, write):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
+def mapped(table, count, iova, length):
+    """Window offset of ``[iova, iova + length)`` whatever the permission,
+    or -1: tells a range that is not granted from one granted without the
+    access a caller needs."""
+    return _seq_lookup(table, count, iova, length, np.uint64(0), COL_OFFSET)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
 def iova_to_gpa(gpa_table, count, iova, length):
     """Guest-physical address of ``[iova, iova + length)`` if it is one
     contiguous gpa range (the window's ``gpa_table``), else -1.  The dirty

@@ -2,19 +2,20 @@
 
 Modelled on rust-vmm's vhost-user-backend: this module speaks the protocol
 (QEMU ``docs/interop/vhost-user.rst``, back-end side) and a device plugs in
-through the small ``BackendDevice`` protocol (features, queues, ring start and
-stop, memory, quiescence).  No virtio-net, no Numba here.
+through the ``BackendDevice`` contract (``device.py``: every hook has a
+default, so the session calls each one unconditionally).  No virtio-net, no
+Numba here.
 
 - ``BackendSession``: one connected front-end.  ``handle_one(timeout)`` reads
-  one message, dispatches it and replies.  The session holds the ``Window``
-  (VM1 memory as seen here) -- its own, or the device's persistent one when
-  the device has ``window_for`` -- and owns every fd the front-end sent
-  (kick/call/err, log, inflight, the back-end request channel) and closes all
-  of it on disconnect.
+  one message, dispatches it and replies.  ``window`` is the device's memory
+  (``device.memory(iommu)``) while a memory table is set; the session drives
+  it and never closes it.  It owns every fd the front-end sent (kick/call/err,
+  log, inflight, the back-end request channel) and closes all of it on
+  disconnect.
 - ``BackendServer`` (``server.py``): the connection manager that runs
   sessions in a control thread.
 
-Unmap safety (DESIGN.md "Invalidate/unmap safety"): memory goes away in RCU
+Unmap safety: memory goes away in RCU
 order -- the window drops the translation rows, then the session calls
 ``device.quiesce()`` (returns once every lcore using the port has passed a
 quiescent point: lookups made with the old rows are finished), then the window
@@ -32,12 +33,12 @@ import mmap
 import os
 import threading
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable
 
 from ..shm import create_shared, release_shared
-from ..guestmem.window import Window
+from ..virtio.features import MAX_VRING_SIZE, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_IOMMU_PLATFORM
 from .codec import Channel, Message
+from .device import BackendDevice, GuestMemory, HandlerError, VringInfo
 from .errors import PeerClosed, Timeout, VhostUserError
 from .messages import (
     VHOST_F_LOG_ALL,
@@ -61,21 +62,10 @@ from .messages import (
     expects_reply,
 )
 
-__all__ = [
-    "BackendDevice",
-    "BackendSession",
-    "VringInfo",
-    "HandlerError",
-    "VIRTIO_F_IOMMU_PLATFORM",
-    "VIRTIO_CONFIG_S_DRIVER_OK",
-]
+__all__ = ["BackendSession"]
 
 log = logging.getLogger(__name__)
 
-VIRTIO_F_IOMMU_PLATFORM = 33  # bit number: addresses are IOVAs, IOTLB messages grant them
-VIRTIO_CONFIG_S_DRIVER_OK = 4  # device status bit
-MAX_VRING_SIZE = 32768  # virtio split ring limit
-DEFAULT_WINDOW_SIZE = 1 << 40
 # Inflight region per queue (libvhost-user / QEMU layout for split rings):
 # u64 features, u16 version, desc_num, last_batch_head, used_idx, then a
 # 16-byte DescStateSplit per descriptor; each queue's area aligned to 64.
@@ -84,105 +74,6 @@ _INFLIGHT_HEADER_SIZE = 16
 _INFLIGHT_ALIGN = 64
 
 F = FrontendReq
-
-
-class HandlerError(Exception):
-    """A well-formed request the session cannot honour (bad index, region, ...).
-
-    Answered with a REPLY_ACK failure when one is due, else the connection
-    is closed (vhost-user has no other way to say no)."""
-
-
-@dataclass
-class VringInfo:
-    """What the front-end told us about one vring.
-
-    The session owns ``kick_fd``/``call_fd``/``err_fd`` (-1: none, or NOFD:
-    poll instead); a device may use them until ``vring_stopped``/``quiesce``
-    but must not close them.  ``addr`` holds QEMU virtual addresses, or IOVAs
-    when VIRTIO_F_IOMMU_PLATFORM was negotiated (translate with the window).
-    """
-
-    index: int
-    num: int = 0
-    base: int = 0  # last_avail_idx the ring starts from (SET_VRING_BASE)
-    addr: VringAddr | None = None
-    kick_fd: int = -1
-    kick_set: bool = False  # SET_VRING_KICK seen (with an fd or NOFD)
-    call_fd: int = -1
-    err_fd: int = -1
-    enabled: bool = False
-    started: bool = False
-
-    def close_fds(self) -> None:
-        for name in ("kick_fd", "call_fd", "err_fd"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-                setattr(self, name, -1)
-
-
-@runtime_checkable
-class BackendDevice(Protocol):
-    """The trait a device implements; every call comes from the control thread.
-
-    Required: ``features``, ``protocol_features``, ``num_queues``,
-    ``set_features``, ``memory_changed``, ``vring_ready``, ``vring_stopped``,
-    ``status_changed``, ``link_changed``, ``quiesce``.  Optional (looked up
-    with getattr): ``get_config(offset, size) -> bytes``,
-    ``set_config(offset, data, flags)``, ``vring_call_changed(index, fd)`` (a
-    started ring got a new call eventfd; the old one is closed after a
-    quiesce), ``iotlb_updated(iova, size)`` (retry
-    parked descriptors), ``iotlb_invalidated(iova, size)`` (unmapped and
-    quiesced), ``set_mtu(mtu)``, ``log_changed(log_mmap_or_None)``,
-    and:
-
-    - ``window_for(iommu: bool) -> Window``: the port's persistent window
-      (kernels hold its ``array`` and tables for the port's whole life).  The
-      session then uses it instead of creating its own: it ``reset``s it on
-      SET_MEM_TABLE and empties it (``unmap_all``) when memory goes (reset,
-      disconnect, IOMMU feature change), and never closes it.
-    - ``wake_fd() -> int`` with ``service(session)``: an eventfd the device's
-      kernels write when they need the control thread (an IOTLB miss to send,
-      ...).  ``BackendServer`` makes it non-blocking, drains it when readable
-      and then calls ``service(session)`` from the control thread, and also
-      calls ``service`` at least every ``BackendServer.POLL`` seconds while a
-      session is live (a lost wake-up only delays).
-    """
-
-    def features(self) -> int:
-        """Virtio feature bits offered (the session adds VHOST_USER_F_PROTOCOL_FEATURES)."""
-
-    def protocol_features(self) -> int:
-        """ProtocolFeature mask offered."""
-
-    def num_queues(self) -> int:
-        """Number of vrings (GET_QUEUE_NUM; vring indices must be below it)."""
-
-    def set_features(self, features: int) -> None:
-        """The negotiated virtio features (may include VHOST_F_LOG_ALL)."""
-
-    def memory_changed(self, window: Window | None) -> None:
-        """A new memory table is in ``window`` (None: memory is gone)."""
-
-    def vring_ready(self, index: int, vring: VringInfo) -> None:
-        """Ring ``index`` started: addr, kick and enable are set."""
-
-    def vring_stopped(self, index: int) -> int:
-        """Ring ``index`` stops; return its last_avail_idx.  Must not return
-        before the lcores stopped touching the ring."""
-
-    def status_changed(self, status: int) -> None:
-        """SET_STATUS (virtio device status byte)."""
-
-    def link_changed(self, up: bool) -> None:
-        """The port's link: up when a ring started or DRIVER_OK, down on stop/disconnect."""
-
-    def quiesce(self) -> None:
-        """Return once every lcore passed a quiescent point; TimeoutError if not in time."""
 
 
 def _map_shared_fd(fd: int, size: int, offset: int, what: str) -> mmap.mmap:
@@ -213,16 +104,13 @@ class BackendSession:
         channel: Channel,
         device: BackendDevice,
         *,
-        window_size: int = DEFAULT_WINDOW_SIZE,
         name: str = "vhost-user",
         history: int = 4096,
     ) -> None:
         self.channel = channel
         self.device = device
         self.name = name
-        self.window_size = window_size
-        self.window: Window | None = None
-        self._owns_window = False  # True: ours to close; False: the device's (window_for)
+        self.window: GuestMemory | None = None  # the device's memory while a table is set
         self.backend_channel: Channel | None = None
         self._backend_lock = threading.Lock()
         self.features = 0  # negotiated (SET_FEATURES)
@@ -394,8 +282,8 @@ class BackendSession:
         return lambda: self._quiesce(why)
 
     def _drop_memory(self, why: str) -> None:
-        """Memory is gone: tell the device, empty the window (rows, quiesce,
-        revoke), close it if it is ours; the device's own window stays open."""
+        """Memory is gone: tell the device, empty its memory (rows, quiesce,
+        revoke); the device keeps it for the next front-end."""
         win = self.window
         if win is None:
             return
@@ -405,18 +293,11 @@ class BackendSession:
             win.unmap_all(quiesce=self._quiescer(why))
         except (OSError, ValueError) as e:
             log.error("%s: emptying the window: %s", self.name, e)
-        if self._owns_window:
-            try:
-                win.close()
-            except OSError as e:
-                log.error("%s: closing the window: %s", self.name, e)
 
     def _drop_log(self) -> None:
         if self.log is not None:
             old, self.log = self.log, None
-            hook = getattr(self.device, "log_changed", None)
-            if hook is not None:
-                self._safe("log_changed", hook, None)
+            self._safe("log_changed", self.device.log_changed, None)
             release_shared(old, -1, f"{self.name}: dirty log")
 
     def _set_log_fd_value(self, fd: int) -> None:
@@ -541,19 +422,12 @@ class BackendSession:
         assert isinstance(table, MemTable)
         iommu = self.iommu
         quiesce = self._quiescer("SET_MEM_TABLE")
-        window_for = getattr(self.device, "window_for", None)
+        new = self.device.memory(iommu)
         win = self.window
-        if window_for is not None:  # the device's persistent window
-            new = window_for(iommu)
-            if win is not None and (win is not new or win.iommu != iommu):
-                self._drop_memory("SET_MEM_TABLE")
-            new.reset(iommu, quiesce=quiesce)
-            self.window, self._owns_window = new, False
-        elif win is None or win.iommu != iommu or not self._owns_window:
+        if win is not None and (win is not new or win.iommu != iommu):
             self._drop_memory("SET_MEM_TABLE")
-            self.window, self._owns_window = Window(self.window_size, iommu=iommu), True
-        else:
-            win.unmap_all(quiesce=quiesce)
+        new.reset(iommu, quiesce=quiesce)
+        self.window = new
         try:
             for region, fd in zip(table.regions, msg.fds):
                 self.window.add_region(fd, region.guest_phys_addr, region.memory_size, region.mmap_offset,
@@ -572,16 +446,12 @@ class BackendSession:
         if iotlb.type == IotlbType.UPDATE:
             self.window.iotlb_update(iotlb.iova, iotlb.size, iotlb.uaddr, iotlb.perm,
                                      quiesce=self._quiescer("IOTLB update (replacing a grant)"))
-            hook = getattr(self.device, "iotlb_updated", None)
-            if hook is not None:
-                hook(iotlb.iova, iotlb.size)
+            self.device.iotlb_updated(iotlb.iova, iotlb.size)
         elif iotlb.type == IotlbType.INVALIDATE:
-            # uaddr/perm are garbage on invalidate (FACTS.md): not checked.
+            # QEMU leaves uaddr/perm uninitialised on invalidate: not checked.
             # The window quiesces between dropping the rows and the unmap.
             self.window.iotlb_invalidate(iotlb.iova, iotlb.size, quiesce=self._quiescer("IOTLB invalidate"))
-            hook = getattr(self.device, "iotlb_invalidated", None)
-            if hook is not None:
-                hook(iotlb.iova, iotlb.size)
+            self.device.iotlb_invalidated(iotlb.iova, iotlb.size)
         else:
             raise HandlerError(f"IOTLB message type {iotlb.type} is not one a front-end sends")
         return U64(0)
@@ -628,9 +498,7 @@ class BackendSession:
         os.close(fd)  # the mapping keeps the log alive
         self._drop_log()
         self.log = new
-        hook = getattr(self.device, "log_changed", None)
-        if hook is not None:
-            hook(new)
+        self.device.log_changed(new)
         return U64(0) if self.protocol_features & ProtocolFeature.LOG_SHMFD.mask else None
 
     def _set_log_fd(self, msg: Message) -> None:
@@ -661,14 +529,12 @@ class BackendSession:
         self._inflight_hook(fd, info)
 
     def _inflight_hook(self, fd: int, info: InflightInfo | None) -> None:
-        """Optional device hook ``inflight_changed(fd, info)``: a region is
-        mapped (the fd stays the session's), or None: it is about to go."""
-        hook = getattr(self.device, "inflight_changed", None)
-        if hook is not None:
-            if info is None:
-                self._safe("inflight_changed", hook, fd, None)
-            else:
-                hook(fd, info)
+        """``device.inflight_changed``: a region is mapped (the fd stays the
+        session's), or None: it is about to go (errors logged, not raised)."""
+        if info is None:
+            self._safe("inflight_changed", self.device.inflight_changed, fd, None)
+        else:
+            self.device.inflight_changed(fd, info)
 
     # ------------------------------------------------------------ vrings
     def _set_vring_num(self, msg: Message) -> None:
@@ -722,9 +588,8 @@ class BackendSession:
     def _set_vring_call(self, msg: Message) -> None:
         ring, fd = self._vring_fd(msg)
         old, ring.call_fd = ring.call_fd, fd
-        hook = getattr(self.device, "vring_call_changed", None)
-        if ring.started and hook is not None:  # kernels switch to the new fd first...
-            self._safe("vring_call_changed", hook, ring.index, fd)
+        if ring.started:  # kernels switch to the new fd first...
+            self._safe("vring_call_changed", self.device.vring_call_changed, ring.index, fd)
         if old >= 0:  # ...and none may still hold the old number when it is closed
             self._quiesce("SET_VRING_CALL")
             os.close(old)
@@ -758,20 +623,16 @@ class BackendSession:
 
     def _net_set_mtu(self, msg: Message) -> None:
         self.mtu = msg.u64
-        hook = getattr(self.device, "set_mtu", None)
-        if hook is not None:
-            hook(self.mtu)
+        self.device.set_mtu(self.mtu)
 
     def _send_rarp(self, msg: Message) -> None:
         self.rarp_mac = bytes(msg.payload[:6])
+        self.device.send_rarp(self.rarp_mac)
 
     def _get_config(self, msg: Message) -> Payload:
         cfg = msg.decode()
         assert isinstance(cfg, Config)
-        hook = getattr(self.device, "get_config", None)
-        if hook is None:
-            raise HandlerError("the device has no config space")
-        data = bytes(hook(cfg.offset, cfg.size))
+        data = bytes(self.device.get_config(cfg.offset, cfg.size))
         if len(data) != cfg.size:
             raise HandlerError(f"device returned {len(data)} config bytes, {cfg.size} asked")
         return Config(cfg.offset, cfg.size, cfg.flags, data)
@@ -779,10 +640,7 @@ class BackendSession:
     def _set_config(self, msg: Message) -> None:
         cfg = msg.decode()
         assert isinstance(cfg, Config)
-        hook = getattr(self.device, "set_config", None)
-        if hook is None:
-            raise HandlerError("the device has no writable config space")
-        hook(cfg.offset, cfg.payload, cfg.flags)
+        self.device.set_config(cfg.offset, cfg.payload, cfg.flags)
 
 
 # ----------------------------------------------------------------------------

@@ -27,7 +27,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from .backend import DEFAULT_WINDOW_SIZE, BackendDevice, BackendSession
+from .backend import BackendSession
+from .device import BackendDevice
 from .codec import Channel
 
 __all__ = ["BackendServer"]
@@ -48,7 +49,7 @@ class _StandbyDevice:
         self.live = False
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._device, name)  # AttributeError for optional hooks the device lacks
+        attr = getattr(self._device, name)  # every hook exists (BackendDevice defaults)
         if self.live or name in _READ_ONLY or not callable(attr):
             return attr
         if name == "quiesce":  # a standby never had lcores on its state: nothing to wait for
@@ -71,8 +72,7 @@ class BackendServer:
     (0.1 s doubling to 1 s), and reconnect the same way after a disconnect.
     ``stop()`` returns within about a second.
 
-    If the device has ``wake_fd()`` and ``service(session)`` (see
-    ``BackendDevice``), a write to the fd runs ``service`` with the live
+    If the device has a wake fd (``BackendDevice.wake_fd``), a write to the fd runs ``service`` with the live
     session promptly (and it runs at least every ``POLL`` seconds anyway);
     exceptions from it are logged.
     """
@@ -85,13 +85,11 @@ class BackendServer:
         device: BackendDevice,
         *,
         client: bool = False,
-        window_size: int = DEFAULT_WINDOW_SIZE,
         name: str | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.device = device
         self.client = client
-        self.window_size = window_size
         self.name = name or f"vhost-user {self.path}"
         self.session: BackendSession | None = None  # the live one
         self.standby: BackendSession | None = None  # connected, negotiating, not yet live
@@ -182,20 +180,19 @@ class BackendServer:
         self._sel.register(sock, selectors.EVENT_READ, "listen")
 
     def _arm_wakeup(self) -> None:
-        """Wait on the device's wake fd with the sockets, if it has one."""
-        wake_fd = getattr(self.device, "wake_fd", None)
-        service = getattr(self.device, "service", None)
-        if wake_fd is None or service is None:
-            return
+        """Wait on the device's wake fd with the sockets, if it has one
+        (``BackendDevice.wake_fd`` >= 0); ``service`` runs on its wake-ups."""
         try:
-            fd = int(wake_fd())
+            fd = int(self.device.wake_fd())
+            if fd < 0:
+                return
             os.set_blocking(fd, False)  # draining must never block the control thread
             assert self._sel is not None
             self._sel.register(fd, selectors.EVENT_READ, "wake")
         except Exception:
             log.exception("%s: device wake fd unusable; serving without it", self.name)
             return
-        self._wake_fd, self._service = fd, service
+        self._wake_fd, self._service = fd, self.device.service
         self._next_service = time.monotonic()
 
     def _teardown(self) -> None:
@@ -280,12 +277,12 @@ class BackendServer:
         self.connections += 1
         name = f"{self.name} #{self.connections}"
         if self.session is None:
-            session = BackendSession(ch, self.device, window_size=self.window_size, name=name)
+            session = BackendSession(ch, self.device, name=name)
             self._make_live(session)
             log.info("%s: front-end connected (#%d)", self.name, self.connections)
         elif self.standby is None:
             proxy = _StandbyDevice(self.device, lambda: self._claim(session))
-            session = BackendSession(ch, proxy, window_size=self.window_size, name=name)  # type: ignore[arg-type]
+            session = BackendSession(ch, proxy, name=name)  # type: ignore[arg-type]
             self.standby = session
             self._watch(session, "standby")
             log.info("%s: front-end #%d connected while #%d is live: standby until it configures the device",

@@ -105,7 +105,7 @@ def unlink(im, base, head):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def set_used_idx(im, base, used_idx):
+def set_inflight_used_idx(im, base, used_idx):
     """Every flag of the published batch is cleared: used_idx catches up."""
     store_release(im.u16, (base + IF_USED_IDX) >> 1, np.uint16(used_idx & 0xFFFF))
 

@@ -8,7 +8,7 @@ seq_cst fence and a re-read of avail idx.  The fence pairs with the one
 VM1's driver issues between publishing avail idx and reading the flag /
 avail_event (``virtio_user_pmd.vq._post``, Linux's virtqueue_kick_prepare):
 either VM1 sees the ring armed and kicks, or we see its new entries here
-and do not sleep.  Without both fences a wake-up can be lost (FACTS.md).
+and do not sleep.  Without both fences a wake-up can be lost (both fences were needed in testing).
 
 Every write into VM1 memory (used flags, avail_event) is logged for
 migration (``vq._log``).
@@ -18,10 +18,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..atomics import fence, load_acquire, store_release
+from ..atomics import fence, load_acquire
 from ..burst import register_intr
-from ..virtio.split import VRING_USED_F_NO_NOTIFY
-from .vq import VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_READY, VQ_USED, VhostPciState, _log, _ring_offsets
+from ..virtio.split import USED_FLAGS, VRING_USED_F_NO_NOTIFY, avail_event_at, avail_idx, set_avail_event, set_used_flags
+from .state import VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_READY, VQ_USED, VhostPciState
+from .vq import _log, _ring_offsets
 
 # With EVENT_IDX, disarming parks avail_event this far ahead of last_avail
 # (VM1 would kick once per 32768 posts at most, as vq._begin never moves it).
@@ -51,14 +52,13 @@ def vhost_pci_arm(st, q):
     m = st.mem
     ring = st.vq[v, VQ_USED]  # guest address, for the dirty log
     last = st.vq[v, VQ_LAST_AVAIL]
-    store_release(m.u16, used >> 1, np.uint16(0))  # flags: clear NO_NOTIFY
-    _log(st, v, ring, 2)
+    set_used_flags(m, used, 0)  # clear NO_NOTIFY
+    _log(st, v, ring + USED_FLAGS, 2)
     if st.vq[v, VQ_EVENT_IDX] != 0:
-        store_release(m.u16, (used + 4 + 8 * num) >> 1, np.uint16(last & 0xFFFF))  # avail_event
-        _log(st, v, ring + 4 + 8 * num, 2)
+        set_avail_event(m, used, num, last)
+        _log(st, v, ring + avail_event_at(num), 2)
     fence()  # pairs with VM1's fence between avail idx and reading flags/avail_event
-    avail_idx = np.int64(load_acquire(m.u16, (avail + 2) >> 1))
-    return (avail_idx - last) & 0xFFFF
+    return (avail_idx(m, avail) - last) & 0xFFFF
 
 
 @njit(nogil=True, cache=True)
@@ -70,12 +70,11 @@ def vhost_pci_disarm(st, q):
         return
     m = st.mem
     ring = st.vq[v, VQ_USED]
-    store_release(m.u16, used >> 1, np.uint16(VRING_USED_F_NO_NOTIFY))
-    _log(st, v, ring, 2)
+    set_used_flags(m, used, VRING_USED_F_NO_NOTIFY)
+    _log(st, v, ring + USED_FLAGS, 2)
     if st.vq[v, VQ_EVENT_IDX] != 0:
-        park = (st.vq[v, VQ_LAST_AVAIL] + _PARK) & 0xFFFF
-        store_release(m.u16, (used + 4 + 8 * num) >> 1, np.uint16(park))
-        _log(st, v, ring + 4 + 8 * num, 2)
+        set_avail_event(m, used, num, st.vq[v, VQ_LAST_AVAIL] + _PARK)
+        _log(st, v, ring + avail_event_at(num), 2)
 
 
 register_intr(VhostPciState, vhost_pci_arm, vhost_pci_disarm)

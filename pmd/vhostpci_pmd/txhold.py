@@ -26,7 +26,8 @@ from ..atomics import load_acquire
 from ..burst import register_burst, register_tx_flush
 from ..ethdev import ST_OERRORS
 from ..mbuf import free_bulk
-from .vq import VQ_HELD, VQ_READY, XS_HELD, XS_IOTLB_MISS, VhostPciState, enqueue, vhost_pci_rx
+from .state import VQ_HELD, VQ_READY, XS_HELD, XS_IOTLB_MISS, VhostPciState
+from .vq import enqueue, vhost_pci_rx
 
 HOLD_CAP = 512  # packets per transmit queue (a couple of bursts per miss round trip)
 

@@ -34,83 +34,35 @@ a batch, so VM1 never sees part of one.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
-from ..atomics import fence, load_acquire, memcpy, store_release
+from ..atomics import fence, load_acquire, memcpy
 from ..ethdev import (
     ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF,
 )
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
 from ..syscalls import eventfd_signal
-from ..virtio.split import (
-    DESC_SIZE, NET_HDR_LEN, NET_HDR_NUM_BUFFERS, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, Mem, avail_entry, desc_addr, desc_flags, desc_len,
-    desc_next, set_used_entry, used_entry_id,
-)
+from ..virtio.features import MAX_VRING_SIZE, NET_HDR_LEN, NET_HDR_NUM_BUFFERS
+from ..virtio.split import DESC_SIZE, USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, avail_idx, desc_addr, desc_flags, desc_len, desc_next, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
 from .dirty_log import log_write
+from .iotlb import BUF_MISS, buffer_offset, park_on_miss
 from .inflight import (
-    RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, mark_delivered, set_used_idx, source,
+    RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, mark_delivered, set_inflight_used_idx, source,
     source_fields, take, unlink,
 )
 from ..guestmem.translate import translate
+from .state import (
+    PORT_INFLIGHT, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU,
+    VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PENDING, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC,
+    XS_BAD_RING, XS_CALLS, XS_MERGED, XS_ROLLED_FORWARD, XS_TOO_BIG,
+)
 
-# vq control columns
-VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_CALL_FD = range(8)
-VQ_HDR_LEN, VQ_IOMMU, VQ_MISS_PENDING, VQ_MISS_IOVA, VQ_MISS_WRITE, VQ_MRG, VQ_EVENT_IDX = range(8, 15)
-# inflight tracking: the vring's area in the region (-1: off), the next counter,
-# heads taken by the last burst and not yet published, heads to resubmit
-VQ_IF_BASE, VQ_IF_COUNTER, VQ_PENDING, VQ_RESUB_N, VQ_RESUB_POS = range(15, 20)
-VQ_HELD = 20  # receive rings: packets in the port's hold queue (txhold.py)
-N_VQ = 24
-
-# extended per-vring counters
-(XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,
- XS_ROLLED_FORWARD, XS_HELD) = range(10)
-N_XSTATS = 10
-XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls", "merged_rx_buffers",
-               "inflight_resubmitted", "inflight_repaired", "inflight_rolled_forward", "tx_held_on_miss")
-
-# wake-up control (state.ctl); CTL_INFLIGHT: 1 while an inflight region is mapped
-CTL_WAKE_FD, CTL_INFLIGHT = 0, 1
-
-# results of a chain walk (>= 0: bytes)
-R_BAD, R_MISS, R_TOO_BIG = -1, -2, -3
-
-
-class VhostPciState(NamedTuple):
-    mem: Mem  # the window
-    table: np.ndarray  # window translation table
-    tcount: np.ndarray
-    gtable: np.ndarray  # iova -> gpa (dirty log)
-    gcount: np.ndarray
-    logctl: np.ndarray  # dirty log control (dirty_log.py)
-    vq: np.ndarray  # (nb_vrings, N_VQ) int64
-    xstats: np.ndarray  # (nb_vrings, N_XSTATS) int64
-    stats: np.ndarray  # (nb_queue_pairs, N_STATS) int64
-    ctl: np.ndarray  # int64[8]
-    port_id: int
-    inflight: Mem  # the inflight region (inflight.py), mapped while set
-    resub: np.ndarray  # (nb_vrings, 32768) uint16: heads to resubmit, [VQ_RESUB_POS, VQ_RESUB_N)
-    src: np.ndarray  # uint64[MAX_TRACKED_MBUFS]: by mbuf index, where dequeue took it (inflight.source)
-    hold: np.ndarray  # (nb_queue_pairs, HOLD_CAP) int64: mbufs held on a miss, [0, vq[2q, VQ_HELD]) (txhold.py)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def _miss(st, v, iova, write):
-    """Park on an unmapped address: ask the control thread for a MISS (once
-    until it is answered)."""
-    st.xstats[v, XS_IOTLB_MISS] += 1
-    if load_acquire(st.vq[v], VQ_MISS_PENDING) == 0:
-        st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
-        st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
-        store_release(st.vq[v], VQ_MISS_PENDING, 1)
-        fd = st.ctl[CTL_WAKE_FD]
-        if fd >= 0:
-            eventfd_signal(fd)
-
+# Chain results (>= 0: bytes moved); CHAIN_MISS is iotlb.BUF_MISS: parked
+CHAIN_BAD, CHAIN_MISS, CHAIN_TOO_BIG = -1, BUF_MISS, -3
+# What became of one packet in enqueue
+PKT_SENT, PKT_WAIT, PKT_DROPPED = 0, 1, 2
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _log(st, v, addr, length):
@@ -123,42 +75,22 @@ def _ring_offsets(st, v, num):
     """Window offsets of the three ring parts, or (-1, ...) after counting
     the problem (a miss with an IOMMU, a bad ring without)."""
     row = st.vq[v]
-    desc = translate(st.table, st.tcount, row[VQ_DESC], 16 * num, False)
-    avail = translate(st.table, st.tcount, row[VQ_AVAIL], 6 + 2 * num, False)
-    used = translate(st.table, st.tcount, row[VQ_USED], 6 + 8 * num, True)
+    desc_size, avail_size, used_size = ring_sizes(num)
+    desc = translate(st.table, st.tcount, row[VQ_DESC], desc_size, False)
+    avail = translate(st.table, st.tcount, row[VQ_AVAIL], avail_size, False)
+    used = translate(st.table, st.tcount, row[VQ_USED], used_size, True)
     if desc >= 0 and avail >= 0 and used >= 0:
         return desc, avail, used
     if row[VQ_IOMMU] != 0:
         if desc < 0:
-            _miss(st, v, row[VQ_DESC], False)
+            park_on_miss(st, v, row[VQ_DESC], False)
         elif avail < 0:
-            _miss(st, v, row[VQ_AVAIL], False)
+            park_on_miss(st, v, row[VQ_AVAIL], False)
         else:
-            _miss(st, v, row[VQ_USED], True)
+            park_on_miss(st, v, row[VQ_USED], True)
     else:
         st.xstats[v, XS_BAD_RING] += 1
     return np.int64(-1), np.int64(-1), np.int64(-1)
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _buffer(st, v, addr, length, write):
-    """Window offset of one descriptor's buffer; on failure raise the miss
-    (IOMMU) and return R_MISS, or return R_BAD."""
-    off = translate(st.table, st.tcount, addr, length, write)
-    if off >= 0:
-        return off
-    if st.vq[v, VQ_IOMMU] != 0:
-        # ask for the first page of the buffer that is missing (a buffer
-        # across pages: its first page may be granted already)
-        a = np.int64(addr)
-        nxt = (a | np.int64(4095)) + 1
-        end = a + np.int64(length)
-        while nxt < end and translate(st.table, st.tcount, a, 1, write) >= 0:
-            a = nxt
-            nxt += 4096
-        _miss(st, v, a, write)
-        return np.int64(R_MISS)
-    return np.int64(R_BAD)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -167,16 +99,16 @@ def _resolve(st, v, desc, num, head):
     the ring's own table or an indirect one (2.7.5.3); ``(R_*, 0, 0)`` if bad."""
     m = st.mem
     if head >= num:
-        return np.int64(R_BAD), np.int64(0), np.int64(0)
+        return np.int64(CHAIN_BAD), np.int64(0), np.int64(0)
     flags = desc_flags(m, desc, head)
     if not flags & VRING_DESC_F_INDIRECT:
         return desc, num, head
     ln = desc_len(m, desc, head)
-    if flags & VRING_DESC_F_NEXT or ln == 0 or ln % DESC_SIZE or ln > DESC_SIZE * 32768:
-        return np.int64(R_BAD), np.int64(0), np.int64(0)
-    off = _buffer(st, v, desc_addr(m, desc, head), ln, False)
+    if flags & VRING_DESC_F_NEXT or ln == 0 or ln % DESC_SIZE or ln > DESC_SIZE * MAX_VRING_SIZE:
+        return np.int64(CHAIN_BAD), np.int64(0), np.int64(0)
+    off = buffer_offset(st, v, desc_addr(m, desc, head), ln, False)
     if off < 0 or off % DESC_SIZE:
-        return np.int64(R_BAD if off >= 0 else off), np.int64(0), np.int64(0)
+        return np.int64(CHAIN_BAD if off >= 0 else off), np.int64(0), np.int64(0)
     return off, ln // DESC_SIZE, np.int64(0)
 
 
@@ -206,13 +138,13 @@ def _copy_chain_out(st, v, tbl, n, first, pool, mbuf, room):
     ol = np.uint64(0)
     for _hop in range(n):
         if i >= n:
-            return R_BAD
+            return CHAIN_BAD
         flags = desc_flags(m, tbl, i)
         if flags & (VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT):
-            return R_BAD
+            return CHAIN_BAD
         ln = desc_len(m, tbl, i)
         if ln > 0:
-            off = _buffer(st, v, desc_addr(m, tbl, i), ln, False)
+            off = buffer_offset(st, v, desc_addr(m, tbl, i), ln, False)
             if off < 0:
                 return off
             k = np.int64(0)
@@ -233,14 +165,14 @@ def _copy_chain_out(st, v, tbl, n, first, pool, mbuf, room):
             rest = ln - k
             if rest > 0:
                 if total + rest > room:
-                    return R_TOO_BIG
+                    return CHAIN_TOO_BIG
                 memcpy(pool.data, dst + total, m.u8, off + k, rest)
                 total += rest
         if not flags & VRING_DESC_F_NEXT:
             pool.ol_flags[mbuf] = ol
             return total
         i = desc_next(m, tbl, i)
-    return R_BAD  # longer than its table: a loop
+    return CHAIN_BAD  # longer than its table: a loop
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -256,13 +188,13 @@ def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_lo, off_h
     i = first
     for _hop in range(n):
         if i >= n:
-            return np.int64(R_BAD), off_lo, off_hi
+            return np.int64(CHAIN_BAD), off_lo, off_hi
         flags = desc_flags(m, tbl, i)
         if flags & VRING_DESC_F_INDIRECT or not flags & VRING_DESC_F_WRITE:
-            return np.int64(R_BAD), off_lo, off_hi
+            return np.int64(CHAIN_BAD), off_lo, off_hi
         w = min(desc_len(m, tbl, i), need - done)
         if w > 0:
-            off = _buffer(st, v, desc_addr(m, tbl, i), w, True)
+            off = buffer_offset(st, v, desc_addr(m, tbl, i), w, True)
             if off < 0:
                 return off, off_lo, off_hi
             k = np.int64(0)
@@ -294,7 +226,7 @@ def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_lo, off_h
         if done == need or not flags & VRING_DESC_F_NEXT:
             return done, off_lo, off_hi
         i = desc_next(m, tbl, i)
-    return np.int64(R_BAD), off_lo, off_hi
+    return np.int64(CHAIN_BAD), off_lo, off_hi
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -306,22 +238,21 @@ def _publish(st, v, used, old_used, used_idx, avail, num):
     first = old_used & (num - 1)
     count = (used_idx - old_used) & 0xFFFF
     if first + count <= num:
-        _log(st, v, ring + 4 + 8 * first, 8 * count)
+        _log(st, v, ring + used_elem_at(first), USED_ELEM_SIZE * count)
     else:
-        _log(st, v, ring + 4 + 8 * first, 8 * (num - first))
-        _log(st, v, ring + 4, 8 * (first + count - num))
-    store_release(m.u16, (used + 2) >> 1, np.uint16(used_idx & 0xFFFF))
-    _log(st, v, ring + 2, 2)
+        _log(st, v, ring + used_elem_at(first), USED_ELEM_SIZE * (num - first))
+        _log(st, v, ring + used_elem_at(0), USED_ELEM_SIZE * (first + count - num))
+    set_used_idx(m, used, used_idx)
+    _log(st, v, ring + USED_IDX, 2)
     st.vq[v, VQ_LAST_USED] = used_idx & 0xFFFF
     fd = st.vq[v, VQ_CALL_FD]
     if fd < 0:
         return
     fence()  # the driver re-checks used idx after arming; see FACTS.md (lost wake-ups)
     if st.vq[v, VQ_EVENT_IDX] != 0:
-        event = np.int64(load_acquire(m.u16, (avail + 4 + 2 * num) >> 1))
-        want = ((used_idx - event - 1) & 0xFFFF) < ((used_idx - old_used) & 0xFFFF)
+        want = vring_need_event(used_event(m, avail, num), used_idx, old_used)
     else:
-        want = not load_acquire(m.u16, avail >> 1) & VRING_AVAIL_F_NO_INTERRUPT
+        want = not avail_flags(m, avail) & VRING_AVAIL_F_NO_INTERRUPT
     if want:
         eventfd_signal(fd)
         st.xstats[v, XS_CALLS] += 1
@@ -337,11 +268,10 @@ def _begin(st, v):
     if desc < 0:
         return 0, 0, 0, 0, 0
     m = st.mem
-    if m.u16[used >> 1] != VRING_USED_F_NO_NOTIFY:
-        m.u16[used >> 1] = VRING_USED_F_NO_NOTIFY  # we poll: no kicks needed
-        _log(st, v, st.vq[v, VQ_USED], 2)
-    avail_idx = np.int64(load_acquire(m.u16, (avail + 2) >> 1))
-    n = (avail_idx - st.vq[v, VQ_LAST_AVAIL]) & 0xFFFF
+    if used_flags(m, used) != VRING_USED_F_NO_NOTIFY:
+        set_used_flags(m, used, VRING_USED_F_NO_NOTIFY)  # we poll: no kicks needed
+        _log(st, v, st.vq[v, VQ_USED] + USED_FLAGS, 2)
+    n = (avail_idx(m, avail) - st.vq[v, VQ_LAST_AVAIL]) & 0xFFFF
     if n > num:  # the driver claims more than the ring holds
         st.xstats[v, XS_BAD_RING] += 1
         return 0, 0, 0, 0, 0
@@ -370,7 +300,7 @@ def _complete_pending(st, v, num, avail, used, ibase):
         head = np.int64(used_entry_id(m, used, (old_used + s) & mask))
         if head < num:
             unlink(im, ibase, head)
-    set_used_idx(im, ibase, old_used + p)
+    set_inflight_used_idx(im, ibase, old_used + p)
     st.vq[v, VQ_PENDING] = 0
 
 
@@ -416,7 +346,7 @@ def dequeue(st, v, q, pool, bufs, nb):
         i = bufs[got]
         tbl, tn, first = _resolve(st, v, desc, num, head)
         res = tbl if tbl < 0 else _copy_chain_out(st, v, tbl, tn, first, pool, i, room)
-        if res == R_MISS:
+        if res == CHAIN_MISS:
             break  # parked: retried once the grant arrives
         set_used_entry(m, used, used_idx & mask, head, 0)
         if ibase >= 0 and head < num:
@@ -431,7 +361,7 @@ def dequeue(st, v, q, pool, bufs, nb):
         used_idx += 1
         taken += 1
         if res < 0:
-            st.xstats[v, XS_TOO_BIG if res == R_TOO_BIG else XS_BAD_DESC] += 1
+            st.xstats[v, XS_TOO_BIG if res == CHAIN_TOO_BIG else XS_BAD_DESC] += 1
             st.stats[q, ST_IERRORS] += 1
             continue
         pool.data_len[i] = res
@@ -521,25 +451,25 @@ def enqueue(st, v, q, pool, bufs, nb):
         off_hi = np.int64(-1)
         start_consumed = consumed
         start_used = used_idx
-        status = 0  # 0 ok, 1 stop (ring empty or miss), 2 drop
+        status = PKT_SENT
         while done < need:
             if consumed >= n_avail:
-                status = 1
+                status = PKT_WAIT
                 break
             head = avail_entry(m, avail, (last + consumed) & mask)
             tbl, tn, first = _resolve(st, v, desc, num, head)
             res = tbl
             if tbl >= 0:
                 res, off_lo, off_hi = _fill_chain(st, v, tbl, tn, first, pool, src, ln, ol, done, off_lo, off_hi)
-            if res == R_MISS:
-                status = 1
+            if res == CHAIN_MISS:
+                status = PKT_WAIT
                 break
             consumed += 1
             if res < 0:
                 set_used_entry(m, used, used_idx & mask, head, 0)
                 used_idx += 1
                 st.xstats[v, XS_BAD_DESC] += 1
-                status = 2
+                status = PKT_DROPPED
                 break
             set_used_entry(m, used, used_idx & mask, head, res - done)
             used_idx += 1
@@ -547,14 +477,14 @@ def enqueue(st, v, q, pool, bufs, nb):
             done = res
             if done < need and not mrg:
                 st.xstats[v, XS_TOO_BIG] += 1
-                status = 2
+                status = PKT_DROPPED
                 break
-        if status == 1:
+        if status == PKT_WAIT:
             consumed = start_consumed  # the chains it began stay available
             used_idx = start_used
             break
         taken += 1
-        if status == 2:  # every chain this packet touched goes back empty
+        if status == PKT_DROPPED:  # every chain this packet touched goes back empty
             for s in range(start_used, used_idx):
                 set_used_entry(m, used, s & mask, used_entry_id(m, used, s & mask), 0)
             st.stats[q, ST_OERRORS] += 1
@@ -566,7 +496,7 @@ def enqueue(st, v, q, pool, bufs, nb):
         sent += 1
         nbytes += ln
     if consumed:
-        if st.ctl[CTL_INFLIGHT] != 0:
+        if st.ctl[PORT_INFLIGHT] != 0:
             for k in range(taken):
                 _commit(st, v, pool, bufs[k], used_idx)
         st.vq[v, VQ_LAST_AVAIL] = (last + consumed) & 0xFFFF

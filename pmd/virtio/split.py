@@ -1,8 +1,8 @@
 """The split virtqueue as it lies in guest memory (virtio 1.2, 2.7).
 
 One place for the layout: kernels on both sides read and write rings through
-``Mem``, four typed views of the same byte area (a window), indexed with
-byte offsets shifted by the element size.  Ring bases are aligned as the
+these accessors over ``pmd.guestmem.views.Mem`` (typed views of a window),
+indexed with byte offsets shifted by the element size.  Ring bases are aligned as the
 spec requires (descriptor table 16, available ring 2, used ring 4), so the
 shifted indices are exact; the control code checks the alignment before a
 ring is used.
@@ -13,10 +13,10 @@ ring is used.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from numba import njit
+
+from ..atomics import load_acquire, store_release
 
 # Descriptor flags (2.7.5)
 VRING_DESC_F_NEXT = 1
@@ -29,52 +29,110 @@ VRING_AVAIL_F_NO_INTERRUPT = 1
 DESC_SIZE = 16
 DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN = 16, 2, 4
 
-# Feature bits (virtio 1.2, 5.1.3 and 6)
-VIRTIO_NET_F_CSUM = 0
-VIRTIO_NET_F_MAC = 5
-VIRTIO_NET_F_MRG_RXBUF = 15
-VIRTIO_NET_F_STATUS = 16
-VIRTIO_NET_F_CTRL_VQ = 17
-VIRTIO_NET_F_MQ = 22
-VIRTIO_F_ANY_LAYOUT = 27
-VIRTIO_RING_F_INDIRECT_DESC = 28
-VIRTIO_RING_F_EVENT_IDX = 29
-VIRTIO_F_VERSION_1 = 32
-VIRTIO_F_IOMMU_PLATFORM = 33
+DESC_SIZE = 16
+DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN = 16, 2, 4
+USED_ELEM_SIZE = 8
 
-# struct virtio_net_hdr: 10 bytes, 12 with num_buffers (VERSION_1 or MRG_RXBUF)
-NET_HDR_LEN_LEGACY = 10
-NET_HDR_LEN = 12
-NET_HDR_NUM_BUFFERS = 10  # offset of the u16 num_buffers
+# Byte offsets of the fields inside each ring part (used by kernels and by
+# the dirty log, which needs the guest address of every field written).
+AVAIL_FLAGS, AVAIL_IDX, AVAIL_RING = 0, 2, 4
+USED_FLAGS, USED_IDX, USED_RING = 0, 2, 4
 
 
-def net_hdr_len(features: int) -> int:
-    """Length of the virtio-net header the negotiated ``features`` imply."""
-    if features & ((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF)):
-        return NET_HDR_LEN
-    return NET_HDR_LEN_LEGACY
-
-
-def ring_sizes(num: int) -> tuple[int, int, int]:
+@njit(nogil=True, cache=True, _nrt=False)
+def ring_sizes(num):
     """Bytes of the descriptor table, available ring and used ring for ``num`` entries
     (event-idx fields included)."""
-    return DESC_SIZE * num, 6 + 2 * num, 6 + 8 * num
+    return DESC_SIZE * num, 6 + 2 * num, 6 + USED_ELEM_SIZE * num
 
 
-class Mem(NamedTuple):
-    """Typed views of one byte area; offsets are byte offsets into ``u8``."""
-
-    u8: np.ndarray
-    u16: np.ndarray
-    u32: np.ndarray
-    u64: np.ndarray
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def used_event_at(num):
+    """Offset of used_event in the available ring (after ring[num])."""
+    return AVAIL_RING + 2 * num
 
 
-def mem_views(area: np.ndarray) -> Mem:
-    """Four views of ``area`` (uint8, length a multiple of 8)."""
-    return Mem(area, area.view(np.uint16), area.view(np.uint32), area.view(np.uint64))
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def avail_event_at(num):
+    """Offset of avail_event in the used ring (after ring[num])."""
+    return USED_RING + USED_ELEM_SIZE * num
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def used_elem_at(slot):
+    """Offset of used ring element ``slot`` in the used ring."""
+    return USED_RING + USED_ELEM_SIZE * slot
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def vring_need_event(event, new, old):
+    """virtio 1.2, 2.7.10: with EVENT_IDX, notify when moving an index from
+    ``old`` to ``new`` crossed ``event`` (all u16, wrapping)."""
+    return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+
+
+# ---- indices, flags and event fields: acquire loads / release stores ------
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def avail_idx(m, avail):
+    return np.int64(load_acquire(m.u16, (avail + AVAIL_IDX) >> 1))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def set_avail_idx(m, avail, idx):
+    store_release(m.u16, (avail + AVAIL_IDX) >> 1, np.uint16(idx & 0xFFFF))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def avail_flags(m, avail):
+    return np.int64(load_acquire(m.u16, (avail + AVAIL_FLAGS) >> 1))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def set_avail_flags(m, avail, flags):
+    store_release(m.u16, (avail + AVAIL_FLAGS) >> 1, np.uint16(flags))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def used_event(m, avail, num):
+    return np.int64(load_acquire(m.u16, (avail + used_event_at(num)) >> 1))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def set_used_event(m, avail, num, idx):
+    store_release(m.u16, (avail + used_event_at(num)) >> 1, np.uint16(idx & 0xFFFF))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def used_idx(m, used):
+    return np.int64(load_acquire(m.u16, (used + USED_IDX) >> 1))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def set_used_idx(m, used, idx):
+    store_release(m.u16, (used + USED_IDX) >> 1, np.uint16(idx & 0xFFFF))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def used_flags(m, used):
+    return np.int64(load_acquire(m.u16, (used + USED_FLAGS) >> 1))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def set_used_flags(m, used, flags):
+    store_release(m.u16, (used + USED_FLAGS) >> 1, np.uint16(flags))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def avail_event(m, used, num):
+    return np.int64(load_acquire(m.u16, (used + avail_event_at(num)) >> 1))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def set_avail_event(m, used, num, idx):
+    store_release(m.u16, (used + avail_event_at(num)) >> 1, np.uint16(idx & 0xFFFF))
+
+
+# ---- descriptors and ring entries: plain accesses ------------------------
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def desc_addr(m, desc, i):
     return m.u64[(desc + DESC_SIZE * i) >> 3]
@@ -107,25 +165,25 @@ def set_desc(m, desc, i, addr, length, flags, nxt):
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def avail_entry(m, avail, slot):
     """Head index in available-ring slot ``slot`` (already masked)."""
-    return np.int64(m.u16[(avail + 4 + 2 * slot) >> 1])
+    return np.int64(m.u16[(avail + AVAIL_RING + 2 * slot) >> 1])
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def set_avail_entry(m, avail, slot, head):
-    m.u16[(avail + 4 + 2 * slot) >> 1] = np.uint16(head)
+    m.u16[(avail + AVAIL_RING + 2 * slot) >> 1] = np.uint16(head)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def used_entry_id(m, used, slot):
-    return np.int64(m.u32[(used + 4 + 8 * slot) >> 2])
+    return np.int64(m.u32[(used + used_elem_at(slot)) >> 2])
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def used_entry_len(m, used, slot):
-    return np.int64(m.u32[(used + 8 + 8 * slot) >> 2])
+    return np.int64(m.u32[(used + used_elem_at(slot) + 4) >> 2])
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def set_used_entry(m, used, slot, head, length):
-    m.u32[(used + 4 + 8 * slot) >> 2] = np.uint32(head)
-    m.u32[(used + 8 + 8 * slot) >> 2] = np.uint32(length)
+    m.u32[(used + used_elem_at(slot)) >> 2] = np.uint32(head)
+    m.u32[(used + used_elem_at(slot) + 4) >> 2] = np.uint32(length)

@@ -42,10 +42,9 @@ from ..vhost_user.messages import (
     VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, InflightInfo, IotlbPerm, ProtocolFeature,
 )
 from ..guestmem.window import Window
-from ..virtio.split import (
-    VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, mem_views, net_hdr_len,
-)
+from ..guestmem.views import mem_views
+from ..virtio.features import VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, net_hdr_len
+from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT
 from .guest_memory import PAGE_SIZE, GuestMemory
 from .layout import DEFAULT_MEM, Placer, parse_mem
 from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ..units import SIZE_PATTERN, size_bytes
+from ..virtio.split import ring_sizes
 from .guest_memory import PAGE_SIZE
 
 DEFAULT_MEM = "32M@0/32M@0x100000000"
@@ -72,8 +73,9 @@ class Placer:
         raise ValueError(f"guest memory too small: no room for {size:#x} more bytes (enlarge mem=)")
 
     def ring(self, num: int, stride: int) -> RingPlace:
-        desc = self.take(_page_up(16 * num) + _page_up(6 + 2 * num) + _page_up(6 + 8 * num), high=False)
-        avail = desc + _page_up(16 * num)
-        used = avail + _page_up(6 + 2 * num)
+        desc_size, avail_size, used_size = ring_sizes(num)
+        desc = self.take(_page_up(desc_size) + _page_up(avail_size) + _page_up(used_size), high=False)
+        avail = desc + _page_up(desc_size)
+        used = avail + _page_up(avail_size)
         buf = self.take(stride * num, high=True)
-        return RingPlace(desc, avail, used, used, used + _page_up(6 + 8 * num), buf, stride, num)
+        return RingPlace(desc, avail, used, used, used + _page_up(used_size), buf, stride, num)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..atomics import fence, load_acquire, store_release
+from ..atomics import fence, load_acquire
 from ..burst import register_intr
-from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT
+from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT, avail_flags, set_avail_flags, set_used_event, used_idx
 from .vq import (
     VQ_AVAIL, VQ_DONE_TAIL, VQ_EVENT_IDX, VQ_FREED, VQ_LAST_USED, VQ_NUM, VQ_POSTED, VQ_READY, VQ_STAGE_TAIL,
     VQ_TRANSIENT, VQ_USED, VirtioUserState,
@@ -49,13 +49,11 @@ def virtio_user_arm(st, q):
     num = row[VQ_NUM]
     avail = row[VQ_AVAIL]
     last = row[VQ_LAST_USED]
-    flags = m.u16[avail >> 1]
-    store_release(m.u16, avail >> 1, np.uint16(flags & ~VRING_AVAIL_F_NO_INTERRUPT))
+    set_avail_flags(m, avail, avail_flags(m, avail) & ~VRING_AVAIL_F_NO_INTERRUPT)
     if row[VQ_EVENT_IDX] != 0:
-        store_release(m.u16, (avail + 4 + 2 * num) >> 1, np.uint16(last & 0xFFFF))  # used_event
+        set_used_event(m, avail, num, last)
     fence()  # pairs with the device's fence in _publish
-    used_idx = np.int64(load_acquire(m.u16, (row[VQ_USED] + 2) >> 1))
-    return (used_idx - last) & 0xFFFF
+    return (used_idx(m, row[VQ_USED]) - last) & 0xFFFF
 
 
 @njit(nogil=True, cache=True)
@@ -67,10 +65,9 @@ def virtio_user_disarm(st, q):
         return
     m = st.mem
     avail = row[VQ_AVAIL]
-    store_release(m.u16, avail >> 1, np.uint16(m.u16[avail >> 1] | VRING_AVAIL_F_NO_INTERRUPT))
+    set_avail_flags(m, avail, avail_flags(m, avail) | VRING_AVAIL_F_NO_INTERRUPT)
     if row[VQ_EVENT_IDX] != 0:
-        park = (row[VQ_LAST_USED] + _PARK) & 0xFFFF
-        store_release(m.u16, (avail + 4 + 2 * row[VQ_NUM]) >> 1, np.uint16(park))
+        set_used_event(m, avail, row[VQ_NUM], row[VQ_LAST_USED] + _PARK)
 
 
 register_intr(VirtioUserState, virtio_user_arm, virtio_user_disarm)

@@ -29,10 +29,9 @@ from ..ethdev import (
 )
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
 from ..syscalls import eventfd_signal
-from ..virtio.split import (
-    NET_HDR_NUM_BUFFERS, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, Mem, set_avail_entry, set_desc, used_entry_id,
-    used_entry_len,
-)
+from ..guestmem.views import Mem
+from ..virtio.features import NET_HDR_NUM_BUFFERS
+from ..virtio.split import VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, avail_event, set_avail_entry, set_avail_idx, set_desc, set_used_event, used_entry_id, used_entry_len, used_flags, used_idx, vring_need_event
 
 # vq control columns
 (VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_BUF, VQ_STRIDE, VQ_IOVA_DELTA, VQ_HDR_LEN, VQ_KICK_FD,
@@ -142,16 +141,14 @@ def _post(st, v):
         p += 1
     row[VQ_POSTED] = p
     row[VQ_AVAIL_IDX] = idx
-    store_release(m.u16, (avail + 2) >> 1, np.uint16(idx & 0xFFFF))
+    set_avail_idx(m, avail, idx)
     fd = row[VQ_KICK_FD]
     if fd >= 0:
         fence()  # pairs with the device's fence after arming notifications
         if row[VQ_EVENT_IDX] != 0:  # kick only if avail_event was crossed (2.7.10)
-            event = np.int64(load_acquire(m.u16, (row[VQ_USED] + 4 + 8 * num) >> 1))
-            old = row[VQ_AVAIL_IDX] - (upto - p0)
-            want = ((idx - event - 1) & 0xFFFF) < ((idx - old) & 0xFFFF)
+            want = vring_need_event(avail_event(m, row[VQ_USED], num), idx, idx - (upto - p0))
         else:
-            want = not load_acquire(m.u16, row[VQ_USED] >> 1) & VRING_USED_F_NO_NOTIFY
+            want = not used_flags(m, row[VQ_USED]) & VRING_USED_F_NO_NOTIFY
         if want:
             eventfd_signal(fd)
             st.xstats[v, XS_KICKS] += 1
@@ -164,7 +161,7 @@ def _no_calls(st, v, last_used):
     does the same without EVENT_IDX)."""
     row = st.vq[v]
     if row[VQ_EVENT_IDX] != 0:
-        st.mem.u16[(row[VQ_AVAIL] + 4 + 2 * row[VQ_NUM]) >> 1] = np.uint16((last_used + 0x8000) & 0xFFFF)
+        set_used_event(st.mem, row[VQ_AVAIL], row[VQ_NUM], last_used + 0x8000)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -180,9 +177,9 @@ def xmit(st, v, q, pool, bufs, nb):
         return 0
     m = st.mem
     num = row[VQ_NUM]
-    used_idx = np.int64(load_acquire(m.u16, (row[VQ_USED] + 2) >> 1))
+    used_now = used_idx(m, row[VQ_USED])
     last = row[VQ_LAST_USED]
-    while last != used_idx:  # reap what the device sent
+    while last != used_now:  # reap what the device sent
         _push_done(st, v, used_entry_id(m, row[VQ_USED], last & (num - 1)))
         last = (last + 1) & 0xFFFF
     row[VQ_LAST_USED] = last
@@ -229,7 +226,7 @@ def recv(st, v, q, pool, bufs, nb):
     num = row[VQ_NUM]
     used = row[VQ_USED]
     last = row[VQ_LAST_USED]
-    n = (np.int64(load_acquire(m.u16, (used + 2) >> 1)) - last) & 0xFFFF
+    n = (used_idx(m, used) - last) & 0xFFFF
     n = min(n, nb)
     got = 0
     nbytes = 0
@@ -239,7 +236,7 @@ def recv(st, v, q, pool, bufs, nb):
             n = 0
         hdr = row[VQ_HDR_LEN]
         room = pool.buf_size - HEADROOM
-        avail_used = (np.int64(load_acquire(m.u16, (used + 2) >> 1)) - last) & 0xFFFF
+        avail_used = (used_idx(m, used) - last) & 0xFFFF
         e = 0  # used entries consumed
         while got < n and e < avail_used:
             slot = last & (num - 1)

@@ -11,7 +11,7 @@ import pytest
 
 from pmd.vhost_user.server import BackendServer
 
-from .fakes import IOMMU_PLATFORM, MRG_RXBUF, VERSION_1, WINDOW, FakeDevice
+from .fakes import IOMMU_PLATFORM, MRG_RXBUF, VERSION_1, FakeDevice
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +40,7 @@ def served(sockdir):
     """(server, device, path) in server mode; stopped at the end."""
     dev = FakeDevice(features=VERSION_1 | MRG_RXBUF | IOMMU_PLATFORM)
     path = os.path.join(sockdir, "vhost.sock")
-    srv = BackendServer(path, dev, window_size=WINDOW)
+    srv = BackendServer(path, dev)
     srv.start()
     yield srv, dev, path
     srv.stop()

@@ -2,9 +2,11 @@
 records every call the session makes and answers like a small virtio-net."""
 from __future__ import annotations
 
+from pmd.guestmem.window import Window
 from pmd.vhost_user import messages as m
-from pmd.vhost_user.backend import VIRTIO_F_IOMMU_PLATFORM, BackendDevice, VringInfo
+from pmd.vhost_user.device import BackendDevice, VringInfo
 from pmd.vhost_user.messages import ProtocolFeature
+from pmd.virtio.features import VIRTIO_F_IOMMU_PLATFORM
 
 PF = ProtocolFeature
 VERSION_1 = 1 << 32
@@ -14,8 +16,9 @@ IOMMU_PLATFORM = 1 << VIRTIO_F_IOMMU_PLATFORM
 WINDOW = 1 << 34  # covers guest memory placed at 4 GiB
 
 
-class FakeDevice:
-    """Records calls as (name, args) tuples; GET_VRING_BASE answers base + 7."""
+class FakeDevice(BackendDevice):
+    """Records calls as (name, args) tuples; GET_VRING_BASE answers base + 7.
+    Its memory is one Window (``WINDOW`` bytes) made on first use."""
 
     def __init__(self, features: int = VERSION_1 | MRG_RXBUF, protocol: int | None = None, queues: int = 2,
                  quiesce_error: BaseException | None = None) -> None:
@@ -27,7 +30,8 @@ class FakeDevice:
         self.calls: list[tuple] = []
         self.link = False
         self.rings: dict[int, VringInfo] = {}
-        self.window = None
+        self.window = None  # as memory_changed last said
+        self.port_window: Window | None = None
         self.quiesce_error = quiesce_error
         self.on_quiesce = None  # optional hook: runs inside quiesce()
 
@@ -45,6 +49,12 @@ class FakeDevice:
 
     def set_features(self, f: int) -> None:
         self.calls.append(("set_features", f))
+
+    def memory(self, iommu: bool) -> Window:
+        self.calls.append(("memory", iommu))
+        if self.port_window is None:
+            self.port_window = Window(WINDOW)
+        return self.port_window
 
     def memory_changed(self, window) -> None:
         self.window = window
@@ -75,5 +85,3 @@ class FakeDevice:
     def get_config(self, offset: int, size: int) -> bytes:
         return bytes(range(offset, offset + size))
 
-
-assert isinstance(FakeDevice(), BackendDevice)

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from pmd.vhost_user import messages as m
-from pmd.vhost_user.backend import VIRTIO_CONFIG_S_DRIVER_OK, BackendSession
+from pmd.vhost_user.backend import BackendSession
+from pmd.virtio.features import VIRTIO_CONFIG_S_DRIVER_OK
 from pmd.vhost_user.server import BackendServer
 from pmd.vhost_user.codec import Channel, VhostUserError
 from pmd.vhost_user.messages import BackendReq, FrontendReq, IotlbType
@@ -252,7 +253,7 @@ def test_quiesce_timeout_still_replies(sockdir):
     dev = FakeDevice(features=VERSION_1 | IOMMU_PLATFORM, quiesce_error=TimeoutError("lcore 3 stuck"))
     path = os.path.join(sockdir, "q.sock")
     ram = memfd(1 << 20)
-    with BackendServer(path, dev, window_size=WINDOW) as srv, connect(path) as fe:
+    with BackendServer(path, dev) as srv, connect(path) as fe:
         handshake(fe, 0)
         fe.send_message(F.SET_FEATURES, m.U64(VERSION_1 | PROTOCOL_FEATURES | IOMMU_PLATFORM))
         fe.send_message(F.SET_MEM_TABLE, m.MemTable([m.MemoryRegion(0, 1 << 20, UADDR, 0)]), [ram])
@@ -404,7 +405,7 @@ def test_session_directly_over_socketpair():
     """BackendSession works without the server (any connected Channel)."""
     fe, be = Channel.pair("frontend", message_timeout=1.0, send_timeout=1.0)
     dev = FakeDevice()
-    sess = BackendSession(be, dev, window_size=WINDOW)
+    sess = BackendSession(be, dev)
     try:
         assert sess.handle_one(0.01) == "idle"
         fe.send_message(F.GET_FEATURES)
@@ -418,7 +419,7 @@ def test_session_directly_over_socketpair():
 
 
 # --------------------------------------------------------------------------
-# The device's persistent window (window_for) and wake-up fd (wake_fd/service)
+# The device's persistent memory (BackendDevice.memory) and wake-up fd (wake_fd/service)
 
 
 class WindowDevice(FakeDevice):
@@ -427,10 +428,6 @@ class WindowDevice(FakeDevice):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.port_window = Window(WINDOW)
-
-    def window_for(self, iommu: bool) -> Window:
-        self.calls.append(("window_for", iommu))
-        return self.port_window
 
 
 def test_device_window_is_reused_reset_and_never_closed(sockdir):
@@ -443,7 +440,7 @@ def test_device_window_is_reused_reset_and_never_closed(sockdir):
     ram = memfd(1 << 20, b"guest")
     seen: list[tuple[int, bool]] = []
     try:
-        with BackendServer(path, dev, window_size=WINDOW) as srv:
+        with BackendServer(path, dev) as srv:
             for round_, iommu in enumerate((False, True, False)):
                 with connect(path) as fe:
                     handshake(fe, 0)
@@ -475,7 +472,7 @@ def test_device_window_is_reused_reset_and_never_closed(sockdir):
                 assert seen[-1] == (-1, True)
                 assert not win._closed and win.entries() == [] and win.region_count[0] == 0
                 assert not readable(win.base + off) and dev.window is None
-        assert ("window_for", True) in dev.calls and not win._closed
+        assert ("memory", True) in dev.calls and not win._closed
     finally:
         win.close()
         os.close(ram)

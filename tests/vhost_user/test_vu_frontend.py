@@ -15,7 +15,7 @@ from pmd.vhost_user.messages import IotlbPerm
 from pmd.guestmem.translate import translate
 from pmd.virtio_user_pmd.guest_memory import PAGE_SIZE, GuestMemory
 
-from .fakes import IOMMU_PLATFORM, MRG_RXBUF, PF, PROTOCOL_FEATURES, VERSION_1, WINDOW, FakeDevice
+from .fakes import IOMMU_PLATFORM, MRG_RXBUF, PF, PROTOCOL_FEATURES, VERSION_1, FakeDevice
 
 HIGH = 0x1_0000_0000
 LAYOUT = [(0x0, 2 << 20), (HIGH, 4 << 20)]  # hole from 2 MiB to 4 GiB
@@ -225,7 +225,7 @@ def test_server_mode_listener_accepts_client_backend(sockdir):
     path = os.path.join(sockdir, "fe.sock")
     dev = FakeDevice()
     with FrontendListener(path, timeout=5.0) as lst:
-        srv = BackendServer(path, dev, client=True, window_size=WINDOW)
+        srv = BackendServer(path, dev, client=True)
         srv.start()
         try:
             with lst.accept() as fe, GuestMemory([(0, 2 << 20)]) as mem:

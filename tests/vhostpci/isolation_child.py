@@ -22,7 +22,8 @@ from pmd.ethdev import Port
 from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
 from pmd.guestmem.translate import translate
-from pmd.virtio.split import set_avail_entry, set_desc, mem_views
+from pmd.guestmem.views import mem_views
+from pmd.virtio.split import set_avail_entry, set_desc
 from pmd.virtio_user_pmd.vq import VQ_AVAIL_IDX, VQ_DONE_TAIL, VQ_UNMAP_DONE
 from tests.vhostpci.peer_io import _send, check_packet, make_packet, recv, send
 from tests.util import wait_until as wait

@@ -28,14 +28,8 @@ import numpy as np
 
 from pmd.vhost_user.frontend import FrontendSession
 from pmd.vhost_user.messages import VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm
-from pmd.virtio.split import (
-    VIRTIO_F_IOMMU_PLATFORM,
-    VIRTIO_F_VERSION_1,
-    VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
-    ring_sizes,
-)
+from pmd.virtio.features import VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
+from pmd.virtio.split import ring_sizes
 from pmd.virtio_user_pmd.guest_memory import GuestMemory
 
 PAGE = 4096

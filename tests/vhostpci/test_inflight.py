@@ -36,7 +36,7 @@ from pmd.vhostpci_pmd.inflight import (
     IF_DELIVERED, IF_DESC_NUM, IF_HEADER, IF_LAST_BATCH_HEAD, IF_TAKEN, IF_USED_IDX, RESUB_DELIVERED, queue_area,
     recover,
 )
-from pmd.vhostpci_pmd.vq import VQ_IF_BASE, VQ_READY
+from pmd.vhostpci_pmd.state import VQ_IF_BASE, VQ_READY
 from tests.util import wait_until
 from tests.vhostpci.peer_io import _send, check_packet, make_packet, recv, send
 

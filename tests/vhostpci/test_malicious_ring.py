@@ -28,7 +28,7 @@ from pmd.ethdev import Port
 from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
 from pmd.vhost_user.messages import IotlbPerm
-from pmd.vhostpci_pmd.vq import VQ_LAST_AVAIL, VQ_LAST_USED
+from pmd.vhostpci_pmd.state import VQ_LAST_AVAIL, VQ_LAST_USED
 from pmd.virtio.split import VRING_DESC_F_INDIRECT as IND
 from pmd.virtio.split import VRING_DESC_F_NEXT as NEXT
 from pmd.virtio.split import VRING_DESC_F_WRITE as WRITE

@@ -7,7 +7,7 @@ import os
 from pmd.ethdev import Port
 from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
-from pmd.virtio.split import VIRTIO_NET_F_MQ
+from pmd.virtio.features import VIRTIO_NET_F_MQ
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
 from tests.util import wait_until as wait
 

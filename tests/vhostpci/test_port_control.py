@@ -22,7 +22,8 @@ from pmd.vhost_user.messages import (
     IotlbPerm,
     VringFd,
 )
-from pmd.virtio.split import VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, ring_sizes
+from pmd.virtio.features import VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1
+from pmd.virtio.split import ring_sizes
 from pmd.virtio_user_pmd.guest_memory import GuestMemory
 from tests.util import wait_until
 from tests.vhost_user.test_vu_backend import maps_count, open_fds, raw_send

@@ -1,0 +1,364 @@
+"""The vhost-pci port as a vhost-user device: the session's callbacks.
+
+``VhostPciDevice`` implements ``pmd.vhost_user.device.BackendDevice`` for
+the port: it turns what the session says (features, memory, vrings, status,
+log, inflight region, IOTLB messages) into the numpy control words its
+kernels read (``state.py``), and owns every array of the kernel state.  The
+window (``pmd.guestmem.window.Window``) is the device's for the port's whole
+life, so the kernel state never changes across reconnects; the session only
+remaps it.  The inflight region (INFLIGHT_SHMFD) gets the same treatment: a
+reservation of its own, mapped from the front-end's fd while one is set,
+recovered from when a ring starts (``inflight.recover``).  IOTLB misses are
+``iotlb.py``'s.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..atomics_py import store_flag
+from ..ethdev import new_stats
+from ..guestmem.translate import translate
+from ..guestmem.views import mem_views
+from ..guestmem.vmem import PAGE_SIZE
+from ..guestmem.window import Window
+from ..vhost_user.device import BackendDevice, HandlerError, VringInfo
+from ..vhost_user.messages import VHOST_F_LOG_ALL, InflightInfo, ProtocolFeature
+from ..virtio.features import (
+    MAX_VRING_SIZE, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, has, net_hdr_len,
+)
+from ..virtio.split import AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, USED_IDX, ring_sizes
+from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
+from .inflight import RESUB_DELIVERED, queue_area, recover
+from .iotlb import IotlbMisses
+from .state import (
+    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_WAKE_FD, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN,
+    VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PENDING,
+    VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
+)
+from .txhold import HOLD_CAP
+from .vq import flush_inflight
+
+if TYPE_CHECKING:
+    from ..vhost_user.backend import BackendSession
+
+log = logging.getLogger("vhostpci.port")
+
+WINDOW_SIZE = 1 << 40
+QUIESCE_TIMEOUT_S = 1.0
+MAX_TRACKED_MBUFS = 1 << 20
+PF = ProtocolFeature
+PROTOCOL_FEATURES = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
+                     | PF.INFLIGHT_SHMFD.mask)
+
+
+class VhostPciDevice(BackendDevice):
+    """The device behind one vhost-pci port (``queues`` queue pairs).
+
+    ``quiesce_hook()`` returns the forwarding runtime's wait for the port's
+    lcores (None while none poll it); ``vrings()`` the live session's vring
+    table (empty without one): both come from the port."""
+
+    def __init__(self, name: str, queues: int, iommu_support: bool,
+                 quiesce_hook: Callable[[], Callable[[float], None] | None],
+                 vrings: Callable[[], dict[int, VringInfo]]) -> None:
+        self.name = name
+        self.queues = queues
+        self.iommu_support = iommu_support
+        self._quiesce_hook = quiesce_hook
+        self._vrings = vrings
+        nvq = 2 * queues
+        self.window = Window(WINDOW_SIZE)
+        self.vq = np.zeros((nvq, N_VQ), np.int64)
+        self.vq[:, VQ_CALL_FD] = -1
+        self.vq[:, VQ_IF_BASE] = -1
+        self.resub = np.zeros((nvq, MAX_VRING_SIZE), np.uint16)  # untouched pages cost nothing
+        # by mbuf index: the source of what dequeue filled (commit records); an mbuf
+        # beyond it goes untracked: at worst delivered twice after a kill, never lost
+        self.src = np.zeros(MAX_TRACKED_MBUFS, np.uint64)
+        self.hold = np.zeros((queues, HOLD_CAP), np.int64)  # tx mbufs parked on a miss (txhold.py)
+        area = -(-nvq * queue_area(MAX_VRING_SIZE) // PAGE_SIZE) * PAGE_SIZE
+        self.inflight = Window(area, table_capacity=1, max_regions=1)
+        self._inflight_info: InflightInfo | None = None  # set while the region is mapped
+        self._rx_used_at_start: dict[int, int] = {}  # receive vring -> used->idx when it started (this connection)
+        self.xstats = np.zeros((nvq, N_XSTATS), np.int64)
+        self.stats = new_stats(queues)
+        self.ctl = np.full(N_PORT_CTL, -1, np.int64)
+        self.logctl = new_logctl()
+        self._log_all = False
+        self._log_mapped = False
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.ctl[PORT_WAKE_FD] = self._wake_fd
+        self.negotiated = 0  # virtio features (SET_FEATURES)
+        self._status = 0  # virtio device status (SET_STATUS), 0: not reported
+        self._held: set[int] = set()  # rings set up, waiting for DRIVER_OK
+        self.link = False
+        self.port_id = 0
+        self._kstate: VhostPciState | None = None
+        self.iotlb = IotlbMisses(self.vq, self.kernel_state)
+        self.closed = False
+
+    # ---------------------------------------------------------------- state
+    def kernel_state(self) -> VhostPciState:
+        """The state the port's kernels take, built once: the window and
+        inflight reservations and every array in it live as long as the port."""
+        if self.closed:
+            raise RuntimeError(f"{self.name}: closed")
+        if self._kstate is None:
+            w = self.window
+            self._kstate = VhostPciState(
+                mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count, self.logctl, self.vq,
+                self.xstats, self.stats, self.ctl, self.port_id, mem_views(self.inflight.array), self.resub,
+                self.src, self.hold)
+        return self._kstate
+
+    def warm(self) -> None:
+        """Compile (or load from the cache) the kernels the control thread
+        calls (inflight recovery and flush, ask-ahead) now: a cold compile
+        there takes seconds and would stall the session mid-request."""
+        if (self.vq[:, VQ_IF_BASE] < 0).all():  # no-ops with tracking off
+            flush_inflight(self.kernel_state(), 0)
+            self._used_idx(0, 1)
+        self.iotlb.warm()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self._wake_fd)
+            self.ctl[PORT_WAKE_FD] = -1
+            self._kstate = None
+            self.window.close()
+            self.inflight.close()
+
+    # ---------------------------------------------------------- negotiation
+    def features(self) -> int:
+        f = ((1 << VIRTIO_F_VERSION_1) | (1 << VHOST_F_LOG_ALL) | (1 << VIRTIO_F_ANY_LAYOUT)
+             | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX))
+        if self.iommu_support:
+            f |= 1 << VIRTIO_F_IOMMU_PLATFORM
+        if self.queues > 1:
+            f |= 1 << VIRTIO_NET_F_MQ
+        return f
+
+    def protocol_features(self) -> int:
+        return PROTOCOL_FEATURES
+
+    def num_queues(self) -> int:
+        return 2 * self.queues
+
+    def set_features(self, features: int) -> None:
+        self.negotiated = features
+        self._log_all = has(features, VHOST_F_LOG_ALL)
+        self._update_log()
+
+    # ---------------------------------------------------------------- memory
+    def log_changed(self, log: mmap.mmap | None) -> None:
+        """A new dirty log (SET_LOG_BASE), or None: the old one is about to be
+        unmapped, so the kernels stop using it first."""
+        if log is None:
+            self._log_mapped = False
+            self._update_log()
+            self.quiesce()
+            self.logctl[LOG_ADDR] = self.logctl[LOG_SIZE] = 0
+            return
+        anchor = ctypes.c_char.from_buffer(log)
+        self.logctl[LOG_ADDR] = ctypes.addressof(anchor)
+        del anchor  # the session owns the mapping; no export may keep it alive
+        self.logctl[LOG_SIZE] = len(log)
+        self._log_mapped = True
+        self._update_log()
+
+    def _update_log(self) -> None:
+        on = self._log_all and self._log_mapped
+        if bool(self.logctl[LOG_ON]) != on:
+            store_flag(self.logctl, LOG_ON, int(on))
+            log.info("%s: dirty logging %s", self.name, "on" if on else "off")
+
+    def memory(self, iommu: bool) -> Window:
+        return self.window
+
+    def memory_changed(self, window: Window | None) -> None:
+        # The kernels hold the window's tables; nothing else to swap.  No
+        # memory: the connection is gone or reset, so is the driver status.
+        if window is None:
+            self._status = 0
+            self._held.clear()
+            self._rx_used_at_start.clear()
+            self.iotlb.forget()
+
+    # ----------------------------------------------------------------- rings
+    def vring_ready(self, index: int, vring: VringInfo) -> None:
+        addr = vring.addr
+        assert addr is not None
+        iommu = has(self.negotiated, VIRTIO_F_IOMMU_PLATFORM)
+        desc, avail, used = addr.desc_user_addr, addr.avail_user_addr, addr.used_user_addr
+        sizes = ring_sizes(vring.num)
+        if not iommu:  # ring addresses are VM1's virtual addresses: make them GPAs
+            gpas = [self.window.uaddr_to_gpa(a, n) for a, n in zip((desc, avail, used), sizes)]
+            if min(gpas) < 0:
+                raise HandlerError(f"vring {index} addresses desc={desc:#x} avail={avail:#x} used={used:#x} "
+                                   "are outside VM1 memory")
+            desc, avail, used = gpas
+        for what, a, align in (("desc", desc, DESC_ALIGN), ("avail", avail, AVAIL_ALIGN), ("used", used, USED_ALIGN)):
+            if a % align:
+                raise HandlerError(f"vring {index} {what} address {a:#x} is not {align}-aligned")
+        row = self.vq[index]
+        row[VQ_NUM] = vring.num
+        row[VQ_DESC], row[VQ_AVAIL], row[VQ_USED] = (np.int64(np.uint64(a)) for a in (desc, avail, used))
+        row[VQ_LAST_AVAIL] = row[VQ_LAST_USED] = vring.base & 0xFFFF
+        row[VQ_CALL_FD] = vring.call_fd
+        row[VQ_HDR_LEN] = net_hdr_len(self.negotiated)
+        row[VQ_IOMMU] = int(iommu)
+        row[VQ_MRG] = int(has(self.negotiated, VIRTIO_NET_F_MRG_RXBUF))
+        row[VQ_EVENT_IDX] = int(has(self.negotiated, VIRTIO_RING_F_EVENT_IDX))
+        row[VQ_MISS_PENDING] = 0
+        self._recover_inflight(index, vring)
+        held = bool(self._status and not self._status & VIRTIO_CONFIG_S_DRIVER_OK)
+        log.info("%s: vring %d ready (num %d, base %d, used->idx %s%s%s)", self.name, index, vring.num, vring.base,
+                 self._used_idx(int(row[VQ_USED]), vring.num), ", iommu" if iommu else "",
+                 ", starts with DRIVER_OK" if held else "")
+        if held:
+            self._held.add(index)  # the driver reports its status: wait for DRIVER_OK
+            return
+        store_flag(self.vq[index], VQ_READY, 1)
+
+    def vring_stopped(self, index: int) -> int:
+        self._held.discard(index)
+        store_flag(self.vq[index], VQ_READY, 0)
+        self.quiesce()
+        given_back = int(flush_inflight(self.kernel_state(), index))
+        row = self.vq[index]
+        log.info("%s: vring %d stopped (last_avail %d, last_used %d, used->idx %s, given back %d)", self.name,
+                 index, row[VQ_LAST_AVAIL], row[VQ_LAST_USED], self._used_idx(int(row[VQ_USED]), int(row[VQ_NUM])),
+                 given_back)
+        return (int(row[VQ_LAST_AVAIL]) - given_back) & 0xFFFF
+
+    # ------------------------------------------------------- inflight (INFLIGHT_SHMFD)
+    def inflight_changed(self, fd: int, info: InflightInfo | None) -> None:
+        """The session mapped a region (GET/SET_INFLIGHT_FD; ``fd`` stays the
+        session's) or, with None, is about to unmap it: kernels stop using
+        it before it goes.  Rings pick a new one up when they (re)start."""
+        if self._inflight_info is not None:
+            for v in range(len(self.vq)):
+                store_flag(self.vq[v], VQ_IF_BASE, -1)
+            store_flag(self.ctl, PORT_INFLIGHT, 0)
+            self.quiesce()
+            self.inflight.unmap_all()
+            self._inflight_info = None
+        if info is None:
+            return
+        size = -(-info.mmap_size // PAGE_SIZE) * PAGE_SIZE
+        if size > self.inflight.size or info.mmap_offset % PAGE_SIZE:
+            raise HandlerError(f"inflight region of {info.mmap_size} bytes at offset {info.mmap_offset} "
+                               f"does not fit the port's {self.inflight.size}-byte reservation")
+        self.inflight.add_region(fd, 0, size, info.mmap_offset, 0)
+        self._inflight_info = info
+        store_flag(self.ctl, PORT_INFLIGHT, 1)
+
+    def _used_idx(self, addr: int, num: int) -> int | None:
+        """used->idx of the used ring at ``addr`` (as the row holds it: a
+        GPA, or an IOVA with an IOMMU), None if it is not mapped."""
+        w = self.window
+        addr &= 2 ** 64 - 1
+        used = translate(w.table, w.table_count, np.int64(addr - (1 << 64) if addr >> 63 else addr),
+                         ring_sizes(num)[2], False)
+        if used < 0:
+            return None
+        return int(w.array[used + USED_IDX: used + USED_IDX + 2].view(np.uint16)[0])
+
+    def _rx_used_before(self, vring: int) -> int | None:
+        """A receive ring's used->idx as the killed back-end left it: its
+        value when the ring started (this back-end may have published since),
+        or the ring's own if it has not started yet."""
+        if vring % 2 or vring >= len(self.vq):
+            return None
+        if vring in self._rx_used_at_start:
+            return self._rx_used_at_start[vring]
+        ring = self._vrings().get(vring)
+        if ring is None or ring.addr is None or not ring.num:
+            return None
+        addr = ring.addr.used_user_addr
+        if not has(self.negotiated, VIRTIO_F_IOMMU_PLATFORM):
+            addr = self.window.uaddr_to_gpa(addr, ring_sizes(ring.num)[2])
+            if addr < 0:
+                return None
+        return self._used_idx(addr, ring.num)
+
+    def _recover_inflight(self, index: int, vring: VringInfo) -> None:
+        """Before ring ``index`` starts: track it if a region covers it, and
+        pick up what a killed predecessor left in flight (``inflight.recover``):
+        last_avail_idx becomes used->idx plus the heads still in flight, which
+        the kernel takes again first, in counter order."""
+        row = self.vq[index]
+        row[VQ_IF_BASE] = -1
+        row[VQ_PENDING] = row[VQ_RESUB_N] = row[VQ_RESUB_POS] = 0
+        info = self._inflight_info
+        if info is None:
+            return
+        area = queue_area(info.queue_size)
+        if index >= info.num_queues or vring.num > info.queue_size or (index + 1) * area > info.mmap_size:
+            log.warning("%s: inflight region (%d queues of %d) does not cover vring %d of %d; untracked",
+                        self.name, info.num_queues, info.queue_size, index, vring.num)
+            return
+        used_idx = self._used_idx(int(row[VQ_USED]), vring.num)
+        if used_idx is None:
+            log.warning("%s: vring %d used ring not mapped at start; inflight untracked", self.name, index)
+            return
+        if index % 2 == 0:
+            self._rx_used_at_start[index] = used_idx
+        heads, repaired, counter = recover(self.inflight.array, index * area, vring.num, used_idx, self.negotiated,
+                                           index % 2 == 1, self._rx_used_before)  # odd vrings: VM1 transmit
+        self.resub[index, :len(heads)] = heads
+        row[VQ_RESUB_N] = len(heads)
+        row[VQ_IF_COUNTER] = counter
+        self.xstats[index, XS_RESUBMITTED] += sum(1 for h in heads if not h & RESUB_DELIVERED)
+        self.xstats[index, XS_REPAIRED] += repaired
+        # taken heads are a prefix of the available entries after used->idx
+        row[VQ_LAST_AVAIL] = (used_idx + len(heads)) & 0xFFFF
+        row[VQ_LAST_USED] = used_idx
+        row[VQ_IF_BASE] = index * area
+        if heads or repaired or used_idx != vring.base & 0xFFFF:
+            log.info("%s: vring %d inflight: %d resubmitted, %d repaired, used %d, base %d", self.name, index,
+                     len(heads), repaired, used_idx, vring.base)
+
+    def vring_call_changed(self, index: int, fd: int) -> None:
+        """A new call eventfd (the session closes the old one after quiesce)."""
+        self.vq[index, VQ_CALL_FD] = fd
+
+    def status_changed(self, status: int) -> None:
+        """SET_STATUS: rings set up before DRIVER_OK start only with it (as
+        DPDK's vhost library does: the driver may still be filling them)."""
+        self._status = status
+        if status & VIRTIO_CONFIG_S_DRIVER_OK:
+            for index in sorted(self._held):
+                store_flag(self.vq[index], VQ_READY, 1)
+            self._held.clear()
+
+    def link_changed(self, up: bool) -> None:
+        self.link = up
+        log.info("%s: link %s", self.name, "up" if up else "down")
+
+    def quiesce(self) -> None:
+        hook = self._quiesce_hook()
+        if hook is not None:
+            hook(QUIESCE_TIMEOUT_S)
+
+    # ----------------------------------------------------------------- IOTLB
+    def iotlb_updated(self, iova: int, size: int) -> None:
+        self.iotlb.updated(iova, size)
+
+    def iotlb_invalidated(self, iova: int, size: int) -> None:
+        self.iotlb.invalidated(iova, size)
+
+    def wake_fd(self) -> int:
+        return self._wake_fd
+
+    def service(self, session: BackendSession) -> None:
+        if not self.closed:
+            self.iotlb.service(session)

@@ -1,0 +1,274 @@
+"""IOTLB misses of the vhost-pci port, the whole story in one place.
+
+Behind VM1's vIOMMU (VIRTIO_F_IOMMU_PLATFORM) a guest address the window
+does not map yet is a *miss*, not an error:
+
+1. **Park** (kernel, ``park_on_miss``): the kernel that met the unmapped
+   address stops where it is -- the descriptor stays available, nothing is
+   consumed or dropped -- records the address and direction in its vring's
+   ``VQ_MISS_*`` words and wakes the control thread (``PORT_WAKE_FD``).
+   ``buffer_offset`` is where buffers are translated: it parks on the first
+   missing page of a buffer, and treats a mapped range without the needed
+   permission (a read-only grant the device must write) as a bad descriptor,
+   counted in ``iotlb_perm_denied``: asking again would get the same answer.
+2. **Ask** (control thread, ``IotlbMisses.service``): sends BACKEND
+   IOTLB_MSG MISS for the parked address, with the descriptor's own
+   direction (RO for a buffer the device reads, WO for one it writes: never
+   more than VM1 granted, or its IOMMU reports a fault), once per page until
+   it is answered (re-sent after ``MISS_RESEND_S``).
+3. **Ask ahead** (``misses_ahead``): with the same round trip it looks at the
+   next available chains of that vring (read-only: the kernel consumes
+   nothing past its miss) and asks for every page not granted yet, so VM1
+   answers them back to back instead of one round trip per buffer.
+4. **Retry** (``IotlbMisses.updated``): an UPDATE that covers a parked
+   address clears the vring's ``VQ_MISS_PENDING``; its kernel retries on
+   the next burst (and parks again if it still needs a page).  Packets the
+   port's transmit side accepted meanwhile wait in its hold queue
+   (``txhold.py``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from numba import njit
+
+from ..atomics import load_acquire, store_release
+from ..atomics_py import store_flag
+from ..guestmem.translate import mapped, translate
+from ..guestmem.vmem import PAGE_SIZE
+from ..syscalls import eventfd_signal
+from ..vhost_user.messages import IotlbPerm
+from ..virtio.split import (
+    DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, avail_entry, avail_idx, desc_addr,
+    desc_flags, desc_len, desc_next, ring_sizes,
+)
+from .state import (
+    PORT_WAKE_FD, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM,
+    VQ_READY, XS_IOTLB_MISS, XS_PERM_DENIED, VhostPciState,
+)
+
+if TYPE_CHECKING:
+    from ..vhost_user.backend import BackendSession
+
+log = logging.getLogger("vhostpci.iotlb")
+
+MISS_RESEND_S = 0.1  # a MISS with no UPDATE in reply is sent again after this
+MAX_AHEAD = 64  # chains looked at per ask-ahead
+MAX_ASK = 16  # pages asked for per ask-ahead: a few round trips' worth, never a flood
+_U64 = (1 << 64) - 1
+_PAGE_MASK = ~(PAGE_SIZE - 1)
+
+# buffer_offset's answers besides a window offset (>= 0)
+BUF_BAD, BUF_MISS = -1, -2
+
+
+# ---------------------------------------------------------------- kernels
+@njit(nogil=True, cache=True, _nrt=False)
+def park_on_miss(st, v, iova, write):
+    """Vring ``v`` stops on the unmapped ``iova``: record it (once until it
+    is answered) and wake the control thread to send the MISS."""
+    st.xstats[v, XS_IOTLB_MISS] += 1
+    if load_acquire(st.vq[v], VQ_MISS_PENDING) == 0:
+        st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
+        st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
+        store_release(st.vq[v], VQ_MISS_PENDING, 1)
+        fd = st.ctl[PORT_WAKE_FD]
+        if fd >= 0:
+            eventfd_signal(fd)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _first_missing_page(st, addr, length, write):
+    """The first page of ``[addr, addr+length)`` not granted for this
+    direction (a buffer across pages: its first page may be granted)."""
+    a = np.int64(addr)
+    nxt = (a | np.int64(PAGE_SIZE - 1)) + 1
+    end = a + np.int64(length)
+    while nxt < end and translate(st.table, st.tcount, a, 1, write) >= 0:
+        a = nxt
+        nxt += PAGE_SIZE
+    return a
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def buffer_offset(st, v, addr, length, write):
+    """Window offset of one descriptor's buffer, or BUF_MISS (parked, see
+    the module docstring) or BUF_BAD (not VM1 memory, or granted without the
+    permission this direction needs)."""
+    off = translate(st.table, st.tcount, addr, length, write)
+    if off >= 0:
+        return off
+    if st.vq[v, VQ_IOMMU] == 0:
+        return np.int64(BUF_BAD)
+    if mapped(st.table, st.tcount, addr, length) >= 0:
+        st.xstats[v, XS_PERM_DENIED] += 1
+        return np.int64(BUF_BAD)
+    park_on_miss(st, v, _first_missing_page(st, addr, length, write), write)
+    return np.int64(BUF_MISS)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def _add(out, n, page):
+    for k in range(n):
+        if out[k] == page:
+            return n
+    if n < len(out):
+        out[n] = page
+        n += 1
+    return n
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def misses_ahead(st, v, out):
+    """Pages of the buffers in vring ``v``'s next available chains that the
+    window does not grant the way the descriptor is used: ``page | 1`` for a
+    device-writable descriptor (ask WO), ``page`` for a readable one (ask
+    RO); fills ``out`` (distinct, in ring order) and returns how many.
+    Chains whose descriptor table itself is not mapped are skipped (the
+    kernel's own miss covers those); indirect tables are looked into when
+    mapped; a range mapped without the needed permission is not asked for."""
+    row = st.vq[v]
+    if row[VQ_READY] == 0:
+        return 0
+    num = row[VQ_NUM]
+    m = st.mem
+    desc_size, avail_size, _ = ring_sizes(num)
+    desc = translate(st.table, st.tcount, row[VQ_DESC], desc_size, False)
+    avail = translate(st.table, st.tcount, row[VQ_AVAIL], avail_size, False)
+    if desc < 0 or avail < 0:
+        return 0
+    last = row[VQ_LAST_AVAIL]
+    pending = (avail_idx(m, avail) - last) & 0xFFFF
+    n = 0
+    for k in range(min(pending, MAX_AHEAD, num)):
+        head = avail_entry(m, avail, (last + k) & (num - 1))
+        if head >= num:
+            continue
+        tbl, tn, i = desc, num, head
+        if desc_flags(m, desc, head) & VRING_DESC_F_INDIRECT:
+            tn = desc_len(m, desc, head) // DESC_SIZE
+            tbl = translate(st.table, st.tcount, desc_addr(m, desc, head), DESC_SIZE * tn, False)
+            if tbl < 0 or tn == 0:
+                continue
+            i = 0
+        for _ in range(tn):  # a chain visits each descriptor once at most
+            addr = desc_addr(m, tbl, i)
+            length = desc_len(m, tbl, i)
+            flags = desc_flags(m, tbl, i)
+            write = flags & VRING_DESC_F_WRITE != 0
+            if length > 0 and translate(st.table, st.tcount, addr, length, write) < 0:
+                a = np.int64(addr) & ~np.int64(PAGE_SIZE - 1)
+                end = np.int64(addr) + length
+                while a < end:
+                    if mapped(st.table, st.tcount, a, 1) < 0:
+                        n = _add(out, n, a | (1 if write else 0))
+                    a += PAGE_SIZE
+            if flags & VRING_DESC_F_NEXT == 0:
+                break
+            i = desc_next(m, tbl, i)
+            if i >= tn:
+                break
+        if n >= len(out):
+            break
+    return n
+
+
+# ---------------------------------------------------------- control thread
+class IotlbMisses:
+    """The control thread's half: send the MISSes the kernels parked on,
+    ask ahead, and un-park vrings when the UPDATEs land.
+
+    ``state()`` returns the port's kernel state (built once by the port).
+    Single-threaded: every method runs on the port's control thread."""
+
+    def __init__(self, vq: np.ndarray, state: Callable[[], VhostPciState]) -> None:
+        self.vq = vq
+        self._state = state
+        self._miss_sent: dict[int, float] = {}  # vring -> time of the last MISS for its parked address
+        self._asked: dict[tuple[int, int], float] = {}  # (page, perm) -> when asked, until an UPDATE covers it
+        self._ahead = np.zeros(MAX_AHEAD, np.int64)  # pages misses_ahead found
+        self.sent = 0  # MISS requests sent (on demand and ahead)
+        self.ahead = 0  # of which ahead
+        self.updates = 0  # IOTLB messages from VM1, all sessions
+        self.invalidates = 0
+
+    def warm(self) -> None:
+        """Compile (or load) the ask-ahead kernel now, not mid-request."""
+        if not self.vq[:, VQ_READY].any():  # rings not ready: returns 0 at once
+            misses_ahead(self._state(), 0, self._ahead)
+
+    def xstats(self) -> dict[str, int]:
+        return {"iotlb_miss_requests": self.sent, "iotlb_miss_ahead": self.ahead,
+                "iotlb_updates": self.updates, "iotlb_invalidates": self.invalidates}
+
+    def forget(self) -> None:
+        """A new front-end: nothing is asked any more."""
+        self._miss_sent.clear()
+        self._asked.clear()
+
+    def invalidated(self, iova: int, size: int) -> None:
+        self.invalidates += 1
+
+    def updated(self, iova: int, size: int) -> None:
+        """An UPDATE was mapped: vrings parked on an address it covers retry
+        (and raise a new miss if they still need one).  Others stay parked:
+        clearing them on every update (the pages asked ahead arrive as
+        updates too) made each ring re-ask for its own page several times."""
+        self.updates += 1
+        end = iova + size
+        if self._asked:  # answered: a later miss on these pages is a new question
+            first = iova & _PAGE_MASK
+            self._asked = {k: t for k, t in self._asked.items() if not first <= k[0] < end}
+        for v in range(len(self.vq)):
+            if self.vq[v, VQ_MISS_PENDING] and iova <= int(self.vq[v, VQ_MISS_IOVA]) & _U64 < end:
+                self._miss_sent.pop(v, None)
+                store_flag(self.vq[v], VQ_MISS_PENDING, 0)
+
+    def service(self, session: BackendSession) -> None:
+        """Send the MISSes the kernels parked on (and re-send stale ones)."""
+        now = time.monotonic()
+        for v in range(len(self.vq)):
+            if not self.vq[v, VQ_MISS_PENDING]:
+                continue
+            sent = self._miss_sent.get(v)
+            if sent is not None and now - sent < MISS_RESEND_S:
+                continue
+            iova = int(self.vq[v, VQ_MISS_IOVA]) & _U64
+            perm = IotlbPerm.WO if self.vq[v, VQ_MISS_WRITE] else IotlbPerm.RO
+            # Not again if the page was just asked for (ahead, or by another
+            # ring) and is not answered yet: a second UPDATE of the same page
+            # would cost a remap.
+            self._ask(session, iova & _PAGE_MASK, perm, now)
+            self._miss_sent[v] = now
+            self._ask_ahead(session, v, iova & _PAGE_MASK, now)
+
+    def _ask(self, session: BackendSession, page: int, perm: IotlbPerm, now: float) -> bool:
+        """Send one MISS unless ``page`` was asked for less than MISS_RESEND_S
+        ago; False when it was not sent now (asked already, or no room)."""
+        key = (page, int(perm))
+        if now - self._asked.get(key, -1.0) < MISS_RESEND_S or not session.send_iotlb_miss(page, perm):
+            return False
+        self._asked[key] = now
+        self.sent += 1
+        return True
+
+    def _ask_ahead(self, session: BackendSession, v: int, parked: int, now: float) -> None:
+        """Ask for the ungranted pages of the chains queued behind the
+        parked one: one round trip for a ring of fresh buffers.  At most
+        MAX_ASK per call, and none once the channel is full."""
+        n = misses_ahead(self._state(), v, self._ahead)
+        if len(self._asked) > 4096:  # forget old requests (they are re-asked when still needed)
+            self._asked = {k: t for k, t in self._asked.items() if now - t < MISS_RESEND_S}
+        asked = 0
+        for entry in self._ahead[:n].tolist():
+            page = entry & _U64 & ~1
+            perm = IotlbPerm.WO if entry & 1 else IotlbPerm.RO
+            if page == parked or now - self._asked.get((page, int(perm)), -1.0) < MISS_RESEND_S:
+                continue
+            if asked == MAX_ASK or not self._ask(session, page, perm, now):
+                return
+            asked += 1
+            self.ahead += 1

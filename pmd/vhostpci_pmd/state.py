@@ -1,0 +1,58 @@
+"""The vhost-pci port's kernel state: what its kernels hold and what each
+column of its control arrays means (one place: ``vq.py``, ``txhold.py``,
+``notify.py``, ``iotlb.py`` and the control thread all index these).
+
+Per-vring control words (``vq`` rows, one cache line-pair each) are written
+by the control thread before it publishes ``VQ_READY`` with a release store;
+the kernel owns ``VQ_LAST_AVAIL``/``VQ_LAST_USED`` while the vring is ready.
+(VM1's side, the virtio-user driver, names its columns ``DRV_*``.)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..guestmem.views import Mem
+
+# vq control columns
+VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_CALL_FD = range(8)
+VQ_HDR_LEN, VQ_IOMMU, VQ_MISS_PENDING, VQ_MISS_IOVA, VQ_MISS_WRITE, VQ_MRG, VQ_EVENT_IDX = range(8, 15)
+# inflight tracking: the vring's area in the region (-1: off), the next counter,
+# heads taken by the last burst and not yet published, heads to resubmit
+VQ_IF_BASE, VQ_IF_COUNTER, VQ_PENDING, VQ_RESUB_N, VQ_RESUB_POS = range(15, 20)
+VQ_HELD = 20  # receive rings: packets in the port's hold queue (txhold.py)
+N_VQ = 24
+
+# extended per-vring counters
+(XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,
+ XS_ROLLED_FORWARD, XS_HELD, XS_PERM_DENIED) = range(11)
+N_XSTATS = 11
+XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls", "merged_rx_buffers",
+               "inflight_resubmitted", "inflight_repaired", "inflight_rolled_forward", "tx_held_on_miss",
+               "iotlb_perm_denied")
+
+# port-wide control words (state.ctl): the eventfd that wakes the control
+# thread (IOTLB misses to send); 1 while an inflight region is mapped
+PORT_WAKE_FD, PORT_INFLIGHT = 0, 1
+N_PORT_CTL = 8
+
+
+class VhostPciState(NamedTuple):
+    mem: Mem  # the window
+    table: np.ndarray  # window translation table
+    tcount: np.ndarray
+    gtable: np.ndarray  # iova -> gpa (dirty log)
+    gcount: np.ndarray
+    logctl: np.ndarray  # dirty log control (dirty_log.py)
+    vq: np.ndarray  # (nb_vrings, N_VQ) int64
+    xstats: np.ndarray  # (nb_vrings, N_XSTATS) int64
+    stats: np.ndarray  # (nb_queue_pairs, N_STATS) int64
+    ctl: np.ndarray  # int64[8]
+    port_id: int
+    inflight: Mem  # the inflight region (inflight.py), mapped while set
+    resub: np.ndarray  # (nb_vrings, 32768) uint16: heads to resubmit, [VQ_RESUB_POS, VQ_RESUB_N)
+    src: np.ndarray  # uint64[MAX_TRACKED_MBUFS]: by mbuf index, where dequeue took it (inflight.source)
+    hold: np.ndarray  # (nb_queue_pairs, HOLD_CAP) int64: mbufs held on a miss, [0, vq[2q, VQ_HELD]) (txhold.py)
+
+
