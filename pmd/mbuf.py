@@ -18,8 +18,8 @@ from .atomics import compare_exchange, cpu_pause, store_release
 HEADROOM = 128
 DEFAULT_BUF_SIZE = 2048 + HEADROOM
 # ctl slots, each on its own cache line
-CTL_LOCK = 0
-CTL_FREE = 8
+POOL_LOCK = 0
+POOL_FREE = 8
 
 
 class MbufPool(NamedTuple):
@@ -40,7 +40,7 @@ class MbufPool(NamedTuple):
 
     def available(self) -> int:
         """Number of free buffers (a snapshot)."""
-        return int(self.ctl[CTL_FREE])
+        return int(self.ctl[POOL_FREE])
 
     @property
     def data_room(self) -> int:
@@ -73,7 +73,7 @@ def create_pool(n: int, buf_size: int = DEFAULT_BUF_SIZE) -> MbufPool:
     if buf_size <= HEADROOM:
         raise ValueError(f"buf_size {buf_size} leaves no data room after {HEADROOM} B headroom")
     ctl = np.zeros(16, np.int64)
-    ctl[CTL_FREE] = n
+    ctl[POOL_FREE] = n
     return MbufPool(
         data=_huge_zeros(n * buf_size),
         data_off=np.full(n, HEADROOM, np.uint16),
@@ -88,13 +88,13 @@ def create_pool(n: int, buf_size: int = DEFAULT_BUF_SIZE) -> MbufPool:
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _lock(pool):
-    while not compare_exchange(pool.ctl, CTL_LOCK, 0, 1):
+    while not compare_exchange(pool.ctl, POOL_LOCK, 0, 1):
         cpu_pause()
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _unlock(pool):
-    store_release(pool.ctl, CTL_LOCK, 0)
+    store_release(pool.ctl, POOL_LOCK, 0)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -105,13 +105,13 @@ def alloc_bulk(pool, out, n):
     Returns True on success.
     """
     _lock(pool)
-    free = pool.ctl[CTL_FREE]
+    free = pool.ctl[POOL_FREE]
     if free < n:
         _unlock(pool)
         return False
     for k in range(n):
         out[k] = pool.free_stack[free - 1 - k]
-    pool.ctl[CTL_FREE] = free - n
+    pool.ctl[POOL_FREE] = free - n
     _unlock(pool)
     for k in range(n):
         i = out[k]
@@ -127,10 +127,10 @@ def free_bulk(pool, bufs, n):
     if n <= 0:
         return
     _lock(pool)
-    free = pool.ctl[CTL_FREE]
+    free = pool.ctl[POOL_FREE]
     for k in range(n):
         pool.free_stack[free + k] = bufs[k]
-    pool.ctl[CTL_FREE] = free + n
+    pool.ctl[POOL_FREE] = free + n
     _unlock(pool)
 
 

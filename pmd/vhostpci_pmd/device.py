@@ -34,12 +34,13 @@ from ..virtio.features import (
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, has, net_hdr_len,
 )
 from ..virtio.split import AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, USED_IDX, ring_sizes
+from .chain import VEC_MAX
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from .inflight import RESUB_DELIVERED, queue_area, recover
 from .iotlb import IotlbMisses
 from .state import (
     N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_WAKE_FD, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN,
-    VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PENDING,
+    VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PENDING,
     VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
 from .txhold import HOLD_CAP
@@ -78,11 +79,13 @@ class VhostPciDevice(BackendDevice):
         self.vq = np.zeros((nvq, N_VQ), np.int64)
         self.vq[:, VQ_CALL_FD] = -1
         self.vq[:, VQ_IF_BASE] = -1
+        self.vq[:, VQ_MISS_ANSWERED] = -1
         self.resub = np.zeros((nvq, MAX_VRING_SIZE), np.uint16)  # untouched pages cost nothing
         # by mbuf index: the source of what dequeue filled (commit records); an mbuf
         # beyond it goes untracked: at worst delivered twice after a kill, never lost
         self.src = np.zeros(MAX_TRACKED_MBUFS, np.uint64)
         self.hold = np.zeros((queues, HOLD_CAP), np.int64)  # tx mbufs parked on a miss (txhold.py)
+        self.vec = np.zeros((nvq, VEC_MAX, 3), np.int64)  # chain.fill_vec's buffer vector, one per vring
         area = -(-nvq * queue_area(MAX_VRING_SIZE) // PAGE_SIZE) * PAGE_SIZE
         self.inflight = Window(area, table_capacity=1, max_regions=1)
         self._inflight_info: InflightInfo | None = None  # set while the region is mapped
@@ -115,7 +118,7 @@ class VhostPciDevice(BackendDevice):
             self._kstate = VhostPciState(
                 mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count, self.logctl, self.vq,
                 self.xstats, self.stats, self.ctl, self.port_id, mem_views(self.inflight.array), self.resub,
-                self.src, self.hold)
+                self.src, self.hold, self.vec)
         return self._kstate
 
     def warm(self) -> None:
@@ -218,6 +221,7 @@ class VhostPciDevice(BackendDevice):
         row[VQ_MRG] = int(has(self.negotiated, VIRTIO_NET_F_MRG_RXBUF))
         row[VQ_EVENT_IDX] = int(has(self.negotiated, VIRTIO_RING_F_EVENT_IDX))
         row[VQ_MISS_PENDING] = 0
+        row[VQ_MISS_ANSWERED] = -1
         self._recover_inflight(index, vring)
         held = bool(self._status and not self._status & VIRTIO_CONFIG_S_DRIVER_OK)
         log.info("%s: vring %d ready (num %d, base %d, used->idx %s%s%s)", self.name, index, vring.num, vring.base,

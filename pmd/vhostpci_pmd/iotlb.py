@@ -8,9 +8,12 @@ does not map yet is a *miss*, not an error:
    consumed or dropped -- records the address and direction in its vring's
    ``VQ_MISS_*`` words and wakes the control thread (``PORT_WAKE_FD``).
    ``buffer_offset`` is where buffers are translated: it parks on the first
-   missing page of a buffer, and treats a mapped range without the needed
-   permission (a read-only grant the device must write) as a bad descriptor,
-   counted in ``iotlb_perm_denied``: asking again would get the same answer.
+   page of a buffer not granted for the access it needs.  A page granted
+   without that permission (read-only where the device must write) is asked
+   for once, like a missing one (VM1 may have changed the mapping); if the
+   UPDATE that answers still lacks it, the descriptor is bad (returned with
+   len 0, counted in ``iotlb_perm_denied``): asking again would get the
+   same answer forever.
 2. **Ask** (control thread, ``IotlbMisses.service``): sends BACKEND
    IOTLB_MSG MISS for the parked address, with the descriptor's own
    direction (RO for a buffer the device reads, WO for one it writes: never
@@ -21,7 +24,8 @@ does not map yet is a *miss*, not an error:
    nothing past its miss) and asks for every page not granted yet, so VM1
    answers them back to back instead of one round trip per buffer.
 4. **Retry** (``IotlbMisses.updated``): an UPDATE that covers a parked
-   address clears the vring's ``VQ_MISS_PENDING``; its kernel retries on
+   address clears the vring's ``VQ_MISS_PENDING`` (and records the page in
+   ``VQ_MISS_ANSWERED``); its kernel retries on
    the next burst (and parks again if it still needs a page).  Packets the
    port's transmit side accepted meanwhile wait in its hold queue
    (``txhold.py``).
@@ -46,7 +50,7 @@ from ..virtio.split import (
     desc_flags, desc_len, desc_next, ring_sizes,
 )
 from .state import (
-    PORT_WAKE_FD, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM,
+    PORT_WAKE_FD, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_ANSWERED, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM,
     VQ_READY, XS_IOTLB_MISS, XS_PERM_DENIED, VhostPciState,
 )
 
@@ -97,16 +101,17 @@ def _first_missing_page(st, addr, length, write):
 def buffer_offset(st, v, addr, length, write):
     """Window offset of one descriptor's buffer, or BUF_MISS (parked, see
     the module docstring) or BUF_BAD (not VM1 memory, or granted without the
-    permission this direction needs)."""
+    permission this direction needs even after asking)."""
     off = translate(st.table, st.tcount, addr, length, write)
     if off >= 0:
         return off
     if st.vq[v, VQ_IOMMU] == 0:
         return np.int64(BUF_BAD)
-    if mapped(st.table, st.tcount, addr, length) >= 0:
-        st.xstats[v, XS_PERM_DENIED] += 1
+    page = _first_missing_page(st, addr, length, write) & _PAGE_MASK
+    if page == st.vq[v, VQ_MISS_ANSWERED] and mapped(st.table, st.tcount, page, 1) >= 0:
+        st.xstats[v, XS_PERM_DENIED] += 1  # asked, answered, still not allowed
         return np.int64(BUF_BAD)
-    park_on_miss(st, v, _first_missing_page(st, addr, length, write), write)
+    park_on_miss(st, v, page, write)
     return np.int64(BUF_MISS)
 
 
@@ -223,8 +228,10 @@ class IotlbMisses:
             first = iova & _PAGE_MASK
             self._asked = {k: t for k, t in self._asked.items() if not first <= k[0] < end}
         for v in range(len(self.vq)):
-            if self.vq[v, VQ_MISS_PENDING] and iova <= int(self.vq[v, VQ_MISS_IOVA]) & _U64 < end:
+            parked = int(self.vq[v, VQ_MISS_IOVA]) & _U64
+            if self.vq[v, VQ_MISS_PENDING] and iova <= parked < end:
                 self._miss_sent.pop(v, None)
+                self.vq[v, VQ_MISS_ANSWERED] = self.vq[v, VQ_MISS_IOVA] & _PAGE_MASK  # before the release below
                 store_flag(self.vq[v], VQ_MISS_PENDING, 0)
 
     def service(self, session: BackendSession) -> None:

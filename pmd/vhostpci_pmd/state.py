@@ -22,6 +22,7 @@ VQ_HDR_LEN, VQ_IOMMU, VQ_MISS_PENDING, VQ_MISS_IOVA, VQ_MISS_WRITE, VQ_MRG, VQ_E
 # heads taken by the last burst and not yet published, heads to resubmit
 VQ_IF_BASE, VQ_IF_COUNTER, VQ_PENDING, VQ_RESUB_N, VQ_RESUB_POS = range(15, 20)
 VQ_HELD = 20  # receive rings: packets in the port's hold queue (txhold.py)
+VQ_MISS_ANSWERED = 21  # the page of the last miss an UPDATE answered (iotlb.py)
 N_VQ = 24
 
 # extended per-vring counters
@@ -54,5 +55,6 @@ class VhostPciState(NamedTuple):
     resub: np.ndarray  # (nb_vrings, 32768) uint16: heads to resubmit, [VQ_RESUB_POS, VQ_RESUB_N)
     src: np.ndarray  # uint64[MAX_TRACKED_MBUFS]: by mbuf index, where dequeue took it (inflight.source)
     hold: np.ndarray  # (nb_queue_pairs, HOLD_CAP) int64: mbufs held on a miss, [0, vq[2q, VQ_HELD]) (txhold.py)
+    vec: np.ndarray  # (nb_vrings, VEC_MAX, 3) int64: the buffer vector of the chain being copied (chain.py)
 
 

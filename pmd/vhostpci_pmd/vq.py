@@ -44,10 +44,11 @@ from ..ethdev import (
 )
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
 from ..syscalls import eventfd_signal
-from ..virtio.features import MAX_VRING_SIZE, NET_HDR_LEN, NET_HDR_NUM_BUFFERS
-from ..virtio.split import DESC_SIZE, USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, avail_idx, desc_addr, desc_flags, desc_len, desc_next, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
+from ..virtio.features import NET_HDR_LEN, NET_HDR_NUM_BUFFERS
+from ..virtio.split import USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, avail_idx, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
 from .dirty_log import log_write
-from .iotlb import BUF_MISS, buffer_offset, park_on_miss
+from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_ADDR, VEC_LEN, VEC_OFF, fill_vec, resolve
+from .iotlb import park_on_miss
 from .inflight import (
     RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, mark_delivered, set_inflight_used_idx, source,
     source_fields, take, unlink,
@@ -59,8 +60,6 @@ from .state import (
     XS_BAD_RING, XS_CALLS, XS_MERGED, XS_ROLLED_FORWARD, XS_TOO_BIG,
 )
 
-# Chain results (>= 0: bytes moved); CHAIN_MISS is iotlb.BUF_MISS: parked
-CHAIN_BAD, CHAIN_MISS, CHAIN_TOO_BIG = -1, BUF_MISS, -3
 # What became of one packet in enqueue
 PKT_SENT, PKT_WAIT, PKT_DROPPED = 0, 1, 2
 
@@ -93,25 +92,6 @@ def _ring_offsets(st, v, num):
     return np.int64(-1), np.int64(-1), np.int64(-1)
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _resolve(st, v, desc, num, head):
-    """The descriptor table a chain lives in: ``(table_offset, size, first)``,
-    the ring's own table or an indirect one (2.7.5.3); ``(R_*, 0, 0)`` if bad."""
-    m = st.mem
-    if head >= num:
-        return np.int64(CHAIN_BAD), np.int64(0), np.int64(0)
-    flags = desc_flags(m, desc, head)
-    if not flags & VRING_DESC_F_INDIRECT:
-        return desc, num, head
-    ln = desc_len(m, desc, head)
-    if flags & VRING_DESC_F_NEXT or ln == 0 or ln % DESC_SIZE or ln > DESC_SIZE * MAX_VRING_SIZE:
-        return np.int64(CHAIN_BAD), np.int64(0), np.int64(0)
-    off = buffer_offset(st, v, desc_addr(m, desc, head), ln, False)
-    if off < 0 or off % DESC_SIZE:
-        return np.int64(CHAIN_BAD if off >= 0 else off), np.int64(0), np.int64(0)
-    return off, ln // DESC_SIZE, np.int64(0)
-
-
 # The virtio-net header (5.1.6) travels as mbuf metadata (ol_flags):
 # flags | gso_type << 8 | gso_size << 16 | csum_start << 32 | csum_offset << 48
 # (hdr_len is recomputable; num_buffers belongs to the ring, not the packet).
@@ -125,108 +105,81 @@ def _hdr_shift(pos):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _copy_chain_out(st, v, tbl, n, first, pool, mbuf, room):
-    """Copy the device-readable chain at ``first`` of table ``tbl`` into
-    mbuf ``mbuf`` (the net header into its ol_flags); returns the packet
-    length or an R_* code."""
+def _copy_out(st, vec, cnt, hdr, pool, mbuf, room):
+    """Copy a walked device-readable chain (``vec[:cnt]``) into mbuf
+    ``mbuf``, the net header into its ol_flags; returns the packet length
+    or CHAIN_TOO_BIG."""
     m = st.mem
-    hdr = st.vq[v, VQ_HDR_LEN]
     dst = mbuf_offset(pool, mbuf)
-    i = first
     pos = np.int64(0)  # bytes of the chain consumed
     total = np.int64(0)  # bytes of packet copied
     ol = np.uint64(0)
-    for _hop in range(n):
-        if i >= n:
-            return CHAIN_BAD
-        flags = desc_flags(m, tbl, i)
-        if flags & (VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT):
-            return CHAIN_BAD
-        ln = desc_len(m, tbl, i)
-        if ln > 0:
-            off = buffer_offset(st, v, desc_addr(m, tbl, i), ln, False)
-            if off < 0:
-                return off
-            k = np.int64(0)
-            if pos == 0 and ln >= hdr and hdr == NET_HDR_LEN:
-                # the common case: the whole header in the first buffer
-                h = m.u8
-                ol = (np.uint64(h[off]) | np.uint64(h[off + 1]) << np.uint64(8)
-                      | np.uint64(h[off + 4]) << np.uint64(16) | np.uint64(h[off + 5]) << np.uint64(24)
-                      | np.uint64(h[off + 6]) << np.uint64(32) | np.uint64(h[off + 7]) << np.uint64(40)
-                      | np.uint64(h[off + 8]) << np.uint64(48) | np.uint64(h[off + 9]) << np.uint64(56))
-                k = pos = np.int64(NET_HDR_LEN)
-            while pos < hdr and k < ln:
-                sh = _hdr_shift(pos)
-                if sh >= 0:
-                    ol |= np.uint64(m.u8[off + k]) << np.uint64(sh)
-                pos += 1
-                k += 1
-            rest = ln - k
-            if rest > 0:
-                if total + rest > room:
-                    return CHAIN_TOO_BIG
-                memcpy(pool.data, dst + total, m.u8, off + k, rest)
-                total += rest
-        if not flags & VRING_DESC_F_NEXT:
-            pool.ol_flags[mbuf] = ol
-            return total
-        i = desc_next(m, tbl, i)
-    return CHAIN_BAD  # longer than its table: a loop
+    for e in range(cnt):
+        off = vec[e, VEC_OFF]
+        ln = vec[e, VEC_LEN]
+        k = np.int64(0)
+        if pos == 0 and ln >= hdr and hdr == NET_HDR_LEN:
+            # the common case: the whole header in the first buffer
+            h = m.u8
+            ol = (np.uint64(h[off]) | np.uint64(h[off + 1]) << np.uint64(8)
+                  | np.uint64(h[off + 4]) << np.uint64(16) | np.uint64(h[off + 5]) << np.uint64(24)
+                  | np.uint64(h[off + 6]) << np.uint64(32) | np.uint64(h[off + 7]) << np.uint64(40)
+                  | np.uint64(h[off + 8]) << np.uint64(48) | np.uint64(h[off + 9]) << np.uint64(56))
+            k = pos = np.int64(NET_HDR_LEN)
+        while pos < hdr and k < ln:
+            sh = _hdr_shift(pos)
+            if sh >= 0:
+                ol |= np.uint64(m.u8[off + k]) << np.uint64(sh)
+            pos += 1
+            k += 1
+        rest = ln - k
+        if rest > 0:
+            if total + rest > room:
+                return np.int64(CHAIN_TOO_BIG)
+            memcpy(pool.data, dst + total, m.u8, off + k, rest)
+            total += rest
+    pool.ol_flags[mbuf] = ol
+    return total
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _fill_chain(st, v, tbl, n, first, pool, src, length, ol, done, off_lo, off_hi):
-    """Continue writing header+packet (``done`` bytes of ``hdr + length``
-    already written) into the device-writable chain at ``first``.  Returns
-    ``(done_after, off_lo, off_hi)``: the window offsets of the header's
-    num_buffers bytes once written (they may lie in two descriptors), or
-    ``(R_*, ...)``."""
+def _copy_in(st, v, vec, cnt, hdr, pool, src, ol, done, off_lo, off_hi):
+    """Write header+packet into a walked device-writable chain
+    (``vec[:cnt]``), ``done`` bytes of ``hdr + length`` being already in
+    earlier chains.  Returns ``(done_after, off_lo, off_hi)``: the window
+    offsets of the header's num_buffers bytes once written (they may lie in
+    two buffers)."""
     m = st.mem
-    hdr = st.vq[v, VQ_HDR_LEN]
-    need = hdr + length
-    i = first
-    for _hop in range(n):
-        if i >= n:
-            return np.int64(CHAIN_BAD), off_lo, off_hi
-        flags = desc_flags(m, tbl, i)
-        if flags & VRING_DESC_F_INDIRECT or not flags & VRING_DESC_F_WRITE:
-            return np.int64(CHAIN_BAD), off_lo, off_hi
-        w = min(desc_len(m, tbl, i), need - done)
-        if w > 0:
-            off = buffer_offset(st, v, desc_addr(m, tbl, i), w, True)
-            if off < 0:
-                return off, off_lo, off_hi
-            k = np.int64(0)
-            if done == 0 and w >= NET_HDR_LEN and hdr == NET_HDR_LEN and ol == 0:
-                # the common case: a plain packet, the whole header in the first buffer
-                for j in range(NET_HDR_LEN):
-                    m.u8[off + j] = 0
-                m.u8[off + NET_HDR_NUM_BUFFERS] = 1
-                off_lo = off + NET_HDR_NUM_BUFFERS
-                off_hi = off_lo + 1
-                k = done = np.int64(NET_HDR_LEN)
-            while done < hdr and k < w:
-                sh = _hdr_shift(done)
-                b = np.uint64(0)
-                if sh >= 0:
-                    b = (ol >> np.uint64(sh)) & np.uint64(0xFF)
-                if done == NET_HDR_NUM_BUFFERS:
-                    off_lo = off + k
-                    b = np.uint64(1)
-                elif done == NET_HDR_NUM_BUFFERS + 1:
-                    off_hi = off + k
-                m.u8[off + k] = np.uint8(b)
-                k += 1
-                done += 1
-            if k < w:
-                memcpy(m.u8, off + k, pool.data, src + (done - hdr), w - k)
-                done += w - k
-            _log(st, v, desc_addr(m, tbl, i), w)
-        if done == need or not flags & VRING_DESC_F_NEXT:
-            return done, off_lo, off_hi
-        i = desc_next(m, tbl, i)
-    return np.int64(CHAIN_BAD), off_lo, off_hi
+    for e in range(cnt):
+        off = vec[e, VEC_OFF]
+        w = vec[e, VEC_LEN]
+        k = np.int64(0)
+        if done == 0 and w >= NET_HDR_LEN and hdr == NET_HDR_LEN and ol == 0:
+            # the common case: a plain packet, the whole header in the first buffer
+            for j in range(NET_HDR_LEN):
+                m.u8[off + j] = 0
+            m.u8[off + NET_HDR_NUM_BUFFERS] = 1
+            off_lo = off + NET_HDR_NUM_BUFFERS
+            off_hi = off_lo + 1
+            k = done = np.int64(NET_HDR_LEN)
+        while done < hdr and k < w:
+            sh = _hdr_shift(done)
+            b = np.uint64(0)
+            if sh >= 0:
+                b = (ol >> np.uint64(sh)) & np.uint64(0xFF)
+            if done == NET_HDR_NUM_BUFFERS:
+                off_lo = off + k
+                b = np.uint64(1)
+            elif done == NET_HDR_NUM_BUFFERS + 1:
+                off_hi = off + k
+            m.u8[off + k] = np.uint8(b)
+            k += 1
+            done += 1
+        if k < w:
+            memcpy(m.u8, off + k, pool.data, src + (done - hdr), w - k)
+            done += w - k
+        _log(st, v, vec[e, VEC_ADDR], w)
+    return done, off_lo, off_hi
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -329,6 +282,8 @@ def dequeue(st, v, q, pool, bufs, nb):
     old_used = st.vq[v, VQ_LAST_USED]
     used_idx = old_used
     room = pool.buf_size - HEADROOM
+    hdr = st.vq[v, VQ_HDR_LEN]
+    vec = st.vec[v]
     got = 0
     taken = 0
     nbytes = 0
@@ -344,8 +299,10 @@ def dequeue(st, v, q, pool, bufs, nb):
         else:
             head = avail_entry(m, avail, (last + k - r) & mask)
         i = bufs[got]
-        tbl, tn, first = _resolve(st, v, desc, num, head)
-        res = tbl if tbl < 0 else _copy_chain_out(st, v, tbl, tn, first, pool, i, room)
+        tbl, tn, first = resolve(st, v, desc, num, head)
+        res = tbl if tbl < 0 else fill_vec(st, v, tbl, tn, first, False, hdr + room + 1, vec)
+        if res >= 0:
+            res = _copy_out(st, vec, res, hdr, pool, i, room)
         if res == CHAIN_MISS:
             break  # parked: retried once the grant arrives
         set_used_entry(m, used, used_idx & mask, head, 0)
@@ -435,6 +392,7 @@ def enqueue(st, v, q, pool, bufs, nb):
     last = st.vq[v, VQ_LAST_AVAIL]
     old_used = st.vq[v, VQ_LAST_USED]
     used_idx = old_used
+    vec = st.vec[v]
     consumed = 0
     taken = 0
     sent = 0
@@ -457,10 +415,10 @@ def enqueue(st, v, q, pool, bufs, nb):
                 status = PKT_WAIT
                 break
             head = avail_entry(m, avail, (last + consumed) & mask)
-            tbl, tn, first = _resolve(st, v, desc, num, head)
-            res = tbl
-            if tbl >= 0:
-                res, off_lo, off_hi = _fill_chain(st, v, tbl, tn, first, pool, src, ln, ol, done, off_lo, off_hi)
+            tbl, tn, first = resolve(st, v, desc, num, head)
+            res = tbl if tbl < 0 else fill_vec(st, v, tbl, tn, first, True, need - done, vec)
+            if res >= 0:
+                res, off_lo, off_hi = _copy_in(st, v, vec, res, hdr, pool, src, ol, done, off_lo, off_hi)
             if res == CHAIN_MISS:
                 status = PKT_WAIT
                 break
@@ -468,7 +426,7 @@ def enqueue(st, v, q, pool, bufs, nb):
             if res < 0:
                 set_used_entry(m, used, used_idx & mask, head, 0)
                 used_idx += 1
-                st.xstats[v, XS_BAD_DESC] += 1
+                st.xstats[v, XS_TOO_BIG if res == CHAIN_TOO_BIG else XS_BAD_DESC] += 1
                 status = PKT_DROPPED
                 break
             set_used_entry(m, used, used_idx & mask, head, res - done)
@@ -492,7 +450,7 @@ def enqueue(st, v, q, pool, bufs, nb):
         if nbufs > 1:
             st.xstats[v, XS_MERGED] += nbufs - 1
             m.u8[off_lo] = np.uint8(nbufs & 0xFF)  # num_buffers (u16 LE), only where
-            m.u8[off_hi] = np.uint8(nbufs >> 8)  # _fill_chain wrote (and logged) it
+            m.u8[off_hi] = np.uint8(nbufs >> 8)  # _copy_in wrote (and logged) it
         sent += 1
         nbytes += ln
     if consumed:

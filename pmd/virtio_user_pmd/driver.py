@@ -49,9 +49,9 @@ from .guest_memory import PAGE_SIZE, GuestMemory
 from .layout import DEFAULT_MEM, Placer, parse_mem
 from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
 from .vq import (
-    CTL_WAKE_FD, N_VQ, N_XSTATS, VQ_AVAIL, VQ_BUF, VQ_DESC, VQ_DONE_TAIL, VQ_EVENT_IDX, VQ_FREE_TOP, VQ_HDR_LEN,
-    VQ_KICK_FD, VQ_MRG,
-    VQ_MAP_DONE, VQ_NUM, VQ_POSTED, VQ_READY, VQ_STAGE_TAIL, VQ_STRIDE, VQ_TRANSIENT, VQ_UNMAP_DONE, VQ_USED, XSTAT_NAMES,
+    DRVCTL_WAKE_FD, N_DRV, N_DRV_XSTATS, DRV_AVAIL, DRV_BUF, DRV_DESC, DRV_DONE_TAIL, DRV_EVENT_IDX, DRV_FREE_TOP, DRV_HDR_LEN,
+    DRV_KICK_FD, DRV_MRG,
+    DRV_MAP_DONE, DRV_NUM, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_UNMAP_DONE, DRV_USED, DRV_XSTAT_NAMES,
     VirtioUserState,
 )
 
@@ -122,16 +122,16 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         except (ValueError, OSError) as e:
             self.close()
             raise PortError(f"{name}: {e}") from None
-        self.vq = np.zeros((nvq, N_VQ), np.int64)
+        self.vq = np.zeros((nvq, N_DRV), np.int64)
         self.free = np.zeros((nvq, num), np.int32)
         self.stage = np.zeros((nvq, num), np.int32)
         self.done = np.zeros((nvq, num), np.int32)
         self.owned = np.zeros((nvq, num), np.uint8)
-        self._xstats = np.zeros((nvq, N_XSTATS), np.int64)
+        self._xstats = np.zeros((nvq, N_DRV_XSTATS), np.int64)
         self._stats = new_stats(args["queues"])
         self.ctl = np.full(8, -1, np.int64)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.ctl[CTL_WAKE_FD] = self._wake_fd
+        self.ctl[DRVCTL_WAKE_FD] = self._wake_fd
         self._kick = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nvq)]
         self._call = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nvq)]
         self._closers.insert(0, self._close_fds)
@@ -165,19 +165,19 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             self.memory.view(p.desc, p.used_end - p.desc)[:] = 0
             self.memory.write(p.avail, VRING_AVAIL_F_NO_INTERRUPT.to_bytes(2, "little"))  # we poll
             row = self.vq[v]
-            row[VQ_NUM] = num
-            row[VQ_DESC], row[VQ_AVAIL], row[VQ_USED] = p.desc, p.avail, p.used
-            row[VQ_BUF], row[VQ_STRIDE] = p.buf, p.stride
-            row[VQ_KICK_FD] = self._kick[v]
-            row[VQ_TRANSIENT] = int(self.mode == "transient")
+            row[DRV_NUM] = num
+            row[DRV_DESC], row[DRV_AVAIL], row[DRV_USED] = p.desc, p.avail, p.used
+            row[DRV_BUF], row[DRV_STRIDE] = p.buf, p.stride
+            row[DRV_KICK_FD] = self._kick[v]
+            row[DRV_TRANSIENT] = int(self.mode == "transient")
             self.free[v] = np.arange(num, dtype=np.int32)[::-1]
-            row[VQ_FREE_TOP] = num
+            row[DRV_FREE_TOP] = num
 
     def _close_fds(self) -> None:
         for fd in [self._wake_fd, *self._kick, *self._call]:
             os.close(fd)
-        self.ctl[CTL_WAKE_FD] = -1
-        self.vq[:, VQ_KICK_FD] = -1
+        self.ctl[DRVCTL_WAKE_FD] = -1
+        self.vq[:, DRV_KICK_FD] = -1
 
     # ---------------------------------------------------------------- port ops
     def start(self) -> None:
@@ -249,11 +249,11 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
     def rx_buffers_posted(self, queue: int = 0) -> int:
         """Receive buffers the device can fill now on ``queue`` (posted, not yet used)."""
         row = self.vq[2 * queue]
-        return int(row[VQ_POSTED] - row[VQ_DONE_TAIL])
+        return int(row[DRV_POSTED] - row[DRV_DONE_TAIL])
 
     def xstats(self) -> dict[str, int]:
         totals = self._xstats.sum(axis=0)
-        out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
+        out = {name: int(totals[k]) for k, name in enumerate(DRV_XSTAT_NAMES)}
         out.update(iotlb_grants_sent=self.grants_sent, iotlb_invalidates_sent=self.invalidates_sent,
                    iotlb_misses_granted=self.misses_granted, iotlb_misses_refused=self.misses_refused)
         return out
@@ -347,9 +347,9 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             self._grant(s, iova, size, perm)
         hdr = net_hdr_len(want)
         for v, p in enumerate(self.places):
-            self.vq[v, VQ_HDR_LEN] = hdr
-            self.vq[v, VQ_MRG] = int(bool(want & (1 << VIRTIO_NET_F_MRG_RXBUF)))
-            self.vq[v, VQ_EVENT_IDX] = int(bool(want & (1 << VIRTIO_RING_F_EVENT_IDX)))
+            self.vq[v, DRV_HDR_LEN] = hdr
+            self.vq[v, DRV_MRG] = int(bool(want & (1 << VIRTIO_NET_F_MRG_RXBUF)))
+            self.vq[v, DRV_EVENT_IDX] = int(bool(want & (1 << VIRTIO_RING_F_EVENT_IDX)))
             used_idx = int.from_bytes(self.memory.read(p.used + 2, 2), "little")
             s.set_vring_num(v, p.num)
             s.set_vring_base(v, used_idx)  # the device resumes after what it returned
@@ -358,7 +358,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             s.set_vring_call(v, self._call[v])
             if want & (1 << VHOST_USER_F_PROTOCOL_FEATURES):
                 s.set_vring_enable(v, True)
-            store_flag(self.vq[v], VQ_READY, 1)
+            store_flag(self.vq[v], DRV_READY, 1)
         if protocol & PF.STATUS.mask:
             s.set_status(STATUS_DRIVER_OK)
 
@@ -444,7 +444,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         for v, p in enumerate(self.places):
             row = self.vq[v]
             mask = p.num - 1
-            tail, done = int(row[VQ_STAGE_TAIL]), int(row[VQ_MAP_DONE])
+            tail, done = int(row[DRV_STAGE_TAIL]), int(row[DRV_MAP_DONE])
             if tail != done:
                 for iova, size in _runs([p.buf + int(self.stage[v, k & mask]) * p.stride
                                          for k in range(done, tail)], p.stride):
@@ -452,8 +452,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
                         self.grants[k] = (p.stride, self._buf_perm(v))
                     if s is not None:
                         self._grant(s, iova, size, self._buf_perm(v))
-                store_flag(row, VQ_MAP_DONE, tail)
-            tail, done = int(row[VQ_DONE_TAIL]), int(row[VQ_UNMAP_DONE])
+                store_flag(row, DRV_MAP_DONE, tail)
+            tail, done = int(row[DRV_DONE_TAIL]), int(row[DRV_UNMAP_DONE])
             if tail != done:
                 for iova, size in _runs([p.buf + int(self.done[v, k & mask]) * p.stride
                                          for k in range(done, tail)], p.stride):
@@ -462,7 +462,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
                     if s is not None:
                         s.iotlb_invalidate(iova, size)
                         self.invalidates_sent += 1
-                store_flag(row, VQ_UNMAP_DONE, tail)
+                store_flag(row, DRV_UNMAP_DONE, tail)
 
     # ------------------------------------------------------- control-thread calls
     def run_in_control(self, fn: Callable[[FrontendSession], object], timeout: float = 5.0) -> object:

@@ -24,8 +24,8 @@ from ..atomics import fence, load_acquire
 from ..burst import register_intr
 from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT, avail_flags, set_avail_flags, set_used_event, used_idx
 from .vq import (
-    VQ_AVAIL, VQ_DONE_TAIL, VQ_EVENT_IDX, VQ_FREED, VQ_LAST_USED, VQ_NUM, VQ_POSTED, VQ_READY, VQ_STAGE_TAIL,
-    VQ_TRANSIENT, VQ_USED, VirtioUserState,
+    DRV_AVAIL, DRV_DONE_TAIL, DRV_EVENT_IDX, DRV_FREED, DRV_LAST_USED, DRV_NUM, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL,
+    DRV_TRANSIENT, DRV_USED, VirtioUserState,
 )
 
 _PARK = 0x8000  # as vq._no_calls
@@ -38,22 +38,22 @@ def virtio_user_arm(st, q):
     ring is not ready."""
     v = 2 * q
     row = st.vq[v]
-    if load_acquire(row, VQ_READY) == 0:
+    if load_acquire(row, DRV_READY) == 0:
         return np.int64(-1)
-    if load_acquire(row, VQ_STAGE_TAIL) != row[VQ_POSTED] or load_acquire(row, VQ_DONE_TAIL) != row[VQ_FREED]:
+    if load_acquire(row, DRV_STAGE_TAIL) != row[DRV_POSTED] or load_acquire(row, DRV_DONE_TAIL) != row[DRV_FREED]:
         return np.int64(1)  # buffers to post or recycle
     tx = st.vq[v + 1]
-    if tx[VQ_TRANSIENT] != 0 and load_acquire(tx, VQ_STAGE_TAIL) != tx[VQ_POSTED]:
+    if tx[DRV_TRANSIENT] != 0 and load_acquire(tx, DRV_STAGE_TAIL) != tx[DRV_POSTED]:
         return np.int64(1)  # granted tx buffers the rx kernel posts (vq.recv)
     m = st.mem
-    num = row[VQ_NUM]
-    avail = row[VQ_AVAIL]
-    last = row[VQ_LAST_USED]
+    num = row[DRV_NUM]
+    avail = row[DRV_AVAIL]
+    last = row[DRV_LAST_USED]
     set_avail_flags(m, avail, avail_flags(m, avail) & ~VRING_AVAIL_F_NO_INTERRUPT)
-    if row[VQ_EVENT_IDX] != 0:
+    if row[DRV_EVENT_IDX] != 0:
         set_used_event(m, avail, num, last)
     fence()  # pairs with the device's fence in _publish
-    return (used_idx(m, row[VQ_USED]) - last) & 0xFFFF
+    return (used_idx(m, row[DRV_USED]) - last) & 0xFFFF
 
 
 @njit(nogil=True, cache=True)
@@ -61,13 +61,13 @@ def virtio_user_disarm(st, q):
     """Back to polling: no calls wanted."""
     v = 2 * q
     row = st.vq[v]
-    if load_acquire(row, VQ_READY) == 0:
+    if load_acquire(row, DRV_READY) == 0:
         return
     m = st.mem
-    avail = row[VQ_AVAIL]
+    avail = row[DRV_AVAIL]
     set_avail_flags(m, avail, avail_flags(m, avail) | VRING_AVAIL_F_NO_INTERRUPT)
-    if row[VQ_EVENT_IDX] != 0:
-        set_used_event(m, avail, row[VQ_NUM], row[VQ_LAST_USED] + _PARK)
+    if row[DRV_EVENT_IDX] != 0:
+        set_used_event(m, avail, row[DRV_NUM], row[DRV_LAST_USED] + _PARK)
 
 
 register_intr(VirtioUserState, virtio_user_arm, virtio_user_disarm)

@@ -34,28 +34,28 @@ from ..virtio.features import NET_HDR_NUM_BUFFERS
 from ..virtio.split import VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, avail_event, set_avail_entry, set_avail_idx, set_desc, set_used_event, used_entry_id, used_entry_len, used_flags, used_idx, vring_need_event
 
 # vq control columns
-(VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_BUF, VQ_STRIDE, VQ_IOVA_DELTA, VQ_HDR_LEN, VQ_KICK_FD,
- VQ_TRANSIENT, VQ_AVAIL_IDX, VQ_LAST_USED, VQ_FREE_TOP, VQ_EVENT_IDX, VQ_MRG) = range(16)
+(DRV_READY, DRV_NUM, DRV_DESC, DRV_AVAIL, DRV_USED, DRV_BUF, DRV_STRIDE, DRV_IOVA_DELTA, DRV_HDR_LEN, DRV_KICK_FD,
+ DRV_TRANSIENT, DRV_AVAIL_IDX, DRV_LAST_USED, DRV_FREE_TOP, DRV_EVENT_IDX, DRV_MRG) = range(16)
 # FIFO counters, each on its own cache line (kernel vs control thread)
-VQ_STAGE_TAIL, VQ_MAP_DONE, VQ_POSTED = 16, 24, 17
-VQ_DONE_TAIL, VQ_UNMAP_DONE, VQ_FREED = 32, 40, 33
-N_VQ = 48
+DRV_STAGE_TAIL, DRV_MAP_DONE, DRV_POSTED = 16, 24, 17
+DRV_DONE_TAIL, DRV_UNMAP_DONE, DRV_FREED = 32, 40, 33
+N_DRV = 48
 
-XS_BAD_USED, XS_TOO_BIG, XS_KICKS = range(3)
-N_XSTATS = 4
-XSTAT_NAMES = ("bad_used_entries", "too_big", "kicks")
+DRV_XS_BAD_USED, DRV_XS_TOO_BIG, DRV_XS_KICKS = range(3)
+N_DRV_XSTATS = 4
+DRV_XSTAT_NAMES = ("bad_used_entries", "too_big", "kicks")
 
-CTL_WAKE_FD = 0
+DRVCTL_WAKE_FD = 0
 
 
 class VirtioUserState(NamedTuple):
     mem: Mem  # guest RAM by GPA
-    vq: np.ndarray  # (nb_vrings, N_VQ) int64
+    vq: np.ndarray  # (nb_vrings, N_DRV) int64
     free: np.ndarray  # (nb_vrings, num) int32 stack of descriptor ids
     stage: np.ndarray  # (nb_vrings, num) int32 FIFO
     done: np.ndarray  # (nb_vrings, num) int32 FIFO
     owned: np.ndarray  # (nb_vrings, num) uint8: 1 while the device holds the id
-    xstats: np.ndarray  # (nb_vrings, N_XSTATS) int64
+    xstats: np.ndarray  # (nb_vrings, N_DRV_XSTATS) int64
     stats: np.ndarray  # (nb_queue_pairs, N_STATS) int64
     ctl: np.ndarray  # int64[8]
     port_id: int
@@ -64,7 +64,7 @@ class VirtioUserState(NamedTuple):
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _wake(st):
     """Wake the control thread (transient grants/revokes to send)."""
-    fd = st.ctl[CTL_WAKE_FD]
+    fd = st.ctl[DRVCTL_WAKE_FD]
     if fd >= 0:
         eventfd_signal(fd)
 
@@ -74,14 +74,14 @@ def _push_done(st, v, i):
     """The device returned id ``i``; False if it was not the device's to
     return (out of range or returned twice): counted, ignored."""
     row = st.vq[v]
-    if i >= row[VQ_NUM] or st.owned[v, i] == 0:
-        st.xstats[v, XS_BAD_USED] += 1
+    if i >= row[DRV_NUM] or st.owned[v, i] == 0:
+        st.xstats[v, DRV_XS_BAD_USED] += 1
         return False
     st.owned[v, i] = 0
-    num = row[VQ_NUM]
-    t = row[VQ_DONE_TAIL]
+    num = row[DRV_NUM]
+    t = row[DRV_DONE_TAIL]
     st.done[v, t & (num - 1)] = i
-    row[VQ_DONE_TAIL] = t + 1
+    row[DRV_DONE_TAIL] = t + 1
     return True
 
 
@@ -90,7 +90,7 @@ def _handed_back(st, row, tail, done):
     """How far the control thread has processed a FIFO (``row[done]``, it
     owns that counter in transient mode; wake it if it lags); without
     transient grants there is nothing to do and the kernel moves it itself."""
-    if row[VQ_TRANSIENT] == 0:
+    if row[DRV_TRANSIENT] == 0:
         row[done] = row[tail]
     elif row[tail] != load_acquire(row, done):
         _wake(st)
@@ -101,57 +101,57 @@ def _handed_back(st, row, tail, done):
 def _recycle(st, v):
     """Done ids the control thread has unmapped go back on the free stack."""
     row = st.vq[v]
-    num = row[VQ_NUM]
-    upto = _handed_back(st, row, VQ_DONE_TAIL, VQ_UNMAP_DONE)  # returned buffers revoked
-    f = row[VQ_FREED]
-    top = row[VQ_FREE_TOP]
+    num = row[DRV_NUM]
+    upto = _handed_back(st, row, DRV_DONE_TAIL, DRV_UNMAP_DONE)  # returned buffers revoked
+    f = row[DRV_FREED]
+    top = row[DRV_FREE_TOP]
     while f < upto:
         st.free[v, top] = st.done[v, f & (num - 1)]
         top += 1
         f += 1
-    row[VQ_FREED] = f
-    row[VQ_FREE_TOP] = top
+    row[DRV_FREED] = f
+    row[DRV_FREE_TOP] = top
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _stage(st, v, i):
     row = st.vq[v]
-    t = row[VQ_STAGE_TAIL]
+    t = row[DRV_STAGE_TAIL]
     st.owned[v, i] = 1
-    st.stage[v, t & (row[VQ_NUM] - 1)] = i
-    store_release(row, VQ_STAGE_TAIL, t + 1)
+    st.stage[v, t & (row[DRV_NUM] - 1)] = i
+    store_release(row, DRV_STAGE_TAIL, t + 1)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _post(st, v):
     """Make staged (and, if transient, mapped) ids available; kick once."""
     row = st.vq[v]
-    num = row[VQ_NUM]
-    upto = _handed_back(st, row, VQ_STAGE_TAIL, VQ_MAP_DONE)  # staged buffers granted
-    p = row[VQ_POSTED]
+    num = row[DRV_NUM]
+    upto = _handed_back(st, row, DRV_STAGE_TAIL, DRV_MAP_DONE)  # staged buffers granted
+    p = row[DRV_POSTED]
     if p == upto:
         return
     m = st.mem
-    idx = row[VQ_AVAIL_IDX]
-    avail = row[VQ_AVAIL]
+    idx = row[DRV_AVAIL_IDX]
+    avail = row[DRV_AVAIL]
     p0 = p
     while p < upto:
         set_avail_entry(m, avail, idx & (num - 1), st.stage[v, p & (num - 1)])
         idx += 1
         p += 1
-    row[VQ_POSTED] = p
-    row[VQ_AVAIL_IDX] = idx
+    row[DRV_POSTED] = p
+    row[DRV_AVAIL_IDX] = idx
     set_avail_idx(m, avail, idx)
-    fd = row[VQ_KICK_FD]
+    fd = row[DRV_KICK_FD]
     if fd >= 0:
         fence()  # pairs with the device's fence after arming notifications
-        if row[VQ_EVENT_IDX] != 0:  # kick only if avail_event was crossed (2.7.10)
-            want = vring_need_event(avail_event(m, row[VQ_USED], num), idx, idx - (upto - p0))
+        if row[DRV_EVENT_IDX] != 0:  # kick only if avail_event was crossed (2.7.10)
+            want = vring_need_event(avail_event(m, row[DRV_USED], num), idx, idx - (upto - p0))
         else:
-            want = not used_flags(m, row[VQ_USED]) & VRING_USED_F_NO_NOTIFY
+            want = not used_flags(m, row[DRV_USED]) & VRING_USED_F_NO_NOTIFY
         if want:
             eventfd_signal(fd)
-            st.xstats[v, XS_KICKS] += 1
+            st.xstats[v, DRV_XS_KICKS] += 1
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -160,34 +160,34 @@ def _no_calls(st, v, last_used):
     ahead, so the device never finds it crossed (the NO_INTERRUPT flag
     does the same without EVENT_IDX)."""
     row = st.vq[v]
-    if row[VQ_EVENT_IDX] != 0:
-        set_used_event(st.mem, row[VQ_AVAIL], row[VQ_NUM], last_used + 0x8000)
+    if row[DRV_EVENT_IDX] != 0:
+        set_used_event(st.mem, row[DRV_AVAIL], row[DRV_NUM], last_used + 0x8000)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _buf_gpa(row, i):
-    return row[VQ_BUF] + i * row[VQ_STRIDE]
+    return row[DRV_BUF] + i * row[DRV_STRIDE]
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def xmit(st, v, q, pool, bufs, nb):
     """``bufs[:nb]`` -> transmit ring ``v``; returns how many were taken."""
     row = st.vq[v]
-    if load_acquire(row, VQ_READY) == 0:
+    if load_acquire(row, DRV_READY) == 0:
         return 0
     m = st.mem
-    num = row[VQ_NUM]
-    used_now = used_idx(m, row[VQ_USED])
-    last = row[VQ_LAST_USED]
+    num = row[DRV_NUM]
+    used_now = used_idx(m, row[DRV_USED])
+    last = row[DRV_LAST_USED]
     while last != used_now:  # reap what the device sent
-        _push_done(st, v, used_entry_id(m, row[VQ_USED], last & (num - 1)))
+        _push_done(st, v, used_entry_id(m, row[DRV_USED], last & (num - 1)))
         last = (last + 1) & 0xFFFF
-    row[VQ_LAST_USED] = last
+    row[DRV_LAST_USED] = last
     _no_calls(st, v, last)
     _recycle(st, v)
-    hdr = row[VQ_HDR_LEN]
-    room = row[VQ_STRIDE] - hdr
-    top = row[VQ_FREE_TOP]
+    hdr = row[DRV_HDR_LEN]
+    room = row[DRV_STRIDE] - hdr
+    top = row[DRV_FREE_TOP]
     taken = 0
     sent = 0
     nbytes = 0
@@ -196,7 +196,7 @@ def xmit(st, v, q, pool, bufs, nb):
         taken += 1
         ln = np.int64(pool.data_len[k])
         if ln > room:
-            st.xstats[v, XS_TOO_BIG] += 1
+            st.xstats[v, DRV_XS_TOO_BIG] += 1
             st.stats[q, ST_OERRORS] += 1
             continue
         top -= 1
@@ -204,11 +204,11 @@ def xmit(st, v, q, pool, bufs, nb):
         gpa = _buf_gpa(row, i)
         m.u8[gpa:gpa + hdr] = 0
         memcpy(m.u8, gpa + hdr, pool.data, mbuf_offset(pool, k), ln)
-        set_desc(m, row[VQ_DESC], i, gpa + row[VQ_IOVA_DELTA], hdr + ln, 0, 0)
+        set_desc(m, row[DRV_DESC], i, gpa + row[DRV_IOVA_DELTA], hdr + ln, 0, 0)
         _stage(st, v, i)
         sent += 1
         nbytes += ln
-    row[VQ_FREE_TOP] = top
+    row[DRV_FREE_TOP] = top
     _post(st, v)
     free_bulk(pool, bufs, taken)
     st.stats[q, ST_OPACKETS] += sent
@@ -220,12 +220,12 @@ def xmit(st, v, q, pool, bufs, nb):
 def recv(st, v, q, pool, bufs, nb):
     """Receive ring ``v`` -> up to ``nb`` mbufs; refills the ring."""
     row = st.vq[v]
-    if load_acquire(row, VQ_READY) == 0:
+    if load_acquire(row, DRV_READY) == 0:
         return 0
     m = st.mem
-    num = row[VQ_NUM]
-    used = row[VQ_USED]
-    last = row[VQ_LAST_USED]
+    num = row[DRV_NUM]
+    used = row[DRV_USED]
+    last = row[DRV_LAST_USED]
     n = (used_idx(m, used) - last) & 0xFFFF
     n = min(n, nb)
     got = 0
@@ -234,7 +234,7 @@ def recv(st, v, q, pool, bufs, nb):
         if not alloc_bulk(pool, bufs, n):
             st.stats[q, ST_RX_NOMBUF] += n
             n = 0
-        hdr = row[VQ_HDR_LEN]
+        hdr = row[DRV_HDR_LEN]
         room = pool.buf_size - HEADROOM
         avail_used = (used_idx(m, used) - last) & 0xFFFF
         e = 0  # used entries consumed
@@ -247,15 +247,15 @@ def recv(st, v, q, pool, bufs, nb):
             if not _push_done(st, v, i):
                 st.stats[q, ST_IERRORS] += 1
                 continue
-            if ln < 0 or ln > row[VQ_STRIDE] - hdr or ln > room:
-                st.xstats[v, XS_BAD_USED] += 1
+            if ln < 0 or ln > row[DRV_STRIDE] - hdr or ln > room:
+                st.xstats[v, DRV_XS_BAD_USED] += 1
                 st.stats[q, ST_IERRORS] += 1
                 continue
             k = bufs[got]
             dst = mbuf_offset(pool, k)
             memcpy(pool.data, dst, m.u8, _buf_gpa(row, i) + hdr, ln)
             total = ln
-            nbuf = np.int64(m.u16[(_buf_gpa(row, i) + NET_HDR_NUM_BUFFERS) >> 1]) if row[VQ_MRG] != 0 else 1
+            nbuf = np.int64(m.u16[(_buf_gpa(row, i) + NET_HDR_NUM_BUFFERS) >> 1]) if row[DRV_MRG] != 0 else 1
             ok = True
             for _more in range(1, nbuf):  # MRG_RXBUF: the rest of the packet follows
                 if e >= avail_used:
@@ -266,13 +266,13 @@ def recv(st, v, q, pool, bufs, nb):
                 ln2 = used_entry_len(m, used, slot)
                 last = (last + 1) & 0xFFFF
                 e += 1
-                if not _push_done(st, v, i2) or ln2 > row[VQ_STRIDE] or total + ln2 > room:
+                if not _push_done(st, v, i2) or ln2 > row[DRV_STRIDE] or total + ln2 > room:
                     ok = False
                     continue
                 memcpy(pool.data, dst + total, m.u8, _buf_gpa(row, i2), ln2)
                 total += ln2
             if not ok:
-                st.xstats[v, XS_BAD_USED] += 1
+                st.xstats[v, DRV_XS_BAD_USED] += 1
                 st.stats[q, ST_IERRORS] += 1
                 continue
             pool.data_len[k] = total
@@ -281,19 +281,19 @@ def recv(st, v, q, pool, bufs, nb):
             got += 1
         if got < n:
             free_bulk(pool, bufs[got:], n - got)
-        row[VQ_LAST_USED] = last
+        row[DRV_LAST_USED] = last
         _no_calls(st, v, last)
     _recycle(st, v)
-    top = row[VQ_FREE_TOP]
-    stride = row[VQ_STRIDE]
+    top = row[DRV_FREE_TOP]
+    stride = row[DRV_STRIDE]
     while top > 0:  # refill: every free buffer goes back to the device
         top -= 1
         i = np.int64(st.free[v, top])
-        set_desc(m, row[VQ_DESC], i, _buf_gpa(row, i) + row[VQ_IOVA_DELTA], stride, VRING_DESC_F_WRITE, 0)
+        set_desc(m, row[DRV_DESC], i, _buf_gpa(row, i) + row[DRV_IOVA_DELTA], stride, VRING_DESC_F_WRITE, 0)
         _stage(st, v, i)
-    row[VQ_FREE_TOP] = top
+    row[DRV_FREE_TOP] = top
     _post(st, v)
-    if st.vq[v + 1, VQ_TRANSIENT] != 0:
+    if st.vq[v + 1, DRV_TRANSIENT] != 0:
         _post(st, v + 1)  # tx buffers granted since the last transmit: rx is polled even when tx is idle
     st.stats[q, ST_IPACKETS] += got
     st.stats[q, ST_IBYTES] += nbytes

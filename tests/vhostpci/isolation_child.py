@@ -24,7 +24,7 @@ from pmd.mbuf import create_pool
 from pmd.guestmem.translate import translate
 from pmd.guestmem.views import mem_views
 from pmd.virtio.split import set_avail_entry, set_desc
-from pmd.virtio_user_pmd.vq import VQ_AVAIL_IDX, VQ_DONE_TAIL, VQ_UNMAP_DONE
+from pmd.virtio_user_pmd.vq import DRV_AVAIL_IDX, DRV_DONE_TAIL, DRV_UNMAP_DONE
 from tests.vhostpci.peer_io import _send, check_packet, make_packet, recv, send
 from tests.util import wait_until as wait
 
@@ -53,7 +53,7 @@ def main(action: str, mode: str) -> None:
         # (with inflight tracking VM2 returns a burst's descriptors on its next poll)
         assert recv(vp, pool) == []
         _send(vu.kernel_state(), 0, pool, empty, np.zeros(1, np.int64), 0)
-        return row[VQ_DONE_TAIL] == 4 and (mode != "transient" or row[VQ_UNMAP_DONE] == 4)
+        return row[DRV_DONE_TAIL] == 4 and (mode != "transient" or row[DRV_UNMAP_DONE] == 4)
 
     assert wait(reaped), "not returned/revoked"
     buf0 = tx.buf  # descriptor 0's buffer went first
@@ -61,7 +61,7 @@ def main(action: str, mode: str) -> None:
     print("translate ring:", translate(win.table, win.table_count, tx.desc, 1, False) >= 0, flush=True)
     # A rogue descriptor: VM1 points its tx ring at a page it never granted.
     m = mem_views(vu.driver.view.array)
-    idx = int(row[VQ_AVAIL_IDX])
+    idx = int(row[DRV_AVAIL_IDX])
     set_desc(m, tx.desc, 100, ROGUE_GPA, 64, 0, 0)
     set_avail_entry(m, tx.avail, idx & (tx.num - 1), 100)
     m.u16[(tx.avail + 2) >> 1] = (idx + 1) & 0xFFFF
