@@ -5,7 +5,8 @@ ring index, flag or counter another thread or process writes must be read
 with ``load_acquire`` and published with ``store_release`` (a plain ``mov``
 on x86, but it stops the compiler from caching or reordering).  Arming
 notifications against a peer that may be going to sleep needs ``fence()``
-(seq_cst) on both sides or wake-ups are lost (see FACTS.md).
+(seq_cst) on both sides or wake-ups are lost (release/acquire alone lost
+wake-ups in testing).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Kicks (driver -> device) and calls (device -> driver) are eventfd writes of
 a u64 1.  A kernel cannot call Python, and a ctypes function pointer in a
-kernel breaks ``cache=True`` (FACTS.md), so libc's ``write``/``read`` are
+kernel breaks ``cache=True`` (Numba cannot cache it), so libc's ``write``/``read`` are
 declared as external symbols in intrinsics; the process's libc resolves them.
 """
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Sizes written the way DPDK and QEMU options write them (``32M``, ``1G``)."""
 from __future__ import annotations
 
+import mmap
+
 import re
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -18,3 +20,6 @@ def parse_size(text: str) -> int:
     if not m:
         raise ValueError(f"size {text!r} is not a number with an optional K/M/G suffix")
     return size_bytes(*m.groups())
+
+# The host page size: the unit of every mapping (guest memory, AF_PACKET rings).
+PAGE_SIZE = mmap.PAGESIZE

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 TESTPMD = "dpdk-testpmd"
 PROMPT = "testpmd> "
-NB_MBUFS = 16384  # 16384 x 2176 B: fits -m 256 (FACTS.md: -m 256 works with this pool)
+NB_MBUFS = 16384  # 16384 x 2176 B: fits -m 256 (-m 256 works with this pool)
 
 _NUM = r"\s*(\d+)"
 _RE = {

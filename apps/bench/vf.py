@@ -21,7 +21,7 @@ for MTU 1500); a veth carries no FCS, so frames are ``size - 4`` bytes
 PACKET_QDISC_BYPASS on (DPDK's default), 2048 tx frames.
 
 Variants alternate within each round, order reversed every other round;
-ratio = median of the per-round ours / DPDK (FACTS.md: the machine jumps
+ratio = median of the per-round ours / DPDK (the machines jump
 between speed levels, absolute figures alone mean little).
 """
 from __future__ import annotations

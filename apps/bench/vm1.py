@@ -33,7 +33,7 @@ at that fixed rate; the guest counts what its socket read (Udp
 InDatagrams), checksum errors (a torn or stale page fails the UDP
 checksum) and socket overflows (RcvbufErrors, made unlikely by a deep
 buffer).  Delivered = read / sent, in %.  The namespace's veth end
-computes full checksums (tx offload off, see _full_checksums).  FACTS.md: DPDK's vhost back-end
+computes full checksums (tx offload off, see _full_checksums).  DPDK's vhost back-end
 delivered ~43% under a strict intel-iommu in one run (an IOTLB miss drops
 the packet); ours parks it until the IOTLB answers.
 """

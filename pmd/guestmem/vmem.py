@@ -7,10 +7,10 @@ map at a fixed address), raising ``OSError`` with what was being mapped.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 
-PAGE_SIZE = mmap.PAGESIZE
+from ..units import PAGE_SIZE
+
 
 PROT_NONE = 0
 PROT_READ = 1

@@ -10,11 +10,11 @@ the promiscuous membership.
 """
 from __future__ import annotations
 
-import mmap
 import socket
 
 import numpy as np
 
+from ..units import PAGE_SIZE
 from ..ethdev import (
     ST_IMISSED,
     LinkStatus,
@@ -41,8 +41,8 @@ def _iface(text: str) -> str:
 
 def _blocksize(text: str) -> int:
     n = parse_int(text)
-    if n < mmap.PAGESIZE or n % mmap.PAGESIZE or n & (n - 1) or n > 1 << 26:
-        raise ValueError(f"blocksize must be a power of two from {mmap.PAGESIZE} to 64 MiB, got {n}")
+    if n < PAGE_SIZE or n % PAGE_SIZE or n & (n - 1) or n > 1 << 26:
+        raise ValueError(f"blocksize must be a power of two from {PAGE_SIZE} to 64 MiB, got {n}")
     return n
 
 
@@ -107,7 +107,7 @@ class VfDriver(PortDriver):
             self._mtu = netdev.mtu(self.iface)
             max_frame = self._mtu + L.ETH_HLEN
             frame_size = max(2048, _pow2_at_least(L.T2_DATA + max_frame))
-            per_block = max(mmap.PAGESIZE // frame_size, 1)
+            per_block = max(PAGE_SIZE // frame_size, 1)
             frame_nr = -(-a["framecount"] // per_block) * per_block
             rx_area = netdev.RingArea(self.nb_rxq, a["blocksize"] * a["blocks"])
             self._areas.append(rx_area)

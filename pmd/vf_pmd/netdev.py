@@ -11,10 +11,11 @@ import struct
 
 import numpy as np
 
+from ..units import PAGE_SIZE
+
 from . import layout as L
 
 _SYS = "/sys/class/net"
-PAGE_SIZE = mmap.PAGESIZE
 
 
 # ---- the netdev ----------------------------------------------------------

@@ -21,7 +21,7 @@ import os
 import socket
 import stat
 import time
-from typing import Callable, TYPE_CHECKING
+from typing import Callable, Protocol
 
 from .codec import Channel, Message
 from .errors import Timeout, VhostUserError
@@ -32,6 +32,7 @@ from .messages import (
     IotlbMsg,
     IotlbType,
     LogRegion,
+    MemoryRegion,
     MemTable,
     Payload,
     ProtocolFeature,
@@ -42,8 +43,14 @@ from .messages import (
     request_name,
 )
 
-if TYPE_CHECKING:
-    from ..virtio_user_pmd.guest_memory import GuestMemory
+
+
+class MemoryTableSource(Protocol):
+    """Guest RAM a front-end can describe in SET_MEM_TABLE (e.g. the
+    virtio-user port's memfd regions)."""
+
+    def regions_for_mem_table(self) -> tuple[list[MemoryRegion], list[int]]:
+        """The regions and one fd per region."""
 
 __all__ = ["FrontendError", "FrontendSession", "FrontendListener"]
 
@@ -162,7 +169,7 @@ class FrontendSession:
         return self._get(F.GET_STATUS).u64
 
     # ------------------------------------------------------------ memory
-    def set_mem_table(self, memory: GuestMemory) -> None:
+    def set_mem_table(self, memory: MemoryTableSource) -> None:
         regions, fds = memory.regions_for_mem_table()
         self._set(F.SET_MEM_TABLE, MemTable(regions), fds)
 

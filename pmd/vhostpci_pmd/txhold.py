@@ -4,8 +4,8 @@ queue for packets parked on an IOTLB miss.
 Behind a strict vIOMMU VM1 maps each receive buffer just before posting it,
 so the first packet into almost every buffer finds no grant: the kernel
 raises a MISS and stops.  Returning those packets to the caller would drop
-them (testpmd's io engine frees what tx_burst refused: FACTS.md saw DPDK's
-vhost back-end deliver ~43 % of frames that way).  Instead ``tx`` takes them
+them (testpmd's io engine frees what tx_burst refused: DPDK's vhost
+back-end delivered ~43 % of frames that way in our real-VM1 bench).  Instead ``tx`` takes them
 into a per-queue hold queue (order kept, bounded: ``HOLD_CAP``), and every
 later ``tx`` or ``flush`` (the forwarding loop's idle passes, see
 ``pmd.burst.tx_flush``) sends the held ones first, once VM1's UPDATE mapped

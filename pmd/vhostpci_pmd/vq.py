@@ -201,7 +201,7 @@ def _publish(st, v, used, old_used, used_idx, avail, num):
     fd = st.vq[v, VQ_CALL_FD]
     if fd < 0:
         return
-    fence()  # the driver re-checks used idx after arming; see FACTS.md (lost wake-ups)
+    fence()  # the driver re-checks used idx after arming; see pmd/atomics.py (lost wake-ups)
     if st.vq[v, VQ_EVENT_IDX] != 0:
         want = vring_need_event(used_event(m, avail, num), used_idx, old_used)
     else:

@@ -16,11 +16,11 @@ import numpy as np
 
 from ..shm import create_shared, release_shared
 from ..vhost_user.messages import MAX_MEM_REGIONS, MemoryRegion
+from ..units import PAGE_SIZE
 
 __all__ = ["GuestMemory", "GuestRegion", "PAGE_SIZE"]
 
 
-PAGE_SIZE = mmap.PAGESIZE
 
 
 @dataclass

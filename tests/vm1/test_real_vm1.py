@@ -119,7 +119,7 @@ def test_guest_pings_and_exchanges_udp_with_the_namespace(vm2, image61, workdir)
 
 
 def test_intel_iommu_strict_delivers_every_frame(vm2, image61, workdir, capsys):
-    """FACTS.md: DPDK's vhost back-end delivered ~43% of frames to a guest
+    """DPDK's vhost back-end delivered ~43% of frames to a guest
     under a strict intel-iommu.  Here every frame must arrive."""
     rx = 300
     with make_vm1(image61, vm2, workdir, scenario(rx), iommu="intel", strict=True) as vm:

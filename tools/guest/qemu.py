@@ -1,6 +1,6 @@
 """VM1: one QEMU (TCG) process running a guest image over a vhost-user socket.
 
-Recipes and pitfalls (FACTS.md "Real VM1"): TCG only; `vectors=0` on
+Recipes and pitfalls (README, "A real VM1"): TCG only; `vectors=0` on
 virtio-net-pci (QEMU 7.2 + TCG + vhost-user + MSI-X segfaults); RAM is a
 shared memfd; with a vIOMMU the NIC sits on a pcie-root-port with
 `iommu_platform=on,ats=on`. Only the PID started here is ever killed.
