@@ -46,8 +46,7 @@ def _positive(text: str) -> int:
     return n
 
 
-def parse_app_args(argv: list[str]) -> argparse.Namespace:
-    """Parse the options after ``--`` (exit 2 with one line on error)."""
+def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="testpmd-style forwarding over vhostpci ports",
                 usage=f"{PROG} [EAL options] -- [-i] [-a] [--tx-first] [options]")
     p.add_argument("-i", "--interactive", action="store_true", help="run the testpmd> shell")
@@ -65,7 +64,12 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
                    help="pure polling: never fall back to sleeping on rx notifications")
     p.add_argument("--idle-polls", type=_positive, default=FwdConfig.idle_polls, metavar="N",
                    help=f"empty passes before an lcore sleeps until woken (default {FwdConfig.idle_polls})")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_app_args(argv: list[str]) -> argparse.Namespace:
+    """Parse the options after ``--`` (exit 2 with one line on error)."""
+    return _parser().parse_args(argv)
 
 
 def _fail(message: str, status: int = 1) -> NoReturn:
@@ -75,7 +79,7 @@ def _fail(message: str, status: int = 1) -> NoReturn:
 
 def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace]:
     """EAL, app options, the forwarding runtime and every --vdev port started."""
-    eal, app_argv = eal_init(argv)
+    eal, app_argv = eal_init(argv, prog=PROG, app_help=lambda: _parser().format_help())
     args = parse_app_args(app_argv)
     workers = len(eal.worker_lcores)
     if args.nb_cores > workers:
