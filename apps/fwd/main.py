@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("Interrupted before forwarding started.")
             return 130
-        telemetry = start_telemetry(eal, fw)
+        telemetry = start_telemetry(eal, lambda: fw.ports)
         try:
             fw.config.mode = args.forward_mode
             fw.config.burst = args.burst

@@ -15,12 +15,13 @@ import sys
 from typing import NoReturn
 
 from apps.cli import silence_stdout
-from pmd.eal import eal_init
+from pmd.eal import EalConfig, eal_init, format_cpuset
 from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
 from pmd.fwd.config import FwdConfig
 from pmd.fwd.runtime import Forwarding, FwdError, forwarding_from_eal
 from pmd.signals import StopSignals
+from pmd.telemetry import start_telemetry
 
 from . import display
 from .shell import TestpmdShell, make_shell
@@ -77,11 +78,14 @@ def _fail(message: str, status: int = 1) -> NoReturn:
     raise SystemExit(status)
 
 
-def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace]:
+def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace, EalConfig]:
     """EAL, app options, the forwarding runtime and every --vdev port started."""
     eal, app_argv = eal_init(argv, prog=PROG, app_help=lambda: _parser().format_help())
     args = parse_app_args(app_argv)
     workers = len(eal.worker_lcores)
+    if not workers:
+        _fail(f"no worker lcore to forward on: lcores {format_cpuset(set(eal.lcores))} are all the main lcore"
+              " (give at least two, e.g. -l 0-1)", 2)
     if args.nb_cores > workers:
         _fail(f"--nb-cores={args.nb_cores}: only {workers} worker lcores (give the EAL more, e.g. -l)", 2)
     config = FwdConfig(mode=args.forward_mode, nb_cores=args.nb_cores, burst=args.burst, txpkts=args.txpkts,
@@ -94,6 +98,8 @@ def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace]:
         fwd = forwarding_from_eal(eal, args.total_num_mbufs)
     except (PortError, FwdError, ValueError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted while setting up the ports", 130)
     fwd.config = config
     try:
         for pid, port in fwd.ports.items():
@@ -102,7 +108,7 @@ def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace]:
         print("Checking link statuses...\nDone")
     except BrokenPipeError:  # stdout's reader left already (| head -1): go on quietly
         silence_stdout()
-    return fwd, args
+    return fwd, args, eal
 
 
 def run_until_signal(shell: TestpmdShell, period: int | None) -> None:
@@ -122,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     sys.stdout.reconfigure(line_buffering=True)
     argv = sys.argv[1:] if argv is None else argv
-    fwd, args = setup(argv)
+    fwd, args, eal = setup(argv)
     interactive = args.interactive or (not args.auto_start and not args.cmdline_file and sys.stdin.isatty())
     script_stdin = not interactive and not args.auto_start and not args.cmdline_file
     shell = make_shell(fwd, script_stdin)
+    shell.log_specs = list(eal.log_levels)
+    telemetry = start_telemetry(eal, lambda: fwd.ports)
     try:
         if args.auto_start:
             if not shell.onecmd("start tx_first" if args.tx_first else "start") and not fwd.running:
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # stdout's reader left: finish quietly
         silence_stdout()
     finally:
+        if telemetry is not None:
+            telemetry.close()
         if fwd.running or any(not p.closed for p in fwd.ports.values()):
             shell.shutdown()
     return 0
