@@ -2,6 +2,8 @@
 info and the forwarding configuration, laid out as DPDK's testpmd does."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pmd import xstats
 from pmd.ethdev import Port, format_mac
 from pmd.fwd.runtime import StreamInfo, peer_mac
@@ -178,7 +180,8 @@ def device_info(port: Port) -> str:
     ])
 
 
-def fwd_config(mode: str, burst: int, nb_cores: int, ports: list[int], streams: list[StreamInfo]) -> str:
+def fwd_config(mode: str, burst: int, nb_cores: int, ports: list[int], streams: list[StreamInfo],
+               peer_of: Callable[[int], bytes] = peer_mac) -> str:
     """testpmd's ``show config fwd`` block (also printed by ``start``)."""
     lcores = sorted({s.lcore for s in streams})
     lines = [f"{mode} packet forwarding - ports={len(ports)} - cores={len(lcores)} - streams={len(streams)}"]
@@ -187,7 +190,7 @@ def fwd_config(mode: str, burst: int, nb_cores: int, ports: list[int], streams: 
         lines.append(f"Logical Core {lc} (socket 0) forwards packets on {len(mine)} streams:")
         lines += [
             f"  RX P={s.rx_port}/Q={s.rxq} (socket 0) -> TX P={s.tx_port}/Q={s.txq} (socket 0)"
-            f" peer={format_mac(peer_mac(s.tx_port))}"
+            f" peer={format_mac(peer_of(s.tx_port))}"
             for s in mine
         ]
     lines += ["", f"  {mode} packet forwarding packets/burst={burst}",

@@ -174,6 +174,7 @@ class TestpmdShell(cmd.Cmd):
         self.echo = echo  # print each command read (script input has no terminal echo)
         self.finished = False
         self.log_specs: list[str] = []  # --log-level values plus ``set log`` ones, in order
+        self.queue_conf: dict[int, tuple[int, int]] = {}  # port config rxq/txq, applied at port start
         if stdin is not None:
             self.use_rawinput = False
 
@@ -316,7 +317,9 @@ class TestpmdShell(cmd.Cmd):
             if what == "fwd":
                 self._print_fwd_config()
             elif what == "rxtx":
-                print(display.config_rxtx(c.mode, c.burst, c.nb_cores, self.fwd.fwd_ports(), self.fwd.ports))
+                ports = [pid for pid in (c.port_list or sorted(self.fwd.ports))
+                         if pid in self.fwd.ports and not self.fwd.ports[pid].closed]
+                print(display.config_rxtx(c.mode, c.burst, c.nb_cores, ports, self.fwd.ports))
             elif what == "cores":
                 print("List of forwarding lcores: " + "".join(f" {lc}" for lc in self.fwd.fwd_lcores()))
             elif what == "txpkts":
@@ -356,7 +359,7 @@ class TestpmdShell(cmd.Cmd):
     def _print_fwd_config(self) -> None:
         c = self.fwd.config
         streams = self.fwd.streams if self.fwd.running else self.fwd.layout()
-        print(display.fwd_config(c.mode, c.burst, c.nb_cores, self.fwd.fwd_ports(), streams))
+        print(display.fwd_config(c.mode, c.burst, c.nb_cores, self.fwd.fwd_ports(), streams, self.fwd.peer_of))
 
     def do_clear(self, arg: str) -> None:
         """clear port stats|xstats all|N, clear fwd stats all."""
@@ -532,6 +535,8 @@ class TestpmdShell(cmd.Cmd):
         elif action == "start":
             for pid in self._ports(target, include_closed=target != "all"):
                 print(f"Configuring Port {pid} (socket 0)")
+                if pid in self.queue_conf:
+                    self.fwd.ports[pid].configure(*self.queue_conf.pop(pid))
                 self.fwd.start_port(pid)
                 print(f"Port {pid}: {format_mac(self.fwd.ports[pid].mac())}")
             print("Done")
@@ -579,8 +584,11 @@ class TestpmdShell(cmd.Cmd):
             return
         for pid in pids:
             port = self.fwd.ports[pid]
-            if what in ("rxq", "txq"):
-                port.configure(n if what == "rxq" else port.nb_rxq, n if what == "txq" else port.nb_txq)
+            if what in ("rxq", "txq"):  # applied at the next port start, as testpmd does
+                if not 1 <= n <= 1024:
+                    raise BadArguments(f"{what} must be 1..1024, got {n}")
+                rxq, txq = self.queue_conf.get(pid, (port.nb_rxq, port.nb_txq))
+                self.queue_conf[pid] = (n, txq) if what == "rxq" else (rxq, n)
                 continue
             key = port.driver.desc_devargs[0 if what == "rxd" else 1]
             if key is None:

@@ -114,6 +114,10 @@ class Forwarding:
         self.port(port_id)
         self._peer_macs[port_id] = mac
 
+    def peer_of(self, port_id: int) -> bytes:
+        """Where mac/txonly send from ``port_id`` (``set eth-peer``, else the default)."""
+        return self._peer_macs.get(port_id, peer_mac(port_id))
+
     # ---- streams -----------------------------------------------------------
     def fwd_ports(self) -> list[int]:
         """Started ports among the forwarding ports (``set portlist``, then
@@ -157,7 +161,7 @@ class Forwarding:
         peers = np.zeros((nports, 6), np.uint8)
         for pid, p in self.ports.items():
             macs[pid] = np.frombuffer(p.mac(), np.uint8)
-            peers[pid] = np.frombuffer(self._peer_macs.get(pid, peer_mac(pid)), np.uint8)
+            peers[pid] = np.frombuffer(self.peer_of(pid), np.uint8)
         return FwdCtx(
             pool=self.pool,
             bufs=np.zeros(MAX_BURST, np.int32),
