@@ -340,3 +340,47 @@ def test_auto_start_stats_period(tmp_path: Path) -> None:
     port0 = [rx_packets(b)[0] for b in blocks]
     assert all(n > 0 for n in port0) and port0 == sorted(port0) and port0[-1] > port0[0], port0
     assert "Forward statistics for port 0" in out and "Bye..." in out
+
+
+def test_pasted_dpdk_command_line_forwards(tmp_path: Path) -> None:
+    """A typical DPDK testpmd command line, EAL and app options, pasted: it
+    starts (notices for what means nothing here) and forwards."""
+    prefix = f"vhostpci-paste-{os.getpid()}"
+    argv = [sys.executable, "-m", "apps.testpmd", "-l", "0-1", "-n", "4", "--no-pci", "--no-huge", "-m", "512",
+            "--iova-mode=va", "--proc-type=primary", "--single-file-segments", "--file-prefix", prefix,
+            "--log-level=lib.eal:notice", "-a", "0000:00:04.0", "--vdev", "net_ring0", "--vdev", "net_ring1",
+            "--", "--rxq=1", "--txq=1", "--rxd=512", "--txd=512", "--nb-cores=1", "--forward-mode=io",
+            "--port-topology=paired", "--total-num-mbufs=8192", "--mbcache=256", "--rss-ip", "--burst=32",
+            "--eth-peer=0,02:00:00:00:00:aa", "--record-burst-stats"]
+    script = "start tx_first\nshow config rxtx\nshow config fwd\nshow port stats all\nstop\nquit\n"
+    p = subprocess.run(argv, input=script, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                       timeout=JIT_TIMEOUT + 30)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    for opt in ("-n", "--no-pci", "--iova-mode", "--single-file-segments", "-a"):
+        assert f"EAL: {opt}: no effect here" in p.stderr, p.stderr
+    assert "--mbcache: no effect here" in p.stderr and "--rss-ip: no effect here" in p.stderr
+    assert "RX desc=512" in p.stdout and "peer=02:00:00:00:00:AA" in p.stdout
+    assert "RX-bursts : " in p.stdout
+    assert all(n > 0 for n in rx_packets(p.stdout.split("testpmd> stop")[1])), p.stdout
+
+
+@pytest.mark.parametrize("eal, message", [
+    (["-l", "0"], "no worker lcore to forward on"),
+    (["-l", "0-1", "--vdev", "net_ring5,size=abc"], "bad value for devarg size='abc' of net_ring5: expected an integer"),
+    (["-l", "0-1", "--proc-type=secondary"], "--proc-type secondary: not supported"),
+])
+def test_startup_errors(tmp_path: Path, eal: list[str], message: str) -> None:
+    p = subprocess.run([sys.executable, "-m", "apps.testpmd", *eal, "--", "-i"], cwd=ROOT, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Configuring Port" not in p.stdout
+
+
+def test_help_and_version(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "apps.testpmd", "-h"], cwd=ROOT, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "EAL common options:" in p.stdout and "--forward-mode MODE" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "apps.testpmd", "--version"], cwd=ROOT, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("vhostpci-testpmd (vhostpci ")

@@ -11,6 +11,8 @@ read from stdin otherwise.  ``--cmdline-file`` runs its commands first.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from typing import NoReturn
 
@@ -65,7 +67,60 @@ def _parser() -> argparse.ArgumentParser:
                    help="pure polling: never fall back to sleeping on rx notifications")
     p.add_argument("--idle-polls", type=_positive, default=FwdConfig.idle_polls, metavar="N",
                    help=f"empty passes before an lcore sleeps until woken (default {FwdConfig.idle_polls})")
+    # testpmd options applied through the shell's own commands (see _apply_port_options)
+    for opt in ("--rxq", "--txq", "--rxd", "--txd", "--nb-ports"):
+        p.add_argument(opt, type=_positive, metavar="N", help=f"as testpmd's {opt}")
+    p.add_argument("--eth-peer", action="append", default=[], metavar="P,MAC", help="peer MAC of port P")
+    p.add_argument("--port-topology", choices=("paired",), default="paired", help="only paired here")
+    p.add_argument("--record-burst-stats", action="store_true", help="RX/TX burst lines in forward stats")
+    for opt in _NO_EFFECT_FLAGS:
+        p.add_argument(opt, action="store_true", help=argparse.SUPPRESS)
+    for opt in _NO_EFFECT_VALUES:
+        p.add_argument(opt, metavar="X", help=argparse.SUPPRESS)
     return p
+
+
+# testpmd options that mean nothing here: accepted with one notice line each.
+_NO_EFFECT_FLAGS = ("--rss-ip", "--rss-udp", "--disable-rss", "--no-flush-rx", "--numa", "--no-numa",
+                    "--no-lsc-interrupt", "--no-rmv-interrupt", "--enable-drop-en", "--disable-crc-strip")
+_NO_EFFECT_VALUES = ("--mbcache", "--mbuf-size", "--max-pkt-len", "--txfreet", "--rxfreet", "--txrst",
+                     "--rxpt", "--rxht", "--rxwt", "--txpt", "--txht", "--txwt", "--socket-num", "--port-numa-config",
+                     "--ring-numa-config", "--pkt-filter-mode", "--tx-offloads", "--rx-offloads")
+
+
+def _app_notices(args: argparse.Namespace) -> list[str]:
+    out = []
+    for opt in (*_NO_EFFECT_FLAGS, *_NO_EFFECT_VALUES):
+        value = getattr(args, opt[2:].replace("-", "_"))
+        if value not in (None, False):
+            out.append(f"{PROG}: {opt}: no effect here (no such hardware setting)")
+    return out
+
+
+def _apply_port_options(shell: TestpmdShell, args: argparse.Namespace) -> None:
+    """--rxq/--txq/--rxd/--txd/--nb-ports/--eth-peer/--record-burst-stats,
+    through the shell commands that do the same (errors exit 2)."""
+    cmds = []
+    if args.rxq or args.txq or args.rxd or args.txd:
+        cmds.append("port stop all")
+        cmds += [f"port config all {k} {v}" for k, v in
+                 (("rxq", args.rxq), ("txq", args.txq), ("rxd", args.rxd), ("txd", args.txd)) if v]
+        cmds.append("port start all")
+    if args.nb_ports:
+        cmds.append(f"set nbport {args.nb_ports}")
+    for peer in args.eth_peer:
+        pid, _, mac = peer.partition(",")
+        cmds.append(f"set eth-peer {pid} {mac}")
+    if args.record_burst_stats:
+        cmds.append("set record-burst-stats on")
+    for cmd in cmds:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            shell.onecmd(cmd)
+        bad = [ln for ln in out.getvalue().splitlines() if ln.startswith(("Error", "Bad arguments", "Invalid",
+                                                                           "Please"))]
+        if bad:
+            _fail(f"{cmd}: {bad[0]}", 2)
 
 
 def parse_app_args(argv: list[str]) -> argparse.Namespace:
@@ -133,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     script_stdin = not interactive and not args.auto_start and not args.cmdline_file
     shell = make_shell(fwd, script_stdin)
     shell.log_specs = list(eal.log_levels)
+    for notice in _app_notices(args):
+        print(notice, file=sys.stderr)
+    _apply_port_options(shell, args)
     telemetry = start_telemetry(eal, lambda: fwd.ports)
     try:
         if args.auto_start:
