@@ -15,29 +15,58 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
 from .ethdev import DevargError, VdevSpec
+from .log import LogLevelError, parse_spec, resolve_levels
+from .log import configure as configure_logging
+from .log import help_text as log_help_text
+from .mbuf import configure_memory
 from .vdev import parse_vdev
 
 MAX_LCORE = 128  # as DPDK's default RTE_MAX_LCORE
 _MAX_ID = 8192  # bound on any id in a list (Linux's largest NR_CPUS)
 
-# DPDK's log levels, 1 (emergency) .. 8 (debug), with the syslog short forms.
-_LOG_LEVELS = {
-    "emergency": 1, "emerg": 1, "alert": 2, "critical": 3, "crit": 3,
-    "error": 4, "err": 4, "warning": 5, "warn": 5, "notice": 6, "info": 7, "debug": 8,
+# DPDK EAL options that mean nothing here: accepted (so a pasted command line
+# works) with one notice line each.  name -> (takes a value, why).
+_NO_PCI = "no PCI bus here: ports are --vdev devices"
+_NO_EFFECT: dict[str, tuple[bool, str]] = {
+    "-n": (True, "memory channels are not used"),
+    "-r": (True, "memory ranks are not used"),
+    "--socket-mem": (True, "one NUMA-agnostic mbuf pool (size it with the app's --total-num-mbufs)"),
+    "--socket-limit": (True, "one NUMA-agnostic mbuf pool"),
+    "-a": (True, _NO_PCI), "--allow": (True, _NO_PCI), "-w": (True, _NO_PCI), "--pci-whitelist": (True, _NO_PCI),
+    "-b": (True, _NO_PCI), "--block": (True, _NO_PCI), "--pci-blacklist": (True, _NO_PCI),
+    "--no-pci": (False, _NO_PCI), "--vfio-intr": (True, _NO_PCI), "--vfio-vf-token": (True, _NO_PCI),
+    "--create-uio-dev": (False, _NO_PCI),
+    "-d": (True, "drivers are built in (--vdev); shared driver objects are not loaded"),
+    "-s": (True, "no service cores"), "-S": (True, "no service cores"),
+    "--mbuf-pool-ops-name": (True, "one mbuf pool implementation"),
+    "--iova-mode": (True, "buffers are addressed by virtual address (IOVA as VA)"),
+    "--syslog": (True, "logs go to stderr"),
+    "--trace": (True, "no trace points"), "--trace-dir": (True, "no trace points"),
+    "--trace-bufsz": (True, "no trace points"), "--trace-mode": (True, "no trace points"),
+    "--base-virtaddr": (True, "no multi-process address space to align"),
+    "--force-max-simd-bitwidth": (True, "Numba picks the SIMD width for this CPU"),
+    "--vmware-tsc-map": (False, "no TSC use"), "--no-hpet": (False, "no HPET use"),
+    "--in-memory": (False, "already in memory: no runtime files besides the telemetry socket"),
+    "--no-shconf": (False, "no shared config files"),
+    "--legacy-mem": (False, "memory is allocated once at startup"),
+    "--single-file-segments": (False, "no hugetlbfs segment files"),
+    "--match-allocations": (False, "memory is allocated once at startup"),
+    "--huge-unlink": (False, "no hugetlbfs files"), "--huge-worker-stack": (False, "lcore stacks are Python threads'"),
+    "--telemetry": (False, "telemetry is on by default"),
 }
-
-# Options that take no value, accepted for DPDK compatibility and ignored.
-_IGNORED_FLAGS = {"--no-pci", "--no-huge", "--in-memory"}
-# Options that take a value, accepted for DPDK compatibility and ignored
-# (memory is not hugepage-backed here, so sizes and channels mean nothing).
-_IGNORED_WITH_VALUE = {"-m", "--socket-mem", "-n"}
+# Options whose value is optional (only as --opt=VALUE).
+_OPTIONAL_VALUE = {"--huge-unlink", "--huge-worker-stack"}
 _CORE_OPTIONS = {"-c", "-l", "--lcores"}
-_WITH_VALUE = _CORE_OPTIONS | _IGNORED_WITH_VALUE | {
-    "--main-lcore", "--master-lcore", "--vdev", "--log-level", "--file-prefix",
+_WITH_VALUE = _CORE_OPTIONS | {opt for opt, (v, _) in _NO_EFFECT.items() if v} | {
+    "--main-lcore", "--master-lcore", "--vdev", "--log-level", "--file-prefix", "-m", "--huge-dir",
+    "--proc-type",
+}
+_FLAGS = {opt for opt, (v, _) in _NO_EFFECT.items() if not v} | {
+    "--no-huge", "--no-telemetry", "-h", "--help", "-v", "--version",
 }
 _SHORT_WITH_VALUE = {opt for opt in _WITH_VALUE if not opt.startswith("--")}
 
@@ -55,8 +84,21 @@ class EalConfig:
     lcores: dict[int, int]  # lcore id -> cpu id, ordered by lcore id
     main_lcore: int
     vdevs: list[VdevSpec] = field(default_factory=list)  # command-line order
-    log_level: str = "info"
+    log_levels: list[str] = field(default_factory=list)  # --log-level values, in order
     file_prefix: str = "vhostpci"
+    no_huge: bool = False  # --no-huge: plain 4 KiB pages for the mbuf pool
+    memory_mb: int | None = None  # -m: cap on the mbuf pool's memory
+    huge_dir: str | None = None  # --huge-dir: back the mbuf pool with a hugetlbfs file here
+    telemetry: bool = True  # --no-telemetry turns the socket off
+    show_help: bool = False  # -h/--help
+    show_version: bool = False  # --version (print and exit)
+    print_version: bool = False  # -v (print at startup, go on)
+    notices: list[str] = field(default_factory=list)  # one line per option that has no effect here
+
+    @property
+    def log_level(self) -> str:
+        """The last ``--log-level`` given (``info`` without one)."""
+        return self.log_levels[-1] if self.log_levels else "info"
 
     @property
     def worker_lcores(self) -> list[int]:
@@ -193,14 +235,26 @@ def parse_coremask(text: str, available_cpus: Set[int] | None = None) -> dict[in
 # ---- other option values ----------------------------------------------
 
 def _check_log_level(text: str) -> str:
-    """Accept ``LEVEL`` or ``PATTERN:LEVEL``; LEVEL is a name or 1-8."""
-    pattern, colon, level = text.rpartition(":")
-    if colon and not pattern:
-        raise EalError(f"log level {text!r}: empty pattern before ':'")
-    if level.lower() in _LOG_LEVELS or (_NUMBER.fullmatch(level) and 1 <= int(level) <= 8):
+    """Accept DPDK's ``LEVEL``, ``PATTERN:LEVEL``, ``REGEX,LEVEL`` (or ``help``)."""
+    if text == "help":
         return text
-    names = "/".join(("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"))
-    raise EalError(f"log level {text!r}: unknown level {level!r} (expected {names} or 1-8)")
+    try:
+        parse_spec(text)
+    except LogLevelError as e:
+        raise EalError(str(e)) from None
+    return text
+
+
+def _check_memory(opt: str, text: str) -> int:
+    if not _NUMBER.fullmatch(text) or int(text) < 1:
+        raise EalError(f"{opt} {text!r}: expected a size in MB (a positive integer)")
+    return int(text)
+
+
+def _check_huge_dir(text: str) -> str:
+    if not os.path.isdir(text):
+        raise EalError(f"--huge-dir {text!r}: no such directory")
+    return text
 
 
 def _check_file_prefix(text: str) -> str:
@@ -221,6 +275,10 @@ def _split_option(arg: str) -> tuple[str, str | None]:
 
 # ---- the command line -------------------------------------------------
 
+def _eal_part(argv: list[str]) -> list[str]:
+    return argv[: argv.index("--")] if "--" in argv else argv
+
+
 def parse_eal_args(argv: list[str], available_cpus: Set[int] | None = None) -> tuple[EalConfig, list[str]]:
     """Parse EAL options; ``argv`` excludes the program name.
 
@@ -228,17 +286,23 @@ def parse_eal_args(argv: list[str], available_cpus: Set[int] | None = None) -> t
     first ``--``.  Without ``--`` every argument must be an EAL option.  An
     option's value is the rest of the token (``-l0``, ``--vdev=...``) or the
     next argument unless that starts with '-' (then write ``--opt=-x``).
-    Repeated options other than ``--vdev`` keep the last value.  ``-m``,
-    ``-n``, ``--socket-mem``, ``--no-pci``, ``--no-huge`` and ``--in-memory``
-    are accepted for DPDK compatibility and ignored.
-    Raises EalError naming the offending token.
+    ``--vdev`` and ``--log-level`` accumulate; other repeated options keep
+    the last value.  DPDK options that mean nothing here are accepted, each
+    adding a line to ``config.notices``; ``--proc-type=secondary`` is an
+    error (a vhostpci process owns its ports).  With ``-h``/``--help`` or
+    ``--version`` nothing else is checked.  Raises EalError naming the
+    offending token.
     """
+    eal_part = _eal_part(argv)
+    if any(a in ("-h", "--help", "--version") for a in eal_part):
+        config = EalConfig(lcores={}, main_lcore=0, show_help="-h" in eal_part or "--help" in eal_part,
+                           show_version="--version" in eal_part)
+        return config, list(argv[len(eal_part) + 1:])
     available = _cpus_or_default(available_cpus)
     lcores: dict[int, int] | None = None
     core_option: str | None = None
     main_option: tuple[str, str] | None = None
-    vdevs: list[VdevSpec] = []
-    log_level, file_prefix = "info", "vhostpci"
+    config = EalConfig(lcores={}, main_lcore=0)
     app_args: list[str] = []
 
     i = 0
@@ -251,17 +315,17 @@ def parse_eal_args(argv: list[str], available_cpus: Set[int] | None = None) -> t
         if not arg.startswith("-") or arg == "-":
             raise EalError(f"unexpected argument {arg!r} (application options go after '--')")
         opt, value = _split_option(arg)
-        if opt in _IGNORED_FLAGS:
-            if value is not None:
+        if opt in _FLAGS:
+            if value is not None and opt not in _OPTIONAL_VALUE:
                 raise EalError(f"option {opt!r} takes no value (got {arg!r})")
-            continue
-        if opt not in _WITH_VALUE:
-            raise EalError(f"unknown EAL option {opt!r}")
-        if value is None:
-            if i == len(argv) or argv[i].startswith("-"):
-                raise EalError(f"option {opt!r} requires a value")
-            value = argv[i]
-            i += 1
+        elif opt in _WITH_VALUE:
+            if value is None:
+                if i == len(argv) or argv[i].startswith("-"):
+                    raise EalError(f"option {opt!r} requires a value")
+                value = argv[i]
+                i += 1
+        else:
+            raise EalError(f"unknown EAL option {opt!r} (-h lists them)")
 
         if opt in _CORE_OPTIONS:
             if core_option is not None:
@@ -275,15 +339,36 @@ def parse_eal_args(argv: list[str], available_cpus: Set[int] | None = None) -> t
                 spec = parse_vdev(value)
             except DevargError as e:
                 raise EalError(str(e)) from None
-            if any(v.name == spec.name for v in vdevs):
+            if any(v.name == spec.name for v in config.vdevs):
                 raise EalError(f"vdev {spec.name!r} given twice (in --vdev {value!r})")
-            vdevs.append(spec)
+            config.vdevs.append(spec)
         elif opt == "--log-level":
-            log_level = _check_log_level(value)
+            config.log_levels.append(_check_log_level(value))
         elif opt == "--file-prefix":
-            file_prefix = _check_file_prefix(value)
-        # else: one of _IGNORED_WITH_VALUE
+            config.file_prefix = _check_file_prefix(value)
+        elif opt == "-m":
+            config.memory_mb = _check_memory(opt, value)
+        elif opt == "--huge-dir":
+            config.huge_dir = _check_huge_dir(value)
+        elif opt == "--no-huge":
+            config.no_huge = True
+        elif opt == "--no-telemetry":
+            config.telemetry = False
+        elif opt == "-v":
+            config.print_version = True
+        elif opt == "--proc-type":
+            if value not in ("primary", "auto", "secondary"):
+                raise EalError(f"--proc-type {value!r}: expected primary, secondary or auto")
+            if value == "secondary":
+                raise EalError("--proc-type secondary: not supported (each vhostpci process owns its ports;"
+                               " attach to a running one through its telemetry socket)")
+        else:
+            notice = f"{opt}: no effect here ({_NO_EFFECT[opt][1]})"
+            if notice not in config.notices:
+                config.notices.append(notice)
 
+    if config.no_huge and config.huge_dir:
+        raise EalError(f"--no-huge conflicts with --huge-dir {config.huge_dir!r}: give one of them")
     if lcores is None:
         if not available:
             raise EalError("no cpus available for lcores")
@@ -296,16 +381,102 @@ def parse_eal_args(argv: list[str], available_cpus: Set[int] | None = None) -> t
         main_lcore = int(value)
         if main_lcore not in lcores:
             raise EalError(f"{opt} {value!r}: lcore {main_lcore} is not in the lcore set ({format_cpuset(set(lcores))})")
-    config = EalConfig(lcores=lcores, main_lcore=main_lcore, vdevs=vdevs, log_level=log_level, file_prefix=file_prefix)
+    config.lcores, config.main_lcore = lcores, main_lcore
     return config, app_args
 
 
-def eal_init(argv: list[str], available_cpus: Set[int] | None = None) -> tuple[EalConfig, list[str]]:
-    """``parse_eal_args`` for a program's main: on a bad option, print one
-    ``EAL: error: ...`` line to stderr and exit with status 2."""
+def version() -> str:
+    """The installed vhostpci version (the source tree's when not installed)."""
     try:
-        return parse_eal_args(argv, available_cpus)
+        from importlib.metadata import version as dist_version
+
+        return dist_version("vhostpci")
+    except Exception:
+        return "0.1.0"
+
+
+def eal_init(argv: list[str], available_cpus: Set[int] | None = None, prog: str = "vhostpci",
+             app_help: Callable[[], str] | None = None) -> tuple[EalConfig, list[str]]:
+    """``parse_eal_args`` for a program's main, then what DPDK's
+    rte_eal_init does process-wide: logging per ``--log-level`` and the
+    mbuf memory options.  A bad option: one ``EAL: error: ...`` line on
+    stderr, exit status 2.  ``-h``: EAL usage (then ``app_help()``), exit 0;
+    ``--version``: the version, exit 0; ``--log-level help``: the log types,
+    exit 0.  Options with no effect here print one ``EAL:`` notice each."""
+    try:
+        config, app_args = parse_eal_args(argv, available_cpus)
+        if config.show_help:
+            print(usage(prog))
+            if app_help is not None:
+                print(app_help())
+            raise SystemExit(0)
+        if config.show_version:
+            print(f"{prog} (vhostpci {version()})")
+            raise SystemExit(0)
+        if "help" in config.log_levels:
+            print(log_help_text(resolve_levels([v for v in config.log_levels if v != "help"])))
+            raise SystemExit(0)
+        configure_logging(config.log_levels)
+        configure_memory(no_huge=config.no_huge, huge_dir=config.huge_dir, limit_mb=config.memory_mb)
     except EalError as e:
         msg = " ".join(str(e).splitlines())
         print(f"EAL: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
+    if config.print_version:
+        print(f"EAL: RTE Version: 'vhostpci {version()}'", file=sys.stderr)
+    for notice in config.notices:
+        print(f"EAL: {notice}", file=sys.stderr)
+    return config, app_args
+
+
+def usage(prog: str) -> str:
+    """``-h``: the EAL options, laid out as DPDK's usage."""
+    return f"""
+Usage: {prog} [EAL options] -- [application options]
+
+EAL common options:
+  -c COREMASK         Hexadecimal bitmask of cores to run on
+  -l CORELIST         List of cores to run on
+                      The argument format is <c1>[-c2][,c3[-c4],...]
+                      where c1, c2, etc are core indexes between 0 and {MAX_LCORE}
+  --lcores COREMAP    Map lcore set to physical cpu set
+                      The argument format is '<lcores[@cpus]>[<,lcores[@cpus]>...]'
+                      lcores and cpus lists are grouped by '(' and ')'
+                      (an lcore runs on the first cpu of its set)
+  --main-lcore ID     Core ID that is used as main (the control thread)
+  --vdev              Add a virtual device (the only kind of device here).
+                      The argument format is <driver><id>[,key=val,...]
+                      (ex: --vdev=net_vhost_pci0,path=/tmp/vp.sock)
+  -m MB               Memory to allocate for the mbuf pool (an upper bound)
+  --log-level=<level> Set the log level of every type
+  --log-level=<type-match>:<level>
+                      Set a specific log level (glob on the type name)
+  --log-level=<type-regex>,<level>
+                      Set a specific log level (regex on the type name)
+  --log-level=help    Show log types and levels
+  -v                  Display version information on startup
+  --version           Display the version and exit
+  -h, --help          This help
+  --telemetry         Enable telemetry support (on by default)
+  --no-telemetry      Disable telemetry support
+
+EAL Linux options:
+  --file-prefix       Prefix of the runtime directory (the telemetry socket's)
+  --huge-dir          Directory where hugetlbfs is mounted: the mbuf pool is
+                      a file there (needs free hugepages)
+  --no-huge           Plain 4 KiB pages for the mbuf pool (default: transparent
+                      huge pages where the kernel allows)
+
+Accepted for DPDK compatibility, with a notice that they have no effect here:
+  {_wrap(sorted(_NO_EFFECT), 74)}
+Not supported: --proc-type=secondary."""
+
+
+def _wrap(words: list[str], width: int) -> str:
+    lines, line = [], ""
+    for w in words:
+        if line and len(line) + len(w) + 1 > width:
+            lines.append(line)
+            line = ""
+        line = f"{line} {w}" if line else w
+    return "\n  ".join([*lines, line])

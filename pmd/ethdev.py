@@ -59,7 +59,10 @@ class PortStats:
 
 def parse_int(text: str) -> int:
     """Parse a devarg integer (decimal or 0x hex)."""
-    return int(text, 0)
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError("expected an integer (decimal or 0x hex)") from None
 
 
 def parse_path(text: str) -> str:
@@ -97,6 +100,9 @@ class PortDriver(ABC):
     prefix: ClassVar[str]
     devargs: ClassVar[dict[str, Callable[[str], Any]]] = {}
     devarg_defaults: ClassVar[dict[str, Any]] = {}
+    # The devargs holding the rx / tx ring sizes in descriptors (testpmd's
+    # rxd/txd), or None where the peer sets them (vhost-user rings).
+    desc_devargs: ClassVar[tuple[str | None, str | None]] = (None, None)
 
     def __init__(self, name: str, args: dict[str, Any]) -> None:
         self.name = name
@@ -139,8 +145,21 @@ class PortDriver(ABC):
         return LinkStatus(up=True, speed_mbps=10000)
 
     def info(self) -> dict[str, Any]:
-        """Driver-specific lines for ``show port info``."""
+        """Driver-specific lines for ``show port info`` (and telemetry's
+        ``/vhostpci/info``)."""
         return {}
+
+    def mtu(self) -> int:
+        return 1500
+
+    def set_mtu(self, mtu: int) -> None:
+        """Apply ``mtu`` (testpmd's ``port config mtu``); drivers that cannot
+        keep this default."""
+        raise PortError(f"{self.name}: MTU is not settable (operation not supported by {self.prefix})")
+
+    def set_link(self, up: bool) -> None:
+        """Bring the link up/down administratively (``set link-up|link-down``)."""
+        raise PortError(f"{self.name}: link state is not settable (operation not supported by {self.prefix})")
 
     def xstats(self) -> dict[str, int]:
         """Driver-specific counters (``show port xstats``), totals over queues."""
@@ -209,6 +228,8 @@ class Port:
         self.started = False
         self.closed = False
         self._baseline: np.ndarray | None = None
+        self.xstats_baseline: dict[str, int] = {}  # driver xstats at the last clear (pmd/xstats.py)
+        self.mac_override: bytes | None = None  # testpmd's mac_addr set
 
     def configure(self, nb_rxq: int, nb_txq: int) -> None:
         if self.started:
@@ -245,7 +266,21 @@ class Port:
         return self.driver.kernel_state()
 
     def mac(self) -> bytes:
-        return self.driver.mac()
+        """The MAC address forwarding engines use (``mac_addr set`` overrides the driver's)."""
+        return self.mac_override or self.driver.mac()
+
+    def reset(self) -> None:
+        """testpmd's ``port reset``: close the driver instance and make a fresh
+        one from the same devargs (stopped, counters from zero)."""
+        if self.started:
+            raise PortError(f"port {self.port_id} ({self.name}) must be stopped to reset")
+        if not self.closed:
+            self.driver.close()
+        self.driver = self.spec.driver(self.spec.name, self.spec.args)
+        self.driver.port_id = self.port_id
+        self.closed = False
+        self._baseline = None
+        self.xstats_baseline = {}
 
     def link(self) -> LinkStatus:
         return self.driver.link()

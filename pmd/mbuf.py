@@ -8,6 +8,9 @@ burst, with no Python involved.
 from __future__ import annotations
 
 import mmap
+import os
+import tempfile
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -50,6 +53,63 @@ class MbufPool(NamedTuple):
 _HUGE = 2 << 20
 
 
+@dataclass
+class MemoryConfig:
+    """Where pool memory comes from (the EAL's ``--no-huge``, ``--huge-dir``, ``-m``)."""
+
+    no_huge: bool = False  # plain pages, no transparent huge pages
+    huge_dir: str | None = None  # a hugetlbfs mount: the pool is a file there
+    limit_mb: int | None = None  # an upper bound on a pool's size
+
+
+_memory = MemoryConfig()
+
+
+def configure_memory(no_huge: bool = False, huge_dir: str | None = None, limit_mb: int | None = None) -> None:
+    """Set how later pools get their memory (process-wide, as DPDK's EAL)."""
+    global _memory
+    _memory = MemoryConfig(no_huge, huge_dir, limit_mb)
+
+
+def _hugetlbfs_mounts() -> set[str]:
+    try:
+        with open("/proc/mounts") as f:
+            return {line.split()[1] for line in f if line.split()[2:3] == ["hugetlbfs"]}
+    except OSError:
+        return set()
+
+
+def _hugetlbfs_zeros(size: int, directory: str) -> np.ndarray:
+    """Zeroed bytes in a hugetlbfs file under ``directory`` (unlinked at once:
+    the mapping keeps the pages)."""
+    if os.path.realpath(directory) not in {os.path.realpath(m) for m in _hugetlbfs_mounts()}:
+        raise ValueError(f"--huge-dir {directory!r} is not a hugetlbfs mount")
+    page = os.statvfs(directory).f_bsize
+    length = -(-size // page) * page
+    fd, path = tempfile.mkstemp(prefix="vhostpci_mbuf_", dir=directory)
+    try:
+        os.unlink(path)
+        os.ftruncate(fd, length)
+        mm = mmap.mmap(fd, length, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    except OSError as e:
+        raise ValueError(f"--huge-dir {directory!r}: cannot map {length >> 20} MB of {page >> 10} kB hugepages"
+                         f" ({e.strerror}; see HugePages_Free in /proc/meminfo)") from None
+    finally:
+        os.close(fd)
+    return np.frombuffer(mm, np.uint8)[:size]
+
+
+def _pool_bytes(size: int) -> np.ndarray:
+    if _memory.limit_mb is not None and size > _memory.limit_mb << 20:
+        raise ValueError(f"the mbuf pool needs {-(-size >> 20)} MB but -m allows {_memory.limit_mb} MB"
+                         " (fewer mbufs: --total-num-mbufs)")
+    if _memory.huge_dir is not None:
+        return _hugetlbfs_zeros(size, _memory.huge_dir)
+    if _memory.no_huge:
+        return np.zeros(size, np.uint8)
+    return _huge_zeros(size)
+
+
 def _huge_zeros(size: int) -> np.ndarray:
     """Zeroed bytes backed by transparent huge pages where the kernel allows
     (THP "madvise" mode): one TLB entry per 2 MiB of packet buffers instead
@@ -75,7 +135,7 @@ def create_pool(n: int, buf_size: int = DEFAULT_BUF_SIZE) -> MbufPool:
     ctl = np.zeros(16, np.int64)
     ctl[POOL_FREE] = n
     return MbufPool(
-        data=_huge_zeros(n * buf_size),
+        data=_pool_bytes(n * buf_size),
         data_off=np.full(n, HEADROOM, np.uint16),
         data_len=np.zeros(n, np.uint32),
         port=np.zeros(n, np.uint16),

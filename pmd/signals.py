@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 _SLICE_S = 0.05
@@ -21,6 +23,7 @@ class StopSignals:
         self._signals = signals
         self._old: dict[int, object] = {}
         self.received: list[int] = []
+        self._raise = False
 
     def __enter__(self) -> "StopSignals":
         for s in self._signals:
@@ -34,6 +37,22 @@ class StopSignals:
 
     def _record(self, signum: int, frame: object) -> None:
         self.received.append(signum)
+        if self._raise:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Within: a signal (or one already received) raises KeyboardInterrupt
+        at once, for long Python work with no wait loop to check ``stopped``
+        (a kernel compile).  Safe there: that code holds no lock a handler
+        could need."""
+        if self.received:
+            raise KeyboardInterrupt
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
 
     @property
     def stopped(self) -> bool:

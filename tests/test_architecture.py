@@ -17,7 +17,8 @@ from tests.conftest import ROOT
 
 PMD = Path(ROOT) / "pmd"
 
-BASE = {"pmd.atomics", "pmd.atomics_py", "pmd.syscalls", "pmd.units", "pmd.shm", "pmd.signals", "pmd.rates"}
+BASE = {"pmd.atomics", "pmd.atomics_py", "pmd.syscalls", "pmd.units", "pmd.shm", "pmd.signals", "pmd.rates",
+        "pmd.log", "pmd.progress"}
 DRIVER = BASE | {"pmd.ethdev", "pmd.burst", "pmd.mbuf", "pmd.csum", "pmd.log"}
 
 # part -> the framework parts it may import (itself always allowed); a part
@@ -33,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "pmd.signals": set(),
     "pmd.rates": set(),
     "pmd.log": set(),
+    "pmd.progress": {"pmd.log"},
     "pmd.csum": BASE,
     # the neutral layers: virtio layout, guest memory, ports, mbufs, lcores
     "pmd.virtio": BASE,
@@ -52,8 +54,8 @@ ALLOWED: dict[str, set[str]] = {
     # above the drivers: the vdev bus (loads them by name), forwarding, EAL
     "pmd.vdev": {"pmd.ethdev"},
     "pmd.fwd": DRIVER | {"pmd.lcore", "pmd.vdev"},
-    "pmd.eal": BASE | {"pmd.ethdev", "pmd.vdev", "pmd.log"},
-    "pmd.telemetry": BASE | {"pmd.ethdev", "pmd.log"},
+    "pmd.eal": BASE | {"pmd.ethdev", "pmd.mbuf", "pmd.vdev"},
+    "pmd.telemetry": BASE | {"pmd.ethdev", "pmd.eal", "pmd.xstats"},
     "pmd.xstats": BASE | {"pmd.ethdev"},
 }
 

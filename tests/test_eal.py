@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 
 import pytest
 
+from pmd import log as pmdlog
+from pmd.mbuf import configure_memory
 from pmd.eal import EalConfig, EalError, eal_init, parse_coremask, parse_corelist, parse_eal_args
 
 CPUS = {0, 1}
+
+
+@pytest.fixture(autouse=True)
+def _process_wide_settings_restored() -> Iterator[None]:
+    """eal_init configures logging and pool memory for the process: undo it."""
+    yield
+    pmdlog.reset()
+    configure_memory()
 
 
 def parse(*argv: str, cpus: set[int] = CPUS) -> tuple[EalConfig, list[str]]:
@@ -95,7 +107,7 @@ def test_vdevs_in_command_line_order_with_devargs() -> None:
     assert config.vdevs[2].text == "net_null0,size=128,copy=1"
 
 
-@pytest.mark.parametrize("level", ["debug", "info", "notice", "warning", "error", "critical", "DEBUG", "1", "8", "lib.eal:debug", "pmd.*:7"])
+@pytest.mark.parametrize("level", ["debug", "info", "notice", "warning", "error", "critical", "DEBUG", "1", "8", "lib.eal:debug", "pmd.*:7", "vhost.*,debug", "help"])
 def test_log_level(level: str) -> None:
     assert parse("--log-level", level)[0].log_level == level
     assert parse(f"--log-level={level}")[0].log_level == level
@@ -125,6 +137,78 @@ def test_dpdk_compat_options_are_ignored() -> None:
 def test_last_repeated_value_wins() -> None:
     config, _ = parse("--log-level", "debug", "--log-level", "error", "--file-prefix", "a", "--file-prefix", "b")
     assert (config.log_level, config.file_prefix) == ("error", "b")
+    assert config.log_levels == ["debug", "error"]  # --log-level accumulates, as DPDK's
+
+
+# A typical DPDK testpmd command line, pasted: every EAL option is accepted.
+PASTED = ["-l", "0-1", "-n", "4", "-a", "0000:00:04.0", "--huge-dir", "/", "--no-telemetry", "--iova-mode=va",
+          "--proc-type=primary", "--single-file-segments", "--socket-mem", "1024", "--in-memory",
+          "--file-prefix=vm2", "--log-level=lib.eal:notice", "--log-level", "pmd.net.*,debug", "-v",
+          "--vdev", "net_ring0", "--", "-i", "--nb-cores=1"]
+
+
+def test_pasted_dpdk_command_line() -> None:
+    config, app_args = parse(*PASTED)
+    assert app_args == ["-i", "--nb-cores=1"]
+    assert (config.huge_dir, config.telemetry, config.file_prefix, config.print_version) == ("/", False, "vm2", True)
+    assert [v.name for v in config.vdevs] == ["net_ring0"]
+    notes = "\n".join(config.notices)
+    for opt in ("-n", "-a", "--iova-mode", "--single-file-segments", "--socket-mem", "--in-memory"):
+        assert f"{opt}: no effect here (" in notes
+    assert len(config.notices) == 6  # one line per option, nothing for implemented ones
+
+
+def test_memory_options() -> None:
+    config, _ = parse("--no-huge", "-m", "512")
+    assert (config.no_huge, config.memory_mb, config.huge_dir) == (True, 512, None)
+    expect_error("-m", "lots", contains=["'lots'"])
+    expect_error("--huge-dir", "/nonexistent-dir", contains=["'/nonexistent-dir'"])
+    expect_error("--no-huge", "--huge-dir", "/", contains=["--no-huge", "--huge-dir"])
+
+
+def test_secondary_process_is_an_error() -> None:
+    expect_error("--proc-type", "secondary", contains=["secondary", "not supported"])
+    expect_error("--proc-type=tertiary", contains=["'tertiary'"])
+
+
+def test_help_and_version_skip_other_checks() -> None:
+    config, app = parse("-l", "0-99", "-h", "--", "-i")
+    assert config.show_help and app == ["-i"]
+    assert parse("--version", "--bogus")[0].show_version
+
+
+def test_eal_init_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        eal_init(["--help"], prog="prog", app_help=lambda: "APP OPTIONS")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "Usage: prog [EAL options] -- [application options]" in out
+    for opt in ("-l CORELIST", "--vdev", "--log-level=<type-match>:<level>", "--huge-dir", "--no-telemetry",
+                "--iova-mode", "APP OPTIONS"):
+        assert opt in out, opt
+
+
+def test_eal_init_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        eal_init(["--version"], prog="prog")
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("prog (vhostpci ")
+
+
+def test_eal_init_prints_notices(capsys: pytest.CaptureFixture[str]) -> None:
+    eal_init(["-l", "0", "--no-pci", "--no-pci", "-v"], available_cpus=CPUS)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("EAL: RTE Version: 'vhostpci ")
+    assert err[1:] == ["EAL: --no-pci: no effect here (no PCI bus here: ports are --vdev devices)"]
+
+
+def test_log_level_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        eal_init(["--log-level", "vhost*:debug", "--log-level", "help"], available_cpus=CPUS)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert re.search(r"lib.vhost.config +debug +prefix VHOST_CONFIG", out), out
+    assert re.search(r"lib.eal +info ", out), out
 
 
 # ---- mistakes: each message names the offending token -------------------
@@ -224,7 +308,7 @@ def test_duplicate_vdev_name() -> None:
     expect_error("--vdev", "net_null0", "--vdev", "net_null0,size=128", contains=["'net_null0'", "given twice"])
 
 
-@pytest.mark.parametrize("level", ["loud", "0", "9", ":debug", "lib.eal:", "lib.eal:verbose"])
+@pytest.mark.parametrize("level", ["loud", "0", "9", ":debug", "lib.eal:", "lib.eal:verbose", "(,debug", ",7"])
 def test_bad_log_level(level: str) -> None:
     expect_error("--log-level", level, contains=[repr(level)])
 

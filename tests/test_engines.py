@@ -2,6 +2,8 @@
 called directly (no lcore) so the result is exact."""
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,64 @@ def test_flowgen_spreads_flows_with_valid_checksums(rig):
     dsts = [f[30:34] for f in got]
     assert len(set(dsts)) == 4  # nb_flows
     assert all(ipv4_checksum(f[14:34]) == 0 for f in got)
+
+
+def _ping(seq: int, payload: bytes = b"abcdefgh") -> bytes:
+    icmp = bytearray(struct.pack("!BBHHH", 8, 0, 0, 0x1234, seq) + payload)
+    struct.pack_into("!H", icmp, 2, _inet_checksum(bytes(icmp)))
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0,
+                               bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])))
+    struct.pack_into("!H", ip, 10, _inet_checksum(bytes(ip)))
+    return bytes.fromhex("02000000520000aabbccddee0800") + bytes(ip) + bytes(icmp)
+
+
+def _inet_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+ARP_REQUEST = (bytes.fromhex("ffffffffffff" "00aabbccddee" "0806" "0001" "0800" "06" "04" "0001")
+               + bytes.fromhex("00aabbccddee") + bytes([10, 0, 0, 1]) + bytes(6) + bytes([10, 0, 0, 2]) + bytes(18))
+
+
+@pytest.fixture
+def echo_rig(fwd):
+    """One loopback ring port in icmpecho mode: its stream answers on port 0."""
+    fwd.attach_port("net_ring0").start()
+    fwd.config.mode = "icmpecho"
+    fwd.streams = fwd.layout()
+    fs = np.zeros((len(fwd.streams), N_FS), np.int64)
+    ctx = fwd._ctx(fs, fwd._cfg(False))
+    return fwd, ctx, fwd._lcore_streams(1)[0]
+
+
+def test_icmpecho_answers_arp_and_ping_drops_the_rest(echo_rig):
+    fwd, ctx, stream = echo_rig
+    assert (stream.tx_port, fwd.streams[0].tx_port) == (0, 0)
+    free = fwd.pool.available()
+    udp = bytes(udp_template(64))
+    inject(fwd, [_ping(1), ARP_REQUEST, udp, _ping(2)])
+    assert run(ctx, stream, "icmpecho") == 4
+    # replies looped back into port 0's own rx ring
+    pool, drv = fwd.pool, fwd.ports[0].driver
+    bufs = np.zeros(8, np.int32)
+    n = ring_dequeue(drv.rx_slots[0], drv.rx_ctl[0], bufs, 8)
+    out = [bytes(pool.data[mbuf_offset(pool, i):][:pool.data_len[i]]) for i in bufs[:n]]
+    from pmd.mbuf import free_bulk
+    free_bulk(pool, bufs, n)
+    assert fwd.pool.available() == free  # the UDP frame was freed, nothing leaked
+    assert len(out) == 3
+    mac = fwd.ports[0].mac()
+    for reply, seq in ((out[0], 1), (out[2], 2)):
+        assert reply[:6] == bytes.fromhex("00aabbccddee") and reply[6:12] == mac
+        assert reply[26:30] == bytes([10, 0, 0, 2]) and reply[30:34] == bytes([10, 0, 0, 1])
+        assert reply[34] == 0 and struct.unpack("!H", reply[40:42])[0] == seq
+        assert _inet_checksum(reply[34:]) == 0 and _inet_checksum(reply[14:34]) == 0
+    arp = out[1]
+    assert arp[:6] == bytes.fromhex("00aabbccddee") and arp[6:12] == mac
+    assert arp[20:22] == b"\x00\x02" and arp[22:28] == mac and arp[28:32] == bytes([10, 0, 0, 2])
+    assert arp[32:38] == bytes.fromhex("00aabbccddee") and arp[38:42] == bytes([10, 0, 0, 1])

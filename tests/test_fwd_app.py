@@ -1,4 +1,5 @@
 """vhostpci-fwd as a user runs it: figures printed, clean SIGINT, bad input."""
+import re
 import signal
 import subprocess
 import sys
@@ -67,3 +68,37 @@ def test_testpmd_reader_leaving_early_is_not_a_traceback():
             p.kill()
             p.wait()
     assert p.returncode == 0 and "Traceback" not in err, err
+
+
+def test_no_worker_lcore_is_one_clear_line_before_any_port():
+    out = subprocess.run(FWD + ["-l", "0", "--vdev", "net_ring0"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("vhostpci-fwd: error: no worker lcore to forward on: lcores 0 are all the main"
+                                  " lcore (give at least two, e.g. -l 0-1)")
+    assert "nb-cores" not in out.stderr and out.stdout == ""
+
+
+def test_sigint_during_start_is_honoured():
+    """SIGINT right after the ports are up (while the kernels compile or load):
+    the app leaves within seconds, no traceback, no rate over a zero window."""
+    p = subprocess.Popen(FWD + ["-l", "0-1", "--no-telemetry", "--vdev", "net_null0", "--vdev", "net_null1", "--",
+                                "--stats-period", "0"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("Port 0:")
+        p.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        out, err = p.communicate(timeout=10)
+        assert time.monotonic() - t0 < 5
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert "Traceback" not in err, err
+    assert p.returncode in (0, 130), (p.returncode, out, err)
+    if p.returncode == 130:
+        assert "Interrupted before forwarding started." in out
+    else:  # the start won the race: stopped at once, no Mpps over ~0 s
+        elapsed = float(re.search(r"Stopped after ([0-9.]+) s", out).group(1))
+        assert "Mpps rx" not in out or elapsed >= 0.1, out

@@ -72,8 +72,16 @@ def test_show_config_fwd(shell: pexpect.spawn) -> None:
     ("set burst 0", "Bad arguments"),
     ("set burst x", "Bad arguments"),
     ("set nbcore 5", "Bad arguments"),
-    ("port start 9", "invalid port id 9"),
-    ("show port stats 9", "invalid port id 9"),
+    ("port start 9", "Invalid port 9"),
+    ("show port stats 9", "Invalid port 9"),
+    ("show port info 9", "Invalid port 9"),
+    ("show rxq info 0 7", "invalid rx queue 7 for port 0 (1 configured)"),
+    ("set eth-peer 0 zz:00:00:00:00:01", "invalid MAC address"),
+    ("set record-burst-stats maybe", "expected on or off"),
+    ("start tx_first x", "tx_first bursts must be an integer"),
+    ("port config mtu 0 1400", "MTU is not settable (operation not supported by net_ring)"),
+    ("port config all rxq 2", "Please stop all ports first"),
+    ("help nosuchsection", "No help on nosuchsection"),
     ("show port", "Bad arguments"),
     ("foo", "Command not found"),
     ("port attach net_bogus0", "unknown driver"),
@@ -105,7 +113,7 @@ def test_port_lifecycle(shell: pexpect.spawn) -> None:
     assert "Port 2 is closed" in run(shell, "port close 2")
     assert "must be stopped" not in run(shell, "show port info 2")
     assert "Device net_ring2 is detached" in run(shell, "port detach 2")
-    assert "invalid port id 2" in run(shell, "show port info 2")
+    assert "Invalid port 2" in run(shell, "show port info 2")
 
 
 def test_forwarding(shell: pexpect.spawn) -> None:
@@ -129,6 +137,34 @@ def test_forwarding(shell: pexpect.spawn) -> None:
     assert all(n > 0 for n in rx_packets(out)), out
     assert "cleared" in run(shell, "clear port stats 0")
     assert rx_packets(run(shell, "show port stats 0")) == [0]
+
+
+def xstat(text: str, name: str) -> int:
+    return int(re.search(rf"^{name}: (\d+)", text, re.M).group(1))
+
+
+def test_fwd_stats_bursts_and_xstats(shell: pexpect.spawn) -> None:
+    run(shell, "set record-burst-stats on")
+    run(shell, "clear port xstats all")
+    run(shell, "start tx_first 2", timeout=JIT_TIMEOUT)
+    time.sleep(0.3)
+    out = run(shell, "show fwd stats all")
+    assert "Accumulated forward statistics" in out and "Done." not in out
+    assert re.search(r"RX-bursts : \d+ \[\d+% of 32 pkts", out), out
+    x = run(shell, "show port xstats 0")
+    assert xstat(x, "rx_good_packets") > 0 and xstat(x, "rx_q0_good_packets") > 0
+    for name in ("tx_good_bytes", "rx_q0_packets", "tx_q0_bytes", "rx_q0_dropped_pkts", "rx_mbuf_allocation_errors"):
+        xstat(x, name)
+    run(shell, "clear fwd stats all")
+    out = run(shell, "stop")
+    assert "Forward statistics for port 0" in out
+    run(shell, "clear fwd stats all")
+    assert rx_packets(run(shell, "show fwd stats all")) == [0, 0, 0]
+    run(shell, "clear port xstats 0")
+    x = run(shell, "show port xstats 0")
+    assert xstat(x, "rx_good_packets") == 0 and xstat(x, "tx_q0_good_packets") == 0
+    run(shell, "set record-burst-stats off")
+    assert "RX-bursts" not in run(shell, "show fwd stats all")
 
 
 def test_completion(shell: pexpect.spawn) -> None:
@@ -157,10 +193,101 @@ def test_ctrl_c_cancels_line(shell: pexpect.spawn) -> None:
     assert "Command not found" in run(shell, "bar")
 
 
+def test_port_summary_and_info(shell: pexpect.spawn) -> None:
+    out = run(shell, "show port summary all")
+    assert "Number of available ports: 2" in out
+    assert re.search(r"^0 +02:00:00:00:52:00 net_ring0 +net_ring +up +10 Gbps", out, re.M), out
+    info = run(shell, "show port info 0")
+    for line in ("Link speed: 10 Gbps", "MTU: 1500", "Promiscuous mode: enabled", "Allmulticast mode: enabled"):
+        assert line in info, info
+
+
+def test_show_config_rxtx_cores_txpkts(shell: pexpect.spawn) -> None:
+    out = run(shell, "show config rxtx")
+    assert "nb forwarding cores=1 - nb forwarding ports=2" in out
+    assert "port 0: RX queue number: 1 Tx queue number: 1" in out and "RX desc=1024" in out
+    assert "List of forwarding lcores:  1" in run(shell, "show config cores")
+    assert "txpkts set to 160 (segments 64,96 joined into one buffer)" in run(shell, "set txpkts 64,96")
+    assert "Segment sizes: 160" in run(shell, "show config txpkts")
+    run(shell, "set txpkts 64")
+
+
+def test_queue_and_device_info(shell: pexpect.spawn) -> None:
+    out = run(shell, "show rxq info 1 0")
+    assert "Infos for port 1 , RX queue 0" in out and "Number of RXDs: 1024" in out
+    assert "Infos for port 0 , TX queue 0" in run(shell, "show port 0 txq 0 info")
+    dev = run(shell, "show device info all")
+    assert "Infos for device net_ring0" in dev and "Infos for device net_ring1" in dev and "Bus name: vdev" in dev
+
+
+def test_promisc_allmulti(shell: pexpect.spawn) -> None:
+    assert run(shell, "set promisc all on").strip() == "set promisc all on"
+    out = run(shell, "set promisc 0 off")
+    assert "Error during disabling promiscuous mode for port 0: Operation not supported" in out
+    assert "Error during disabling all-multicast mode for port 1" in run(shell, "set allmulti all off")
+
+
+def test_link_up_down_unsupported_on_ring(shell: pexpect.spawn) -> None:
+    assert "Set link down fail." in run(shell, "set link-down port 0")
+    assert "Set link up fail." in run(shell, "set link-up port 1")
+    assert "Link status: up" in run(shell, "show port info 0")
+
+
+def test_nbport_portlist(shell: pexpect.spawn) -> None:
+    out = run(shell, "set nbport 1")
+    assert "Number of forwarding ports set to 1" in out and "the last port will pair with itself" in out
+    assert "RX P=0/Q=0 (socket 0) -> TX P=0/Q=0" in run(shell, "show config fwd")
+    assert "Forwarding ports: 1, 0" in run(shell, "set portlist 1,0")
+    out = run(shell, "show config fwd")
+    assert "ports=2" in out and "RX P=1/Q=0 (socket 0) -> TX P=0/Q=0" in out
+    assert "nb ports 3 out of configured ports 2" in run(shell, "set nbport 3")
+    assert "Invalid port 5" in run(shell, "set portlist 0,5")
+    run(shell, "set portlist 0,1")
+
+
+def test_eth_peer_and_mac_addr(shell: pexpect.spawn) -> None:
+    run(shell, "set eth-peer 1 02:00:00:00:00:aa")
+    assert "peer=02:00:00:00:00:AA" in run(shell, "show config fwd")
+    run(shell, "mac_addr set 0 02:11:22:33:44:55")
+    assert "MAC address: 02:11:22:33:44:55" in run(shell, "show port info 0")
+    run(shell, "set eth-peer 1 02:00:00:00:00:01")
+    run(shell, "mac_addr set 0 02:00:00:00:52:00")
+
+
+def test_port_config_reset_and_start_refusal(shell: pexpect.spawn) -> None:
+    run(shell, "port stop all")
+    assert "Not all ports were started" in run(shell, "start")
+    run(shell, "port config all rxd 512")
+    assert "RX desc=512" in run(shell, "show config rxtx")
+    assert "size must be a power of two" in run(shell, "port config 0 txd 100")  # the devarg's own check
+    run(shell, "port config 1 rxq 2")
+    run(shell, "port config 1 txq 2")
+    assert "Port 1: 02:" in run(shell, "port start 1")  # queue counts apply at start
+    assert "Current number of RX queues: 2" in run(shell, "show port info 1")
+    assert "Infos for port 1 , RX queue 1" in run(shell, "show rxq info 1 1")
+    assert "Please stop all ports first" in run(shell, "port reset 1")
+    run(shell, "port stop 1")
+    out = run(shell, "port reset 1")
+    assert "Resetting ports..." in out and "Done" in out
+    assert "Current number of RX queues: 1" in run(shell, "show port info 1")
+    run(shell, "port config all rxd 1024")
+    assert "Port 1: 02:" in run(shell, "port start all")
+
+
+def test_verbose(shell: pexpect.spawn) -> None:
+    assert "Change verbose level from 0 to 1" in run(shell, "set verbose 1")
+    assert "Change verbose level from 1 to 0" in run(shell, "set verbose 0")
+
+
 def test_help_and_quit(shell: pexpect.spawn) -> None:
     out = run(shell, "help")
-    for word in ("start", "stop", "show", "set", "port", "quit"):
+    assert "Help is available for the following sections:" in out
+    for word in ("start", "stop", "show", "set", "port", "quit", "help config"):
         assert word in out
+    out = run(shell, "help display")
+    assert "show port (info|stats|summary|xstats) (port_id|all)" in out and "show fwd stats all" in out
+    assert "set fwd (io|mac|macswap|rxonly|txonly|flowgen|icmpecho)" in run(shell, "help config")
+    assert "port reset (port_id|all)" in run(shell, "help all")
     shell.sendline("quit")
     shell.expect(pexpect.EOF, timeout=20)
     assert "Traceback" not in shell.before
@@ -213,3 +340,47 @@ def test_auto_start_stats_period(tmp_path: Path) -> None:
     port0 = [rx_packets(b)[0] for b in blocks]
     assert all(n > 0 for n in port0) and port0 == sorted(port0) and port0[-1] > port0[0], port0
     assert "Forward statistics for port 0" in out and "Bye..." in out
+
+
+def test_pasted_dpdk_command_line_forwards(tmp_path: Path) -> None:
+    """A typical DPDK testpmd command line, EAL and app options, pasted: it
+    starts (notices for what means nothing here) and forwards."""
+    prefix = f"vhostpci-paste-{os.getpid()}"
+    argv = [sys.executable, "-m", "apps.testpmd", "-l", "0-1", "-n", "4", "--no-pci", "--no-huge", "-m", "512",
+            "--iova-mode=va", "--proc-type=primary", "--single-file-segments", "--file-prefix", prefix,
+            "--log-level=lib.eal:notice", "-a", "0000:00:04.0", "--vdev", "net_ring0", "--vdev", "net_ring1",
+            "--", "--rxq=1", "--txq=1", "--rxd=512", "--txd=512", "--nb-cores=1", "--forward-mode=io",
+            "--port-topology=paired", "--total-num-mbufs=8192", "--mbcache=256", "--rss-ip", "--burst=32",
+            "--eth-peer=0,02:00:00:00:00:aa", "--record-burst-stats"]
+    script = "start tx_first\nshow config rxtx\nshow config fwd\nshow port stats all\nstop\nquit\n"
+    p = subprocess.run(argv, input=script, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                       timeout=JIT_TIMEOUT + 30)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    for opt in ("-n", "--no-pci", "--iova-mode", "--single-file-segments", "-a"):
+        assert f"EAL: {opt}: no effect here" in p.stderr, p.stderr
+    assert "--mbcache: no effect here" in p.stderr and "--rss-ip: no effect here" in p.stderr
+    assert "RX desc=512" in p.stdout and "peer=02:00:00:00:00:AA" in p.stdout
+    assert "RX-bursts : " in p.stdout
+    assert all(n > 0 for n in rx_packets(p.stdout.split("testpmd> stop")[1])), p.stdout
+
+
+@pytest.mark.parametrize("eal, message", [
+    (["-l", "0"], "no worker lcore to forward on"),
+    (["-l", "0-1", "--vdev", "net_ring5,size=abc"], "bad value for devarg size='abc' of net_ring5: expected an integer"),
+    (["-l", "0-1", "--proc-type=secondary"], "--proc-type secondary: not supported"),
+])
+def test_startup_errors(tmp_path: Path, eal: list[str], message: str) -> None:
+    p = subprocess.run([sys.executable, "-m", "apps.testpmd", *eal, "--", "-i"], cwd=ROOT, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Configuring Port" not in p.stdout
+
+
+def test_help_and_version(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "apps.testpmd", "-h"], cwd=ROOT, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "EAL common options:" in p.stdout and "--forward-mode MODE" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "apps.testpmd", "--version"], cwd=ROOT, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("vhostpci-testpmd (vhostpci ")

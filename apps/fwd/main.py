@@ -9,13 +9,14 @@ import argparse
 import sys
 import time
 
-from pmd.eal import eal_init
+from pmd.eal import eal_init, format_cpuset
 from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
 from pmd.fwd.config import FwdConfig
 from pmd.fwd.runtime import FwdError, forwarding_from_eal
 from pmd.rates import RateTracker
 from pmd.signals import StopSignals
+from pmd.telemetry import start_telemetry
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -24,8 +25,12 @@ class _ArgParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def parse_app_args(argv: list[str]) -> argparse.Namespace:
-    p = _ArgParser(prog="vhostpci-fwd", description="Forward packets between ports.")
+MIN_RATE_WINDOW_S = 0.1  # below this, a rate says more about timer noise than traffic
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _ArgParser(prog="vhostpci-fwd", description="Forward packets between ports.",
+                   usage="vhostpci-fwd [EAL options] -- [options]")
     p.add_argument("--forward-mode", default="io", choices=MODE_NAMES)
     p.add_argument("--nb-cores", type=int, default=0, help="forwarding lcores (default: all workers)")
     p.add_argument("--burst", type=int, default=32)
@@ -38,6 +43,11 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
                    help="pure polling: never fall back to sleeping on rx notifications")
     p.add_argument("--idle-polls", type=int, default=FwdConfig.idle_polls, metavar="N",
                    help=f"empty passes before an lcore sleeps until woken (default {FwdConfig.idle_polls})")
+    return p
+
+
+def parse_app_args(argv: list[str]) -> argparse.Namespace:
+    p = _parser()
     args = p.parse_args(argv)
     if args.idle_polls < 1:
         p.error(f"--idle-polls must be >= 1, got {args.idle_polls}")
@@ -52,29 +62,60 @@ def format_line(port_id: int, name: str, st: dict, rx_pps: float, tx_pps: float)
     )
 
 
+def _fail(message: str) -> int:
+    print(f"vhostpci-fwd: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _summary(fwd: dict[int, dict[str, int]], elapsed: float) -> list[str]:
+    lines = [f"Stopped after {elapsed:.1f} s."]
+    for pid, s in sorted(fwd.items()):
+        rate = (f"{s['rx'] / elapsed / 1e6:.3f} Mpps rx" if elapsed >= MIN_RATE_WINDOW_S
+                else "too short for a rate")
+        lines.append(f"port {pid}: forwarded rx {s['rx']} tx {s['tx']} dropped {s['dropped']} ({rate})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    eal, app_argv = eal_init(argv)
+    eal, app_argv = eal_init(argv, prog="vhostpci-fwd", app_help=lambda: _parser().format_help())
     if not eal.vdevs:  # no ports given: the VM-to-VM demo (its own options)
         from .demo import run_demo
         return run_demo(eal, app_argv)
     args = parse_app_args(app_argv)
-    try:
-        fw = forwarding_from_eal(eal, args.total_num_mbufs)
-    except (PortError, ValueError) as e:
-        print(f"vhostpci-fwd: error: {e}", file=sys.stderr)
-        return 2
+    workers = len(eal.worker_lcores)
+    if not workers:  # checked before any port exists
+        return _fail(f"no worker lcore to forward on: lcores {format_cpuset(set(eal.lcores))} are all the main"
+                     " lcore (give at least two, e.g. -l 0-1)")
+    if args.nb_cores > workers:
+        return _fail(f"--nb-cores={args.nb_cores}: only {workers} worker lcores (give the EAL more, e.g. -l)")
+    if args.nb_cores < 0:
+        return _fail(f"--nb-cores must be >= 0 (0: every worker lcore), got {args.nb_cores}")
     with StopSignals() as stop:
+        try:
+            with stop.interruptible():
+                fw = forwarding_from_eal(eal, args.total_num_mbufs)
+        except (PortError, ValueError) as e:
+            return _fail(str(e))
+        except KeyboardInterrupt:
+            print("Interrupted before forwarding started.")
+            return 130
+        telemetry = start_telemetry(eal, lambda: fw.ports)
         try:
             fw.config.mode = args.forward_mode
             fw.config.burst = args.burst
             fw.config.txpkts = args.txpkts
-            fw.config.nb_cores = args.nb_cores or len(fw.lcores.workers)
+            fw.config.nb_cores = args.nb_cores or workers
             fw.config.interrupts = not args.no_interrupts
             fw.config.idle_polls = args.idle_polls
             for pid, port in fw.ports.items():
                 print(f"Port {pid}: {port.name} MAC {format_mac(port.mac())}", flush=True)
-            fw.start(tx_first=args.tx_first)
+            try:
+                with stop.interruptible():  # a cold start compiles for seconds: Ctrl-C must still work
+                    fw.start(tx_first=args.tx_first)
+            except KeyboardInterrupt:
+                print("Interrupted before forwarding started.")
+                return 130
             t0 = time.monotonic()
             rates = RateTracker()
             for pid, port in fw.ports.items():  # rate baseline at start
@@ -92,14 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                     rx_pps, _, tx_pps, _ = rates.rates(pid, st)
                     print(format_line(pid, port.name, st, rx_pps, tx_pps), flush=True)
             elapsed = time.monotonic() - t0
-            fwd = fw.stop()
-            print(f"Stopped after {elapsed:.1f} s.")
-            for pid, s in sorted(fwd.items()):
-                print(f"port {pid}: forwarded rx {s['rx']} tx {s['tx']} dropped {s['dropped']} "
-                      f"({s['rx'] / elapsed / 1e6:.3f} Mpps rx)")
+            print("\n".join(_summary(fw.stop(), elapsed)))
             return 0
         except (FwdError, PortError, ValueError) as e:
-            print(f"vhostpci-fwd: error: {e}", file=sys.stderr)
-            return 2
+            return _fail(str(e))
         finally:
+            if telemetry is not None:
+                telemetry.close()
             fw.close()

@@ -19,16 +19,20 @@ from .pktgen import MIN_FRAME
 MAX_BURST = 512
 
 # Forwarding modes (cfg[CFG_MODE])
-MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY, MODE_FLOWGEN = range(6)
-MODE_NAMES = ("io", "mac", "macswap", "rxonly", "txonly", "flowgen")
+MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY, MODE_FLOWGEN, MODE_ICMPECHO = range(7)
+MODE_NAMES = ("io", "mac", "macswap", "rxonly", "txonly", "flowgen", "icmpecho")
+# Engines that answer on the port a packet came in on (streams pair a port with itself).
+REPLY_MODES = ("icmpecho",)
 
-# cfg slots (int64 array, read once when a loop starts)
+# cfg slots (int64 array, read once when a loop starts); CFG_TX_FIRST is the
+# number of txonly bursts sent on each stream before forwarding
 CFG_MODE, CFG_BURST, CFG_TX_FIRST, CFG_IDLE_POLLS, CFG_NB_FLOWS = range(5)
 N_CFG = 8
 
-# Per-stream forward counters (fs[sid, ...])
-FS_RX, FS_TX, FS_DROPPED = range(3)
-N_FS = 4
+# Per-stream forward counters (fs[sid, ...]): packets, then non-empty bursts
+# and full bursts (testpmd's record-burst-stats)
+FS_RX, FS_TX, FS_DROPPED, FS_RX_BURSTS, FS_RX_FULL, FS_TX_BURSTS, FS_TX_FULL = range(7)
+N_FS = 8
 
 # Loop exit reasons
 EXIT_STOPPED, EXIT_IDLE = 0, 1
@@ -60,7 +64,11 @@ class FwdCtx(NamedTuple):
 def receive(s, ctx, burst):
     """rx up to ``burst`` packets of the stream into ``ctx.bufs`` and count them."""
     n = rx_burst(s.rx, s.rxq, ctx.pool, ctx.bufs, burst)
-    ctx.fs[s.sid, FS_RX] += n
+    if n > 0:
+        ctx.fs[s.sid, FS_RX] += n
+        ctx.fs[s.sid, FS_RX_BURSTS] += 1
+        if n == burst:
+            ctx.fs[s.sid, FS_RX_FULL] += 1
     return n
 
 
@@ -74,6 +82,9 @@ def send_burst(s, ctx, n):
             free_bulk(ctx.pool, ctx.bufs[sent:], n - sent)
             ctx.fs[s.sid, FS_DROPPED] += n - sent
         ctx.fs[s.sid, FS_TX] += sent
+        ctx.fs[s.sid, FS_TX_BURSTS] += 1
+        if sent == ctx.cfg[CFG_BURST]:
+            ctx.fs[s.sid, FS_TX_FULL] += 1
     return sent
 
 

@@ -19,6 +19,10 @@ class FwdConfig:
     # epoll, if every rx queue it polls can wake it; else it keeps polling.
     interrupts: bool = True
     idle_polls: int = 10000  # empty passes before sleeping (~1-3 ms of polling)
+    port_list: list[int] | None = None  # set portlist: forwarding ports in this order (None: all)
+    nb_ports: int = 0  # set nbport: only the first N forwarding ports (0: all)
+    verbose: int = 0  # set verbose (levels above 0 turn on debug logs)
+    record_burst_stats: bool = False  # show RX/TX-bursts lines in forward stats
 
     def validate(self) -> None:
         """Raise ValueError naming the bad setting."""

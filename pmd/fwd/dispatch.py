@@ -3,8 +3,8 @@ changing the mode never recompiles)."""
 from numba import njit
 
 from ..burst import tx_flush
-from . import flowgen, io, mac, macswap, rxonly, txonly
-from .common import MODE_FLOWGEN, MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY
+from . import flowgen, icmpecho, io, mac, macswap, rxonly, txonly
+from .common import MODE_FLOWGEN, MODE_ICMPECHO, MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -21,6 +21,8 @@ def _engine(s, ctx, mode, burst):
         return txonly.fwd(s, ctx, burst)
     if mode == MODE_FLOWGEN:
         return flowgen.fwd(s, ctx, burst)
+    if mode == MODE_ICMPECHO:
+        return icmpecho.fwd(s, ctx, burst)
     return 0
 
 

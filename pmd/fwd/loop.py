@@ -23,7 +23,7 @@ def fwd_loop(streams, ctx, ctl):
     mode = ctx.cfg[CFG_MODE]
     burst = ctx.cfg[CFG_BURST]
     idle_limit = ctx.cfg[CFG_IDLE_POLLS]
-    if ctx.cfg[CFG_TX_FIRST] != 0:
+    for _ in range(ctx.cfg[CFG_TX_FIRST]):
         tx_first_streams(streams, ctx, burst)
     epoch = ctl[LC_EPOCH]
     polls = ctl[LC_POLLS]

@@ -17,9 +17,11 @@ from ..lcore import LcoreManager
 from ..lcore.control import LC_STOP, N_LC
 from .power import RxQueue, can_sleep, full_fence, power_fwd_loop, precompile
 from ..mbuf import MbufPool, create_pool
+from ..progress import progress
 from .common import (
     CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_NB_FLOWS, CFG_TX_FIRST, FS_DROPPED,
-    FS_RX, FS_TX, MAX_BURST, MODE_NAMES, N_CFG, N_FS, FwdCtx, Stream,
+    FS_RX, FS_RX_BURSTS, FS_RX_FULL, FS_TX, FS_TX_BURSTS, FS_TX_FULL, MAX_BURST, MODE_NAMES,
+    REPLY_MODES, N_CFG, N_FS, FwdCtx, Stream,
 )
 from .config import FwdConfig
 from .loop import fwd_loop
@@ -79,7 +81,8 @@ class Forwarding:
         try:
             return self.ports[port_id]
         except KeyError:
-            raise PortError(f"invalid port id {port_id} (ports: {sorted(self.ports) or 'none'})") from None
+            ids = ", ".join(map(str, sorted(self.ports))) or "none"
+            raise PortError(f"invalid port id {port_id} (ports: {ids})") from None
 
     def _require_stopped(self, what: str) -> None:
         if self.running:
@@ -113,9 +116,17 @@ class Forwarding:
         self.port(port_id)
         self._peer_macs[port_id] = mac
 
+    def peer_of(self, port_id: int) -> bytes:
+        """Where mac/txonly send from ``port_id`` (``set eth-peer``, else the default)."""
+        return self._peer_macs.get(port_id, peer_mac(port_id))
+
     # ---- streams -----------------------------------------------------------
     def fwd_ports(self) -> list[int]:
-        return sorted(pid for pid, p in self.ports.items() if p.started)
+        """Started ports among the forwarding ports (``set portlist``, then
+        the first ``set nbport`` of them)."""
+        c = self.config
+        ports = [pid for pid in (c.port_list or sorted(self.ports)) if pid in self.ports and self.ports[pid].started]
+        return ports[: c.nb_ports] if c.nb_ports else ports
 
     def fwd_lcores(self) -> list[int]:
         return self.lcores.workers[: self.config.nb_cores]
@@ -132,7 +143,9 @@ class Forwarding:
             raise FwdError("no worker lcores: give the EAL at least two (e.g. -l 0-1)")
         pairs = []
         for k, rx in enumerate(ports):
-            if k % 2 == 0:
+            if self.config.mode in REPLY_MODES:
+                tx = rx
+            elif k % 2 == 0:
                 tx = ports[k + 1] if k + 1 < len(ports) else rx
             else:
                 tx = ports[k - 1]
@@ -150,7 +163,7 @@ class Forwarding:
         peers = np.zeros((nports, 6), np.uint8)
         for pid, p in self.ports.items():
             macs[pid] = np.frombuffer(p.mac(), np.uint8)
-            peers[pid] = np.frombuffer(self._peer_macs.get(pid, peer_mac(pid)), np.uint8)
+            peers[pid] = np.frombuffer(self.peer_of(pid), np.uint8)
         return FwdCtx(
             pool=self.pool,
             bufs=np.zeros(MAX_BURST, np.int32),
@@ -162,7 +175,7 @@ class Forwarding:
             flow=np.zeros(8, np.int64),
         )
 
-    def _cfg(self, tx_first: bool, sleepy: bool = False) -> np.ndarray:
+    def _cfg(self, tx_first: bool | int, sleepy: bool = False) -> np.ndarray:
         """``sleepy``: the lcore may sleep, so its loop returns after
         idle_polls empty passes (else it polls until stopped)."""
         c = self.config
@@ -188,14 +201,19 @@ class Forwarding:
         return [RxQueue(self.ports[s.rx_port].driver, s.rxq, self.ports[s.rx_port].kernel_state())
                 for s in self.streams if s.lcore == lcore]
 
+    def _kinds(self, lcore: int) -> str:
+        return ", ".join(sorted({f"{self.ports[s.rx_port].driver.prefix} -> {self.ports[s.tx_port].driver.prefix}"
+                                 for s in self.streams if s.lcore == lcore}))
+
     def sleepy_lcores(self) -> list[int]:
         """Forwarding lcores of the current run that may fall back to
         interrupts (every rx queue they poll can wake them)."""
         return sorted(self._sleepy)
 
     # ---- start / stop ------------------------------------------------------
-    def start(self, tx_first: bool = False) -> None:
-        """Compile (or load from cache) and launch one loop per forwarding lcore."""
+    def start(self, tx_first: bool | int = False) -> None:
+        """Compile (or load from cache) and launch one loop per forwarding
+        lcore; ``tx_first``: txonly bursts each stream sends first (True: 1)."""
         if self.running:
             raise FwdError("packet forwarding already started")
         self.config.validate()
@@ -214,9 +232,10 @@ class Forwarding:
             # instantly): a call with the stop flag already set returns at once.
             dry = np.zeros(N_LC, np.int64)
             dry[LC_STOP] = 1
-            fwd_loop(streams, ctx._replace(cfg=self._cfg(False)), dry)
-            if sleepy:
-                precompile(queues, dry)
+            with progress(f"lcore {lcore}: compiling forwarding kernels for {self._kinds(lcore)}"):
+                fwd_loop(streams, ctx._replace(cfg=self._cfg(False)), dry)
+                if sleepy:
+                    precompile(queues, dry)
                 self._sleepy.add(lcore)
             plan.append((lcore, streams, ctx, queues, sleepy))
         self._set_quiesce_hooks()
@@ -265,14 +284,21 @@ class Forwarding:
             self.ports[pid].driver.quiesce_hook = hook
 
     def fwd_stats(self) -> dict[int, dict[str, int]]:
-        """RX/TX/dropped per port, summed over the streams of the current run."""
+        """RX/TX/dropped (and non-empty / full bursts) per port, summed over
+        the streams of the current run."""
         fs = self._fs - self._fs_base
-        out = {pid: {"rx": 0, "tx": 0, "dropped": 0} for pid in self.fwd_ports()}
+        keys = ("rx", "tx", "dropped", "rx_bursts", "rx_full", "tx_bursts", "tx_full")
+        out = {pid: dict.fromkeys(keys, 0) for pid in self.fwd_ports()}
         for s in self.streams:
-            out.setdefault(s.rx_port, {"rx": 0, "tx": 0, "dropped": 0})["rx"] += int(fs[s.sid, FS_RX])
-            t = out.setdefault(s.tx_port, {"rx": 0, "tx": 0, "dropped": 0})
+            r = out.setdefault(s.rx_port, dict.fromkeys(keys, 0))
+            r["rx"] += int(fs[s.sid, FS_RX])
+            r["rx_bursts"] += int(fs[s.sid, FS_RX_BURSTS])
+            r["rx_full"] += int(fs[s.sid, FS_RX_FULL])
+            t = out.setdefault(s.tx_port, dict.fromkeys(keys, 0))
             t["tx"] += int(fs[s.sid, FS_TX])
             t["dropped"] += int(fs[s.sid, FS_DROPPED])
+            t["tx_bursts"] += int(fs[s.sid, FS_TX_BURSTS])
+            t["tx_full"] += int(fs[s.sid, FS_TX_FULL])
         return out
 
     def stream_stats(self) -> list[tuple[StreamInfo, int, int, int]]:

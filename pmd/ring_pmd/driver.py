@@ -71,6 +71,7 @@ class RingDriver(PortDriver):
     prefix = "net_ring"
     devargs = {"size": _ring_size, "peer": _peer_name}
     devarg_defaults = {"size": 1024, "peer": ""}
+    desc_devargs = ("size", "size")
 
     # Live ring ports by name, so a peer declared later can find its partner.
     _by_name: dict[str, "RingDriver"] = {}

@@ -63,6 +63,7 @@ class VfDriver(PortDriver):
                "qdisc_bypass": parse_bool}
     devarg_defaults = {"iface": "", "queues": 1, "blocksize": 1 << 16, "blocks": 256, "framecount": 2048,
                        "qdisc_bypass": False}
+    desc_devargs = (None, "framecount")  # rx is a ring of blocks (blocks=, blocksize=)
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
@@ -202,6 +203,22 @@ class VfDriver(PortDriver):
 
     def link(self) -> LinkStatus:
         return LinkStatus(up=netdev.is_up(self.iface), speed_mbps=netdev.speed_mbps(self.iface))
+
+    def mtu(self) -> int:
+        try:
+            return netdev.mtu(self.iface)
+        except OSError:
+            return 0
+
+    def set_mtu(self, mtu: int) -> None:
+        """The netdev's MTU (frames above it are counted in oerrors from the next start)."""
+        if self._state is not None:
+            raise PortError(f"{self.name}: stop the port before changing its MTU")
+        netdev.ip_link_set(self.iface, "mtu", str(mtu))
+
+    def set_link(self, up: bool) -> None:
+        """Admin state of the netdev (a VF's link as its guest sees it)."""
+        netdev.ip_link_set(self.iface, "up" if up else "down")
 
     def info(self) -> dict:
         a = self.args

@@ -8,9 +8,11 @@ import mmap
 import os
 import socket
 import struct
+import subprocess
 
 import numpy as np
 
+from ..ethdev import PortError
 from ..units import PAGE_SIZE
 
 from . import layout as L
@@ -55,6 +57,13 @@ def mac(iface: str) -> bytes:
 
 def mtu(iface: str) -> int:
     return int(_read(iface, "mtu"))
+
+
+def ip_link_set(iface: str, *words: str) -> None:
+    """``ip link set dev IFACE WORDS...``; PortError with ip's message on failure."""
+    p = subprocess.run(["ip", "link", "set", "dev", iface, *words], capture_output=True, text=True, timeout=10)
+    if p.returncode != 0:
+        raise PortError(f"{iface}: ip link set {' '.join(words)}: {p.stderr.strip() or p.returncode}")
 
 
 def speed_mbps(iface: str) -> int:

@@ -191,6 +191,7 @@ class BackendSession:
         return "closed" if self.closed else "ok"
 
     def _dispatch(self, msg: Message) -> None:
+        log.debug("%s: read message VHOST_USER_%s", self.name, msg.name)
         handler = self._handlers.get(msg.request)
         try:
             if handler is None:
