@@ -97,6 +97,44 @@ def _tx_flush_impl(state, queue, pool):
     return flush
 
 
+# ---- back-pressure -----------------------------------------------------------
+# ``tx_room(state, queue) -> n``: how many packets ``tx_burst`` on ``queue``
+# would take right now without refusing any (sent or held).  Forwarding
+# engines receive no more than that (``pmd.fwd.common.receive_for``), so a
+# port that cannot place packets yet (the vhost-pci port waiting for VM1's
+# IOMMU) pushes back to the source: its frames stay in the source's ring,
+# and only that ring drops when it is full (counted there, as a NIC's
+# imissed).  Drivers without a limit register nothing: it compiles to
+# ``NO_LIMIT``.
+NO_LIMIT = 1 << 30
+_ROOM: dict[type, Callable] = {}
+
+
+def register_tx_room(state_cls: type, room: Callable) -> None:
+    """Make ``room`` (an njit function (state, queue) -> int) the tx room of ``state_cls``."""
+    _ROOM[state_cls] = room
+
+
+def tx_room(state, queue):  # pragma: no cover - replaced in kernels
+    """Packets ``tx_burst`` would take now (kernels only)."""
+    raise NotImplementedError("tx_room is only callable from a Numba kernel")
+
+
+@overload(tx_room, jit_options={"nogil": True, "_nrt": False}, inline="always")
+def _tx_room_impl(state, queue):
+    impl = _lookup(_ROOM, state)
+    if impl is None:
+        def no_limit(state, queue):
+            return NO_LIMIT
+
+        return no_limit
+
+    def room(state, queue):
+        return impl(state, queue)
+
+    return room
+
+
 # ---- fallback interrupts (pmd/fwd/power.py) --------------------------------
 # ``intr_arm(state, queue) -> pending`` re-enables the peer's notifications
 # for rx queue ``queue``, issues a seq_cst fence and re-checks the ring: > 0

@@ -52,3 +52,16 @@ def eventfd_drain(typingctx, fd):
         return builder.select(ok, builder.load(slot), ir.Constant(_I64, -1))
 
     return sig, codegen
+
+
+@intrinsic
+def sched_yield(typingctx):
+    """``sched_yield()``: let another thread on this CPU run (a poller
+    waiting for the control thread it shares the CPU with)."""
+    sig = types.int64()
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, []), "sched_yield")
+        return builder.sext(builder.call(fn, []), _I64)
+
+    return sig, codegen

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from ..atomics import memcpy
-from ..burst import rx_burst, tx_burst
+from ..burst import rx_burst, tx_burst, tx_room
 from ..mbuf import MbufPool, alloc_bulk, free_bulk, mbuf_offset
 from .pktgen import MIN_FRAME
 
@@ -70,6 +70,17 @@ def receive(s, ctx, burst):
         if n == burst:
             ctx.fs[s.sid, FS_RX_FULL] += 1
     return n
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def receive_for(s, ctx, burst):
+    """``receive`` for an engine that sends what it receives on the stream's
+    tx port: no more than that port can take now (``pmd.burst.tx_room``), so
+    nothing is received only to be dropped -- the source ring holds it."""
+    room = tx_room(s.tx, s.txq)
+    if room <= 0:
+        return 0
+    return receive(s, ctx, min(burst, room))
 
 
 @njit(nogil=True, cache=True, _nrt=False)

@@ -4,7 +4,7 @@ between VMs: VM1 can ping (and ARP for) any address behind the port."""
 from numba import njit
 
 from ..mbuf import free_bulk, mbuf_offset
-from .common import receive, send_burst, write_mac
+from .common import receive_for, send_burst, write_mac
 
 _ETH_ARP, _ETH_IPV4 = 0x0806, 0x0800
 _ARP_REQUEST, _ARP_REPLY = 1, 2
@@ -70,7 +70,7 @@ def _echo_reply(data, off, length, mac):
 @njit(nogil=True, cache=True, _nrt=False)
 def fwd(s, ctx, burst):
     pool = ctx.pool
-    n = receive(s, ctx, burst)
+    n = receive_for(s, ctx, burst)
     if n == 0:
         return 0
     data = pool.data

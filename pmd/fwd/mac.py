@@ -2,13 +2,13 @@
 from numba import njit
 
 from ..mbuf import mbuf_offset
-from .common import receive, send_burst, write_mac
+from .common import receive_for, send_burst, write_mac
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def fwd(s, ctx, burst):
     pool = ctx.pool
-    n = receive(s, ctx, burst)
+    n = receive_for(s, ctx, burst)
     if n == 0:
         return 0
     dst = ctx.peer_macs[s.tx_port]

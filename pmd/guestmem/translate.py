@@ -113,11 +113,32 @@ def translate(table, count, iova, length, write):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def mapped(table, count, iova, length):
-    """Window offset of ``[iova, iova + length)`` whatever the permission,
-    or -1: tells a range that is not granted from one granted without the
-    access a caller needs."""
-    return _seq_lookup(table, count, iova, length, np.uint64(0), COL_OFFSET)
+def granted_perm(table, count, iova):
+    """The permission (1 RO, 2 WO, 3 RW) the byte at ``iova`` is granted
+    with, or 0 if it is not mapped: one consistent look, so a caller can
+    tell "not granted (yet)" from "granted without the access it needs"."""
+    a = np.uint64(iova)
+    while True:
+        seq = load_acquire(count, 1)
+        if seq & 1:
+            cpu_pause()
+            continue
+        n = load_acquire(count, 0)
+        lo = np.int64(0)
+        hi = np.int64(n)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if table[mid, COL_IOVA] <= a:
+                lo = mid + 1
+            else:
+                hi = mid
+        res = np.int64(0)
+        if lo > 0 and a <= table[lo - 1, COL_LAST]:
+            res = np.int64(table[lo - 1, COL_PERM])
+        fence_acquire()
+        if load_acquire(count, 1) == seq:
+            return res
+        cpu_pause()
 
 
 @njit(nogil=True, cache=True, _nrt=False)

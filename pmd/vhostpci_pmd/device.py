@@ -39,8 +39,8 @@ from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from .inflight import RESUB_DELIVERED, queue_area, recover
 from .iotlb import IotlbMisses
 from .state import (
-    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_WAKE_FD, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN,
-    VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PENDING,
+    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_WAKE_FD, VQ_AVAIL, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN,
+    VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_PENDING,
     VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
 from .txhold import HOLD_CAP
@@ -222,6 +222,7 @@ class VhostPciDevice(BackendDevice):
         row[VQ_EVENT_IDX] = int(has(self.negotiated, VIRTIO_RING_F_EVENT_IDX))
         row[VQ_MISS_PENDING] = 0
         row[VQ_MISS_ANSWERED] = -1
+        row[VQ_AVAIL_LEFT] = row[VQ_PARKED] = 0
         self._recover_inflight(index, vring)
         held = bool(self._status and not self._status & VIRTIO_CONFIG_S_DRIVER_OK)
         log.info("%s: vring %d ready (num %d, base %d, used->idx %s%s%s)", self.name, index, vring.num, vring.base,

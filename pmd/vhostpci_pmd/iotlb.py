@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from numba import njit
 
-from ..atomics import load_acquire, store_release
+from ..atomics import fence, full_fence, load_acquire, store_release
 from ..atomics_py import store_flag
-from ..guestmem.translate import mapped, translate
+from ..guestmem.translate import granted_perm, translate
 from ..guestmem.vmem import PAGE_SIZE
 from ..syscalls import eventfd_signal
 from ..vhost_user.messages import IotlbPerm
@@ -60,8 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("vhostpci.iotlb")
 
 MISS_RESEND_S = 0.1  # a MISS with no UPDATE in reply is sent again after this
-MAX_AHEAD = 64  # chains looked at per ask-ahead
-MAX_ASK = 16  # pages asked for per ask-ahead: a few round trips' worth, never a flood
+MAX_AHEAD = 256  # chains looked at per ask-ahead (a whole ring of usual size)
+MAX_ASK = 64  # pages asked for per ask-ahead (each MISS is 36 bytes: the socket holds thousands)
 _U64 = (1 << 64) - 1
 _PAGE_MASK = ~(PAGE_SIZE - 1)
 
@@ -73,15 +73,26 @@ BUF_BAD, BUF_MISS = -1, -2
 @njit(nogil=True, cache=True, _nrt=False)
 def park_on_miss(st, v, iova, write):
     """Vring ``v`` stops on the unmapped ``iova``: record it (once until it
-    is answered) and wake the control thread to send the MISS."""
+    is answered; counted once) and wake the control thread to send the MISS.
+
+    The UPDATE may land between the failed lookup and the park (pages asked
+    ahead stream in): the control thread un-parks only vrings it sees
+    parked, so after publishing the park the kernel looks again, and
+    un-parks itself if the page is there now.  Fences on both sides
+    (``IotlbMisses.updated``): either it sees the park, or we see the page."""
+    if load_acquire(st.vq[v], VQ_MISS_PENDING) != 0:
+        return
     st.xstats[v, XS_IOTLB_MISS] += 1
-    if load_acquire(st.vq[v], VQ_MISS_PENDING) == 0:
-        st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
-        st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
-        store_release(st.vq[v], VQ_MISS_PENDING, 1)
-        fd = st.ctl[PORT_WAKE_FD]
-        if fd >= 0:
-            eventfd_signal(fd)
+    st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
+    st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
+    store_release(st.vq[v], VQ_MISS_PENDING, 1)
+    fence()
+    if translate(st.table, st.tcount, iova, 1, write) >= 0:
+        store_release(st.vq[v], VQ_MISS_PENDING, 0)  # answered meanwhile: retry at once
+        return
+    fd = st.ctl[PORT_WAKE_FD]
+    if fd >= 0:
+        eventfd_signal(fd)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -108,9 +119,16 @@ def buffer_offset(st, v, addr, length, write):
     if st.vq[v, VQ_IOMMU] == 0:
         return np.int64(BUF_BAD)
     page = _first_missing_page(st, addr, length, write) & _PAGE_MASK
-    if page == st.vq[v, VQ_MISS_ANSWERED] and mapped(st.table, st.tcount, page, 1) >= 0:
-        st.xstats[v, XS_PERM_DENIED] += 1  # asked, answered, still not allowed
-        return np.int64(BUF_BAD)
+    if page == st.vq[v, VQ_MISS_ANSWERED]:
+        perm = granted_perm(st.table, st.tcount, page)
+        need = 2 if write else 1
+        if perm & need == need:  # granted since the first look: look again
+            off = translate(st.table, st.tcount, addr, length, write)
+            if off >= 0:
+                return off
+        elif perm != 0:
+            st.xstats[v, XS_PERM_DENIED] += 1  # asked, answered, still not allowed
+            return np.int64(BUF_BAD)
     park_on_miss(st, v, page, write)
     return np.int64(BUF_MISS)
 
@@ -168,7 +186,7 @@ def misses_ahead(st, v, out):
                 a = np.int64(addr) & ~np.int64(PAGE_SIZE - 1)
                 end = np.int64(addr) + length
                 while a < end:
-                    if mapped(st.table, st.tcount, a, 1) < 0:
+                    if granted_perm(st.table, st.tcount, a) == 0:
                         n = _add(out, n, a | (1 if write else 0))
                     a += PAGE_SIZE
             if flags & VRING_DESC_F_NEXT == 0:
@@ -223,6 +241,7 @@ class IotlbMisses:
         clearing them on every update (the pages asked ahead arrive as
         updates too) made each ring re-ask for its own page several times."""
         self.updates += 1
+        full_fence()  # the new rows before reading the parks (park_on_miss's pairing)
         end = iova + size
         if self._asked:  # answered: a later miss on these pages is a new question
             first = iova & _PAGE_MASK

@@ -23,6 +23,9 @@ VQ_HDR_LEN, VQ_IOMMU, VQ_MISS_PENDING, VQ_MISS_IOVA, VQ_MISS_WRITE, VQ_MRG, VQ_E
 VQ_IF_BASE, VQ_IF_COUNTER, VQ_PENDING, VQ_RESUB_N, VQ_RESUB_POS = range(15, 20)
 VQ_HELD = 20  # receive rings: packets in the port's hold queue (txhold.py)
 VQ_MISS_ANSWERED = 21  # the page of the last miss an UPDATE answered (iotlb.py)
+# kernel-owned (the vring's lcore): available chains left after the last
+# enqueue (a lower bound: VM1 only adds), and 1 if that burst stopped on a miss
+VQ_AVAIL_LEFT, VQ_PARKED = 22, 23
 N_VQ = 24
 
 # extended per-vring counters

@@ -1,17 +1,27 @@
 """The vhost-pci port's transmit side (VM2 -> VM1 receive ring) with a hold
-queue for packets parked on an IOTLB miss.
+queue: packets the port accepted but cannot place yet.
 
 Behind a strict vIOMMU VM1 maps each receive buffer just before posting it,
 so the first packet into almost every buffer finds no grant: the kernel
 raises a MISS and stops.  Returning those packets to the caller would drop
-them (testpmd's io engine frees what tx_burst refused: DPDK's vhost
-back-end delivered ~43 % of frames that way in our real-VM1 bench).  Instead ``tx`` takes them
-into a per-queue hold queue (order kept, bounded: ``HOLD_CAP``), and every
-later ``tx`` or ``flush`` (the forwarding loop's idle passes, see
-``pmd.burst.tx_flush``) sends the held ones first, once VM1's UPDATE mapped
-the buffer.  A ring that stops (VM1 gone, reset, migration handover) drops
-what is held, counted in oerrors.  Only a miss holds packets: a full ring
-still refuses them (back-pressure, as every DPDK port).
+them (testpmd's io engine frees what tx_burst refused; DPDK's vhost
+back-end delivered ~43 % of frames that way behind a strict intel-iommu in
+our real-VM1 bench).  Instead ``tx`` takes what a miss stopped into a
+per-queue hold queue (order kept, bounded: ``HOLD_CAP``), and every later
+``tx`` or ``flush`` (the forwarding loop's idle passes, see
+``pmd.burst.tx_flush``) sends the held ones first.  A full ring still
+refuses (back-pressure, as every DPDK port).
+
+``room`` (``pmd.burst.tx_room``) tells the forwarding engines how many
+packets ``tx`` would take now: the hold queue's free space while packets
+wait for a grant, else the chains VM1 has available.  The engines receive
+no more than that, so nothing the port refuses was received for nothing:
+the back-pressure reaches the source ring (VM1's own transmit ring, the
+VF's receive ring), which drops only when it is full, counted there as a
+NIC's imissed.
+
+A ring that stops (VM1 gone, reset, migration handover) drops what is
+held, counted in oerrors.
 
 With inflight tracking a held packet's source descriptor (when it came from
 this port's own transmit ring) may be completed before the packet is
@@ -23,11 +33,12 @@ from __future__ import annotations
 from numba import njit
 
 from ..atomics import load_acquire
-from ..burst import register_burst, register_tx_flush
+from ..burst import NO_LIMIT, register_burst, register_tx_flush, register_tx_room
 from ..ethdev import ST_OERRORS
 from ..mbuf import free_bulk
-from .state import VQ_HELD, VQ_READY, XS_HELD, XS_IOTLB_MISS, VhostPciState
-from .vq import enqueue, vhost_pci_rx
+from ..syscalls import sched_yield
+from .state import VQ_HELD, VQ_PARKED, VQ_READY, XS_HELD, VhostPciState
+from .vq import avail_left, enqueue, vhost_pci_rx
 
 HOLD_CAP = 512  # packets per transmit queue (a couple of bursts per miss round trip)
 
@@ -74,11 +85,24 @@ def tx(st, q, pool, bufs, nb):
     v = 2 * q
     if _flush(st, v, q, pool) > 0:  # still waiting for a grant: queue behind
         return _hold(st, v, q, bufs, 0, nb)
-    misses = st.xstats[v, XS_IOTLB_MISS]  # only this lcore writes it: a race-free "did it miss?"
     taken = enqueue(st, v, q, pool, bufs, nb)
-    if taken < nb and st.xstats[v, XS_IOTLB_MISS] != misses:
+    if taken < nb and st.vq[v, VQ_PARKED] != 0:
+        sched_yield()  # the control thread may share this CPU: let it send the MISS
         return taken + _hold(st, v, q, bufs, taken, nb)
     return taken
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def room(st, q):
+    """tx_room of the vhost-pci port (module docstring); a stopped ring
+    has no limit: its link is down and what it refuses is dropped."""
+    v = 2 * q
+    if load_acquire(st.vq[v], VQ_READY) == 0:
+        return NO_LIMIT
+    space = st.hold.shape[1] - st.vq[v, VQ_HELD]
+    if st.vq[v, VQ_HELD] > 0 or st.vq[v, VQ_PARKED] != 0:
+        return space
+    return min(avail_left(st, v), space)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -87,5 +111,21 @@ def flush(st, q, pool):
     return _flush(st, 2 * q, q, pool)
 
 
+@njit(nogil=True, cache=True, _nrt=False)
+def drop_held(st, pool):
+    """Free every held packet (the port stopped, no lcore polls it), counted
+    in oerrors; returns how many."""
+    total = 0
+    for q in range(st.hold.shape[0]):
+        held = st.vq[2 * q, VQ_HELD]
+        if held > 0:
+            free_bulk(pool, st.hold[q], held)
+            st.stats[q, ST_OERRORS] += held
+            st.vq[2 * q, VQ_HELD] = 0
+            total += held
+    return total
+
+
 register_burst(VhostPciState, vhost_pci_rx, tx)
 register_tx_flush(VhostPciState, flush)
+register_tx_room(VhostPciState, room)

@@ -55,8 +55,8 @@ from .inflight import (
 )
 from ..guestmem.translate import translate
 from .state import (
-    PORT_INFLIGHT, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU,
-    VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PENDING, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC,
+    PORT_INFLIGHT, VQ_AVAIL, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU,
+    VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_PENDING, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC,
     XS_BAD_RING, XS_CALLS, XS_MERGED, XS_ROLLED_FORWARD, XS_TOO_BIG,
 )
 
@@ -384,6 +384,8 @@ def enqueue(st, v, q, pool, bufs, nb):
     a miss)."""
     num, desc, avail, used, n_avail = _begin(st, v)
     if n_avail == 0:
+        st.vq[v, VQ_AVAIL_LEFT] = 0
+        st.vq[v, VQ_PARKED] = 0
         return 0
     m = st.mem
     mask = num - 1
@@ -393,6 +395,8 @@ def enqueue(st, v, q, pool, bufs, nb):
     old_used = st.vq[v, VQ_LAST_USED]
     used_idx = old_used
     vec = st.vec[v]
+    parked = False
+    res = np.int64(0)
     consumed = 0
     taken = 0
     sent = 0
@@ -440,6 +444,7 @@ def enqueue(st, v, q, pool, bufs, nb):
         if status == PKT_WAIT:
             consumed = start_consumed  # the chains it began stay available
             used_idx = start_used
+            parked = res == CHAIN_MISS
             break
         taken += 1
         if status == PKT_DROPPED:  # every chain this packet touched goes back empty
@@ -453,6 +458,8 @@ def enqueue(st, v, q, pool, bufs, nb):
             m.u8[off_hi] = np.uint8(nbufs >> 8)  # _copy_in wrote (and logged) it
         sent += 1
         nbytes += ln
+    st.vq[v, VQ_PARKED] = 1 if parked else 0
+    st.vq[v, VQ_AVAIL_LEFT] = n_avail - consumed
     if consumed:
         if st.ctl[PORT_INFLIGHT] != 0:
             for k in range(taken):
@@ -464,6 +471,19 @@ def enqueue(st, v, q, pool, bufs, nb):
     st.stats[q, ST_OPACKETS] += sent
     st.stats[q, ST_OBYTES] += nbytes
     return taken
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def avail_left(st, v):
+    """Receive ring ``v``'s chains VM1 made available and the port has not
+    used: the last enqueue's count while it is non-zero (VM1 only adds), else
+    a fresh look at the ring (0 if it is not ready or not mapped)."""
+    left = st.vq[v, VQ_AVAIL_LEFT]
+    if left > 0:
+        return left
+    num, desc, avail, used, n = _begin(st, v)
+    st.vq[v, VQ_AVAIL_LEFT] = n
+    return n
 
 
 @njit(nogil=True, cache=True, _nrt=False)

@@ -3,15 +3,22 @@
 Devargs (as DPDK's virtio-user, plus the emulated IOMMU): ``path=`` (the
 back-end's socket), ``server=0|1`` (1: we listen, the back-end connects),
 ``queues=``, ``queue_size=``, ``mrg_rxbuf=0|1`` (ask for mergeable rx
-buffers), ``iommu=off|static|buffers|transient``, ``mem=`` (guest RAM
-layout, see ``layout.py``).
+buffers), ``iommu=off|static|buffers|demand|transient``, ``rx_grant=wo|rw``
+(the permission rx buffers are granted with), ``mem=`` (guest RAM layout,
+see ``layout.py``).
 
 IOMMU modes (VIRTIO_F_IOMMU_PLATFORM; IOVA = GPA):
 - ``static``: all RAM granted read-write at connect;
 - ``buffers``: only the rings and the packet buffers, each with its
   direction's permission (tx buffers RO, rx buffers WO);
+- ``demand``: the rings at connect; every buffer page (4 KiB) only when the
+  back-end asks for it (MISS), as QEMU answers for a guest behind a strict
+  vIOMMU that mapped the buffer; grants stay until the connection ends;
 - ``transient``: the rings; each buffer is granted just before the device
   sees it and revoked (INVALIDATE, acked) once the device returned it.
+Buffers are granted with their direction's permission: tx RO, rx
+``rx_grant`` (WO by default, as Linux maps DMA_FROM_DEVICE; RW as some
+IOMMUs round it up).
 MISSes are answered with the grant that covers the address if the mode
 allows it, else refused (counted).
 
@@ -57,10 +64,11 @@ from .vq import (
 
 log = logging.getLogger("vhostpci.port")
 
-IOMMU_MODES = ("off", "static", "buffers", "transient")
+IOMMU_MODES = ("off", "static", "buffers", "demand", "transient")
 # With per-buffer grants (buffers, transient) each buffer has its page, so a
 # grant exposes exactly one buffer; otherwise two per page (fewer TLB misses).
-BUF_STRIDE = {"off": 2048, "static": 2048, "buffers": PAGE_SIZE, "transient": PAGE_SIZE}
+BUF_STRIDE = {"off": 2048, "static": 2048, "buffers": PAGE_SIZE, "demand": PAGE_SIZE, "transient": PAGE_SIZE}
+RX_GRANTS = {"wo": IotlbPerm.WO, "rw": IotlbPerm.RW}
 MAX_QUEUE_PAIRS = 16
 PF = ProtocolFeature
 WANT_PROTOCOL = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
@@ -75,6 +83,12 @@ def _iommu(text: str) -> str:
     if text not in IOMMU_MODES:
         raise ValueError(f"iommu must be one of {', '.join(IOMMU_MODES)}")
     return text
+
+
+def _rx_grant(text: str) -> IotlbPerm:
+    if text not in RX_GRANTS:
+        raise ValueError(f"rx_grant must be one of {', '.join(RX_GRANTS)}")
+    return RX_GRANTS[text]
 
 
 def _queue_size(text: str) -> int:
@@ -94,9 +108,9 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
 
     prefix = "net_virtio_user"
     devargs = {"path": parse_path, "server": parse_bool, "queues": int_in_range("queues", 1, MAX_QUEUE_PAIRS), "queue_size": _queue_size,
-               "mrg_rxbuf": parse_bool, "iommu": _iommu, "mem": _mem}
+               "mrg_rxbuf": parse_bool, "iommu": _iommu, "rx_grant": _rx_grant, "mem": _mem}
     devarg_defaults = {"path": "", "server": False, "queues": 1, "queue_size": 256, "mrg_rxbuf": True,
-                       "iommu": "off", "mem": parse_mem(DEFAULT_MEM)}
+                       "iommu": "off", "rx_grant": IotlbPerm.WO, "mem": parse_mem(DEFAULT_MEM)}
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
@@ -395,9 +409,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
                 out.append((p.buf, p.buf_end - p.buf, self._buf_perm(v)))
         return out
 
-    @staticmethod
-    def _buf_perm(v: int) -> IotlbPerm:
-        return IotlbPerm.WO if v % 2 == 0 else IotlbPerm.RO  # rx rings are even
+    def _buf_perm(self, v: int) -> IotlbPerm:
+        return self.args["rx_grant"] if v % 2 == 0 else IotlbPerm.RO  # rx rings are even
 
     def _grant(self, s: FrontendSession, iova: int, size: int, perm: int) -> None:
         s.iotlb_update(iova, size, self.memory.gpa_to_uaddr(iova, size), perm)
@@ -429,6 +442,14 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
 
     def _on_miss(self, iova: int, perm: int) -> bool:
         s = self.session
+        if self.mode == "demand":
+            for v, p in enumerate(self.places):
+                if p.buf <= iova < p.buf_end:
+                    page = iova - iova % PAGE_SIZE
+                    if s is not None:
+                        self._grant(s, page, PAGE_SIZE, self._buf_perm(v))
+                    self.misses_granted += 1
+                    return True
         for start, size, gperm in self._standing_grants() + [(i, sz, p) for i, (sz, p) in self.grants.items()]:
             if start <= iova < start + size:
                 if s is not None:

@@ -15,16 +15,17 @@ HDR = bytes.fromhex("020000000001" "020000000002" "88b5")  # dst, src, local exp
 
 
 def make_packet(seq: int, size: int) -> bytes:
-    """``size`` bytes: Ethernet header, seq (u64), pseudo-random body, CRC32 of all before it."""
+    """``size`` bytes: Ethernet header, seq (u64), pseudo-random body, CRC32
+    of all before it but the MAC addresses (mac/macswap forwarding rewrites them)."""
     body_len = size - len(HDR) - 8 - 4
     body = np.random.default_rng(seq).integers(0, 256, body_len, dtype=np.uint8).tobytes()
     head = HDR + seq.to_bytes(8, "little") + body
-    return head + zlib.crc32(head).to_bytes(4, "little")
+    return head + zlib.crc32(head[12:]).to_bytes(4, "little")
 
 
 def check_packet(pkt: bytes) -> int:
     """The packet's sequence number, or -1 if its CRC does not match."""
-    if len(pkt) < len(HDR) + 12 or zlib.crc32(pkt[:-4]) != int.from_bytes(pkt[-4:], "little"):
+    if len(pkt) < len(HDR) + 12 or zlib.crc32(pkt[12:-4]) != int.from_bytes(pkt[-4:], "little"):
         return -1
     return int.from_bytes(pkt[len(HDR):len(HDR) + 8], "little")
 

@@ -1,10 +1,12 @@
 """VM1 in its own process: a virtio-user port that sends sequence-numbered,
 CRC-protected packets and checks every one that comes back.
 
-    python -m tests.vhostpci.vm1_peer --path SOCK --count N [--iommu MODE] [--server]
+    python -m tests.vhostpci.vm1_peer --path SOCK --count N [--iommu MODE] [--rx-grant wo|rw] [--server]
+                                      [--window W]
 
 Prints one JSON line: sent, received, bad (CRC mismatch), duplicates,
-missing, and the port's xstats.  Exit 0 when the run finished (whatever
+out_of_order (a sequence number below one already seen), missing, and the
+port's xstats.  ``--window`` packets may be in flight (2000: one burst).  Exit 0 when the run finished (whatever
 the counts; the test judges them), 1 when the link never came up.
 """
 from __future__ import annotations
@@ -24,13 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--path", required=True)
     ap.add_argument("--iommu", default="off")
+    ap.add_argument("--rx-grant", default="wo")
     ap.add_argument("--server", action="store_true")
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--size", type=int, default=0, help="packet size (0: vary 64..1514)")
     ap.add_argument("--window", type=int, default=32, help="packets in flight at most")
     ap.add_argument("--timeout", type=float, default=30.0)
     a = ap.parse_args(argv)
-    vdev = f"net_virtio_user0,path={a.path},iommu={a.iommu},server={int(a.server)}"
+    vdev = f"net_virtio_user0,path={a.path},iommu={a.iommu},rx_grant={a.rx_grant},server={int(a.server)}"
     port = Port(0, parse_vdev(vdev))
     pool = create_pool(4096)
     result: dict = {"vdev": vdev}
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             recv(port, pool)  # posts (and, in transient mode, gets granted) every rx buffer first
             time.sleep(0.001)
         seen: set[int] = set()
-        bad = dups = sent = 0
+        bad = dups = sent = disorder = 0
+        highest = -1
         started = time.monotonic()
         while len(seen) < a.count and time.monotonic() < deadline:
             want = min(a.window - (sent - len(seen) - bad), a.count - sent, 32)
@@ -59,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                     dups += 1
                 else:
                     seen.add(seq)
+                    disorder += seq < highest
+                    highest = max(highest, seq)
             if sent - len(seen) - bad >= a.window:
                 time.sleep(0.0002)
-        result.update(sent=sent, received=len(seen), bad=bad, duplicates=dups,
+        result.update(sent=sent, received=len(seen), bad=bad, duplicates=dups, out_of_order=disorder,
                       missing=sent - len(seen), seconds=round(time.monotonic() - started, 3),
                       xstats=port.driver.xstats())
         print(json.dumps(result), flush=True)
