@@ -187,6 +187,7 @@ def _load_builtin_drivers() -> None:
     from .vhostpci_pmd import driver as _vhost_pci  # noqa: F401
     from .virtio_user_pmd import driver as _virtio_user  # noqa: F401
     from .vf_pmd import driver as _vf  # noqa: F401
+    from .xdp_pmd import driver as _vf_xdp  # noqa: F401
 
 
 _VDEV_NAME = re.compile(r"^([a-z_]+?)(\d+)$")

@@ -30,6 +30,7 @@ from ..ethdev import (
     ST_RX_NOMBUF,
 )
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
+from ..syscalls import socket_send_empty
 from .layout import (
     BD_BLOCK_STATUS,
     BD_NUM_PKTS,
@@ -67,7 +68,6 @@ from .layout import (
     X_TX_RING_FULL,
     X_TX_TOO_BIG,
 )
-from .sockio import tx_ring_kick
 
 
 class VfState(NamedTuple):
@@ -210,7 +210,7 @@ def vf_tx(st, q, pool, bufs, nb):
     cur[TX_HEAD] = head
     if queued > 0 or n < nb:  # n < nb: the ring is full, make sure the kernel is draining it
         st.xstats[q, X_TX_KICKS] += 1
-        if tx_ring_kick(st.tx_fds[q], MSG_DONTWAIT) < 0:
+        if socket_send_empty(st.tx_fds[q], MSG_DONTWAIT) < 0:
             st.xstats[q, X_TX_KICK_ERRORS] += 1
     free_bulk(pool, bufs, n)
     st.stats[q, ST_OPACKETS] += queued

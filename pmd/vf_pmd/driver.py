@@ -15,6 +15,7 @@ import socket
 
 import numpy as np
 
+from .. import netdev as nd
 from ..ethdev import (
     ST_IMISSED,
     LinkStatus,
@@ -26,17 +27,12 @@ from ..ethdev import (
     parse_int,
     register_driver,
 )
+from ..ringarea import RingArea
 from . import layout as L
 from . import netdev
 from .burst import VfState
 
 MAX_QUEUES = 16
-
-
-def _iface(text: str) -> str:
-    if not text or len(text) > 15 or "/" in text or "," in text:
-        raise ValueError(f"expected a network interface name, got {text!r}")
-    return text
 
 
 def _blocksize(text: str) -> int:
@@ -58,7 +54,7 @@ def _pow2_at_least(n: int) -> int:
 @register_driver
 class VfDriver(PortDriver):
     prefix = "net_vf"
-    devargs = {"iface": _iface, "queues": int_in_range("queues", 1, MAX_QUEUES), "blocksize": _blocksize,
+    devargs = {"iface": nd.iface_devarg, "queues": int_in_range("queues", 1, MAX_QUEUES), "blocksize": _blocksize,
                "blocks": int_in_range("blocks", 2, 4096), "framecount": int_in_range("framecount", 16, 1 << 20),
                "qdisc_bypass": parse_bool}
     devarg_defaults = {"iface": "", "queues": 1, "blocksize": 1 << 16, "blocks": 256, "framecount": 2048,
@@ -75,7 +71,7 @@ class VfDriver(PortDriver):
         self._state: VfState | None = None
         self._rx_socks: list[socket.socket] = []
         self._tx_socks: list[socket.socket] = []
-        self._areas: list[netdev.RingArea] = []
+        self._areas: list[RingArea] = []
         self._promisc = False
         self._mtu = 0
 
@@ -91,12 +87,9 @@ class VfDriver(PortDriver):
 
     # ---- start / stop ----------------------------------------------------
     def _check_netdev(self) -> None:
-        if not netdev.exists(self.iface):
-            raise PortError(f"{self.name}: interface {self.iface} does not exist")
-        if not netdev.is_up(self.iface):
-            admin = "up" if netdev.admin_up(self.iface) else "down"
-            raise PortError(f"{self.name}: interface {self.iface} is down "
-                            f"(admin {admin}, operstate {netdev.operstate(self.iface)})")
+        why = nd.unusable(self.iface)
+        if why is not None:
+            raise PortError(f"{self.name}: {why}")
 
     def start(self) -> None:
         if self._state is not None:
@@ -104,33 +97,33 @@ class VfDriver(PortDriver):
         self._check_netdev()
         a = self.args
         try:
-            self._mtu = netdev.mtu(self.iface)
+            self._mtu = nd.mtu(self.iface)
             max_frame = self._mtu + L.ETH_HLEN
             frame_size = max(2048, _pow2_at_least(L.T2_DATA + max_frame))
             per_block = max(mmap.PAGESIZE // frame_size, 1)
             frame_nr = -(-a["framecount"] // per_block) * per_block
-            rx_area = netdev.RingArea(self.nb_rxq, a["blocksize"] * a["blocks"])
+            rx_area = RingArea(self.nb_rxq, a["blocksize"] * a["blocks"])
             self._areas.append(rx_area)
-            tx_area = netdev.RingArea(self.nb_txq, frame_size * frame_nr)
+            tx_area = RingArea(self.nb_txq, frame_size * frame_nr)
             self._areas.append(tx_area)
             fanout = "new" if self.nb_rxq > 1 else None
             for q in range(self.nb_rxq):
                 self._rx_socks.append(netdev.rx_socket(self.iface, a["blocksize"], a["blocks"], fanout))
-                rx_area.map(q, self._rx_socks[q])
+                rx_area.map(q, self._rx_socks[q].fileno())
                 if fanout == "new":  # the others join the group the kernel made for the first
                     fanout = netdev.fanout_id(self._rx_socks[0])
             netdev.set_promisc(self._rx_socks[0], self.iface, True)
             self._promisc = True
             for q in range(self.nb_txq):
                 self._tx_socks.append(netdev.tx_socket(self.iface, frame_size, frame_nr, a["qdisc_bypass"]))
-                tx_area.map(q, self._tx_socks[q])
+                tx_area.map(q, self._tx_socks[q].fileno())
         except PermissionError as e:
             self._release()
             raise PortError(f"{self.name}: cannot open an AF_PACKET socket on {self.iface}: permission denied "
                             f"(needs root or CAP_NET_RAW): {e}") from None
         except OSError as e:
             self._release()
-            if not netdev.exists(self.iface):
+            if not nd.exists(self.iface):
                 raise PortError(f"{self.name}: interface {self.iface} does not exist") from None
             raise PortError(f"{self.name}: cannot set up AF_PACKET rings on {self.iface}: {e}") from None
         except BaseException:
@@ -196,12 +189,12 @@ class VfDriver(PortDriver):
 
     def mac(self) -> bytes:
         try:
-            return netdev.mac(self.iface)
+            return nd.mac(self.iface)
         except OSError:
             return bytes(6)
 
     def link(self) -> LinkStatus:
-        return LinkStatus(up=netdev.is_up(self.iface), speed_mbps=netdev.speed_mbps(self.iface))
+        return LinkStatus(up=nd.is_up(self.iface), speed_mbps=nd.speed_mbps(self.iface))
 
     def info(self) -> dict:
         a = self.args
