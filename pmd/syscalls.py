@@ -81,3 +81,16 @@ socket_send_empty = _empty_sock_call(
     "send", "``send(fd, NULL, 0, flags)``: makes the kernel transmit what a tx ring holds; send's result.")
 socket_recv_empty = _empty_sock_call(
     "recv", "``recv(fd, NULL, 0, flags)``: wakes the kernel's rx processing of a socket; recv's result.")
+
+
+@intrinsic
+def last_errno(typingctx):
+    """The calling thread's ``errno`` (after a call above returned -1)."""
+    sig = types.int64()
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_I32.as_pointer(), [])
+        ptr = builder.call(cgutils.get_or_insert_function(builder.module, fnty, "__errno_location"), [])
+        return builder.sext(builder.load(ptr), _I64)
+
+    return sig, codegen

@@ -1,5 +1,5 @@
 """The bpf() syscall, just what the AF_XDP port needs: an XSKMAP, the
-redirect-by-queue XDP program (eight instructions assembled here: no
+redirect-by-queue XDP program (six instruction slots assembled here: no
 compiler, no libbpf/libxdp at run time), a BPF link attaching it to a
 netdev, and the queries that tell whose program a netdev carries.
 
@@ -81,14 +81,14 @@ def redirect_program(map_fd: int) -> bytes:
     ])
 
 
-def load_program(map_fd: int) -> int:
-    """Load the redirect program (verifier log included in the error)."""
+def load_program(map_fd: int, name: str = PROG_NAME) -> int:
+    """Load the redirect program named ``name`` (verifier log included in the error)."""
     insns = ctypes.create_string_buffer(redirect_program(map_fd))
     license_ = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(4096)
     attr = struct.pack("IIQQIIQII", PROG_TYPE_XDP, len(insns.raw) // 8, ctypes.addressof(insns),
                        ctypes.addressof(license_), 1, len(log), ctypes.addressof(log), 0, 0) \
-        + _name16(PROG_NAME) + struct.pack("II", 0, ATTACH_XDP)
+        + _name16(name) + struct.pack("II", 0, ATTACH_XDP)
     try:
         return _bpf(PROG_LOAD, attr, "load the XDP program")
     except BpfError as e:

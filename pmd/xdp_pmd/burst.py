@@ -33,10 +33,13 @@ from ..ethdev import (
     ST_RX_NOMBUF,
 )
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
-from ..syscalls import socket_recv_empty, socket_send_empty
+from ..syscalls import last_errno, socket_recv_empty, socket_send_empty
 from .layout import (
     C_TX_FREE,
     COMP,
+    EAGAIN,
+    EBUSY,
+    ENOBUFS,
     ETH_HLEN,
     FILL,
     MSG_DONTWAIT,
@@ -50,6 +53,7 @@ from .layout import (
     X_RX_WAKEUPS,
     X_TX_RING_FULL,
     X_TX_TOO_BIG,
+    X_TX_WAKEUP_AGAIN,
     X_TX_WAKEUP_ERRORS,
     X_TX_WAKEUPS,
     XDP_RING_NEED_WAKEUP,
@@ -147,8 +151,12 @@ def _tx_wakeup(st, q):
     """One send() when the kernel asks for it: it transmits what the tx ring holds."""
     if load_acquire(st.tx32[q], st.off[TX, OFF_FLAGS] >> 2) & XDP_RING_NEED_WAKEUP:
         st.xstats[q, X_TX_WAKEUPS] += 1
-        if socket_send_empty(st.fds[q], MSG_DONTWAIT) < 0:  # EAGAIN/EBUSY: the rest goes at the next one
-            st.xstats[q, X_TX_WAKEUP_ERRORS] += 1
+        if socket_send_empty(st.fds[q], MSG_DONTWAIT) < 0:
+            err = last_errno()
+            if err == EAGAIN or err == EBUSY or err == ENOBUFS:  # took a batch (copy mode: 32) or the device
+                st.xstats[q, X_TX_WAKEUP_AGAIN] += 1  # queue is busy: the rest goes at the next wakeup
+            else:
+                st.xstats[q, X_TX_WAKEUP_ERRORS] += 1
 
 
 @njit(nogil=True, cache=True)

@@ -186,6 +186,10 @@ class XdpDriver(PortDriver):
             if e.errno == errno.EOPNOTSUPP and step.startswith("attach") and a["xdp_mode"] == "native":
                 raise PortError(f"{self.name}: {self.iface} has no native XDP support; xdp_mode=generic runs "
                                 "the program on skbs (slower), or use net_vf (AF_PACKET)") from None
+            if e.errno == errno.ERANGE and step.startswith("attach"):
+                raise PortError(f"{self.name}: {self.iface} refuses XDP at its MTU ({self._mtu}; a veth checks its "
+                                "peer's MTU, at most about 3500 B without multi-buffer): lower it, or use net_vf "
+                                "(AF_PACKET)") from None
             if e.errno == errno.EOPNOTSUPP and step.startswith("bind") and a["zero_copy"] == "1":
                 raise PortError(f"{self.name}: {self.iface} does not support AF_XDP zero-copy (zero_copy=1); "
                                 "zero_copy=auto falls back to copy mode") from None

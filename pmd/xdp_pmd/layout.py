@@ -48,6 +48,7 @@ DESC_SIZE = 16  # struct xdp_desc
 ADDR_SIZE = 8  # fill / completion entries
 ETH_HLEN = 14
 MSG_DONTWAIT = 0x40
+EAGAIN, EBUSY, ENOBUFS = 11, 16, 105
 
 # rings, in the order of struct xdp_mmap_offsets {rx, tx, fr, cr}
 RX, TX, FILL, COMP = range(4)
@@ -60,6 +61,8 @@ C_TX_FREE = 0  # tx frames on the queue's free stack
 N_CUR = 8
 
 # driver counters (xstats), one row per queue
-X_RX_WAKEUPS, X_TX_WAKEUPS, X_TX_WAKEUP_ERRORS, X_TX_RING_FULL, X_TX_TOO_BIG, X_RX_BAD_DESC = range(6)
-N_X = 6
-X_NAMES = ("rx_wakeups", "tx_wakeups", "tx_wakeup_errors", "tx_ring_full", "tx_too_big", "rx_bad_desc")
+(X_RX_WAKEUPS, X_TX_WAKEUPS, X_TX_WAKEUP_AGAIN, X_TX_WAKEUP_ERRORS, X_TX_RING_FULL, X_TX_TOO_BIG,
+ X_RX_BAD_DESC) = range(7)
+N_X = 7
+X_NAMES = ("rx_wakeups", "tx_wakeups", "tx_wakeup_again", "tx_wakeup_errors", "tx_ring_full", "tx_too_big",
+           "rx_bad_desc")

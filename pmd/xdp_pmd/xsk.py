@@ -5,9 +5,11 @@ in layout.py."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import struct
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -58,12 +60,26 @@ PGOFF = {L.RX: L.XDP_PGOFF_RX_RING, L.TX: L.XDP_PGOFF_TX_RING, L.FILL: L.XDP_UME
 ENTRY_SIZE = {L.RX: L.DESC_SIZE, L.TX: L.DESC_SIZE, L.FILL: L.ADDR_SIZE, L.COMP: L.ADDR_SIZE}
 
 
+BIND_BUSY_WAIT_S = 2.0
+
+
 def bind(sock: socket.socket, ifindex: int, queue: int, flags: int) -> None:
-    """Bind to (``ifindex``, ``queue``); OSError with the kernel's errno."""
+    """Bind to (``ifindex``, ``queue``); OSError with the kernel's errno.
+
+    A closed XSK frees its netdev queue asynchronously (a kernel work item):
+    a restart right after a stop, or after a killed process, sees EBUSY for
+    a moment, so EBUSY is retried for BIND_BUSY_WAIT_S; still busy then, the
+    queue belongs to a live socket."""
     addr = struct.pack("HHIII", L.AF_XDP, flags, ifindex, queue, 0)
     buf = ctypes.create_string_buffer(addr, len(addr))
-    if _bind(sock.fileno(), buf, len(addr)) < 0:
+    deadline = time.monotonic() + BIND_BUSY_WAIT_S
+    while _bind(sock.fileno(), buf, len(addr)) < 0:
         err = ctypes.get_errno()
+        if err == errno.EBUSY and time.monotonic() < deadline:
+            time.sleep(0.005)
+            continue
+        if err == errno.EBUSY:
+            raise OSError(err, f"queue {queue} is in use by another AF_XDP socket")
         raise OSError(err, f"bind to queue {queue}: {os.strerror(err)}")
 
 

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -64,13 +65,13 @@ def _require_root() -> None:
 
 
 @contextlib.contextmanager
-def make_veth():
+def make_veth(queues: int = 1):
     """Create the pair and the namespace, both ends up; always removed."""
     n = next(_seq)
     tag = f"{os.getpid() % 1000000}x{n}"
     host, peer, ns = f"vfh{tag}", f"vfp{tag}", f"vfns{tag}"
     subnet = (os.getpid() + n) % 250 + 1
-    wire = VethWire(host, peer, ns)
+    wire = VethWire(host, peer, ns, queues)
     try:
         wire.create()
         wire.peer_ip("addr", "add", f"10.99.{subnet}.1/24", "dev", peer)
@@ -107,6 +108,39 @@ def compiled_vf():
             fw.stop()
             pool = create_pool(64)
             send(port, pool, [bytes(60)])
+            recv(port, pool)
+        finally:
+            fw.close()
+
+
+def xdp_attached(iface: str) -> str:
+    """The XDP mode of the program on ``iface`` ('none' when it carries none)."""
+    from pmd.xdp_pmd import netlink
+
+    return netlink.xdp_state(socket.if_nametoindex(iface)).mode
+
+
+@pytest.fixture(scope="session")
+def compiled_xdp():
+    """Compile (or load) the AF_XDP port's kernels as the tests call them
+    (from Python and in the forwarding loop), outside the timed parts."""
+    _require_root()
+    from pmd.fwd.runtime import Forwarding
+    from pmd.lcore import LcoreManager
+    from pmd.mbuf import create_pool
+    from tests.conftest import CPUS, WORKER_CPU
+    from tests.vhostpci.peer_io import flush, recv, send
+
+    with make_veth() as v:
+        fw = Forwarding(LcoreManager({0: CPUS[0], 1: WORKER_CPU}, 0), nb_mbufs=256)
+        try:
+            port = fw.attach_port(f"net_vf_xdp0,iface={v.host}")
+            port.start()
+            fw.start()
+            fw.stop()
+            pool = create_pool(64)
+            send(port, pool, [bytes(60)])
+            flush(port, pool)
             recv(port, pool)
         finally:
             fw.close()
