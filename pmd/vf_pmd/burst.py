@@ -25,11 +25,11 @@ from ..ethdev import (
     ST_IERRORS,
     ST_IPACKETS,
     ST_OBYTES,
-    ST_OERRORS,
     ST_OPACKETS,
     ST_RX_NOMBUF,
 )
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
+from ..netdev_port import unsendable
 from ..syscalls import socket_send_empty
 from .layout import (
     BD_BLOCK_STATUS,
@@ -187,9 +187,7 @@ def vf_tx(st, q, pool, bufs, nb):
     while n < nb:
         i = bufs[n]
         ln = np.int64(pool.data_len[i])
-        if ln > st.max_frame or ln < ETH_HLEN:  # taken and dropped, never truncated
-            st.stats[q, ST_OERRORS] += 1
-            st.xstats[q, X_TX_TOO_BIG] += 1
+        if unsendable(st, q, ln, X_TX_TOO_BIG):  # taken and dropped, never truncated
             n += 1
             continue
         frame = head * st.frame_size

@@ -18,8 +18,6 @@ import numpy as np
 from .. import netdev as nd
 from ..ethdev import (
     ST_IMISSED,
-    LinkStatus,
-    PortDriver,
     PortError,
     int_in_range,
     new_stats,
@@ -27,6 +25,7 @@ from ..ethdev import (
     parse_int,
     register_driver,
 )
+from ..netdev_port import NetdevPortDriver
 from ..ringarea import RingArea
 from . import layout as L
 from . import netdev
@@ -52,7 +51,7 @@ def _pow2_at_least(n: int) -> int:
 
 
 @register_driver
-class VfDriver(PortDriver):
+class VfDriver(NetdevPortDriver):
     prefix = "net_vf"
     devargs = {"iface": nd.iface_devarg, "queues": int_in_range("queues", 1, MAX_QUEUES), "blocksize": _blocksize,
                "blocks": int_in_range("blocks", 2, 4096), "framecount": int_in_range("framecount", 16, 1 << 20),
@@ -62,13 +61,9 @@ class VfDriver(PortDriver):
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
-        if not args["iface"]:
-            raise PortError(f"{name}: devarg iface=<netdev> is required")
-        self.iface = args["iface"]
         self.nb_rxq = self.nb_txq = args["queues"]
         self._stats = new_stats(args["queues"])
         self._xstats = np.zeros((args["queues"], L.N_X), np.int64)
-        self._state: VfState | None = None
         self._rx_socks: list[socket.socket] = []
         self._tx_socks: list[socket.socket] = []
         self._areas: list[RingArea] = []
@@ -86,11 +81,6 @@ class VfDriver(PortDriver):
         self._xstats = np.zeros((nq, L.N_X), np.int64)
 
     # ---- start / stop ----------------------------------------------------
-    def _check_netdev(self) -> None:
-        why = nd.unusable(self.iface)
-        if why is not None:
-            raise PortError(f"{self.name}: {why}")
-
     def start(self) -> None:
         if self._state is not None:
             return
@@ -159,18 +149,7 @@ class VfDriver(PortDriver):
             s.close()
         self._rx_socks, self._tx_socks = [], []
 
-    def stop(self) -> None:
-        self._release()
-
-    def close(self) -> None:
-        self._release()
-
-    # ---- state and counters ------------------------------------------------
-    def kernel_state(self) -> VfState:
-        if self._state is None:
-            raise PortError(f"{self.name}: not started")
-        return self._state
-
+    # ---- counters ----------------------------------------------------------
     def _collect_drops(self, sock: socket.socket, q: int) -> None:
         try:
             self._stats[q, ST_IMISSED] += netdev.rx_drops(sock)
@@ -186,15 +165,6 @@ class VfDriver(PortDriver):
     def xstats(self) -> dict[str, int]:
         totals = self._xstats.sum(axis=0)
         return {name: int(totals[k]) for k, name in enumerate(L.X_NAMES)}
-
-    def mac(self) -> bytes:
-        try:
-            return nd.mac(self.iface)
-        except OSError:
-            return bytes(6)
-
-    def link(self) -> LinkStatus:
-        return LinkStatus(up=nd.is_up(self.iface), speed_mbps=nd.speed_mbps(self.iface))
 
     def info(self) -> dict:
         a = self.args

@@ -22,13 +22,12 @@ import numpy as np
 from .. import netdev as nd
 from ..ethdev import (
     ST_IMISSED,
-    LinkStatus,
-    PortDriver,
     PortError,
     int_in_range,
     new_stats,
     register_driver,
 )
+from ..netdev_port import NetdevPortDriver
 from ..ringarea import RingArea, page_round
 from . import bpf, netlink, xsk
 from . import layout as L
@@ -64,7 +63,7 @@ def frame_size_for(max_frame: int) -> int:
 
 
 @register_driver
-class XdpDriver(PortDriver):
+class XdpDriver(NetdevPortDriver):
     prefix = "net_vf_xdp"
     devargs = {"iface": nd.iface_devarg, "queues": int_in_range("queues", 1, MAX_QUEUES), "ring_size": _ring_size,
                "xdp_mode": _choice("xdp_mode", XDP_MODES), "zero_copy": _choice("zero_copy", ZERO_COPY)}
@@ -72,14 +71,10 @@ class XdpDriver(PortDriver):
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
-        if not args["iface"]:
-            raise PortError(f"{name}: devarg iface=<netdev> is required")
-        self.iface = args["iface"]
         self.nb_rxq = self.nb_txq = args["queues"]
         self._stats = new_stats(args["queues"])
         self._xstats = np.zeros((args["queues"], L.N_X), np.int64)
         self._missed_seen = np.zeros(args["queues"], np.int64)
-        self._state: XdpState | None = None
         self._socks: list = []
         self._areas: list[RingArea] = []
         self._fds: list[int] = []  # memfd, map, program (closed last, in reverse)
@@ -129,9 +124,7 @@ class XdpDriver(PortDriver):
     def start(self) -> None:
         if self._state is not None:
             return
-        why = nd.unusable(self.iface)
-        if why is not None:
-            raise PortError(f"{self.name}: {why}")
+        self._check_netdev()
         a, nq = self.args, self.nb_rxq
         self._mtu = nd.mtu(self.iface)
         max_frame = self._mtu + L.ETH_HLEN
@@ -236,18 +229,7 @@ class XdpDriver(PortDriver):
             os.close(fd)
         self._fds = []
 
-    def stop(self) -> None:
-        self._release()
-
-    def close(self) -> None:
-        self._release()
-
-    # ---- state and counters ------------------------------------------------
-    def kernel_state(self) -> XdpState:
-        if self._state is None:
-            raise PortError(f"{self.name}: not started")
-        return self._state
-
+    # ---- counters ----------------------------------------------------------
     def _socket_stats(self) -> list[xsk.XskStats]:
         out = []
         for s in self._socks:
@@ -278,15 +260,6 @@ class XdpDriver(PortDriver):
         for field in ("rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs"):
             out[field] = sum(getattr(st, field) for st in kernel)
         return out
-
-    def mac(self) -> bytes:
-        try:
-            return nd.mac(self.iface)
-        except OSError:
-            return bytes(6)
-
-    def link(self) -> LinkStatus:
-        return LinkStatus(up=nd.is_up(self.iface), speed_mbps=nd.speed_mbps(self.iface))
 
     def info(self) -> dict:
         a = self.args

@@ -11,12 +11,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from apps.wire import VethWire, ip, wire_unavailable
+from pmd.ethdev import Port, parse_vdev
 
 PEER = str(Path(__file__).with_name("ns_peer.py"))
 _seq = itertools.count()
@@ -144,3 +146,35 @@ def compiled_xdp():
             recv(port, pool)
         finally:
             fw.close()
+
+
+@pytest.fixture
+def port_on(veth, request):
+    """Start a VF port (``kind``: net_vf or net_vf_xdp) on the veth's host
+    end (extra devargs optional); an AF_XDP port leaves no XDP program."""
+    ports = []
+
+    def make(extra: str = "", port_id: int = 0, kind: str = "net_vf") -> Port:
+        if kind == "net_vf_xdp":
+            request.getfixturevalue("compiled_xdp")
+        p = Port(port_id, parse_vdev(f"{kind}{port_id},iface={veth.host}{extra}"))
+        ports.append(p)
+        p.start()
+        return p
+
+    yield make
+    for p in ports:
+        p.close()
+    assert xdp_attached(veth.host) == "none"
+
+
+def send_all(port, pool, pkts, queue: int = 0) -> int:
+    """tx_burst, then flush until the kernel took every frame (AF_XDP copy
+    mode sends a bounded batch per wakeup; net_vf holds nothing)."""
+    from tests.vhostpci.peer_io import flush, send
+
+    n = send(port, pool, pkts, queue=queue)
+    deadline = time.monotonic() + 5
+    while flush(port, pool, queue=queue) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return n

@@ -4,6 +4,7 @@ stop, after SIGKILL and at restart, and the errors that leave nothing
 behind (no native XDP, no permission, a netdev another program owns)."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 from apps.wire import ip
 from pmd.ethdev import Port, PortError, parse_vdev
 from pmd.mbuf import HEADROOM, create_pool
-from tests.vf.conftest import make_veth, xdp_attached
+from tests.vf.conftest import make_veth, send_all, xdp_attached
 from tests.vf.ns_peer import check_packet, make_packet
 from tests.vf.test_vf_port import _mappings, _open_fds, _ours, recv_until
 from tests.vhostpci.peer_io import flush, recv, send
@@ -28,60 +29,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def xdp_on(veth):
+def xdp_on(port_on):
     """Start a net_vf_xdp port on the veth's host end (extra devargs optional)."""
-    ports = []
-
-    def make(extra: str = "", port_id: int = 0, iface: str | None = None) -> Port:
-        p = Port(port_id, parse_vdev(f"net_vf_xdp{port_id},iface={iface or veth.host}{extra}"))
-        ports.append(p)
-        p.start()
-        return p
-
-    yield make
-    for p in ports:
-        p.close()
-    assert xdp_attached(veth.host) == "none"
+    return functools.partial(port_on, kind="net_vf_xdp")
 
 
-def send_all(port, pool, pkts, queue: int = 0) -> int:
-    """tx_burst, then flush until the kernel took every frame (copy mode
-    sends a bounded batch per wakeup)."""
-    n = send(port, pool, pkts, queue=queue)
-    deadline = time.monotonic() + 5
-    while flush(port, pool, queue=queue) and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return n
-
-
-def test_rx_from_namespace_exact_bytes(veth, xdp_on):
+def test_native_copy_mode_on_a_veth_and_tx_wakeups(veth, xdp_on):
     port = xdp_on()
     assert xdp_attached(veth.host) == "native"
-    assert port.driver.info()["zero-copy"] == "no (copy mode)"  # veth has no zero-copy
+    assert port.driver.info()["zero-copy"] == "no (copy mode)"  # a veth has no zero-copy
     pool = create_pool(512)
-    sizes = [60, 64, 128, 1000, 1514]
-    assert veth.run_peer("send", 40, ",".join(map(str, sizes)), 2000, 100) == {"sent": 40}
-    got = recv_until(port, pool, 40)
-    assert got == [make_packet(100 + k, sizes[(100 + k) % len(sizes)]) for k in range(40)]
-    st = port.stats()
-    assert st.ipackets >= 40 and st.ierrors == 0 and st.imissed == 0
-    assert pool.available() == pool.size
-
-
-def test_tx_to_namespace_exact_bytes(veth, xdp_on):
-    port = xdp_on()
-    pool = create_pool(512)
-    # 100 frames in one burst: more than the kernel sends per wakeup in copy mode
-    pkts = [make_packet(k, size) for k, size in enumerate([60, 61, 64, 100, 512, 1513, 1514] * 14 + [77, 99])]
+    pkts = [make_packet(k, 100) for k in range(100)]
     peer = veth.start_peer("recv", len(pkts), 5)
     assert send_all(port, pool, pkts) == len(pkts)
-    got = [bytes.fromhex(h) for h in veth.peer_result(peer)["packets"]]
-    assert got == pkts
-    st = port.stats()
-    assert (st.opackets, st.obytes, st.oerrors) == (len(pkts), sum(map(len, pkts)), 0)
+    assert [bytes.fromhex(h) for h in veth.peer_result(peer)["packets"]] == pkts
     xs = port.driver.xstats()
+    # copy mode: the kernel sends at most 32 frames per wakeup, then says EAGAIN
     assert xs["tx_wakeup_again"] >= 1 and xs["tx_wakeup_errors"] == 0 and xs["tx_invalid_descs"] == 0
-    assert pool.available() == pool.size
 
 
 def test_tx_ring_full_takes_what_fits_and_recovers(veth, xdp_on):
@@ -102,23 +66,6 @@ def test_tx_ring_full_takes_what_fits_and_recovers(veth, xdp_on):
     assert got == pkts
     assert port.driver.xstats()["tx_ring_full"] >= 1
     assert pool.available() == pool.size
-
-
-def test_io_forwarding_loops_namespace_traffic_back(veth, fwd):
-    port = fwd.attach_port(f"net_vf_xdp0,iface={veth.host}")
-    port.start()
-    fwd.config.mode = "io"
-    fwd.start()
-    count = 10_000
-    try:
-        res = veth.run_peer("both", count, 512, 10_000, 5)
-    finally:
-        stats = fwd.stop()
-        fwd.close_port(port.port_id)
-    assert res == {"sent": count, "received": count, "bad": 0, "dup": 0, "missing": 0, "out_of_range": 0}
-    assert stats[port.port_id]["rx"] == stats[port.port_id]["tx"] >= count
-    assert stats[port.port_id]["dropped"] == 0
-    assert xdp_attached(veth.host) == "none"
 
 
 # ---- multi-queue ---------------------------------------------------------------
@@ -181,21 +128,6 @@ def test_more_queues_than_the_netdev_has_is_a_port_error(veth):
 
 
 # ---- MTU ------------------------------------------------------------------------
-def test_oversize_frame_counted_not_sent(veth, xdp_on):
-    ip("link", "set", veth.host, "mtu", "1000")
-    port = xdp_on()
-    pool = create_pool(64)
-    ok, big = make_packet(1, 1014), make_packet(2, 1015)
-    peer = veth.start_peer("recv", 2, 0.7)
-    assert send_all(port, pool, [big, ok, big]) == 3  # taken: the oversize ones are dropped
-    got = [bytes.fromhex(h) for h in veth.peer_result(peer)["packets"]]
-    assert got == [ok]
-    st = port.stats()
-    assert (st.opackets, st.obytes, st.oerrors) == (1, 1014, 2)
-    assert port.driver.xstats()["tx_too_big"] == 2
-    assert pool.available() == pool.size
-
-
 def test_jumbo_mtu_exact_bytes_both_ways(veth, xdp_on):
     """MTU 3000: 4 KiB UMEM frames; full-size frames both ways."""
     ip("link", "set", veth.host, "mtu", "3000")
@@ -364,15 +296,6 @@ def test_zero_copy_required_on_a_veth_is_a_port_error(veth):
     with pytest.raises(PortError, match="does not support AF_XDP zero-copy"):
         port.start()
     assert xdp_attached(veth.host) == "none"
-
-
-def test_missing_interface_is_a_port_error_and_leaks_nothing():
-    fds, maps = _open_fds(), _mappings()
-    port = Port(0, parse_vdev("net_vf_xdp0,iface=vfnosuch0"))
-    with pytest.raises(PortError, match="vfnosuch0 does not exist"):
-        port.start()
-    port.close()
-    assert (_open_fds(), _mappings()) == (fds, maps)
 
 
 def test_permission_denied_is_a_port_error(veth):
