@@ -89,43 +89,10 @@ def veth():
         yield v
 
 
-@pytest.fixture(scope="session")
-def compiled_vf():
-    """Compile (or load) every kernel these tests run once, outside the
-    timed parts: the VF burst kernels called from Python and the forwarding
-    loop over a VF port."""
-    _require_root()
-    from pmd.fwd.runtime import Forwarding
-    from pmd.lcore import LcoreManager
-    from pmd.mbuf import create_pool
-    from tests.conftest import CPUS, WORKER_CPU
-    from tests.vhostpci.peer_io import recv, send
-
-    with make_veth() as v:
-        fw = Forwarding(LcoreManager({0: CPUS[0], 1: WORKER_CPU}, 0), nb_mbufs=256)
-        try:
-            port = fw.attach_port(f"net_vf0,iface={v.host}")
-            port.start()
-            fw.start()
-            fw.stop()
-            pool = create_pool(64)
-            send(port, pool, [bytes(60)])
-            recv(port, pool)
-        finally:
-            fw.close()
-
-
-def xdp_attached(iface: str) -> str:
-    """The XDP mode of the program on ``iface`` ('none' when it carries none)."""
-    from pmd.xdp_pmd import netlink
-
-    return netlink.xdp_state(socket.if_nametoindex(iface)).mode
-
-
-@pytest.fixture(scope="session")
-def compiled_xdp():
-    """Compile (or load) the AF_XDP port's kernels as the tests call them
-    (from Python and in the forwarding loop), outside the timed parts."""
+def _compile(kind: str) -> None:
+    """Compile (or load) every kernel the tests run on a ``kind`` port once,
+    outside the timed parts: its burst kernels called from Python (rx, tx,
+    flush) and the forwarding loop over it."""
     _require_root()
     from pmd.fwd.runtime import Forwarding
     from pmd.lcore import LcoreManager
@@ -136,7 +103,7 @@ def compiled_xdp():
     with make_veth() as v:
         fw = Forwarding(LcoreManager({0: CPUS[0], 1: WORKER_CPU}, 0), nb_mbufs=256)
         try:
-            port = fw.attach_port(f"net_vf_xdp0,iface={v.host}")
+            port = fw.attach_port(f"{kind}0,iface={v.host}")
             port.start()
             fw.start()
             fw.stop()
@@ -146,6 +113,23 @@ def compiled_xdp():
             recv(port, pool)
         finally:
             fw.close()
+
+
+@pytest.fixture(scope="session")
+def compiled_vf():
+    _compile("net_vf")
+
+
+@pytest.fixture(scope="session")
+def compiled_xdp():
+    _compile("net_vf_xdp")
+
+
+def xdp_attached(iface: str) -> str:
+    """The XDP mode of the program on ``iface`` ('none' when it carries none)."""
+    from pmd.xdp_pmd import netlink
+
+    return netlink.xdp_state(socket.if_nametoindex(iface)).mode
 
 
 @pytest.fixture
