@@ -138,6 +138,7 @@ class XdpDriver(NetdevPortDriver):
             raise PortError(f"{self.name}: {self.iface} has {have} rx queue(s), {nq} asked (queues=)")
         ring = a["ring_size"]
         umem_bytes = 2 * ring * frame_size
+        step = "query the netdev"
         try:
             ifindex = nd.ifindex(self.iface)
             self._claim_netdev(ifindex)
@@ -222,6 +223,7 @@ class XdpDriver(NetdevPortDriver):
         for s in self._socks:
             s.close()
         self._socks = []
+        self._missed_seen[:] = 0  # the next sockets count from zero
         for area in self._areas:
             area.close()
         self._areas = []
@@ -246,8 +248,6 @@ class XdpDriver(NetdevPortDriver):
             missed = st.rx_dropped + st.rx_ring_full
             self._stats[q, ST_IMISSED] += missed - self._missed_seen[q]
             self._missed_seen[q] = missed
-        if not self._socks:
-            self._missed_seen[:] = 0
 
     def stats_array(self) -> np.ndarray:
         self._collect_missed()

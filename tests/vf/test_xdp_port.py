@@ -68,6 +68,24 @@ def test_tx_ring_full_takes_what_fits_and_recovers(veth, xdp_on):
     assert pool.available() == pool.size
 
 
+def test_kernel_drops_are_imissed_and_survive_a_restart(veth, xdp_on):
+    """Frames the kernel had no fill entry for are imissed (XDP_STATISTICS);
+    the counters of the next sockets start from zero, the port's go on."""
+    port = xdp_on(",ring_size=64")
+    pool = create_pool(512)
+    veth.run_peer("send", 300, "64", 5000, 0)  # nobody polls: 64 frames fit the fill ring
+    got = recv_until(port, pool, 300, timeout=1)
+    st = port.stats()
+    assert (len(got), st.ipackets, st.imissed) == (64, 64, 236)
+    assert port.driver.xstats()["rx_fill_ring_empty_descs"] == 236
+    port.stop()
+    port.start()
+    veth.run_peer("send", 10, "64", 5000, 0)
+    assert len(recv_until(port, pool, 10)) == 10
+    st = port.stats()
+    assert (st.ipackets, st.imissed) == (74, 236)
+
+
 # ---- multi-queue ---------------------------------------------------------------
 def _udp_flows(ns: str, peer: str, subnet: int, flows: int) -> None:
     """One datagram per source port from the namespace: the veth spreads the
