@@ -81,6 +81,7 @@ class XdpDriver(NetdevPortDriver):
         self._link_fd = -1
         self._mtu = 0
         self._zero_copy = False
+        self._step = ""  # what start is doing (for its error message)
 
     def configure(self, nb_rxq: int, nb_txq: int) -> None:
         if self._state is not None:
@@ -94,15 +95,6 @@ class XdpDriver(NetdevPortDriver):
         self._missed_seen = np.zeros(nb_rxq, np.int64)
 
     # ---- start / stop ----------------------------------------------------
-    def _fail(self, what: str, e: OSError) -> PortError:
-        if e.errno in (errno.EPERM, errno.EACCES):
-            return PortError(f"{self.name}: cannot {what} on {self.iface}: permission denied (AF_XDP {NEEDS})")
-        if e.errno == errno.EAFNOSUPPORT:
-            return PortError(f"{self.name}: this kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS); use net_vf")
-        if not nd.exists(self.iface):
-            return PortError(f"{self.name}: interface {self.iface} does not exist")
-        return PortError(f"{self.name}: cannot {what} on {self.iface}: {e.strerror or e}")
-
     def _claim_netdev(self, ifindex: int) -> None:
         """Refuse a netdev another live program owns; remove a program of
         ours that outlived its process (attached without a link)."""
@@ -125,7 +117,6 @@ class XdpDriver(NetdevPortDriver):
         if self._state is not None:
             return
         self._check_netdev()
-        a, nq = self.args, self.nb_rxq
         self._mtu = nd.mtu(self.iface)
         max_frame = self._mtu + L.ETH_HLEN
         frame_size = frame_size_for(max_frame)
@@ -134,64 +125,83 @@ class XdpDriver(NetdevPortDriver):
                             f"(at most {FRAME_SIZES[-1] - L.XDP_PACKET_HEADROOM - L.ETH_HLEN}); "
                             "lower the MTU or use net_vf (AF_PACKET)")
         have = nd.rx_queues(self.iface)
-        if nq > have:
-            raise PortError(f"{self.name}: {self.iface} has {have} rx queue(s), {nq} asked (queues=)")
-        ring = a["ring_size"]
-        umem_bytes = 2 * ring * frame_size
-        step = "query the netdev"
+        if self.nb_rxq > have:
+            raise PortError(f"{self.name}: {self.iface} has {have} rx queue(s), {self.nb_rxq} asked (queues=)")
+        self._step = "query the netdev"
         try:
-            ifindex = nd.ifindex(self.iface)
-            self._claim_netdev(ifindex)
-            step = "map memory for the UMEM"
-            memfd = os.memfd_create("vhostpci-xdp-umem", os.MFD_CLOEXEC)
-            self._fds.append(memfd)
-            os.ftruncate(memfd, nq * umem_bytes)
-            umem = RingArea(nq, umem_bytes)
-            self._areas.append(umem)
-            step = "load the XDP program"
-            map_fd = bpf.create_xskmap(nq)
-            self._fds.append(map_fd)
-            self._fds.append(bpf.load_program(map_fd))
-            step = "create the XSKs"
-            rings = None
-            for q in range(nq):
-                umem.map(q, memfd, q * umem_bytes)
-                sock = xsk.open_socket()
-                self._socks.append(sock)
-                xsk.register_umem(sock, umem.base + q * umem_bytes, umem_bytes, frame_size)
-                xsk.set_ring_sizes(sock, ring)
-                off = xsk.mmap_offsets(sock)
-                if rings is None:
-                    rings = [RingArea(nq, page_round(int(off[r, L.OFF_DESC]) + ring * xsk.ENTRY_SIZE[r]))
-                             for r in (L.RX, L.TX, L.FILL, L.COMP)]
-                    self._areas += rings
-                for r, area in zip((L.RX, L.TX, L.FILL, L.COMP), rings):
-                    area.map(q, sock.fileno(), xsk.PGOFF[r])
-                step = f"bind an XSK to queue {q}"
-                xsk.bind(sock, ifindex, q, L.XDP_USE_NEED_WAKEUP | ZERO_COPY[a["zero_copy"]])
-                step = "create the XSKs"
-                bpf.xskmap_set(map_fd, q, sock.fileno())
-            self._zero_copy = xsk.zero_copy(self._socks[0])
-            state = self._kernel_state(umem, rings, off, frame_size, max_frame)
-            step = f"attach the XDP program ({a['xdp_mode']} mode)"
-            self._link_fd = bpf.attach(self._fds[-1], ifindex, XDP_MODES[a["xdp_mode"]])
+            state = self._build(frame_size, max_frame)
         except OSError as e:
             self._release()
-            if e.errno == errno.EOPNOTSUPP and step.startswith("attach") and a["xdp_mode"] == "native":
-                raise PortError(f"{self.name}: {self.iface} has no native XDP support; xdp_mode=generic runs "
-                                "the program on skbs (slower), or use net_vf (AF_PACKET)") from None
-            if e.errno == errno.ERANGE and step.startswith("attach"):
-                raise PortError(f"{self.name}: {self.iface} refuses XDP at its MTU ({self._mtu}; a veth checks its "
-                                "peer's MTU, at most about 3500 B without multi-buffer): lower it, or use net_vf "
-                                "(AF_PACKET)") from None
-            if e.errno == errno.EOPNOTSUPP and step.startswith("bind") and a["zero_copy"] == "1":
-                raise PortError(f"{self.name}: {self.iface} does not support AF_XDP zero-copy (zero_copy=1); "
-                                "zero_copy=auto falls back to copy mode") from None
-            raise self._fail(step, e) from None
+            raise self._start_error(e) from None
         except BaseException:
             self._release()
             raise
         self._state = state
+
+    def _build(self, frame_size: int, max_frame: int) -> XdpState:
+        """Everything ``start`` makes, in order; ``self._step`` names the step
+        under way for the error message.  Attaching the program comes last:
+        the first frame redirected finds its XSK bound and its fill ring full."""
+        a, nq, ring = self.args, self.nb_rxq, self.args["ring_size"]
+        umem_bytes = 2 * ring * frame_size
+        ifindex = nd.ifindex(self.iface)
+        self._claim_netdev(ifindex)
+        self._step = "map memory for the UMEM"
+        memfd = os.memfd_create("vhostpci-xdp-umem", os.MFD_CLOEXEC)
+        self._fds.append(memfd)
+        os.ftruncate(memfd, nq * umem_bytes)
+        umem = RingArea(nq, umem_bytes)
+        self._areas.append(umem)
+        self._step = "load the XDP program"
+        map_fd = bpf.create_xskmap(nq)
+        self._fds.append(map_fd)
+        prog_fd = bpf.load_program(map_fd)
+        self._fds.append(prog_fd)
+        rings: list[RingArea] = []
+        for q in range(nq):
+            self._step = "create the XSKs"
+            umem.map(q, memfd, q * umem_bytes)
+            sock = xsk.open_socket()
+            self._socks.append(sock)
+            xsk.register_umem(sock, umem.base + q * umem_bytes, umem_bytes, frame_size)
+            xsk.set_ring_sizes(sock, ring)
+            off = xsk.mmap_offsets(sock)
+            if not rings:  # every queue's rings have the same layout
+                rings = [RingArea(nq, page_round(int(off[r, L.OFF_DESC]) + ring * xsk.ENTRY_SIZE[r]))
+                         for r in (L.RX, L.TX, L.FILL, L.COMP)]
+                self._areas += rings
+            for r, area in zip((L.RX, L.TX, L.FILL, L.COMP), rings):
+                area.map(q, sock.fileno(), xsk.PGOFF[r])
+            self._step = f"bind an XSK to queue {q}"
+            xsk.bind(sock, ifindex, q, L.XDP_USE_NEED_WAKEUP | ZERO_COPY[a["zero_copy"]])
+            self._step = "create the XSKs"
+            bpf.xskmap_set(map_fd, q, sock.fileno())
+        self._zero_copy = xsk.zero_copy(self._socks[0])
+        state = self._kernel_state(umem, rings, off, frame_size, max_frame)
+        self._step = f"attach the XDP program ({a['xdp_mode']} mode)"
+        self._link_fd = bpf.attach(prog_fd, ifindex, XDP_MODES[a["xdp_mode"]])
+        return state
+
+    def _start_error(self, e: OSError) -> PortError:
+        """The one error a failed start reports."""
+        step, a = self._step, self.args
+        if e.errno == errno.EOPNOTSUPP and step.startswith("attach") and a["xdp_mode"] == "native":
+            return PortError(f"{self.name}: {self.iface} has no native XDP support; xdp_mode=generic runs "
+                             "the program on skbs (slower), or use net_vf (AF_PACKET)")
+        if e.errno == errno.ERANGE and step.startswith("attach"):
+            return PortError(f"{self.name}: {self.iface} refuses XDP at its MTU ({self._mtu}; a veth checks its "
+                             "peer's MTU, at most about 3500 B without multi-buffer): lower it, or use net_vf "
+                             "(AF_PACKET)")
+        if e.errno == errno.EOPNOTSUPP and step.startswith("bind") and a["zero_copy"] == "1":
+            return PortError(f"{self.name}: {self.iface} does not support AF_XDP zero-copy (zero_copy=1); "
+                             "zero_copy=auto falls back to copy mode")
+        if e.errno in (errno.EPERM, errno.EACCES):
+            return PortError(f"{self.name}: cannot {step} on {self.iface}: permission denied (AF_XDP {NEEDS})")
+        if e.errno == errno.EAFNOSUPPORT:
+            return PortError(f"{self.name}: this kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS); use net_vf")
+        if not nd.exists(self.iface):
+            return PortError(f"{self.name}: interface {self.iface} does not exist")
+        return PortError(f"{self.name}: cannot {step} on {self.iface}: {e.strerror or e}")
 
     def _kernel_state(self, umem: RingArea, rings: list[RingArea], off: np.ndarray, frame_size: int,
                       max_frame: int) -> XdpState:
