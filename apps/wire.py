@@ -32,10 +32,11 @@ def wire_unavailable() -> str | None:
 class VethWire:
     """``host`` <-> ``peer``; with ``ns`` the peer end lives in that new
     namespace.  Both ends up, IPv6 off (no router solicitations or MLD on
-    the wire or in counters)."""
+    the wire or in counters).  ``queues``: rx and tx queues of each end (a
+    frame sent on the peer's tx queue N arrives on the host's rx queue N)."""
 
-    def __init__(self, host: str, peer: str, ns: str | None = None) -> None:
-        self.host, self.peer, self.ns = host, peer, ns
+    def __init__(self, host: str, peer: str, ns: str | None = None, queues: int = 1) -> None:
+        self.host, self.peer, self.ns, self.queues = host, peer, ns, queues
         self.created = False
 
     def _on_peer(self, *args: str) -> list[str]:
@@ -45,7 +46,8 @@ class VethWire:
         self.created = True  # from the first command on, delete() cleans up
         if self.ns:
             ip("netns", "add", self.ns)
-        ip("link", "add", self.host, "type", "veth", "peer", "name", self.peer)
+        nq = ("numtxqueues", str(self.queues), "numrxqueues", str(self.queues))
+        ip("link", "add", self.host, *nq, "type", "veth", "peer", "name", self.peer, *nq)
         if self.ns:
             ip("link", "set", self.peer, "netns", self.ns)
             subprocess.run(["ip", "netns", "exec", self.ns, "sysctl", "-qw",

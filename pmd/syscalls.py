@@ -1,4 +1,4 @@
-"""eventfd signalling from inside Numba kernels.
+"""eventfd signalling and socket kicks from inside Numba kernels.
 
 Kicks (driver -> device) and calls (device -> driver) are eventfd writes of
 a u64 1.  A kernel cannot call Python, and a ctypes function pointer in a
@@ -63,5 +63,47 @@ def sched_yield(typingctx):
     def codegen(context, builder, sig, args):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, []), "sched_yield")
         return builder.sext(builder.call(fn, []), _I64)
+
+    return sig, codegen
+
+
+# ---- socket kicks -------------------------------------------------------------
+# A ring shared with the kernel (an AF_PACKET tx ring, AF_XDP rings) is
+# driven by empty send/recv calls: one per burst at most.
+def _sock_io(builder, name: str):
+    fnty = ir.FunctionType(_I64, [_I32, _VOIDP, _I64, _I32])
+    return cgutils.get_or_insert_function(builder.module, fnty, name)
+
+
+def _empty_sock_call(name: str, doc: str):
+    @intrinsic
+    def call(typingctx, fd, flags):
+        sig = types.int64(types.int64, types.int64)
+
+        def codegen(context, builder, sig, args):
+            return builder.call(_sock_io(builder, name), [builder.trunc(args[0], _I32), ir.Constant(_VOIDP, None),
+                                                          ir.Constant(_I64, 0), builder.trunc(args[1], _I32)])
+
+        return sig, codegen
+
+    call.__doc__ = doc
+    return call
+
+
+socket_send_empty = _empty_sock_call(
+    "send", "``send(fd, NULL, 0, flags)``: makes the kernel transmit what a tx ring holds; send's result.")
+socket_recv_empty = _empty_sock_call(
+    "recv", "``recv(fd, NULL, 0, flags)``: wakes the kernel's rx processing of a socket; recv's result.")
+
+
+@intrinsic
+def last_errno(typingctx):
+    """The calling thread's ``errno`` (after a call above returned -1)."""
+    sig = types.int64()
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_I32.as_pointer(), [])
+        ptr = builder.call(cgutils.get_or_insert_function(builder.module, fnty, "__errno_location"), [])
+        return builder.sext(builder.load(ptr), _I64)
 
     return sig, codegen

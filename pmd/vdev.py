@@ -19,6 +19,7 @@ BUILTIN_DRIVERS = (
     "pmd.vhostpci_pmd.driver",
     "pmd.virtio_user_pmd.driver",
     "pmd.vf_pmd.driver",
+    "pmd.xdp_pmd.driver",
 )
 
 

@@ -48,7 +48,12 @@ ALLOWED: dict[str, set[str]] = {
     # drivers: the framework below them, never each other
     "pmd.null_pmd": DRIVER,
     "pmd.ring_pmd": DRIVER,
-    "pmd.vf_pmd": DRIVER,
+    # what both VF drivers share: a netdev, its port ops, kernel-shared rings
+    "pmd.netdev": BASE,
+    "pmd.ringarea": BASE,
+    "pmd.netdev_port": DRIVER | {"pmd.netdev"},
+    "pmd.vf_pmd": DRIVER | {"pmd.netdev", "pmd.netdev_port", "pmd.ringarea"},
+    "pmd.xdp_pmd": DRIVER | {"pmd.netdev", "pmd.netdev_port", "pmd.ringarea"},
     "pmd.vhostpci_pmd": DRIVER | {"pmd.guestmem", "pmd.vhost_user", "pmd.virtio"},
     "pmd.virtio_user_pmd": DRIVER | {"pmd.guestmem", "pmd.vhost_user", "pmd.virtio"},
     # above the drivers: the vdev bus (loads them by name), forwarding, EAL

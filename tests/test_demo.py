@@ -54,21 +54,26 @@ def _check_traffic(s: dict) -> None:
     assert s["mpps_to_far_end"] > 0 and s["mpps_back"] > 0
 
 
-def test_demo_vf_namespace_both_ways_no_loss_nothing_left():
+@pytest.mark.parametrize("vf", ["packet", "xdp"])
+def test_demo_vf_namespace_both_ways_no_loss_nothing_left(vf):
+    """VM1 (our virtio-user) -> vhost-pci -> VF (AF_PACKET or AF_XDP) ->
+    namespace and back: every echo request and datagram arrived (the
+    namespace's kernel checks the IP checksums, its receiver the sequence
+    numbers), every reply reached VM1 with its checksums intact."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("the namespace wire needs root and iproute2 (the ring fallback is tested below)")
-    out, s = _run(DEMO)
+    out, s = _run(DEMO, "--vf", vf)
     assert s["topology"] == "vf-namespace"
     _check_traffic(s)
     assert s["ns_icmp_echos_in"] == s["vm1_icmp_sent"] > 0  # the namespace's kernel got every echo request
     assert s["ns_udp_received"] == s["vm1_udp_sent"] > 0  # ... and its receiver every datagram
     assert len(s["ns_udp_flows"]) == 4
     assert s["from_far_end_sent"] == s["back_to_vm1"] == s["vm1_icmp_sent"]  # every reply reached VM1
-    assert re.search(r"^port 1 net_vf0 ", out.stdout, re.MULTILINE)
+    assert re.search(rf"^port 1 {'net_vf0' if vf == 'packet' else 'net_vf_xdp0'} ", out.stdout, re.MULTILINE)
     ns = re.search(r"in namespace (\S+)", out.stdout).group(1)
     host = re.search(r"<-> VF (\S+)", out.stdout).group(1)
     assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    assert not os.path.exists(f"/sys/class/net/{host}")
+    assert not os.path.exists(f"/sys/class/net/{host}")  # and with it any XDP program
 
 
 def test_demo_falls_back_to_net_ring_when_not_root():

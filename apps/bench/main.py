@@ -145,6 +145,10 @@ def _directions(text: str) -> tuple[str, ...]:
     return _choices(text, vf.DIRECTIONS, "directions")
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    return _choices(text, vf.KINDS, "kinds")
+
+
 def _common(sub: argparse.ArgumentParser, seconds: float, rounds: int) -> None:
     sub.add_argument("--seconds", type=float, default=seconds, help="length of one measured window")
     sub.add_argument("--rounds", type=int, default=rounds, help="alternating runs per scenario (median reported)")
@@ -204,12 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     vh.add_argument("--size", type=_sizes, default=vhost.SIZES, help="packet sizes, comma-separated (64,1518)")
     _warmup_quick(vh)
     vh.add_argument("--scenarios", type=_scenarios, default=vhost.SCENARIOS, help="subset of abc (default: all)")
-    vfp = sub.add_parser("vf", help="our VF port vs DPDK's af_packet PMD on a veth pair (needs root)")
+    vfp = sub.add_parser("vf", help="our VF ports vs DPDK's af_packet and af_xdp PMDs on a veth pair (needs root)")
     _common(vfp, 2.0, 5)
     vfp.add_argument("--size", type=_sizes, default=vf.SIZES,
                      help="frame sizes with FCS, comma-separated (64,1518; veth frames are 4 B shorter)")
     _warmup_quick(vfp)
     vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx (default: both)")
+    vfp.add_argument("--kinds", type=_kinds, default=vf.KINDS,
+                     help="subset of packet (AF_PACKET),xdp (AF_XDP) (default: both)")
     v1 = sub.add_parser("vm1", help="real VM1 (QEMU TCG) <-> namespace through our app vs DPDK testpmd (root)")
     _common(v1, 5.0, 3)
     v1.add_argument("--size", type=_payloads, default=vm1.SIZES,
@@ -248,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                                             args.scenarios, progress)
             else:
                 vresults, notes = vf.run(args.seconds, args.rounds, args.size, args.cpu, args.warmup,
-                                         args.directions, progress)
+                                         args.directions, progress, args.kinds)
         except KeyboardInterrupt:
             print("vhostpci-bench: interrupted", file=sys.stderr)
             return 130

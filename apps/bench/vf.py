@@ -1,28 +1,35 @@
-"""Our VF port (``net_vf``: AF_PACKET TPACKET_V3 rx / V2 tx rings) against
-DPDK's ``net_af_packet`` PMD, side by side in one run, on a veth pair.
+"""Our VF ports against DPDK's, side by side in one run, on a veth pair:
+``net_vf`` (AF_PACKET TPACKET_V3 rx / V2 tx rings) vs DPDK's
+``net_af_packet``, and ``net_vf_xdp`` (AF_XDP) vs DPDK's ``net_af_xdp``.
 
 The wire: a veth pair ``vbf<pid>a`` (A, the measured side's netdev) <->
 ``vbf<pid>b`` (B), both in the root namespace, both up, default MTU, no
 addresses, IPv6 off (no chatter); removed on every exit path.
 
 - ``tx``: the measured side transmits on A (txonly, one lcore on ``--cpu``):
-  our net_vf in this process vs DPDK testpmd net_af_packet.  The rate is
+  our port in this process vs DPDK testpmd.  The rate is
   counted at B by the kernel (``/sys/class/net/B/statistics/rx_packets``,
   read twice ``seconds`` apart): one meter for both.
-- ``rx``: a generator (DPDK testpmd net_af_packet txonly on B, on the other
-  CPU; our own VF port in a ``vhostpci-fwd`` process when DPDK is absent)
-  sends into B; the measured side receives on A in rxonly: ours (rate from
-  the port's ipackets) vs DPDK (testpmd's Rx-pps).  The same generator for
-  both; what it offered (A's kernel rx counter over the window) is noted.
+- ``rx``: a generator (DPDK testpmd net_af_xdp txonly on B, on the other
+  CPU; our own net_vf_xdp in a ``vhostpci-fwd`` process when DPDK is
+  absent) sends into B; the measured side receives on A in rxonly: ours
+  (rate from the port's ipackets) vs DPDK (testpmd's Rx-pps).  The same
+  generator for every variant; what it offered (A's kernel rx counter over
+  the window) is noted.  On a veth the kernel's receive work (XDP program,
+  copy into the UMEM or the packet ring) runs in the generator's softirq,
+  on its CPU: the receivers differ by what they do with the rings.
 
 Sizes are Ethernet frame sizes counted with the FCS, as on a wire (64..1518
 for MTU 1500); a veth carries no FCS, so frames are ``size - 4`` bytes
-(1518 -> 1514, a full MTU-1500 frame).  Both drivers use the same settings:
-PACKET_QDISC_BYPASS on (DPDK's default), 2048 tx frames.
+(1518 -> 1514, a full MTU-1500 frame).  AF_PACKET: both drivers use
+PACKET_QDISC_BYPASS on (DPDK's default), 2048 tx frames.  AF_XDP: both use
+queue 0, 2048-entry rings, native XDP on the veth (copy mode: a veth has no
+zero-copy), each its own program (DPDK's is libxdp's).
 
-Variants alternate within each round, order reversed every other round;
-ratio = median of the per-round ours / DPDK (the machines jump
-between speed levels, absolute figures alone mean little).
+The four variants alternate within each round, order reversed every other
+round; ratio = median of the per-round ratios: ours / DPDK for each kind,
+and net_vf_xdp / net_vf (what AF_XDP buys over AF_PACKET).  The machine
+jumps between speed levels: absolute figures alone mean little.
 """
 from __future__ import annotations
 
@@ -46,11 +53,17 @@ from .common import (
 from .vhost import NOT_FOUND, OURS_VM1_TIMEOUT_S, DpdkSide, FwdProcess, OursPort, _Env
 
 DIRECTIONS = ("tx", "rx")
+KINDS = ("packet", "xdp")  # AF_PACKET, AF_XDP
 SIZES = (64, 1518)
 FCS = 4  # counted in the sizes, not carried by a veth
 QDISC_BYPASS = 1
 FRAMECOUNT = 2048  # tx ring frames: ours' default, given to DPDK too (its default is 512)
-NEEDS_ROOT = "the VF bench needs root (a veth pair, AF_PACKET sockets): not run"
+RING_SIZE = 2048  # AF_XDP ring entries: ours' default, DPDK's too
+NEEDS_ROOT = "the VF bench needs root (a veth pair, AF_PACKET and AF_XDP sockets): not run"
+# variant -> (kind, ours?)
+VARIANTS = {"vf": ("packet", True), "af_packet": ("packet", False), "vf_xdp": ("xdp", True),
+            "af_xdp": ("xdp", False)}
+LABELS = {"vf": "net_vf", "af_packet": "DPDK af_packet", "vf_xdp": "net_vf_xdp", "af_xdp": "DPDK af_xdp"}
 
 
 class VethPair(VethWire):
@@ -129,24 +142,36 @@ class AfPacketSide(DpdkSide):
                 self.tp = dpdk.Testpmd(*self.args)
 
 
+class AfXdpSide(DpdkSide):
+    """testpmd with net_af_xdp on queue 0 of ``iface``."""
+
+    def __init__(self, iface: str, mode: str, frame: int, cpu: int, prefix: str) -> None:
+        super().__init__(f"net_af_xdp0,iface={iface},start_queue=0,queue_count=1", mode, frame, cpu, prefix)
+
+
 class _Bench:
     def __init__(self, env: _Env, veth: VethPair, have_dpdk: bool) -> None:
         self.env, self.veth, self.have_dpdk = env, veth, have_dpdk
         self.offered: dict[tuple[int, str], list[float]] = {}
 
-    def ours(self, iface: str, mode: str, frame: int, cpu: int) -> OursPort:
+    def ours(self, iface: str, mode: str, frame: int, cpu: int, kind: str = "packet") -> OursPort:
+        if kind == "xdp":
+            return OursPort(f"net_vf_xdp0,iface={iface},ring_size={RING_SIZE}", mode, frame, cpu)
         return OursPort(f"net_vf0,iface={iface},qdisc_bypass={QDISC_BYPASS},framecount={FRAMECOUNT}",
                         mode, frame, cpu)
 
-    def dpdk(self, iface: str, mode: str, frame: int, cpu: int, prefix: str) -> AfPacketSide:
+    def dpdk(self, iface: str, mode: str, frame: int, cpu: int, prefix: str, kind: str = "packet") -> DpdkSide:
+        if kind == "xdp":
+            return AfXdpSide(iface, mode, frame, cpu, prefix)
         return AfPacketSide(iface, mode, frame, cpu, prefix)
 
     def generator(self, frame: int, prefix: str, n: str):
-        """txonly on B, on the other CPU: DPDK when present, else our VF port in a subprocess."""
+        """txonly on B through AF_XDP (the fastest sender on a veth), on the
+        other CPU: DPDK when present, else our port in a subprocess."""
         env = self.env
         if self.have_dpdk:
-            return self.dpdk(self.veth.b, "txonly", frame, env.vm1_cpu, prefix + "-gen")
-        vdev = f"net_vf0,iface={self.veth.b},qdisc_bypass={QDISC_BYPASS},framecount={FRAMECOUNT}"
+            return self.dpdk(self.veth.b, "txonly", frame, env.vm1_cpu, prefix + "-gen", "xdp")
+        vdev = f"net_vf_xdp0,iface={self.veth.b},ring_size={RING_SIZE}"
         return FwdProcess(vdev, "txonly", frame, env.vm1_cpu, os.path.join(env.dir, f"gen{n}.log"),
                           OURS_VM1_TIMEOUT_S + env.warmup + env.seconds + 30)
 
@@ -154,10 +179,12 @@ class _Bench:
         env, a = self.env, self.veth.a
         frame = size - FCS
         _, prefix = env.fresh(direction + variant)
-        if variant == "ours":
-            side = self.ours(a, "txonly" if direction == "tx" else "rxonly", frame, env.vm2_cpu)
+        kind, ours = VARIANTS[variant]
+        mode = "txonly" if direction == "tx" else "rxonly"
+        if ours:
+            side = self.ours(a, mode, frame, env.vm2_cpu, kind)
         else:
-            side = self.dpdk(a, "txonly" if direction == "tx" else "rxonly", frame, env.vm2_cpu, prefix + "-af")
+            side = self.dpdk(a, mode, frame, env.vm2_cpu, prefix + "-" + variant, kind)
         if direction == "tx":
             return _measure(env, side, None, lambda s, g: IfaceCounter(self.veth.b))
         meters: list[_Offered] = []
@@ -182,14 +209,26 @@ WHAT = {
 
 
 def _label(direction: str, variant: str) -> str:
-    return "net_vf" if variant == "ours" else "DPDK af_packet"
+    return LABELS[variant]
+
+
+def _variants(kinds: tuple[str, ...], have_dpdk: bool) -> list[str]:
+    return [v for v, (kind, ours) in VARIANTS.items() if kind in kinds and (ours or have_dpdk)]
+
+
+def _pairs(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(ours, reference) pairs a ratio is reported for."""
+    out = [pair for pair, kind in ((("vf", "af_packet"), "packet"), (("vf_xdp", "af_xdp"), "xdp")) if kind in kinds]
+    return out + ([("vf_xdp", "vf")] if set(KINDS) <= set(kinds) else [])
 
 
 def run(seconds: float = 2.0, rounds: int = 5, sizes: tuple[int, ...] = SIZES, cpu: int | None = None,
         warmup: float = 1.0, directions: tuple[str, ...] = DIRECTIONS,
-        progress: Callable[[str], None] | None = None) -> tuple[list[Result], list[str]]:
-    """Run both directions ``rounds`` times, ours and DPDK alternating; returns
-    the results and notes (what was skipped and why, the generator's load)."""
+        progress: Callable[[str], None] | None = None,
+        kinds: tuple[str, ...] = KINDS) -> tuple[list[Result], list[str]]:
+    """Run both directions ``rounds`` times, every variant of ``kinds``
+    (packet: AF_PACKET, xdp: AF_XDP) alternating; returns the results and
+    notes (what was skipped and why, the generator's load)."""
     say = progress or (lambda msg: None)
     why = wire_unavailable()
     if why is not None:
@@ -212,18 +251,18 @@ def run(seconds: float = 2.0, rounds: int = 5, sizes: tuple[int, ...] = SIZES, c
             notes.append(f"sizes {too_big} do not fit MTU {mtu} of {veth.a}: not run")
             sizes = tuple(s for s in sizes if s not in too_big)
         bench = _Bench(env, veth, have_dpdk)
-        gen = "DPDK testpmd af_packet" if have_dpdk else "our net_vf (vhostpci-fwd)"
+        gen = "DPDK testpmd af_xdp" if have_dpdk else "our net_vf_xdp (vhostpci-fwd)"
         what = {"tx": WHAT["tx"], "rx": f"{WHAT['rx']} (generator: {gen})"}
         say(f"veth {veth.a} <-> {veth.b}, measured side on CPU {env.vm2_cpu}, "
             f"generator on CPU {env.vm1_cpu}; frames are size-{FCS} B (no FCS on a veth)")
-        results = alternate(rounds, sizes, directions,
-                            variants=lambda d: ["ours", "dpdk"] if have_dpdk else ["ours"],
-                            pairs=lambda d: [("ours", "dpdk")], label=_label, what=what.__getitem__,
-                            run_one=bench.run_one, say=say)
+        variants = _variants(kinds, have_dpdk)
+        results = alternate(rounds, sizes, directions, variants=lambda d: variants,
+                            pairs=lambda d: [p for p in _pairs(kinds) if set(p) <= set(variants)],
+                            label=_label, what=what.__getitem__, run_one=bench.run_one, say=say)
         if "rx" in directions:
             for size in sizes:
                 loads = [f"{_label('rx', v)} {min(x):.3f}-{max(x):.3f}"
-                         for v in ("ours", "dpdk") if (x := bench.offered.get((size, v)))]
+                         for v in variants if (x := bench.offered.get((size, v)))]
                 if loads:
                     notes.append(f"rx {size} B: offered by the generator (Mpps, kernel rx counter of "
                                  f"{veth.a}) while receiving with " + ", ".join(loads))

@@ -12,8 +12,10 @@ line per port every ``--stats-period`` seconds, then a summary: packets each
 way, loss, Mpps.  Everything it made (child processes, veth pair, namespace,
 socket directory) is removed on every exit path, Ctrl-C included.
 
-Without root (or with ``--no-vf``) the VF is played by ``net_ring0``, which
-loops every frame straight back: VM1 then counts its own frames coming back.
+The VF port is ``net_vf0`` (AF_PACKET) or, with ``--vf xdp``, ``net_vf_xdp0``
+(AF_XDP).  Without root (or with ``--no-vf``) the VF is played by
+``net_ring0``, which loops every frame straight back: VM1 then counts its own
+frames coming back.
 
     python3 -m apps.fwd.demo -l 0-2 -- --duration 10
 """
@@ -49,6 +51,7 @@ NS_RECEIVER = ROOT / "apps" / "vm1" / "ns_receiver.py"
 VM1_IP, NS_IP = "10.99.0.1", "10.99.0.2"
 UDP_PORT = 9000  # apps.vm1.frames.UDP_DPORT (not imported: that module compiles kernels)
 PROG = "vhostpci-fwd"
+VF_VDEVS = {"packet": "net_vf0", "xdp": "net_vf_xdp0"}  # --vf
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -69,6 +72,8 @@ def parse_demo_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--iommu", default="buffers", choices=("off", "static", "buffers", "transient"),
                    help="VM1's IOMMU mode (default buffers)")
     p.add_argument("--no-vf", action="store_true", help="use the net_ring stand-in even as root")
+    p.add_argument("--vf", default="packet", choices=tuple(VF_VDEVS),
+                   help="the VF port: packet (net_vf, AF_PACKET; default) or xdp (net_vf_xdp, AF_XDP)")
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     p.add_argument("--total-num-mbufs", type=int, default=8192)
     p.add_argument("--startup-timeout", type=float, default=240.0,
@@ -230,7 +235,7 @@ def _run(eal: EalConfig, a: argparse.Namespace, stop: StopSignals, cleanup: cont
             raise RuntimeError("the UDP receiver in the namespace did not start")
         _say(f"Namespace {wire.ns}: {NS_IP} on {wire.peer}, UDP receiver on port {UDP_PORT} "
              f"(pid {receiver.proc.pid})")
-        far_vdev, dst_mac = f"net_vf0,iface={wire.host}", wire.peer_mac()
+        far_vdev, dst_mac = f"{VF_VDEVS[a.vf]},iface={wire.host}", wire.peer_mac()
     else:
         far_vdev, dst_mac = "net_ring0", "02:00:00:00:00:01"
         _say(f"{why}: the VF is played by net_ring0, which loops every frame back to VM1 "

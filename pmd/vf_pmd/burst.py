@@ -25,11 +25,12 @@ from ..ethdev import (
     ST_IERRORS,
     ST_IPACKETS,
     ST_OBYTES,
-    ST_OERRORS,
     ST_OPACKETS,
     ST_RX_NOMBUF,
 )
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
+from ..netdev_port import unsendable
+from ..syscalls import socket_send_empty
 from .layout import (
     BD_BLOCK_STATUS,
     BD_NUM_PKTS,
@@ -67,7 +68,6 @@ from .layout import (
     X_TX_RING_FULL,
     X_TX_TOO_BIG,
 )
-from .sockio import tx_ring_kick
 
 
 class VfState(NamedTuple):
@@ -187,9 +187,7 @@ def vf_tx(st, q, pool, bufs, nb):
     while n < nb:
         i = bufs[n]
         ln = np.int64(pool.data_len[i])
-        if ln > st.max_frame or ln < ETH_HLEN:  # taken and dropped, never truncated
-            st.stats[q, ST_OERRORS] += 1
-            st.xstats[q, X_TX_TOO_BIG] += 1
+        if unsendable(st, q, ln, X_TX_TOO_BIG):  # taken and dropped, never truncated
             n += 1
             continue
         frame = head * st.frame_size
@@ -210,7 +208,7 @@ def vf_tx(st, q, pool, bufs, nb):
     cur[TX_HEAD] = head
     if queued > 0 or n < nb:  # n < nb: the ring is full, make sure the kernel is draining it
         st.xstats[q, X_TX_KICKS] += 1
-        if tx_ring_kick(st.tx_fds[q], MSG_DONTWAIT) < 0:
+        if socket_send_empty(st.tx_fds[q], MSG_DONTWAIT) < 0:
             st.xstats[q, X_TX_KICK_ERRORS] += 1
     free_bulk(pool, bufs, n)
     st.stats[q, ST_OPACKETS] += queued

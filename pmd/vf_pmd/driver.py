@@ -10,15 +10,14 @@ the promiscuous membership.
 """
 from __future__ import annotations
 
+import mmap
 import socket
 
 import numpy as np
 
-from ..units import PAGE_SIZE
+from .. import netdev as nd
 from ..ethdev import (
     ST_IMISSED,
-    LinkStatus,
-    PortDriver,
     PortError,
     int_in_range,
     new_stats,
@@ -26,6 +25,8 @@ from ..ethdev import (
     parse_int,
     register_driver,
 )
+from ..netdev_port import NetdevPortDriver
+from ..ringarea import RingArea
 from . import layout as L
 from . import netdev
 from .burst import VfState
@@ -33,16 +34,10 @@ from .burst import VfState
 MAX_QUEUES = 16
 
 
-def _iface(text: str) -> str:
-    if not text or len(text) > 15 or "/" in text or "," in text:
-        raise ValueError(f"expected a network interface name, got {text!r}")
-    return text
-
-
 def _blocksize(text: str) -> int:
     n = parse_int(text)
-    if n < PAGE_SIZE or n % PAGE_SIZE or n & (n - 1) or n > 1 << 26:
-        raise ValueError(f"blocksize must be a power of two from {PAGE_SIZE} to 64 MiB, got {n}")
+    if n < mmap.PAGESIZE or n % mmap.PAGESIZE or n & (n - 1) or n > 1 << 26:
+        raise ValueError(f"blocksize must be a power of two from {mmap.PAGESIZE} to 64 MiB, got {n}")
     return n
 
 
@@ -56,9 +51,9 @@ def _pow2_at_least(n: int) -> int:
 
 
 @register_driver
-class VfDriver(PortDriver):
+class VfDriver(NetdevPortDriver):
     prefix = "net_vf"
-    devargs = {"iface": _iface, "queues": int_in_range("queues", 1, MAX_QUEUES), "blocksize": _blocksize,
+    devargs = {"iface": nd.iface_devarg, "queues": int_in_range("queues", 1, MAX_QUEUES), "blocksize": _blocksize,
                "blocks": int_in_range("blocks", 2, 4096), "framecount": int_in_range("framecount", 16, 1 << 20),
                "qdisc_bypass": parse_bool}
     devarg_defaults = {"iface": "", "queues": 1, "blocksize": 1 << 16, "blocks": 256, "framecount": 2048,
@@ -67,16 +62,12 @@ class VfDriver(PortDriver):
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
-        if not args["iface"]:
-            raise PortError(f"{name}: devarg iface=<netdev> is required")
-        self.iface = args["iface"]
         self.nb_rxq = self.nb_txq = args["queues"]
         self._stats = new_stats(args["queues"])
         self._xstats = np.zeros((args["queues"], L.N_X), np.int64)
-        self._state: VfState | None = None
         self._rx_socks: list[socket.socket] = []
         self._tx_socks: list[socket.socket] = []
-        self._areas: list[netdev.RingArea] = []
+        self._areas: list[RingArea] = []
         self._promisc = False
         self._mtu = 0
 
@@ -91,47 +82,39 @@ class VfDriver(PortDriver):
         self._xstats = np.zeros((nq, L.N_X), np.int64)
 
     # ---- start / stop ----------------------------------------------------
-    def _check_netdev(self) -> None:
-        if not netdev.exists(self.iface):
-            raise PortError(f"{self.name}: interface {self.iface} does not exist")
-        if not netdev.is_up(self.iface):
-            admin = "up" if netdev.admin_up(self.iface) else "down"
-            raise PortError(f"{self.name}: interface {self.iface} is down "
-                            f"(admin {admin}, operstate {netdev.operstate(self.iface)})")
-
     def start(self) -> None:
         if self._state is not None:
             return
         self._check_netdev()
         a = self.args
         try:
-            self._mtu = netdev.mtu(self.iface)
+            self._mtu = nd.mtu(self.iface)
             max_frame = self._mtu + L.ETH_HLEN
             frame_size = max(2048, _pow2_at_least(L.T2_DATA + max_frame))
-            per_block = max(PAGE_SIZE // frame_size, 1)
+            per_block = max(mmap.PAGESIZE // frame_size, 1)
             frame_nr = -(-a["framecount"] // per_block) * per_block
-            rx_area = netdev.RingArea(self.nb_rxq, a["blocksize"] * a["blocks"])
+            rx_area = RingArea(self.nb_rxq, a["blocksize"] * a["blocks"])
             self._areas.append(rx_area)
-            tx_area = netdev.RingArea(self.nb_txq, frame_size * frame_nr)
+            tx_area = RingArea(self.nb_txq, frame_size * frame_nr)
             self._areas.append(tx_area)
             fanout = "new" if self.nb_rxq > 1 else None
             for q in range(self.nb_rxq):
                 self._rx_socks.append(netdev.rx_socket(self.iface, a["blocksize"], a["blocks"], fanout))
-                rx_area.map(q, self._rx_socks[q])
+                rx_area.map(q, self._rx_socks[q].fileno())
                 if fanout == "new":  # the others join the group the kernel made for the first
                     fanout = netdev.fanout_id(self._rx_socks[0])
             netdev.set_promisc(self._rx_socks[0], self.iface, True)
             self._promisc = True
             for q in range(self.nb_txq):
                 self._tx_socks.append(netdev.tx_socket(self.iface, frame_size, frame_nr, a["qdisc_bypass"]))
-                tx_area.map(q, self._tx_socks[q])
+                tx_area.map(q, self._tx_socks[q].fileno())
         except PermissionError as e:
             self._release()
             raise PortError(f"{self.name}: cannot open an AF_PACKET socket on {self.iface}: permission denied "
                             f"(needs root or CAP_NET_RAW): {e}") from None
         except OSError as e:
             self._release()
-            if not netdev.exists(self.iface):
+            if not nd.exists(self.iface):
                 raise PortError(f"{self.name}: interface {self.iface} does not exist") from None
             raise PortError(f"{self.name}: cannot set up AF_PACKET rings on {self.iface}: {e}") from None
         except BaseException:
@@ -167,18 +150,7 @@ class VfDriver(PortDriver):
             s.close()
         self._rx_socks, self._tx_socks = [], []
 
-    def stop(self) -> None:
-        self._release()
-
-    def close(self) -> None:
-        self._release()
-
-    # ---- state and counters ------------------------------------------------
-    def kernel_state(self) -> VfState:
-        if self._state is None:
-            raise PortError(f"{self.name}: not started")
-        return self._state
-
+    # ---- counters ----------------------------------------------------------
     def _collect_drops(self, sock: socket.socket, q: int) -> None:
         try:
             self._stats[q, ST_IMISSED] += netdev.rx_drops(sock)
@@ -194,31 +166,6 @@ class VfDriver(PortDriver):
     def xstats(self) -> dict[str, int]:
         totals = self._xstats.sum(axis=0)
         return {name: int(totals[k]) for k, name in enumerate(L.X_NAMES)}
-
-    def mac(self) -> bytes:
-        try:
-            return netdev.mac(self.iface)
-        except OSError:
-            return bytes(6)
-
-    def link(self) -> LinkStatus:
-        return LinkStatus(up=netdev.is_up(self.iface), speed_mbps=netdev.speed_mbps(self.iface))
-
-    def mtu(self) -> int:
-        try:
-            return netdev.mtu(self.iface)
-        except OSError:
-            return 0
-
-    def set_mtu(self, mtu: int) -> None:
-        """The netdev's MTU (frames above it are counted in oerrors from the next start)."""
-        if self._state is not None:
-            raise PortError(f"{self.name}: stop the port before changing its MTU")
-        netdev.ip_link_set(self.iface, "mtu", str(mtu))
-
-    def set_link(self, up: bool) -> None:
-        """Admin state of the netdev (a VF's link as its guest sees it)."""
-        netdev.ip_link_set(self.iface, "up" if up else "down")
 
     def info(self) -> dict:
         a = self.args

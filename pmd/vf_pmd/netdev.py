@@ -1,80 +1,14 @@
-"""Control side of the VF port: the netdev as sysfs shows it, AF_PACKET
-sockets with their rings, and one address range per direction into which
-every queue's ring is mapped, so kernels see all queues as one 2-D array."""
+"""Control side of the VF port: AF_PACKET sockets with their rings (the
+netdev itself is ``pmd/netdev.py``; the address range every queue's ring is
+mapped into, ``pmd/ringarea.py``)."""
 from __future__ import annotations
 
-import ctypes
-import mmap
-import os
 import socket
 import struct
-import subprocess
 
-import numpy as np
-
-from ..ethdev import PortError
-from ..units import PAGE_SIZE
-
+from ..netdev import ifindex
+from ..ringarea import PAGE_SIZE
 from . import layout as L
-
-_SYS = "/sys/class/net"
-
-
-# ---- the netdev ----------------------------------------------------------
-def _read(iface: str, attr: str) -> str:
-    with open(os.path.join(_SYS, iface, attr)) as f:
-        return f.read().strip()
-
-
-def exists(iface: str) -> bool:
-    return bool(iface) and "/" not in iface and os.path.isdir(os.path.join(_SYS, iface))
-
-
-def operstate(iface: str) -> str:
-    """``up``, ``down``, ``lowerlayerdown``, ``unknown``...; ``absent`` once it is gone."""
-    try:
-        return _read(iface, "operstate")
-    except OSError:
-        return "absent"
-
-
-def admin_up(iface: str) -> bool:
-    try:
-        return bool(int(_read(iface, "flags"), 16) & 1)  # IFF_UP
-    except (OSError, ValueError):
-        return False
-
-
-def is_up(iface: str) -> bool:
-    """Carrier and admin state both up (``unknown``: a device that does not
-    report operstate, e.g. tun, counts as up when admin-up)."""
-    return admin_up(iface) and operstate(iface) in ("up", "unknown")
-
-
-def mac(iface: str) -> bytes:
-    return bytes.fromhex(_read(iface, "address").replace(":", ""))
-
-
-def mtu(iface: str) -> int:
-    return int(_read(iface, "mtu"))
-
-
-def ip_link_set(iface: str, *words: str) -> None:
-    """``ip link set dev IFACE WORDS...``; PortError with ip's message on failure."""
-    p = subprocess.run(["ip", "link", "set", "dev", iface, *words], capture_output=True, text=True, timeout=10)
-    if p.returncode != 0:
-        raise PortError(f"{iface}: ip link set {' '.join(words)}: {p.stderr.strip() or p.returncode}")
-
-
-def speed_mbps(iface: str) -> int:
-    try:
-        return max(int(_read(iface, "speed")), 0)
-    except (OSError, ValueError):  # veth and most virtual devices: EINVAL
-        return 0
-
-
-def ifindex(iface: str) -> int:
-    return socket.if_nametoindex(iface)
 
 
 # ---- sockets -------------------------------------------------------------
@@ -145,50 +79,3 @@ def rx_drops(sock: socket.socket) -> int:
     returns tpacket_stats_v3 and resets it."""
     _packets, drops, _freeze = struct.unpack("3I", sock.getsockopt(L.SOL_PACKET, L.PACKET_STATISTICS, 12))
     return drops
-
-
-# ---- one address range holding every queue's ring ------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-_mmap = _libc.mmap
-_mmap.restype = ctypes.c_void_p
-_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
-_munmap = _libc.munmap
-_munmap.restype = ctypes.c_int
-_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_MAP_FIXED = 0x10
-_PROT_NONE = 0
-_MAP_NORESERVE = 0x4000
-
-
-def _sys_mmap(addr, length, prot, flags, fd, what):
-    res = _mmap(addr, length, prot, flags, fd, 0)
-    if res == _MAP_FAILED or res is None:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mmap {what}: {os.strerror(err)}")
-    return res
-
-
-class RingArea:
-    """``n`` equal slots of ``slot_bytes``: a PROT_NONE reservation into which
-    each queue's socket ring is mapped (MAP_SHARED|MAP_FIXED).  ``array`` is the
-    (n, slot_bytes) uint8 view kernels take.  ``close`` unmaps everything: no
-    kernel may run on the views afterwards."""
-
-    def __init__(self, n: int, slot_bytes: int) -> None:
-        assert slot_bytes % PAGE_SIZE == 0
-        self.n, self.slot_bytes = n, slot_bytes
-        self.size = n * slot_bytes
-        self.base = _sys_mmap(None, self.size, _PROT_NONE,
-                              mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE, -1, "ring reservation")
-        buf = (ctypes.c_uint8 * self.size).from_address(self.base)
-        self.array = np.frombuffer(buf, np.uint8).reshape(n, slot_bytes)
-
-    def map(self, q: int, sock: socket.socket) -> None:
-        _sys_mmap(self.base + q * self.slot_bytes, self.slot_bytes, mmap.PROT_READ | mmap.PROT_WRITE,
-                  mmap.MAP_SHARED | _MAP_FIXED, sock.fileno(), f"ring of queue {q}")
-
-    def close(self) -> None:
-        if self.base:
-            _munmap(self.base, self.size)
-            self.base = 0

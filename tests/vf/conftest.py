@@ -8,14 +8,18 @@ import contextlib
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from apps.wire import VethWire, ip, wire_unavailable
+from pmd.ethdev import Port
+from pmd.vdev import parse_vdev
 
 PEER = str(Path(__file__).with_name("ns_peer.py"))
 _seq = itertools.count()
@@ -64,13 +68,13 @@ def _require_root() -> None:
 
 
 @contextlib.contextmanager
-def make_veth():
+def make_veth(queues: int = 1):
     """Create the pair and the namespace, both ends up; always removed."""
     n = next(_seq)
     tag = f"{os.getpid() % 1000000}x{n}"
     host, peer, ns = f"vfh{tag}", f"vfp{tag}", f"vfns{tag}"
     subnet = (os.getpid() + n) % 250 + 1
-    wire = VethWire(host, peer, ns)
+    wire = VethWire(host, peer, ns, queues)
     try:
         wire.create()
         wire.peer_ip("addr", "add", f"10.99.{subnet}.1/24", "dev", peer)
@@ -86,27 +90,76 @@ def veth():
         yield v
 
 
-@pytest.fixture(scope="session")
-def compiled_vf():
-    """Compile (or load) every kernel these tests run once, outside the
-    timed parts: the VF burst kernels called from Python and the forwarding
-    loop over a VF port."""
+def _compile(kind: str) -> None:
+    """Compile (or load) every kernel the tests run on a ``kind`` port once,
+    outside the timed parts: its burst kernels called from Python (rx, tx,
+    flush) and the forwarding loop over it."""
     _require_root()
     from pmd.fwd.runtime import Forwarding
     from pmd.lcore import LcoreManager
     from pmd.mbuf import create_pool
     from tests.conftest import CPUS, WORKER_CPU
-    from tests.vhostpci.peer_io import recv, send
+    from tests.vhostpci.peer_io import flush, recv, send
 
     with make_veth() as v:
         fw = Forwarding(LcoreManager({0: CPUS[0], 1: WORKER_CPU}, 0), nb_mbufs=256)
         try:
-            port = fw.attach_port(f"net_vf0,iface={v.host}")
+            port = fw.attach_port(f"{kind}0,iface={v.host}")
             port.start()
             fw.start()
             fw.stop()
             pool = create_pool(64)
             send(port, pool, [bytes(60)])
+            flush(port, pool)
             recv(port, pool)
         finally:
             fw.close()
+
+
+@pytest.fixture(scope="session")
+def compiled_vf():
+    _compile("net_vf")
+
+
+@pytest.fixture(scope="session")
+def compiled_xdp():
+    _compile("net_vf_xdp")
+
+
+def xdp_attached(iface: str) -> str:
+    """The XDP mode of the program on ``iface`` ('none' when it carries none)."""
+    from pmd.xdp_pmd import netlink
+
+    return netlink.xdp_state(socket.if_nametoindex(iface)).mode
+
+
+@pytest.fixture
+def port_on(veth, request):
+    """Start a VF port (``kind``: net_vf or net_vf_xdp) on the veth's host
+    end (extra devargs optional); an AF_XDP port leaves no XDP program."""
+    ports = []
+
+    def make(extra: str = "", port_id: int = 0, kind: str = "net_vf") -> Port:
+        if kind == "net_vf_xdp":
+            request.getfixturevalue("compiled_xdp")
+        p = Port(port_id, parse_vdev(f"{kind}{port_id},iface={veth.host}{extra}"))
+        ports.append(p)
+        p.start()
+        return p
+
+    yield make
+    for p in ports:
+        p.close()
+    assert xdp_attached(veth.host) == "none"
+
+
+def send_all(port, pool, pkts, queue: int = 0) -> int:
+    """tx_burst, then flush until the kernel took every frame (AF_XDP copy
+    mode sends a bounded batch per wakeup; net_vf holds nothing)."""
+    from tests.vhostpci.peer_io import flush, send
+
+    n = send(port, pool, pkts, queue=queue)
+    deadline = time.monotonic() + 5
+    while flush(port, pool, queue=queue) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return n

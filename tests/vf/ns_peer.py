@@ -20,7 +20,7 @@ ETH_P_ALL = 3
 ETHERTYPE = b"\x88\xb5"
 HDR = bytes.fromhex("020000000001" "020000000002") + ETHERTYPE
 SOL_PACKET, PACKET_IGNORE_OUTGOING = 263, 23
-_BODY = bytes(range(256)) * 8
+_BODY = bytes(range(256)) * 40  # frames up to 10 KB
 
 
 def make_packet(seq, size):

@@ -1,6 +1,7 @@
 """The net_vf port on a veth pair: exact bytes both ways, sustained load with
 no loss, oversize frames, start errors that leak nothing, and forwarding
-through the runtime."""
+through the runtime.  The tests marked BOTH_VF_PORTS run on the AF_XDP port
+(net_vf_xdp) too; its own tests are in test_xdp_port.py."""
 from __future__ import annotations
 
 import os
@@ -14,26 +15,12 @@ import pytest
 from pmd.ethdev import Port, PortError
 from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
+from tests.vf.conftest import send_all
 from tests.vf.ns_peer import ETHERTYPE, check_packet, make_packet
 from tests.vhostpci.peer_io import recv, send
 
 pytestmark = pytest.mark.usefixtures("compiled_vf")
-
-
-@pytest.fixture
-def port_on(veth):
-    """Start a net_vf port on the veth's host end (extra devargs optional)."""
-    ports = []
-
-    def make(extra: str = "", port_id: int = 0) -> Port:
-        p = Port(port_id, parse_vdev(f"net_vf{port_id},iface={veth.host}{extra}"))
-        ports.append(p)
-        p.start()
-        return p
-
-    yield make
-    for p in ports:
-        p.close()
+BOTH_VF_PORTS = pytest.mark.parametrize("kind", ["net_vf", "net_vf_xdp"])
 
 
 def _ours(pkts):
@@ -63,15 +50,16 @@ def _mappings() -> int:
         return sum(1 for _ in f)
 
 
-def test_rx_from_namespace_exact_bytes(veth, port_on):
-    port = port_on()
+@BOTH_VF_PORTS
+def test_rx_from_namespace_exact_bytes(veth, port_on, kind):
+    port = port_on(kind=kind)
     pool = create_pool(512)
     sizes = [60, 64, 128, 1000, 1514]
-    assert veth.run_peer("send", 20, ",".join(map(str, sizes)), 2000, 100) == {"sent": 20}
-    got = recv_until(port, pool, 20)
-    assert got == [make_packet(100 + k, sizes[(100 + k) % len(sizes)]) for k in range(20)]
+    assert veth.run_peer("send", 40, ",".join(map(str, sizes)), 2000, 100) == {"sent": 40}
+    got = recv_until(port, pool, 40)
+    assert got == [make_packet(100 + k, sizes[(100 + k) % len(sizes)]) for k in range(40)]
     st = port.stats()
-    assert st.ipackets >= 20 and st.ierrors == 0 and st.imissed == 0
+    assert st.ipackets >= 40 and st.ierrors == 0 and st.imissed == 0
     assert pool.available() == pool.size
 
 
@@ -90,12 +78,14 @@ def test_rx_vlan_tag_stripped_by_the_kernel_is_put_back(veth, port_on):
     assert port.driver.xstats()["rx_vlan_reinserted"] == 2
 
 
-def test_tx_to_namespace_exact_bytes(veth, port_on):
-    port = port_on()
+@BOTH_VF_PORTS
+def test_tx_to_namespace_exact_bytes(veth, port_on, kind):
+    port = port_on(kind=kind)
     pool = create_pool(512)
-    pkts = [make_packet(k, size) for k, size in enumerate((60, 61, 64, 100, 512, 1513, 1514))]
+    # 100 frames in one burst: more than AF_XDP's copy mode sends per wakeup
+    pkts = [make_packet(k, size) for k, size in enumerate([60, 61, 64, 100, 512, 1513, 1514] * 14 + [77, 99])]
     peer = veth.start_peer("recv", len(pkts), 5)
-    assert send(port, pool, pkts) == len(pkts)
+    assert send_all(port, pool, pkts) == len(pkts)
     got = [bytes.fromhex(h) for h in veth.peer_result(peer)["packets"]]
     assert got == pkts
     st = port.stats()
@@ -144,13 +134,14 @@ def test_both_directions_under_load_no_loss(veth, port_on):
     print(f"\n{count} x {SIZE} B each way at {RATE_PPS} pps in {elapsed:.2f} s, no loss")
 
 
-def test_oversize_frame_counted_not_sent(veth, port_on):
+@BOTH_VF_PORTS
+def test_oversize_frame_counted_not_sent(veth, port_on, kind):
     subprocess.run(["ip", "link", "set", veth.host, "mtu", "1000"], check=True)
-    port = port_on()
+    port = port_on(kind=kind)
     pool = create_pool(64)
     ok, big = make_packet(1, 1014), make_packet(2, 1015)
     peer = veth.start_peer("recv", 2, 0.7)
-    assert send(port, pool, [big, ok, big]) == 3  # taken: the oversize ones are dropped
+    assert send_all(port, pool, [big, ok, big]) == 3  # taken: the oversize ones are dropped
     got = [bytes.fromhex(h) for h in veth.peer_result(peer)["packets"]]
     assert got == [ok]
     st = port.stats()
@@ -159,9 +150,10 @@ def test_oversize_frame_counted_not_sent(veth, port_on):
     assert pool.available() == pool.size
 
 
-def test_missing_interface_is_a_port_error_and_leaks_nothing():
+@BOTH_VF_PORTS
+def test_missing_interface_is_a_port_error_and_leaks_nothing(kind):
     fds, maps = _open_fds(), _mappings()
-    port = Port(0, parse_vdev("net_vf0,iface=vfnosuch0"))
+    port = Port(0, parse_vdev(f"{kind}0,iface=vfnosuch0"))
     with pytest.raises(PortError, match="vfnosuch0 does not exist"):
         port.start()
     assert not port.started
@@ -252,8 +244,11 @@ def test_multiqueue_fanout_receives_everything(veth, port_on):
     assert sorted(got) == sorted([make_packet(7, 80), make_packet(8, 80)])
 
 
-def test_io_forwarding_loops_namespace_traffic_back(veth, fwd):
-    port = fwd.attach_port(f"net_vf0,iface={veth.host}{BIG_RX}")
+@BOTH_VF_PORTS
+def test_io_forwarding_loops_namespace_traffic_back(veth, fwd, kind, request):
+    if kind == "net_vf_xdp":
+        request.getfixturevalue("compiled_xdp")
+    port = fwd.attach_port(f"{kind}0,iface={veth.host}{BIG_RX if kind == 'net_vf' else ''}")
     port.start()
     fwd.config.mode = "io"
     fwd.start()
@@ -335,7 +330,7 @@ def test_complete_partial_l4_checksum_kernel():
         partial = fold(pseudo)  # what CHECKSUM_PARTIAL leaves in the field
         eth = bytes(12) + (b"\x81\x00\x00\x05" if vlan else b"") + (b"\x86\xdd" if v6 else b"\x08\x00")
         off = len(eth) + len(l3) + field
-        put = lambda v: eth + l3 + l4[:field] + struct.pack("!H", v) + l4[field + 2:]  # noqa: E731
+        put = lambda v: eth + l3 + l4[:field] + struct.pack("!H", v) + l4[field + 2:]
         return put(partial), off, full or 0xFFFF
 
     for v6, proto, vlan in [(False, 17, False), (True, 6, False), (False, 6, True), (True, 17, True)]:

@@ -10,6 +10,7 @@ by PID), the namespace and veth, the sockets, the runtime.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -77,11 +78,13 @@ class Lines:
 
 class Vm2:
     """VM2: the runtime with net_vhost_pci0 (server mode on ``sock``) and
-    net_vf0 on a veth into namespace ``wire.ns`` (NS_IP); io forwarding."""
+    a VF port (``vf``: net_vf, or net_vf_xdp for AF_XDP) on a veth into
+    namespace ``wire.ns`` (NS_IP); io forwarding."""
 
     _ids = itertools.count()
 
-    def __init__(self, sockdir: str) -> None:
+    def __init__(self, sockdir: str, vf: str = "net_vf") -> None:
+        self.vf_kind = vf
         tag = f"{os.getpid() % 100000}{next(self._ids)}"
         self.wire = VethWire(f"vv{tag}h", f"vv{tag}n", f"vhostpci-vm1-{tag}")
         self.sock = os.path.join(sockdir, "vm1.sock")
@@ -94,9 +97,15 @@ class Vm2:
         self.wire.peer_ip("link", "set", "lo", "up")
         # no ARP towards the guest: the only frames VM2 writes into VM1 are the test's
         self.wire.peer_ip("neigh", "add", VM1_IP, "lladdr", VM1_MAC, "dev", self.wire.peer, "nud", "permanent")
+        if self.vf_kind == "net_vf_xdp":
+            # AF_XDP hands frames over as they are: the namespace computes its
+            # checksums itself, as a real wire's sender would (net_vf completes
+            # the partial ones a veth carries; an XDP program cannot know them)
+            subprocess.run(["ip", "netns", "exec", self.wire.ns, "ethtool", "-K", self.wire.peer, "tx", "off"],
+                           check=True, capture_output=True, timeout=10)
         self.fw = Forwarding(LcoreManager({0: CPUS[0], 1: WORKER_CPU}, 0), nb_mbufs=8192)
         self.vp = self.fw.attach_port(f"net_vhost_pci0,path={self.sock}")
-        self.vf = self.fw.attach_port(f"net_vf0,iface={self.wire.host}")
+        self.vf = self.fw.attach_port(f"{self.vf_kind}0,iface={self.wire.host}")
         self.vp.start()
         self.vf.start()
         self.fw.config.mode = "io"
@@ -156,14 +165,13 @@ class UdpReceiver:
         return json.loads(self.lines.next(30))
 
 
-@pytest.fixture
-def vm2():
-    """A started Vm2 (skips with the reason when a part is missing)."""
+@contextlib.contextmanager
+def _started_vm2(vf: str):
     why = missing_part()
     if why:
         pytest.skip(why)
     d = tempfile.mkdtemp(prefix="vm1t", dir="/tmp")
-    v = Vm2(d)
+    v = Vm2(d, vf)
     try:
         yield v.start()
     finally:
@@ -171,6 +179,22 @@ def vm2():
             v.close()
         finally:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def vm2():
+    """A started Vm2 (skips with the reason when a part is missing)."""
+    with _started_vm2("net_vf") as v:
+        yield v
+
+
+@pytest.fixture
+def vm2_xdp():
+    """A started Vm2 whose VF port is net_vf_xdp (AF_XDP)."""
+    if shutil.which("ethtool") is None:
+        pytest.skip("ethtool not found (the namespace's tx checksum offload must be off for AF_XDP)")
+    with _started_vm2("net_vf_xdp") as v:
+        yield v
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 for the topology).  The guest's busybox scenarios print ``VM1: ...`` markers on
 the serial console; the namespace side runs tests/vm1/ns_udp.py.
 
-1. guest <-> vhost-pci <-> VF <-> namespace: ping, UDP each way, exact counts;
+1. guest <-> vhost-pci <-> VF <-> namespace: ping, UDP each way, exact counts,
+   with the VF on AF_PACKET (net_vf) and on AF_XDP (net_vf_xdp);
 2. the same behind intel-iommu in strict mode: every frame delivered, the
    port's IOTLB counters reported;
 3. the same behind virtio-iommu (6.12 backports kernel);
@@ -116,6 +117,17 @@ def test_guest_pings_and_exchanges_udp_with_the_namespace(vm2, image61, workdir)
     st = res["stats"]
     assert st.ipackets >= PINGS + TX_DATAGRAMS and st.opackets >= PINGS + rx
     assert res["xstats"]["iotlb_misses"] == 0
+
+
+def test_guest_over_the_af_xdp_vf(vm2_xdp, image61, workdir):
+    """The same exchange with the VF port on AF_XDP (net_vf_xdp)."""
+    rx = 200
+    with make_vm1(image61, vm2_xdp, workdir, scenario(rx)) as vm:
+        vm.start()
+        res = exchange(vm2_xdp, vm, rx)
+    vf = vm2_xdp.vf.stats()
+    assert vf.ipackets >= PINGS + rx and vf.opackets >= PINGS + TX_DATAGRAMS and vf.oerrors == 0, vf
+    assert res["stats"].ipackets >= PINGS + TX_DATAGRAMS
 
 
 def test_intel_iommu_strict_delivers_every_frame(vm2, image61, workdir, capsys):

@@ -1,0 +1,68 @@
+"""AF_XDP constants and ring layouts (linux/if_xdp.h), and the per-queue
+cursor and counter slots of the port's kernels.
+
+An XSK has four single-producer/single-consumer rings, each mmap'd from
+the socket: ``producer`` u32, ``consumer`` u32, ``flags`` u32 (at offsets
+XDP_MMAP_OFFSETS returns) and a power-of-two array of entries.  The fill
+and completion rings carry u64 UMEM addresses, the rx and tx rings
+``struct xdp_desc {u64 addr; u32 len; u32 options;}`` (16 B).  Indices
+run freely (u32 wrap-around); entry = index & (size - 1).
+"""
+from __future__ import annotations
+
+AF_XDP = 44
+SOL_XDP = 283
+
+# setsockopt / getsockopt
+XDP_MMAP_OFFSETS = 1
+XDP_RX_RING = 2
+XDP_TX_RING = 3
+XDP_UMEM_REG = 4
+XDP_UMEM_FILL_RING = 5
+XDP_UMEM_COMPLETION_RING = 6
+XDP_STATISTICS = 7
+XDP_OPTIONS = 8
+XDP_OPTIONS_ZEROCOPY = 1
+
+# bind flags (sockaddr_xdp.sxdp_flags)
+XDP_COPY = 1 << 1
+XDP_ZEROCOPY = 1 << 2
+XDP_USE_NEED_WAKEUP = 1 << 3
+
+# ring flags
+XDP_RING_NEED_WAKEUP = 1
+
+# mmap page offsets of the four rings
+XDP_PGOFF_RX_RING = 0
+XDP_PGOFF_TX_RING = 0x80000000
+XDP_UMEM_PGOFF_FILL_RING = 0x100000000
+XDP_UMEM_PGOFF_COMPLETION_RING = 0x180000000
+
+# XDP attach flags (linux/if_link.h)
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_PACKET_HEADROOM = 256  # the kernel's headroom in front of every rx frame (copy mode)
+
+DESC_SIZE = 16  # struct xdp_desc
+ADDR_SIZE = 8  # fill / completion entries
+ETH_HLEN = 14
+MSG_DONTWAIT = 0x40
+EAGAIN, EBUSY, ENOBUFS = 11, 16, 105
+
+# rings, in the order of struct xdp_mmap_offsets {rx, tx, fr, cr}
+RX, TX, FILL, COMP = range(4)
+RING_NAMES = ("rx", "tx", "fill", "completion")
+# fields of struct xdp_ring_offset, each a u64 offset
+OFF_PRODUCER, OFF_CONSUMER, OFF_DESC, OFF_FLAGS = range(4)
+
+# per-queue cursor slots (int64 rows of 8: one cache line per queue)
+C_TX_FREE = 0  # tx frames on the queue's free stack
+N_CUR = 8
+
+# driver counters (xstats), one row per queue
+(X_RX_WAKEUPS, X_TX_WAKEUPS, X_TX_WAKEUP_AGAIN, X_TX_WAKEUP_ERRORS, X_TX_RING_FULL, X_TX_TOO_BIG,
+ X_RX_BAD_DESC) = range(7)
+N_X = 7
+X_NAMES = ("rx_wakeups", "tx_wakeups", "tx_wakeup_again", "tx_wakeup_errors", "tx_ring_full", "tx_too_big",
+           "rx_bad_desc")
