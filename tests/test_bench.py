@@ -216,7 +216,8 @@ def test_vm1_bench_quick_json(tmp_path):
     reported, not judged); no QEMU, testpmd, vhostpci-fwd, veth, namespace or
     socket left behind."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vm1", "--quick", "--json"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vm1", "--quick", "--json", "--iommu", "none,intel-strict"],
+                            cwd=ROOT,
                             env=dict(os.environ, TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     with _killed_on_exit(proc):
@@ -262,3 +263,16 @@ def test_vm1_bench_without_qemu_says_so(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "qemu-system-x86_64 not found (tools/setup installs qemu-system-x86): the VM1 bench did not run"]
+
+
+def test_iotlb_bench_prints_latencies_for_each_placement():
+    """vhostpci-bench iotlb: UPDATE, INVALIDATE and the MISS round trip, p50/p99,
+    for both placements of VM2's control thread (figures only, no thresholds)."""
+    out = subprocess.run([sys.executable, "-m", "apps.bench", "iotlb", "--samples", "5", "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout)
+    got = {(r["placement"], r["measure"]) for r in doc["results"]}
+    assert got == {(p, m) for p in ("split", "shared") for m in ("update", "invalidate", "miss")}
+    for r in doc["results"]:
+        assert 0 < r["p50_us"] <= r["p99_us"] and r["samples"] == 5, r

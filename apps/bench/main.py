@@ -5,7 +5,8 @@ vhost-pci port against DPDK's vhost PMD, and the cost of VM1's IOMMU), ``vf``
 (our VF port against DPDK's af_packet PMD on a veth pair, tx and rx), ``vm1``
 (a real QEMU guest sending through our app vs through DPDK testpmd into a
 namespace, and the namespace's datagrams delivered to the guest, with and
-without a strict vIOMMU).  ``--json`` prints
+without a strict or lazy vIOMMU), ``iotlb`` (IOTLB message latency, p50/p99
+in microseconds, measured from the front-end).  ``--json`` prints
 machine-readable output.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 import sys
 from dataclasses import asdict
 
-from . import framework, vf, vhost, vm1
+from . import framework, iotlb, vf, vhost, vm1
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     v1.add_argument("--size", type=_payloads, default=vm1.SIZES,
                     help="UDP payload sizes, comma-separated (64,1024); all sent in each boot")
     v1.add_argument("--iommu", type=_iommus, default=vm1.IOMMUS,
-                    help="subset of none,intel-strict (default: both)")
+                    help="subset of none,intel-strict,intel-lazy (default: all)")
     v1.add_argument("--what", type=_whats, default=vm1.WHATS,
                     help="subset of throughput (guest -> namespace),delivery (namespace -> guest); default both, "
                     "in one boot")
@@ -230,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     v1.add_argument("--count", type=int, default=vm1.COUNT, help=f"delivery: datagrams per rate ({vm1.COUNT})")
     v1.add_argument("--quick", action="store_true",
                     help=f"short run: --seconds 2 --rounds 1, first size only, --count {QUICK_COUNT}")
+    io = sub.add_parser("iotlb", help="IOTLB UPDATE, INVALIDATE and MISS round-trip latency, p50/p99 in us")
+    io.add_argument("--samples", type=int, default=200, help="messages per figure and placement")
+    io.add_argument("--rounds", type=int, default=1, help="alternating runs of the placements (median reported)")
+    io.add_argument("--placement", type=lambda t: _choices(t, iotlb.PLACEMENTS, "placements"),
+                    default=iotlb.PLACEMENTS, help="subset of split,shared (VM2's control thread and lcore)")
+    io.add_argument("--json", action="store_true")
+    io.set_defaults(cpu=None)
     args = p.parse_args(argv)
     if args.cpu is not None and args.cpu not in os.sched_getaffinity(0):
         p.error(f"--cpu {args.cpu}: not a CPU this process may use")
@@ -243,6 +251,16 @@ def main(argv: list[str] | None = None) -> int:
             _print_table(results)
     elif args.scenario == "vm1":
         return _run_vm1(args)
+    elif args.scenario == "iotlb":
+        lresults = iotlb.run(args.samples, args.placement, args.rounds)
+        if args.json:
+            print(json.dumps({"scenario": "iotlb", "samples": args.samples, "rounds": args.rounds,
+                              "results": [asdict(r) for r in lresults]}, indent=2))
+        else:
+            print(f"{'placement':<9} {'message':<11} {'p50 us':>9} {'p99 us':>9}  per-round p50")
+            for r in lresults:
+                runs = " ".join(f"{x:.1f}" for x in r.runs_us)
+                print(f"{r.placement:<9} {r.measure:<11} {r.p50_us:>9.1f} {r.p99_us:>9.1f}  {runs}")
     else:  # vhost, vf: ours vs DPDK side by side
         if args.quick:
             args.seconds, args.rounds, args.warmup = 0.5, 1, 0.3

@@ -95,7 +95,7 @@ class Vm1:
         return Vm1(cfg.pop("image"), cfg.pop("socket"), **cfg)
 
     def _iommu_cmdline(self) -> list[str]:
-        strict = ["iommu.strict=1"] if self.strict else []
+        strict = ["iommu.strict=1" if self.strict else "iommu.strict=0"]
         if self.iommu == "intel":
             return ["intel_iommu=on", *strict]
         if self.iommu == "virtio":

@@ -1,0 +1,161 @@
+"""``vhostpci-bench iotlb``: IOTLB message latency, measured from the front-end.
+
+VM2 is our vhost-pci port in a forwarding runtime (rxonly, one lcore); VM1
+is our virtio-user port with ``iommu=demand`` (buffer pages granted only
+when the port asks), driven from this process.  Three figures, each a
+p50/p99 over ``samples`` in microseconds:
+
+- ``update``: an IOTLB UPDATE of one 4 KiB page, sent with NEED_REPLY, until
+  its ack arrives (the page is then mapped in VM2's window);
+- ``invalidate``: the INVALIDATE of that page until its ack (the page is
+  then unmapped, after every lcore passed a quiescent point);
+- ``miss``: a packet posted in a page VM2 may not read yet, until VM2 has
+  received it: VM2's lcore parks, its control thread sends the MISS, VM1's
+  control thread answers with an UPDATE, VM2 retries (the whole round trip).
+
+Placements (``--placement``): ``split`` puts VM2's control thread and its
+polling lcore on different CPUs; ``shared`` puts both on one CPU (a poller
+that did not yield would starve the control thread: the port yields its
+CPU while it is parked on a miss).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from pmd.burst import tx_burst
+from pmd.ethdev import Port
+from pmd.fwd.runtime import Forwarding
+from pmd.lcore import LcoreManager
+from pmd.mbuf import alloc_bulk, create_pool, free_bulk, mbuf_offset
+from pmd.units import PAGE_SIZE
+from pmd.vdev import parse_vdev
+from pmd.vhost_user.messages import IotlbPerm
+
+PLACEMENTS = ("split", "shared")
+MEASURES = ("update", "invalidate", "miss")
+
+
+@dataclass
+class LatencyResult:
+    placement: str
+    measure: str
+    p50_us: float
+    p99_us: float
+    samples: int
+    runs_us: list[float] = field(default_factory=list)
+
+
+@njit(nogil=True, cache=True)
+def _send_one(st, pool, size):
+    bufs = np.empty(1, np.int32)
+    if not alloc_bulk(pool, bufs, 1):
+        return -1
+    off = mbuf_offset(pool, bufs[0])
+    for k in range(size):
+        pool.data[off + k] = 0x11
+    pool.data_len[bufs[0]] = size
+    sent = tx_burst(st, 0, pool, bufs, 1)
+    if sent < 1:
+        free_bulk(pool, bufs, 1)
+    return sent
+
+
+def _pct(xs: list[float]) -> tuple[float, float]:
+    a = np.array(xs) * 1e6
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def _wait(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(20e-6)
+    return True
+
+
+def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = None) -> list[LatencyResult]:
+    """One placement's three figures."""
+    avail = sorted(os.sched_getaffinity(0))
+    vm2_cpu = avail[-1] if cpus is None else cpus[1]
+    ctl_cpu = (avail[0] if cpus is None else cpus[0]) if placement == "split" else vm2_cpu
+    d = tempfile.mkdtemp(prefix="iotlb", dir="/tmp")
+    path = os.path.join(d, "vp.sock")
+    fw = Forwarding(LcoreManager({0: ctl_cpu, 1: vm2_cpu}, 0), nb_mbufs=1024)
+    vm1 = None
+    try:
+        fw.config.mode = "rxonly"
+        vp = fw.attach_port(f"net_vhost_pci0,path={path}")
+        vp.start()
+        fw.start()
+        vm1 = Port(1, parse_vdev(f"net_virtio_user1,path={path},iommu=demand"))
+        vm1.start()
+        drv = vm1.driver
+        if not drv.wait_link(True, 30.0):
+            raise RuntimeError("VM1 never connected")
+        pool = create_pool(256)
+        st = vm1.kernel_state()
+        place = drv.places[1]  # VM1's transmit ring: the port reads its buffers
+        page = place.buf  # a buffer page of the tx area, used for update/invalidate
+        uaddr = drv.memory.gpa_to_uaddr(page, PAGE_SIZE)
+
+        def update_invalidate(s):
+            ups, invs = [], []
+            for _ in range(samples):
+                t0 = time.perf_counter()
+                s.iotlb_update(page, PAGE_SIZE, uaddr, IotlbPerm.RO)
+                t1 = time.perf_counter()
+                s.iotlb_invalidate(page, PAGE_SIZE)
+                t2 = time.perf_counter()
+                ups.append(t1 - t0)
+                invs.append(t2 - t1)
+            return ups, invs
+
+        ups, invs = drv.run_in_control(update_invalidate, timeout=120.0)
+
+        def revoke_tx_area(s):
+            s.iotlb_invalidate(place.buf, place.buf_end - place.buf)
+
+        misses = []
+        got = vp.stats().ipackets
+        for _ in range(samples):
+            drv.run_in_control(revoke_tx_area)
+            t0 = time.perf_counter()
+            if _send_one(st, pool, 64) != 1:
+                _wait(lambda: _send_one(st, pool, 64) == 1, 5.0)
+            if not _wait(lambda: vp.stats().ipackets > got, 5.0):
+                raise RuntimeError("VM2 did not receive a packet within 5 s")
+            misses.append(time.perf_counter() - t0)
+            got = vp.stats().ipackets
+        out = []
+        for name, xs in (("update", ups), ("invalidate", invs), ("miss", misses)):
+            p50, p99 = _pct(xs)
+            out.append(LatencyResult(placement, name, round(p50, 1), round(p99, 1), len(xs)))
+        return out
+    finally:
+        if vm1 is not None:
+            vm1.close()
+        fw.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run(samples: int = 200, placements: tuple[str, ...] = PLACEMENTS, rounds: int = 1) -> list[LatencyResult]:
+    """Every placement, ``rounds`` times alternating; medians of the per-round p50/p99."""
+    per: dict[tuple[str, str], list[LatencyResult]] = {}
+    for _ in range(rounds):
+        for placement in placements:
+            for r in measure(placement, samples):
+                per.setdefault((placement, r.measure), []).append(r)
+    out = []
+    for (placement, name), rs in per.items():
+        out.append(LatencyResult(placement, name, float(np.median([r.p50_us for r in rs])),
+                                 float(np.median([r.p99_us for r in rs])), sum(r.samples for r in rs),
+                                 [r.p50_us for r in rs]))
+    return out
