@@ -33,6 +33,11 @@ def compiled_kernels():
         vp.start()
         fw.start()  # compiles the forwarding loop over a vhost-pci port
         fw.stop()
+        ring = fw.attach_port("net_ring0")
+        ring.start()
+        fw.start()  # ... and over a vhost-pci port paired with a ring (test_interrupts)
+        fw.stop()
+        fw.close_port(ring.port_id)
         vu = Port(9, parse_vdev(f"net_virtio_user9,path={path},iommu=transient"))
         vu.start()
         pool = create_pool(256)
