@@ -27,7 +27,7 @@ from apps.wire import VethWire, wire_unavailable
 from pmd.fwd.runtime import Forwarding
 from pmd.lcore import LcoreManager
 from tests.conftest import CPUS, ROOT, WORKER_CPU
-from tests.util import wait_until
+from tests.util import QEMU_SERIES, qemu_or_skip, wait_until
 
 NS_IP, VM1_IP = "10.9.0.1", "10.9.0.2"
 VM1_MAC = "52:54:00:00:00:01"
@@ -42,6 +42,13 @@ def missing_part() -> str | None:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         return "no apt-get/dpkg-deb to fetch the guest kernel and busybox (Debian packages)"
     return wire_unavailable()
+
+
+@pytest.fixture(scope="session", params=QEMU_SERIES, ids=[f"qemu-{s}" for s in QEMU_SERIES])
+def qemu(request):
+    """Each real-VM1 test runs on Debian's QEMU 7.2 (INTx) and bookworm-backports'
+    10.0 (MSI-X): ``tools.guest.qemu_binary.Qemu``; skips when one is missing."""
+    return qemu_or_skip(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,9 @@ the serial console; the namespace side runs tests/vm1/ns_udp.py.
    (the dirty log lost no page), downtime reported;
 5. VM1's QEMU killed and started again: the port goes down and up, the app
    lives on and forwards again.
+
+Each runs on Debian's QEMU 7.2 (INTx: ``vectors=0``) and on bookworm-backports'
+QEMU 10.0 (MSI-X): test ids end in ``[qemu-7.2]`` / ``[qemu-10.0]``.
 """
 from __future__ import annotations
 
@@ -72,12 +75,13 @@ def rx_report(m: re.Match) -> dict[str, int]:
     return dict(zip(keys, map(int, m.groups())))
 
 
-def make_vm1(image, vm2, workdir, script: str, **kw):
+def make_vm1(image, vm2, workdir, script: str, qemu, **kw):
+    """VM1 on QEMU ``qemu`` (the parametrized fixture: 7.2 with INTx, 10.0 with MSI-X)."""
     from tools.guest import Vm1
     workdir.mkdir(parents=True, exist_ok=True)
     initrd = image.with_scenario(script, dest_dir=workdir)
     return Vm1(image, vm2.sock, workdir=workdir, initrd=initrd, mac=VM1_MAC, ip=f"{VM1_IP}/24", peer=NS_IP,
-               peer_mac=vm2.ns_mac, guest_timeout=400, **kw)
+               peer_mac=vm2.ns_mac, guest_timeout=400, qemu=qemu, **kw)
 
 
 def exchange(vm2, vm, rx: int) -> dict:
@@ -108,9 +112,9 @@ def exchange(vm2, vm, rx: int) -> dict:
     return {"stats": st, "xstats": xs, "ns": ours, "guest": got}
 
 
-def test_guest_pings_and_exchanges_udp_with_the_namespace(vm2, image61, workdir):
+def test_guest_pings_and_exchanges_udp_with_the_namespace(vm2, image61, workdir, qemu):
     rx = 200
-    with make_vm1(image61, vm2, workdir, scenario(rx)) as vm:
+    with make_vm1(image61, vm2, workdir, scenario(rx), qemu) as vm:
         vm.start()
         res = exchange(vm2, vm, rx)
     st = res["stats"]
@@ -118,30 +122,30 @@ def test_guest_pings_and_exchanges_udp_with_the_namespace(vm2, image61, workdir)
     assert res["xstats"]["iotlb_misses"] == 0
 
 
-def test_intel_iommu_strict_delivers_every_frame(vm2, image61, workdir, capsys):
+def test_intel_iommu_strict_delivers_every_frame(vm2, image61, workdir, capsys, qemu):
     """FACTS.md: DPDK's vhost back-end delivered ~43% of frames to a guest
     under a strict intel-iommu.  Here every frame must arrive."""
     rx = 300
-    with make_vm1(image61, vm2, workdir, scenario(rx), iommu="intel", strict=True) as vm:
+    with make_vm1(image61, vm2, workdir, scenario(rx), qemu, iommu="intel", strict=True) as vm:
         vm.start()
         res = exchange(vm2, vm, rx)
     xs = res["xstats"]
     assert xs["iotlb_updates"] > 0 and xs["iotlb_invalidates"] > 0, xs
     with capsys.disabled():
-        print(f"\n[intel-iommu strict] delivered to guest {res['guest']['datagrams']}/{rx}, to namespace "
+        print(f"\n[{qemu.label}, intel-iommu strict] delivered to guest {res['guest']['datagrams']}/{rx}, to namespace "
               f"{res['ns']['unique']}/{TX_DATAGRAMS}, pings {PINGS}/{PINGS}; IOTLB: "
               + ", ".join(f"{k} {v}" for k, v in sorted(xs.items()) if k.startswith("iotlb")))
 
 
-def test_virtio_iommu_delivers_every_frame(vm2, image612, workdir, capsys):
+def test_virtio_iommu_delivers_every_frame(vm2, image612, workdir, capsys, qemu):
     rx = 200
-    with make_vm1(image612, vm2, workdir, scenario(rx), iommu="virtio", strict=True) as vm:
+    with make_vm1(image612, vm2, workdir, scenario(rx), qemu, iommu="virtio", strict=True) as vm:
         vm.start()
         res = exchange(vm2, vm, rx)
     xs = res["xstats"]
     assert xs["iotlb_updates"] > 0, xs
     with capsys.disabled():
-        print(f"\n[virtio-iommu strict, {image612.version}] delivered {res['guest']['datagrams']}/{rx}; IOTLB: "
+        print(f"\n[{qemu.label}, virtio-iommu strict, {image612.version}] delivered {res['guest']['datagrams']}/{rx}; IOTLB: "
               + ", ".join(f"{k} {v}" for k, v in sorted(xs.items()) if k.startswith("iotlb")))
 
 
@@ -201,9 +205,9 @@ def _migrate_whole(src, vm2, workdir, dsts: list) -> tuple:
 
 
 @pytest.mark.parametrize("iommu", [None, "intel"], ids=["no-iommu", "intel-strict"])
-def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, iommu):
+def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, iommu, qemu):
     count, rate = 4500, 300  # 15 s of traffic; the migration starts ~3 s in
-    src = make_vm1(image61, vm2, workdir / "src", REPORT + MIGRATION_GUEST.format(guest_port=GUEST_UDP),
+    src = make_vm1(image61, vm2, workdir / "src", REPORT + MIGRATION_GUEST.format(guest_port=GUEST_UDP), qemu,
                    iommu=iommu)
     server = vm2.vp.driver.server
     dsts: list = []
@@ -232,16 +236,16 @@ def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, 
     assert got == {"datagrams": written, "csum_errors": 0, "rcvbuf_errors": 0, "lines": written,
                    "good": written, "unique": written}, (got, written)
     with capsys.disabled():
-        print(f"\n[live migration, {iommu or 'no'} iommu] {info.get('total-time')} ms total, downtime {info.get('downtime')} ms; "
+        print(f"\n[{qemu.label}, live migration, {iommu or 'no'} iommu] {info.get('total-time')} ms total, downtime {info.get('downtime')} ms; "
               f"RAM identical on both sides; {len(lost)} earlier attempt(s) abandoned (QEMU lost "
               f"{[len(p) for p in lost]} pages); sent {count} at {rate} pps, written into VM1 {written} "
               f"({at_handover} before the handover), received intact by the guest {got['good']}")
 
 
-def test_vm1_killed_and_restarted(vm2, image61, workdir):
+def test_vm1_killed_and_restarted(vm2, image61, workdir, qemu):
     from tools.guest import Vm1
     first = make_vm1(image61, vm2, workdir / "first", 'ping -c 3 -W 5 "$VM1_PEER" > /tmp/p 2>&1\n'
-                     'marker "ping replies=$(grep -c \'bytes from\' /tmp/p)"\nsleep 3600\n')
+                     'marker "ping replies=$(grep -c \'bytes from\' /tmp/p)"\nsleep 3600\n', qemu)
     try:
         first.start()
         assert int(first.wait_console(r"VM1: ping replies=(\d+)", BOOT_TIMEOUT).group(1)) == 3
@@ -252,7 +256,7 @@ def test_vm1_killed_and_restarted(vm2, image61, workdir):
     assert wait_until(lambda: not vm2.vp.link().up, 10), "the port stayed up after QEMU died"
     assert vm2.fw.running
     rx = 50
-    with make_vm1(image61, vm2, workdir / "second", scenario(rx)) as second:
+    with make_vm1(image61, vm2, workdir / "second", scenario(rx), qemu) as second:
         assert isinstance(second, Vm1)
         second.start()
         exchange(vm2, second, rx)
