@@ -10,6 +10,7 @@ by PID), the namespace and veth, the sockets, the runtime.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -95,15 +97,21 @@ class Vm2:
         self.fw: Forwarding | None = None
         self.children: list[subprocess.Popen] = []
 
-    def start(self) -> Vm2:
+    def start_wire(self) -> Vm2:
+        """Only the veth and the namespace (VM2's runtime runs elsewhere)."""
         self.wire.create()
         self.wire.peer_ip("addr", "add", f"{NS_IP}/24", "dev", self.wire.peer)
         self.wire.peer_ip("link", "set", "lo", "up")
         # no ARP towards the guest: the only frames VM2 writes into VM1 are the test's
         self.wire.peer_ip("neigh", "add", VM1_IP, "lladdr", VM1_MAC, "dev", self.wire.peer, "nud", "permanent")
+        return self
+
+    def start(self, queues: int = 1) -> Vm2:
+        """The wire and the runtime: QUEUES queue pairs on both ports."""
+        self.start_wire()
         self.fw = Forwarding(LcoreManager({0: CPUS[0], 1: WORKER_CPU}, 0), nb_mbufs=8192)
-        self.vp = self.fw.attach_port(f"net_vhost_pci0,path={self.sock}")
-        self.vf = self.fw.attach_port(f"net_vf0,iface={self.wire.host}")
+        self.vp = self.fw.attach_port(f"net_vhost_pci0,path={self.sock},queues={queues}")
+        self.vf = self.fw.attach_port(f"net_vf0,iface={self.wire.host},queues={queues}")
         self.vp.start()
         self.vf.start()
         self.fw.config.mode = "io"
@@ -124,9 +132,11 @@ class Vm2:
     def udp_receiver(self, port: int) -> UdpReceiver:
         return UdpReceiver(self.ns_popen("recv", str(port)))
 
-    def udp_send(self, port: int, count: int, rate: float, size: int = 64, timeout: float = 120) -> dict:
-        """Send from the namespace to the guest; returns the sender's report."""
-        p = self.ns_popen("send", VM1_IP, str(port), str(count), str(rate), str(size))
+    def udp_send(self, port: int, count: int, rate: float, size: int = 64, timeout: float = 120,
+                 ports: int = 1) -> dict:
+        """Send from the namespace to the guest (to PORTS ports from PORT on:
+        as many flows); returns the sender's report."""
+        p = self.ns_popen("send", VM1_IP, str(port), str(count), str(rate), str(size), str(ports))
         out, _ = p.communicate(timeout=timeout)
         return json.loads(out.strip().splitlines()[-1])
 
@@ -163,21 +173,41 @@ class UdpReceiver:
         return json.loads(self.lines.next(30))
 
 
-@pytest.fixture
-def vm2():
-    """A started Vm2 (skips with the reason when a part is missing)."""
+@contextlib.contextmanager
+def _vm2(start: Callable[[Vm2], Vm2]) -> Iterator[Vm2]:
     why = missing_part()
     if why:
         pytest.skip(why)
     d = tempfile.mkdtemp(prefix="vm1t", dir="/tmp")
     v = Vm2(d)
     try:
-        yield v.start()
+        yield start(v)
     finally:
         try:
             v.close()
         finally:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def vm2():
+    """A started Vm2 (skips with the reason when a part is missing)."""
+    with _vm2(Vm2.start) as v:
+        yield v
+
+
+@pytest.fixture
+def vm2_mq():
+    """A started Vm2 with two queue pairs on each port."""
+    with _vm2(lambda v: v.start(queues=2)) as v:
+        yield v
+
+
+@pytest.fixture
+def wire():
+    """A Vm2 with only its veth and namespace: the test runs VM2's app itself."""
+    with _vm2(Vm2.start_wire) as v:
+        yield v
 
 
 @pytest.fixture

@@ -20,19 +20,25 @@ QEMU 10.0 (MSI-X): test ids end in ``[qemu-7.2]`` / ``[qemu-10.0]``.
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import pytest
 
 from tests.util import wait_until
-from tests.vm1.conftest import BOOT_TIMEOUT, NS_IP, VM1_IP, VM1_MAC, missing_part, port_up
+from tests.vm1.conftest import BOOT_TIMEOUT, VM1_IP, missing_part, port_up
+from tests.vm1.guest_udp import (
+    GUEST_UDP,
+    NS_UDP_PORT,
+    REPORT,
+    RX_REPORT,
+    make_vm1,
+    rx_report,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing_part() is not None, reason=str(missing_part()))]
 
 PINGS = 5
 TX_DATAGRAMS = 100  # guest -> namespace (one busybox nc per datagram: slow under TCG)
-GUEST_UDP, NS_UDP_PORT = 9001, 9000
 
 # Ping, then UDP both ways; the test sends to the guest after "udp_rx ready".
 # The guest waits (at most 60 s) until RX datagrams arrived, then reports.
@@ -48,40 +54,8 @@ while [ "$(snmp Udp InDatagrams)" -lt {rx} ] && [ "$_n" -lt 600 ]; do usleep 100
 report_rx
 '''
 
-# The guest's view of what it received on GUEST_UDP: datagrams the kernel
-# delivered, checksum errors (a stale or torn page fails the UDP checksum),
-# lines of the ns_udp.py form "ns SEQ xxx", and unique lines.
-REPORT = r'''
-report_rx() {
-    marker "udp_rx datagrams=$(snmp Udp InDatagrams) csum_errors=$(snmp Udp InCsumErrors)" \
-        "rcvbuf_errors=$(snmp Udp RcvbufErrors) lines=$(grep -c . /tmp/rx)" \
-        "good=$(grep -c '^ns [0-9]* x*$' /tmp/rx) unique=$(sort -u /tmp/rx | grep -c .)" \
-        "(eth0 rx $(nstat rx_packets) dropped $(nstat rx_dropped) errors $(nstat rx_errors);" \
-        "ip in $(snmp Ip InReceives) discards $(snmp Ip InDiscards) hdr_errors $(snmp Ip InHdrErrors);" \
-        "udp no_ports $(snmp Udp NoPorts) in_errors $(snmp Udp InErrors))"
-}
-'''
-
-RX_REPORT = re.compile(r"VM1: udp_rx datagrams=(\d+) csum_errors=(\d+) rcvbuf_errors=(\d+) lines=(\d+) "
-                       r"good=(\d+) unique=(\d+)")
-
-
 def scenario(rx: int, pings: int = PINGS, tx: int = TX_DATAGRAMS) -> str:
     return REPORT + EXCHANGE.format(pings=pings, guest_port=GUEST_UDP, ns_port=NS_UDP_PORT, tx=tx, rx=rx)
-
-
-def rx_report(m: re.Match) -> dict[str, int]:
-    keys = ("datagrams", "csum_errors", "rcvbuf_errors", "lines", "good", "unique")
-    return dict(zip(keys, map(int, m.groups())))
-
-
-def make_vm1(image, vm2, workdir, script: str, qemu, **kw):
-    """VM1 on QEMU ``qemu`` (the parametrized fixture: 7.2 with INTx, 10.0 with MSI-X)."""
-    from tools.guest import Vm1
-    workdir.mkdir(parents=True, exist_ok=True)
-    initrd = image.with_scenario(script, dest_dir=workdir)
-    return Vm1(image, vm2.sock, workdir=workdir, initrd=initrd, mac=VM1_MAC, ip=f"{VM1_IP}/24", peer=NS_IP,
-               peer_mac=vm2.ns_mac, guest_timeout=400, qemu=qemu, **kw)
 
 
 def exchange(vm2, vm, rx: int) -> dict:
@@ -232,7 +206,8 @@ def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, 
             vm.stop()
         src.stop()
     written = vm2.vp.stats().opackets  # every frame the port wrote into VM1 (source, then destination)
-    assert written > at_handover, "nothing was written into the destination VM1"
+    assert written > at_handover, (f"nothing was written into the destination VM1: {json.dumps(vm2.diagnostics())}\n"
+                                   f"{dst.console()[-1500:]}")
     assert got == {"datagrams": written, "csum_errors": 0, "rcvbuf_errors": 0, "lines": written,
                    "good": written, "unique": written}, (got, written)
     with capsys.disabled():
