@@ -4,8 +4,8 @@
 ``recv PORT``: bind UDP PORT, print ``ready``, count datagrams until
 SIGTERM/SIGINT, then print one JSON line: datagrams, bytes, unique sequence
 numbers, duplicates, bad (payloads not of the form below), the first and
-last sequence numbers seen and the gaps between them ([first, last] ranges
-of the numbers missing).
+last sequence numbers seen, the gaps between them ([first, last] ranges of
+the numbers missing) and when each number first arrived (CLOCK_MONOTONIC).
 
 ``send DST PORT COUNT RATE SIZE [PORTS]``: send COUNT datagrams of SIZE bytes
 to DST:PORT (datagram SEQ to PORT + SEQ % PORTS: that many flows), RATE per
@@ -45,7 +45,7 @@ def check(data: bytes) -> int | None:
 
 
 def recv(port: int) -> None:
-    seen: set[int] = set()
+    seen: dict[int, float] = {}  # seq -> first arrival
     total = nbytes = dups = bad = 0
     first = last = 0.0
 
@@ -61,12 +61,13 @@ def recv(port: int) -> None:
         elif seq in seen:
             dups += 1
         else:
-            seen.add(seq)
+            seen[seq] = last
 
     receive(port, take)
     print(json.dumps({"datagrams": total, "bytes": nbytes, "unique": len(seen), "duplicates": dups,
                       "bad": bad, "active_s": last - first, "first": min(seen, default=None),
-                      "last": max(seen, default=None), "gaps": gaps(seen)}), flush=True)
+                      "last": max(seen, default=None), "gaps": gaps(set(seen)),
+                      "arrived": sorted(seen.items())}), flush=True)
 
 
 def gaps(seen: set[int]) -> list[list[int]]:
