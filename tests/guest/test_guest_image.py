@@ -97,7 +97,7 @@ def test_boot_61_without_net_runs_scenario(tmp_path, series):
         vm.start()
         assert vm.pid is not None and vm.returncode is None
         assert vm.qmp("query-status")["status"] == "running"
-        assert vm.wait_console(r"VM1: boot ok (\S+)", BOOT_TIMEOUT).group(1) == img.version
+        assert vm.wait_console(r"VM1: boot ok (\S+)\s", BOOT_TIMEOUT).group(1) == img.version
         m = vm.wait_console(r"VM1: sum (\w+)", BOOT_TIMEOUT)
         assert m.group(1) == hashlib.md5(b"hi\n").hexdigest()
         assert vm.wait_console(r"VM1: udp (\d+) (\d+)", BOOT_TIMEOUT).groups() == ("300", "3")
@@ -118,7 +118,7 @@ def test_boot_612_with_virtio_iommu(tmp_path):
     with Vm1(img, net=False, iommu="virtio", initrd=initrd, workdir=tmp_path,
              guest_timeout=110) as vm:
         vm.start()
-        assert vm.wait_console(r"VM1: boot ok (\S+)", BOOT_TIMEOUT).group(1).startswith("6.12.")
+        assert vm.wait_console(r"VM1: boot ok (\S+)\s", BOOT_TIMEOUT).group(1).startswith("6.12.")
         assert vm.wait_console(r"VM1: iommu (.*)", BOOT_TIMEOUT).group(1).strip()
         vm.wait_console(r"VM1: virtio-iommu probed", BOOT_TIMEOUT)
         vm.wait_console(r"VM1: done", BOOT_TIMEOUT)

@@ -23,7 +23,7 @@ report_rx() {
 '''
 
 RX_REPORT = re.compile(r"VM1: udp_rx datagrams=(\d+) csum_errors=(\d+) rcvbuf_errors=(\d+) lines=(\d+) "
-                       r"good=(\d+) unique=(\d+)")
+                       r"good=(\d+) unique=(\d+) ")
 
 
 def rx_report(m: re.Match) -> dict[str, int]:

@@ -56,14 +56,14 @@ def test_two_queue_pairs_each_carry_traffic_with_exact_counts(vm2_mq, image61, w
     ns_rx = vm2.udp_receiver(NS_UDP_PORT)
     with make_vm1(image61, vm2, workdir, script, qemu, queues=QUEUES) as vm:
         vm.start()
-        assert int(vm.wait_console(r"VM1: combined (\d+)", BOOT_TIMEOUT).group(1)) == QUEUES, vm.console()[-2000:]
+        assert int(vm.wait_console(r"VM1: combined (\d+)\s", BOOT_TIMEOUT).group(1)) == QUEUES, vm.console()[-2000:]
         assert port_up(vm2, 60)
         assert vm2.vp.driver.info()["rings ready"] == 2 * QUEUES
         vm.wait_console(r"VM1: udp_rx ready", 120)
         sent = vm2.udp_send(GUEST_UDP, RX, rate=100, ports=FLOWS)
         assert sent["sent"] == RX, sent
         vm.wait_console(r"VM1: udp_tx done", 300)
-        m = vm.wait_console(r"VM1: queues (.*)", 120)
+        m = vm.wait_console(r"VM1: queues (.*)\r?\n", 120)
         got = rx_report(vm.wait_console(RX_REPORT, 60))
         per_q = [dict(r) for r in vm2.vp.stats().per_queue]  # the guest sends nothing after its ethtool -S
         vm.wait_console(r"VM1: done", 60)

@@ -102,8 +102,8 @@ def test_vm2_killed_and_restarted_under_a_live_guest(wire, image61, workdir, cap
         assert t_up is not None, f"the restarted VM2 never wrote into VM1 (log: {app.log})"
         out, _ = sender.communicate(timeout=120)
         sent = json.loads(out.strip().splitlines()[-1])
-        tx = vm.wait_console(r"VM1: udp_tx sent=(\d+) down=([\d ]*)", 300)
-        ns_gaps = _ranges(vm.wait_console(r"VM1: ns_gaps ([\d -]*)", 60).group(1))
+        tx = vm.wait_console(r"VM1: udp_tx sent=(\d+) down=([\d ]*)\r?\n", 300)
+        ns_gaps = _ranges(vm.wait_console(r"VM1: ns_gaps ([\d -]*)\r?\n", 60).group(1))
         got = rx_report(vm.wait_console(RX_REPORT, 60))
         vm.wait_console(r"VM1: done", 60)
         after = app.port_counts()
