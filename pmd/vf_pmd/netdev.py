@@ -3,6 +3,8 @@ netdev itself is ``pmd/netdev.py``; the address range every queue's ring is
 mapped into, ``pmd/ringarea.py``)."""
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 
@@ -31,13 +33,27 @@ def rx_socket(iface: str, block_size: int, block_nr: int, fanout: str | int | No
         _setopt(sock, L.PACKET_IGNORE_OUTGOING, 1)
         sock.bind((iface, L.ETH_P_ALL))
         if fanout is not None:
-            flags = L.PACKET_FANOUT_HASH | L.PACKET_FANOUT_FLAG_DEFRAG
+            # A fanout group delivers through its own hook, which does not
+            # honour the sockets' IGNORE_OUTGOING: the group needs the flag.
+            flags = L.PACKET_FANOUT_HASH | L.PACKET_FANOUT_FLAG_DEFRAG | L.PACKET_FANOUT_FLAG_IGNORE_OUTGOING
             arg = (flags | L.PACKET_FANOUT_FLAG_UNIQUEID) << 16 if fanout == "new" else fanout | flags << 16
-            sock.setsockopt(L.SOL_PACKET, L.PACKET_FANOUT, struct.pack("I", arg))
+            try:
+                sock.setsockopt(L.SOL_PACKET, L.PACKET_FANOUT, struct.pack("I", arg))
+            except OSError as e:
+                if e.errno == errno.EINVAL and _kernel() < (6, 2):
+                    raise OSError(e.errno, "several rx queues need Linux >= 6.2 (PACKET_FANOUT_FLAG_IGNORE_OUTGOING; "
+                                  "without it each queue would receive the port's own transmitted frames)") from e
+                raise
         return sock
     except BaseException:
         sock.close()
         raise
+
+
+def _kernel() -> tuple[int, int]:
+    """(major, minor) of the running kernel."""
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
 def fanout_id(sock: socket.socket) -> int:

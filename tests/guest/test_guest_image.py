@@ -4,11 +4,14 @@ from __future__ import annotations
 import hashlib
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
+from tests.util import QEMU_SERIES, qemu_or_skip
 from tools.guest import GuestImage, Vm1, build_image, cpio
 from tools.guest.image import default_cache_dir
+from tools.guest.qemu_binary import Qemu
 
 pytestmark = pytest.mark.skipif(
     shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None,
@@ -57,6 +60,7 @@ def test_image_is_cached_and_complete(tmp_path):
         assert applet in links, applet
     assert entries["bin/sh"].data.endswith(b"bin/busybox")
     assert entries["usr/bin/nc.openbsd"].kind == "file"
+    assert entries["usr/sbin/ethtool"].kind == "file" and "lib/x86_64-linux-gnu/libmnl.so.0" in entries
     assert entries["lib64/ld-linux-x86-64.so.2"].kind == "link"
     assert entries["dev/console"].rdev == (5, 1)
     load = entries["etc/modules.load"].data.decode().split()
@@ -80,18 +84,20 @@ def test_image_is_cached_and_complete(tmp_path):
 
 @pytest.mark.slow
 @needs_qemu
-def test_boot_61_without_net_runs_scenario(tmp_path):
+@pytest.mark.parametrize("series", QEMU_SERIES, ids=[f"qemu-{s}" for s in QEMU_SERIES])
+def test_boot_61_without_net_runs_scenario(tmp_path, series):
     img = _image("6.1")
+    qemu = qemu_or_skip(series)
     initrd = img.with_scenario('marker "sum $(echo hi | md5sum)"\n'
                                'udp_recv 5000 /tmp/rx; usleep 300000\n'
                                'udp_send 127.0.0.1 5000 3 100; sleep 1\n'
                                'marker "udp $(wc -c < /tmp/rx) $(snmp Udp InDatagrams)"\n',
                                dest_dir=tmp_path)
-    with Vm1(img, net=False, initrd=initrd, workdir=tmp_path, guest_timeout=110) as vm:
+    with Vm1(img, net=False, initrd=initrd, workdir=tmp_path, guest_timeout=110, qemu=qemu) as vm:
         vm.start()
         assert vm.pid is not None and vm.returncode is None
         assert vm.qmp("query-status")["status"] == "running"
-        assert vm.wait_console(r"VM1: boot ok (\S+)", BOOT_TIMEOUT).group(1) == img.version
+        assert vm.wait_console(r"VM1: boot ok (\S+)\s", BOOT_TIMEOUT).group(1) == img.version
         m = vm.wait_console(r"VM1: sum (\w+)", BOOT_TIMEOUT)
         assert m.group(1) == hashlib.md5(b"hi\n").hexdigest()
         assert vm.wait_console(r"VM1: udp (\d+) (\d+)", BOOT_TIMEOUT).groups() == ("300", "3")
@@ -112,7 +118,7 @@ def test_boot_612_with_virtio_iommu(tmp_path):
     with Vm1(img, net=False, iommu="virtio", initrd=initrd, workdir=tmp_path,
              guest_timeout=110) as vm:
         vm.start()
-        assert vm.wait_console(r"VM1: boot ok (\S+)", BOOT_TIMEOUT).group(1).startswith("6.12.")
+        assert vm.wait_console(r"VM1: boot ok (\S+)\s", BOOT_TIMEOUT).group(1).startswith("6.12.")
         assert vm.wait_console(r"VM1: iommu (.*)", BOOT_TIMEOUT).group(1).strip()
         vm.wait_console(r"VM1: virtio-iommu probed", BOOT_TIMEOUT)
         vm.wait_console(r"VM1: done", BOOT_TIMEOUT)
@@ -136,7 +142,8 @@ def test_stop_kills_a_guest_that_waits(tmp_path):
 def test_vm1_command_lines(tmp_path):
     img = GuestImage(kernel=tmp_path / "vmlinuz", initrd=tmp_path / "initrd.img", version="x")
     vm = Vm1(img, tmp_path / "vp.sock", server=True, iommu="intel", ip="10.9.0.2/24",
-             peer="10.9.0.1", peer_mac="02:00:00:00:00:01", workdir=tmp_path)
+             peer="10.9.0.1", peer_mac="02:00:00:00:00:01", workdir=tmp_path,
+             qemu=Qemu(Path("/usr/bin/qemu-system-x86_64"), "7.2.22"))
     cmd = " ".join(vm.command())
     assert "path=" + str(tmp_path / "vp.sock") + ",server=on,wait=off" in cmd
     assert "intel-iommu,intremap=on,device-iotlb=on" in cmd

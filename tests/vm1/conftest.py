@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from apps.wire import VethWire, wire_unavailable
 from pmd.fwd.runtime import Forwarding
 from pmd.lcore import LcoreManager
 from tests.conftest import CPUS, ROOT, WORKER_CPU
-from tests.util import wait_until
+from tests.util import QEMU_SERIES, qemu_or_skip, wait_until
 
 NS_IP, VM1_IP = "10.9.0.1", "10.9.0.2"
 VM1_MAC = "52:54:00:00:00:01"
@@ -43,6 +44,13 @@ def missing_part() -> str | None:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         return "no apt-get/dpkg-deb to fetch the guest kernel and busybox (Debian packages)"
     return wire_unavailable()
+
+
+@pytest.fixture(scope="session", params=QEMU_SERIES, ids=[f"qemu-{s}" for s in QEMU_SERIES])
+def qemu(request):
+    """Each real-VM1 test runs on Debian's QEMU 7.2 (INTx) and bookworm-backports'
+    10.0 (MSI-X): ``tools.guest.qemu_binary.Qemu``; skips when one is missing."""
+    return qemu_or_skip(request.param)
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +99,8 @@ class Vm2:
         self.fw: Forwarding | None = None
         self.children: list[subprocess.Popen] = []
 
-    def start(self) -> Vm2:
+    def start_wire(self) -> Vm2:
+        """Only the veth and the namespace (VM2's runtime runs elsewhere)."""
         self.wire.create()
         self.wire.peer_ip("addr", "add", f"{NS_IP}/24", "dev", self.wire.peer)
         self.wire.peer_ip("link", "set", "lo", "up")
@@ -103,9 +112,14 @@ class Vm2:
             # the partial ones a veth carries; an XDP program cannot know them)
             subprocess.run(["ip", "netns", "exec", self.wire.ns, "ethtool", "-K", self.wire.peer, "tx", "off"],
                            check=True, capture_output=True, timeout=10)
+        return self
+
+    def start(self, queues: int = 1) -> Vm2:
+        """The wire and the runtime: QUEUES queue pairs on both ports."""
+        self.start_wire()
         self.fw = Forwarding(LcoreManager({0: CPUS[0], 1: WORKER_CPU}, 0), nb_mbufs=8192)
-        self.vp = self.fw.attach_port(f"net_vhost_pci0,path={self.sock}")
-        self.vf = self.fw.attach_port(f"{self.vf_kind}0,iface={self.wire.host}")
+        self.vp = self.fw.attach_port(f"net_vhost_pci0,path={self.sock},queues={queues}")
+        self.vf = self.fw.attach_port(f"{self.vf_kind}0,iface={self.wire.host},queues={queues}")
         self.vp.start()
         self.vf.start()
         self.fw.config.mode = "io"
@@ -126,9 +140,11 @@ class Vm2:
     def udp_receiver(self, port: int) -> UdpReceiver:
         return UdpReceiver(self.ns_popen("recv", str(port)))
 
-    def udp_send(self, port: int, count: int, rate: float, size: int = 64, timeout: float = 120) -> dict:
-        """Send from the namespace to the guest; returns the sender's report."""
-        p = self.ns_popen("send", VM1_IP, str(port), str(count), str(rate), str(size))
+    def udp_send(self, port: int, count: int, rate: float, size: int = 64, timeout: float = 120,
+                 ports: int = 1) -> dict:
+        """Send from the namespace to the guest (to PORTS ports from PORT on:
+        as many flows); returns the sender's report."""
+        p = self.ns_popen("send", VM1_IP, str(port), str(count), str(rate), str(size), str(ports))
         out, _ = p.communicate(timeout=timeout)
         return json.loads(out.strip().splitlines()[-1])
 
@@ -166,14 +182,14 @@ class UdpReceiver:
 
 
 @contextlib.contextmanager
-def _started_vm2(vf: str):
+def _vm2(start: Callable[[Vm2], Vm2], vf: str = "net_vf") -> Iterator[Vm2]:
     why = missing_part()
     if why:
         pytest.skip(why)
     d = tempfile.mkdtemp(prefix="vm1t", dir="/tmp")
     v = Vm2(d, vf)
     try:
-        yield v.start()
+        yield start(v)
     finally:
         try:
             v.close()
@@ -184,7 +200,7 @@ def _started_vm2(vf: str):
 @pytest.fixture
 def vm2():
     """A started Vm2 (skips with the reason when a part is missing)."""
-    with _started_vm2("net_vf") as v:
+    with _vm2(Vm2.start) as v:
         yield v
 
 
@@ -193,7 +209,21 @@ def vm2_xdp():
     """A started Vm2 whose VF port is net_vf_xdp (AF_XDP)."""
     if shutil.which("ethtool") is None:
         pytest.skip("ethtool not found (the namespace's tx checksum offload must be off for AF_XDP)")
-    with _started_vm2("net_vf_xdp") as v:
+    with _vm2(Vm2.start, "net_vf_xdp") as v:
+        yield v
+
+
+@pytest.fixture
+def vm2_mq():
+    """A started Vm2 with two queue pairs on each port."""
+    with _vm2(lambda v: v.start(queues=2)) as v:
+        yield v
+
+
+@pytest.fixture
+def wire():
+    """A Vm2 with only its veth and namespace: the test runs VM2's app itself."""
+    with _vm2(Vm2.start_wire) as v:
         yield v
 
 

@@ -3,10 +3,14 @@
 
 ``recv PORT``: bind UDP PORT, print ``ready``, count datagrams until
 SIGTERM/SIGINT, then print one JSON line: datagrams, bytes, unique sequence
-numbers, duplicates, bad (payloads not of the form below).
+numbers, duplicates, bad (payloads not of the form below), the first and
+last sequence numbers seen, the gaps between them ([first, last] ranges of
+the numbers missing) and when each number first arrived (CLOCK_MONOTONIC).
 
-``send DST PORT COUNT RATE SIZE``: send COUNT datagrams of SIZE bytes to
-DST:PORT, RATE per second, then print one JSON line (sent, seconds).
+``send DST PORT COUNT RATE SIZE [PORTS]``: send COUNT datagrams of SIZE bytes
+to DST:PORT (datagram SEQ to PORT + SEQ % PORTS: that many flows), RATE per
+second, then print one JSON line (sent, seconds, t0: CLOCK_MONOTONIC when
+datagram 0 was due, so SEQ was sent at t0 + SEQ / RATE).
 
 Payload: from here ``ns SEQ `` then ``x`` up to SIZE-1 bytes, then a
 newline (one line per datagram for the guest's awk); from the guest
@@ -41,7 +45,7 @@ def check(data: bytes) -> int | None:
 
 
 def recv(port: int) -> None:
-    seen: set[int] = set()
+    seen: dict[int, float] = {}  # seq -> first arrival
     total = nbytes = dups = bad = 0
     first = last = 0.0
 
@@ -57,14 +61,26 @@ def recv(port: int) -> None:
         elif seq in seen:
             dups += 1
         else:
-            seen.add(seq)
+            seen[seq] = last
 
     receive(port, take)
     print(json.dumps({"datagrams": total, "bytes": nbytes, "unique": len(seen), "duplicates": dups,
-                      "bad": bad, "active_s": last - first}), flush=True)
+                      "bad": bad, "active_s": last - first, "first": min(seen, default=None),
+                      "last": max(seen, default=None), "gaps": gaps(set(seen)),
+                      "arrived": sorted(seen.items())}), flush=True)
 
 
-def send(dst: str, port: int, count: int, rate: float, size: int) -> None:
+def gaps(seen: set[int]) -> list[list[int]]:
+    """[first, last] of each run of numbers missing between min and max of SEEN."""
+    out, prev = [], None
+    for s in sorted(seen):
+        if prev is not None and s > prev + 1:
+            out.append([prev + 1, s - 1])
+        prev = s
+    return out
+
+
+def send(dst: str, port: int, count: int, rate: float, size: int, ports: int = 1) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     t0 = time.monotonic()
     sent = 0
@@ -73,11 +89,11 @@ def send(dst: str, port: int, count: int, rate: float, size: int) -> None:
         while (now := time.monotonic()) < due:
             time.sleep(min(due - now, 0.01))
         try:
-            sock.sendto(payload("ns", seq, size), (dst, port))
+            sock.sendto(payload("ns", seq, size), (dst, port + seq % ports))
             sent += 1
         except OSError as e:  # ENOBUFS/EAGAIN: counted as not sent, never retried (a fixed count)
             print(json.dumps({"error": str(e), "seq": seq}), file=sys.stderr, flush=True)
-    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}), flush=True)
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0, "t0": t0}), flush=True)
 
 
 if __name__ == "__main__":
@@ -85,6 +101,6 @@ if __name__ == "__main__":
     if cmd == "recv":
         recv(int(rest[0]))
     elif cmd == "send":
-        send(rest[0], int(rest[1]), int(rest[2]), float(rest[3]), int(rest[4]))
+        send(rest[0], int(rest[1]), int(rest[2]), float(rest[3]), int(rest[4]), *map(int, rest[5:6]))
     else:
         sys.exit(f"ns_udp.py: unknown command {cmd!r}")

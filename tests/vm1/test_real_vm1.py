@@ -14,23 +14,32 @@ the serial console; the namespace side runs tests/vm1/ns_udp.py.
    (the dirty log lost no page), downtime reported;
 5. VM1's QEMU killed and started again: the port goes down and up, the app
    lives on and forwards again.
+
+Each runs on Debian's QEMU 7.2 (INTx: ``vectors=0``) and on bookworm-backports'
+QEMU 10.0 (MSI-X): test ids end in ``[qemu-7.2]`` / ``[qemu-10.0]``.
 """
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import pytest
 
 from tests.util import wait_until
-from tests.vm1.conftest import BOOT_TIMEOUT, NS_IP, VM1_IP, VM1_MAC, missing_part, port_up
+from tests.vm1.conftest import BOOT_TIMEOUT, VM1_IP, missing_part, port_up
+from tests.vm1.guest_udp import (
+    GUEST_UDP,
+    NS_UDP_PORT,
+    REPORT,
+    RX_REPORT,
+    make_vm1,
+    rx_report,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing_part() is not None, reason=str(missing_part()))]
 
 PINGS = 5
 TX_DATAGRAMS = 100  # guest -> namespace (one busybox nc per datagram: slow under TCG)
-GUEST_UDP, NS_UDP_PORT = 9001, 9000
 
 # Ping, then UDP both ways; the test sends to the guest after "udp_rx ready".
 # The guest waits (at most 60 s) until RX datagrams arrived, then reports.
@@ -46,39 +55,8 @@ while [ "$(snmp Udp InDatagrams)" -lt {rx} ] && [ "$_n" -lt 600 ]; do usleep 100
 report_rx
 '''
 
-# The guest's view of what it received on GUEST_UDP: datagrams the kernel
-# delivered, checksum errors (a stale or torn page fails the UDP checksum),
-# lines of the ns_udp.py form "ns SEQ xxx", and unique lines.
-REPORT = r'''
-report_rx() {
-    marker "udp_rx datagrams=$(snmp Udp InDatagrams) csum_errors=$(snmp Udp InCsumErrors)" \
-        "rcvbuf_errors=$(snmp Udp RcvbufErrors) lines=$(grep -c . /tmp/rx)" \
-        "good=$(grep -c '^ns [0-9]* x*$' /tmp/rx) unique=$(sort -u /tmp/rx | grep -c .)" \
-        "(eth0 rx $(nstat rx_packets) dropped $(nstat rx_dropped) errors $(nstat rx_errors);" \
-        "ip in $(snmp Ip InReceives) discards $(snmp Ip InDiscards) hdr_errors $(snmp Ip InHdrErrors);" \
-        "udp no_ports $(snmp Udp NoPorts) in_errors $(snmp Udp InErrors))"
-}
-'''
-
-RX_REPORT = re.compile(r"VM1: udp_rx datagrams=(\d+) csum_errors=(\d+) rcvbuf_errors=(\d+) lines=(\d+) "
-                       r"good=(\d+) unique=(\d+)")
-
-
 def scenario(rx: int, pings: int = PINGS, tx: int = TX_DATAGRAMS) -> str:
     return REPORT + EXCHANGE.format(pings=pings, guest_port=GUEST_UDP, ns_port=NS_UDP_PORT, tx=tx, rx=rx)
-
-
-def rx_report(m: re.Match) -> dict[str, int]:
-    keys = ("datagrams", "csum_errors", "rcvbuf_errors", "lines", "good", "unique")
-    return dict(zip(keys, map(int, m.groups())))
-
-
-def make_vm1(image, vm2, workdir, script: str, **kw):
-    from tools.guest import Vm1
-    workdir.mkdir(parents=True, exist_ok=True)
-    initrd = image.with_scenario(script, dest_dir=workdir)
-    return Vm1(image, vm2.sock, workdir=workdir, initrd=initrd, mac=VM1_MAC, ip=f"{VM1_IP}/24", peer=NS_IP,
-               peer_mac=vm2.ns_mac, guest_timeout=400, **kw)
 
 
 def exchange(vm2, vm, rx: int) -> dict:
@@ -109,9 +87,9 @@ def exchange(vm2, vm, rx: int) -> dict:
     return {"stats": st, "xstats": xs, "ns": ours, "guest": got}
 
 
-def test_guest_pings_and_exchanges_udp_with_the_namespace(vm2, image61, workdir):
+def test_guest_pings_and_exchanges_udp_with_the_namespace(vm2, image61, workdir, qemu):
     rx = 200
-    with make_vm1(image61, vm2, workdir, scenario(rx)) as vm:
+    with make_vm1(image61, vm2, workdir, scenario(rx), qemu) as vm:
         vm.start()
         res = exchange(vm2, vm, rx)
     st = res["stats"]
@@ -130,30 +108,30 @@ def test_guest_over_the_af_xdp_vf(vm2_xdp, image61, workdir):
     assert res["stats"].ipackets >= PINGS + TX_DATAGRAMS
 
 
-def test_intel_iommu_strict_delivers_every_frame(vm2, image61, workdir, capsys):
+def test_intel_iommu_strict_delivers_every_frame(vm2, image61, workdir, capsys, qemu):
     """DPDK's vhost back-end delivered ~43% of frames to a guest
     under a strict intel-iommu.  Here every frame must arrive."""
     rx = 300
-    with make_vm1(image61, vm2, workdir, scenario(rx), iommu="intel", strict=True) as vm:
+    with make_vm1(image61, vm2, workdir, scenario(rx), qemu, iommu="intel", strict=True) as vm:
         vm.start()
         res = exchange(vm2, vm, rx)
     xs = res["xstats"]
     assert xs["iotlb_updates"] > 0 and xs["iotlb_invalidates"] > 0, xs
     with capsys.disabled():
-        print(f"\n[intel-iommu strict] delivered to guest {res['guest']['datagrams']}/{rx}, to namespace "
+        print(f"\n[{qemu.label}, intel-iommu strict] delivered to guest {res['guest']['datagrams']}/{rx}, to namespace "
               f"{res['ns']['unique']}/{TX_DATAGRAMS}, pings {PINGS}/{PINGS}; IOTLB: "
               + ", ".join(f"{k} {v}" for k, v in sorted(xs.items()) if k.startswith("iotlb")))
 
 
-def test_virtio_iommu_delivers_every_frame(vm2, image612, workdir, capsys):
+def test_virtio_iommu_delivers_every_frame(vm2, image612, workdir, capsys, qemu):
     rx = 200
-    with make_vm1(image612, vm2, workdir, scenario(rx), iommu="virtio", strict=True) as vm:
+    with make_vm1(image612, vm2, workdir, scenario(rx), qemu, iommu="virtio", strict=True) as vm:
         vm.start()
         res = exchange(vm2, vm, rx)
     xs = res["xstats"]
     assert xs["iotlb_updates"] > 0, xs
     with capsys.disabled():
-        print(f"\n[virtio-iommu strict, {image612.version}] delivered {res['guest']['datagrams']}/{rx}; IOTLB: "
+        print(f"\n[{qemu.label}, virtio-iommu strict, {image612.version}] delivered {res['guest']['datagrams']}/{rx}; IOTLB: "
               + ", ".join(f"{k} {v}" for k, v in sorted(xs.items()) if k.startswith("iotlb")))
 
 
@@ -172,6 +150,7 @@ report_rx
 
 
 MIGRATION_ATTEMPTS = 3
+AFTER_HANDOVER_S = 3.0
 
 
 def _migrate_whole(src, vm2, workdir, dsts: list) -> tuple:
@@ -196,7 +175,9 @@ def _migrate_whole(src, vm2, workdir, dsts: list) -> tuple:
         before = vm2.vp.stats().opackets
         dst.start()  # connects to the port and negotiates while the source forwards
         assert wait_until(lambda: server.standby is not None, 60), "the destination never connected"
-        assert vm2.vp.stats().opackets > before, "the source stopped receiving while the destination negotiated"
+        # the source goes on forwarding (behind a strict vIOMMU on a loaded machine it may take a moment)
+        assert wait_until(lambda: vm2.vp.stats().opackets > before, 10), \
+            "the source stopped receiving while the destination negotiated"
         info = src.migrate(f"unix:{mig}", timeout=120)
         assert info["status"] == "completed", info
         assert dst.qmp("query-status")["status"] == "paused"
@@ -213,9 +194,12 @@ def _migrate_whole(src, vm2, workdir, dsts: list) -> tuple:
 
 
 @pytest.mark.parametrize("iommu", [None, "intel"], ids=["no-iommu", "intel-strict"])
-def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, iommu):
-    count, rate = 4500, 300  # 15 s of traffic; the migration starts ~3 s in
-    src = make_vm1(image61, vm2, workdir / "src", REPORT + MIGRATION_GUEST.format(guest_port=GUEST_UDP),
+def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, iommu, qemu):
+    # The namespace sends until AFTER_HANDOVER_S after the destination took
+    # the port over (a migration behind a strict vIOMMU under TCG takes up to
+    # ~10 s, plus the RAM compare): a fixed count once ran out before it.
+    rate = 300
+    src = make_vm1(image61, vm2, workdir / "src", REPORT + MIGRATION_GUEST.format(guest_port=GUEST_UDP), qemu,
                    iommu=iommu)
     server = vm2.vp.driver.server
     dsts: list = []
@@ -223,7 +207,8 @@ def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, 
         src.start()
         src.wait_console(r"VM1: udp_rx ready", BOOT_TIMEOUT)
         assert port_up(vm2, 60)
-        sender = vm2.ns_popen("send", VM1_IP, str(GUEST_UDP), str(count), str(rate), "64")
+        sender = vm2.ns_popen("send", VM1_IP, str(GUEST_UDP), str(rate * 600), str(rate), "64")
+        t_send = time.monotonic()
         time.sleep(3.0)
         assert vm2.vp.stats().opackets > 0, "no traffic reached VM1 before the migration"
         dst, info, lost = _migrate_whole(src, vm2, workdir, dsts)
@@ -232,7 +217,12 @@ def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, 
             f"the destination never took the port over: handovers {server.handovers} link {vm2.vp.link()}"
         at_handover = vm2.vp.stats().opackets
         src.stop()
-        out, _ = sender.communicate(timeout=120)
+        assert wait_until(lambda: vm2.vp.stats().opackets > at_handover, 30), \
+            f"nothing was written into the destination VM1: {json.dumps(vm2.diagnostics())}\n{dst.console()[-1500:]}"
+        time.sleep(AFTER_HANDOVER_S)
+        sender.terminate()  # the guest reports once 5 s passed with nothing new
+        sender.wait(10)
+        sent_s = time.monotonic() - t_send
         got = rx_report(dst.wait_console(RX_REPORT, 120))
         dst.wait_console(r"VM1: done", 60)
     finally:
@@ -240,20 +230,19 @@ def test_live_migration_under_vm2_to_vm1_traffic(vm2, image61, workdir, capsys, 
             vm.stop()
         src.stop()
     written = vm2.vp.stats().opackets  # every frame the port wrote into VM1 (source, then destination)
-    assert written > at_handover, "nothing was written into the destination VM1"
     assert got == {"datagrams": written, "csum_errors": 0, "rcvbuf_errors": 0, "lines": written,
                    "good": written, "unique": written}, (got, written)
     with capsys.disabled():
-        print(f"\n[live migration, {iommu or 'no'} iommu] {info.get('total-time')} ms total, downtime {info.get('downtime')} ms; "
+        print(f"\n[{qemu.label}, live migration, {iommu or 'no'} iommu] {info.get('total-time')} ms total, downtime {info.get('downtime')} ms; "
               f"RAM identical on both sides; {len(lost)} earlier attempt(s) abandoned (QEMU lost "
-              f"{[len(p) for p in lost]} pages); sent {count} at {rate} pps, written into VM1 {written} "
+              f"{[len(p) for p in lost]} pages); sent for {sent_s:.1f} s at {rate} pps, written into VM1 {written} "
               f"({at_handover} before the handover), received intact by the guest {got['good']}")
 
 
-def test_vm1_killed_and_restarted(vm2, image61, workdir):
+def test_vm1_killed_and_restarted(vm2, image61, workdir, qemu):
     from tools.guest import Vm1
     first = make_vm1(image61, vm2, workdir / "first", 'ping -c 3 -W 5 "$VM1_PEER" > /tmp/p 2>&1\n'
-                     'marker "ping replies=$(grep -c \'bytes from\' /tmp/p)"\nsleep 3600\n')
+                     'marker "ping replies=$(grep -c \'bytes from\' /tmp/p)"\nsleep 3600\n', qemu)
     try:
         first.start()
         assert int(first.wait_console(r"VM1: ping replies=(\d+)", BOOT_TIMEOUT).group(1)) == 3
@@ -264,7 +253,7 @@ def test_vm1_killed_and_restarted(vm2, image61, workdir):
     assert wait_until(lambda: not vm2.vp.link().up, 10), "the port stayed up after QEMU died"
     assert vm2.fw.running
     rx = 50
-    with make_vm1(image61, vm2, workdir / "second", scenario(rx)) as second:
+    with make_vm1(image61, vm2, workdir / "second", scenario(rx), qemu) as second:
         assert isinstance(second, Vm1)
         second.start()
         exchange(vm2, second, rx)

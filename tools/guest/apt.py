@@ -5,14 +5,14 @@ source list, package lists and download cache all live under one directory.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
+
+from .cache import locked
 
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
@@ -75,16 +75,9 @@ class PrivateApt:
                            f"{p.stderr.strip()[-2000:]}")
         return p.stdout
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> AbstractContextManager[None]:
         """Serialize apt use of this directory across processes."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return locked(self.root / "lock")
 
     def has_lists(self) -> bool:
         """Whether package lists were downloaded before."""

@@ -3,7 +3,8 @@
 `build_image("6.1")` gives bookworm's current kernel, `build_image("6.12")`
 bookworm-backports' (the first with CONFIG_VIRTIO_IOMMU). The initramfs holds
 busybox-static with its applet links, `nc.openbsd` (busybox's nc has no UDP)
-with the few shared libraries it needs, the virtio-net / virtio-iommu / AHCI
+and `ethtool` (queue pairs, per-queue counters) with the few shared libraries
+they need, the virtio-net / virtio-iommu / AHCI
 modules in load order, and the generic /init of `init_script`. Scenarios are a
 second small archive appended to the cached base (`GuestImage.with_scenario`).
 """
@@ -17,8 +18,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from elftools.elf.elffile import ELFFile
 
 from . import cpio
 from .apt import AptError, PrivateApt, compare_versions, extract
+from .cache import build_once, default_cache_dir, newest, prune
 from .init_script import INIT
 from .modules import KernelModules
 
@@ -36,20 +36,20 @@ KERNELS = ("6.1", "6.12")
 WANTED_MODULES = ["scsi_common", "scsi_mod", "libata", "libahci", "ahci",
                   "virtio_pci", "virtio_iommu", "virtio_net"]
 OPTIONAL_MODULES = frozenset({"virtio_iommu"})  # not in 6.1 (CONFIG_VIRTIO_IOMMU off)
-#: User-space packages; nc.openbsd's libraries come from the last three.
-USER_PACKAGES = ["busybox-static", "netcat-openbsd", "libbsd0", "libmd0", "libc6"]
+#: Dynamic programs beside busybox: guest path -> (package, path in it).
+#: nc.openbsd: busybox's nc has no UDP; ethtool: queue pairs (-L) and
+#: per-queue counters (-S) of a multi-queue virtio-net.
+PROGRAMS = {"usr/bin/nc.openbsd": ("netcat-openbsd", "bin/nc.openbsd"),
+            "usr/sbin/ethtool": ("ethtool", "sbin/ethtool")}
+#: Where their shared libraries come from.
+LIB_PACKAGES = ["libbsd0", "libmd0", "libmnl0", "libc6"]
+USER_PACKAGES = ["busybox-static", *sorted({pkg for pkg, _ in PROGRAMS.values()}), *LIB_PACKAGES]
 LIBDIR = "lib/x86_64-linux-gnu"
 INTERP = "ld-linux-x86-64.so.2"
 
 
 class ImageError(RuntimeError):
     """The guest image could not be built."""
-
-
-def default_cache_dir() -> Path:
-    """$VHOSTPCI_CACHE_DIR/guest, else ~/.cache/vhostpci/guest."""
-    env = os.environ.get("VHOSTPCI_CACHE_DIR")
-    return Path(env) / "guest" if env else Path.home() / ".cache" / "vhostpci" / "guest"
 
 
 def _source_hash() -> str:
@@ -155,47 +155,22 @@ def build_image(kernel: str = "6.1", cache_dir: Path | None = None) -> GuestImag
     key = hashlib.sha256(json.dumps([sorted(pins.items()), _source_hash()]).encode()
                          ).hexdigest()[:16]
     final = cache_dir / "images" / f"{kernel}-{key}"
-    if (final / "manifest.json").exists():
-        os.utime(final)  # "recently used", for _prune
-        return GuestImage.load(final)
-    (cache_dir / "images").mkdir(exist_ok=True)
-    lock_apt = PrivateApt(cache_dir / "locks" / key)  # only its lock file is used
-    with lock_apt.locked():
-        if (final / "manifest.json").exists():
-            return GuestImage.load(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".build-{kernel}-", dir=cache_dir))
-        try:
-            _log(f"building the {kernel} guest ({kpkg} {kver}) in {tmp}")
-            with apt.locked():
-                debs = apt.download(pins, tmp / "debs")
-            out = tmp / "image"
-            _build(kernel, pins, debs, tmp / "x", out)
-            try:
-                os.rename(out, final)
-            except OSError:
-                if not (final / "manifest.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    _log(f"guest {kernel} cached in {final}")
-    _prune(cache_dir, kernel, keep=final)
+
+    def build(scratch: Path, out: Path) -> None:
+        _log(f"building the {kernel} guest ({kpkg} {kver}) in {scratch}")
+        with apt.locked():
+            debs = apt.download(pins, scratch / "debs")
+        _build(kernel, pins, debs, scratch / "x", out)
+
+    if build_once(final, build):
+        _log(f"guest {kernel} cached in {final}")
+        prune(cache_dir / "images", f"{kernel}-", keep=final)
     return GuestImage.load(final)
 
 
-def _prune(cache_dir: Path, kernel: str, keep: Path, age: float = 86400.0) -> None:
-    """Remove other KERNEL images unused for AGE seconds (older package versions
-    or builder sources); images just used by another process stay."""
-    now = time.time()
-    for d in (cache_dir / "images").glob(f"{kernel}-*"):
-        if d != keep and now - d.stat().st_mtime > age:
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def _newest_cached(cache_dir: Path, kernel: str) -> GuestImage | None:
-    dirs = [d for d in (cache_dir / "images").glob(f"{kernel}-*") if (d / "manifest.json").exists()]
-    if not dirs:
-        return None
-    return GuestImage.load(max(dirs, key=lambda d: d.stat().st_mtime))
+    found = newest(cache_dir / "images", f"{kernel}-")
+    return GuestImage.load(found) if found else None
 
 
 def _build(kernel: str, pins: dict[str, str], debs: dict[str, Path], xdir: Path,
@@ -217,7 +192,7 @@ def _build(kernel: str, pins: dict[str, str], debs: dict[str, Path], xdir: Path,
     ar.add_chardev("dev/console", 5, 1)
     ar.add_chardev("dev/null", 1, 3, 0o666)
     _add_busybox(ar, roots["busybox-static"] / "bin" / "busybox")
-    _add_nc(ar, roots)
+    _add_programs(ar, roots)
     for m in mods:
         ar.add_file(f"lib/modules/{m.name}.ko", m.data)
     ar.add_file("etc/modules.load", "".join(f"{m.name}\n" for m in mods).encode())
@@ -258,22 +233,24 @@ def _needed(data: bytes) -> tuple[list[str], str | None]:
     return needed, interp.data().rstrip(b"\0").decode() if interp else None
 
 
-def _add_nc(ar: cpio.Archive, roots: dict[str, Path]) -> None:
-    """nc.openbsd at /usr/bin/nc.openbsd plus the shared libraries it needs."""
-    nc = (roots["netcat-openbsd"] / "bin" / "nc.openbsd").read_bytes()
-    ar.add_file("usr/bin/nc.openbsd", nc, 0o755)
+def _add_programs(ar: cpio.Archive, roots: dict[str, Path]) -> None:
+    """The PROGRAMS plus the shared libraries they need (from LIB_PACKAGES)."""
     libs: dict[str, Path] = {}
-    for pkg in ("libbsd0", "libmd0", "libc6"):
+    for pkg in LIB_PACKAGES:
         for p in roots[pkg].rglob("*.so*"):
             libs.setdefault(p.name, p)
-    todo, done = list(_needed(nc)[0]) + [INTERP], set()
+    todo, done = [INTERP], set()
+    for dest, (pkg, src) in PROGRAMS.items():
+        data = (roots[pkg] / src).read_bytes()
+        ar.add_file(dest, data, 0o755)
+        todo += _needed(data)[0]
     while todo:
         name = todo.pop()
         if name in done:
             continue
         done.add(name)
         if name not in libs:
-            raise ImageError(f"nc.openbsd needs {name}, not found in {list(libs)[:20]}...")
+            raise ImageError(f"{' / '.join(PROGRAMS)} need {name}, not found in {list(libs)[:20]}...")
         data = libs[name].resolve().read_bytes()
         ar.add_file(f"{LIBDIR}/{name}", data, 0o755)
         todo += _needed(data)[0]

@@ -32,15 +32,19 @@ nstat() { cat "/sys/class/net/${2:-eth0}/statistics/$1"; }
 snmp() {
     awk -v p="$1:" -v f="$2" '$1 == p { if (!n) { for (i = 2; i <= NF; i++) if ($i == f) c = i; n = 1 } else print $c }' /proc/net/snmp
 }
-# udp_send HOST PORT COUNT [SIZE [SRCPORT]]: COUNT datagrams of SIZE bytes
-# (default 64) from source port SRCPORT (default 40000: a `udp_recv` peer only
-# accepts its first sender's address), one nc.openbsd process each (~10/s
-# under TCG); payload "<seq> " padded with 'x'.
+# udp_send_one HOST PORT SEQ [SIZE [SRCPORT]]: one datagram of SIZE bytes
+# (default 64), payload "<SEQ> " padded with 'x', from source port SRCPORT
+# (default 40000: a `udp_recv` peer only accepts its first sender's address);
+# one nc.openbsd process (~10/s under TCG).
+udp_send_one() {
+    printf '%-*s' "${4:-64}" "$3 " | tr ' ' x | sed "s/^\([0-9]*\)x/\1 /" \
+        | nc.openbsd -u -q0 -w1 -p "${5:-40000}" "$1" "$2" 2>/dev/null
+}
+# udp_send HOST PORT COUNT [SIZE [SRCPORT]]: COUNT datagrams, SEQ 1..COUNT.
 udp_send() {
     _i=1
     while [ "$_i" -le "$3" ]; do
-        printf '%-*s' "${4:-64}" "$_i " | tr ' ' x | sed "s/^\([0-9]*\)x/\1 /" \
-            | nc.openbsd -u -q0 -w1 -p "${5:-40000}" "$1" "$2" 2>/dev/null
+        udp_send_one "$1" "$2" "$_i" "$4" "$5"
         _i=$((_i + 1))
     done
 }

@@ -1,9 +1,10 @@
 """VM1: one QEMU (TCG) process running a guest image over a vhost-user socket.
 
-Recipes and pitfalls (README, "A real VM1"): TCG only; `vectors=0` on
-virtio-net-pci (QEMU 7.2 + TCG + vhost-user + MSI-X segfaults); RAM is a
-shared memfd; with a vIOMMU the NIC sits on a pcie-root-port with
-`iommu_platform=on,ats=on`. Only the PID started here is ever killed.
+Recipes and pitfalls: TCG only; `vectors=0` on virtio-net-pci where MSI-X
+crashes (QEMU 7.2 + TCG + vhost-user, see `qemu_binary.MSIX_FROM`), so a
+multi-queue NIC needs a QEMU with MSI-X (10.0); RAM is a shared memfd; with a
+vIOMMU the NIC sits on a pcie-root-port with `iommu_platform=on,ats=on`.
+Only the PID started here is ever killed.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from typing import Any
 from pmd.units import parse_size
 
 from .image import GuestImage
+from .qemu_binary import QEMU, Qemu, QemuMissing, system_qemu
 from .qmp import Qmp, QmpError
 
-QEMU = "qemu-system-x86_64"
 IOMMUS = (None, "intel", "virtio")
 
 
@@ -45,7 +46,7 @@ class Vm1:
                  initrd: str | Path | None = None, mem: str = "256M",
                  incoming: str | None = None, guest_timeout: int | None = None,
                  append: str = "", extra_args: list[str] | None = None,
-                 interactive: bool = False, qemu: str = QEMU) -> None:
+                 interactive: bool = False, qemu: Qemu | str = QEMU, queues: int = 1) -> None:
         """Configure (nothing runs before `start`).
 
         socket/server: the vhost-user socket; QEMU is the chardev server
@@ -55,17 +56,31 @@ class Vm1:
         guest_timeout become `vm1.ip=`... on the kernel command line. initrd
         defaults to the image's base (use `image.with_scenario`). incoming:
         a migration URI (`unix:/path`) for a destination VM. append: more
-        kernel parameters; extra_args: more QEMU arguments.
+        kernel parameters; extra_args: more QEMU arguments.  qemu: a
+        `Qemu` (`tools.guest.qemu_binary.find_qemu("10.0")`) or a binary on
+        $PATH.  queues: queue pairs of the NIC (`queues=N` on the netdev,
+        `mq=on` and 2N+2 MSI-X vectors on the device; more than one needs a
+        QEMU with MSI-X, `Qemu.msix`).
         """
         if iommu not in IOMMUS:
             raise ValueError(f"iommu must be one of {IOMMUS}, not {iommu!r}")
+        if not isinstance(qemu, Qemu):
+            try:
+                qemu = system_qemu(qemu)
+            except QemuMissing:
+                qemu = Qemu(Path(qemu), "")  # start() says it is missing
+        if queues < 1:
+            raise ValueError(f"queues must be at least 1, not {queues}")
+        if queues > 1 and not qemu.msix:
+            raise ValueError(f"queues={queues}: a multi-queue NIC needs MSI-X, which QEMU {qemu.version} "
+                             "cannot use with vhost-user under TCG (QEMU 10.0 can)")
         if net and socket is None:
             raise ValueError("a vhost-user socket is needed unless net=False")
         self._config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.image, self.socket, self.server, self.net = image, socket, server, net
         self.iommu, self.strict, self.mac, self.mem = iommu, strict, mac, mem
         self.initrd = Path(initrd) if initrd else image.initrd
-        self.incoming, self.interactive, self.qemu = incoming, interactive, qemu
+        self.incoming, self.interactive, self.qemu, self.queues = incoming, interactive, qemu, queues
         self.extra_args = list(extra_args or [])
         params = {"vm1.ip": ip, "vm1.peer": peer, "vm1.peer_mac": peer_mac,
                   "vm1.timeout": guest_timeout}
@@ -105,7 +120,7 @@ class Vm1:
     def command(self) -> list[str]:
         """The QEMU command line."""
         mem = self.mem
-        cmd = [self.qemu, "-name", "vm1", "-machine", "q35,accel=tcg", "-cpu", "max",
+        cmd = [*self.qemu.argv(), "-name", "vm1", "-machine", "q35,accel=tcg", "-cpu", "max",
                "-smp", "1", "-m", mem, "-nodefaults", "-no-user-config",
                "-display", "none", "-no-reboot",
                "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
@@ -126,12 +141,17 @@ class Vm1:
             chardev = f"socket,id=chr0,path={self.socket}"
             if self.server:
                 chardev += ",server=on,wait=off"
-            nic = f"virtio-net-pci,netdev=net0,mac={self.mac},vectors=0"
+            netdev = "vhost-user,id=net0,chardev=chr0"
+            nic = f"virtio-net-pci,netdev=net0,mac={self.mac}"
+            if self.queues > 1:
+                netdev += f",queues={self.queues}"
+                nic += f",mq=on,vectors={2 * self.queues + 2}"
+            elif not self.qemu.msix:
+                nic += ",vectors=0"
             if self.iommu:
                 cmd += ["-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1"]
                 nic += ",bus=rp1,iommu_platform=on,ats=on"
-            cmd += ["-chardev", chardev, "-netdev", "vhost-user,id=net0,chardev=chr0",
-                    "-device", nic]
+            cmd += ["-chardev", chardev, "-netdev", netdev, "-device", nic]
         if self.incoming:
             cmd += ["-incoming", self.incoming]
         return cmd + self.extra_args
@@ -142,14 +162,14 @@ class Vm1:
         """Launch QEMU and connect QMP; raise QemuError (with stderr) if it dies."""
         if self.proc is not None:
             raise QemuError("VM1 already started")
-        if shutil.which(self.qemu) is None:
-            raise QemuError(f"{self.qemu} not found (tools/setup installs qemu-system-x86)")
+        if not self.qemu.version or shutil.which(self.qemu.binary) is None:
+            raise QemuError(f"{self.qemu.binary} not found (tools/setup installs qemu-system-x86)")
         for p in (self.console_path, self.qmp_path):
             p.unlink(missing_ok=True)
         self.console_path.touch()
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                self.command(), stdout=err, stderr=err,
+                self.command(), stdout=err, stderr=err, env=self.qemu.env(),
                 stdin=None if self.interactive else subprocess.DEVNULL,
                 start_new_session=not self.interactive)
         self._qmp = Qmp(self.qmp_path)
