@@ -43,7 +43,7 @@ from .grants import (
 )
 from .region import Region
 from .translate import PERM_RO, PERM_RW, PERM_WO
-from .vmem import PAGE_SIZE, PROT_READ, PROT_WRITE, U64_LIMIT, aligned, map_fd, release, reserve, revoke
+from .vmem import PAGE_SIZE, PROT_READ, PROT_WRITE, U64_LIMIT, aligned, file_size, map_fd, release, reserve, revoke
 
 
 class Window:
@@ -154,6 +154,15 @@ class Window:
             raise ValueError(f"{name}: uaddr + size overflows 64 bits")
         if not self.iommu and gpa + size > self.size:
             raise ValueError(f"{name} ends beyond the window (0x{self.size:x} bytes)")
+        try:
+            fd_size = file_size(fd)  # a partial last page maps (zeros past the end)
+        except OSError as e:
+            raise OSError(e.errno, f"{name}: fd {fd}: {e.strerror}") from None
+        if fd_size >= 0 and mmap_offset + size > -(-fd_size // PAGE_SIZE) * PAGE_SIZE:
+            # mapping it would "work", and the first access to the missing
+            # tail would kill the process with SIGBUS
+            raise ValueError(f"{name} ends beyond its fd (mmap_offset + size = 0x{mmap_offset + size:x}, "
+                             f"the fd has 0x{fd_size:x} bytes)")
         for r in self.regions_list:
             if gpa < r.gpa + r.size and r.gpa < gpa + size:
                 raise ValueError(f"{name} overlaps region gpa=0x{r.gpa:x} size=0x{r.size:x}")

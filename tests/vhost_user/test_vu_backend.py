@@ -276,11 +276,23 @@ def raw_send(sock: socket.socket, request: int, payload: bytes = b"", flags: int
     sock.sendall(struct.pack("=III", request, flags, len(payload) if size is None else size) + payload)
 
 
+def mem_table_short_fd(sock: socket.socket) -> None:
+    """SET_MEM_TABLE, no reply asked: one 2 MiB region over a one-page memfd."""
+    ram = memfd(4096)
+    try:
+        table = m.MemTable([m.MemoryRegion(0, 2 << 20, UADDR, 0)]).pack()
+        import struct
+        socket.send_fds(sock, [struct.pack("=III", F.SET_MEM_TABLE, m.VERSION, len(table)) + table], [ram])
+    finally:
+        os.close(ram)
+
+
 @pytest.mark.parametrize("what, send, reason", [
     ("bad version", lambda s: raw_send(s, F.GET_FEATURES, flags=0x2), "version"),
     ("size mismatch", lambda s: raw_send(s, F.SET_FEATURES, b"\0" * 4), "payload size 4"),
     ("unknown request", lambda s: raw_send(s, 999), "unknown frontend request 999"),
     ("oversized", lambda s: raw_send(s, F.SET_FEATURES, size=1 << 20), "exceeds the maximum"),
+    ("region beyond its fd", lambda s: mem_table_short_fd(s), "ends beyond its fd"),
 ])
 def test_malformed_closes_connection_and_server_accepts_next(served, what, send, reason):
     srv, dev, path = served
