@@ -27,6 +27,12 @@ passed a quiescent point, so lookups made with the old rows are finished --
 know no lcore uses the removed ranges.  Single writer: only the control
 thread calls the mutating methods (no lock here).
 
+Memory that vanishes: a front-end may shrink a region's fd after the table
+was accepted (``add_region`` checks the size with ``fstat`` first).  The
+reservation is guarded (``sigbus.py``): a SIGBUS in it maps a zero page over
+the faulting page instead of killing the process, counts it (``faults``)
+and signals ``set_fault_fd``'s eventfd, so the owner drops that memory.
+
 A port keeps one ``Window`` for its life (kernels hold ``array``): ``reset``
 empties it and switches mode for the next front-end.
 """
@@ -42,6 +48,7 @@ from .grants import (
     G_GPA, G_IOVA, G_LAST, G_OFF, G_PERM, NO_GRANTS, RangeAllocator, grant_array, merge_grants, seq_write, sorted_grants,
 )
 from .region import Region
+from .sigbus import guard
 from .translate import PERM_RO, PERM_RW, PERM_WO
 from .vmem import PAGE_SIZE, PROT_READ, PROT_WRITE, U64_LIMIT, aligned, file_size, map_fd, release, reserve, revoke
 
@@ -79,6 +86,7 @@ class Window:
         self.regions = np.zeros((max_regions, 2), dtype=np.uint64)
         self.region_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
         self.base = reserve(size)
+        self._guard = guard(self.base, size)  # a truncated fd: SIGBUS -> zero page + count (sigbus.py)
         self._closed = False
         self.array = np.frombuffer((ctypes.c_uint8 * size).from_address(self.base),
                                    dtype=np.uint8)
@@ -98,6 +106,18 @@ class Window:
         """``PROT_NONE`` anonymous memory over ``[offset, offset+length)``:
         drops the file mapping, keeps the reservation."""
         revoke(self.base + offset, length)
+
+    def set_fault_fd(self, fd: int) -> None:
+        """The eventfd to signal when a SIGBUS hits the window (a front-end
+        shrank a memory fd it had given us; see ``sigbus.py``)."""
+        self._guard.set_fd(fd)
+
+    @property
+    def faults(self) -> tuple[int, int]:
+        """(SIGBUS faults taken in the window, window offset of the last one);
+        each faulting page now reads zeros until the memory is unmapped."""
+        last = self._guard.last_fault
+        return self._guard.faults, (last - self.base if last else -1)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -368,6 +388,7 @@ class Window:
         self._clear_tables()
         self.array = None
         release(self.base, self.size)
+        self._guard.release()
         self._close_region_fds()
         self.regions_list = []
 

@@ -26,6 +26,7 @@ from ..ethdev import new_stats
 from ..guestmem.translate import translate
 from ..guestmem.views import mem_views
 from ..guestmem.vmem import PAGE_SIZE
+from ..guestmem.sigbus import Guard, guard
 from ..guestmem.window import Window
 from ..vhost_user.device import BackendDevice, HandlerError, VringInfo
 from ..vhost_user.messages import VHOST_F_LOG_ALL, InflightInfo, ProtocolFeature
@@ -98,6 +99,12 @@ class VhostPciDevice(BackendDevice):
         self._log_mapped = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ctl[PORT_WAKE_FD] = self._wake_fd
+        # a SIGBUS in VM1's memory (it shrank a memory fd) wakes the control thread too
+        self.window.set_fault_fd(self._wake_fd)
+        self.inflight.set_fault_fd(self._wake_fd)
+        self._log_guard: Guard | None = None
+        self._log_faults = 0  # faults of earlier logs' guards
+        self._faults_seen = 0
         self.negotiated = 0  # virtio features (SET_FEATURES)
         self._status = 0  # virtio device status (SET_STATUS), 0: not reported
         self._held: set[int] = set()  # rings set up, waiting for DRIVER_OK
@@ -133,11 +140,12 @@ class VhostPciDevice(BackendDevice):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            os.close(self._wake_fd)
-            self.ctl[PORT_WAKE_FD] = -1
             self._kstate = None
-            self.window.close()
+            self._unguard_log()
+            self.window.close()  # no guard writes the wake fd after these
             self.inflight.close()
+            self.ctl[PORT_WAKE_FD] = -1
+            os.close(self._wake_fd)
 
     # ---------------------------------------------------------- negotiation
     def features(self) -> int:
@@ -169,13 +177,21 @@ class VhostPciDevice(BackendDevice):
             self._update_log()
             self.quiesce()
             self.logctl[LOG_ADDR] = self.logctl[LOG_SIZE] = 0
+            self._unguard_log()
             return
         anchor = ctypes.c_char.from_buffer(log)
         self.logctl[LOG_ADDR] = ctypes.addressof(anchor)
         del anchor  # the session owns the mapping; no export may keep it alive
         self.logctl[LOG_SIZE] = len(log)
+        self._log_guard = guard(int(self.logctl[LOG_ADDR]), len(log), self._wake_fd)
         self._log_mapped = True
         self._update_log()
+
+    def _unguard_log(self) -> None:
+        if self._log_guard is not None:
+            self._log_faults += self._log_guard.faults
+            self._log_guard.release()
+            self._log_guard = None
 
     def _update_log(self) -> None:
         on = self._log_all and self._log_mapped
@@ -189,6 +205,7 @@ class VhostPciDevice(BackendDevice):
     def memory_changed(self, window: Window | None) -> None:
         # The kernels hold the window's tables; nothing else to swap.  No
         # memory: the connection is gone or reset, so is the driver status.
+        self._faults_seen = self.memory_faults()  # faults of the old memory are the old session's
         if window is None:
             self._status = 0
             self._held.clear()
@@ -363,6 +380,28 @@ class VhostPciDevice(BackendDevice):
     def wake_fd(self) -> int:
         return self._wake_fd
 
+    def memory_faults(self) -> int:
+        """SIGBUS faults taken in VM1's memory (window, inflight region, dirty log)."""
+        log_faults = self._log_faults + (self._log_guard.faults if self._log_guard is not None else 0)
+        return self.window.faults[0] + self.inflight.faults[0] + log_faults
+
+    def _vanished(self) -> str | None:
+        """Why the session must go if VM1's memory vanished since the last
+        check (a SIGBUS the guard turned into a zero page), else None."""
+        total = self.memory_faults()
+        if total <= self._faults_seen:
+            return None
+        self._faults_seen = total
+        n, offset = self.window.faults
+        where = f" (last at window offset {offset:#x})" if offset >= 0 else ""
+        return (f"VM1's memory vanished under the port: {n} SIGBUS fault(s){where}; the front-end shrank a "
+                "memory fd after its table was accepted")
+
     def service(self, session: BackendSession) -> None:
-        if not self.closed:
-            self.iotlb.service(session)
+        if self.closed:
+            return
+        why = self._vanished()
+        if why is not None:
+            session.close(why, logging.ERROR)  # rings stopped, memory (and the zero pages) unmapped
+            return
+        self.iotlb.service(session)

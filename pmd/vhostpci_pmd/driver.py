@@ -108,6 +108,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         totals = self.device.xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
         out.update(self.device.iotlb.xstats())
+        out["guest_memory_faults"] = self.device.memory_faults()
         return out
 
     def info(self) -> dict:
