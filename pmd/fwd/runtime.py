@@ -236,7 +236,7 @@ class Forwarding:
                 fwd_loop(streams, ctx._replace(cfg=self._cfg(False)), dry)
                 if sleepy:
                     precompile(queues, dry)
-                self._sleepy.add(lcore)
+                    self._sleepy.add(lcore)
             plan.append((lcore, streams, ctx, queues, sleepy))
         self._set_quiesce_hooks()
         for lcore, streams, ctx, queues, sleepy in plan:

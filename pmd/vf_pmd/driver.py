@@ -28,6 +28,7 @@ from ..ethdev import (
 )
 from . import layout as L
 from . import netdev
+from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
 from .burst import VfState
 
 MAX_QUEUES = 16
@@ -219,6 +220,12 @@ class VfDriver(PortDriver):
     def set_link(self, up: bool) -> None:
         """Admin state of the netdev (a VF's link as its guest sees it)."""
         netdev.ip_link_set(self.iface, "up" if up else "down")
+
+    def intr_fds(self, queue: int) -> list[int]:
+        """Rx queue ``queue``'s AF_PACKET socket: readable once the kernel
+        hands a block over (``notify.py``); [] while the port is stopped."""
+        socks = self._rx_socks
+        return [socks[queue].fileno()] if queue < len(socks) else []
 
     def info(self) -> dict:
         a = self.args

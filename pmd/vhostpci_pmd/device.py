@@ -99,6 +99,7 @@ class VhostPciDevice(BackendDevice):
         self._log_mapped = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ctl[PORT_WAKE_FD] = self._wake_fd
+        self._start_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(queues)]
         # a SIGBUS in VM1's memory (it shrank a memory fd) wakes the control thread too
         self.window.set_fault_fd(self._wake_fd)
         self.inflight.set_fault_fd(self._wake_fd)
@@ -146,6 +147,9 @@ class VhostPciDevice(BackendDevice):
             self.inflight.close()
             self.ctl[PORT_WAKE_FD] = -1
             os.close(self._wake_fd)
+            for fd in self._start_fds:
+                os.close(fd)
+            self._start_fds = []
 
     # ---------------------------------------------------------- negotiation
     def features(self) -> int:
@@ -247,7 +251,20 @@ class VhostPciDevice(BackendDevice):
         if held:
             self._held.add(index)  # the driver reports its status: wait for DRIVER_OK
             return
+        self._start(index)
+
+    def _start(self, index: int) -> None:
+        """Publish vring ``index`` to the kernels; a VM1 transmit vring also
+        wakes the lcore sleeping on its rx queue's start fd."""
         store_flag(self.vq[index], VQ_READY, 1)
+        if index % 2:
+            os.eventfd_write(self._start_fds[index // 2], 1)
+
+    def start_fd(self, queue: int) -> int:
+        """The eventfd written when rx queue ``queue``'s vring (VM1's transmit
+        vring 2q+1) starts: what an idle lcore sleeps on while no front-end
+        has started it (``driver.intr_fds``)."""
+        return self._start_fds[queue]
 
     def vring_stopped(self, index: int) -> int:
         self._held.discard(index)
@@ -358,7 +375,7 @@ class VhostPciDevice(BackendDevice):
         self._status = status
         if status & VIRTIO_CONFIG_S_DRIVER_OK:
             for index in sorted(self._held):
-                store_flag(self.vq[index], VQ_READY, 1)
+                self._start(index)
             self._held.clear()
 
     def link_changed(self, up: bool) -> None:

@@ -130,10 +130,17 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
 
     # ------------------------------------------------------- fallback interrupts
     def intr_fds(self, queue: int) -> list[int]:
-        """The eventfd VM1 kicks when it posts on rx queue ``queue``'s ring
-        (its transmit vring 2q+1), or [] if there is none now.  The session
-        owns it and replaces it on reconnect: fetch it before every sleep
-        (and dup it: it may be closed while the lcore sleeps)."""
+        """What wakes an lcore sleeping on rx queue ``queue`` (VM1's transmit
+        vring 2q+1): the eventfd VM1 kicks while the vring runs, the
+        device's start fd while it does not (no front-end, or not started
+        yet: nothing to poll until it starts); [] (keep polling) for a
+        running vring without a kick fd.  The session owns the kick fd and
+        replaces it on reconnect: fetch it before every sleep (and dup it:
+        it may be closed while the lcore sleeps)."""
+        if self.closed:
+            return []
+        if not self.vq[2 * queue + 1, VQ_READY]:
+            return [self.device.start_fd(queue)]
         ring = self._vrings().get(2 * queue + 1)
         fd = ring.kick_fd if ring is not None else -1
         return [fd] if fd >= 0 else []

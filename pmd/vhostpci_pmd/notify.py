@@ -10,6 +10,12 @@ avail_event (``virtio_user_pmd.vq._post``, Linux's virtqueue_kick_prepare):
 either VM1 sees the ring armed and kicks, or we see its new entries here
 and do not sleep.  Without both fences a wake-up can be lost (both fences were needed in testing).
 
+A vring that has not started (no front-end yet) has nothing to arm: the
+lcore sleeps on the device's start fd (``driver.intr_fds``), which the
+control thread writes after it publishes VQ_READY; the arm kernel reads
+VQ_READY after the lcore fetched the fd, so a start in between is seen
+either here or as a readable fd.
+
 Every write into VM1 memory (used flags, avail_event) is logged for
 migration (``vq._log``).
 """
@@ -44,8 +50,12 @@ def _used_offset(st, v):
 @njit(nogil=True, cache=True)
 def vhost_pci_arm(st, q):
     """Ask VM1 to kick rx queue ``q``'s ring; returns the entries pending
-    after the fence (> 0: do not sleep), or -1 if the ring cannot be armed."""
+    after the fence (> 0: do not sleep), 0 for a vring not started (nothing
+    to arm: the device writes the queue's start fd when it starts), or -1
+    if the ring cannot be armed (its used ring is not mapped)."""
     v = 2 * q + 1
+    if load_acquire(st.vq[v], VQ_READY) == 0:
+        return np.int64(0)
     used, avail, num = _used_offset(st, v)
     if used < 0:
         return np.int64(-1)

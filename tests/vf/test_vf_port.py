@@ -348,3 +348,39 @@ def test_complete_partial_l4_checksum_kernel():
     arp[12:14] = (0x08, 0x06)
     assert not complete_partial_l4_checksum(arp, 0, 60)
     assert inet_checksum(np.frombuffer(b"\x45\x00\x00\x1c", np.uint8), 0, 4) == ~(0x4500 + 0x001c) & 0xFFFF
+
+
+def test_idle_lcore_sleeps_with_a_vf_and_a_vhost_pci_port_without_front_end(veth, fwd):
+    """The VM-to-VM demo's layout (net_vf <-> net_vhost_pci on one lcore)
+    before any VM1 connects: nothing to poll, so the lcore sleeps (the VF on
+    its AF_PACKET socket, the vhost-pci port on its start fd) at ~0% CPU,
+    and frames arriving on the VF wake it."""
+    import shutil
+    import tempfile
+
+    from pmd.lcore.control import LC_WAKEUPS
+    from tests.util import thread_cpu_percent, wait_until
+
+    d = tempfile.mkdtemp(prefix="vfidle", dir="/tmp")
+    try:
+        vf = fwd.attach_port(f"net_vf0,iface={veth.host}")
+        vp = fwd.attach_port(f"net_vhost_pci1,path={d}/vp.sock")
+        vf.start()
+        vp.start()
+        fwd.config.mode = "io"
+        fwd.start()
+        assert fwd.sleepy_lcores() == [1]
+        assert wait_until(lambda: fwd.lcores.sleeping(1), 3.0), "the lcore never went to sleep"
+        cpu = thread_cpu_percent(fwd.lcores.thread_id(1), 2.0)
+        ctl = fwd.lcores.ctl(1)
+        wakeups = int(ctl[LC_WAKEUPS])
+        veth.run_peer("send", 50, "128", 1000, 0)
+        assert wait_until(lambda: vf.stats().ipackets >= 50, 3.0), vf.stats()
+        print(f"\n[idle] lcore CPU with net_vf + net_vhost_pci and no VM1: {cpu:.1f}%; "
+              f"wake-ups for 50 frames: {int(ctl[LC_WAKEUPS]) - wakeups}")
+        assert cpu < 5.0, cpu
+        assert int(ctl[LC_WAKEUPS]) > wakeups
+        stats = fwd.stop()
+        assert stats[vf.port_id]["rx"] == 50  # forwarded to a port with no link: counted as dropped there
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
