@@ -22,8 +22,8 @@ Removing memory is RCU-ordered: (a) drop the rows (no new translation returns
 them), (b) ``quiesce()`` -- the caller's wait until every lcore of the port
 passed a quiescent point, so lookups made with the old rows are finished --
 (c) only then revoke the pages (``PROT_NONE``).  ``iotlb_invalidate``,
-``iotlb_update`` (which replaces overlapping grants), ``unmap_all`` and
-``reset`` take that ``quiesce`` callable; without one the caller must already
+``iotlb_update`` (which replaces overlapping grants), ``remove_region``
+(REM_MEM_REG), ``unmap_all`` and ``reset`` take that ``quiesce`` callable; without one the caller must already
 know no lcore uses the removed ranges.  Single writer: only the control
 thread calls the mutating methods (no lock here).
 
@@ -189,8 +189,7 @@ class Window:
             if userspace_addr < r.uaddr + r.size and r.uaddr < userspace_addr + size:
                 raise ValueError(f"{name} overlaps region uaddr=0x{r.uaddr:x} "
                                  f"size=0x{r.size:x}")
-        n = int(self.region_count[0])
-        if n >= len(self.regions):
+        if len(self.regions_list) >= len(self.regions):
             raise ValueError(f"{name}: more than {len(self.regions)} regions")
         region = Region(gpa, size, userspace_addr, mmap_offset)
         if self.iommu:
@@ -198,16 +197,54 @@ class Window:
         else:
             self._map_fd(gpa, size, fd, mmap_offset, PROT_READ | PROT_WRITE, name)
         self.regions_list.append(region)
-        self.regions_list.sort(key=lambda r: r.gpa)
-        rows = np.array([[r.gpa, r.gpa + r.size] for r in self.regions_list], dtype=np.uint64)
-        with seq_write(self.region_count):
-            self.regions[: n + 1] = rows
-            self.region_count[0] = n + 1
+        self._write_regions()
         if not self.iommu:
             self._add_grants([(gpa, gpa + size, gpa, PERM_RW, gpa)])
         return region
 
     map_region = add_region
+
+    def _write_regions(self) -> None:
+        """Rewrite the region rows from ``regions_list`` (seqlock write)."""
+        self.regions_list.sort(key=lambda r: r.gpa)
+        n, old = len(self.regions_list), int(self.region_count[0])
+        with seq_write(self.region_count):
+            for i, r in enumerate(self.regions_list):
+                self.regions[i] = (r.gpa, r.gpa + r.size)
+            self.regions[n:old] = 0
+            self.region_count[0] = n
+
+    def remove_region(self, gpa: int, size: int, userspace_addr: int, *,
+                      quiesce: Callable[[], None] | None = None) -> Region:
+        """Drop one region (REM_MEM_REG: named by gpa, size and uaddr; the
+        mmap offset is ignored) in RCU order: its region row and every
+        translation row into it go first, then ``quiesce()``, then its
+        pages (and, with an IOMMU, the grants made of it) are revoked and
+        our dup of its fd closed.  ValueError if no region matches."""
+        self._check_open()
+        match = [r for r in self.regions_list if (r.gpa, r.size, r.uaddr) == (gpa, size, userspace_addr)]
+        if not match:
+            raise ValueError(f"no memory region gpa=0x{gpa:x} size=0x{size:x} uaddr=0x{userspace_addr:x} to remove "
+                             f"(regions: {', '.join(f'gpa=0x{r.gpa:x} size=0x{r.size:x}' for r in self.regions_list) or 'none'})")
+        region = match[0]
+        g = self._grants
+        hit = np.flatnonzero((g[:, G_GPA] >= np.uint64(gpa)) & (g[:, G_GPA] < np.uint64(gpa + size)))
+        gone = [(int(g[i, G_OFF]), int(g[i, G_LAST]) - int(g[i, G_IOVA]) + 1) for i in hit]
+        # (a) no new lookup finds the region or a translation into it
+        self.regions_list.remove(region)
+        self._write_regions()
+        if len(hit):
+            self._set_grants(np.delete(g, hit, axis=0))
+        if quiesce is not None:
+            quiesce()  # (b) lookups made with the old rows are finished
+        for woff, n in gone:  # (c) revoke
+            self._revoke(woff, n)
+            if woff >= self.identity_limit:
+                self._compact.free(woff, n)
+        if region.fd >= 0:
+            os.close(region.fd)
+            region.fd = -1
+        return region
 
     def uaddr_to_gpa(self, uaddr: int, length: int = 1) -> int:
         """QEMU virtual address (vring addresses without an IOMMU) -> GPA,

@@ -37,7 +37,7 @@ __all__ = ["BackendServer"]
 log = logging.getLogger(__name__)
 
 # BackendDevice calls a standby session may make without taking the port over.
-_READ_ONLY = frozenset({"features", "protocol_features", "num_queues", "get_config"})
+_READ_ONLY = frozenset({"features", "protocol_features", "num_queues", "get_config", "max_mem_slots"})
 
 
 def _listening(path: str) -> bool:

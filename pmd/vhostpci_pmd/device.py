@@ -57,7 +57,10 @@ QUIESCE_TIMEOUT_S = 1.0
 MAX_TRACKED_MBUFS = 1 << 20
 PF = ProtocolFeature
 PROTOCOL_FEATURES = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
-                     | PF.INFLIGHT_SHMFD.mask)
+                     | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask)
+# Memory regions a front-end may hot-add (CONFIGURE_MEM_SLOTS), as QEMU's
+# libvhost-user offers; the window holds a few more rows than that.
+MAX_MEM_SLOTS = 509
 
 
 class VhostPciDevice(BackendDevice):
@@ -163,6 +166,9 @@ class VhostPciDevice(BackendDevice):
 
     def protocol_features(self) -> int:
         return PROTOCOL_FEATURES
+
+    def max_mem_slots(self) -> int:
+        return MAX_MEM_SLOTS
 
     def num_queues(self) -> int:
         return 2 * self.queues
