@@ -169,6 +169,10 @@ class FrontendSession:
     def get_status(self) -> int:
         return self._get(F.GET_STATUS).u64
 
+    def send_rarp(self, mac: bytes) -> None:
+        """SEND_RARP (protocol feature RARP): ask the back-end to announce ``mac``."""
+        self._set(F.SEND_RARP, U64(int.from_bytes(mac[:6], "little")))
+
     # ------------------------------------------------------------ memory
     def set_mem_table(self, memory: MemoryTableSource) -> None:
         regions, fds = memory.regions_for_mem_table()

@@ -40,7 +40,7 @@ from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from .inflight import RESUB_DELIVERED, queue_area, recover
 from .iotlb import IotlbMisses
 from .state import (
-    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_WAKE_FD, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN,
+    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN,
     VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PENDING,
     VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
@@ -57,7 +57,7 @@ QUIESCE_TIMEOUT_S = 1.0
 MAX_TRACKED_MBUFS = 1 << 20
 PF = ProtocolFeature
 PROTOCOL_FEATURES = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
-                     | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask)
+                     | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask | PF.RARP.mask)
 # Memory regions a front-end may hot-add (CONFIGURE_MEM_SLOTS), as QEMU's
 # libvhost-user offers; the window holds a few more rows than that.
 MAX_MEM_SLOTS = 509
@@ -102,7 +102,8 @@ class VhostPciDevice(BackendDevice):
         self._log_mapped = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ctl[PORT_WAKE_FD] = self._wake_fd
-        self._start_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(queues)]
+        self.ctl[PORT_RARP_REQ] = self.ctl[PORT_RARP_DONE] = self.ctl[PORT_RARP_MAC] = 0
+        self._rxq_wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(queues)]
         # a SIGBUS in VM1's memory (it shrank a memory fd) wakes the control thread too
         self.window.set_fault_fd(self._wake_fd)
         self.inflight.set_fault_fd(self._wake_fd)
@@ -150,9 +151,9 @@ class VhostPciDevice(BackendDevice):
             self.inflight.close()
             self.ctl[PORT_WAKE_FD] = -1
             os.close(self._wake_fd)
-            for fd in self._start_fds:
+            for fd in self._rxq_wake_fds:
                 os.close(fd)
-            self._start_fds = []
+            self._rxq_wake_fds = []
 
     # ---------------------------------------------------------- negotiation
     def features(self) -> int:
@@ -169,6 +170,18 @@ class VhostPciDevice(BackendDevice):
 
     def max_mem_slots(self) -> int:
         return MAX_MEM_SLOTS
+
+    def send_rarp(self, mac: bytes) -> None:
+        """SEND_RARP (VM1 migrated): the lcore polling rx queue 0 hands a
+        RARP frame for ``mac`` to the forwarding engine (``announce.py``)."""
+        self.ctl[PORT_RARP_MAC] = int.from_bytes(mac[:6], "little")
+        store_flag(self.ctl, PORT_RARP_REQ, int(self.ctl[PORT_RARP_REQ]) + 1)
+        os.eventfd_write(self._rxq_wake_fds[0], 1)  # a sleeping lcore hands it out now
+        log.info("%s: SEND_RARP: announcing %s", self.name, ":".join(f"{b:02x}" for b in mac[:6]))
+
+    def announcements(self) -> tuple[int, int]:
+        """(RARP frames handed out, SEND_RARP requests received)."""
+        return int(self.ctl[PORT_RARP_DONE]), int(self.ctl[PORT_RARP_REQ])
 
     def num_queues(self) -> int:
         return 2 * self.queues
@@ -261,16 +274,16 @@ class VhostPciDevice(BackendDevice):
 
     def _start(self, index: int) -> None:
         """Publish vring ``index`` to the kernels; a VM1 transmit vring also
-        wakes the lcore sleeping on its rx queue's start fd."""
+        wakes the lcore sleeping on its rx queue's wake-up eventfd."""
         store_flag(self.vq[index], VQ_READY, 1)
         if index % 2:
-            os.eventfd_write(self._start_fds[index // 2], 1)
+            os.eventfd_write(self._rxq_wake_fds[index // 2], 1)
 
-    def start_fd(self, queue: int) -> int:
-        """The eventfd written when rx queue ``queue``'s vring (VM1's transmit
-        vring 2q+1) starts: what an idle lcore sleeps on while no front-end
-        has started it (``driver.intr_fds``)."""
-        return self._start_fds[queue]
+    def wake_fd_of(self, queue: int) -> int:
+        """The eventfd that wakes an lcore sleeping on rx queue ``queue``
+        (``driver.intr_fds``): written when its vring (VM1's transmit vring
+        2q+1) starts, and, for queue 0, when a RARP announcement is owed."""
+        return self._rxq_wake_fds[queue]
 
     def vring_stopped(self, index: int) -> int:
         self._held.discard(index)

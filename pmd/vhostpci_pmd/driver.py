@@ -23,7 +23,7 @@ from ..vhost_user.device import VringInfo
 from ..vhost_user.server import BackendServer
 from ..virtio.features import VIRTIO_F_IOMMU_PLATFORM, has
 from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
-from . import txhold  # noqa: F401  (registers the burst kernels)
+from . import announce  # noqa: F401  (registers the burst kernels: announce.rx, txhold.tx)
 from .device import VhostPciDevice
 from .state import VQ_READY, XSTAT_NAMES, VhostPciState
 
@@ -109,6 +109,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
         out.update(self.device.iotlb.xstats())
         out["guest_memory_faults"] = self.device.memory_faults()
+        out["rarp_announcements"], out["rarp_requests"] = self.device.announcements()
         return out
 
     def info(self) -> dict:
@@ -131,16 +132,17 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
     # ------------------------------------------------------- fallback interrupts
     def intr_fds(self, queue: int) -> list[int]:
         """What wakes an lcore sleeping on rx queue ``queue`` (VM1's transmit
-        vring 2q+1): the eventfd VM1 kicks while the vring runs, the
-        device's start fd while it does not (no front-end, or not started
-        yet: nothing to poll until it starts); [] (keep polling) for a
-        running vring without a kick fd.  The session owns the kick fd and
-        replaces it on reconnect: fetch it before every sleep (and dup it:
-        it may be closed while the lcore sleeps)."""
+        vring 2q+1): the queue's wake-up eventfd (``device.wake_fd_of``:
+        written when the vring starts and when a RARP announcement is owed),
+        plus the eventfd VM1 kicks while the vring runs; [] (keep polling)
+        for a running vring without a kick fd.  The session owns the kick fd
+        and replaces it on reconnect: fetch it before every sleep (and dup
+        it: it may be closed while the lcore sleeps)."""
         if self.closed:
             return []
+        wake = self.device.wake_fd_of(queue)
         if not self.vq[2 * queue + 1, VQ_READY]:
-            return [self.device.start_fd(queue)]
+            return [wake]
         ring = self._vrings().get(2 * queue + 1)
         fd = ring.kick_fd if ring is not None else -1
-        return [fd] if fd >= 0 else []
+        return [fd, wake] if fd >= 0 else []

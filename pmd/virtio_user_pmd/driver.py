@@ -65,7 +65,7 @@ BUF_STRIDE = {"off": 2048, "static": 2048, "buffers": PAGE_SIZE, "transient": PA
 MAX_QUEUE_PAIRS = 16
 PF = ProtocolFeature
 WANT_PROTOCOL = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
-                 | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask)
+                 | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask | PF.RARP.mask)
 VIEW_SIZE = 1 << 40  # our own RAM seen at offset = GPA, room for hot-added regions
 STATUS_DRIVER_OK = 1 | 2 | 8 | 4  # ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
 POLL_S = 0.1
@@ -493,6 +493,15 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             except Exception as e:  # handed back to the caller
                 box[:] = [False, e]
             done.set()
+
+    def announce(self) -> None:
+        """SEND_RARP with our MAC, as QEMU does after a migration when the
+        guest cannot announce itself; PortError if the back-end lacks RARP."""
+        def send(s: FrontendSession) -> None:
+            if not s.protocol_features & PF.RARP.mask:
+                raise PortError(f"{self.name}: the back-end does not support SEND_RARP")
+            s.send_rarp(self.mac())
+        self.run_in_control(send)
 
     # ------------------------------------------------------- memory hotplug
     def add_memory(self, gpa: int, size: int) -> None:

@@ -384,3 +384,41 @@ def test_idle_lcore_sleeps_with_a_vf_and_a_vhost_pci_port_without_front_end(veth
         assert stats[vf.port_id]["rx"] == 50  # forwarded to a port with no link: counted as dropped there
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_send_rarp_announces_vm1_out_of_the_vf(veth, fwd):
+    """After a migration VM1's front-end sends SEND_RARP: the port hands a
+    RARP broadcast for VM1's MAC to the forwarding engine, which carries it
+    out of the VF into the network (here: the namespace), counted in xstats."""
+    import shutil
+    import tempfile
+
+    from pmd.vhostpci_pmd.announce import rarp_frame
+    from pmd.vhost_user.messages import FrontendReq
+    from tests.util import wait_until
+
+    d = tempfile.mkdtemp(prefix="vfrarp", dir="/tmp")
+    vm1 = None
+    try:
+        vp = fwd.attach_port(f"net_vhost_pci0,path={d}/vp.sock")
+        vf = fwd.attach_port(f"net_vf1,iface={veth.host}")
+        vp.start()
+        vf.start()
+        fwd.config.mode = "io"
+        fwd.start()
+        vm1 = Port(9, parse_vdev(f"net_virtio_user9,path={d}/vp.sock"))
+        vm1.start()
+        assert vm1.driver.wait_link(True, 10)
+        peer = veth.start_peer("recvtype", "8035", 2, 10)
+        vm1.driver.announce()
+        vm1.driver.announce()  # QEMU announces a few times
+        got = veth.peer_result(peer)["packets"]
+        assert got == [rarp_frame(vm1.mac()).hex()] * 2, got
+        xs = vp.driver.xstats()
+        assert (xs["rarp_announcements"], xs["rarp_requests"]) == (2, 2), xs
+        assert FrontendReq.SEND_RARP in vp.driver.server.session.history
+        assert wait_until(lambda: vf.stats().opackets >= 2, 2.0)
+    finally:
+        if vm1 is not None:
+            vm1.close()
+        shutil.rmtree(d, ignore_errors=True)

@@ -243,7 +243,7 @@ def lcore_cpu_percent(fwd, seconds: float) -> float:
 
 def test_no_front_end_lcore_sleeps_until_a_vring_starts(fwd, vm1):
     """No VM1 connected: the lcore polling the port sleeps on the device's
-    start fd (~0% CPU instead of a core); VM1 connecting wakes it and traffic
+    rx queue's wake-up eventfd (~0% CPU instead of a core); VM1 connecting wakes it and traffic
     flows; VM1 gone, it sleeps again."""
     path, port, pool = vm1
     vp = fwd.attach_port(f"net_vhost_pci0,path={path}")
