@@ -1,4 +1,5 @@
 """vhostpci-fwd as a user runs it: figures printed, clean SIGINT, bad input."""
+import os
 import re
 import signal
 import subprocess
@@ -102,3 +103,21 @@ def test_sigint_during_start_is_honoured():
     else:  # the start won the race: stopped at once, no Mpps over ~0 s
         elapsed = float(re.search(r"Stopped after ([0-9.]+) s", out).group(1))
         assert "Mpps rx" not in out or elapsed >= 0.1, out
+
+
+def test_vhost_pci_socket_someone_listens_on_exits_1(tmp_path):
+    """Both apps refuse a server-mode socket a live process listens on (one
+    line, exit 1) and leave that process's socket in place."""
+    import socket
+
+    path = str(tmp_path / "taken.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(path)
+        s.listen(4)
+        for cmd in (FWD, [sys.executable, "-m", "apps.testpmd"]):
+            out = subprocess.run(cmd + ["-l", "0-1", "--vdev", f"net_vhost_pci0,path={path}"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+            assert out.returncode == 1, (cmd, out.returncode, out.stderr)
+            err = out.stderr.strip().splitlines()
+            assert len(err) == 1 and f"another process is listening on {path}" in err[0], out.stderr
+            assert os.path.exists(path)

@@ -35,3 +35,19 @@ def qemu_or_skip(series: str):
     if isinstance(found, str):
         pytest.skip(f"QEMU {series}: {found}")
     return found
+
+
+def thread_cpu_percent(tid: int, seconds: float) -> float:
+    """CPU use (user + system) of this process's thread ``tid`` over
+    ``seconds`` of wall time, in % of one CPU (psutil)."""
+    import psutil
+
+    proc = psutil.Process()
+
+    def cpu() -> float:
+        t = next(t for t in proc.threads() if t.id == tid)
+        return t.user_time + t.system_time
+
+    c0, w0 = cpu(), time.monotonic()
+    time.sleep(seconds)
+    return 100.0 * (cpu() - c0) / (time.monotonic() - w0)

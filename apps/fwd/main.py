@@ -62,9 +62,10 @@ def format_line(port_id: int, name: str, st: dict, rx_pps: float, tx_pps: float)
     )
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 2) -> int:
+    """One line on stderr; 2 for bad input (options, devargs), 1 when a port cannot start."""
     print(f"vhostpci-fwd: error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 def _summary(fwd: dict[int, dict[str, int]], elapsed: float) -> list[str]:
@@ -95,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with stop.interruptible():
                 fw = forwarding_from_eal(eal, args.total_num_mbufs)
-        except (PortError, ValueError) as e:
+        except ValueError as e:  # DevargError too
             return _fail(str(e))
+        except PortError as e:
+            return _fail(str(e), 1)
         except KeyboardInterrupt:
             print("Interrupted before forwarding started.")
             return 130

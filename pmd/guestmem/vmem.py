@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 
 from ..units import PAGE_SIZE
 
@@ -50,6 +51,13 @@ def sys_mmap(addr: int | None, length: int, prot: int, flags: int, fd: int, offs
 def aligned(x: int) -> bool:
     """True if ``x`` is a multiple of the page size."""
     return x % PAGE_SIZE == 0
+
+
+def file_size(fd: int) -> int:
+    """The size of the regular file (memfd, tmpfs, hugetlbfs) behind ``fd``,
+    -1 for anything without one (a device node); OSError if ``fd`` is not open."""
+    st = os.fstat(fd)
+    return st.st_size if stat.S_ISREG(st.st_mode) else -1
 
 
 def reserve(size: int) -> int:

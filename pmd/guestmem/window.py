@@ -22,10 +22,16 @@ Removing memory is RCU-ordered: (a) drop the rows (no new translation returns
 them), (b) ``quiesce()`` -- the caller's wait until every lcore of the port
 passed a quiescent point, so lookups made with the old rows are finished --
 (c) only then revoke the pages (``PROT_NONE``).  ``iotlb_invalidate``,
-``iotlb_update`` (which replaces overlapping grants), ``unmap_all`` and
-``reset`` take that ``quiesce`` callable; without one the caller must already
+``iotlb_update`` (which replaces overlapping grants), ``remove_region``
+(REM_MEM_REG), ``unmap_all`` and ``reset`` take that ``quiesce`` callable; without one the caller must already
 know no lcore uses the removed ranges.  Single writer: only the control
 thread calls the mutating methods (no lock here).
+
+Memory that vanishes: a front-end may shrink a region's fd after the table
+was accepted (``add_region`` checks the size with ``fstat`` first).  The
+reservation is guarded (``sigbus.py``): a SIGBUS in it maps a zero page over
+the faulting page instead of killing the process, counts it (``faults``)
+and signals ``set_fault_fd``'s eventfd, so the owner drops that memory.
 
 A port keeps one ``Window`` for its life (kernels hold ``array``): ``reset``
 empties it and switches mode for the next front-end.
@@ -42,8 +48,9 @@ from .grants import (
     G_GPA, G_IOVA, G_LAST, G_OFF, G_PERM, NO_GRANTS, RangeAllocator, grant_array, merge_grants, seq_write, sorted_grants,
 )
 from .region import Region
+from .sigbus import guard
 from .translate import PERM_RO, PERM_RW, PERM_WO
-from .vmem import PAGE_SIZE, PROT_READ, PROT_WRITE, U64_LIMIT, aligned, map_fd, release, reserve, revoke
+from .vmem import PAGE_SIZE, PROT_READ, PROT_WRITE, U64_LIMIT, aligned, file_size, map_fd, release, reserve, revoke
 
 
 class Window:
@@ -79,6 +86,7 @@ class Window:
         self.regions = np.zeros((max_regions, 2), dtype=np.uint64)
         self.region_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
         self.base = reserve(size)
+        self._guard = guard(self.base, size)  # a truncated fd: SIGBUS -> zero page + count (sigbus.py)
         self._closed = False
         self.array = np.frombuffer((ctypes.c_uint8 * size).from_address(self.base),
                                    dtype=np.uint8)
@@ -98,6 +106,18 @@ class Window:
         """``PROT_NONE`` anonymous memory over ``[offset, offset+length)``:
         drops the file mapping, keeps the reservation."""
         revoke(self.base + offset, length)
+
+    def set_fault_fd(self, fd: int) -> None:
+        """The eventfd to signal when a SIGBUS hits the window (a front-end
+        shrank a memory fd it had given us; see ``sigbus.py``)."""
+        self._guard.set_fd(fd)
+
+    @property
+    def faults(self) -> tuple[int, int]:
+        """(SIGBUS faults taken in the window, window offset of the last one);
+        each faulting page now reads zeros until the memory is unmapped."""
+        last = self._guard.last_fault
+        return self._guard.faults, (last - self.base if last else -1)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -154,14 +174,22 @@ class Window:
             raise ValueError(f"{name}: uaddr + size overflows 64 bits")
         if not self.iommu and gpa + size > self.size:
             raise ValueError(f"{name} ends beyond the window (0x{self.size:x} bytes)")
+        try:
+            fd_size = file_size(fd)  # a partial last page maps (zeros past the end)
+        except OSError as e:
+            raise OSError(e.errno, f"{name}: fd {fd}: {e.strerror}") from None
+        if fd_size >= 0 and mmap_offset + size > -(-fd_size // PAGE_SIZE) * PAGE_SIZE:
+            # mapping it would "work", and the first access to the missing
+            # tail would kill the process with SIGBUS
+            raise ValueError(f"{name} ends beyond its fd (mmap_offset + size = 0x{mmap_offset + size:x}, "
+                             f"the fd has 0x{fd_size:x} bytes)")
         for r in self.regions_list:
             if gpa < r.gpa + r.size and r.gpa < gpa + size:
                 raise ValueError(f"{name} overlaps region gpa=0x{r.gpa:x} size=0x{r.size:x}")
             if userspace_addr < r.uaddr + r.size and r.uaddr < userspace_addr + size:
                 raise ValueError(f"{name} overlaps region uaddr=0x{r.uaddr:x} "
                                  f"size=0x{r.size:x}")
-        n = int(self.region_count[0])
-        if n >= len(self.regions):
+        if len(self.regions_list) >= len(self.regions):
             raise ValueError(f"{name}: more than {len(self.regions)} regions")
         region = Region(gpa, size, userspace_addr, mmap_offset)
         if self.iommu:
@@ -169,16 +197,54 @@ class Window:
         else:
             self._map_fd(gpa, size, fd, mmap_offset, PROT_READ | PROT_WRITE, name)
         self.regions_list.append(region)
-        self.regions_list.sort(key=lambda r: r.gpa)
-        rows = np.array([[r.gpa, r.gpa + r.size] for r in self.regions_list], dtype=np.uint64)
-        with seq_write(self.region_count):
-            self.regions[: n + 1] = rows
-            self.region_count[0] = n + 1
+        self._write_regions()
         if not self.iommu:
             self._add_grants([(gpa, gpa + size, gpa, PERM_RW, gpa)])
         return region
 
     map_region = add_region
+
+    def _write_regions(self) -> None:
+        """Rewrite the region rows from ``regions_list`` (seqlock write)."""
+        self.regions_list.sort(key=lambda r: r.gpa)
+        n, old = len(self.regions_list), int(self.region_count[0])
+        with seq_write(self.region_count):
+            for i, r in enumerate(self.regions_list):
+                self.regions[i] = (r.gpa, r.gpa + r.size)
+            self.regions[n:old] = 0
+            self.region_count[0] = n
+
+    def remove_region(self, gpa: int, size: int, userspace_addr: int, *,
+                      quiesce: Callable[[], None] | None = None) -> Region:
+        """Drop one region (REM_MEM_REG: named by gpa, size and uaddr; the
+        mmap offset is ignored) in RCU order: its region row and every
+        translation row into it go first, then ``quiesce()``, then its
+        pages (and, with an IOMMU, the grants made of it) are revoked and
+        our dup of its fd closed.  ValueError if no region matches."""
+        self._check_open()
+        match = [r for r in self.regions_list if (r.gpa, r.size, r.uaddr) == (gpa, size, userspace_addr)]
+        if not match:
+            raise ValueError(f"no memory region gpa=0x{gpa:x} size=0x{size:x} uaddr=0x{userspace_addr:x} to remove "
+                             f"(regions: {', '.join(f'gpa=0x{r.gpa:x} size=0x{r.size:x}' for r in self.regions_list) or 'none'})")
+        region = match[0]
+        g = self._grants
+        hit = np.flatnonzero((g[:, G_GPA] >= np.uint64(gpa)) & (g[:, G_GPA] < np.uint64(gpa + size)))
+        gone = [(int(g[i, G_OFF]), int(g[i, G_LAST]) - int(g[i, G_IOVA]) + 1) for i in hit]
+        # (a) no new lookup finds the region or a translation into it
+        self.regions_list.remove(region)
+        self._write_regions()
+        if len(hit):
+            self._set_grants(np.delete(g, hit, axis=0))
+        if quiesce is not None:
+            quiesce()  # (b) lookups made with the old rows are finished
+        for woff, n in gone:  # (c) revoke
+            self._revoke(woff, n)
+            if woff >= self.identity_limit:
+                self._compact.free(woff, n)
+        if region.fd >= 0:
+            os.close(region.fd)
+            region.fd = -1
+        return region
 
     def uaddr_to_gpa(self, uaddr: int, length: int = 1) -> int:
         """QEMU virtual address (vring addresses without an IOMMU) -> GPA,
@@ -359,6 +425,7 @@ class Window:
         self._clear_tables()
         self.array = None
         release(self.base, self.size)
+        self._guard.release()
         self._close_region_fds()
         self.regions_list = []
 

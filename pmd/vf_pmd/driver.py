@@ -29,6 +29,7 @@ from ..netdev_port import NetdevPortDriver
 from ..ringarea import RingArea
 from . import layout as L
 from . import netdev
+from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
 from .burst import VfState
 
 MAX_QUEUES = 16
@@ -166,6 +167,12 @@ class VfDriver(NetdevPortDriver):
     def xstats(self) -> dict[str, int]:
         totals = self._xstats.sum(axis=0)
         return {name: int(totals[k]) for k, name in enumerate(L.X_NAMES)}
+
+    def intr_fds(self, queue: int) -> list[int]:
+        """Rx queue ``queue``'s AF_PACKET socket: readable once the kernel
+        hands a block over (``notify.py``); [] while the port is stopped."""
+        socks = self._rx_socks
+        return [socks[queue].fileno()] if queue < len(socks) else []
 
     def info(self) -> dict:
         a = self.args

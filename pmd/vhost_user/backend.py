@@ -55,6 +55,7 @@ from .messages import (
     MemTable,
     Payload,
     ProtocolFeature,
+    SingleMemoryRegion,
     U64,
     VringAddr,
     VringFd,
@@ -158,6 +159,9 @@ class BackendSession:
             F.SET_CONFIG: self._set_config,
             F.GET_INFLIGHT_FD: self._get_inflight_fd,
             F.SET_INFLIGHT_FD: self._set_inflight_fd,
+            F.GET_MAX_MEM_SLOTS: self._get_max_mem_slots,
+            F.ADD_MEM_REG: self._add_mem_reg,
+            F.REM_MEM_REG: self._rem_mem_reg,
             F.SET_STATUS: self._set_status,
             F.GET_STATUS: self._get_status,
         }
@@ -437,6 +441,43 @@ class BackendSession:
             self.window.unmap_all(quiesce=quiesce)  # regions added so far may be in use
             self.device.memory_changed(self.window)
             raise HandlerError(f"memory table refused, no memory mapped: {e}") from None
+        self.device.memory_changed(self.window)
+
+    # CONFIGURE_MEM_SLOTS: regions one at a time, removal in RCU order as for a table
+    def _get_max_mem_slots(self, msg: Message) -> Payload:
+        n = self.device.max_mem_slots()
+        if n <= 0:
+            raise HandlerError("the device does not support CONFIGURE_MEM_SLOTS")
+        return U64(n)
+
+    def _add_mem_reg(self, msg: Message) -> None:
+        reg = msg.decode()
+        assert isinstance(reg, SingleMemoryRegion)
+        r = reg.region
+        iommu = self.iommu
+        if self.window is None or self.window.iommu != iommu:
+            if self.window is not None:
+                self._drop_memory("ADD_MEM_REG")
+            new = self.device.memory(iommu)
+            new.reset(iommu, quiesce=self._quiescer("ADD_MEM_REG"))
+            self.window = new
+        try:
+            self.window.add_region(msg.fds[0], r.guest_phys_addr, r.memory_size, r.mmap_offset, r.userspace_addr)
+        except (ValueError, OSError) as e:
+            raise HandlerError(f"memory region refused, nothing mapped: {e}") from None
+        self.device.memory_changed(self.window)
+
+    def _rem_mem_reg(self, msg: Message) -> None:
+        reg = msg.decode()  # a stray fd (allowed by the spec) is closed with the message
+        assert isinstance(reg, SingleMemoryRegion)
+        r = reg.region
+        if self.window is None:
+            raise HandlerError("REM_MEM_REG with no memory mapped")
+        try:
+            self.window.remove_region(r.guest_phys_addr, r.memory_size, r.userspace_addr,
+                                      quiesce=self._quiescer("REM_MEM_REG"))
+        except ValueError as e:
+            raise HandlerError(str(e)) from None
         self.device.memory_changed(self.window)
 
     def _iotlb_msg(self, msg: Message) -> Payload:

@@ -83,6 +83,10 @@ class GuestMemory(Protocol):
     def add_region(self, fd: int, gpa: int, size: int, mmap_offset: int, userspace_addr: int) -> object:
         """Register one memory-table region (``fd`` stays the caller's); ValueError/OSError if refused."""
 
+    def remove_region(self, gpa: int, size: int, userspace_addr: int, *,
+                      quiesce: Callable[[], None] | None = None) -> object:
+        """Drop one region (REM_MEM_REG) in RCU order; ValueError if there is none such."""
+
     def unmap_all(self, *, quiesce: Callable[[], None] | None = None) -> None:
         """Drop every region and grant (memory is gone)."""
 
@@ -140,8 +144,16 @@ class BackendDevice:
         closes it.  Default: the device maps no guest memory (refused)."""
         raise HandlerError("the device maps no guest memory")
 
+    def max_mem_slots(self) -> int:
+        """Memory regions the device can hold (GET_MAX_MEM_SLOTS; with
+        CONFIGURE_MEM_SLOTS offered, the front-end adds and removes them one
+        at a time, ADD_MEM_REG / REM_MEM_REG).  Default: 0 (not supported:
+        GET_MAX_MEM_SLOTS is refused)."""
+        return 0
+
     def memory_changed(self, memory: GuestMemory | None) -> None:
-        """A new memory table is in ``memory`` (None: memory is gone).  Default: ignored."""
+        """``memory`` holds a new table, or a region was added to or removed
+        from it (None: memory is gone).  Default: ignored."""
 
     def iotlb_updated(self, iova: int, size: int) -> None:
         """An IOTLB UPDATE was mapped (retry what waited for it).  Default: ignored."""

@@ -36,6 +36,7 @@ from .messages import (
     MemTable,
     Payload,
     ProtocolFeature,
+    SingleMemoryRegion,
     U64,
     VringAddr,
     VringFd,
@@ -168,10 +169,40 @@ class FrontendSession:
     def get_status(self) -> int:
         return self._get(F.GET_STATUS).u64
 
+    def send_rarp(self, mac: bytes) -> None:
+        """SEND_RARP (protocol feature RARP): ask the back-end to announce ``mac``."""
+        self._set(F.SEND_RARP, U64(int.from_bytes(mac[:6], "little")))
+
     # ------------------------------------------------------------ memory
     def set_mem_table(self, memory: MemoryTableSource) -> None:
         regions, fds = memory.regions_for_mem_table()
         self._set(F.SET_MEM_TABLE, MemTable(regions), fds)
+
+    def send_memory(self, memory: MemoryTableSource) -> None:
+        """All of ``memory`` to the back-end: one ADD_MEM_REG per region when
+        CONFIGURE_MEM_SLOTS is negotiated (as QEMU does; more than
+        SET_MEM_TABLE's 8 regions fit, up to GET_MAX_MEM_SLOTS), else
+        SET_MEM_TABLE."""
+        regions, fds = memory.regions_for_mem_table()
+        if not self.protocol_features & ProtocolFeature.CONFIGURE_MEM_SLOTS.mask:
+            self._set(F.SET_MEM_TABLE, MemTable(regions), fds)
+            return
+        slots = self.get_max_mem_slots()
+        if len(regions) > slots:
+            raise FrontendError(f"{len(regions)} memory regions, the back-end takes at most {slots}")
+        for region, fd in zip(regions, fds):
+            self.add_mem_reg(region, fd)
+
+    def get_max_mem_slots(self) -> int:
+        return self._get(F.GET_MAX_MEM_SLOTS).u64
+
+    def add_mem_reg(self, region: MemoryRegion, fd: int) -> None:
+        """Hot-add one region (CONFIGURE_MEM_SLOTS); ``fd`` stays ours."""
+        self._set(F.ADD_MEM_REG, SingleMemoryRegion(region), [fd])
+
+    def rem_mem_reg(self, region: MemoryRegion) -> None:
+        """Hot-remove one region (named by gpa, size and uaddr), no fd."""
+        self._set(F.REM_MEM_REG, SingleMemoryRegion(region))
 
     def set_log_base(self, fd: int, size: int, offset: int = 0) -> None:
         """Hand the back-end the dirty log (``size`` bytes of ``fd`` from

@@ -18,6 +18,7 @@ starts them.  A third connection while a standby waits is refused.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -36,7 +37,25 @@ __all__ = ["BackendServer"]
 log = logging.getLogger(__name__)
 
 # BackendDevice calls a standby session may make without taking the port over.
-_READ_ONLY = frozenset({"features", "protocol_features", "num_queues", "get_config"})
+_READ_ONLY = frozenset({"features", "protocol_features", "num_queues", "get_config", "max_mem_slots"})
+
+
+def _listening(path: str) -> bool:
+    """True if a process accepts connections on the unix socket ``path``
+    (connect succeeds; a stale socket file refuses with ECONNREFUSED)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except TimeoutError:  # alive, too busy to accept within the second
+        return True
+    except OSError as e:  # EAGAIN: its backlog is full, so it is alive; anything else: not a listener
+        return e.errno in (errno.EAGAIN, errno.ETIMEDOUT)
+    finally:
+        probe.close()
+    return True
 
 
 class _StandbyDevice:
@@ -66,7 +85,8 @@ class _StandbyDevice:
 class BackendServer:
     """Serves a device's front-end on ``path`` from a control thread.
 
-    ``client=False``: listen on ``path`` (a stale socket file is unlinked);
+    ``client=False``: listen on ``path`` (a stale socket file is unlinked;
+    one a live process listens on is refused: ``FileExistsError``);
     one live session at a time plus at most one standby (see the module
     docstring).  ``client=True``: connect to ``path``, retrying with back-off
     (0.1 s doubling to 1 s), and reconnect the same way after a disconnect.
@@ -166,7 +186,10 @@ class BackendServer:
         else:
             if not stat.S_ISSOCK(st.st_mode):
                 raise FileExistsError(f"{self.path} exists and is not a socket")
-            os.unlink(self.path)  # stale socket from an earlier run
+            if _listening(self.path):  # never steal a live process's socket
+                raise FileExistsError(errno.EADDRINUSE, f"another process is listening on {self.path} "
+                                      "(a second back-end on one socket is refused; stop it or pick another path)")
+            os.unlink(self.path)  # stale socket from an earlier run: nobody listens
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.bind(self.path)

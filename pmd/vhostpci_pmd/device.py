@@ -26,6 +26,7 @@ from ..ethdev import new_stats
 from ..guestmem.translate import translate
 from ..guestmem.views import mem_views
 from ..guestmem.vmem import PAGE_SIZE
+from ..guestmem.sigbus import Guard, guard
 from ..guestmem.window import Window
 from ..vhost_user.device import BackendDevice, HandlerError, VringInfo
 from ..vhost_user.messages import VHOST_F_LOG_ALL, InflightInfo, ProtocolFeature
@@ -39,8 +40,9 @@ from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from .inflight import RESUB_DELIVERED, queue_area, recover
 from .iotlb import IotlbMisses
 from .state import (
-    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_WAKE_FD, VQ_AVAIL, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN,
-    VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_PENDING,
+    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
+    VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
+    VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_PENDING,
     VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
 from .txhold import HOLD_CAP
@@ -56,7 +58,10 @@ QUIESCE_TIMEOUT_S = 1.0
 MAX_TRACKED_MBUFS = 1 << 20
 PF = ProtocolFeature
 PROTOCOL_FEATURES = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
-                     | PF.INFLIGHT_SHMFD.mask)
+                     | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask | PF.RARP.mask)
+# Memory regions a front-end may hot-add (CONFIGURE_MEM_SLOTS), as QEMU's
+# libvhost-user offers; the window holds a few more rows than that.
+MAX_MEM_SLOTS = 509
 
 
 class VhostPciDevice(BackendDevice):
@@ -98,6 +103,14 @@ class VhostPciDevice(BackendDevice):
         self._log_mapped = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ctl[PORT_WAKE_FD] = self._wake_fd
+        self.ctl[PORT_RARP_REQ] = self.ctl[PORT_RARP_DONE] = self.ctl[PORT_RARP_MAC] = 0
+        self._rxq_wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(queues)]
+        # a SIGBUS in VM1's memory (it shrank a memory fd) wakes the control thread too
+        self.window.set_fault_fd(self._wake_fd)
+        self.inflight.set_fault_fd(self._wake_fd)
+        self._log_guard: Guard | None = None
+        self._log_faults = 0  # faults of earlier logs' guards
+        self._faults_seen = 0
         self.negotiated = 0  # virtio features (SET_FEATURES)
         self._status = 0  # virtio device status (SET_STATUS), 0: not reported
         self._held: set[int] = set()  # rings set up, waiting for DRIVER_OK
@@ -133,11 +146,15 @@ class VhostPciDevice(BackendDevice):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            os.close(self._wake_fd)
-            self.ctl[PORT_WAKE_FD] = -1
             self._kstate = None
-            self.window.close()
+            self._unguard_log()
+            self.window.close()  # no guard writes the wake fd after these
             self.inflight.close()
+            self.ctl[PORT_WAKE_FD] = -1
+            os.close(self._wake_fd)
+            for fd in self._rxq_wake_fds:
+                os.close(fd)
+            self._rxq_wake_fds = []
 
     # ---------------------------------------------------------- negotiation
     def features(self) -> int:
@@ -151,6 +168,21 @@ class VhostPciDevice(BackendDevice):
 
     def protocol_features(self) -> int:
         return PROTOCOL_FEATURES
+
+    def max_mem_slots(self) -> int:
+        return MAX_MEM_SLOTS
+
+    def send_rarp(self, mac: bytes) -> None:
+        """SEND_RARP (VM1 migrated): the lcore polling rx queue 0 hands a
+        RARP frame for ``mac`` to the forwarding engine (``announce.py``)."""
+        self.ctl[PORT_RARP_MAC] = int.from_bytes(mac[:6], "little")
+        store_flag(self.ctl, PORT_RARP_REQ, int(self.ctl[PORT_RARP_REQ]) + 1)
+        os.eventfd_write(self._rxq_wake_fds[0], 1)  # a sleeping lcore hands it out now
+        log.info("%s: SEND_RARP: announcing %s", self.name, ":".join(f"{b:02x}" for b in mac[:6]))
+
+    def announcements(self) -> tuple[int, int]:
+        """(RARP frames handed out, SEND_RARP requests received)."""
+        return int(self.ctl[PORT_RARP_DONE]), int(self.ctl[PORT_RARP_REQ])
 
     def num_queues(self) -> int:
         return 2 * self.queues
@@ -169,13 +201,21 @@ class VhostPciDevice(BackendDevice):
             self._update_log()
             self.quiesce()
             self.logctl[LOG_ADDR] = self.logctl[LOG_SIZE] = 0
+            self._unguard_log()
             return
         anchor = ctypes.c_char.from_buffer(log)
         self.logctl[LOG_ADDR] = ctypes.addressof(anchor)
         del anchor  # the session owns the mapping; no export may keep it alive
         self.logctl[LOG_SIZE] = len(log)
+        self._log_guard = guard(int(self.logctl[LOG_ADDR]), len(log), self._wake_fd)
         self._log_mapped = True
         self._update_log()
+
+    def _unguard_log(self) -> None:
+        if self._log_guard is not None:
+            self._log_faults += self._log_guard.faults
+            self._log_guard.release()
+            self._log_guard = None
 
     def _update_log(self) -> None:
         on = self._log_all and self._log_mapped
@@ -189,6 +229,7 @@ class VhostPciDevice(BackendDevice):
     def memory_changed(self, window: Window | None) -> None:
         # The kernels hold the window's tables; nothing else to swap.  No
         # memory: the connection is gone or reset, so is the driver status.
+        self._faults_seen = self.memory_faults()  # faults of the old memory are the old session's
         if window is None:
             self._status = 0
             self._held.clear()
@@ -231,7 +272,20 @@ class VhostPciDevice(BackendDevice):
         if held:
             self._held.add(index)  # the driver reports its status: wait for DRIVER_OK
             return
+        self._start(index)
+
+    def _start(self, index: int) -> None:
+        """Publish vring ``index`` to the kernels; a VM1 transmit vring also
+        wakes the lcore sleeping on its rx queue's wake-up eventfd."""
         store_flag(self.vq[index], VQ_READY, 1)
+        if index % 2:
+            os.eventfd_write(self._rxq_wake_fds[index // 2], 1)
+
+    def wake_fd_of(self, queue: int) -> int:
+        """The eventfd that wakes an lcore sleeping on rx queue ``queue``
+        (``driver.intr_fds``): written when its vring (VM1's transmit vring
+        2q+1) starts, and, for queue 0, when a RARP announcement is owed."""
+        return self._rxq_wake_fds[queue]
 
     def vring_stopped(self, index: int) -> int:
         self._held.discard(index)
@@ -342,7 +396,7 @@ class VhostPciDevice(BackendDevice):
         self._status = status
         if status & VIRTIO_CONFIG_S_DRIVER_OK:
             for index in sorted(self._held):
-                store_flag(self.vq[index], VQ_READY, 1)
+                self._start(index)
             self._held.clear()
 
     def link_changed(self, up: bool) -> None:
@@ -364,6 +418,28 @@ class VhostPciDevice(BackendDevice):
     def wake_fd(self) -> int:
         return self._wake_fd
 
+    def memory_faults(self) -> int:
+        """SIGBUS faults taken in VM1's memory (window, inflight region, dirty log)."""
+        log_faults = self._log_faults + (self._log_guard.faults if self._log_guard is not None else 0)
+        return self.window.faults[0] + self.inflight.faults[0] + log_faults
+
+    def _vanished(self) -> str | None:
+        """Why the session must go if VM1's memory vanished since the last
+        check (a SIGBUS the guard turned into a zero page), else None."""
+        total = self.memory_faults()
+        if total <= self._faults_seen:
+            return None
+        self._faults_seen = total
+        n, offset = self.window.faults
+        where = f" (last at window offset {offset:#x})" if offset >= 0 else ""
+        return (f"VM1's memory vanished under the port: {n} SIGBUS fault(s){where}; the front-end shrank a "
+                "memory fd after its table was accepted")
+
     def service(self, session: BackendSession) -> None:
-        if not self.closed:
-            self.iotlb.service(session)
+        if self.closed:
+            return
+        why = self._vanished()
+        if why is not None:
+            session.close(why, logging.ERROR)  # rings stopped, memory (and the zero pages) unmapped
+            return
+        self.iotlb.service(session)

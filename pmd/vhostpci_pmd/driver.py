@@ -23,7 +23,8 @@ from ..vhost_user.device import VringInfo
 from ..vhost_user.server import BackendServer
 from ..virtio.features import VIRTIO_F_IOMMU_PLATFORM, has
 from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
-from .txhold import drop_held  # (importing txhold registers the burst kernels)
+from . import announce  # noqa: F401  (registers the burst kernels: announce.rx, txhold.tx)
+from .txhold import drop_held
 from .device import VhostPciDevice
 from .state import VQ_READY, XSTAT_NAMES, VhostPciState
 
@@ -108,6 +109,8 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         totals = self.device.xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
         out.update(self.device.iotlb.xstats())
+        out["guest_memory_faults"] = self.device.memory_faults()
+        out["rarp_announcements"], out["rarp_requests"] = self.device.announcements()
         return out
 
     def info(self) -> dict:
@@ -135,10 +138,18 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
 
     # ------------------------------------------------------- fallback interrupts
     def intr_fds(self, queue: int) -> list[int]:
-        """The eventfd VM1 kicks when it posts on rx queue ``queue``'s ring
-        (its transmit vring 2q+1), or [] if there is none now.  The session
-        owns it and replaces it on reconnect: fetch it before every sleep
-        (and dup it: it may be closed while the lcore sleeps)."""
+        """What wakes an lcore sleeping on rx queue ``queue`` (VM1's transmit
+        vring 2q+1): the queue's wake-up eventfd (``device.wake_fd_of``:
+        written when the vring starts and when a RARP announcement is owed),
+        plus the eventfd VM1 kicks while the vring runs; [] (keep polling)
+        for a running vring without a kick fd.  The session owns the kick fd
+        and replaces it on reconnect: fetch it before every sleep (and dup
+        it: it may be closed while the lcore sleeps)."""
+        if self.closed:
+            return []
+        wake = self.device.wake_fd_of(queue)
+        if not self.vq[2 * queue + 1, VQ_READY]:
+            return [wake]
         ring = self._vrings().get(2 * queue + 1)
         fd = ring.kick_fd if ring is not None else -1
-        return [fd] if fd >= 0 else []
+        return [fd, wake] if fd >= 0 else []

@@ -10,6 +10,12 @@ avail_event (``virtio_user_pmd.vq._post``, Linux's virtqueue_kick_prepare):
 either VM1 sees the ring armed and kicks, or we see its new entries here
 and do not sleep.  Without both fences a wake-up can be lost (both fences were needed in testing).
 
+A vring that has not started (no front-end yet) has nothing to arm: the
+lcore sleeps on the rx queue's wake-up eventfd (``driver.intr_fds``), which
+the control thread writes after it publishes VQ_READY (or a RARP request,
+``announce.py``); the arm kernel reads both after the lcore fetched the fds,
+so a change in between is seen either here or as a readable fd.
+
 Every write into VM1 memory (used flags, avail_event) is logged for
 migration (``vq._log``).
 """
@@ -21,7 +27,7 @@ from numba import njit
 from ..atomics import fence, load_acquire
 from ..burst import register_intr
 from ..virtio.split import USED_FLAGS, VRING_USED_F_NO_NOTIFY, avail_event_at, avail_idx, set_avail_event, set_used_flags
-from .state import VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_READY, VQ_USED, VhostPciState
+from .state import PORT_RARP_DONE, PORT_RARP_REQ, VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_READY, VQ_USED, VhostPciState
 from .vq import _log, _ring_offsets
 
 # With EVENT_IDX, disarming parks avail_event this far ahead of last_avail
@@ -44,8 +50,14 @@ def _used_offset(st, v):
 @njit(nogil=True, cache=True)
 def vhost_pci_arm(st, q):
     """Ask VM1 to kick rx queue ``q``'s ring; returns the entries pending
-    after the fence (> 0: do not sleep), or -1 if the ring cannot be armed."""
+    after the fence (> 0: do not sleep; an announcement owed counts), 0 for a
+    vring not started (nothing to arm: its wake-up eventfd says when), or -1
+    if the ring cannot be armed (its used ring is not mapped)."""
     v = 2 * q + 1
+    if q == 0 and load_acquire(st.ctl, PORT_RARP_REQ) != st.ctl[PORT_RARP_DONE]:
+        return np.int64(1)  # an announcement to hand out (announce.py)
+    if load_acquire(st.vq[v], VQ_READY) == 0:
+        return np.int64(0)
     used, avail, num = _used_offset(st, v)
     if used < 0:
         return np.int64(-1)

@@ -37,8 +37,10 @@ XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls"
                "iotlb_perm_denied")
 
 # port-wide control words (state.ctl): the eventfd that wakes the control
-# thread (IOTLB misses to send); 1 while an inflight region is mapped
+# thread (IOTLB misses to send); 1 while an inflight region is mapped;
 PORT_WAKE_FD, PORT_INFLIGHT = 0, 1
+# RARP announcements (announce.py): requests (control thread), served (lcore), VM1's MAC
+PORT_RARP_REQ, PORT_RARP_DONE, PORT_RARP_MAC = 2, 3, 4
 N_PORT_CTL = 8
 
 

@@ -33,12 +33,12 @@ from __future__ import annotations
 from numba import njit
 
 from ..atomics import load_acquire
-from ..burst import NO_LIMIT, register_burst, register_tx_flush, register_tx_room
+from ..burst import NO_LIMIT, register_tx_flush, register_tx_room
 from ..ethdev import ST_OERRORS
 from ..mbuf import free_bulk
 from ..syscalls import sched_yield
 from .state import VQ_HELD, VQ_PARKED, VQ_READY, XS_HELD, VhostPciState
-from .vq import avail_left, enqueue, vhost_pci_rx
+from .vq import avail_left, enqueue
 
 HOLD_CAP = 512  # packets per transmit queue (a couple of bursts per miss round trip)
 
@@ -126,6 +126,6 @@ def drop_held(st, pool):
     return total
 
 
-register_burst(VhostPciState, vhost_pci_rx, tx)
+# The port's rx/tx bursts are registered in announce.py (its rx wraps vq's).
 register_tx_flush(VhostPciState, flush)
 register_tx_room(VhostPciState, room)

@@ -46,7 +46,8 @@ from ..ethdev import (
 from ..vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
 from ..shm import create_shared, release_shared
 from ..vhost_user.messages import (
-    VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, InflightInfo, IotlbPerm, ProtocolFeature,
+    VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, InflightInfo, IotlbPerm, MemoryRegion,
+    ProtocolFeature,
 )
 from ..guestmem.window import Window
 from ..guestmem.views import mem_views
@@ -72,7 +73,8 @@ RX_GRANTS = {"wo": IotlbPerm.WO, "rw": IotlbPerm.RW}
 MAX_QUEUE_PAIRS = 16
 PF = ProtocolFeature
 WANT_PROTOCOL = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
-                 | PF.INFLIGHT_SHMFD.mask)
+                 | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask | PF.RARP.mask)
+VIEW_SIZE = 1 << 40  # our own RAM seen at offset = GPA, room for hot-added regions
 STATUS_DRIVER_OK = 1 | 2 | 8 | 4  # ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
 POLL_S = 0.1
 REQUEST_TIMEOUT_S = 5.0  # a back-end busy compiling its kernels can be slow to reply
@@ -127,7 +129,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         self._closers: list[Callable[[], None]] = [self.memory.close]
         try:
             top = max(r.gpa + r.size for r in self.memory.regions)
-            self.view = Window(-(-top // PAGE_SIZE) * PAGE_SIZE)  # our own RAM, at offset = GPA
+            self.view = Window(max(-(-top // PAGE_SIZE) * PAGE_SIZE, VIEW_SIZE))  # our own RAM, at offset = GPA
             self._closers.insert(0, self.view.close)
             for r in self.memory.regions:
                 self.view.add_region(r.fd, r.gpa, r.size, 0, r.userspace_addr)
@@ -352,7 +354,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             log.warning("%s: back-end has no request channel: it cannot report IOTLB misses", self.name)
         s.set_features(want)
         self.features = want
-        s.set_mem_table(self.memory)
+        s.send_memory(self.memory)  # ADD_MEM_REG per region with CONFIGURE_MEM_SLOTS, else SET_MEM_TABLE
         if protocol & PF.INFLIGHT_SHMFD.mask:
             self._set_inflight(s, nvq)
         for iova, size, perm in self._standing_grants():
@@ -512,6 +514,61 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             except Exception as e:  # handed back to the caller
                 box[:] = [False, e]
             done.set()
+
+    def announce(self) -> None:
+        """SEND_RARP with our MAC, as QEMU does after a migration when the
+        guest cannot announce itself; PortError if the back-end lacks RARP."""
+        def send(s: FrontendSession) -> None:
+            if not s.protocol_features & PF.RARP.mask:
+                raise PortError(f"{self.name}: the back-end does not support SEND_RARP")
+            s.send_rarp(self.mac())
+        self.run_in_control(send)
+
+    # ------------------------------------------------------- memory hotplug
+    def add_memory(self, gpa: int, size: int) -> None:
+        """Hot-add guest RAM ``[gpa, gpa + size)`` (as a pc-dimm would): a
+        new memfd region, handed to a connected back-end with ADD_MEM_REG
+        (needs CONFIGURE_MEM_SLOTS), and to every later one at connect."""
+        try:
+            region = self.memory.add_region(gpa, size, name=f"{self.name}-dimm")
+        except (ValueError, OSError) as e:
+            raise PortError(f"{self.name}: cannot add memory: {e}") from None
+        self.view.add_region(region.fd, region.gpa, region.size, 0, region.userspace_addr)
+        if self.mode == "static":
+            log.warning("%s: iommu=static grants only the memory present at connect", self.name)
+        if self.session is None:
+            return
+        try:
+            self.run_in_control(lambda s: self._send_region(s, "add", region))
+        except (FrontendError, TimeoutError, PortError) as e:
+            raise PortError(f"{self.name}: back-end refused the new memory: {e}") from None
+
+    def remove_memory(self, gpa: int) -> None:
+        """Hot-remove the region starting at ``gpa`` (REM_MEM_REG first: the
+        back-end stops using it before it goes); it must hold no ring or buffer."""
+        region = next((r for r in self.memory.regions if r.gpa == gpa), None)
+        if region is None:
+            raise PortError(f"{self.name}: no memory region starts at gpa {gpa:#x}")
+        for p in self.places:
+            if region.gpa < p.buf_end and p.desc < region.gpa + region.size:
+                raise PortError(f"{self.name}: memory at gpa {gpa:#x} holds rings or buffers; not removable")
+        if self.session is not None:
+            try:
+                self.run_in_control(lambda s: self._send_region(s, "remove", region))
+            except (FrontendError, TimeoutError, PortError) as e:
+                raise PortError(f"{self.name}: back-end refused the removal: {e}") from None
+        self.view.remove_region(region.gpa, region.size, region.userspace_addr)
+        self.memory.remove_region(gpa)
+
+    @staticmethod
+    def _send_region(s: FrontendSession, what: str, region) -> None:
+        if not s.protocol_features & PF.CONFIGURE_MEM_SLOTS.mask:
+            raise PortError("the back-end does not support CONFIGURE_MEM_SLOTS (memory hotplug)")
+        mr = MemoryRegion(region.gpa, region.size, region.userspace_addr, 0)
+        if what == "add":
+            s.add_mem_reg(mr, region.fd)
+        else:
+            s.rem_mem_reg(mr)
 
     def start_dirty_log(self) -> mmap.mmap:
         """Migration's first step, as QEMU does it: a log of one bit per 4 KiB

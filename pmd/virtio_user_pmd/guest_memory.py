@@ -15,10 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..shm import create_shared, release_shared
-from ..vhost_user.messages import MAX_MEM_REGIONS, MemoryRegion
+from ..vhost_user.messages import MemoryRegion
 from ..units import PAGE_SIZE
 
-__all__ = ["GuestMemory", "GuestRegion", "PAGE_SIZE"]
+__all__ = ["GuestMemory", "GuestRegion", "MAX_REGIONS", "PAGE_SIZE"]
+
+# Regions of one guest: SET_MEM_TABLE carries 8, CONFIGURE_MEM_SLOTS (a region
+# per ADD_MEM_REG) as many as the back-end's GET_MAX_MEM_SLOTS (QEMU: 509).
+MAX_REGIONS = 509
 
 
 
@@ -40,8 +44,8 @@ class GuestRegion:
 def _check_layout(layout: list[tuple[int, int]]) -> None:
     if not layout:
         raise ValueError("guest memory needs at least one region")
-    if len(layout) > MAX_MEM_REGIONS:
-        raise ValueError(f"{len(layout)} regions, SET_MEM_TABLE carries at most {MAX_MEM_REGIONS}")
+    if len(layout) > MAX_REGIONS:
+        raise ValueError(f"{len(layout)} regions, at most {MAX_REGIONS}")
     for gpa, size in layout:
         if gpa < 0 or gpa % PAGE_SIZE:
             raise ValueError(f"region gpa={gpa:#x}: not a page-aligned ({PAGE_SIZE:#x}) address")
@@ -81,6 +85,27 @@ class GuestMemory:
         uaddr = ctypes.addressof(anchor)
         del anchor  # release the buffer export so mm.close() works later
         return GuestRegion(gpa, size, fd, mm, uaddr)
+
+    def add_region(self, gpa: int, size: int, *, name: str = "vm1-ram") -> GuestRegion:
+        """Hot-add ``[gpa, gpa + size)`` (a new memfd, zeroed); ValueError if
+        it overlaps a region or is misaligned."""
+        self._live()
+        _check_layout([(r.gpa, r.size) for r in self.regions] + [(gpa, size)])
+        region = self._make_region(name, gpa, size)
+        self.regions.append(region)
+        self.regions.sort(key=lambda r: r.gpa)
+        return region
+
+    def remove_region(self, gpa: int) -> None:
+        """Unmap and close the region starting at ``gpa`` (hot-remove)."""
+        self._live()
+        for r in self.regions:
+            if r.gpa == gpa:
+                self.regions.remove(r)
+                release_shared(r.mm, r.fd, f"guest memory gpa={r.gpa:#x}")
+                r.fd = -1
+                return
+        raise ValueError(f"no region starts at gpa {gpa:#x}")
 
     # ------------------------------------------------------------ lookups
     def _live(self) -> None:

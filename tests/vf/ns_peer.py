@@ -6,6 +6,7 @@ format: Ethernet header (ethertype 0x88b5), seq u64, body, CRC32 of all before.
     send IFACE COUNT SIZES RATE SEQ0     send COUNT frames at RATE pps (sizes: a,b,... cycled)
     sendhex IFACE HEX...                 send these raw frames
     recv IFACE COUNT TIMEOUT             print every frame received (hex)
+    recvtype IFACE ETHERTYPE COUNT TIMEOUT  frames of that ethertype (hex, e.g. 8035: RARP)
     both IFACE COUNT SIZE RATE TIMEOUT   send COUNT at RATE while receiving
 
 Prints "ready" once its socket is bound, then one JSON line with the result.
@@ -90,6 +91,19 @@ def main(argv):
             except TimeoutError:
                 continue
             if ours(pkt):
+                got.append(pkt.hex())
+        print(json.dumps({"packets": got}), flush=True)
+    elif mode == "recvtype":
+        etype, count, timeout = bytes.fromhex(argv[2]), int(argv[3]), float(argv[4])
+        s = open_socket(iface)
+        s.settimeout(0.05)
+        got, deadline = [], time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            try:
+                pkt = s.recv(65536)
+            except TimeoutError:
+                continue
+            if pkt[12:14] == etype:
                 got.append(pkt.hex())
         print(json.dumps({"packets": got}), flush=True)
     elif mode == "both":

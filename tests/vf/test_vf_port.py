@@ -345,3 +345,77 @@ def test_complete_partial_l4_checksum_kernel():
     arp[12:14] = (0x08, 0x06)
     assert not complete_partial_l4_checksum(arp, 0, 60)
     assert inet_checksum(np.frombuffer(b"\x45\x00\x00\x1c", np.uint8), 0, 4) == ~(0x4500 + 0x001c) & 0xFFFF
+
+
+def test_idle_lcore_sleeps_with_a_vf_and_a_vhost_pci_port_without_front_end(veth, fwd):
+    """The VM-to-VM demo's layout (net_vf <-> net_vhost_pci on one lcore)
+    before any VM1 connects: nothing to poll, so the lcore sleeps (the VF on
+    its AF_PACKET socket, the vhost-pci port on its start fd) at ~0% CPU,
+    and frames arriving on the VF wake it."""
+    import shutil
+    import tempfile
+
+    from pmd.lcore.control import LC_WAKEUPS
+    from tests.util import thread_cpu_percent, wait_until
+
+    d = tempfile.mkdtemp(prefix="vfidle", dir="/tmp")
+    try:
+        vf = fwd.attach_port(f"net_vf0,iface={veth.host}")
+        vp = fwd.attach_port(f"net_vhost_pci1,path={d}/vp.sock")
+        vf.start()
+        vp.start()
+        fwd.config.mode = "io"
+        fwd.start()
+        assert fwd.sleepy_lcores() == [1]
+        assert wait_until(lambda: fwd.lcores.sleeping(1), 3.0), "the lcore never went to sleep"
+        cpu = thread_cpu_percent(fwd.lcores.thread_id(1), 2.0)
+        ctl = fwd.lcores.ctl(1)
+        wakeups = int(ctl[LC_WAKEUPS])
+        veth.run_peer("send", 50, "128", 1000, 0)
+        assert wait_until(lambda: vf.stats().ipackets >= 50, 3.0), vf.stats()
+        print(f"\n[idle] lcore CPU with net_vf + net_vhost_pci and no VM1: {cpu:.1f}%; "
+              f"wake-ups for 50 frames: {int(ctl[LC_WAKEUPS]) - wakeups}")
+        assert cpu < 5.0, cpu
+        assert int(ctl[LC_WAKEUPS]) > wakeups
+        stats = fwd.stop()
+        assert stats[vf.port_id]["rx"] == 50  # forwarded to a port with no link: counted as dropped there
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_send_rarp_announces_vm1_out_of_the_vf(veth, fwd):
+    """After a migration VM1's front-end sends SEND_RARP: the port hands a
+    RARP broadcast for VM1's MAC to the forwarding engine, which carries it
+    out of the VF into the network (here: the namespace), counted in xstats."""
+    import shutil
+    import tempfile
+
+    from pmd.vhostpci_pmd.announce import rarp_frame
+    from pmd.vhost_user.messages import FrontendReq
+    from tests.util import wait_until
+
+    d = tempfile.mkdtemp(prefix="vfrarp", dir="/tmp")
+    vm1 = None
+    try:
+        vp = fwd.attach_port(f"net_vhost_pci0,path={d}/vp.sock")
+        vf = fwd.attach_port(f"net_vf1,iface={veth.host}")
+        vp.start()
+        vf.start()
+        fwd.config.mode = "io"
+        fwd.start()
+        vm1 = Port(9, parse_vdev(f"net_virtio_user9,path={d}/vp.sock"))
+        vm1.start()
+        assert vm1.driver.wait_link(True, 10)
+        peer = veth.start_peer("recvtype", "8035", 2, 10)
+        vm1.driver.announce()
+        vm1.driver.announce()  # QEMU announces a few times
+        got = veth.peer_result(peer)["packets"]
+        assert got == [rarp_frame(vm1.mac()).hex()] * 2, got
+        xs = vp.driver.xstats()
+        assert (xs["rarp_announcements"], xs["rarp_requests"]) == (2, 2), xs
+        assert FrontendReq.SEND_RARP in vp.driver.server.session.history
+        assert wait_until(lambda: vf.stats().opackets >= 2, 2.0)
+    finally:
+        if vm1 is not None:
+            vm1.close()
+        shutil.rmtree(d, ignore_errors=True)

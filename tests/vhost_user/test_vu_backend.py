@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -276,11 +277,23 @@ def raw_send(sock: socket.socket, request: int, payload: bytes = b"", flags: int
     sock.sendall(struct.pack("=III", request, flags, len(payload) if size is None else size) + payload)
 
 
+def mem_table_short_fd(sock: socket.socket) -> None:
+    """SET_MEM_TABLE, no reply asked: one 2 MiB region over a one-page memfd."""
+    ram = memfd(4096)
+    try:
+        table = m.MemTable([m.MemoryRegion(0, 2 << 20, UADDR, 0)]).pack()
+        import struct
+        socket.send_fds(sock, [struct.pack("=III", F.SET_MEM_TABLE, m.VERSION, len(table)) + table], [ram])
+    finally:
+        os.close(ram)
+
+
 @pytest.mark.parametrize("what, send, reason", [
     ("bad version", lambda s: raw_send(s, F.GET_FEATURES, flags=0x2), "version"),
     ("size mismatch", lambda s: raw_send(s, F.SET_FEATURES, b"\0" * 4), "payload size 4"),
     ("unknown request", lambda s: raw_send(s, 999), "unknown frontend request 999"),
     ("oversized", lambda s: raw_send(s, F.SET_FEATURES, size=1 << 20), "exceeds the maximum"),
+    ("region beyond its fd", lambda s: mem_table_short_fd(s), "ends beyond its fd"),
 ])
 def test_malformed_closes_connection_and_server_accepts_next(served, what, send, reason):
     srv, dev, path = served
@@ -331,6 +344,36 @@ def test_stale_socket_is_replaced(sockdir):
     s.bind(path)
     s.close()
     with BackendServer(path, FakeDevice()) as srv, connect(path) as fe:
+        assert fe.call(F.GET_FEATURES).u64
+
+
+def test_socket_a_live_process_listens_on_is_refused(sockdir):
+    """A second back-end on a path another one serves must not unlink it
+    (it would silently take VM1's socket over): refused, the first one keeps
+    serving; a socket nobody listens on is stale and replaced."""
+    path = os.path.join(sockdir, "live.sock")
+    with BackendServer(path, FakeDevice()) as first:
+        with pytest.raises(FileExistsError, match=f"another process is listening on {path}"):
+            BackendServer(path, FakeDevice()).start()
+        assert os.path.exists(path)
+        with connect(path) as fe:
+            assert fe.call(F.GET_FEATURES).u64
+    # a listener in another process, not ours
+    child = subprocess.Popen([sys.executable, "-c", "import socket, sys, time\n"
+                              "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)\n"
+                              "print('listening', flush=True); time.sleep(60)", path],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "listening"
+        with pytest.raises(FileExistsError, match="another process is listening"):
+            BackendServer(path, FakeDevice()).start()
+        assert os.path.exists(path)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    # bound, never listening (or its process gone): stale
+    with BackendServer(path, FakeDevice()), connect(path) as fe:
         assert fe.call(F.GET_FEATURES).u64
 
 

@@ -21,7 +21,7 @@ from pmd.lcore.control import LC_SLEEPS, LC_WAKEUPS
 from pmd.fwd.power import arm_queue, disarm_queue
 from pmd.mbuf import create_pool
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
-from tests.util import wait_until as wait_for
+from tests.util import thread_cpu_percent, wait_until as wait_for
 
 LCORE = 1  # the fwd fixture's worker
 IDLE_POLLS = 2000
@@ -234,3 +234,45 @@ def test_app_options():
         assert a.no_interrupts and a.idle_polls == 500
         with pytest.raises(SystemExit):
             parse(["--idle-polls", "0"])
+
+
+def lcore_cpu_percent(fwd, seconds: float) -> float:
+    """The forwarding lcore thread's CPU use over ``seconds`` (psutil), in %."""
+    return thread_cpu_percent(fwd.lcores.thread_id(LCORE), seconds)
+
+
+def test_no_front_end_lcore_sleeps_until_a_vring_starts(fwd, vm1):
+    """No VM1 connected: the lcore polling the port sleeps on the device's
+    rx queue's wake-up eventfd (~0% CPU instead of a core); VM1 connecting wakes it and traffic
+    flows; VM1 gone, it sleeps again."""
+    path, port, pool = vm1
+    vp = fwd.attach_port(f"net_vhost_pci0,path={path}")
+    vp.start()
+    fwd.config.interrupts = True
+    fwd.config.idle_polls = IDLE_POLLS
+    fwd.start()
+    assert fwd.sleepy_lcores() == [LCORE]
+    assert wait_for(lambda: asleep(fwd), 2), "the lcore never went to sleep without a front-end"
+    idle = lcore_cpu_percent(fwd, 2.0)
+    ctl = fwd.lcores.ctl(LCORE)
+    sleeps = int(ctl[LC_SLEEPS])
+
+    port.start()  # VM1 connects and starts its rings
+    assert port.driver.wait_link(True, 10)
+    deadline = time.monotonic() + 5
+    while port.driver.rx_buffers_posted() < port.driver.args["queue_size"]:
+        assert time.monotonic() < deadline, "VM1 rx buffers never posted"
+        recv(port, pool)
+        time.sleep(0.001)
+    dt, seqs = round_trip(port, pool, 1)
+    assert seqs == [1], (dt, seqs)
+
+    port.stop()  # VM1 goes away: back to sleep
+    assert wait_for(lambda: not vp.link().up, 3)
+    assert wait_for(lambda: asleep(fwd), 2), "the lcore did not sleep again after VM1 left"
+    idle_after = lcore_cpu_percent(fwd, 2.0)
+    print(f"\n[interrupts] lcore CPU without a front-end: {idle:.1f}% (after VM1 left: {idle_after:.1f}%); "
+          f"sleeps {sleeps}, round trip after connect {dt * 1e3:.1f} ms")
+    assert idle < 5.0, idle
+    assert idle_after < 5.0, idle_after
+    assert int(ctl[LC_SLEEPS]) > sleeps

@@ -20,6 +20,8 @@ from pmd.vhost_user.messages import (
     VHOST_USER_F_PROTOCOL_FEATURES,
     FrontendReq,
     IotlbPerm,
+    MemoryRegion,
+    MemTable,
     VringFd,
 )
 from pmd.virtio.features import VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1
@@ -64,6 +66,17 @@ def short_header_stall(sock: socket.socket, fd: int) -> None:
     sock.sendall(b"\x01\x00\x00\x00\x01")  # the session's message timeout (1 s) ends it
 
 
+def region_beyond_fd(sock: socket.socket, fd: int) -> None:
+    """A region of 2 MiB whose memfd holds one page: mapping it would
+    succeed, and the first access past the page would be a SIGBUS."""
+    ram = os.memfd_create("short-ram", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(ram, 4096)
+        send_fd_msg(sock, F.SET_MEM_TABLE, MemTable([MemoryRegion(0, 2 << 20, 0x7F00_0000_0000, 0)]).pack(), [ram])
+    finally:
+        os.close(ram)
+
+
 MALFORMED = [
     ("short header, EOF", short_header_eof, "header"),
     ("short header, stall", short_header_stall, "stalled"),
@@ -76,6 +89,7 @@ MALFORMED = [
     ("too few fds", lambda s, fd: raw_send(s, F.SET_VRING_KICK, VringFd(0).pack()),
      "received 0 fds, expected 1"),
     ("oversized", lambda s, fd: raw_send(s, F.SET_FEATURES, size=1 << 20), "exceeds the maximum"),
+    ("region beyond its fd", region_beyond_fd, "ends beyond its fd"),
 ]
 
 

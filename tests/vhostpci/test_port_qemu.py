@@ -60,6 +60,10 @@ def test_qemu_front_end_with_the_port(fwd, sockdir, paused, series):
             xs = port.driver.xstats()
             assert xs["bad_descriptors"] == xs["bad_ring"] == xs["too_big"] == 0, xs
             assert proc.poll() is None
+            # the port offers CONFIGURE_MEM_SLOTS: QEMU hands its RAM region by region
+            history = list(srv.session.history)
+            assert F.GET_MAX_MEM_SLOTS in history and F.ADD_MEM_REG in history, history
+            assert F.SET_MEM_TABLE not in history, history
         proc.kill()  # VM1 dies: the port goes down, the app lives on
         proc.wait(10)
         assert wait(lambda: srv.session is None and not port.link().up, 5.0)

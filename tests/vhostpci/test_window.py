@@ -322,6 +322,30 @@ def test_regions_with_mmap_offset_and_grant_across_regions(ram):
         assert tr(w, 0x30000 + PG - 2, 4) == off + PG - 2
 
 
+@pytest.mark.parametrize("iommu", [False, True], ids=["plain", "iommu"])
+def test_region_beyond_its_fd_is_refused_naming_it(ram, iommu):
+    """mmap would accept a region longer than its file; the first access to
+    the missing tail would then be a SIGBUS.  fstat is checked first."""
+    fd, _ = ram
+    with Window(1 << 30, iommu=iommu) as w:
+        with pytest.raises(ValueError, match=r"gpa=0x200000 size=0x100000 .*mmap_offset=0x1000 ends beyond its fd "
+                                             r"\(mmap_offset \+ size = 0x101000, the fd has 0x100000 bytes\)"):
+            w.add_region(fd, 0x200000, RAM_SIZE, PG, UADDR)
+        assert w.region_count[0] == 0 and w.table_count[0] == 0 and not w.regions_list
+        w.add_region(fd, 0x200000, RAM_SIZE - PG, PG, UADDR)  # the same region, within the fd
+        assert w.region_count[0] == 1
+    short = os.memfd_create("partial-page")
+    try:
+        os.ftruncate(short, PG + 100)  # a partial last page maps: zeros past the end
+        with Window(1 << 30) as w:
+            w.add_region(short, 0, 2 * PG, 0, UADDR)
+            assert w.array[2 * PG - 1] == 0
+            with pytest.raises(ValueError, match="ends beyond its fd"):
+                w.add_region(short, 4 * PG, 3 * PG, 0, UADDR + 4 * PG)
+    finally:
+        os.close(short)
+
+
 def test_mmap_errors_name_the_request(ram):
     fd, _ = ram
     with Window(1 << 30) as w:
