@@ -257,8 +257,8 @@ class IotlbMisses:
         """Send the MISSes the kernels parked on (and re-send stale ones)."""
         now = time.monotonic()
         for v in range(len(self.vq)):
-            if not self.vq[v, VQ_MISS_PENDING]:
-                continue
+            if not self.vq[v, VQ_MISS_PENDING] or not self.vq[v, VQ_READY]:
+                continue  # a stopped ring asks for nothing (a migration source after GET_VRING_BASE)
             sent = self._miss_sent.get(v)
             if sent is not None and now - sent < MISS_RESEND_S:
                 continue
