@@ -97,10 +97,10 @@ def test_guest_pings_and_exchanges_udp_with_the_namespace(vm2, image61, workdir,
     assert res["xstats"]["iotlb_misses"] == 0
 
 
-def test_guest_over_the_af_xdp_vf(vm2_xdp, image61, workdir):
+def test_guest_over_the_af_xdp_vf(vm2_xdp, image61, workdir, qemu):
     """The same exchange with the VF port on AF_XDP (net_vf_xdp)."""
     rx = 200
-    with make_vm1(image61, vm2_xdp, workdir, scenario(rx)) as vm:
+    with make_vm1(image61, vm2_xdp, workdir, scenario(rx), qemu) as vm:
         vm.start()
         res = exchange(vm2_xdp, vm, rx)
     vf = vm2_xdp.vf.stats()
