@@ -51,3 +51,10 @@ def thread_cpu_percent(tid: int, seconds: float) -> float:
     c0, w0 = cpu(), time.monotonic()
     time.sleep(seconds)
     return 100.0 * (cpu() - c0) / (time.monotonic() - w0)
+
+
+def memfd_maps() -> set[str]:
+    """This process's mappings of memfds (guest memory), as "perms offset ... path start-end"
+    lines; anonymous mappings come and go with malloc and are left out."""
+    with open("/proc/self/maps") as f:
+        return {" ".join(line.split()[1:]) + " " + line.split()[0] for line in f if "/memfd:" in line}
