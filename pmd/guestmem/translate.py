@@ -68,6 +68,8 @@ def _lookup(table, n, a, ln, need, col):
     perm = table[i, COL_PERM]
     if a < start or a > last:
         return np.int64(-1)
+    if col == COL_PERM:  # granted_perm's question (a constant: folded away elsewhere)
+        return np.int64(perm)
     if (perm & need) != need:
         return np.int64(-1)
     # bytes a .. a+ln-1 must end by last (last - a >= 0: nothing wraps) or
@@ -117,28 +119,7 @@ def granted_perm(table, count, iova):
     """The permission (1 RO, 2 WO, 3 RW) the byte at ``iova`` is granted
     with, or 0 if it is not mapped: one consistent look, so a caller can
     tell "not granted (yet)" from "granted without the access it needs"."""
-    a = np.uint64(iova)
-    while True:
-        seq = load_acquire(count, 1)
-        if seq & 1:
-            cpu_pause()
-            continue
-        n = load_acquire(count, 0)
-        lo = np.int64(0)
-        hi = np.int64(n)
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if table[mid, COL_IOVA] <= a:
-                lo = mid + 1
-            else:
-                hi = mid
-        res = np.int64(0)
-        if lo > 0 and a <= table[lo - 1, COL_LAST]:
-            res = np.int64(table[lo - 1, COL_PERM])
-        fence_acquire()
-        if load_acquire(count, 1) == seq:
-            return res
-        cpu_pause()
+    return max(_seq_lookup(table, count, iova, 1, np.uint64(0), COL_PERM), np.int64(0))
 
 
 @njit(nogil=True, cache=True, _nrt=False)
