@@ -44,6 +44,17 @@ HOLD_CAP = 512  # packets per transmit queue (a couple of bursts per miss round 
 
 
 @njit(nogil=True, cache=True, _nrt=False)
+def _drop(st, q, pool):
+    """Free queue ``q``'s held packets, counted in oerrors; returns how many."""
+    held = st.vq[2 * q, VQ_HELD]
+    if held > 0:
+        free_bulk(pool, st.hold[q], held)
+        st.stats[q, ST_OERRORS] += held
+        st.vq[2 * q, VQ_HELD] = 0
+    return held
+
+
+@njit(nogil=True, cache=True, _nrt=False)
 def _flush(st, v, q, pool):
     """Send the held packets in order; returns how many are still held."""
     held = st.vq[v, VQ_HELD]
@@ -51,9 +62,7 @@ def _flush(st, v, q, pool):
         return 0
     hold = st.hold[q]
     if load_acquire(st.vq[v], VQ_READY) == 0:  # the ring stopped: nobody will take them
-        free_bulk(pool, hold, held)
-        st.stats[q, ST_OERRORS] += held
-        st.vq[v, VQ_HELD] = 0
+        _drop(st, q, pool)
         return 0
     sent = enqueue(st, v, q, pool, hold, held)
     if sent > 0:
@@ -117,12 +126,7 @@ def drop_held(st, pool):
     in oerrors; returns how many."""
     total = 0
     for q in range(st.hold.shape[0]):
-        held = st.vq[2 * q, VQ_HELD]
-        if held > 0:
-            free_bulk(pool, st.hold[q], held)
-            st.stats[q, ST_OERRORS] += held
-            st.vq[2 * q, VQ_HELD] = 0
-            total += held
+        total += _drop(st, q, pool)
     return total
 
 
