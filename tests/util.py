@@ -1,6 +1,7 @@
 """Small helpers shared by the tests."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -58,3 +59,18 @@ def memfd_maps() -> set[str]:
     lines; anonymous mappings come and go with malloc and are left out."""
     with open("/proc/self/maps") as f:
         return {" ".join(line.split()[1:]) + " " + line.split()[0] for line in f if "/memfd:" in line}
+
+
+def memfd_fds() -> set[str]:
+    """This process's open memfds (guest memory), as "fd -> /memfd:name" strings.  Other
+    fds are left out: a thread of an earlier test (a poll loop winding down, a logger) may
+    open or close one at any moment."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed between listdir and readlink
+        if target.startswith("/memfd:"):
+            out.add(f"{fd} -> {target}")
+    return out

@@ -19,8 +19,8 @@ from pmd.mbuf import create_pool
 from pmd.vdev import parse_vdev
 from pmd.vhost_user.frontend import FrontendError
 from pmd.vhost_user.messages import FrontendReq, MemoryRegion
-from tests.util import memfd_maps, wait_until
-from tests.vhost_user.test_vu_backend import open_fds, readable
+from tests.util import memfd_fds, memfd_maps, wait_until
+from tests.vhost_user.test_vu_backend import readable
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
 from tests.vhostpci.rogue_vm1 import HDR_LEN, TX, RogueVM1
 
@@ -84,7 +84,7 @@ def test_hot_add_and_remove_while_forwarding_no_leaks(fwd, sockdir):
     win = vp.driver.window
     try:
         assert round_trips(vm1, pool, range(10)) == list(range(10))
-        fds0, maps0 = open_fds(), memfd_maps()
+        fds0, maps0 = memfd_fds(), memfd_maps()
         seq = 10
         for i in range(20):
             gpa = 0x2_0000_0000 + i * 0x1000_0000
@@ -99,7 +99,7 @@ def test_hot_add_and_remove_while_forwarding_no_leaks(fwd, sockdir):
             assert int(win.region_count[0]) == 2
             assert not readable(win.base + gpa + MIB), "removed memory still mapped in VM2"
         assert round_trips(vm1, pool, range(seq, seq + 10)) == list(range(seq, seq + 10))
-        assert open_fds() == fds0 and memfd_maps() == maps0
+        assert memfd_fds() == fds0 and memfd_maps() == maps0
         with pytest.raises(PortError, match="holds rings or buffers"):
             vm1.driver.remove_memory(0)
         with pytest.raises(PortError, match="overlaps"):
