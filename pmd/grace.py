@@ -71,3 +71,23 @@ def wait_quiescent(ctl_table, rows, timeout_ns):
             sched_yield()  # an lcore sharing this CPU gets to finish its pass
         else:
             sleep_us(SLEEP_US)
+
+
+class GraceSet:
+    """The lcores that poll one port, as a grace period needs them: their
+    control words (``ctl_table`` rows) and their ids (for errors)."""
+
+    def __init__(self, ctl_table: np.ndarray, rows: np.ndarray, lcore_ids: list[int]) -> None:
+        if len(rows) > 63:
+            raise ValueError(f"a grace period covers at most 63 lcores, not {len(rows)}")
+        self.ctl_table = ctl_table
+        self.rows = rows
+        self.lcore_ids = list(lcore_ids)
+
+    def wait(self, timeout: float) -> None:
+        """``wait_quiescent`` from Python; TimeoutError names the stuck lcores
+        (bounded: a stuck lcore is an error, never a deadlock)."""
+        pending = wait_quiescent(self.ctl_table, self.rows, int(timeout * 1e9))
+        if pending:
+            stuck = sorted(lid for k, lid in enumerate(self.lcore_ids) if pending >> k & 1)
+            raise TimeoutError(f"lcores {stuck} passed no quiescent point within {timeout} s")

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..atomics_py import store_flag
-from ..grace import wait_quiescent
+from ..grace import GraceSet
 from .control import LC_EPOCH, LC_RUNNING, LC_SLEEPING, LC_STOP, N_LC
 
 
@@ -78,6 +78,11 @@ class LcoreManager:
     def rows(self, lcore_ids: list[int]) -> np.ndarray:
         """The rows of ``ctl_table`` that hold these lcores' control words."""
         return np.array([self._get(lid).row for lid in lcore_ids], np.int64)
+
+    def grace_set(self, lcore_ids: list[int]) -> GraceSet:
+        """These lcores, for grace periods (``wait_quiescent``, and a port's
+        control thread waiting for the lcores that poll it)."""
+        return GraceSet(self.ctl_table, self.rows(lcore_ids), lcore_ids)
 
     def thread_id(self, lcore_id: int) -> int:
         """The native (kernel) thread id of the lcore's current or last thread."""
@@ -200,10 +205,4 @@ class LcoreManager:
         visible before we read the flag, so an lcore whose flag we still
         read as 1 sees the change once it wakes (see pmd/fwd/power.py).
         """
-        ids = list(lcore_ids)
-        if len(ids) > 63:
-            raise ValueError(f"a grace period covers at most 63 lcores, not {len(ids)}")
-        pending = wait_quiescent(self.ctl_table, self.rows(ids), int(timeout * 1e9))
-        if pending:
-            stuck = [lid for k, lid in enumerate(ids) if pending >> k & 1]
-            raise TimeoutError(f"lcores {sorted(stuck)} passed no quiescent point within {timeout} s")
+        self.grace_set(lcore_ids).wait(timeout)

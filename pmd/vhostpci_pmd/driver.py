@@ -48,7 +48,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             raise PortError(f"{name}: devarg path=<unix socket> is required")
         self.nb_rxq = self.nb_txq = args["queues"]
         self.device = VhostPciDevice(name, args["queues"], args["iommu_support"],
-                                     quiesce_hook=lambda: self.quiesce_hook, vrings=self._vrings)
+                                     lcores=lambda: self.quiesce_lcores, vrings=self._vrings)
         # the port's kernel-state arrays, for tools and tests
         self.vq, self.window, self.logctl = self.device.vq, self.device.window, self.device.logctl
         self.server: BackendServer | None = None
