@@ -419,6 +419,13 @@ class VhostPciDevice(BackendDevice):
     def iotlb_invalidated(self, iova: int, size: int) -> None:
         self.iotlb.invalidated(iova, size)
 
+    def iotlb_xstats(self) -> dict[str, int]:
+        """IOTLB counters: misses asked, and VM1's messages by either path."""
+        out = self.iotlb.xstats()
+        out["iotlb_updates"] += self.iotlb_server.updates
+        out["iotlb_invalidates"] += self.iotlb_server.invalidates
+        return out
+
     def iotlb_fast(self, fd: int, reply: str) -> int:
         if self.closed:
             return 0

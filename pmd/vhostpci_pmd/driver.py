@@ -108,7 +108,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
     def xstats(self) -> dict[str, int]:
         totals = self.device.xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
-        out.update(self.device.iotlb.xstats())
+        out.update(self.device.iotlb_xstats())
         out["guest_memory_faults"] = self.device.memory_faults()
         out["rarp_announcements"], out["rarp_requests"] = self.device.announcements()
         return out

@@ -48,7 +48,8 @@ _MSG_PEEK, _MSG_DONTWAIT = 0x2, 0x40
 _U64 = (1 << 64) - 1
 _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 
-# io: what serve did (counters the control thread reads; the UPDATE log)
+# io: what serve did: totals (updated before each reply), the errors and the
+# UPDATE log since the last drain, why it stopped
 IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_LOG_N, IO_NEXT = range(6)
 N_IO = 8
 LOG_CAP = 1024  # UPDATEs remembered between two services; past it the service forgets every ask
@@ -168,7 +169,6 @@ class IotlbServer:
         self.io = np.zeros(N_IO, np.int64)
         self.ulog = np.zeros((LOG_CAP, 3), np.int64)
         self._no_lcores = (np.zeros((1, 1), np.int64), np.zeros(0, np.int64))
-        self.served = 0  # messages taken by the kernel (all sessions)
 
     def warm(self) -> None:
         """Compile (or load) the kernel now, not on the first message."""
@@ -183,9 +183,22 @@ class IotlbServer:
         n = serve(fd, w.kstate, self.vq, ctl_table, rows, self.timeout_ns, _REPLY_MODES[reply], self.buf,
                   self.out, w._gone, self.io, self.ulog)
         if n:
-            self.served += n
             self._drain()
         return n
+
+    @property
+    def updates(self) -> int:
+        """UPDATEs the kernel handled (all sessions; counted before each ack)."""
+        return int(self.io[IO_UPDATES])
+
+    @property
+    def invalidates(self) -> int:
+        return int(self.io[IO_INVALIDATES])
+
+    @property
+    def served(self) -> int:
+        """Messages the kernel handled."""
+        return self.updates + self.invalidates
 
     def _drain(self) -> None:
         io, m = self.io, self.misses
@@ -195,11 +208,9 @@ class IotlbServer:
         else:
             for iova, size, mask in self.ulog[:k].tolist():
                 m.answered(iova & _U64, size, mask)
-        m.updates += int(io[IO_UPDATES])
-        m.invalidates += int(io[IO_INVALIDATES])
         if io[IO_QUIESCE_TIMEOUTS]:
             log.error("IOTLB invalidate: %d grace period(s) timed out (an lcore passed no quiescent point "
                       "within %.1f s); pages revoked anyway", int(io[IO_QUIESCE_TIMEOUTS]), self.timeout_ns / 1e9)
         if io[IO_REVOKE_FAILED]:
             log.error("IOTLB invalidate: %d revocation(s) failed (mmap); nacked", int(io[IO_REVOKE_FAILED]))
-        io[:IO_NEXT] = 0
+        io[IO_QUIESCE_TIMEOUTS] = io[IO_REVOKE_FAILED] = io[IO_LOG_N] = 0
