@@ -541,6 +541,16 @@ class BackendSession:
                 log.warning("%s: sending IOTLB miss at %#x failed: %s", self.name, iova, e)
                 return False
 
+    def backend_channel_fd(self) -> int:
+        """The back-end channel's socket (-1: none), for a device that sends
+        small requests on it from its own threads: each one whole in one
+        non-blocking ``send`` (a unix stream socket appends it whole or not at
+        all), never waiting for a reply.  The device must keep its own ``dup``
+        of it: this fd is closed with the channel."""
+        with self._backend_lock:
+            ch = self.backend_channel
+            return -1 if ch is None or ch.closed else ch.fileno()
+
     def _set_backend_req_fd(self, msg: Message) -> None:
         ch = Channel.from_fd(msg.take_fd(), "backend", message_timeout=1.0, send_timeout=1.0)
         with self._backend_lock:

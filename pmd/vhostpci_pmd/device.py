@@ -42,7 +42,7 @@ from .inflight import RESUB_DELIVERED, queue_area, recover
 from .iotlb import IotlbMisses
 from .iotlb_serve import IotlbServer
 from .state import (
-    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
+    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
     VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
     VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_PENDING,
     VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
@@ -93,6 +93,8 @@ class VhostPciDevice(BackendDevice):
         self.src = np.zeros(MAX_TRACKED_MBUFS, np.uint64)
         self.hold = np.zeros((queues, HOLD_CAP), np.int64)  # tx mbufs parked on a miss (txhold.py)
         self.vec = np.zeros((nvq, VEC_MAX, 3), np.int64)  # chain.fill_vec's buffer vector, one per vring
+        self.missmsg = np.zeros((nvq, 48), np.uint8)  # the MISS a parking vring sends (iotlb.send_miss)
+        self._miss_src = -1  # the session's back-end channel fd our PORT_MISS_FD dup is of
         area = -(-nvq * queue_area(MAX_VRING_SIZE) // PAGE_SIZE) * PAGE_SIZE
         self.inflight = Window(area, table_capacity=1, max_regions=1)
         self._inflight_info: InflightInfo | None = None  # set while the region is mapped
@@ -134,7 +136,7 @@ class VhostPciDevice(BackendDevice):
             self._kstate = VhostPciState(
                 mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count, self.logctl, self.vq,
                 self.xstats, self.stats, self.ctl, self.port_id, mem_views(self.inflight.array), self.resub,
-                self.src, self.hold, self.vec)
+                self.src, self.hold, self.vec, self.missmsg, self.iotlb.asked)
         return self._kstate
 
     def warm(self) -> None:
@@ -156,6 +158,9 @@ class VhostPciDevice(BackendDevice):
             self.inflight.close()
             self.ctl[PORT_WAKE_FD] = -1
             os.close(self._wake_fd)
+            if self.ctl[PORT_MISS_FD] >= 0:  # the kernels have stopped: no grace period to wait for
+                os.close(int(self.ctl[PORT_MISS_FD]))
+                self.ctl[PORT_MISS_FD] = -1
             for fd in self._rxq_wake_fds:
                 os.close(fd)
             self._rxq_wake_fds = []
@@ -239,6 +244,7 @@ class VhostPciDevice(BackendDevice):
             self._held.clear()
             self._rx_used_at_start.clear()
             self.iotlb.forget()
+            self._set_miss_fd(-1)
 
     # ----------------------------------------------------------------- rings
     def vring_ready(self, index: int, vring: VringInfo) -> None:
@@ -459,4 +465,23 @@ class VhostPciDevice(BackendDevice):
         if why is not None:
             session.close(why, logging.ERROR)  # rings stopped, memory (and the zero pages) unmapped
             return
+        fd = session.backend_channel_fd()
+        if fd != self._miss_src:
+            self._set_miss_fd(fd)
         self.iotlb.service(session)
+
+    def _set_miss_fd(self, fd: int) -> None:
+        """Kernels send their MISSes on a dup of ``fd`` (-1: not at all).
+        The old dup is closed only after a grace period: no lcore is still
+        sending on it (nor on whatever else would reuse its number)."""
+        old = int(self.ctl[PORT_MISS_FD])
+        store_flag(self.ctl, PORT_MISS_FD, -1)
+        if old >= 0:
+            try:
+                self.quiesce()
+            except TimeoutError as e:
+                log.error("%s: closing the MISS channel: %s; closing anyway", self.name, e)
+            os.close(old)
+        self._miss_src = fd
+        if fd >= 0:
+            store_flag(self.ctl, PORT_MISS_FD, os.dup(fd))

@@ -42,14 +42,14 @@ from numba import njit
 from ..atomics import fence, load_acquire, store_release
 from ..guestmem.translate import granted_perm, translate
 from ..guestmem.vmem import PAGE_SIZE
-from ..syscalls import eventfd_signal
-from ..vhost_user.messages import IotlbPerm
+from ..syscalls import eventfd_signal, monotonic_ns, socket_send_from
+from ..vhost_user.messages import HEADER_SIZE, VERSION, BackendReq, IotlbPerm, IotlbType
 from ..virtio.split import (
     DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, avail_entry, avail_idx, desc_addr,
     desc_flags, desc_len, desc_next, ring_sizes,
 )
 from .state import (
-    PORT_WAKE_FD, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_ANSWERED, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM,
+    PORT_MISS_FD, PORT_WAKE_FD, VQ_MISS_SENT, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_ANSWERED, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM,
     VQ_READY, XS_IOTLB_MISS, XS_PERM_DENIED, VhostPciState,
 )
 
@@ -59,31 +59,82 @@ if TYPE_CHECKING:
 log = logging.getLogger("vhostpci.iotlb")
 
 MISS_RESEND_S = 0.1  # a MISS with no UPDATE in reply is sent again after this
+MISS_RESEND_NS = int(MISS_RESEND_S * 1e9)
+# pages asked for and not answered yet, as both the control thread and a
+# parking kernel see them (state.asked rows [page | 1 if WO, monotonic ns], a
+# slot per page number modulo ASK_SLOTS; a collision only costs a second MISS)
+ASK_SLOTS = 1024
 MAX_AHEAD = 256  # chains looked at per ask-ahead (a whole ring of usual size)
 MAX_ASK = 64  # pages asked for per ask-ahead (each MISS is 36 bytes: the socket holds thousands)
 _U64 = (1 << 64) - 1
 _PAGE_MASK = ~(PAGE_SIZE - 1)
+
+# the MISS message a kernel sends itself (send_miss)
+MISS_SIZE = HEADER_SIZE + 32
+_BACKEND_IOTLB_MSG, _VERSION, _MISS = int(BackendReq.IOTLB_MSG), VERSION, int(IotlbType.MISS)
+_PERM_RO, _PERM_WO = int(IotlbPerm.RO), int(IotlbPerm.WO)
+_MSG_DONTWAIT, _MSG_NOSIGNAL = 0x40, 0x4000
 
 # buffer_offset's answers besides a window offset (>= 0)
 BUF_BAD, BUF_MISS = -1, -2
 
 
 # ---------------------------------------------------------------- kernels
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _put(buf, off, value, nbytes):
+    for k in range(nbytes):
+        buf[off + k] = (value >> (8 * k)) & 0xFF
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def send_miss(st, v, iova, write):
+    """Send the MISS for ``iova`` on the back-end channel from the kernel
+    (``PORT_MISS_FD``; -1: none yet, the control thread sends it): one
+    non-blocking ``send`` of the whole 44-byte message, which a unix stream
+    socket appends whole or not at all, so it never splits a message the
+    control thread sends on the same channel.  True if it went out."""
+    fd = st.ctl[PORT_MISS_FD]
+    if fd < 0:
+        return False
+    key = np.int64(iova) | (1 if write else 0)
+    slot = (np.int64(iova) >> 12) & (ASK_SLOTS - 1)
+    now = monotonic_ns()
+    if st.asked[slot, 0] == key and now - st.asked[slot, 1] < MISS_RESEND_NS:
+        return False  # asked already (ahead, or by another ring): the control thread sees to it
+    b = st.missmsg[v]
+    _put(b, 0, _BACKEND_IOTLB_MSG, 4)
+    _put(b, 4, _VERSION, 4)
+    _put(b, 8, MISS_SIZE - HEADER_SIZE, 4)
+    _put(b, HEADER_SIZE, np.uint64(iova), 8)
+    for k in range(HEADER_SIZE + 8, MISS_SIZE):
+        b[k] = 0
+    b[HEADER_SIZE + 24] = _PERM_WO if write else _PERM_RO
+    b[HEADER_SIZE + 25] = _MISS
+    if socket_send_from(fd, b, MISS_SIZE, _MSG_DONTWAIT | _MSG_NOSIGNAL) != MISS_SIZE:
+        return False
+    st.asked[slot, 0] = key
+    st.asked[slot, 1] = now
+    return True
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def park_on_miss(st, v, iova, write):
     """Vring ``v`` stops on the unmapped ``iova``: record it (once until it
-    is answered; counted once) and wake the control thread to send the MISS.
+    is answered; counted once), send the MISS (``send_miss``, or the control
+    thread does) and wake the control thread to ask ahead.
 
     The UPDATE may land between the failed lookup and the park (pages asked
     ahead stream in): the control thread un-parks only vrings it sees
     parked, so after publishing the park the kernel looks again, and
     un-parks itself if the page is there now.  Fences on both sides
-    (``IotlbMisses.updated``): either it sees the park, or we see the page."""
+    (``unpark_covered``): either it sees the park, or we see the page."""
     if load_acquire(st.vq[v], VQ_MISS_PENDING) != 0:
         return
     st.xstats[v, XS_IOTLB_MISS] += 1
     st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
     st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
+    if send_miss(st, v, iova, write):
+        st.vq[v, VQ_MISS_SENT] = 1  # published with the park below
     store_release(st.vq[v], VQ_MISS_PENDING, 1)
     fence()
     if translate(st.table, st.tcount, iova, 1, write) >= 0:
@@ -232,7 +283,9 @@ class IotlbMisses:
         self._miss_sent: dict[int, float] = {}  # vring -> time of the last MISS for its parked address
         self._asked: dict[tuple[int, int], float] = {}  # (page, perm) -> when asked, until an UPDATE covers it
         self._ahead = np.zeros(MAX_AHEAD, np.int64)  # pages misses_ahead found
+        self.asked = np.zeros((ASK_SLOTS, 2), np.int64)  # state.asked: what is asked, for the kernels too
         self.sent = 0  # MISS requests sent (on demand and ahead)
+        self.sent_by_lcores = 0  # of which a parking kernel sent itself
         self.ahead = 0  # of which ahead
         self.updates = 0  # IOTLB messages from VM1, all sessions
         self.invalidates = 0
@@ -244,12 +297,21 @@ class IotlbMisses:
 
     def xstats(self) -> dict[str, int]:
         return {"iotlb_miss_requests": self.sent, "iotlb_miss_ahead": self.ahead,
+                "iotlb_miss_sent_by_lcore": self.sent_by_lcores,
                 "iotlb_updates": self.updates, "iotlb_invalidates": self.invalidates}
 
     def forget(self) -> None:
         """A new front-end: nothing is asked any more."""
         self._miss_sent.clear()
         self._asked.clear()
+        self.asked[:] = 0
+
+    def _remember(self, page: int, perm: int, now: float) -> None:
+        """``page`` was asked for ``perm`` now (for the kernels too)."""
+        self._asked[(page, perm)] = now
+        key = page | (1 if perm == IotlbPerm.WO else 0)
+        row = self.asked[(page >> 12) & (ASK_SLOTS - 1)]
+        row[0], row[1] = key, int(now * 1e9)
 
     def invalidated(self, iova: int, size: int) -> None:
         self.invalidates += 1
@@ -268,7 +330,14 @@ class IotlbMisses:
         end = iova + size
         if self._asked:
             first = iova & _PAGE_MASK
-            self._asked = {k: t for k, t in self._asked.items() if not first <= k[0] < end}
+            asked = self.asked
+            keep = {}
+            for k, t in self._asked.items():
+                if first <= k[0] < end:
+                    asked[(k[0] >> 12) & (ASK_SLOTS - 1), 0] = 0  # the kernels may ask again
+                else:
+                    keep[k] = t
+            self._asked = keep
         for v in range(len(self.vq)):
             if unparked >> v & 1:
                 self._miss_sent.pop(v, None)
@@ -284,10 +353,16 @@ class IotlbMisses:
                 continue
             iova = int(self.vq[v, VQ_MISS_IOVA]) & _U64
             perm = IotlbPerm.WO if self.vq[v, VQ_MISS_WRITE] else IotlbPerm.RO
-            # Not again if the page was just asked for (ahead, or by another
-            # ring) and is not answered yet: a second UPDATE of the same page
-            # would cost a remap.
-            self._ask(session, iova & _PAGE_MASK, perm, now)
+            if self.vq[v, VQ_MISS_SENT]:  # the kernel sent it when it parked
+                self.vq[v, VQ_MISS_SENT] = 0
+                self._asked[(iova & _PAGE_MASK, int(perm))] = now  # the kernel noted it in state.asked
+                self.sent += 1
+                self.sent_by_lcores += 1
+            else:
+                # Not again if the page was just asked for (ahead, or by another
+                # ring) and is not answered yet: a second UPDATE of the same page
+                # would cost a remap.
+                self._ask(session, iova & _PAGE_MASK, perm, now)
             self._miss_sent[v] = now
             self._ask_ahead(session, v, iova & _PAGE_MASK, now)
 
@@ -297,7 +372,7 @@ class IotlbMisses:
         key = (page, int(perm))
         if now - self._asked.get(key, -1.0) < MISS_RESEND_S or not session.send_iotlb_miss(page, perm):
             return False
-        self._asked[key] = now
+        self._remember(page, int(perm), now)
         self.sent += 1
         return True
 

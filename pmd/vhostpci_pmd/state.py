@@ -26,7 +26,8 @@ VQ_MISS_ANSWERED = 21  # the page of the last miss an UPDATE answered (iotlb.py)
 # kernel-owned (the vring's lcore): available chains left after the last
 # enqueue (a lower bound: VM1 only adds), and 1 if that burst stopped on a miss
 VQ_AVAIL_LEFT, VQ_PARKED = 22, 23
-N_VQ = 24
+VQ_MISS_SENT = 25  # 1: the kernel sent the MISS of its park itself (iotlb.py); the control thread clears it
+N_VQ = 26
 
 # extended per-vring counters
 (XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,
@@ -41,6 +42,8 @@ XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls"
 PORT_WAKE_FD, PORT_INFLIGHT = 0, 1
 # RARP announcements (announce.py): requests (control thread), served (lcore), VM1's MAC
 PORT_RARP_REQ, PORT_RARP_DONE, PORT_RARP_MAC = 2, 3, 4
+# the back-end channel (a dup the device owns; -1: none) a parking kernel sends its MISS on
+PORT_MISS_FD = 5
 N_PORT_CTL = 8
 
 
@@ -61,5 +64,7 @@ class VhostPciState(NamedTuple):
     src: np.ndarray  # uint64[MAX_TRACKED_MBUFS]: by mbuf index, where dequeue took it (inflight.source)
     hold: np.ndarray  # (nb_queue_pairs, HOLD_CAP) int64: mbufs held on a miss, [0, vq[2q, VQ_HELD]) (txhold.py)
     vec: np.ndarray  # (nb_vrings, VEC_MAX, 3) int64: the buffer vector of the chain being copied (chain.py)
+    missmsg: np.ndarray  # (nb_vrings, 48) uint8: the IOTLB MISS message a parking vring sends (iotlb.py)
+    asked: np.ndarray  # (iotlb.ASK_SLOTS, 2) int64: pages asked for, not answered yet (iotlb.py)
 
 
