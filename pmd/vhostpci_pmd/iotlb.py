@@ -6,7 +6,9 @@ does not map yet is a *miss*, not an error:
 1. **Park** (kernel, ``park_on_miss``): the kernel that met the unmapped
    address stops where it is -- the descriptor stays available, nothing is
    consumed or dropped -- records the address and direction in its vring's
-   ``VQ_MISS_*`` words and wakes the control thread (``PORT_WAKE_FD``).
+   ``VQ_MISS_*`` words, sends the MISS itself (``send_miss``: on a dup of
+   the back-end channel, unless the page is asked for already) and wakes
+   the control thread (``PORT_WAKE_FD``).
    ``buffer_offset`` is where buffers are translated: it parks on the first
    page of a buffer not granted for the access it needs.  A page granted
    without that permission (read-only where the device must write) is asked
@@ -15,7 +17,7 @@ does not map yet is a *miss*, not an error:
    len 0, counted in ``iotlb_perm_denied``): asking again would get the
    same answer forever.
 2. **Ask** (control thread, ``IotlbMisses.service``): sends BACKEND
-   IOTLB_MSG MISS for the parked address, with the descriptor's own
+   IOTLB_MSG MISS for the parked address when the kernel could not, with the descriptor's own
    direction (RO for a buffer the device reads, WO for one it writes: never
    more than VM1 granted, or its IOMMU reports a fault), once per page until
    it is answered (re-sent after ``MISS_RESEND_S``).
