@@ -137,12 +137,12 @@ class XdpDriver(NetdevPortDriver):
         have = nd.rx_queues(self.iface)
         if self.nb_rxq > have:
             raise PortError(f"{self.name}: {self.iface} has {have} rx queue(s), {self.nb_rxq} asked (queues=)")
-        frames = self.nb_rxq * 2 * self.args["ring_size"]  # each queue: a fill ring's and a tx ring's worth
+        filled = self.nb_rxq * self.args["ring_size"]  # frames the fill rings keep
         pool = self._app_pool
-        why = "no mbuf pool given" if pool is None else umem.unfit(pool, max_frame, frames)
-        for attempt in range(2):
-            if why is not None:
-                pool = umem.private_pool(frame_size, frames)
+        why = "no mbuf pool given" if pool is None else umem.unfit(pool, max_frame, filled)
+        for _ in range(2):
+            if why is not None:  # each queue: a fill ring's and a tx ring's worth
+                pool = umem.private_pool(frame_size, 2 * filled)
             self._copies = why or ""
             self._step = "query the netdev"
             try:
@@ -160,7 +160,7 @@ class XdpDriver(NetdevPortDriver):
                 continue
             break
         if why is not None and self._app_pool is not None:
-            log.info("%s: the mbuf pool cannot be the UMEM (%s): frames are copied between the two", self.name, why)
+            log.warning("%s: the mbuf pool cannot be the UMEM (%s): frames are copied between the two", self.name, why)
         self._state = state
 
     def _build(self, pool: MbufPool, max_frame: int) -> XdpState:

@@ -35,7 +35,7 @@ ADDR_MASK = (1 << L.UNALIGNED_OFFSET_SHIFT) - 1
 
 def unfit(pool: MbufPool, max_frame: int, frames: int) -> str | None:
     """Why ``pool`` cannot be the UMEM of a port receiving ``max_frame`` B
-    frames that keeps ``frames`` frames with the kernel; None when it can."""
+    frames whose fill rings keep ``frames`` frames; None when it can."""
     if not L.XDP_UMEM_MIN_CHUNK_SIZE <= pool.buf_size <= PAGE_SIZE:
         return f"its {pool.buf_size} B buffers are not {L.XDP_UMEM_MIN_CHUNK_SIZE}..{PAGE_SIZE} B (a UMEM chunk)"
     if max_frame > pool.buf_size - L.XDP_PACKET_HEADROOM:
@@ -44,7 +44,7 @@ def unfit(pool: MbufPool, max_frame: int, frames: int) -> str | None:
     if pool.data.ctypes.data % PAGE_SIZE:
         return "its memory is not page-aligned"
     if pool.size < 2 * frames:
-        return f"its {pool.size} buffers are fewer than twice the {frames} the port's rings keep"
+        return f"its {pool.size} buffers are fewer than twice the {frames} the port's fill rings keep"
     return None
 
 
