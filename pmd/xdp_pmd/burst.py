@@ -62,7 +62,7 @@ from .layout import (
     X_TX_WAKEUPS,
     XDP_RING_NEED_WAKEUP,
 )
-from .umem import chunk_addr, frame_addr, frame_of, is_umem, take_frame
+from .umem import chunk_addr, data_offset, frame_addr, frame_of, is_umem, take_frame
 
 U32 = 0xFFFFFFFF
 
@@ -101,10 +101,11 @@ def _reap_completions(st, q):
     mask = st.ring_size - 1
     base = off[COMP, OFF_DESC]
     up, own, back = st.upool, st.own, st.tx_scratch[q]
+    bs, owner = np.int64(up.buf_size), q + 1
     n = 0
     for k in range(done):
-        i, _ = frame_of(up, own, q + 1, c64[(base + ((cons + k) & mask) * 8) >> 3])
-        if i >= 0:  # a frame we posted (anything else is the kernel's bug: not ours to free)
+        i = frame_of(bs, own, owner, c64[(base + ((cons + k) & mask) * 8) >> 3])
+        if i >= 0:  # a frame we posted (else the kernel's bug: not ours to free)
             own[i] = 0
             back[n] = i
             n += 1
@@ -159,14 +160,17 @@ def xdp_rx(st, q, pool, bufs, nb):
     mask = st.ring_size - 1
     room = pool.buf_size - HEADROOM
     back = st.rx_scratch[q]
+    bs, owner = np.int64(up.buf_size), q + 1
     nback = 0
     got = 0
     nbytes = 0
     for k in range(n):
         d = off[RX, OFF_DESC] + ((cons + k) & mask) * 16
-        i, data_off = frame_of(up, own, q + 1, r64[d >> 3])
+        addr = r64[d >> 3]
+        i = frame_of(bs, own, owner, addr)
+        data_off = data_offset(bs, i, addr)
         ln = np.int64(r32[(d + 8) >> 2])
-        if i < 0 or ln < ETH_HLEN or data_off + ln > up.buf_size or (not zc and ln > room):
+        if i < 0 or ln < ETH_HLEN or data_off + ln > bs or (not zc and ln > room):
             st.xstats[q, X_RX_BAD_DESC] += 1
             st.stats[q, ST_IERRORS] += 1
             if i >= 0:

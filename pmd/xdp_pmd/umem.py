@@ -88,16 +88,20 @@ def chunk_addr(pool, i):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def frame_of(up, own, owner, addr):
-    """Mbuf index and data offset in it of an address the kernel returned
-    (rx: chunk | offset << 48; completion: what tx posted), or (-1, 0) when
-    it is no frame queue ``owner - 1`` holds."""
-    a = np.int64(addr) & ADDR_MASK
-    off = (np.int64(addr) >> L.UNALIGNED_OFFSET_SHIFT) & 0xFFFF
-    i = a // up.buf_size
-    if i < 0 or i >= len(own) or own[i] != owner:
-        return np.int64(-1), np.int64(0)
-    return i, a - i * up.buf_size + off
+def frame_of(bs, own, owner, addr):
+    """Mbuf index of an address the kernel returned (rx: chunk | offset <<
+    48; completion: what tx posted) in a UMEM of ``bs`` B chunks, or -1
+    when it is no frame queue ``owner - 1`` holds."""
+    i = (np.int64(addr) & ADDR_MASK) // bs
+    if 0 <= i < len(own) and own[i] == owner:
+        return i
+    return np.int64(-1)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def data_offset(bs, i, addr):
+    """Where the data of rx address ``addr`` starts in chunk ``i``."""
+    return (np.int64(addr) & ADDR_MASK) - i * bs + (np.int64(addr) >> L.UNALIGNED_OFFSET_SHIFT)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
