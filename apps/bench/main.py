@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     vfp.add_argument("--size", type=_sizes, default=vf.SIZES,
                      help="frame sizes with FCS, comma-separated (64,1518; veth frames are 4 B shorter)")
     _warmup_quick(vfp)
-    vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx (default: both)")
+    vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx,vm1 (default: all)")
     vfp.add_argument("--kinds", type=_kinds, default=vf.KINDS,
                      help="subset of packet (AF_PACKET),xdp (AF_XDP) (default: both)")
     v1 = sub.add_parser("vm1", help="real VM1 (QEMU TCG) <-> namespace through our app vs DPDK testpmd (root)")

@@ -1,7 +1,9 @@
 """net_vf_xdp driver: the VF through AF_XDP.  Devargs ``iface=`` (required),
 ``queues=`` (one XSK per queue, bound to netdev queues 0..queues-1),
-``ring_size=`` (entries of each of the four rings per queue; as many rx and
-as many tx frames), ``xdp_mode=native|generic``, ``zero_copy=auto|0|1``.
+``ring_size=`` (entries of each of the four rings per queue), ``xdp_mode=
+native|generic``, ``zero_copy=auto|0|1``, ``umem=pool|own`` (the UMEM: the
+app's mbuf pool where it can serve, or always a private one the bursts
+copy into and out of).
 
 ``start`` builds everything or nothing (any failure releases what was made
 and raises one PortError naming the interface and the cause): the UMEM
@@ -41,6 +43,7 @@ MAX_QUEUES = 16
 FRAME_SIZES = (2048, 4096)  # UMEM chunk sizes (aligned mode: a power of two up to a page)
 XDP_MODES = {"native": L.XDP_FLAGS_DRV_MODE, "generic": L.XDP_FLAGS_SKB_MODE}
 ZERO_COPY = {"auto": 0, "1": L.XDP_ZEROCOPY, "0": L.XDP_COPY}
+UMEM_CHOICES = ("pool", "own")  # the app's mbuf pool where it can serve (one copy), or always the port's own
 NEEDS = "needs root (CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF or CAP_SYS_ADMIN)"
 
 
@@ -69,8 +72,10 @@ def frame_size_for(max_frame: int) -> int:
 class XdpDriver(NetdevPortDriver):
     prefix = "net_vf_xdp"
     devargs = {"iface": nd.iface_devarg, "queues": int_in_range("queues", 1, MAX_QUEUES), "ring_size": _ring_size,
-               "xdp_mode": _choice("xdp_mode", XDP_MODES), "zero_copy": _choice("zero_copy", ZERO_COPY)}
-    devarg_defaults = {"iface": "", "queues": 1, "ring_size": 2048, "xdp_mode": "native", "zero_copy": "auto"}
+               "xdp_mode": _choice("xdp_mode", XDP_MODES), "zero_copy": _choice("zero_copy", ZERO_COPY),
+               "umem": _choice("umem", UMEM_CHOICES)}
+    devarg_defaults = {"iface": "", "queues": 1, "ring_size": 2048, "xdp_mode": "native", "zero_copy": "auto",
+                       "umem": "pool"}
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
@@ -139,7 +144,10 @@ class XdpDriver(NetdevPortDriver):
             raise PortError(f"{self.name}: {self.iface} has {have} rx queue(s), {self.nb_rxq} asked (queues=)")
         filled = self.nb_rxq * self.args["ring_size"]  # frames the fill rings keep
         pool = self._app_pool
-        why = "no mbuf pool given" if pool is None else umem.unfit(pool, max_frame, filled)
+        if self.args["umem"] == "own":
+            why = "umem=own"
+        else:
+            why = "no mbuf pool given" if pool is None else umem.unfit(pool, max_frame, filled)
         for _ in range(2):
             if why is not None:  # each queue: a fill ring's and a tx ring's worth
                 pool = umem.private_pool(frame_size, 2 * filled)
@@ -159,7 +167,7 @@ class XdpDriver(NetdevPortDriver):
                 self._release()
                 continue
             break
-        if why is not None and self._app_pool is not None:
+        if why is not None and self._app_pool is not None and self.args["umem"] == "pool":
             log.warning("%s: the mbuf pool cannot be the UMEM (%s): frames are copied between the two", self.name, why)
         self._state = state
 
