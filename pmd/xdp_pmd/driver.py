@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -36,10 +37,11 @@ from ..mbuf import MbufPool, alloc_bulk
 from ..ringarea import RingArea, page_round
 from . import bpf, netlink, umem, xsk
 from . import layout as L
-from .burst import XdpState
+from .burst import XdpState, xdp_tx_flush
 
 log = logging.getLogger(__name__)
 MAX_QUEUES = 16
+TX_DRAIN_S = 0.2  # at stop, how long frames still in the tx rings may take to go out
 FRAME_SIZES = (2048, 4096)  # UMEM chunk sizes (aligned mode: a power of two up to a page)
 XDP_MODES = {"native": L.XDP_FLAGS_DRV_MODE, "generic": L.XDP_FLAGS_SKB_MODE}
 ZERO_COPY = {"auto": 0, "1": L.XDP_ZEROCOPY, "0": L.XDP_COPY}
@@ -255,11 +257,15 @@ class XdpDriver(NetdevPortDriver):
             ring_size=ring, max_frame=max_frame, port_id=self.port_id)
 
     def _release(self) -> None:
-        """Detach the program, close every socket and fd, unmap every area (idempotent)."""
-        self._state = None
+        """Detach the program, send what the tx rings still hold (bounded),
+        close every socket and fd, unmap every area, give the frames the
+        kernel side held back to the pool (idempotent)."""
+        state, self._state = self._state, None
         if self._link_fd >= 0:
             os.close(self._link_fd)  # the program leaves the netdev now
             self._link_fd = -1
+        if state is not None:
+            self._drain_tx(state)
         self._collect_missed()
         for s in self._socks:
             s.close()
@@ -274,6 +280,14 @@ class XdpDriver(NetdevPortDriver):
         for fd in reversed(self._fds):
             os.close(fd)
         self._fds = []
+
+    def _drain_tx(self, state: XdpState) -> None:
+        """Frames the tx rings took before stop go out (copy mode sends a
+        batch per wakeup), for up to TX_DRAIN_S; the lcores are stopped."""
+        deadline = time.monotonic() + TX_DRAIN_S
+        for q in range(self.nb_txq):
+            while xdp_tx_flush(state, q, state.upool) and time.monotonic() < deadline:
+                time.sleep(0.0005)
 
     # ---- counters ----------------------------------------------------------
     def _socket_stats(self) -> list[xsk.XskStats]:

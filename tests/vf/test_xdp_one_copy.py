@@ -217,3 +217,17 @@ def test_vm1_to_namespace_and_back_with_one_copy(veth, fwd):
     for pid in (0, 1):
         fwd.stop_port(pid)
     assert fwd.pool.available() == fwd.pool.size  # nothing lost on the way or held after stop
+
+
+def test_stop_sends_what_the_tx_ring_took_and_every_frame_comes_back(veth, xdp_with_pool):
+    """tx_burst took 200 frames, one wakeup sent 32 (copy mode): stop sends
+    the rest before closing, and the pool gets every frame back."""
+    pool = create_pool(2048)
+    port = xdp_with_pool(pool)
+    pkts = [make_packet(k, 90) for k in range(200)]
+    peer = veth.start_peer("recv", len(pkts), 5)
+    bufs = _fill(pool, pkts)
+    assert _tx(port.kernel_state(), 0, pool, bufs, len(bufs)) == len(bufs)
+    port.stop()
+    assert [bytes.fromhex(h) for h in veth.peer_result(peer)["packets"]] == pkts
+    assert pool.available() == pool.size
