@@ -24,7 +24,7 @@ from tests.util import wait_until
 from tests.vf import ns_peer
 from tests.vf.conftest import send_all, xdp_attached
 from tests.vf.test_vf_port import recv_until
-from tests.vhostpci.peer_io import check_packet, flush, make_packet, recv, send
+from tests.vhostpci.peer_io import flush, make_packet, recv, send
 
 pytestmark = pytest.mark.usefixtures("compiled_xdp")
 RING = 256
