@@ -231,3 +231,38 @@ def test_stop_sends_what_the_tx_ring_took_and_every_frame_comes_back(veth, xdp_w
     port.stop()
     assert [bytes.fromhex(h) for h in veth.peer_result(peer)["packets"]] == pkts
     assert pool.available() == pool.size
+
+
+def test_two_queues_share_the_pool_as_their_umem():
+    """Each queue's XSK registers the same pool; frames stay with the queue
+    that posted them, and stop gives back every one."""
+    from tests.vf.conftest import make_veth
+    from tests.vf.test_xdp_port import _flow_ids, _udp_flows
+
+    with make_veth(queues=2) as v:
+        pool = create_pool(4 * RING)
+        port = Port(0, parse_vdev(f"net_vf_xdp0,iface={v.host},queues=2,ring_size={RING}"))
+        try:
+            port.use_pool(pool)
+            port.start()
+            assert port.driver.info()["umem"].startswith("the mbuf pool")
+            assert pool.available() == pool.size - 2 * RING
+            _udp_flows(v.ns, v.peer, v.subnet, 64)
+            per_queue: dict[int, list[int]] = {0: [], 1: []}
+            deadline = time.monotonic() + 5
+            while sum(map(len, per_queue.values())) < 64 and time.monotonic() < deadline:
+                for q in (0, 1):
+                    per_queue[q] += _flow_ids(recv(port, pool, queue=q))
+            assert sorted(per_queue[0] + per_queue[1]) == list(range(64))
+            assert per_queue[0] and per_queue[1]
+            peer = v.start_peer("recv", 2, 3)
+            assert send_all(port, pool, [make_packet(7, 80)], queue=1) == 1
+            assert send_all(port, pool, [make_packet(8, 80)], queue=0) == 1
+            got = [bytes.fromhex(h) for h in v.peer_result(peer)["packets"]]
+            assert sorted(got) == sorted([make_packet(7, 80), make_packet(8, 80)])
+            xs = port.driver.xstats()
+            assert (xs["tx_copied"], xs["rx_copied"], xs["rx_bad_desc"]) == (0, 0, 0), xs
+        finally:
+            port.close()
+        assert pool.available() == pool.size
+        assert xdp_attached(v.host) == "none"
