@@ -278,3 +278,22 @@ def test_iotlb_bench_prints_latencies_for_each_placement():
     assert got == {(p, m) for p in ("split", "shared") for m in ("update", "invalidate", "miss")}
     for r in doc["results"]:
         assert 0 < r["p50_us"] <= r["p99_us"] and r["samples"] == 5, r
+
+
+def test_xdp_steps_quick_json(tmp_path):
+    """ns per packet by step of net_vf_xdp's tx burst, both paths, one short
+    round; the veth pair is gone afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("the xdp-steps bench needs root and iproute2 (veth pair)")
+    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "xdp-steps", "--quick", "--size", "64", "--json"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with _killed_on_exit(proc):
+        out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert [(r["path"], r["size"]) for r in doc["results"]] == [("copy", 64), ("one copy", 64)]
+    for r in doc["results"]:
+        assert set(r["ns_per_packet"]) == {"alloc+header", "reap", "post", "wakeup"}
+        assert all(v > 0 for v in r["ns_per_packet"].values()), r
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10).stdout
+    assert f"vbs{proc.pid}" not in links

@@ -90,8 +90,8 @@ class XdpState(NamedTuple):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _reap_completions(st, q):
-    """Completed tx frames back to the pool."""
+def reap_completions(st, q):
+    """The tx burst's first step: completed tx frames back to the pool."""
     c32, c64, off = st.comp32[q], st.comp64[q], st.off
     prod = np.int64(load_acquire(c32, off[COMP, OFF_PRODUCER] >> 2))
     cons = np.int64(c32[off[COMP, OFF_CONSUMER] >> 2])
@@ -202,8 +202,9 @@ def xdp_rx(st, q, pool, bufs, nb):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _tx_wakeup(st, q):
-    """One send() when the kernel asks for it: it transmits what the tx ring holds."""
+def tx_wakeup(st, q):
+    """The tx burst's last step: one send() when the kernel asks for it (it
+    transmits what the tx ring holds)."""
     if load_acquire(st.tx32[q], st.off[TX, OFF_FLAGS] >> 2) & XDP_RING_NEED_WAKEUP:
         st.xstats[q, X_TX_WAKEUPS] += 1
         if socket_send_empty(st.fds[q], MSG_DONTWAIT) < 0:
@@ -214,11 +215,13 @@ def _tx_wakeup(st, q):
                 st.xstats[q, X_TX_WAKEUP_ERRORS] += 1
 
 
-@njit(nogil=True, cache=True)
-def xdp_tx(st, q, pool, bufs, nb):
+@njit(nogil=True, cache=True, inline="always")
+def tx_post(st, q, pool, bufs, nb):
+    """The tx burst's middle step: post ``bufs[:nb]`` on the tx ring (the
+    mbufs themselves, or frames they are copied into), publish them with
+    one release of the producer; returns (taken, posted)."""
     t32, t64, off, up, own = st.tx32[q], st.tx64[q], st.off, st.upool, st.own
     zc = is_umem(pool, up)
-    _reap_completions(st, q)
     prod = np.int64(t32[off[TX, OFF_PRODUCER] >> 2])
     cons = np.int64(load_acquire(t32, off[TX, OFF_CONSUMER] >> 2))
     space = st.ring_size - ((prod - cons) & U32)
@@ -262,8 +265,6 @@ def xdp_tx(st, q, pool, bufs, nb):
         n += 1
     if queued > 0:
         store_release(t32, off[TX, OFF_PRODUCER] >> 2, (prod + queued) & U32)
-    if queued > 0 or n < nb:  # n < nb: the ring is full, make sure the kernel drains it
-        _tx_wakeup(st, q)
     if zc:
         free_bulk(pool, bufs, dropped)
     else:
@@ -273,6 +274,16 @@ def xdp_tx(st, q, pool, bufs, nb):
             free_bulk(up, frames[queued:], space - queued)
     st.stats[q, ST_OPACKETS] += queued
     st.stats[q, ST_OBYTES] += nbytes
+    return n, queued
+
+
+@njit(nogil=True, cache=True)
+def xdp_tx(st, q, pool, bufs, nb):
+    """Reap completions, post, and one wakeup when the kernel asks for it."""
+    reap_completions(st, q)
+    n, queued = tx_post(st, q, pool, bufs, nb)
+    if queued > 0 or n < nb:  # n < nb: the ring is full, make sure the kernel drains it
+        tx_wakeup(st, q)
     return n
 
 
@@ -281,11 +292,11 @@ def xdp_tx_flush(st, q, pool):
     """Frames still in the tx ring (copy mode sends a bounded batch per
     wakeup): wake the kernel again; how many it has not taken yet."""
     t32, off = st.tx32[q], st.off
-    _reap_completions(st, q)
+    reap_completions(st, q)
     pending = (np.int64(t32[off[TX, OFF_PRODUCER] >> 2]) - np.int64(load_acquire(t32, off[TX, OFF_CONSUMER] >> 2))) \
         & U32
     if pending > 0:
-        _tx_wakeup(st, q)
+        tx_wakeup(st, q)
     return pending
 
 
