@@ -2,8 +2,8 @@
 
 Scenarios: ``framework`` (framework overhead on one lcore), ``vhost`` (our
 vhost-pci port against DPDK's vhost PMD, and the cost of VM1's IOMMU), ``vf``
-(our VF port against DPDK's af_packet PMD on a veth pair, tx and rx), ``vm1``
-(a real QEMU guest sending through our app vs through DPDK testpmd into a
+(our VF ports against DPDK's af_packet and af_xdp PMDs on a veth pair: tx,
+rx, and VM1 -> vhost-pci -> VF), ``vm1`` (a real QEMU guest sending through our app vs through DPDK testpmd into a
 namespace, and the namespace's datagrams delivered to the guest, with and
 without a strict or lazy vIOMMU), ``iotlb`` (IOTLB message latency, p50/p99
 in microseconds, measured from the front-end), ``xdp-steps`` (ns per packet
