@@ -174,6 +174,11 @@ class PortDriver(ABC):
         none right now) keeps the lcore polling."""
         return []
 
+    def use_pool(self, pool) -> None:
+        """The mbuf pool the port's bursts will be given (the mempool of
+        DPDK's rx_queue_setup), told before start; a driver may build on its
+        memory (an AF_XDP UMEM).  Drivers that need not know keep this default."""
+
     def drain(self, pool) -> int:
         """Free buffers the device still holds (e.g. queued in a ring) after
         stop; returns how many.  Drivers that hold none keep this default."""
@@ -232,11 +237,17 @@ class Port:
         self._baseline: np.ndarray | None = None
         self.xstats_baseline: dict[str, int] = {}  # driver xstats at the last clear (pmd/xstats.py)
         self.mac_override: bytes | None = None  # testpmd's mac_addr set
+        self._pool = None  # the app's mbuf pool (use_pool)
 
     def configure(self, nb_rxq: int, nb_txq: int) -> None:
         if self.started:
             raise PortError(f"port {self.port_id} ({self.name}) must be stopped to configure")
         self.driver.configure(nb_rxq, nb_txq)
+
+    def use_pool(self, pool) -> None:
+        """Tell the driver which mbuf pool its bursts will be given (kept across ``reset``)."""
+        self._pool = pool
+        self.driver.use_pool(pool)
 
     def start(self) -> None:
         if self.closed:
@@ -280,6 +291,8 @@ class Port:
             self.driver.close()
         self.driver = self.spec.driver(self.spec.name, self.spec.args)
         self.driver.port_id = self.port_id
+        if self._pool is not None:
+            self.driver.use_pool(self._pool)
         self.closed = False
         self._baseline = None
         self.xstats_baseline = {}

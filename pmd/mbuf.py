@@ -105,17 +105,17 @@ def _pool_bytes(size: int) -> np.ndarray:
                          " (fewer mbufs: --total-num-mbufs)")
     if _memory.huge_dir is not None:
         return _hugetlbfs_zeros(size, _memory.huge_dir)
-    if _memory.no_huge:
-        return np.zeros(size, np.uint8)
-    return _huge_zeros(size)
+    return _mapped_zeros(size, huge=not _memory.no_huge)
 
 
-def _huge_zeros(size: int) -> np.ndarray:
-    """Zeroed bytes backed by transparent huge pages where the kernel allows
+def _mapped_zeros(size: int, huge: bool) -> np.ndarray:
+    """Zeroed, page-aligned bytes of their own mapping (a port may register
+    the pool with the kernel, as an AF_XDP UMEM: that takes whole pages);
+    with ``huge``, backed by transparent huge pages where the kernel allows
     (THP "madvise" mode): one TLB entry per 2 MiB of packet buffers instead
     of per 4 KiB, which a burst touching 32 buffers notices."""
-    if size < _HUGE or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return np.zeros(size, np.uint8)
+    if not huge or size < _HUGE or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.frombuffer(mmap.mmap(-1, size), np.uint8)
     mm = mmap.mmap(-1, size + _HUGE)  # anonymous, zero-filled; padded to align
     try:
         mm.madvise(mmap.MADV_HUGEPAGE)

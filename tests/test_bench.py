@@ -153,9 +153,10 @@ def _veths(pid: int) -> list[str]:
 
 
 def test_vf_bench_quick_json(tmp_path):
-    """Both directions at 64 B, one short round: our VF ports' figures (and
+    """Every direction at 64 B, one short round: our VF ports' figures (and
     DPDK af_packet's and af_xdp's beside them when dpdk-testpmd is
-    installed); no veth, process or DPDK runtime dir left
+    installed), VM1 -> vhost-pci -> net_vf_xdp with one copy and with two
+    (and DPDK's vhost + af_xdp); no veth, process or DPDK runtime dir left
     behind (~25 s with a warm Numba cache)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("the VF bench needs root and iproute2 (veth pair)")
@@ -177,7 +178,8 @@ def test_vf_bench_quick_json(tmp_path):
     assert doc["scenario"] == "vf" and doc["rounds"] == 1 and doc["seconds"] == 0.5
     rows = {(r["scenario"], r["size"], r["ours"], r["ref"]): r for r in doc["results"]}
     pairs = [("net_vf", "DPDK af_packet"), ("net_vf_xdp", "DPDK af_xdp"), ("net_vf_xdp", "net_vf")]
-    assert set(rows) == {(d, 64, o, f) for d in ("tx", "rx") for o, f in pairs}
+    chain = [("vhost-pci+xdp", "DPDK vhost+af_xdp")] * have_dpdk + [("vhost-pci+xdp", "umem=own")]
+    assert set(rows) == {(d, 64, o, f) for d in ("tx", "rx") for o, f in pairs} | {("vm1", 64, o, f) for o, f in chain}
     if not have_dpdk:
         assert any("dpdk-testpmd not found" in n for n in doc["notes"])
     for r in rows.values():
@@ -276,3 +278,22 @@ def test_iotlb_bench_prints_latencies_for_each_placement():
     assert got == {(p, m) for p in ("split", "shared") for m in ("update", "invalidate", "miss")}
     for r in doc["results"]:
         assert 0 < r["p50_us"] <= r["p99_us"] and r["samples"] == 5, r
+
+
+def test_xdp_steps_quick_json(tmp_path):
+    """ns per packet by step of net_vf_xdp's tx burst, both paths, one short
+    round; the veth pair is gone afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("the xdp-steps bench needs root and iproute2 (veth pair)")
+    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "xdp-steps", "--quick", "--size", "64", "--json"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with _killed_on_exit(proc):
+        out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert [(r["path"], r["size"]) for r in doc["results"]] == [("copy", 64), ("one copy", 64)]
+    for r in doc["results"]:
+        assert set(r["ns_per_packet"]) == {"alloc+header", "reap", "post", "wakeup"}
+        assert all(v > 0 for v in r["ns_per_packet"].values()), r
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10).stdout
+    assert f"vbs{proc.pid}" not in links

@@ -2,11 +2,12 @@
 
 Scenarios: ``framework`` (framework overhead on one lcore), ``vhost`` (our
 vhost-pci port against DPDK's vhost PMD, and the cost of VM1's IOMMU), ``vf``
-(our VF port against DPDK's af_packet PMD on a veth pair, tx and rx), ``vm1``
-(a real QEMU guest sending through our app vs through DPDK testpmd into a
+(our VF ports against DPDK's af_packet and af_xdp PMDs on a veth pair: tx,
+rx, and VM1 -> vhost-pci -> VF), ``vm1`` (a real QEMU guest sending through our app vs through DPDK testpmd into a
 namespace, and the namespace's datagrams delivered to the guest, with and
 without a strict or lazy vIOMMU), ``iotlb`` (IOTLB message latency, p50/p99
-in microseconds, measured from the front-end).  ``--json`` prints
+in microseconds, measured from the front-end), ``xdp-steps`` (ns per packet
+by step of the AF_XDP port's tx burst).  ``--json`` prints
 machine-readable output.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import signal
 import sys
 from dataclasses import asdict
 
-from . import framework, iotlb, vf, vhost, vm1
+from . import framework, iotlb, vf, vhost, vm1, xdp_steps
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -198,6 +199,23 @@ def _warmup_quick(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="short run: --seconds 0.5 --rounds 1 --warmup 0.3")
 
 
+def _run_xdp_steps(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.rounds, args.bursts = 1, 2000
+    results, notes = xdp_steps.run(args.size, args.rounds, args.bursts, args.cpu)
+    if args.json:
+        print(json.dumps({"scenario": "xdp-steps", "notes": notes, "results": [asdict(r) for r in results]},
+                         indent=2))
+        return 0
+    for note in notes:
+        print(note)
+    if results:
+        print(f"{'path':<9} {'size':>5} " + " ".join(f"{s:>13}" for s in xdp_steps.STEPS) + "  (ns per packet)")
+    for r in results:
+        print(f"{r.path:<9} {r.size:>5} " + " ".join(f"{r.ns_per_packet[s]:>13.1f}" for s in xdp_steps.STEPS))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = _ArgParser(prog="vhostpci-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="scenario", required=True)
@@ -214,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     vfp.add_argument("--size", type=_sizes, default=vf.SIZES,
                      help="frame sizes with FCS, comma-separated (64,1518; veth frames are 4 B shorter)")
     _warmup_quick(vfp)
-    vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx (default: both)")
+    vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx,vm1 (default: all)")
     vfp.add_argument("--kinds", type=_kinds, default=vf.KINDS,
                      help="subset of packet (AF_PACKET),xdp (AF_XDP) (default: both)")
     v1 = sub.add_parser("vm1", help="real VM1 (QEMU TCG) <-> namespace through our app vs DPDK testpmd (root)")
@@ -238,11 +256,20 @@ def main(argv: list[str] | None = None) -> int:
                     default=iotlb.PLACEMENTS, help="subset of split,shared (VM2's control thread and lcore)")
     io.add_argument("--json", action="store_true")
     io.set_defaults(cpu=None)
+    xs = sub.add_parser("xdp-steps", help="ns per packet by step of net_vf_xdp's tx burst on a veth (needs root)")
+    xs.add_argument("--size", type=_sizes, default=(64, 1518), help="frame sizes with FCS, comma-separated")
+    xs.add_argument("--rounds", type=int, default=3, help="alternating runs of the two paths (median reported)")
+    xs.add_argument("--bursts", type=int, default=20000, help="bursts of 32 per run")
+    xs.add_argument("--cpu", type=int, default=None, help="CPU to run on (default: the last one)")
+    xs.add_argument("--quick", action="store_true", help="short run: --rounds 1 --bursts 2000")
+    xs.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.cpu is not None and args.cpu not in os.sched_getaffinity(0):
         p.error(f"--cpu {args.cpu}: not a CPU this process may use")
     if args.scenario == "vm1" and args.count < 1:
         p.error(f"--count {args.count}: at least one datagram per rate")
+    if args.scenario == "xdp-steps":
+        return _run_xdp_steps(args)
     if args.scenario == "framework":
         results = framework.run(args.seconds, args.rounds, args.size, args.cpu)
         if args.json:

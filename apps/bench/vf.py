@@ -26,10 +26,19 @@ PACKET_QDISC_BYPASS on (DPDK's default), 2048 tx frames.  AF_XDP: both use
 queue 0, 2048-entry rings, native XDP on the veth (copy mode: a veth has no
 zero-copy), each its own program (DPDK's is libxdp's).
 
-The four variants alternate within each round, order reversed every other
-round; ratio = median of the per-round ratios: ours / DPDK for each kind,
-and net_vf_xdp / net_vf (what AF_XDP buys over AF_PACKET).  The machine
-jumps between speed levels: absolute figures alone mean little.
+- ``vm1``: VM1 -> VM2 -> VF: a VM1 (DPDK testpmd virtio-user txonly on the
+  other CPU; our net_virtio_user when DPDK is absent) sends into VM2, which
+  forwards (io) from its vhost-user port out of an AF_XDP port on A; counted
+  at B by the kernel.  VM2 is ours (net_vhost_pci + net_vf_xdp: the mbuf
+  pool is the UMEM, one copy from VM1's buffer into the frame the kernel
+  sends; and again with ``umem=own``: two copies) or DPDK testpmd
+  (net_vhost + net_af_xdp, whose UMEM is its mempool: one copy too).
+
+The variants of a direction alternate within each round, order reversed
+every other round; ratio = median of the per-round ratios: ours / DPDK for
+each kind, net_vf_xdp / net_vf (what AF_XDP buys over AF_PACKET), and for
+``vm1`` one copy / DPDK and one copy / two copies.  The machine jumps
+between speed levels: absolute figures alone mean little.
 """
 from __future__ import annotations
 
@@ -50,9 +59,10 @@ from .common import (
     measure,
     signals_deferred,
 )
-from .vhost import NOT_FOUND, OURS_VM1_TIMEOUT_S, DpdkSide, FwdProcess, OursPort, _Env
+from .common import forwarding
+from .vhost import NOT_FOUND, OURS_VM1_TIMEOUT_S, DpdkSide, FwdProcess, OursPort, OursVm1, _dpdk_vu, _Env
 
-DIRECTIONS = ("tx", "rx")
+DIRECTIONS = ("tx", "rx", "vm1")
 KINDS = ("packet", "xdp")  # AF_PACKET, AF_XDP
 SIZES = (64, 1518)
 FCS = 4  # counted in the sizes, not carried by a veth
@@ -64,6 +74,9 @@ NEEDS_ROOT = "the VF bench needs root (a veth pair, AF_PACKET and AF_XDP sockets
 VARIANTS = {"vf": ("packet", True), "af_packet": ("packet", False), "vf_xdp": ("xdp", True),
             "af_xdp": ("xdp", False)}
 LABELS = {"vf": "net_vf", "af_packet": "DPDK af_packet", "vf_xdp": "net_vf_xdp", "af_xdp": "DPDK af_xdp"}
+# the vm1 direction: VM2's variants (AF_XDP only)
+CHAIN_VARIANTS = ("one_copy", "two_copies", "dpdk_chain")
+CHAIN_LABELS = {"one_copy": "vhost-pci+xdp", "two_copies": "umem=own", "dpdk_chain": "DPDK vhost+af_xdp"}
 
 
 class VethPair(VethWire):
@@ -149,6 +162,25 @@ class AfXdpSide(DpdkSide):
         super().__init__(f"net_af_xdp0,iface={iface},start_queue=0,queue_count=1", mode, frame, cpu, prefix)
 
 
+class OursChain(OursPort):
+    """VM2 in this process: net_vhost_pci (port 0) and net_vf_xdp on
+    ``iface`` (port 1), io forwarding on one lcore pinned to ``cpu``."""
+
+    def __init__(self, path: str, iface: str, umem: str, cpu: int) -> None:
+        super().__init__(f"net_vf_xdp1,iface={iface},ring_size={RING_SIZE},umem={umem}", "io", 0, cpu)
+        self.path = path
+
+    def start(self) -> None:
+        self.fw = forwarding(self.cpu)
+        self.fw.attach_port(f"net_vhost_pci0,path={self.path},iommu_support=0").start()
+        self.port = self.fw.attach_port(self.vdev)
+        self.port.start()
+        self.fw.config.mode = "io"
+        self.fw.config.burst = 32
+        self.fw.config.interrupts = False
+        self.fw.start()
+
+
 class _Bench:
     def __init__(self, env: _Env, veth: VethPair, have_dpdk: bool) -> None:
         self.env, self.veth, self.have_dpdk = env, veth, have_dpdk
@@ -175,9 +207,29 @@ class _Bench:
         return FwdProcess(vdev, "txonly", frame, env.vm1_cpu, os.path.join(env.dir, f"gen{n}.log"),
                           OURS_VM1_TIMEOUT_S + env.warmup + env.seconds + 30)
 
+    def chain(self, variant: str, frame: int) -> float:
+        """VM1 -> VM2 (vhost-user port, io, AF_XDP port on A) -> B."""
+        env, a = self.env, self.veth.a
+        path, prefix = env.fresh("vm1" + variant[:3])
+        if variant == "dpdk_chain":
+            vm2 = DpdkSide(f"net_af_xdp0,iface={a},start_queue=0,queue_count=1", "io", frame, env.vm2_cpu,
+                           prefix + "-vm2", ("--vdev", f"net_vhost0,iface={path},client=0"))
+        else:
+            vm2 = OursChain(path, a, "pool" if variant == "one_copy" else "own", env.vm2_cpu)
+        if self.have_dpdk:
+            def vm1():
+                return _dpdk_vu(env, path, prefix, "txonly", frame)
+        else:
+            def vm1():
+                return OursVm1(path, "off", frame, env.vm1_cpu, os.path.join(env.dir, f"vm1-{prefix}.log"),
+                               OURS_VM1_TIMEOUT_S + env.warmup + env.seconds + 30)
+        return _measure(env, vm2, vm1, lambda s, g: IfaceCounter(self.veth.b))
+
     def run_one(self, direction: str, variant: str, size: int) -> float:
         env, a = self.env, self.veth.a
         frame = size - FCS
+        if direction == "vm1":
+            return self.chain(variant, frame)
         _, prefix = env.fresh(direction + variant)
         kind, ours = VARIANTS[variant]
         mode = "txonly" if direction == "tx" else "rxonly"
@@ -205,19 +257,24 @@ def _measure(env: _Env, side, generator_factory, meter_of) -> float:
 WHAT = {
     "tx": "measured side txonly on veth A -> kernel rx counter of B",
     "rx": "generator txonly on veth B -> measured side rxonly on A",
+    "vm1": "VM1 txonly -> VM2 io (vhost-user port -> AF_XDP port on A) -> kernel rx counter of B",
 }
 
 
 def _label(direction: str, variant: str) -> str:
-    return LABELS[variant]
+    return CHAIN_LABELS[variant] if direction == "vm1" else LABELS[variant]
 
 
-def _variants(kinds: tuple[str, ...], have_dpdk: bool) -> list[str]:
+def _variants(direction: str, kinds: tuple[str, ...], have_dpdk: bool) -> list[str]:
+    if direction == "vm1":
+        return [v for v in CHAIN_VARIANTS if "xdp" in kinds and (v != "dpdk_chain" or have_dpdk)]
     return [v for v, (kind, ours) in VARIANTS.items() if kind in kinds and (ours or have_dpdk)]
 
 
-def _pairs(kinds: tuple[str, ...]) -> list[tuple[str, str]]:
+def _pairs(direction: str, kinds: tuple[str, ...]) -> list[tuple[str, str]]:
     """(ours, reference) pairs a ratio is reported for."""
+    if direction == "vm1":
+        return [("one_copy", "dpdk_chain"), ("one_copy", "two_copies")] if "xdp" in kinds else []
     out = [pair for pair, kind in ((("vf", "af_packet"), "packet"), (("vf_xdp", "af_xdp"), "xdp")) if kind in kinds]
     return out + ([("vf_xdp", "vf")] if set(KINDS) <= set(kinds) else [])
 
@@ -252,13 +309,16 @@ def run(seconds: float = 2.0, rounds: int = 5, sizes: tuple[int, ...] = SIZES, c
             sizes = tuple(s for s in sizes if s not in too_big)
         bench = _Bench(env, veth, have_dpdk)
         gen = "DPDK testpmd af_xdp" if have_dpdk else "our net_vf_xdp (vhostpci-fwd)"
-        what = {"tx": WHAT["tx"], "rx": f"{WHAT['rx']} (generator: {gen})"}
+        vm1 = "DPDK testpmd virtio-user" if have_dpdk else "our net_virtio_user (vhostpci-fwd)"
+        what = {"tx": WHAT["tx"], "rx": f"{WHAT['rx']} (generator: {gen})", "vm1": f"{WHAT['vm1']} (VM1: {vm1})"}
+        directions = tuple(d for d in directions if _variants(d, kinds, have_dpdk))
         say(f"veth {veth.a} <-> {veth.b}, measured side on CPU {env.vm2_cpu}, "
             f"generator on CPU {env.vm1_cpu}; frames are size-{FCS} B (no FCS on a veth)")
-        variants = _variants(kinds, have_dpdk)
-        results = alternate(rounds, sizes, directions, variants=lambda d: variants,
-                            pairs=lambda d: [p for p in _pairs(kinds) if set(p) <= set(variants)],
+        results = alternate(rounds, sizes, directions, variants=lambda d: _variants(d, kinds, have_dpdk),
+                            pairs=lambda d: [p for p in _pairs(d, kinds) if set(p) <= set(_variants(d, kinds,
+                                                                                                   have_dpdk))],
                             label=_label, what=what.__getitem__, run_one=bench.run_one, say=say)
+        variants = _variants("rx", kinds, have_dpdk)
         if "rx" in directions:
             for size in sizes:
                 loads = [f"{_label('rx', v)} {min(x):.3f}-{max(x):.3f}"

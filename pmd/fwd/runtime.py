@@ -74,6 +74,7 @@ class Forwarding:
             raise PortError(f"port {spec.name} already exists")
         port_id = next(i for i in range(len(self.ports) + 1) if i not in self.ports)
         port = Port(port_id, spec)
+        port.use_pool(self.pool)  # a driver may build on the pool's memory (AF_XDP: one copy)
         self.ports[port_id] = port
         return port
 

@@ -1,21 +1,26 @@
 """net_vf_xdp driver: the VF through AF_XDP.  Devargs ``iface=`` (required),
 ``queues=`` (one XSK per queue, bound to netdev queues 0..queues-1),
-``ring_size=`` (entries of each of the four rings per queue; as many rx and
-as many tx frames), ``xdp_mode=native|generic``, ``zero_copy=auto|0|1``.
+``ring_size=`` (entries of each of the four rings per queue), ``xdp_mode=
+native|generic``, ``zero_copy=auto|0|1``, ``umem=pool|own`` (the UMEM: the
+app's mbuf pool where it can serve, or always a private one the bursts
+copy into and out of).
 
 ``start`` builds everything or nothing (any failure releases what was made
 and raises one PortError naming the interface and the cause): the UMEM
-(one shared-memory area, one slice per queue, each registered once), the
-XSKs and their mapped rings, the XSKMAP, the redirect program (pmd/xdp_pmd/
-bpf.py) and the BPF link attaching it.  ``stop`` closes the link first (the
-netdev's traffic goes back to the kernel stack), then the sockets.  A
-process that dies holds nothing: the kernel drops the link with its last fd.
+(the app's mbuf pool when it can serve, else a pool of the port's own:
+``umem.py``; each XSK registers it once), the XSKs and their mapped rings,
+the XSKMAP, the redirect program (pmd/xdp_pmd/bpf.py) and the BPF link
+attaching it.  ``stop`` closes the link first (the netdev's traffic goes
+back to the kernel stack), then the sockets, then gives the frames the
+kernel side held back to the pool.  A process that dies holds nothing: the
+kernel drops the link with its last fd.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -28,16 +33,19 @@ from ..ethdev import (
     register_driver,
 )
 from ..netdev_port import NetdevPortDriver
+from ..mbuf import MbufPool, alloc_bulk
 from ..ringarea import RingArea, page_round
-from . import bpf, netlink, xsk
+from . import bpf, netlink, umem, xsk
 from . import layout as L
-from .burst import XdpState
+from .burst import XdpState, xdp_tx_flush
 
 log = logging.getLogger(__name__)
 MAX_QUEUES = 16
+TX_DRAIN_S = 0.2  # at stop, how long frames still in the tx rings may take to go out
 FRAME_SIZES = (2048, 4096)  # UMEM chunk sizes (aligned mode: a power of two up to a page)
 XDP_MODES = {"native": L.XDP_FLAGS_DRV_MODE, "generic": L.XDP_FLAGS_SKB_MODE}
 ZERO_COPY = {"auto": 0, "1": L.XDP_ZEROCOPY, "0": L.XDP_COPY}
+UMEM_CHOICES = ("pool", "own")  # the app's mbuf pool where it can serve (one copy), or always the port's own
 NEEDS = "needs root (CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF or CAP_SYS_ADMIN)"
 
 
@@ -66,8 +74,10 @@ def frame_size_for(max_frame: int) -> int:
 class XdpDriver(NetdevPortDriver):
     prefix = "net_vf_xdp"
     devargs = {"iface": nd.iface_devarg, "queues": int_in_range("queues", 1, MAX_QUEUES), "ring_size": _ring_size,
-               "xdp_mode": _choice("xdp_mode", XDP_MODES), "zero_copy": _choice("zero_copy", ZERO_COPY)}
-    devarg_defaults = {"iface": "", "queues": 1, "ring_size": 2048, "xdp_mode": "native", "zero_copy": "auto"}
+               "xdp_mode": _choice("xdp_mode", XDP_MODES), "zero_copy": _choice("zero_copy", ZERO_COPY),
+               "umem": _choice("umem", UMEM_CHOICES)}
+    devarg_defaults = {"iface": "", "queues": 1, "ring_size": 2048, "xdp_mode": "native", "zero_copy": "auto",
+                       "umem": "pool"}
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
@@ -77,7 +87,11 @@ class XdpDriver(NetdevPortDriver):
         self._missed_seen = np.zeros(args["queues"], np.int64)
         self._socks: list = []
         self._areas: list[RingArea] = []
-        self._fds: list[int] = []  # memfd, map, program (closed last, in reverse)
+        self._fds: list[int] = []  # map, program (closed last, in reverse)
+        self._app_pool: MbufPool | None = None  # use_pool
+        self._upool: MbufPool | None = None  # the UMEM while started
+        self._own: np.ndarray | None = None
+        self._copies = ""  # why the bursts copy (the app's pool is not the UMEM), "" when they do not
         self._link_fd = -1
         self._mtu = 0
         self._zero_copy = False
@@ -93,6 +107,9 @@ class XdpDriver(NetdevPortDriver):
         self._stats = new_stats(nb_rxq)
         self._xstats = np.zeros((nb_rxq, L.N_X), np.int64)
         self._missed_seen = np.zeros(nb_rxq, np.int64)
+
+    def use_pool(self, pool: MbufPool) -> None:
+        self._app_pool = pool
 
     # ---- start / stop ----------------------------------------------------
     def _claim_netdev(self, ifindex: int) -> None:
@@ -127,31 +144,43 @@ class XdpDriver(NetdevPortDriver):
         have = nd.rx_queues(self.iface)
         if self.nb_rxq > have:
             raise PortError(f"{self.name}: {self.iface} has {have} rx queue(s), {self.nb_rxq} asked (queues=)")
-        self._step = "query the netdev"
-        try:
-            state = self._build(frame_size, max_frame)
-        except OSError as e:
-            self._release()
-            raise self._start_error(e) from None
-        except BaseException:
-            self._release()
-            raise
+        filled = self.nb_rxq * self.args["ring_size"]  # frames the fill rings keep
+        pool = self._app_pool
+        if self.args["umem"] == "own":
+            why = "umem=own"
+        else:
+            why = "no mbuf pool given" if pool is None else umem.unfit(pool, max_frame, filled)
+        for _ in range(2):
+            if why is not None:  # each queue: a fill ring's and a tx ring's worth
+                pool = umem.private_pool(frame_size, 2 * filled)
+            self._copies = why or ""
+            self._step = "query the netdev"
+            try:
+                state = self._build(pool, max_frame)
+            except OSError as e:
+                self._release()
+                raise self._start_error(e) from None
+            except BaseException:
+                self._release()
+                raise
+            if why is None and self._zero_copy and umem.may_straddle(pool):
+                why = (f"its {pool.buf_size} B buffers may span two pages, which a zero-copy netdev refuses "
+                       "(a buffer size dividing the page avoids it)")
+                self._release()
+                continue
+            break
+        if why is not None and self._app_pool is not None and self.args["umem"] == "pool":
+            log.warning("%s: the mbuf pool cannot be the UMEM (%s): frames are copied between the two", self.name, why)
         self._state = state
 
-    def _build(self, frame_size: int, max_frame: int) -> XdpState:
+    def _build(self, pool: MbufPool, max_frame: int) -> XdpState:
         """Everything ``start`` makes, in order; ``self._step`` names the step
         under way for the error message.  Attaching the program comes last:
         the first frame redirected finds its XSK bound and its fill ring full."""
         a, nq, ring = self.args, self.nb_rxq, self.args["ring_size"]
-        umem_bytes = 2 * ring * frame_size
         ifindex = nd.ifindex(self.iface)
         self._claim_netdev(ifindex)
-        self._step = "map memory for the UMEM"
-        memfd = os.memfd_create("vhostpci-xdp-umem", os.MFD_CLOEXEC)
-        self._fds.append(memfd)
-        os.ftruncate(memfd, nq * umem_bytes)
-        umem = RingArea(nq, umem_bytes)
-        self._areas.append(umem)
+        self._upool, self._own = pool, np.zeros(pool.size, np.uint8)
         self._step = "load the XDP program"
         map_fd = bpf.create_xskmap(nq)
         self._fds.append(map_fd)
@@ -160,10 +189,11 @@ class XdpDriver(NetdevPortDriver):
         rings: list[RingArea] = []
         for q in range(nq):
             self._step = "create the XSKs"
-            umem.map(q, memfd, q * umem_bytes)
             sock = xsk.open_socket()
             self._socks.append(sock)
-            xsk.register_umem(sock, umem.base + q * umem_bytes, umem_bytes, frame_size)
+            self._step = "register the UMEM"
+            xsk.register_umem(sock, pool.data.ctypes.data, pool.data.nbytes, pool.buf_size)
+            self._step = "create the XSKs"
             xsk.set_ring_sizes(sock, ring)
             off = xsk.mmap_offsets(sock)
             if not rings:  # every queue's rings have the same layout
@@ -177,7 +207,7 @@ class XdpDriver(NetdevPortDriver):
             self._step = "create the XSKs"
             bpf.xskmap_set(map_fd, q, sock.fileno())
         self._zero_copy = xsk.zero_copy(self._socks[0])
-        state = self._kernel_state(umem, rings, off, frame_size, max_frame)
+        state = self._kernel_state(rings, off, max_frame)
         self._step = f"attach the XDP program ({a['xdp_mode']} mode)"
         self._link_fd = bpf.attach(prog_fd, ifindex, XDP_MODES[a["xdp_mode"]])
         return state
@@ -203,32 +233,39 @@ class XdpDriver(NetdevPortDriver):
             return PortError(f"{self.name}: interface {self.iface} does not exist")
         return PortError(f"{self.name}: cannot {step} on {self.iface}: {e.strerror or e}")
 
-    def _kernel_state(self, umem: RingArea, rings: list[RingArea], off: np.ndarray, frame_size: int,
-                      max_frame: int) -> XdpState:
-        ring, nq = self.args["ring_size"], self.nb_rxq
+    def _kernel_state(self, rings: list[RingArea], off: np.ndarray, max_frame: int) -> XdpState:
+        ring, nq, pool, own = self.args["ring_size"], self.nb_rxq, self._upool, self._own
         rx, tx, fill, comp = (area.array for area in rings)
-        # rx frames [0, ring) go on the fill ring, tx frames [ring, 2 ring) on the free stack
+        # every fill ring full from the start: the first frames find their chunks
         fill32, fill64 = fill.view(np.uint32), fill.view(np.uint64)
+        chunks = np.zeros(ring, np.int32)
         for q in range(nq):
+            if not alloc_bulk(pool, chunks, ring):
+                raise PortError(f"{self.name}: the mbuf pool has {pool.available()} free buffers, "
+                                f"{ring} needed for the fill ring of queue {q}: more mbufs or a smaller ring_size")
+            own[chunks] = q + 1
             base = int(off[L.FILL, L.OFF_DESC]) >> 3
-            fill64[q, base:base + ring] = np.arange(ring, dtype=np.uint64) * frame_size
+            fill64[q, base:base + ring] = chunks.astype(np.uint64) * pool.buf_size
             fill32[q, int(off[L.FILL, L.OFF_PRODUCER]) >> 2] = ring
-        cur = np.zeros((nq, L.N_CUR), np.int64)
-        cur[:, L.C_TX_FREE] = ring
-        tx_free = np.tile((np.arange(ring, 2 * ring, dtype=np.int64) * frame_size)[::-1], (nq, 1))
+        scratch = max(ring, 512)  # a tx burst's frames or a whole completion ring; a fill ring's top-up
         return XdpState(
-            stats=self._stats, xstats=self._xstats, umem=umem.array,
+            stats=self._stats, xstats=self._xstats, upool=pool, own=own,
+            rx_scratch=np.zeros((nq, scratch), np.int32), tx_scratch=np.zeros((nq, scratch), np.int32),
             rx32=rx.view(np.uint32), rx64=rx.view(np.uint64), tx32=tx.view(np.uint32), tx64=tx.view(np.uint64),
             fill32=fill32, fill64=fill64, comp32=comp.view(np.uint32), comp64=comp.view(np.uint64),
-            off=off.copy(), tx_free=tx_free, cur=cur, fds=np.array([s.fileno() for s in self._socks], np.int64),
-            ring_size=ring, frame_size=frame_size, max_frame=max_frame, port_id=self.port_id)
+            off=off.copy(), fds=np.array([s.fileno() for s in self._socks], np.int64),
+            ring_size=ring, max_frame=max_frame, port_id=self.port_id)
 
     def _release(self) -> None:
-        """Detach the program, close every socket and fd, unmap every area (idempotent)."""
-        self._state = None
+        """Detach the program, send what the tx rings still hold (bounded),
+        close every socket and fd, unmap every area, give the frames the
+        kernel side held back to the pool (idempotent)."""
+        state, self._state = self._state, None
         if self._link_fd >= 0:
             os.close(self._link_fd)  # the program leaves the netdev now
             self._link_fd = -1
+        if state is not None:
+            self._drain_tx(state)
         self._collect_missed()
         for s in self._socks:
             s.close()
@@ -237,9 +274,20 @@ class XdpDriver(NetdevPortDriver):
         for area in self._areas:
             area.close()
         self._areas = []
+        if self._own is not None:  # the sockets are closed: the frames they held are the pool's again
+            umem.release_held(self._own, self._upool)
+        self._upool = self._own = None
         for fd in reversed(self._fds):
             os.close(fd)
         self._fds = []
+
+    def _drain_tx(self, state: XdpState) -> None:
+        """Frames the tx rings took before stop go out (copy mode sends a
+        batch per wakeup), for up to TX_DRAIN_S; the lcores are stopped."""
+        deadline = time.monotonic() + TX_DRAIN_S
+        for q in range(self.nb_txq):
+            while xdp_tx_flush(state, q, state.upool) and time.monotonic() < deadline:
+                time.sleep(0.0005)
 
     # ---- counters ----------------------------------------------------------
     def _socket_stats(self) -> list[xsk.XskStats]:
@@ -275,6 +323,8 @@ class XdpDriver(NetdevPortDriver):
         a = self.args
         return {"iface": self.iface, "mtu": self._mtu or "?", "xdp mode": a["xdp_mode"],
                 "zero-copy": ("yes" if self._zero_copy else "no (copy mode)") if self._state else "?",
+                "umem": ("?" if self._state is None else "the mbuf pool (mbufs are frames: no copy in the port)"
+                         if not self._copies else f"its own (frames copied to/from mbufs: {self._copies})"),
                 "rings": f"{a['ring_size']} entries x 4 per queue",
                 "queues": f"0..{self.nb_rxq - 1} of {nd.rx_queues(self.iface)} netdev rx queues "
                           "(frames steered to others go to the kernel stack)"}

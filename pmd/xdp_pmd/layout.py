@@ -18,6 +18,9 @@ XDP_MMAP_OFFSETS = 1
 XDP_RX_RING = 2
 XDP_TX_RING = 3
 XDP_UMEM_REG = 4
+XDP_UMEM_UNALIGNED_CHUNK_FLAG = 1  # struct xdp_umem_reg flags: chunks at any address, of any size
+XDP_UMEM_MIN_CHUNK_SIZE = 2048
+UNALIGNED_OFFSET_SHIFT = 48  # unaligned mode: an rx address is chunk | data offset << 48
 XDP_UMEM_FILL_RING = 5
 XDP_UMEM_COMPLETION_RING = 6
 XDP_STATISTICS = 7
@@ -56,13 +59,12 @@ RING_NAMES = ("rx", "tx", "fill", "completion")
 # fields of struct xdp_ring_offset, each a u64 offset
 OFF_PRODUCER, OFF_CONSUMER, OFF_DESC, OFF_FLAGS = range(4)
 
-# per-queue cursor slots (int64 rows of 8: one cache line per queue)
-C_TX_FREE = 0  # tx frames on the queue's free stack
-N_CUR = 8
+# fill ring top-up: only when at least this many entries are free (one pool lock per batch)
+REFILL_MIN = 32
 
 # driver counters (xstats), one row per queue
 (X_RX_WAKEUPS, X_TX_WAKEUPS, X_TX_WAKEUP_AGAIN, X_TX_WAKEUP_ERRORS, X_TX_RING_FULL, X_TX_TOO_BIG,
- X_RX_BAD_DESC) = range(7)
-N_X = 7
+ X_RX_BAD_DESC, X_RX_COPIED, X_TX_COPIED, X_FILL_SHORT, X_TX_NO_FRAME) = range(11)
+N_X = 11
 X_NAMES = ("rx_wakeups", "tx_wakeups", "tx_wakeup_again", "tx_wakeup_errors", "tx_ring_full", "tx_too_big",
-           "rx_bad_desc")
+           "rx_bad_desc", "rx_copied", "tx_copied", "fill_short", "tx_no_frame")

@@ -39,8 +39,10 @@ def open_socket() -> socket.socket:
 
 def register_umem(sock: socket.socket, addr: int, length: int, chunk_size: int) -> None:
     """XDP_UMEM_REG: ``length`` bytes at ``addr`` in chunks of ``chunk_size``
-    (aligned mode, no extra headroom); the kernel pins the pages once."""
-    sock.setsockopt(L.SOL_XDP, L.XDP_UMEM_REG, struct.pack("QQIIII", addr, length, chunk_size, 0, 0, 0))
+    (unaligned-chunk mode: any chunk size up to a page, a chunk at any
+    address; no extra headroom); the kernel pins the pages once."""
+    sock.setsockopt(L.SOL_XDP, L.XDP_UMEM_REG, struct.pack("QQIIII", addr, length, chunk_size, 0,
+                                                          L.XDP_UMEM_UNALIGNED_CHUNK_FLAG, 0))
 
 
 def set_ring_sizes(sock: socket.socket, entries: int) -> None:

@@ -98,13 +98,16 @@ def test_guest_pings_and_exchanges_udp_with_the_namespace(vm2, image61, workdir,
 
 
 def test_guest_over_the_af_xdp_vf(vm2_xdp, image61, workdir, qemu):
-    """The same exchange with the VF port on AF_XDP (net_vf_xdp)."""
+    """The same exchange with the VF port on AF_XDP (net_vf_xdp), whose UMEM
+    is the forwarding pool: one copy between the guest's buffers and the VF."""
     rx = 200
     with make_vm1(image61, vm2_xdp, workdir, scenario(rx), qemu) as vm:
         vm.start()
         res = exchange(vm2_xdp, vm, rx)
     vf = vm2_xdp.vf.stats()
     assert vf.ipackets >= PINGS + rx and vf.opackets >= PINGS + TX_DATAGRAMS and vf.oerrors == 0, vf
+    xs = vm2_xdp.vf.driver.xstats()
+    assert (xs["tx_copied"], xs["rx_copied"]) == (0, 0), xs
     assert res["stats"].ipackets >= PINGS + TX_DATAGRAMS
 
 
