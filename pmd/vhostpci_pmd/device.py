@@ -59,6 +59,9 @@ MAX_TRACKED_MBUFS = 1 << 20
 PF = ProtocolFeature
 PROTOCOL_FEATURES = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
                      | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask | PF.RARP.mask)
+# Virtio features every port offers (IOMMU_PLATFORM and MQ depend on its devargs)
+BASE_FEATURES = ((1 << VIRTIO_F_VERSION_1) | (1 << VHOST_F_LOG_ALL) | (1 << VIRTIO_F_ANY_LAYOUT)
+                 | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX))
 # Memory regions a front-end may hot-add (CONFIGURE_MEM_SLOTS), as QEMU's
 # libvhost-user offers; the window holds a few more rows than that.
 MAX_MEM_SLOTS = 509
@@ -158,8 +161,7 @@ class VhostPciDevice(BackendDevice):
 
     # ---------------------------------------------------------- negotiation
     def features(self) -> int:
-        f = ((1 << VIRTIO_F_VERSION_1) | (1 << VHOST_F_LOG_ALL) | (1 << VIRTIO_F_ANY_LAYOUT)
-             | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX))
+        f = BASE_FEATURES
         if self.iommu_support:
             f |= 1 << VIRTIO_F_IOMMU_PLATFORM
         if self.queues > 1:
