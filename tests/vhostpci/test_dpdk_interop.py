@@ -1,7 +1,8 @@
 """DPDK's own virtio-user (dpdk-testpmd, io forwarding, one port looping
 back) as VM1 against our vhost-pci port: sequence-numbered, CRC-checked
 packets go VM2 -> DPDK's rx ring -> DPDK -> DPDK's tx ring -> VM2.
-Exercises DPDK's driver choices (MRG_RXBUF, INDIRECT_DESC) on our device."""
+Exercises DPDK's driver choices (MRG_RXBUF, INDIRECT_DESC, packed rings) on
+our device."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,7 @@ import pytest
 from pmd.ethdev import Port
 from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
+from pmd.vhostpci_pmd.state import VQ_PACKED
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
 
 TESTPMD = shutil.which("dpdk-testpmd")
@@ -69,15 +71,18 @@ def stop(p: subprocess.Popen, prefix: str, huge_dir: str | None = None) -> None:
             os.unlink(os.path.join(huge_dir, f))
 
 
-@pytest.mark.parametrize("devargs", ["", ",mrg_rxbuf=0", ",in_order=0,mrg_rxbuf=1"], ids=["default", "no-mrg", "mrg"])
+@pytest.mark.parametrize("devargs", ["", ",mrg_rxbuf=0", ",in_order=0,mrg_rxbuf=1", ",packed_vq=1",
+                                     ",packed_vq=1,mrg_rxbuf=0", ",packed_vq=1,in_order=0,mrg_rxbuf=1"],
+                         ids=["default", "no-mrg", "mrg", "packed", "packed-no-mrg", "packed-mrg"])
 def test_dpdk_virtio_user_loops_our_packets_back(sockdir, devargs):
     loop_back_through_dpdk(sockdir, devargs)
 
 
 def test_dpdk_virtio_user_on_hugepages(sockdir, hugepages):
     """DPDK as its users run it: VM1's memory in hugetlbfs files, which our
-    window maps at their guest-physical addresses (2 MiB aligned)."""
-    loop_back_through_dpdk(sockdir, ",mrg_rxbuf=0", huge_dir=hugepages)
+    window maps at their guest-physical addresses (2 MiB aligned), packed
+    rings, one buffer per packet."""
+    loop_back_through_dpdk(sockdir, ",packed_vq=1,mrg_rxbuf=0", huge_dir=hugepages)
     assert not [f for f in os.listdir(hugepages) if f.startswith(f"vpci{os.getpid()}")]
 
 
@@ -96,6 +101,7 @@ def loop_back_through_dpdk(sockdir: str, devargs: str, huge_dir: str | None = No
         # its rx ring got meanwhile): send only once it forwards.
         assert out.wait_for("Press enter to exit", 30), out.text()[-2000:]
         assert port.link().up, "DPDK virtio-user never brought the link up"
+        assert list(port.driver.vq[:2, VQ_PACKED]) == [int("packed_vq=1" in devargs)] * 2  # the layout negotiated
         if huge_dir:  # DPDK's memory (and so the rings and buffers our port reads) is in hugetlbfs files
             assert [f for f in os.listdir(huge_dir) if f.startswith(prefix)], os.listdir(huge_dir)
         n, sent, got = 2000, 0, []
