@@ -317,6 +317,8 @@ def arm_packed(st, v):
     """Ask VM1 to kick packed ring ``v`` (device area ENABLE, or DESC at
     the next position with EVENT_IDX), fence, then look again: returns 1 if
     a chain is available already (do not sleep), 0, or -1 if not mapped."""
+    if load_acquire(st.vq[v], VQ_READY) == 0:
+        return np.int64(0)
     num = st.vq[v, VQ_NUM]
     desc, drv, dev = ring_offsets_packed(st, v, num)
     if desc < 0:
@@ -337,6 +339,8 @@ def arm_packed(st, v):
 @njit(nogil=True, cache=True, _nrt=False)
 def disarm_packed(st, v):
     """Back to polling: no kicks wanted."""
+    if load_acquire(st.vq[v], VQ_READY) == 0:
+        return
     num = st.vq[v, VQ_NUM]
     desc, drv, dev = ring_offsets_packed(st, v, num)
     if desc < 0:
