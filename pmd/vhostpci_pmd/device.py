@@ -31,7 +31,8 @@ from ..guestmem.window import Window
 from ..vhost_user.device import BackendDevice, HandlerError, VringInfo
 from ..vhost_user.messages import VHOST_F_LOG_ALL, InflightInfo, ProtocolFeature
 from ..virtio.features import (
-    MAX_VRING_SIZE, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_RING_PACKED,
+    MAX_VRING_SIZE, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IN_ORDER, VIRTIO_F_IOMMU_PLATFORM,
+    VIRTIO_F_RING_PACKED,
     VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, has, net_hdr_len,
 )
@@ -45,7 +46,7 @@ from .iotlb import IotlbMisses
 from .state import (
     N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
     VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
-    VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING,
+    VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_IN_ORDER, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING,
     VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
 from .txhold import HOLD_CAP
@@ -62,10 +63,12 @@ MAX_TRACKED_MBUFS = 1 << 20
 PF = ProtocolFeature
 PROTOCOL_FEATURES = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
                      | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask | PF.RARP.mask)
-# Virtio features every port offers (IOMMU_PLATFORM and MQ depend on its devargs)
+# Virtio features every port offers (IOMMU_PLATFORM and MQ depend on its
+# devargs).  IN_ORDER: every kernel uses chains in the order VM1 made them
+# available (bad ones and inflight resubmissions included), as it requires.
 BASE_FEATURES = ((1 << VIRTIO_F_VERSION_1) | (1 << VHOST_F_LOG_ALL) | (1 << VIRTIO_F_ANY_LAYOUT)
                  | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX)
-                 | (1 << VIRTIO_F_RING_PACKED))
+                 | (1 << VIRTIO_F_RING_PACKED) | (1 << VIRTIO_F_IN_ORDER))
 # Memory regions a front-end may hot-add (CONFIGURE_MEM_SLOTS), as QEMU's
 # libvhost-user offers; the window holds a few more rows than that.
 MAX_MEM_SLOTS = 509
@@ -266,6 +269,7 @@ class VhostPciDevice(BackendDevice):
         row[VQ_NUM] = vring.num
         row[VQ_DESC], row[VQ_AVAIL], row[VQ_USED] = (np.int64(np.uint64(a)) for a in (desc, avail, used))
         row[VQ_PACKED] = int(packed)
+        row[VQ_IN_ORDER] = int(has(self.negotiated, VIRTIO_F_IN_ORDER))
         # packed: last_avail_idx | avail wrap counter << 15 (GET_VRING_BASE returns it the same way)
         base = vring.base & 0xFFFF
         if packed and base & POS_MASK >= vring.num:

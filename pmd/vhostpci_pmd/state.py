@@ -30,7 +30,10 @@ VQ_AVAIL_LEFT, VQ_PARKED = 22, 23
 # VQ_AVAIL the driver area, VQ_USED the device area, and VQ_LAST_AVAIL /
 # VQ_LAST_USED are positions ``idx | wrap << 15`` (vq_packed.py)
 VQ_PACKED = 24
-N_VQ = 25
+# 1 with VIRTIO_F_IN_ORDER: the port uses buffers in ring order anyway; a
+# packed transmit ring then gets one used element per burst (vq_packed.py)
+VQ_IN_ORDER = 25
+N_VQ = 26
 
 # extended per-vring counters
 (XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,

@@ -15,7 +15,10 @@ split kernels never look at a packed ring).  A burst:
   holds both;
 - publishes the batch with one release store: every used element's flags
   but the first are written as the burst goes, the first one's last, so
-  VM1's driver (which reads in ring order) sees the whole batch at once;
+  VM1's driver (which reads in ring order) sees the whole batch at once.
+  With VIRTIO_F_IN_ORDER a transmit burst writes a single used element,
+  the last chain's id at the batch's first position (2.8.9: the driver
+  knows the rest); receive bursts keep one per chain (each has a length);
 - calls VM1 if its driver area asks for it (ENABLE; or DESC with
   EVENT_IDX: ``packed.need_event``), and keeps the device area at DISABLE
   while polling (no kicks wanted; ``notify.py`` arms it to sleep).
@@ -50,7 +53,7 @@ from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_MAX
 from .chain_packed import fill_vec_packed
 from .iotlb import park_on_miss
 from .state import (
-    VQ_AVAIL, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IOMMU, VQ_LAST_AVAIL,
+    VQ_AVAIL, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IN_ORDER, VQ_IOMMU, VQ_LAST_AVAIL,
     VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_READY, VQ_USED, XS_BAD_DESC, XS_BAD_RING, XS_CALLS,
     XS_MERGED, XS_TOO_BIG,
 )
@@ -152,6 +155,8 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
         return 0
     start = pos
     first_flags = np.int64(-1)
+    in_order = st.vq[v, VQ_IN_ORDER] != 0
+    last_id = np.int64(-1)
     room = pool.buf_size - HEADROOM
     hdr = st.vq[v, VQ_HDR_LEN]
     vec = st.vec[v]
@@ -167,9 +172,13 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
             res = copy_out(st, vec, res, hdr, pool, i, room)
         if res == CHAIN_MISS:
             break  # parked: retried once the grant arrives
-        f = _used(st, v, desc, pos, buf_id, 0, first_flags)
-        if first_flags < 0:
-            first_flags = f
+        if in_order:  # one used element for the whole burst, written below
+            last_id = buf_id
+            first_flags = used_flag_bits(pos_wrap(start))
+        else:
+            f = _used(st, v, desc, pos, buf_id, 0, first_flags)
+            if first_flags < 0:
+                first_flags = f
         pos = pos_advance(pos, slots, num)
         if res < 0:
             st.xstats[v, XS_TOO_BIG if res == CHAIN_TOO_BIG else XS_BAD_DESC] += 1
@@ -181,6 +190,8 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
         got += 1
     if got < nb:
         free_bulk(pool, bufs[got:], nb - got)
+    if last_id >= 0:  # IN_ORDER (2.8.9): the last chain's id at the batch's first position
+        _used(st, v, desc, start, last_id, 0, np.int64(-1))
     if first_flags >= 0:
         _publish(st, v, desc, drv, start, first_flags, pos, num)
     st.stats[q, ST_IPACKETS] += got

@@ -19,6 +19,7 @@ import struct
 import pytest
 
 from pmd.vhost_user.messages import IotlbPerm
+from pmd.virtio.features import VIRTIO_F_IN_ORDER
 from pmd.virtio.packed import VRING_DESC_F_INDIRECT as IND
 from pmd.virtio.packed import VRING_DESC_F_NEXT as NEXT
 from pmd.virtio.packed import VRING_DESC_F_WRITE as WRITE
@@ -269,3 +270,24 @@ def test_iotlb_miss_parks_packed_chain_until_granted(vp, connect):  # noqa: F811
     assert wait_until(lambda: (got := recv(vp.port, vp.pool)) and got == [pkt] or False, 3.0)
     assert vm.used_at(TX, 0) == (9, 0, True)
     assert c.delta()["iotlb_misses"] == 1
+
+
+def test_in_order_transmit_burst_returns_one_used_element(vp, connect):  # noqa: F811
+    """VIRTIO_F_IN_ORDER (2.8.9): a burst of three chains (1, 2 and 1
+    descriptors) comes back as one used element at the batch's first
+    position with the last chain's id; the ring moves on by all four slots."""
+    vm = connect(extra=1 << VIRTIO_F_IN_ORDER)
+    assert vm.features & (1 << VIRTIO_F_IN_ORDER)
+    pkts = [make_packet(6000 + k, 90) for k in range(3)]
+    bufs = [tx_buf(vm, k, p) for k, p in enumerate(pkts)]
+    vm.offer(TX, [(*bufs[0], 0, 10)])
+    vm.offer(TX, [(bufs[1][0], 30, NEXT, 11), (bufs[1][0] + 30, bufs[1][1] - 30, 0, 11)])
+    vm.offer(TX, [(*bufs[2], 0, 12)])
+    ring = vm.mem.read(ring_addrs(TX)[0] + 16, 48)
+    assert recv(vp.port, vp.pool) == pkts
+    assert vm.used_at(TX, 0) == (12, 0, True)
+    assert vm.mem.read(ring_addrs(TX)[0] + 16, 48) == ring  # the rest of the batch untouched
+    assert int(vp.port.driver.vq[TX, VQ_LAST_AVAIL]) == (1 << 15) | 4
+    good = offer_good_tx(vm)
+    assert recv(vp.port, vp.pool) == [good]
+    assert vm.used_at(TX, 4) == (GOOD_ID, 0, True)
