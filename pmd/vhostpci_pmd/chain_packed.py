@@ -26,22 +26,8 @@ from ..virtio.features import MAX_VRING_SIZE
 from ..virtio.packed import (
     DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, desc_addr, desc_flags, desc_id, desc_len,
 )
-from .chain import CHAIN_BAD, CHAIN_TOO_BIG, VEC_ADDR, VEC_LEN, VEC_MAX, VEC_OFF
+from .chain import CHAIN_BAD, CHAIN_TOO_BIG, add_buffer
 from .iotlb import buffer_offset
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _add(st, v, vec, cnt, addr, ln, write):
-    """Translate one buffer into row ``cnt``; the new row count or a CHAIN_* code."""
-    if cnt == VEC_MAX:
-        return np.int64(CHAIN_TOO_BIG)
-    off = buffer_offset(st, v, addr, ln, write)
-    if off < 0:
-        return off
-    vec[cnt, VEC_OFF] = off
-    vec[cnt, VEC_LEN] = ln
-    vec[cnt, VEC_ADDR] = np.int64(addr)
-    return cnt + 1
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -65,7 +51,7 @@ def _indirect(st, v, addr, ln, write, budget, vec):
         if write:
             b = min(b, left)
         if b > 0:
-            cnt = _add(st, v, vec, cnt, desc_addr(m, tbl, i), b, write)
+            cnt = add_buffer(st, v, vec, cnt, desc_addr(m, tbl, i), b, write)
             if cnt < 0:
                 return cnt
             left -= b
@@ -100,7 +86,7 @@ def fill_vec_packed(st, v, desc, num, idx, head_flags, write, budget, vec):
                 if write:
                     ln = min(ln, left)
                 if ln > 0:
-                    res = _add(st, v, vec, cnt, desc_addr(m, desc, i), ln, write)
+                    res = add_buffer(st, v, vec, cnt, desc_addr(m, desc, i), ln, write)
                     if res >= 0:
                         cnt = res
                         left -= ln

@@ -47,15 +47,14 @@ from ..syscalls import eventfd_signal
 from ..virtio.split import USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, avail_idx, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
 from .bufcopy import copy_in as _copy_in, copy_out as _copy_out, log as _log
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, fill_vec, resolve
-from .iotlb import park_on_miss
+from .ringmap import ring_parts
 from .vq_packed import avail_left_packed, dequeue_packed, enqueue_packed
 from .inflight import (
     RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, mark_delivered, set_inflight_used_idx, source,
     source_fields, take, unlink,
 )
-from ..guestmem.translate import translate
 from .state import (
-    PORT_INFLIGHT, VQ_AVAIL, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU,
+    PORT_INFLIGHT, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER,
     VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC,
     XS_BAD_RING, XS_CALLS, XS_MERGED, XS_ROLLED_FORWARD, XS_TOO_BIG,
 )
@@ -65,25 +64,10 @@ PKT_SENT, PKT_WAIT, PKT_DROPPED = 0, 1, 2
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _ring_offsets(st, v, num):
-    """Window offsets of the three ring parts, or (-1, ...) after counting
-    the problem (a miss with an IOMMU, a bad ring without)."""
-    row = st.vq[v]
+    """Window offsets of the split ring's three parts, or (-1, ...) after
+    counting the problem (a miss with an IOMMU, a bad ring without)."""
     desc_size, avail_size, used_size = ring_sizes(num)
-    desc = translate(st.table, st.tcount, row[VQ_DESC], desc_size, False)
-    avail = translate(st.table, st.tcount, row[VQ_AVAIL], avail_size, False)
-    used = translate(st.table, st.tcount, row[VQ_USED], used_size, True)
-    if desc >= 0 and avail >= 0 and used >= 0:
-        return desc, avail, used
-    if row[VQ_IOMMU] != 0:
-        if desc < 0:
-            park_on_miss(st, v, row[VQ_DESC], False)
-        elif avail < 0:
-            park_on_miss(st, v, row[VQ_AVAIL], False)
-        else:
-            park_on_miss(st, v, row[VQ_USED], True)
-    else:
-        st.xstats[v, XS_BAD_RING] += 1
-    return np.int64(-1), np.int64(-1), np.int64(-1)
+    return ring_parts(st, v, desc_size, avail_size, used_size, False)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)

@@ -39,7 +39,6 @@ from numba import njit
 
 from ..atomics import fence, load_acquire
 from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF
-from ..guestmem.translate import translate
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
 from ..syscalls import eventfd_signal
 from ..virtio.packed import (
@@ -51,10 +50,10 @@ from ..virtio.packed import (
 from .bufcopy import copy_in, copy_out, log
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_MAX
 from .chain_packed import fill_vec_packed
-from .iotlb import park_on_miss
+from .ringmap import ring_parts
 from .state import (
-    VQ_AVAIL, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IN_ORDER, VQ_IOMMU, VQ_LAST_AVAIL,
-    VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_READY, VQ_USED, XS_BAD_DESC, XS_BAD_RING, XS_CALLS,
+    VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IN_ORDER, VQ_LAST_AVAIL,
+    VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_READY, VQ_USED, XS_BAD_DESC, XS_CALLS,
     XS_MERGED, XS_TOO_BIG,
 )
 
@@ -63,26 +62,11 @@ PK_SLOT, PK_ID, PK_LEN = range(3)  # st.pk rows: one used element of the packet 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def ring_offsets_packed(st, v, num):
-    """Window offsets of the descriptor ring, driver area and device area,
-    or (-1, ...) after counting the problem (a miss with an IOMMU, a bad
-    ring without).  The descriptor ring is written too (used elements)."""
-    row = st.vq[v]
+    """Window offsets of the descriptor ring (written too: used elements),
+    the driver area and the device area, or (-1, ...) after counting the
+    problem."""
     desc_size, drv_size, dev_size = ring_sizes(num)
-    desc = translate(st.table, st.tcount, row[VQ_DESC], desc_size, True)
-    drv = translate(st.table, st.tcount, row[VQ_AVAIL], drv_size, False)
-    dev = translate(st.table, st.tcount, row[VQ_USED], dev_size, True)
-    if desc >= 0 and drv >= 0 and dev >= 0:
-        return desc, drv, dev
-    if row[VQ_IOMMU] != 0:
-        if desc < 0:
-            park_on_miss(st, v, row[VQ_DESC], True)
-        elif drv < 0:
-            park_on_miss(st, v, row[VQ_AVAIL], False)
-        else:
-            park_on_miss(st, v, row[VQ_USED], True)
-    else:
-        st.xstats[v, XS_BAD_RING] += 1
-    return np.int64(-1), np.int64(-1), np.int64(-1)
+    return ring_parts(st, v, desc_size, drv_size, dev_size, True)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)

@@ -189,6 +189,19 @@ def xmit(st, v, q, pool, bufs, nb):
     row[DRV_LAST_USED] = last
     _no_calls(st, v, last)
     _recycle(st, v)
+    taken = fill_tx(st, v, q, pool, bufs, nb, False)
+    _post(st, v)
+    return taken
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def fill_tx(st, v, q, pool, bufs, nb, packed):
+    """Copy up to ``nb`` mbufs into free transmit buffers (header zeroed)
+    and stage them; a split ring gets its descriptor now, a packed one
+    (``packed``: a literal, so the test folds away) at posting time, from
+    ``blen``.  Frees the mbufs taken; returns how many."""
+    row = st.vq[v]
+    m = st.mem
     hdr = row[DRV_HDR_LEN]
     room = row[DRV_STRIDE] - hdr
     top = row[DRV_FREE_TOP]
@@ -208,12 +221,14 @@ def xmit(st, v, q, pool, bufs, nb):
         gpa = _buf_gpa(row, i)
         m.u8[gpa:gpa + hdr] = 0
         memcpy(m.u8, gpa + hdr, pool.data, mbuf_offset(pool, k), ln)
-        set_desc(m, row[DRV_DESC], i, gpa + row[DRV_IOVA_DELTA], hdr + ln, 0, 0)
+        if packed:
+            st.blen[v, i] = hdr + ln
+        else:
+            set_desc(m, row[DRV_DESC], i, gpa + row[DRV_IOVA_DELTA], hdr + ln, 0, 0)
         _stage(st, v, i)
         sent += 1
         nbytes += ln
     row[DRV_FREE_TOP] = top
-    _post(st, v)
     free_bulk(pool, bufs, taken)
     st.stats[q, ST_OPACKETS] += sent
     st.stats[q, ST_OBYTES] += nbytes

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from ..atomics import fence, load_acquire, memcpy
-from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF
+from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_RX_NOMBUF
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
 from ..syscalls import eventfd_signal
 from ..virtio.features import NET_HDR_NUM_BUFFERS
@@ -37,7 +37,7 @@ from ..virtio.packed import (
 from .vq import (
     DRV_AVAIL_IDX, DRV_DESC, DRV_EVENT_IDX, DRV_FREE_TOP, DRV_HDR_LEN, DRV_IOVA_DELTA, DRV_KICK_FD,
     DRV_LAST_USED, DRV_MAP_DONE, DRV_MRG, DRV_NUM, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_USED,
-    DRV_XS_BAD_USED, DRV_XS_KICKS, DRV_XS_TOO_BIG, _buf_gpa, _handed_back, _push_done, _recycle, _stage,
+    DRV_XS_BAD_USED, DRV_XS_KICKS, _buf_gpa, _handed_back, _push_done, _recycle, _stage, fill_tx,
 )
 
 
@@ -102,7 +102,6 @@ def xmit_packed(st, v, q, pool, bufs, nb):
     row = st.vq[v]
     if load_acquire(row, DRV_READY) == 0:
         return 0
-    m = st.mem
     last = row[DRV_LAST_USED]
     for _k in range(row[DRV_NUM]):  # reap what the device sent
         i, _ln, nxt = _next_used(st, row, last)
@@ -112,34 +111,8 @@ def xmit_packed(st, v, q, pool, bufs, nb):
         last = nxt
     row[DRV_LAST_USED] = last
     _recycle(st, v)
-    hdr = row[DRV_HDR_LEN]
-    room = row[DRV_STRIDE] - hdr
-    top = row[DRV_FREE_TOP]
-    taken = 0
-    sent = 0
-    nbytes = 0
-    while taken < nb and top > 0:
-        k = bufs[taken]
-        taken += 1
-        ln = np.int64(pool.data_len[k])
-        if ln > room:
-            st.xstats[v, DRV_XS_TOO_BIG] += 1
-            st.stats[q, ST_OERRORS] += 1
-            continue
-        top -= 1
-        i = np.int64(st.free[v, top])
-        gpa = _buf_gpa(row, i)
-        m.u8[gpa:gpa + hdr] = 0
-        memcpy(m.u8, gpa + hdr, pool.data, mbuf_offset(pool, k), ln)
-        st.blen[v, i] = hdr + ln
-        _stage(st, v, i)
-        sent += 1
-        nbytes += ln
-    row[DRV_FREE_TOP] = top
+    taken = fill_tx(st, v, q, pool, bufs, nb, True)
     post_packed(st, v)
-    free_bulk(pool, bufs, taken)
-    st.stats[q, ST_OPACKETS] += sent
-    st.stats[q, ST_OBYTES] += nbytes
     return taken
 
 
