@@ -58,6 +58,7 @@ from .state import (
 )
 
 PK_SLOT, PK_ID, PK_LEN = range(3)  # st.pk rows: one used element of the packet being written
+COUNT_AHEAD = 512  # avail_left_packed counts no further (DPDK's largest burst)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -202,6 +203,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     pk = st.pk[v]
     parked = False
     empty = False
+    chains = 0  # chains this burst used
     res = np.int64(0)
     taken = 0
     sent = 0
@@ -251,6 +253,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
         if wait:
             break  # the chains it began stay available, unchanged
         taken += 1
+        chains += nbufs
         for c in range(nbufs):  # its used elements: all empty if it was dropped
             f = _used(st, v, desc, pk[c, PK_SLOT], pk[c, PK_ID], 0 if dropped else pk[c, PK_LEN], first_flags)
             if first_flags < 0:
@@ -266,8 +269,8 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
         sent += 1
         nbytes += ln
     st.vq[v, VQ_PARKED] = 1 if parked else 0
-    # a lower bound of the chains left: one if the burst did not see the ring empty
-    st.vq[v, VQ_AVAIL_LEFT] = 0 if empty or parked else 1
+    # still a lower bound (VM1 only adds); at 0, avail_left_packed walks the ring again
+    st.vq[v, VQ_AVAIL_LEFT] = 0 if empty else max(st.vq[v, VQ_AVAIL_LEFT] - chains, 0)
     if first_flags >= 0:
         _publish(st, v, desc, drv, start, first_flags, pos, num)
     if taken:
@@ -280,7 +283,9 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
 @njit(nogil=True, cache=True, _nrt=False)
 def avail_left_packed(st, v):
     """Chains VM1 made available on packed receive ring ``v`` that the port
-    has not used, counted by walking the heads (at most the ring's size)."""
+    has not used, counted by walking the heads: a lower bound (VM1 only
+    adds), at most ``COUNT_AHEAD`` (the most a burst takes: the forwarding
+    engine's ``tx_room``)."""
     num, desc, drv = _begin(st, v)
     if num == 0:
         st.vq[v, VQ_AVAIL_LEFT] = 0
@@ -289,7 +294,7 @@ def avail_left_packed(st, v):
     pos = st.vq[v, VQ_LAST_AVAIL]
     n = 0
     walked = 0
-    while walked < num:
+    while walked < num and n < COUNT_AHEAD:
         flags = desc_flags_acquire(m, desc, pos_idx(pos))
         if not is_avail(flags, pos_wrap(pos)):
             break

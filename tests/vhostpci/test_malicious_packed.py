@@ -24,6 +24,7 @@ from pmd.virtio.packed import VRING_DESC_F_INDIRECT as IND
 from pmd.virtio.packed import VRING_DESC_F_NEXT as NEXT
 from pmd.virtio.packed import VRING_DESC_F_WRITE as WRITE
 from pmd.vhostpci_pmd.state import VQ_LAST_AVAIL, VQ_PACKED
+from pmd.vhostpci_pmd.txhold import room
 from tests.util import wait_until
 from tests.vhostpci.peer_io import make_packet, recv, send
 from tests.vhostpci.rogue_packed import RoguePackedVM1
@@ -291,3 +292,20 @@ def test_in_order_transmit_burst_returns_one_used_element(vp, connect):  # noqa:
     good = offer_good_tx(vm)
     assert recv(vp.port, vp.pool) == [good]
     assert vm.used_at(TX, 4) == (GOOD_ID, 0, True)
+
+
+def test_tx_room_counts_the_available_receive_chains(vp, connect):  # noqa: F811
+    """The forwarding engines ask the port how many packets it can take
+    (tx_room): on a packed ring, the chains VM1 made available, however many
+    bursts ago they were counted."""
+    vm = connect()
+    st = vp.port.kernel_state()
+    assert room(st, 0) == 0
+    for k in range(5):
+        vm.offer(RX, [(vm.rx_slot(k), 2048, WRITE, k)])
+    assert room(st, 0) == 5
+    assert send(vp.port, vp.pool, [make_packet(7000 + k, 100) for k in range(2)]) == 2
+    assert room(st, 0) == 3
+    vm.offer(RX, [(vm.rx_slot(5), 2048, WRITE, 5)])
+    assert send(vp.port, vp.pool, [make_packet(7002 + k, 100) for k in range(3)]) == 3
+    assert room(st, 0) == 1  # the one offered after the count
