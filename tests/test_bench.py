@@ -68,8 +68,14 @@ def _run_vhost_bench(tmp_path, *args, path_env=None, timeout=240):
     with _killed_on_exit(proc):
         out, err = proc.communicate(timeout=timeout)
     assert _bench_leftovers(proc.pid) == []
-    assert list(tmp_path.iterdir()) == []  # sockets and their directory removed
+    assert list(tmp_path.iterdir()) == []  # sockets, the hugetlbfs mount point and their directory removed
+    assert not _mounts_under(tmp_path)
     return proc.returncode, out, err
+
+
+def _mounts_under(path) -> list[str]:
+    with open("/proc/mounts") as f:
+        return [line for line in f if line.split()[1].startswith(str(path))]
 
 
 @pytest.mark.slow  # ~20-25 s: seven runs, each starting one or two processes
@@ -88,7 +94,8 @@ def test_vhost_bench_quick_json(tmp_path):
     rows = {(r["scenario"], r["size"], r["ours"]) for r in results}
     expect = {("c", 64, "iommu=off"), ("c", 64, "iommu=buffers"), ("c", 64, "iommu=transient")}
     if have_dpdk:
-        expect |= {("a", 64, "vhost-pci"), ("b", 64, "vhost-pci")}
+        expect |= {(sc, 64, f"vhost-pci{row}") for sc in "ab" for row in ("", " split")}
+        assert len(doc["notes"]) == 1 and ("best row:" in doc["notes"][0] or "--no-huge" in doc["notes"][0])
     else:
         assert doc["notes"] == ["DPDK dpdk-testpmd not found (install dpdk-dev: tools/setup does)"]
     assert rows == expect
@@ -97,7 +104,7 @@ def test_vhost_bench_quick_json(tmp_path):
         assert r["ours_mpps"] > 0 and len(r["ours_runs"]) == 1, r
         assert r["ref_mpps"] > 0 and r["ratio"] > 0, r
         if r["scenario"] in "ab":
-            assert r["ref"] == "DPDK vhost"
+            assert r["ref"] == r["ours"].replace("vhost-pci", "DPDK vhost")
 
 
 def test_vhost_bench_without_dpdk_says_so(tmp_path):
@@ -143,7 +150,7 @@ def test_vhost_bench_sigterm_mid_run_leaves_nothing(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert _bench_leftovers(proc.pid) == []
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [] and not _mounts_under(tmp_path)
 
 
 # ------------------------------------------------------------ VF bench
@@ -297,3 +304,41 @@ def test_xdp_steps_quick_json(tmp_path):
         assert all(v > 0 for v in r["ns_per_packet"].values()), r
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10).stdout
     assert f"vbs{proc.pid}" not in links
+
+
+# ------------------------------------------------------------ hugepages
+def _nr_hugepages() -> int:
+    with open("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages") as f:
+        return int(f.read())
+
+
+def test_hugepages_made_and_undone(tmp_path):
+    """The bench's hugepage set-up: pages added and a hugetlbfs mounted;
+    close() unmounts (removing what a process left there) and takes the pages back."""
+    from apps.bench.hugepages import Hugepages, HugepagesUnavailable, is_mounted
+
+    before = _nr_hugepages() if os.path.exists("/sys/kernel/mm/hugepages/hugepages-2048kB") else None
+    try:
+        huge = Hugepages(8, parent=str(tmp_path))
+    except HugepagesUnavailable as e:
+        assert os.geteuid() != 0 or before is None, e  # as root with 2 MiB pages it must work
+        pytest.skip(str(e))
+    try:
+        assert is_mounted(huge.dir) and _nr_hugepages() >= before + 8
+        fd = os.open(os.path.join(huge.dir, "left-behind"), os.O_CREAT | os.O_RDWR)
+        os.ftruncate(fd, 2 << 20)
+        os.close(fd)
+        mount_dir = huge.dir
+    finally:
+        huge.close()
+    assert not is_mounted(mount_dir) and not os.path.exists(mount_dir)
+    assert list(tmp_path.iterdir()) == []
+    huge.close()  # twice: nothing more happens
+
+
+def test_hugepages_not_root_says_so(monkeypatch):
+    from apps.bench import hugepages
+
+    monkeypatch.setattr(hugepages.os, "geteuid", lambda: 1000)
+    with pytest.raises(hugepages.HugepagesUnavailable, match="not root"):
+        hugepages.Hugepages(8)

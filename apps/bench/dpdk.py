@@ -7,10 +7,13 @@ parsed by a reader thread.  Rates come from testpmd's own ``Rx-pps`` /
 of the pipe does not enter the figures.
 
 Every process gets its own ``--file-prefix``; ``close()`` ends it by PID
-(quit, then SIGTERM, then SIGKILL) and removes its runtime directory.
+(quit, then SIGTERM, then SIGKILL) and removes its runtime directory and,
+on hugepages (``huge_dir``), its hugepage files.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import pty
 import re
@@ -66,10 +69,12 @@ class Testpmd:
     (``--lcores '0@CPU,1@CPU'``: main and forwarding lcore on ``cpu``)."""
 
     def __init__(self, vdev: str, mode: str, size: int, cpu: int, prefix: str, mem_mb: int = 256,
-                 eal_extra: tuple[str, ...] = ()) -> None:
+                 eal_extra: tuple[str, ...] = (), huge_dir: str | None = None) -> None:
         self.prefix = prefix
+        self.huge_dir = huge_dir  # a hugetlbfs mount (DPDK's usual set-up), or None: --no-huge
+        memory = ["--huge-dir", huge_dir] if huge_dir else ["--no-huge"]
         self.argv = [
-            testpmd_path() or TESTPMD, "--lcores", f"0@{cpu},1@{cpu}", "--no-pci", "--no-huge", "-m", str(mem_mb),
+            testpmd_path() or TESTPMD, "--lcores", f"0@{cpu},1@{cpu}", "--no-pci", *memory, "-m", str(mem_mb),
             "--file-prefix", prefix, *eal_extra, "--vdev", vdev, "--",
             "-i", f"--forward-mode={mode}", "--nb-cores=1", f"--total-num-mbufs={NB_MBUFS}",
             f"--txpkts={size}", "--burst=32",
@@ -192,3 +197,7 @@ class Testpmd:
             os.close(self._fd)
             self._fd = -1
         shutil.rmtree(runtime_dir(self.prefix), ignore_errors=True)
+        if self.huge_dir:  # EAL keeps its hugepage files (for secondary processes): give the pages back
+            for path in glob.glob(os.path.join(glob.escape(self.huge_dir), self.prefix + "*")):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)

@@ -8,6 +8,15 @@ vhost-user back-end) on ``--cpu``, VM1 (the front-end) on another CPU.
   command line for both.
 - ``b``: the reverse: VM2 txonly (ours vs DPDK vhost) into VM1 = DPDK
   virtio-user, rxonly.
+
+  Each of ``a`` and ``b`` has two rows.  ``best``: DPDK as its users run it,
+  every DPDK process on hugepages (a private hugetlbfs mount and
+  ``nr_hugepages``, made and undone by the bench), so VM1's memory is on
+  hugepages too (the fds our port maps), our mbuf pool as well, and the
+  virtio-user offering the best ring options both back-ends negotiate
+  (``best_ring_args``).  ``split``: the earlier comparison, ``--no-huge``, a
+  split ring without IN_ORDER.  A machine without hugepages says so and runs
+  the ``best`` row on plain pages.
 - ``c``: VM1 = our net_virtio_user (vhostpci-fwd, txonly) with iommu=off,
   buffers, transient; VM2 = our net_vhost_pci rxonly: the cost of isolation.
 
@@ -32,6 +41,10 @@ from typing import Any
 
 from pmd.ethdev import Port
 
+from pmd.mbuf import configure_memory
+from pmd.vhostpci_pmd.device import BASE_FEATURES
+from pmd.virtio.features import VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, has
+
 from . import dpdk
 from .common import (
     FLOW_TIMEOUT_S,
@@ -43,16 +56,31 @@ from .common import (
     forwarding,
     measure,
     other_cpu,
+    signals_deferred,
 )
+from .hugepages import Hugepages, HugepagesUnavailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCENARIOS = ("a", "b", "c")
 SIZES = (64, 1518)
 NOT_FOUND = f"DPDK {dpdk.TESTPMD} not found (install dpdk-dev: tools/setup does)"
-# DPDK's virtio-user: the same command line against both back-ends; features
-# our back-end does not offer yet are off, so both negotiate the same set.
-VIRTIO_USER_ARGS = "queue_size=256,mrg_rxbuf=0,in_order=0,packed_vq=0"
+# DPDK's virtio-user: the same command line against both back-ends.  The
+# ``split`` row: the earlier comparison (split ring, no IN_ORDER, no hugepages).
+VIRTIO_USER_SPLIT = "queue_size=256,mrg_rxbuf=0,in_order=0,packed_vq=0"
 VIRTIO_USER_EAL = ("--single-file-segments",)  # else: "Too many memory regions"
+ROWS = ("best", "split")
+# Hugepages for one run: two DPDK processes (-m 256: 128 pages each) and our pool
+HUGEPAGES = 320
+
+
+def best_ring_args(offered: int = BASE_FEATURES) -> str:
+    """DPDK virtio-user devargs with the best ring options our back-end
+    (offering ``offered``) and DPDK's both negotiate: packed and IN_ORDER
+    where ours offers them; mrg_rxbuf off (one buffer per packet, DPDK's
+    fastest receive path)."""
+    packed = int(has(offered, VIRTIO_F_RING_PACKED))
+    in_order = int(has(offered, VIRTIO_F_IN_ORDER))
+    return f"queue_size=256,mrg_rxbuf=0,in_order={in_order},packed_vq={packed}"
 ISOLATION_MODES = ("off", "buffers", "transient")
 OURS_VM1_TIMEOUT_S = 120.0  # the same when VM1 is ours: its kernels may need compiling first (cache cold)
 
@@ -63,14 +91,19 @@ class OursPort(CounterMeter):
     lcore pinned to ``cpu``, interrupts off; as a receiver it meters its own
     ``ipackets``."""
 
-    def __init__(self, vdev: str, mode: str, size: int, cpu: int) -> None:
+    def __init__(self, vdev: str, mode: str, size: int, cpu: int, huge_dir: str | None = None) -> None:
         self.vdev = vdev
         self.mode, self.size, self.cpu = mode, size, cpu
+        self.huge_dir = huge_dir  # the mbuf pool in a hugetlbfs file there (DPDK's --huge-dir)
         self.fw = None
         self.port: Port | None = None
 
     def start(self) -> None:
-        self.fw = forwarding(self.cpu)
+        configure_memory(huge_dir=self.huge_dir)
+        try:
+            self.fw = forwarding(self.cpu)
+        finally:
+            configure_memory()
         self.port = self.fw.attach_port(self.vdev)
         self.port.start()
         self.fw.config.mode = self.mode
@@ -92,16 +125,19 @@ class OursPort(CounterMeter):
 class OursVm2(OursPort):
     """Our net_vhost_pci port forwarding in this process, lcore pinned to ``cpu``."""
 
-    def __init__(self, path: str, mode: str, size: int, cpu: int, iommu_support: bool) -> None:
-        super().__init__(f"net_vhost_pci0,path={path},iommu_support={int(iommu_support)}", mode, size, cpu)
+    def __init__(self, path: str, mode: str, size: int, cpu: int, iommu_support: bool,
+                 huge_dir: str | None = None) -> None:
+        super().__init__(f"net_vhost_pci0,path={path},iommu_support={int(iommu_support)}", mode, size, cpu,
+                         huge_dir)
 
 
 class DpdkSide:
     """A dpdk-testpmd process (vhost, virtio-user, af_packet...) forwarding in ``mode``;
     as a receiver it meters testpmd's own Rx-pps."""
 
-    def __init__(self, vdev: str, mode: str, size: int, cpu: int, prefix: str, eal_extra: tuple[str, ...] = ()):
-        self.tp = dpdk.Testpmd(vdev, mode, size, cpu, prefix, eal_extra=eal_extra)
+    def __init__(self, vdev: str, mode: str, size: int, cpu: int, prefix: str, eal_extra: tuple[str, ...] = (),
+                 huge_dir: str | None = None):
+        self.tp = dpdk.Testpmd(vdev, mode, size, cpu, prefix, eal_extra=eal_extra, huge_dir=huge_dir)
 
     flow_timeout = FLOW_TIMEOUT_S
 
@@ -191,6 +227,24 @@ class _Env:
         self.seconds, self.warmup = seconds, warmup
         self.dir = tempfile.mkdtemp(prefix="vhostpci-bench-")
         self._n = 0
+        self.huge: Hugepages | None = None
+        self.best_args = best_ring_args()
+
+    def setup_hugepages(self) -> str:
+        """Mount a private hugetlbfs and add pages for the ``best`` row; a
+        note saying what runs (or why it runs on plain pages)."""
+        try:
+            self.huge = Hugepages(HUGEPAGES, parent=self.dir)
+        except HugepagesUnavailable as e:
+            return f"{e}: the best row runs with --no-huge as well"
+        return (f"best row: DPDK's processes, VM1's memory and our mbuf pool on {HUGEPAGES} hugepages "
+                f"(2 MiB, hugetlbfs); DPDK virtio-user {self.best_args}; split row: --no-huge, {VIRTIO_USER_SPLIT}")
+
+    def huge_dir(self, row: str) -> str | None:
+        return self.huge.dir if row == "best" and self.huge is not None else None
+
+    def vu_args(self, row: str) -> str:
+        return self.best_args if row == "best" else VIRTIO_USER_SPLIT
 
     def fresh(self, what: str) -> tuple[str, str]:
         """A new socket path and DPDK file prefix (removing any leftover socket)."""
@@ -201,7 +255,11 @@ class _Env:
         return path, f"vhostpci-bench-{os.getpid()}-{self._n}"
 
     def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        with signals_deferred():
+            if self.huge is not None:
+                self.huge.close()
+                self.huge = None
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _measure(env: _Env, vm2, vm1_factory: Callable[[], Any], meter_of: Callable[[Any, Any], Any]) -> float:
@@ -209,26 +267,34 @@ def _measure(env: _Env, vm2, vm1_factory: Callable[[], Any], meter_of: Callable[
     return measure(vm2, vm1_factory, meter_of, env.warmup, env.seconds)
 
 
-def _dpdk_vu(env: _Env, path: str, prefix: str, mode: str, size: int) -> DpdkSide:
-    return DpdkSide(f"net_virtio_user0,path={path},{VIRTIO_USER_ARGS}", mode, size, env.vm1_cpu,
-                    prefix + "-vu", VIRTIO_USER_EAL)
+def _dpdk_vu(env: _Env, path: str, prefix: str, mode: str, size: int, row: str) -> DpdkSide:
+    return DpdkSide(f"net_virtio_user0,path={path},{env.vu_args(row)}", mode, size, env.vm1_cpu,
+                    prefix + "-vu", VIRTIO_USER_EAL, huge_dir=env.huge_dir(row))
 
 
-def _dpdk_vhost(env: _Env, path: str, prefix: str, mode: str, size: int) -> DpdkSide:
-    return DpdkSide(f"net_vhost0,iface={path},client=0", mode, size, env.vm2_cpu, prefix + "-vh")
+def _dpdk_vhost(env: _Env, path: str, prefix: str, mode: str, size: int, row: str) -> DpdkSide:
+    return DpdkSide(f"net_vhost0,iface={path},client=0", mode, size, env.vm2_cpu, prefix + "-vh",
+                    huge_dir=env.huge_dir(row))
+
+
+def _split_variant(variant: str) -> tuple[str, str]:
+    """"ours-split" -> ("ours", "split"); "dpdk" -> ("dpdk", "best")."""
+    side, _, row = variant.partition("-")
+    return side, row or "best"
 
 
 def _variant(env: _Env, scenario: str, variant: str, size: int) -> float:
-    """One measured run of ``variant`` ("ours", "dpdk" or an iommu mode) of ``scenario``."""
-    path, prefix = env.fresh(scenario + variant[:4])
+    """One measured run of ``variant`` ("ours", "dpdk", "ours-split", "dpdk-split" or an iommu mode)."""
+    path, prefix = env.fresh(scenario + variant[:4] + variant[5:6])
     if scenario in ("a", "b"):
+        side, row = _split_variant(variant)
         vm2_mode, vm1_mode = ("rxonly", "txonly") if scenario == "a" else ("txonly", "rxonly")
-        if variant == "ours":  # DPDK's virtio-user does not grant IOTLB entries: no IOMMU, like DPDK's vhost
-            vm2 = OursVm2(path, vm2_mode, size, env.vm2_cpu, iommu_support=False)
+        if side == "ours":  # DPDK's virtio-user does not grant IOTLB entries: no IOMMU, like DPDK's vhost
+            vm2 = OursVm2(path, vm2_mode, size, env.vm2_cpu, iommu_support=False, huge_dir=env.huge_dir(row))
         else:
-            vm2 = _dpdk_vhost(env, path, prefix, vm2_mode, size)
+            vm2 = _dpdk_vhost(env, path, prefix, vm2_mode, size, row)
         meter = (lambda v2, v1: v2) if scenario == "a" else (lambda v2, v1: v1)
-        return _measure(env, vm2, lambda: _dpdk_vu(env, path, prefix, vm1_mode, size), meter)
+        return _measure(env, vm2, lambda: _dpdk_vu(env, path, prefix, vm1_mode, size, row), meter)
     vm2 = OursVm2(path, "rxonly", size, env.vm2_cpu, iommu_support=True)
     log = os.path.join(env.dir, f"vm1-{variant}.log")
     limit = OURS_VM1_TIMEOUT_S + env.warmup + env.seconds + 30
@@ -246,17 +312,19 @@ def _pairs(scenario: str) -> list[tuple[str, str]]:
     """(ours, reference) variant pairs of a scenario: one result row each."""
     if scenario == "c":
         return [(m, "off") for m in ISOLATION_MODES]
-    return [("ours", "dpdk")]
+    return [("ours", "dpdk"), ("ours-split", "dpdk-split")]
 
 
 def _variants(scenario: str) -> list[str]:
-    return list(ISOLATION_MODES) if scenario == "c" else ["ours", "dpdk"]
+    return list(ISOLATION_MODES) if scenario == "c" else ["ours", "dpdk", "ours-split", "dpdk-split"]
 
 
 def _label(scenario: str, variant: str) -> str:
     if scenario == "c":
         return f"iommu={variant}"
-    return "vhost-pci" if variant == "ours" else "DPDK vhost"
+    side, row = _split_variant(variant)
+    name = "vhost-pci" if side == "ours" else "DPDK vhost"
+    return name if row == "best" else f"{name} split"
 
 
 def run(seconds: float = 2.0, rounds: int = 5, sizes: tuple[int, ...] = SIZES, cpu: int | None = None,
@@ -272,6 +340,8 @@ def run(seconds: float = 2.0, rounds: int = 5, sizes: tuple[int, ...] = SIZES, c
         todo = [s for s in todo if s not in ("a", "b")]
     env = _Env(default_cpu() if cpu is None else cpu, seconds, warmup)
     try:
+        if any(s in todo for s in ("a", "b")):
+            notes.append(env.setup_hugepages())
         results = alternate(rounds, sizes, todo, variants=_variants, pairs=_pairs, label=_label,
                             what=WHAT.__getitem__, run_one=lambda sc, v, size: _variant(env, sc, v, size), say=say)
     finally:

@@ -61,9 +61,21 @@ def file_size(fd: int) -> int:
     return st.st_size if stat.S_ISREG(st.st_mode) else -1
 
 
+# A front-end's memory may be hugetlbfs files (DPDK's usual set-up), which map
+# only at addresses aligned to their page size: the reservation is aligned to
+# the largest (1 GiB), so a region at a page-aligned GPA maps at base + GPA.
+RESERVE_ALIGN = 1 << 30
+
+
 def reserve(size: int) -> int:
-    """Reserve ``size`` bytes of address space: no memory, no swap, every access faults."""
-    return sys_mmap(None, size, PROT_NONE, RESERVE_FLAGS, -1, 0, "window reservation")
+    """Reserve ``size`` bytes of address space, ``RESERVE_ALIGN``-aligned: no
+    memory, no swap, every access faults."""
+    raw = sys_mmap(None, size + RESERVE_ALIGN, PROT_NONE, RESERVE_FLAGS, -1, 0, "window reservation")
+    base = -(-raw // RESERVE_ALIGN) * RESERVE_ALIGN
+    if base > raw:
+        release(raw, base - raw)
+    release(base + size, raw + RESERVE_ALIGN - base)
+    return base
 
 
 def map_fd(addr: int, length: int, fd: int, file_offset: int, prot: int, what: str) -> None:

@@ -30,6 +30,21 @@ CHAIN_BAD, CHAIN_MISS, CHAIN_TOO_BIG = -1, BUF_MISS, -3
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
+def add_buffer(st, v, vec, cnt, addr, ln, write):
+    """Translate one descriptor's buffer into row ``cnt`` of ``vec``; the
+    new row count, or a ``CHAIN_*`` code (a miss parks, see ``iotlb.py``)."""
+    if cnt == VEC_MAX:
+        return np.int64(CHAIN_TOO_BIG)
+    off = buffer_offset(st, v, addr, ln, write)
+    if off < 0:
+        return off
+    vec[cnt, VEC_OFF] = off
+    vec[cnt, VEC_LEN] = ln
+    vec[cnt, VEC_ADDR] = np.int64(addr)
+    return cnt + 1
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def resolve(st, v, desc, num, head):
     """The descriptor table a chain lives in: ``(table_offset, size, first)``,
     the ring's own table or an indirect one (2.7.5.3); ``(CHAIN_*, 0, 0)`` if bad."""
@@ -59,7 +74,7 @@ def fill_vec(st, v, tbl, n, first, write, budget, vec):
     a ``CHAIN_*`` code."""
     m = st.mem
     i = first
-    cnt = 0
+    cnt = np.int64(0)
     left = np.int64(budget)
     for _hop in range(n):  # a chain visits each descriptor once at most
         if i >= n:
@@ -71,16 +86,9 @@ def fill_vec(st, v, tbl, n, first, write, budget, vec):
         if write:
             ln = min(ln, left)
         if ln > 0:
-            if cnt == VEC_MAX:
-                return CHAIN_TOO_BIG
-            addr = desc_addr(m, tbl, i)
-            off = buffer_offset(st, v, addr, ln, write)
-            if off < 0:
-                return off
-            vec[cnt, VEC_OFF] = off
-            vec[cnt, VEC_LEN] = ln
-            vec[cnt, VEC_ADDR] = np.int64(addr)
-            cnt += 1
+            cnt = add_buffer(st, v, vec, cnt, desc_addr(m, tbl, i), ln, write)
+            if cnt < 0:
+                return cnt
             left -= ln
         if not flags & VRING_DESC_F_NEXT or left <= 0:
             return cnt

@@ -32,9 +32,13 @@ from ..guestmem.window import Window
 from ..vhost_user.device import BackendDevice, HandlerError, VringInfo
 from ..vhost_user.messages import VHOST_F_LOG_ALL, InflightInfo, ProtocolFeature
 from ..virtio.features import (
-    MAX_VRING_SIZE, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1,
+    MAX_VRING_SIZE, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IN_ORDER, VIRTIO_F_IOMMU_PLATFORM,
+    VIRTIO_F_RING_PACKED,
+    VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, has, net_hdr_len,
 )
+from ..virtio.packed import EVENT_ALIGN, POS_MASK
+from ..virtio.packed import ring_sizes as packed_ring_sizes
 from ..virtio.split import AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, USED_IDX, ring_sizes
 from .chain import VEC_MAX
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
@@ -44,7 +48,7 @@ from .iotlb_serve import IotlbServer
 from .state import (
     N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
     VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
-    VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_PENDING,
+    VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_IN_ORDER, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING,
     VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
 from .txhold import HOLD_CAP
@@ -61,6 +65,12 @@ MAX_TRACKED_MBUFS = 1 << 20
 PF = ProtocolFeature
 PROTOCOL_FEATURES = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATUS.mask | PF.LOG_SHMFD.mask
                      | PF.INFLIGHT_SHMFD.mask | PF.CONFIGURE_MEM_SLOTS.mask | PF.RARP.mask)
+# Virtio features every port offers (IOMMU_PLATFORM and MQ depend on its
+# devargs).  IN_ORDER: every kernel uses chains in the order VM1 made them
+# available (bad ones and inflight resubmissions included), as it requires.
+BASE_FEATURES = ((1 << VIRTIO_F_VERSION_1) | (1 << VHOST_F_LOG_ALL) | (1 << VIRTIO_F_ANY_LAYOUT)
+                 | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX)
+                 | (1 << VIRTIO_F_RING_PACKED) | (1 << VIRTIO_F_IN_ORDER))
 # Memory regions a front-end may hot-add (CONFIGURE_MEM_SLOTS), as QEMU's
 # libvhost-user offers; the window holds a few more rows than that.
 MAX_MEM_SLOTS = 509
@@ -95,6 +105,7 @@ class VhostPciDevice(BackendDevice):
         self.vec = np.zeros((nvq, VEC_MAX, 3), np.int64)  # chain.fill_vec's buffer vector, one per vring
         self.missmsg = np.zeros((nvq, 48), np.uint8)  # the MISS a parking vring sends (iotlb.send_miss)
         self._miss_src = -1  # the session's back-end channel fd our PORT_MISS_FD dup is of
+        self.pk = np.zeros((nvq, VEC_MAX, 3), np.int64)  # packed enqueue: one packet's used elements
         area = -(-nvq * queue_area(MAX_VRING_SIZE) // PAGE_SIZE) * PAGE_SIZE
         self.inflight = Window(area, table_capacity=1, max_regions=1)
         self._inflight_info: InflightInfo | None = None  # set while the region is mapped
@@ -136,7 +147,7 @@ class VhostPciDevice(BackendDevice):
             self._kstate = VhostPciState(
                 mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count, self.logctl, self.vq,
                 self.xstats, self.stats, self.ctl, self.port_id, mem_views(self.inflight.array), self.resub,
-                self.src, self.hold, self.vec, self.missmsg, self.iotlb.asked)
+                self.src, self.hold, self.vec, self.pk, self.missmsg, self.iotlb.asked)
         return self._kstate
 
     def warm(self) -> None:
@@ -167,8 +178,7 @@ class VhostPciDevice(BackendDevice):
 
     # ---------------------------------------------------------- negotiation
     def features(self) -> int:
-        f = ((1 << VIRTIO_F_VERSION_1) | (1 << VHOST_F_LOG_ALL) | (1 << VIRTIO_F_ANY_LAYOUT)
-             | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX))
+        f = BASE_FEATURES
         if self.iommu_support:
             f |= 1 << VIRTIO_F_IOMMU_PLATFORM
         if self.queues > 1:
@@ -251,21 +261,30 @@ class VhostPciDevice(BackendDevice):
         addr = vring.addr
         assert addr is not None
         iommu = has(self.negotiated, VIRTIO_F_IOMMU_PLATFORM)
+        packed = has(self.negotiated, VIRTIO_F_RING_PACKED)
         desc, avail, used = addr.desc_user_addr, addr.avail_user_addr, addr.used_user_addr
-        sizes = ring_sizes(vring.num)
+        # packed: avail = the driver area, used = the device area (event suppression)
+        sizes = packed_ring_sizes(vring.num) if packed else ring_sizes(vring.num)
         if not iommu:  # ring addresses are VM1's virtual addresses: make them GPAs
             gpas = [self.window.uaddr_to_gpa(a, n) for a, n in zip((desc, avail, used), sizes)]
             if min(gpas) < 0:
                 raise HandlerError(f"vring {index} addresses desc={desc:#x} avail={avail:#x} used={used:#x} "
                                    "are outside VM1 memory")
             desc, avail, used = gpas
-        for what, a, align in (("desc", desc, DESC_ALIGN), ("avail", avail, AVAIL_ALIGN), ("used", used, USED_ALIGN)):
+        aligns = (DESC_ALIGN, EVENT_ALIGN, EVENT_ALIGN) if packed else (DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN)
+        for what, a, align in zip(("desc", "avail", "used"), (desc, avail, used), aligns):
             if a % align:
                 raise HandlerError(f"vring {index} {what} address {a:#x} is not {align}-aligned")
         row = self.vq[index]
         row[VQ_NUM] = vring.num
         row[VQ_DESC], row[VQ_AVAIL], row[VQ_USED] = (np.int64(np.uint64(a)) for a in (desc, avail, used))
-        row[VQ_LAST_AVAIL] = row[VQ_LAST_USED] = vring.base & 0xFFFF
+        row[VQ_PACKED] = int(packed)
+        row[VQ_IN_ORDER] = int(has(self.negotiated, VIRTIO_F_IN_ORDER))
+        # packed: last_avail_idx | avail wrap counter << 15 (GET_VRING_BASE returns it the same way)
+        base = vring.base & 0xFFFF
+        if packed and base & POS_MASK >= vring.num:
+            raise HandlerError(f"vring {index} base {base & POS_MASK} is beyond its {vring.num} descriptors")
+        row[VQ_LAST_AVAIL] = row[VQ_LAST_USED] = base
         row[VQ_CALL_FD] = vring.call_fd
         row[VQ_HDR_LEN] = net_hdr_len(self.negotiated)
         row[VQ_IOMMU] = int(iommu)
@@ -274,10 +293,18 @@ class VhostPciDevice(BackendDevice):
         row[VQ_MISS_PENDING] = 0
         row[VQ_MISS_ANSWERED] = -1
         row[VQ_AVAIL_LEFT] = row[VQ_PARKED] = 0
-        self._recover_inflight(index, vring)
+        if packed:
+            row[VQ_IF_BASE] = -1
+            row[VQ_PENDING] = row[VQ_RESUB_N] = row[VQ_RESUB_POS] = 0
+            if self._inflight_info is not None:
+                log.warning("%s: vring %d is packed: inflight tracking covers split rings only; untracked",
+                            self.name, index)
+        else:
+            self._recover_inflight(index, vring)
         held = bool(self._status and not self._status & VIRTIO_CONFIG_S_DRIVER_OK)
-        log.info("%s: vring %d ready (num %d, base %d, used->idx %s%s%s)", self.name, index, vring.num, vring.base,
-                 self._used_idx(int(row[VQ_USED]), vring.num), ", iommu" if iommu else "",
+        log.info("%s: vring %d ready (num %d, base %d, %s%s%s)", self.name, index, vring.num, vring.base,
+                 "packed" if packed else f"used->idx {self._used_idx(int(row[VQ_USED]), vring.num)}",
+                 ", iommu" if iommu else "",
                  ", starts with DRIVER_OK" if held else "")
         if held:
             self._held.add(index)  # the driver reports its status: wait for DRIVER_OK
@@ -303,9 +330,9 @@ class VhostPciDevice(BackendDevice):
         self.quiesce()
         given_back = int(flush_inflight(self.kernel_state(), index))
         row = self.vq[index]
+        used_idx = "packed" if row[VQ_PACKED] else self._used_idx(int(row[VQ_USED]), int(row[VQ_NUM]))
         log.info("%s: vring %d stopped (last_avail %d, last_used %d, used->idx %s, given back %d)", self.name,
-                 index, row[VQ_LAST_AVAIL], row[VQ_LAST_USED], self._used_idx(int(row[VQ_USED]), int(row[VQ_NUM])),
-                 given_back)
+                 index, row[VQ_LAST_AVAIL], row[VQ_LAST_USED], used_idx, given_back)
         return (int(row[VQ_LAST_AVAIL]) - given_back) & 0xFFFF
 
     # ------------------------------------------------------- inflight (INFLIGHT_SHMFD)

@@ -51,7 +51,8 @@ from ..virtio.split import (
     desc_flags, desc_len, desc_next, ring_sizes,
 )
 from .state import (
-    PORT_MISS_FD, PORT_WAKE_FD, VQ_MISS_SENT, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_ANSWERED, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM,
+    PORT_MISS_FD, PORT_WAKE_FD, VQ_MISS_SENT, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_ANSWERED, VQ_MISS_IOVA,
+    VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_PACKED,
     VQ_READY, XS_IOTLB_MISS, XS_PERM_DENIED, VhostPciState,
 )
 
@@ -206,7 +207,7 @@ def misses_ahead(st, v, out):
     kernel's own miss covers those); indirect tables are looked into when
     mapped; a range mapped without the needed permission is not asked for."""
     row = st.vq[v]
-    if row[VQ_READY] == 0:
+    if row[VQ_READY] == 0 or row[VQ_PACKED] != 0:  # packed rings: each miss asked for on its own
         return 0
     num = row[VQ_NUM]
     m = st.mem

@@ -17,7 +17,8 @@ the control thread writes after it publishes VQ_READY (or a RARP request,
 so a change in between is seen either here or as a readable fd.
 
 Every write into VM1 memory (used flags, avail_event) is logged for
-migration (``vq._log``).
+migration (``vq._log``).  A packed ring arms its device area instead
+(``vq_packed.arm_packed``: ENABLE, or DESC at the next position).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from numba import njit
 from ..atomics import fence, load_acquire
 from ..burst import register_intr
 from ..virtio.split import USED_FLAGS, VRING_USED_F_NO_NOTIFY, avail_event_at, avail_idx, set_avail_event, set_used_flags
-from .state import PORT_RARP_DONE, PORT_RARP_REQ, VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_READY, VQ_USED, VhostPciState
+from .state import PORT_RARP_DONE, PORT_RARP_REQ, VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_PACKED, VQ_READY, VQ_USED, VhostPciState
 from .vq import _log, _ring_offsets
+from .vq_packed import arm_packed, disarm_packed
 
 # With EVENT_IDX, disarming parks avail_event this far ahead of last_avail
 # (VM1 would kick once per 32768 posts at most, as vq._begin never moves it).
@@ -58,6 +60,8 @@ def vhost_pci_arm(st, q):
         return np.int64(1)  # an announcement to hand out (announce.py)
     if load_acquire(st.vq[v], VQ_READY) == 0:
         return np.int64(0)
+    if st.vq[v, VQ_PACKED] != 0:
+        return arm_packed(st, v)
     used, avail, num = _used_offset(st, v)
     if used < 0:
         return np.int64(-1)
@@ -77,6 +81,9 @@ def vhost_pci_arm(st, q):
 def vhost_pci_disarm(st, q):
     """Back to polling: no kicks wanted (``vq._begin`` keeps the flag set)."""
     v = 2 * q + 1
+    if st.vq[v, VQ_PACKED] != 0:
+        disarm_packed(st, v)
+        return
     used, avail, num = _used_offset(st, v)
     if used < 0:
         return

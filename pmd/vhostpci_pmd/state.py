@@ -26,8 +26,15 @@ VQ_MISS_ANSWERED = 21  # the page of the last miss an UPDATE answered (iotlb.py)
 # kernel-owned (the vring's lcore): available chains left after the last
 # enqueue (a lower bound: VM1 only adds), and 1 if that burst stopped on a miss
 VQ_AVAIL_LEFT, VQ_PARKED = 22, 23
-VQ_MISS_SENT = 25  # 1: the kernel sent the MISS of its park itself (iotlb.py); the control thread clears it
-N_VQ = 26
+# 1 for a packed ring (VIRTIO_F_RING_PACKED): VQ_DESC is its descriptor ring,
+# VQ_AVAIL the driver area, VQ_USED the device area, and VQ_LAST_AVAIL /
+# VQ_LAST_USED are positions ``idx | wrap << 15`` (vq_packed.py)
+VQ_PACKED = 24
+# 1 with VIRTIO_F_IN_ORDER: the port uses buffers in ring order anyway; a
+# packed transmit ring then gets one used element per burst (vq_packed.py)
+VQ_IN_ORDER = 25
+VQ_MISS_SENT = 26  # 1: the kernel sent the MISS of its park itself (iotlb.py); the control thread clears it
+N_VQ = 27
 
 # extended per-vring counters
 (XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,
@@ -64,6 +71,7 @@ class VhostPciState(NamedTuple):
     src: np.ndarray  # uint64[MAX_TRACKED_MBUFS]: by mbuf index, where dequeue took it (inflight.source)
     hold: np.ndarray  # (nb_queue_pairs, HOLD_CAP) int64: mbufs held on a miss, [0, vq[2q, VQ_HELD]) (txhold.py)
     vec: np.ndarray  # (nb_vrings, VEC_MAX, 3) int64: the buffer vector of the chain being copied (chain.py)
+    pk: np.ndarray  # (nb_vrings, VEC_MAX, 3) int64: packed enqueue's used elements of one packet (vq_packed.py)
     missmsg: np.ndarray  # (nb_vrings, 48) uint8: the IOTLB MISS message a parking vring sends (iotlb.py)
     asked: np.ndarray  # (iotlb.ASK_SLOTS, 2) int64: pages asked for, not answered yet (iotlb.py)
 

@@ -38,25 +38,24 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..atomics import fence, load_acquire, memcpy
+from ..atomics import fence, load_acquire
 from ..ethdev import (
     ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF,
 )
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
 from ..syscalls import eventfd_signal
-from ..virtio.features import NET_HDR_LEN, NET_HDR_NUM_BUFFERS
 from ..virtio.split import USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, avail_idx, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
-from .dirty_log import log_write
-from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_ADDR, VEC_LEN, VEC_OFF, fill_vec, resolve
-from .iotlb import park_on_miss
+from .bufcopy import copy_in as _copy_in, copy_out as _copy_out, log as _log
+from .chain import CHAIN_MISS, CHAIN_TOO_BIG, fill_vec, resolve
+from .ringmap import ring_parts
+from .vq_packed import avail_left_packed, dequeue_packed, enqueue_packed
 from .inflight import (
     RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, mark_delivered, set_inflight_used_idx, source,
     source_fields, take, unlink,
 )
-from ..guestmem.translate import translate
 from .state import (
-    PORT_INFLIGHT, VQ_AVAIL, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU,
-    VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_PENDING, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC,
+    PORT_INFLIGHT, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER,
+    VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC,
     XS_BAD_RING, XS_CALLS, XS_MERGED, XS_ROLLED_FORWARD, XS_TOO_BIG,
 )
 
@@ -64,122 +63,11 @@ from .state import (
 PKT_SENT, PKT_WAIT, PKT_DROPPED = 0, 1, 2
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _log(st, v, addr, length):
-    """Every byte written into VM1 memory goes through here (dirty log)."""
-    log_write(st.logctl, st.gtable, st.gcount, st.vq[v, VQ_IOMMU] != 0, addr, length)
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _ring_offsets(st, v, num):
-    """Window offsets of the three ring parts, or (-1, ...) after counting
-    the problem (a miss with an IOMMU, a bad ring without)."""
-    row = st.vq[v]
+    """Window offsets of the split ring's three parts, or (-1, ...) after
+    counting the problem (a miss with an IOMMU, a bad ring without)."""
     desc_size, avail_size, used_size = ring_sizes(num)
-    desc = translate(st.table, st.tcount, row[VQ_DESC], desc_size, False)
-    avail = translate(st.table, st.tcount, row[VQ_AVAIL], avail_size, False)
-    used = translate(st.table, st.tcount, row[VQ_USED], used_size, True)
-    if desc >= 0 and avail >= 0 and used >= 0:
-        return desc, avail, used
-    if row[VQ_IOMMU] != 0:
-        if desc < 0:
-            park_on_miss(st, v, row[VQ_DESC], False)
-        elif avail < 0:
-            park_on_miss(st, v, row[VQ_AVAIL], False)
-        else:
-            park_on_miss(st, v, row[VQ_USED], True)
-    else:
-        st.xstats[v, XS_BAD_RING] += 1
-    return np.int64(-1), np.int64(-1), np.int64(-1)
-
-
-# The virtio-net header (5.1.6) travels as mbuf metadata (ol_flags):
-# flags | gso_type << 8 | gso_size << 16 | csum_start << 32 | csum_offset << 48
-# (hdr_len is recomputable; num_buffers belongs to the ring, not the packet).
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _hdr_shift(pos):
-    if pos < 2:
-        return pos * 8
-    if 4 <= pos < 10:
-        return (pos - 2) * 8
-    return -1
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _copy_out(st, vec, cnt, hdr, pool, mbuf, room):
-    """Copy a walked device-readable chain (``vec[:cnt]``) into mbuf
-    ``mbuf``, the net header into its ol_flags; returns the packet length
-    or CHAIN_TOO_BIG."""
-    m = st.mem
-    dst = mbuf_offset(pool, mbuf)
-    pos = np.int64(0)  # bytes of the chain consumed
-    total = np.int64(0)  # bytes of packet copied
-    ol = np.uint64(0)
-    for e in range(cnt):
-        off = vec[e, VEC_OFF]
-        ln = vec[e, VEC_LEN]
-        k = np.int64(0)
-        if pos == 0 and ln >= hdr and hdr == NET_HDR_LEN:
-            # the common case: the whole header in the first buffer
-            h = m.u8
-            ol = (np.uint64(h[off]) | np.uint64(h[off + 1]) << np.uint64(8)
-                  | np.uint64(h[off + 4]) << np.uint64(16) | np.uint64(h[off + 5]) << np.uint64(24)
-                  | np.uint64(h[off + 6]) << np.uint64(32) | np.uint64(h[off + 7]) << np.uint64(40)
-                  | np.uint64(h[off + 8]) << np.uint64(48) | np.uint64(h[off + 9]) << np.uint64(56))
-            k = pos = np.int64(NET_HDR_LEN)
-        while pos < hdr and k < ln:
-            sh = _hdr_shift(pos)
-            if sh >= 0:
-                ol |= np.uint64(m.u8[off + k]) << np.uint64(sh)
-            pos += 1
-            k += 1
-        rest = ln - k
-        if rest > 0:
-            if total + rest > room:
-                return np.int64(CHAIN_TOO_BIG)
-            memcpy(pool.data, dst + total, m.u8, off + k, rest)
-            total += rest
-    pool.ol_flags[mbuf] = ol
-    return total
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _copy_in(st, v, vec, cnt, hdr, pool, src, ol, done, off_lo, off_hi):
-    """Write header+packet into a walked device-writable chain
-    (``vec[:cnt]``), ``done`` bytes of ``hdr + length`` being already in
-    earlier chains.  Returns ``(done_after, off_lo, off_hi)``: the window
-    offsets of the header's num_buffers bytes once written (they may lie in
-    two buffers)."""
-    m = st.mem
-    for e in range(cnt):
-        off = vec[e, VEC_OFF]
-        w = vec[e, VEC_LEN]
-        k = np.int64(0)
-        if done == 0 and w >= NET_HDR_LEN and hdr == NET_HDR_LEN and ol == 0:
-            # the common case: a plain packet, the whole header in the first buffer
-            for j in range(NET_HDR_LEN):
-                m.u8[off + j] = 0
-            m.u8[off + NET_HDR_NUM_BUFFERS] = 1
-            off_lo = off + NET_HDR_NUM_BUFFERS
-            off_hi = off_lo + 1
-            k = done = np.int64(NET_HDR_LEN)
-        while done < hdr and k < w:
-            sh = _hdr_shift(done)
-            b = np.uint64(0)
-            if sh >= 0:
-                b = (ol >> np.uint64(sh)) & np.uint64(0xFF)
-            if done == NET_HDR_NUM_BUFFERS:
-                off_lo = off + k
-                b = np.uint64(1)
-            elif done == NET_HDR_NUM_BUFFERS + 1:
-                off_hi = off + k
-            m.u8[off + k] = np.uint8(b)
-            k += 1
-            done += 1
-        if k < w:
-            memcpy(m.u8, off + k, pool.data, src + (done - hdr), w - k)
-            done += w - k
-        _log(st, v, vec[e, VEC_ADDR], w)
-    return done, off_lo, off_hi
+    return ring_parts(st, v, desc_size, avail_size, used_size, False)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -259,7 +147,16 @@ def _complete_pending(st, v, num, avail, used, ibase):
 
 @njit(nogil=True, cache=True, _nrt=False)
 def dequeue(st, v, q, pool, bufs, nb):
-    """VM1 transmit ring ``v`` -> up to ``nb`` mbufs in ``bufs``."""
+    """VM1 transmit ring ``v`` -> up to ``nb`` mbufs in ``bufs`` (the ring's
+    layout picks the kernel: one test per burst, none per packet)."""
+    if st.vq[v, VQ_PACKED] != 0:
+        return dequeue_packed(st, v, q, pool, bufs, nb)
+    return dequeue_split(st, v, q, pool, bufs, nb)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def dequeue_split(st, v, q, pool, bufs, nb):
+    """VM1 transmit ring ``v`` (split) -> up to ``nb`` mbufs in ``bufs``."""
     num, desc, avail, used, n = _begin(st, v)
     if num == 0:
         return 0
@@ -377,7 +274,15 @@ def _commit(st, v, pool, i, used_idx):
 
 @njit(nogil=True, cache=True, _nrt=False)
 def enqueue(st, v, q, pool, bufs, nb):
-    """``bufs[:nb]`` -> VM1 receive ring ``v``.  With MRG_RXBUF a packet may
+    """``bufs[:nb]`` -> VM1 receive ring ``v``, split or packed (one test per burst)."""
+    if st.vq[v, VQ_PACKED] != 0:
+        return enqueue_packed(st, v, q, pool, bufs, nb)
+    return enqueue_split(st, v, q, pool, bufs, nb)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def enqueue_split(st, v, q, pool, bufs, nb):
+    """``bufs[:nb]`` -> VM1 receive ring ``v`` (split).  With MRG_RXBUF a packet may
     fill several available chains (num_buffers in its header).  Returns how
     many mbufs were taken (sent, or dropped on a bad descriptor and
     counted); the caller keeps the rest (ring full, not ready, or parked on
@@ -481,6 +386,8 @@ def avail_left(st, v):
     left = st.vq[v, VQ_AVAIL_LEFT]
     if left > 0:
         return left
+    if st.vq[v, VQ_PACKED] != 0:
+        return avail_left_packed(st, v)
     num, desc, avail, used, n = _begin(st, v)
     st.vq[v, VQ_AVAIL_LEFT] = n
     return n

@@ -3,7 +3,8 @@
 Devargs (as DPDK's virtio-user, plus the emulated IOMMU): ``path=`` (the
 back-end's socket), ``server=0|1`` (1: we listen, the back-end connects),
 ``queues=``, ``queue_size=``, ``mrg_rxbuf=0|1`` (ask for mergeable rx
-buffers), ``iommu=off|static|buffers|demand|transient``, ``rx_grant=wo|rw``
+buffers), ``packed_vq=0|1`` (packed virtqueues, ``vq_packed.py``; the
+back-end must offer VIRTIO_F_RING_PACKED), ``iommu=off|static|buffers|demand|transient``, ``rx_grant=wo|rw``
 (the permission rx buffers are granted with), ``mem=`` (guest RAM layout,
 see ``layout.py``).
 
@@ -51,14 +52,17 @@ from ..vhost_user.messages import (
 )
 from ..guestmem.window import Window
 from ..guestmem.views import mem_views
-from ..virtio.features import VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, net_hdr_len
+from ..virtio.features import VIRTIO_F_ANY_LAYOUT, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, net_hdr_len
+from ..virtio.packed import (
+    AVAIL_USED_MASK, D_FLAGS, DESC_SIZE, EVENT_FLAGS, POS_MASK, RING_EVENT_FLAGS_DISABLE, WRAP_BIT,
+)
 from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT
 from .guest_memory import PAGE_SIZE, GuestMemory
 from .layout import DEFAULT_MEM, Placer, parse_mem
-from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
+from . import notify, rxtx  # noqa: F401  (register the fallback-interrupt and burst kernels)
 from .vq import (
     DRVCTL_WAKE_FD, N_DRV, N_DRV_XSTATS, DRV_AVAIL, DRV_BUF, DRV_DESC, DRV_DONE_TAIL, DRV_EVENT_IDX, DRV_FREE_TOP, DRV_HDR_LEN,
-    DRV_KICK_FD, DRV_MRG,
+    DRV_AVAIL_IDX, DRV_KICK_FD, DRV_LAST_USED, DRV_MRG, DRV_PACKED,
     DRV_MAP_DONE, DRV_NUM, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_UNMAP_DONE, DRV_USED, DRV_XSTAT_NAMES,
     VirtioUserState,
 )
@@ -110,9 +114,9 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
 
     prefix = "net_virtio_user"
     devargs = {"path": parse_path, "server": parse_bool, "queues": int_in_range("queues", 1, MAX_QUEUE_PAIRS), "queue_size": _queue_size,
-               "mrg_rxbuf": parse_bool, "iommu": _iommu, "rx_grant": _rx_grant, "mem": _mem}
+               "mrg_rxbuf": parse_bool, "packed_vq": parse_bool, "iommu": _iommu, "rx_grant": _rx_grant, "mem": _mem}
     devarg_defaults = {"path": "", "server": False, "queues": 1, "queue_size": 256, "mrg_rxbuf": True,
-                       "iommu": "off", "rx_grant": IotlbPerm.WO, "mem": parse_mem(DEFAULT_MEM)}
+                       "packed_vq": False, "iommu": "off", "rx_grant": IotlbPerm.WO, "mem": parse_mem(DEFAULT_MEM)}
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
@@ -134,7 +138,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             for r in self.memory.regions:
                 self.view.add_region(r.fd, r.gpa, r.size, 0, r.userspace_addr)
             placer = Placer(args["mem"])
-            self.places = [placer.ring(num, BUF_STRIDE[self.mode]) for _ in range(nvq)]
+            self.places = [placer.ring(num, BUF_STRIDE[self.mode], packed=args["packed_vq"]) for _ in range(nvq)]
         except (ValueError, OSError) as e:
             self.close()
             raise PortError(f"{name}: {e}") from None
@@ -143,6 +147,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         self.stage = np.zeros((nvq, num), np.int32)
         self.done = np.zeros((nvq, num), np.int32)
         self.owned = np.zeros((nvq, num), np.uint8)
+        self.blen = np.zeros((nvq, num), np.int64)
         self._xstats = np.zeros((nvq, N_DRV_XSTATS), np.int64)
         self._stats = new_stats(args["queues"])
         self.ctl = np.full(8, -1, np.int64)
@@ -177,10 +182,16 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
     # ---------------------------------------------------------------- setup
     def _init_rings(self) -> None:
         num = self.args["queue_size"]
+        packed = self.args["packed_vq"]
         for v, p in enumerate(self.places):
-            self.memory.view(p.desc, p.used_end - p.desc)[:] = 0
-            self.memory.write(p.avail, VRING_AVAIL_F_NO_INTERRUPT.to_bytes(2, "little"))  # we poll
+            self.memory.view(p.start, p.used_end - p.start)[:] = 0
+            if packed:  # we poll: the driver area's flags say DISABLE
+                self.memory.write(p.avail + EVENT_FLAGS, RING_EVENT_FLAGS_DISABLE.to_bytes(2, "little"))
+            else:
+                self.memory.write(p.avail, VRING_AVAIL_F_NO_INTERRUPT.to_bytes(2, "little"))
             row = self.vq[v]
+            row[DRV_PACKED] = int(packed)
+            row[DRV_AVAIL_IDX] = row[DRV_LAST_USED] = 1 << WRAP_BIT if packed else 0  # wrap counters start at 1
             row[DRV_NUM] = num
             row[DRV_DESC], row[DRV_AVAIL], row[DRV_USED] = p.desc, p.avail, p.used
             row[DRV_BUF], row[DRV_STRIDE] = p.buf, p.stride
@@ -237,7 +248,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         if self.closed:
             raise PortError(f"{self.name}: closed")
         return VirtioUserState(mem_views(self.view.array), self.vq, self.free, self.stage, self.done, self.owned,
-                               self._xstats, self._stats, self.ctl, self.port_id)
+                               self.blen, self._xstats, self._stats, self.ctl, self.port_id)
 
     def stats_array(self) -> np.ndarray:
         return self._stats
@@ -335,10 +346,13 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         want |= offered & (1 << VIRTIO_RING_F_EVENT_IDX)
         if self.mode != "off":
             want |= 1 << VIRTIO_F_IOMMU_PLATFORM
+        if self.args["packed_vq"]:
+            want |= 1 << VIRTIO_F_RING_PACKED
         missing = want & ~offered
         if missing:
             raise FrontendError(f"back-end offers features {offered:#x}, lacking {missing:#x} (needed for "
-                                f"queues={self.args['queues']}, iommu={self.mode})")
+                                f"queues={self.args['queues']}, iommu={self.mode}, "
+                                f"packed_vq={int(self.args['packed_vq'])})")
         s.set_owner()
         protocol = 0
         if offered & (1 << VHOST_USER_F_PROTOCOL_FEATURES):
@@ -366,9 +380,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             self.vq[v, DRV_HDR_LEN] = hdr
             self.vq[v, DRV_MRG] = int(bool(want & (1 << VIRTIO_NET_F_MRG_RXBUF)))
             self.vq[v, DRV_EVENT_IDX] = int(bool(want & (1 << VIRTIO_RING_F_EVENT_IDX)))
-            used_idx = int.from_bytes(self.memory.read(p.used + 2, 2), "little")
             s.set_vring_num(v, p.num)
-            s.set_vring_base(v, used_idx)  # the device resumes after what it returned
+            s.set_vring_base(v, self._device_progress(v))  # the device resumes after what it returned
             s.set_vring_addr(v, *(self._ring_addr(a) for a in (p.desc, p.used, p.avail)))
             s.set_vring_kick(v, self._kick[v])
             s.set_vring_call(v, self._call[v])
@@ -377,6 +390,27 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             store_flag(self.vq[v], DRV_READY, 1)
         if protocol & PF.STATUS.mask:
             s.set_status(STATUS_DRIVER_OK)
+
+    def _device_progress(self, v: int) -> int:
+        """Where a (new) back-end resumes ring ``v``: after the last entry the
+        device returned.  Split: used->idx.  Packed: the driver's used
+        position moved past every descriptor already marked used (what a
+        lost back-end returned and the driver has not reaped yet), as
+        ``idx | wrap << 15``."""
+        p = self.places[v]
+        if not self.args["packed_vq"]:
+            return int.from_bytes(self.memory.read(p.used + 2, 2), "little")
+        pos = int(self.vq[v, DRV_LAST_USED])
+        for _ in range(p.num):
+            idx, wrap = pos & POS_MASK, pos >> WRAP_BIT & 1
+            flags = int.from_bytes(self.memory.read(p.desc + DESC_SIZE * idx + D_FLAGS, 2), "little")
+            if (flags & AVAIL_USED_MASK) != (AVAIL_USED_MASK if wrap else 0):
+                break
+            idx += 1
+            if idx == p.num:
+                idx, wrap = 0, wrap ^ 1
+            pos = idx | wrap << WRAP_BIT
+        return pos
 
     def _set_inflight(self, s: FrontendSession, nvq: int) -> None:
         """QEMU's inflight steps: the first back-end allocates the region
@@ -405,8 +439,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             return [(r.gpa, r.size, IotlbPerm.RW) for r in self.memory.regions]
         out = []
         for v, p in enumerate(self.places):
-            out.append((p.desc, p.ro_end - p.desc, IotlbPerm.RO))
-            out.append((p.used, p.used_end - p.used, IotlbPerm.RW))
+            out.append((p.start, p.ro_end - p.start, IotlbPerm.RO))
+            out.append((p.rw_start, p.used_end - p.rw_start, IotlbPerm.RW))
             if self.mode == "buffers":
                 out.append((p.buf, p.buf_end - p.buf, self._buf_perm(v)))
         return out
@@ -550,7 +584,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         if region is None:
             raise PortError(f"{self.name}: no memory region starts at gpa {gpa:#x}")
         for p in self.places:
-            if region.gpa < p.buf_end and p.desc < region.gpa + region.size:
+            if region.gpa < p.buf_end and p.start < region.gpa + region.size:
                 raise PortError(f"{self.name}: memory at gpa {gpa:#x} holds rings or buffers; not removable")
         if self.session is not None:
             try:

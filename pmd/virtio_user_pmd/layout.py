@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ..units import SIZE_PATTERN, size_bytes
+from ..virtio.packed import ring_sizes as packed_ring_sizes
 from ..virtio.split import ring_sizes
 from .guest_memory import PAGE_SIZE
 
@@ -39,16 +40,27 @@ def _page_up(n: int) -> int:
 
 @dataclass
 class RingPlace:
-    """GPAs of one vring's parts and its buffers."""
+    """GPAs of one vring's parts and its buffers.  Split: desc table, avail
+    ring, used ring; packed: ``desc`` the descriptor ring, ``avail`` the
+    driver area, ``used`` the device area.  ``[start, ro_end)`` is what the
+    device only reads, ``[rw_start, used_end)`` what it writes."""
 
     desc: int
     avail: int
     used: int
-    ro_end: int  # desc..ro_end is device-readable (desc table, avail ring)
+    ro_end: int
     used_end: int
     buf: int
     stride: int
     num: int
+    start: int = -1  # first byte of the ring's pages (-1: desc)
+    rw_start: int = -1  # (-1: used)
+
+    def __post_init__(self) -> None:
+        if self.start < 0:
+            self.start = self.desc
+        if self.rw_start < 0:
+            self.rw_start = self.used
 
     @property
     def buf_end(self) -> int:
@@ -72,7 +84,15 @@ class Placer:
                 return r[0] - size
         raise ValueError(f"guest memory too small: no room for {size:#x} more bytes (enlarge mem=)")
 
-    def ring(self, num: int, stride: int) -> RingPlace:
+    def ring(self, num: int, stride: int, packed: bool = False) -> RingPlace:
+        if packed:  # the driver area (read-only to the device) first, then what the device writes
+            desc_size, drv_size, dev_size = packed_ring_sizes(num)
+            drv = self.take(PAGE_SIZE + _page_up(desc_size) + _page_up(dev_size), high=False)
+            desc = drv + PAGE_SIZE
+            dev = desc + _page_up(desc_size)
+            buf = self.take(stride * num, high=True)
+            return RingPlace(desc, drv, dev, drv + PAGE_SIZE, dev + _page_up(dev_size), buf, stride, num,
+                             start=drv, rw_start=desc)
         desc_size, avail_size, used_size = ring_sizes(num)
         desc = self.take(_page_up(desc_size) + _page_up(avail_size) + _page_up(used_size), high=False)
         avail = desc + _page_up(desc_size)

@@ -11,6 +11,9 @@ them, so either it calls or we see the new entries here.  The call eventfd
 is ``driver._call[v]`` (the driver's own, given to the device with
 SET_VRING_CALL).  This is our own RAM: nothing to log.
 
+A packed ring (``packed_vq=1``) arms its driver area instead: ENABLE, or
+DESC at the next used position with EVENT_IDX; DISABLE while polling.
+
 Pending work the driver itself owes the ring also keeps the lcore awake:
 staged-but-unposted or returned-but-unrecycled buffers (transient grants
 waiting for the control thread): polling, not a call, moves them on.
@@ -23,8 +26,12 @@ from numba import njit
 from ..atomics import fence, load_acquire
 from ..burst import register_intr
 from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT, avail_flags, set_avail_flags, set_used_event, used_idx
+from ..virtio.packed import (
+    RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE, desc_flags_acquire, is_used, pos_idx,
+    pos_wrap, set_event_flags,
+)
 from .vq import (
-    DRV_AVAIL, DRV_DONE_TAIL, DRV_EVENT_IDX, DRV_FREED, DRV_LAST_USED, DRV_NUM, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL,
+    DRV_AVAIL, DRV_DESC, DRV_DONE_TAIL, DRV_EVENT_IDX, DRV_FREED, DRV_LAST_USED, DRV_NUM, DRV_PACKED, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL,
     DRV_TRANSIENT, DRV_USED, VirtioUserState,
 )
 
@@ -49,6 +56,14 @@ def virtio_user_arm(st, q):
     num = row[DRV_NUM]
     avail = row[DRV_AVAIL]
     last = row[DRV_LAST_USED]
+    if row[DRV_PACKED] != 0:  # the driver area: ENABLE, or DESC at the next used position
+        if row[DRV_EVENT_IDX] != 0:
+            m.u16[avail >> 1] = np.uint16(last)
+            set_event_flags(m, avail, RING_EVENT_FLAGS_DESC)
+        else:
+            set_event_flags(m, avail, RING_EVENT_FLAGS_ENABLE)
+        fence()  # pairs with the device's fence in vq_packed._publish
+        return np.int64(1 if is_used(desc_flags_acquire(m, row[DRV_DESC], pos_idx(last)), pos_wrap(last)) else 0)
     set_avail_flags(m, avail, avail_flags(m, avail) & ~VRING_AVAIL_F_NO_INTERRUPT)
     if row[DRV_EVENT_IDX] != 0:
         set_used_event(m, avail, num, last)
@@ -65,6 +80,9 @@ def virtio_user_disarm(st, q):
         return
     m = st.mem
     avail = row[DRV_AVAIL]
+    if row[DRV_PACKED] != 0:
+        set_event_flags(m, avail, RING_EVENT_FLAGS_DISABLE)
+        return
     set_avail_flags(m, avail, avail_flags(m, avail) | VRING_AVAIL_F_NO_INTERRUPT)
     if row[DRV_EVENT_IDX] != 0:
         set_used_event(m, avail, row[DRV_NUM], row[DRV_LAST_USED] + _PARK)

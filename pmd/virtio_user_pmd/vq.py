@@ -23,7 +23,6 @@ import numpy as np
 from numba import njit
 
 from ..atomics import fence, load_acquire, memcpy, store_release
-from ..burst import register_burst
 from ..ethdev import (
     ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF,
 )
@@ -39,6 +38,10 @@ from ..virtio.split import VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, avail_eve
 # FIFO counters, each on its own cache line (kernel vs control thread)
 DRV_STAGE_TAIL, DRV_MAP_DONE, DRV_POSTED = 16, 24, 17
 DRV_DONE_TAIL, DRV_UNMAP_DONE, DRV_FREED = 32, 40, 33
+# 1 for a packed ring (packed_vq=1, vq_packed.py): DRV_DESC is the descriptor
+# ring, DRV_AVAIL the driver area, DRV_USED the device area, and DRV_AVAIL_IDX /
+# DRV_LAST_USED are positions ``idx | wrap << 15``
+DRV_PACKED = 18
 N_DRV = 48
 
 DRV_XS_BAD_USED, DRV_XS_TOO_BIG, DRV_XS_KICKS = range(3)
@@ -55,6 +58,7 @@ class VirtioUserState(NamedTuple):
     stage: np.ndarray  # (nb_vrings, num) int32 FIFO
     done: np.ndarray  # (nb_vrings, num) int32 FIFO
     owned: np.ndarray  # (nb_vrings, num) uint8: 1 while the device holds the id
+    blen: np.ndarray  # (nb_vrings, num) int64: packed rings: the length each staged buffer is posted with
     xstats: np.ndarray  # (nb_vrings, N_DRV_XSTATS) int64
     stats: np.ndarray  # (nb_queue_pairs, N_STATS) int64
     ctl: np.ndarray  # int64[8]
@@ -185,6 +189,19 @@ def xmit(st, v, q, pool, bufs, nb):
     row[DRV_LAST_USED] = last
     _no_calls(st, v, last)
     _recycle(st, v)
+    taken = fill_tx(st, v, q, pool, bufs, nb, False)
+    _post(st, v)
+    return taken
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def fill_tx(st, v, q, pool, bufs, nb, packed):
+    """Copy up to ``nb`` mbufs into free transmit buffers (header zeroed)
+    and stage them; a split ring gets its descriptor now, a packed one
+    (``packed``: a literal, so the test folds away) at posting time, from
+    ``blen``.  Frees the mbufs taken; returns how many."""
+    row = st.vq[v]
+    m = st.mem
     hdr = row[DRV_HDR_LEN]
     room = row[DRV_STRIDE] - hdr
     top = row[DRV_FREE_TOP]
@@ -204,12 +221,14 @@ def xmit(st, v, q, pool, bufs, nb):
         gpa = _buf_gpa(row, i)
         m.u8[gpa:gpa + hdr] = 0
         memcpy(m.u8, gpa + hdr, pool.data, mbuf_offset(pool, k), ln)
-        set_desc(m, row[DRV_DESC], i, gpa + row[DRV_IOVA_DELTA], hdr + ln, 0, 0)
+        if packed:
+            st.blen[v, i] = hdr + ln
+        else:
+            set_desc(m, row[DRV_DESC], i, gpa + row[DRV_IOVA_DELTA], hdr + ln, 0, 0)
         _stage(st, v, i)
         sent += 1
         nbytes += ln
     row[DRV_FREE_TOP] = top
-    _post(st, v)
     free_bulk(pool, bufs, taken)
     st.stats[q, ST_OPACKETS] += sent
     st.stats[q, ST_OBYTES] += nbytes
@@ -298,16 +317,3 @@ def recv(st, v, q, pool, bufs, nb):
     st.stats[q, ST_IPACKETS] += got
     st.stats[q, ST_IBYTES] += nbytes
     return got
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def virtio_user_rx(st, q, pool, bufs, nb):
-    return recv(st, 2 * q, q, pool, bufs, nb)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def virtio_user_tx(st, q, pool, bufs, nb):
-    return xmit(st, 2 * q + 1, q, pool, bufs, nb)
-
-
-register_burst(VirtioUserState, virtio_user_rx, virtio_user_tx)

@@ -53,3 +53,19 @@ def compiled_kernels():
         fw.close()
         shutil.rmtree(d, ignore_errors=True)
     yield
+
+
+@pytest.fixture
+def hugepages(tmp_path):
+    """A private hugetlbfs mount with 160 more 2 MiB pages (DPDK's usual
+    set-up), undone after the test; skips where it cannot be made."""
+    from apps.bench.hugepages import Hugepages, HugepagesUnavailable
+
+    try:
+        huge = Hugepages(160, parent=str(tmp_path))
+    except HugepagesUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield huge.dir
+    finally:
+        huge.close()

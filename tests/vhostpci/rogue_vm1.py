@@ -79,6 +79,8 @@ class RogueVM1:
     (``features`` holds what was negotiated).
     """
 
+    BASE = 0  # SET_VRING_BASE (a packed ring: 1 << 15, its wrap counter)
+
     def __init__(self, path: str, *, iommu: bool, grants: list[tuple[int, int, int]] | None = None,
                  extra: int = 0) -> None:
         self.iommu = iommu
@@ -124,7 +126,7 @@ class RogueVM1:
                 addrs = (self.mem.gpa_to_uaddr(desc, sizes[0]), self.mem.gpa_to_uaddr(used, sizes[2]),
                          self.mem.gpa_to_uaddr(avail, sizes[1]))
             fe.set_vring_num(v, NUM)
-            fe.set_vring_base(v, 0)
+            fe.set_vring_base(v, self.BASE)
             fe.set_vring_addr(v, *addrs)
             fe.set_vring_kick(v, self.kick[v])
             fe.set_vring_call(v, self.call[v])

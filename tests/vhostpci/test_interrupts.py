@@ -69,11 +69,13 @@ def asleep(fwd) -> bool:
     return fwd.lcores.sleeping(LCORE)
 
 
-@pytest.fixture
-def vm1(sockdir):
-    """Connects later (the fixture only builds it): start it after VM2 listens."""
+@pytest.fixture(params=["split", "packed"])
+def vm1(sockdir, request):
+    """Connects later (the fixture only builds it): start it after VM2 listens.
+    Each test runs with split and with packed rings (both sides arm their
+    own event structures)."""
     path = os.path.join(sockdir, "vp.sock")
-    port = Port(9, parse_vdev(f"net_virtio_user9,path={path}"))
+    port = Port(9, parse_vdev(f"net_virtio_user9,path={path},packed_vq={int(request.param == 'packed')}"))
     pool = create_pool(1024)
     yield path, port, pool
     port.close()

@@ -1,4 +1,4 @@
-"""pytest-benchmark micro-benchmarks of the split-ring kernels on in-memory
+"""pytest-benchmark micro-benchmarks of the ring kernels (split and packed) on in-memory
 rings: VM1's driver kernels and VM2's device kernels in one thread over the
 same shared memory, 64 B and 1518 B, ns per packet (figures, no thresholds).
 
@@ -17,6 +17,7 @@ from pmd.burst import rx_burst, tx_burst
 from pmd.ethdev import Port
 from pmd.vdev import parse_vdev
 from pmd.mbuf import alloc_bulk, create_pool, free_bulk
+from pmd.vhostpci_pmd.state import VQ_PACKED
 from tests.vhostpci.peer_io import recv
 
 BURST = 32
@@ -44,15 +45,15 @@ def pump(src, dst, pool, size, bursts):
     return total
 
 
-@pytest.fixture(scope="module")
-def pair():
+@pytest.fixture(scope="module", params=["split", "packed"])
+def pair(request):
     import tempfile
     import shutil
 
     d = tempfile.mkdtemp(prefix="kb", dir="/tmp")
     path = os.path.join(d, "vp.sock")
     vp = Port(0, parse_vdev(f"net_vhost_pci0,path={path}"))
-    vu = Port(1, parse_vdev(f"net_virtio_user0,path={path}"))
+    vu = Port(1, parse_vdev(f"net_virtio_user0,path={path},packed_vq={int(request.param == 'packed')}"))
     pool = create_pool(8192)
     try:
         vp.start()
@@ -82,5 +83,6 @@ def test_ns_per_packet(benchmark, pair, direction, size):
     assert pkts > BURSTS * BURST // 2, counts  # the pair really moves packets
     ns = benchmark.stats.stats.median * 1e9 / pkts
     benchmark.extra_info.update(ns_per_packet=round(ns, 1), mpps=round(1e3 / ns, 2))
-    print(f"\n{direction} {size} B: {ns:.1f} ns/packet ({1e3 / ns:.2f} Mpps, driver + device kernels, one thread)")
+    layout = "packed" if vp.driver.vq[0, VQ_PACKED] else "split"
+    print(f"\n{layout} {direction} {size} B: {ns:.1f} ns/packet ({1e3 / ns:.2f} Mpps, driver + device kernels, one thread)")
     assert pool.available() > 0

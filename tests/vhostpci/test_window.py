@@ -586,3 +586,30 @@ def test_identical_regrant_keeps_the_mapping(ram):
         assert calls == [2] and w.entries() == [(0x10000, 0x10000 + PG, 0x10000, PERM_RW)]
         w.iotlb_update(0x10000, PG, UADDR + 6 * PG, PERM_RW, quiesce=lambda: calls.append(3))
         assert calls == [2, 3] and w.array[0x10000] == 7
+
+
+def test_hugetlbfs_regions_map_at_their_gpa(hugepages):
+    """VM1's memory in hugetlbfs files (DPDK on hugepages): the window's base
+    is aligned for them, a 2 MiB-aligned region maps and both sides see the
+    same bytes; a region a hugepage cannot map at is refused, naming it, and
+    nothing of it is registered."""
+    huge = 2 << 20
+    path = os.path.join(hugepages, "vm1-ram")
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    try:
+        os.unlink(path)
+        os.ftruncate(fd, 4 * huge)
+        m = mmap.mmap(fd, 4 * huge)
+        m[huge:huge + 5] = b"hello"
+        with Window() as w:
+            assert w.base % (1 << 30) == 0
+            w.add_region(fd, 0x4000_0000, 2 * huge, huge, UADDR)  # file offset 2 MiB
+            assert bytes(w.array[0x4000_0000:0x4000_0005]) == b"hello"
+            w.array[0x4000_0000 + huge] = 7
+            assert m[2 * huge] == 7
+            with pytest.raises(OSError, match="memory region gpa=0x80001000"):
+                w.add_region(fd, 0x8000_1000, huge, 2 * huge, UADDR + (1 << 30))
+            assert [r.gpa for r in w.regions_list] == [0x4000_0000]
+        m.close()
+    finally:
+        os.close(fd)

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iommu", default="off")
     ap.add_argument("--rx-grant", default="wo")
     ap.add_argument("--server", action="store_true")
+    ap.add_argument("--devargs", default="", help="more devargs of the port, e.g. packed_vq=1,mrg_rxbuf=0")
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--size", type=int, default=0, help="packet size (0: vary 64..1514)")
     ap.add_argument("--window", type=int, default=32, help="packets in flight at most")
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(tests/vf/ns_peer.py's frames; prints 'ready' first)")
     a = ap.parse_args(argv)
     vdev = f"net_virtio_user0,path={a.path},iommu={a.iommu},rx_grant={a.rx_grant},server={int(a.server)}"
+    if a.devargs:
+        vdev += "," + a.devargs
     port = Port(0, parse_vdev(vdev))
     pool = create_pool(4096)
     result: dict = {"vdev": vdev}

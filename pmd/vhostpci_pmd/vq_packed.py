@@ -1,0 +1,349 @@
+"""Device-side packed-ring kernels of the vhost-pci port (virtio 1.2, 2.8).
+
+The packed ring's ``dequeue`` and ``enqueue`` (``vq.py`` picks them per
+burst from the ring's ``VQ_PACKED`` word, set when the ring starts: the
+split kernels never look at a packed ring).  A burst:
+
+- reads each head's flags with an acquire load and stops at the first one
+  not available for the ring's wrap counter; walks its chain
+  (``chain_packed.fill_vec_packed``: ring chains, indirect tables, every
+  check the split walker makes, IOTLB misses park);
+- writes one used element per chain at the used position (buffer id and
+  written length) and moves on by the slots the chain covers.  The port
+  completes in order, so the used position always equals the available one
+  and one ``VQ_LAST_AVAIL`` / ``VQ_LAST_USED`` pair (``idx | wrap << 15``)
+  holds both;
+- publishes the batch with one release store: every used element's flags
+  but the first are written as the burst goes, the first one's last, so
+  VM1's driver (which reads in ring order) sees the whole batch at once.
+  With VIRTIO_F_IN_ORDER a transmit burst writes a single used element,
+  the last chain's id at the batch's first position (2.8.9: the driver
+  knows the rest); receive bursts keep one per chain (each has a length);
+- calls VM1 if its driver area asks for it (ENABLE; or DESC with
+  EVENT_IDX: ``packed.need_event``), and keeps the device area at DISABLE
+  while polling (no kicks wanted; ``notify.py`` arms it to sleep).
+
+Every write into VM1 memory is logged (dirty log).  A receive packet whose
+chains are not all there yet (ring empty, or a miss) is rolled back whole:
+its used elements (``st.pk``) are written only once the packet is done, so
+a chain it began is read again, unchanged, next time.
+
+Not for packed rings (yet): inflight tracking (INFLIGHT_SHMFD; the device
+leaves a packed ring untracked and says so) and asking ahead for the pages
+of the next chains on an IOTLB miss (each miss is asked for on its own).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..atomics import fence, load_acquire
+from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF
+from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
+from ..syscalls import eventfd_signal
+from ..virtio.packed import (
+    DESC_SIZE, EVENT_FLAGS, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
+    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, desc_flags, desc_flags_acquire, event_flags, event_off_wrap, is_avail, need_event, pos_advance,
+    pos_idx, pos_wrap, publish_desc_flags, ring_sizes, set_desc_flags, set_event_flags,
+    set_used_desc, used_flag_bits,
+)
+from .bufcopy import copy_in, copy_out, log
+from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_MAX
+from .chain_packed import fill_vec_packed
+from .ringmap import ring_parts
+from .state import (
+    VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IN_ORDER, VQ_LAST_AVAIL,
+    VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_READY, VQ_USED, XS_BAD_DESC, XS_CALLS,
+    XS_MERGED, XS_TOO_BIG,
+)
+
+PK_SLOT, PK_ID, PK_LEN = range(3)  # st.pk rows: one used element of the packet being written
+COUNT_AHEAD = 512  # avail_left_packed counts no further (DPDK's largest burst)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def ring_offsets_packed(st, v, num):
+    """Window offsets of the descriptor ring (written too: used elements),
+    the driver area and the device area, or (-1, ...) after counting the
+    problem."""
+    desc_size, drv_size, dev_size = ring_sizes(num)
+    return ring_parts(st, v, desc_size, drv_size, dev_size, True)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _begin(st, v):
+    """``(num, desc, drv)``, or num = 0 (not ready / not mapped); sets the
+    device area to DISABLE while polling (we need no kicks)."""
+    if load_acquire(st.vq[v], VQ_READY) == 0:
+        return 0, 0, 0
+    num = st.vq[v, VQ_NUM]
+    desc, drv, dev = ring_offsets_packed(st, v, num)
+    if desc < 0:
+        return 0, 0, 0
+    m = st.mem
+    if event_flags(m, dev) != RING_EVENT_FLAGS_DISABLE:
+        set_event_flags(m, dev, RING_EVENT_FLAGS_DISABLE)
+        log(st, v, st.vq[v, VQ_USED] + EVENT_FLAGS, 2)
+    return num, desc, drv
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _used(st, v, desc, pos, buf_id, length, first_flags):
+    """Write a used element at ``pos``; its flags now unless it is the
+    burst's first (``first_flags`` >= 0: published by ``_publish``).
+    Returns the flags to publish for it."""
+    m = st.mem
+    i = pos_idx(pos)
+    set_used_desc(m, desc, i, buf_id, length)
+    flags = used_flag_bits(pos_wrap(pos)) | (VRING_DESC_F_WRITE if length > 0 else 0)
+    if first_flags >= 0:
+        set_desc_flags(m, desc, i, flags)
+    log(st, v, st.vq[v, VQ_DESC] + DESC_SIZE * i, DESC_SIZE)
+    return flags
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _publish(st, v, desc, drv, first_pos, first_flags, new_pos, num):
+    """Make the burst visible (the first used element's flags, a release
+    store), then call VM1's driver if its driver area asks for it."""
+    m = st.mem
+    publish_desc_flags(m, desc, pos_idx(first_pos), first_flags)
+    old = st.vq[v, VQ_LAST_USED]
+    st.vq[v, VQ_LAST_USED] = new_pos
+    st.vq[v, VQ_LAST_AVAIL] = new_pos
+    fd = st.vq[v, VQ_CALL_FD]
+    if fd < 0:
+        return
+    fence()  # the driver re-checks the ring after arming (lost wake-ups, see pmd/atomics.py)
+    flags = event_flags(m, drv)
+    if flags == RING_EVENT_FLAGS_DESC and st.vq[v, VQ_EVENT_IDX] != 0:
+        want = need_event(event_off_wrap(m, drv), new_pos, old, num)
+    else:
+        want = flags == RING_EVENT_FLAGS_ENABLE
+    if want:
+        eventfd_signal(fd)
+        st.xstats[v, XS_CALLS] += 1
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def dequeue_packed(st, v, q, pool, bufs, nb):
+    """VM1 transmit ring ``v`` (packed) -> up to ``nb`` mbufs in ``bufs``."""
+    num, desc, drv = _begin(st, v)
+    if num == 0:
+        return 0
+    m = st.mem
+    pos = st.vq[v, VQ_LAST_AVAIL]
+    if not is_avail(desc_flags_acquire(m, desc, pos_idx(pos)), pos_wrap(pos)):
+        return 0
+    if not alloc_bulk(pool, bufs, nb):
+        st.stats[q, ST_RX_NOMBUF] += nb
+        return 0
+    start = pos
+    first_flags = np.int64(-1)
+    in_order = st.vq[v, VQ_IN_ORDER] != 0
+    last_id = np.int64(-1)
+    room = pool.buf_size - HEADROOM
+    hdr = st.vq[v, VQ_HDR_LEN]
+    vec = st.vec[v]
+    got = 0
+    nbytes = 0
+    for _k in range(nb):
+        flags = desc_flags_acquire(m, desc, pos_idx(pos))
+        if not is_avail(flags, pos_wrap(pos)):
+            break
+        i = bufs[got]
+        res, buf_id, slots = fill_vec_packed(st, v, desc, num, pos_idx(pos), flags, False, hdr + room + 1, vec)
+        if res >= 0:
+            res = copy_out(st, vec, res, hdr, pool, i, room)
+        if res == CHAIN_MISS:
+            break  # parked: retried once the grant arrives
+        if in_order:  # one used element for the whole burst, written below
+            last_id = buf_id
+            first_flags = used_flag_bits(pos_wrap(start))
+        else:
+            f = _used(st, v, desc, pos, buf_id, 0, first_flags)
+            if first_flags < 0:
+                first_flags = f
+        pos = pos_advance(pos, slots, num)
+        if res < 0:
+            st.xstats[v, XS_TOO_BIG if res == CHAIN_TOO_BIG else XS_BAD_DESC] += 1
+            st.stats[q, ST_IERRORS] += 1
+            continue
+        pool.data_len[i] = res
+        pool.port[i] = st.port_id
+        nbytes += res
+        got += 1
+    if got < nb:
+        free_bulk(pool, bufs[got:], nb - got)
+    if last_id >= 0:  # IN_ORDER (2.8.9): the last chain's id at the batch's first position
+        _used(st, v, desc, start, last_id, 0, np.int64(-1))
+    if first_flags >= 0:
+        _publish(st, v, desc, drv, start, first_flags, pos, num)
+    st.stats[q, ST_IPACKETS] += got
+    st.stats[q, ST_IBYTES] += nbytes
+    return got
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def enqueue_packed(st, v, q, pool, bufs, nb):
+    """``bufs[:nb]`` -> VM1 receive ring ``v`` (packed); as ``vq.enqueue``:
+    returns how many mbufs were taken (sent, or dropped and counted)."""
+    num, desc, drv = _begin(st, v)
+    st.vq[v, VQ_PARKED] = 0
+    if num == 0:
+        st.vq[v, VQ_AVAIL_LEFT] = 0
+        return 0
+    m = st.mem
+    mrg = st.vq[v, VQ_MRG] != 0
+    hdr = st.vq[v, VQ_HDR_LEN]
+    pos = st.vq[v, VQ_LAST_AVAIL]
+    start = pos
+    first_flags = np.int64(-1)
+    vec = st.vec[v]
+    pk = st.pk[v]
+    parked = False
+    empty = False
+    chains = 0  # chains this burst used
+    res = np.int64(0)
+    taken = 0
+    sent = 0
+    nbytes = 0
+    for k in range(nb):
+        i = bufs[k]
+        ln = np.int64(pool.data_len[i])
+        src = mbuf_offset(pool, i)
+        ol = pool.ol_flags[i]
+        need = hdr + ln
+        done = np.int64(0)
+        nbufs = 0
+        off_lo = np.int64(-1)
+        off_hi = np.int64(-1)
+        p = pos
+        wait = False
+        dropped = False
+        while done < need:
+            flags = desc_flags_acquire(m, desc, pos_idx(p))
+            if not is_avail(flags, pos_wrap(p)):
+                wait = empty = True
+                break
+            if nbufs == VEC_MAX:
+                dropped = True  # more chains than one packet may take
+                st.xstats[v, XS_TOO_BIG] += 1
+                break
+            res, buf_id, slots = fill_vec_packed(st, v, desc, num, pos_idx(p), flags, True, need - done, vec)
+            if res >= 0:
+                res, off_lo, off_hi = copy_in(st, v, vec, res, hdr, pool, src, ol, done, off_lo, off_hi)
+            if res == CHAIN_MISS:
+                wait = parked = True
+                break
+            pk[nbufs, PK_SLOT] = p
+            pk[nbufs, PK_ID] = buf_id
+            pk[nbufs, PK_LEN] = 0 if res < 0 else res - done
+            nbufs += 1
+            p = pos_advance(p, slots, num)
+            if res < 0:
+                st.xstats[v, XS_TOO_BIG if res == CHAIN_TOO_BIG else XS_BAD_DESC] += 1
+                dropped = True
+                break
+            done = res
+            if done < need and not mrg:
+                st.xstats[v, XS_TOO_BIG] += 1
+                dropped = True
+                break
+        if wait:
+            break  # the chains it began stay available, unchanged
+        taken += 1
+        chains += nbufs
+        for c in range(nbufs):  # its used elements: all empty if it was dropped
+            f = _used(st, v, desc, pk[c, PK_SLOT], pk[c, PK_ID], 0 if dropped else pk[c, PK_LEN], first_flags)
+            if first_flags < 0:
+                first_flags = f
+        pos = p
+        if dropped:
+            st.stats[q, ST_OERRORS] += 1
+            continue
+        if nbufs > 1:
+            st.xstats[v, XS_MERGED] += nbufs - 1
+            m.u8[off_lo] = np.uint8(nbufs & 0xFF)  # num_buffers (u16 LE), only where
+            m.u8[off_hi] = np.uint8(nbufs >> 8)  # copy_in wrote (and logged) it
+        sent += 1
+        nbytes += ln
+    st.vq[v, VQ_PARKED] = 1 if parked else 0
+    # still a lower bound (VM1 only adds); at 0, avail_left_packed walks the ring again
+    st.vq[v, VQ_AVAIL_LEFT] = 0 if empty else max(st.vq[v, VQ_AVAIL_LEFT] - chains, 0)
+    if first_flags >= 0:
+        _publish(st, v, desc, drv, start, first_flags, pos, num)
+    if taken:
+        free_bulk(pool, bufs, taken)
+    st.stats[q, ST_OPACKETS] += sent
+    st.stats[q, ST_OBYTES] += nbytes
+    return taken
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def avail_left_packed(st, v):
+    """Chains VM1 made available on packed receive ring ``v`` that the port
+    has not used, counted by walking the heads: a lower bound (VM1 only
+    adds), at most ``COUNT_AHEAD`` (the most a burst takes: the forwarding
+    engine's ``tx_room``)."""
+    num, desc, drv = _begin(st, v)
+    if num == 0:
+        st.vq[v, VQ_AVAIL_LEFT] = 0
+        return 0
+    m = st.mem
+    pos = st.vq[v, VQ_LAST_AVAIL]
+    n = 0
+    walked = 0
+    while walked < num and n < COUNT_AHEAD:
+        flags = desc_flags_acquire(m, desc, pos_idx(pos))
+        if not is_avail(flags, pos_wrap(pos)):
+            break
+        # skip the chain: its slots while NEXT is set
+        slots = 1
+        i = pos_idx(pos)
+        while flags & VRING_DESC_F_NEXT and slots < num:
+            i = i + 1 if i + 1 < num else 0
+            flags = desc_flags(m, desc, i)
+            slots += 1
+        pos = pos_advance(pos, slots, num)
+        walked += slots
+        n += 1
+    st.vq[v, VQ_AVAIL_LEFT] = n
+    return n
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def arm_packed(st, v):
+    """Ask VM1 to kick packed ring ``v`` (device area ENABLE, or DESC at
+    the next position with EVENT_IDX), fence, then look again: returns 1 if
+    a chain is available already (do not sleep), 0, or -1 if not mapped."""
+    if load_acquire(st.vq[v], VQ_READY) == 0:
+        return np.int64(0)
+    num = st.vq[v, VQ_NUM]
+    desc, drv, dev = ring_offsets_packed(st, v, num)
+    if desc < 0:
+        return np.int64(-1)
+    m = st.mem
+    ring = st.vq[v, VQ_USED]
+    pos = st.vq[v, VQ_LAST_AVAIL]
+    if st.vq[v, VQ_EVENT_IDX] != 0:
+        m.u16[dev >> 1] = np.uint16(pos)  # off_wrap: the next position
+        set_event_flags(m, dev, RING_EVENT_FLAGS_DESC)
+    else:
+        set_event_flags(m, dev, RING_EVENT_FLAGS_ENABLE)
+    log(st, v, ring, 4)
+    fence()  # pairs with VM1's fence between publishing a head and reading our device area
+    return np.int64(1 if is_avail(desc_flags_acquire(m, desc, pos_idx(pos)), pos_wrap(pos)) else 0)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def disarm_packed(st, v):
+    """Back to polling: no kicks wanted."""
+    if load_acquire(st.vq[v], VQ_READY) == 0:
+        return
+    num = st.vq[v, VQ_NUM]
+    desc, drv, dev = ring_offsets_packed(st, v, num)
+    if desc < 0:
+        return
+    set_event_flags(st.mem, dev, RING_EVENT_FLAGS_DISABLE)
+    log(st, v, st.vq[v, VQ_USED] + EVENT_FLAGS, 2)
