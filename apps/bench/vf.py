@@ -218,7 +218,7 @@ class _Bench:
             vm2 = OursChain(path, a, "pool" if variant == "one_copy" else "own", env.vm2_cpu)
         if self.have_dpdk:
             def vm1():
-                return _dpdk_vu(env, path, prefix, "txonly", frame)
+                return _dpdk_vu(env, path, prefix, "txonly", frame, "split")  # no hugepages: as the rest of this bench
         else:
             def vm1():
                 return OursVm1(path, "off", frame, env.vm1_cpu, os.path.join(env.dir, f"vm1-{prefix}.log"),
