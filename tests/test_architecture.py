@@ -63,6 +63,7 @@ ALLOWED: dict[str, set[str]] = {
     "pmd.eal": BASE | {"pmd.ethdev", "pmd.mbuf", "pmd.vdev"},
     "pmd.telemetry": BASE | {"pmd.ethdev", "pmd.eal", "pmd.xstats"},
     "pmd.xstats": BASE | {"pmd.ethdev", "pmd.sizebins"},
+    "pmd.metrics": BASE | {"pmd.ethdev", "pmd.xstats"},
 }
 
 # Whole packages that must not be imported at all by a part.
