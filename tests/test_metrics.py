@@ -16,6 +16,7 @@ import pytest
 
 from pmd.metrics import CONTENT_TYPE, MetricsError, MetricsServer
 from tests.conftest import ROOT
+from tests.util import wait_until
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\} (-?[0-9.e+]+)$')
 
@@ -50,7 +51,7 @@ def test_endpoint_serves_every_ports_xstats(fwd):
         fwd.attach_port(v).start()
     fwd.config.mode, fwd.config.burst, fwd.config.txpkts = "rxonly", 24, 100
     fwd.start(tx_first=True)
-    time.sleep(0.2)
+    assert wait_until(lambda: all(p.stats().ipackets == 24 for p in fwd.ports.values()), 20)
     fwd.stop()
     server = MetricsServer("127.0.0.1", 0, lambda: dict(fwd.ports))
     try:
