@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 
+from .grace import GraceSet
 from .sizebins import N_SIZE_BINS
 
 # Columns of a driver's stats array (one row per queue).
@@ -119,9 +120,9 @@ class PortDriver(ABC):
         self.nb_rxq = 1
         self.nb_txq = 1
         self.port_id = 0  # set by Port before start; kernels tag mbufs with it
-        # Set by the forwarding runtime while lcores poll this port: returns once
-        # each of them passed a quiescent point (TimeoutError after the timeout).
-        self.quiesce_hook: Callable[[float], None] | None = None
+        # Set by the forwarding runtime while lcores poll this port: them, for
+        # a grace period (``wait(timeout)``, or pmd/grace.py from a kernel).
+        self.quiesce_lcores: GraceSet | None = None
 
     # ---- ops -----------------------------------------------------------
     def configure(self, nb_rxq: int, nb_txq: int) -> None:

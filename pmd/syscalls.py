@@ -107,3 +107,74 @@ def last_errno(typingctx):
         return builder.sext(builder.load(ptr), _I64)
 
     return sig, codegen
+
+
+# ---- the IOTLB path: socket messages, mappings, time ----------------------------
+def _array_data(context, builder, arrty, arr):
+    return builder.bitcast(context.make_array(arrty)(context, builder, arr).data, _VOIDP)
+
+
+def _buffer_io(name: str, doc: str):
+    @intrinsic
+    def call(typingctx, fd, buf, nbytes, flags):
+        """``name(fd, buf.ctypes.data, nbytes, flags)`` over a uint8 array."""
+        sig = types.int64(types.int64, buf, types.int64, types.int64)
+
+        def codegen(context, builder, sig, args):
+            data = _array_data(context, builder, sig.args[1], args[1])
+            return builder.call(_sock_io(builder, name), [builder.trunc(args[0], _I32), data, args[2],
+                                                          builder.trunc(args[3], _I32)])
+
+        return sig, codegen
+
+    call.__doc__ = doc
+    return call
+
+
+socket_recv_into = _buffer_io("recv", "``recv(fd, buf, nbytes, flags)`` into a uint8 array; recv's result.")
+socket_send_from = _buffer_io("send", "``send(fd, buf, nbytes, flags)`` from a uint8 array; send's result.")
+
+
+@intrinsic
+def mmap_at(typingctx, addr, length, prot, flags, fd, offset):
+    """``mmap(addr, length, prot, flags, fd, offset)``; returns the address, or -1."""
+    sig = types.int64(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_VOIDP, [_VOIDP, _I64, _I32, _I32, _I32, _I64])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "mmap")
+        a, n, p, f, d, o = args
+        res = builder.call(fn, [builder.inttoptr(a, _VOIDP), n, builder.trunc(p, _I32), builder.trunc(f, _I32),
+                                builder.trunc(d, _I32), o])
+        return builder.ptrtoint(res, _I64)
+
+    return sig, codegen
+
+
+@intrinsic
+def monotonic_ns(typingctx):
+    """``clock_gettime(CLOCK_MONOTONIC)`` in nanoseconds."""
+    sig = types.int64()
+
+    def codegen(context, builder, sig, args):
+        ts = cgutils.alloca_once(builder, ir.ArrayType(_I64, 2))
+        fnty = ir.FunctionType(_I32, [_I32, _VOIDP])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "clock_gettime")
+        builder.call(fn, [ir.Constant(_I32, 1), builder.bitcast(ts, _VOIDP)])  # CLOCK_MONOTONIC
+        sec = builder.load(builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 0)]))
+        nsec = builder.load(builder.gep(ts, [ir.Constant(_I32, 0), ir.Constant(_I32, 1)]))
+        return builder.add(builder.mul(sec, ir.Constant(_I64, 1_000_000_000)), nsec)
+
+    return sig, codegen
+
+
+@intrinsic
+def sleep_us(typingctx, us):
+    """``usleep(us)``: a short sleep for a waiting kernel (returns usleep's result)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [_I32]), "usleep")
+        return builder.sext(builder.call(fn, [builder.trunc(args[0], _I32)]), _I64)
+
+    return sig, codegen

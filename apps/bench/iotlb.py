@@ -9,6 +9,10 @@ p50/p99 over ``samples`` in microseconds:
   its ack arrives (the page is then mapped in VM2's window);
 - ``invalidate``: the INVALIDATE of that page until its ack (the page is
   then unmapped, after every lcore passed a quiescent point);
+
+  both sent by a front-end in its own process (``iotlb_peer.py``), as
+  QEMU's are: in this process it would share the interpreter lock with
+  VM2's control thread, and the figure would be that lock's;
 - ``miss``: a packet posted in a page VM2 may not read yet, until VM2 has
   received it: VM2's lcore parks, its control thread sends the MISS, VM1's
   control thread answers with an UPDATE, VM2 retries (the whole round trip).
@@ -20,8 +24,11 @@ CPU while it is parked on a miss).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,11 +41,10 @@ from pmd.ethdev import Port
 from pmd.fwd.runtime import Forwarding
 from pmd.lcore import LcoreManager
 from pmd.mbuf import alloc_bulk, create_pool, free_bulk, mbuf_offset
-from pmd.units import PAGE_SIZE
 from pmd.vdev import parse_vdev
-from pmd.vhost_user.messages import IotlbPerm
 
 PLACEMENTS = ("split", "shared")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MEASURES = ("update", "invalidate", "miss")
 
 
@@ -81,6 +87,17 @@ def _wait(cond, timeout: float) -> bool:
     return True
 
 
+def _peer_update_invalidate(path: str, samples: int) -> tuple[list[float], list[float]]:
+    """UPDATE and INVALIDATE round trips timed by ``iotlb_peer`` in a child process."""
+    p = subprocess.run([sys.executable, "-m", "apps.bench.iotlb_peer", path, str(samples)], capture_output=True,
+                       text=True, timeout=120, cwd=_ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                           filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))})
+    if p.returncode != 0:
+        raise RuntimeError(f"the IOTLB front-end process failed (exit {p.returncode}): {p.stderr[-2000:]}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    return out["update"], out["invalidate"]
+
+
 def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = None) -> list[LatencyResult]:
     """One placement's three figures."""
     avail = sorted(os.sched_getaffinity(0))
@@ -95,6 +112,7 @@ def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = N
         vp = fw.attach_port(f"net_vhost_pci0,path={path}")
         vp.start()
         fw.start()
+        ups, invs = _peer_update_invalidate(path, samples)
         vm1 = Port(1, parse_vdev(f"net_virtio_user1,path={path},iommu=demand"))
         vm1.start()
         drv = vm1.driver
@@ -103,22 +121,6 @@ def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = N
         pool = create_pool(256)
         st = vm1.kernel_state()
         place = drv.places[1]  # VM1's transmit ring: the port reads its buffers
-        page = place.buf  # a buffer page of the tx area, used for update/invalidate
-        uaddr = drv.memory.gpa_to_uaddr(page, PAGE_SIZE)
-
-        def update_invalidate(s):
-            ups, invs = [], []
-            for _ in range(samples):
-                t0 = time.perf_counter()
-                s.iotlb_update(page, PAGE_SIZE, uaddr, IotlbPerm.RO)
-                t1 = time.perf_counter()
-                s.iotlb_invalidate(page, PAGE_SIZE)
-                t2 = time.perf_counter()
-                ups.append(t1 - t0)
-                invs.append(t2 - t1)
-            return ups, invs
-
-        ups, invs = drv.run_in_control(update_invalidate, timeout=120.0)
 
         def revoke_tx_area(s):
             s.iotlb_invalidate(place.buf, place.buf_end - place.buf)

@@ -265,7 +265,7 @@ class Forwarding:
         finally:
             self.running = False
             for port in self.ports.values():
-                port.driver.quiesce_hook = None
+                port.driver.quiesce_lcores = None
         return self.fwd_stats()
 
     def _set_quiesce_hooks(self) -> None:
@@ -276,12 +276,7 @@ class Forwarding:
             users.setdefault(s.rx_port, set()).add(s.lcore)
             users.setdefault(s.tx_port, set()).add(s.lcore)
         for pid, lcores in users.items():
-            ids = sorted(lcores)
-
-            def hook(timeout: float, ids: list[int] = ids) -> None:
-                self.lcores.wait_quiescent(ids, timeout)
-
-            self.ports[pid].driver.quiesce_hook = hook
+            self.ports[pid].driver.quiesce_lcores = self.lcores.grace_set(sorted(lcores))
 
     def fwd_stats(self) -> dict[int, dict[str, int]]:
         """RX/TX/dropped (and non-empty / full bursts) per port, summed over

@@ -1,11 +1,16 @@
 """Grant rows and the translation tables built from them.
 
 A grant is one range VM1 made accessible (an IOTLB update, or a whole memory
-region without an IOMMU): ``Window`` keeps them as a sorted uint64 array
-(``G_*`` columns) and rebuilds the two tables kernels read (``translate.py``)
-from it with ``merge_grants``, a compiled kernel.  ``seq_write`` is the
-writer's half of the seqlock those tables use; ``RangeAllocator`` hands out
-window space for grants whose IOVA lies beyond the window.
+region without an IOMMU): ``Window`` keeps them sorted in a fixed uint64
+array (``G_*`` columns, ``grants[:count[0]]``) and rebuilds the two tables
+kernels read (``translate.py``) from it with ``publish``.  Everything here
+that changes rows is compiled, so the control thread's IOTLB kernel
+(``iotlb_ops.py``) and the window's Python methods share one
+implementation: ``insert_grant``, ``drop_range`` (an invalidate's step (a):
+remove or split the rows it covers), ``publish`` (merge, then rewrite both
+tables under their seqlocks).  ``seq_write`` is the seqlock's writer half
+for Python callers; ``RangeAllocator`` hands out window space for grants
+whose IOVA lies beyond the window.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 from numba import njit
 
+from ..atomics import fence, store_release
 from ..atomics_py import store_flag
 from .translate import PERM_RW
 
@@ -81,7 +87,129 @@ def merge_grants(grants, n, table, gpa_table):
     return nt, ng
 
 
-NO_GRANTS = np.zeros((0, 5), dtype=np.uint64)  # never written in place: grant arrays are replaced whole
+NO_GRANTS = np.zeros((0, 5), dtype=np.uint64)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _seq_copy(table, count, src, m):
+    """Rewrite ``table`` with ``src[:m]`` under its seqlock (``count = [rows, seq]``):
+    seq odd, a fence (no row store is seen before it), rows, seq even (release)."""
+    seq = count[1]
+    store_release(count, 1, seq + 1)
+    fence()
+    old = count[0]
+    for i in range(m):
+        for c in range(4):
+            table[i, c] = src[i, c]
+    for i in range(m, old):
+        for c in range(4):
+            table[i, c] = 0
+    count[0] = m
+    store_release(count, 1, seq + 2)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def publish(grants, gcount, table, tcount, gpa_table, gpa_count, scratch_t, scratch_g):
+    """Rebuild both translation tables from ``grants[:gcount[0]]``
+    (``merge_grants`` into the scratch arrays, then a seqlocked copy each)."""
+    nt, ng = merge_grants(grants, gcount[0], scratch_t, scratch_g)
+    _seq_copy(table, tcount, scratch_t, nt)
+    _seq_copy(gpa_table, gpa_count, scratch_g, ng)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def insert_grant(grants, gcount, iova, last, off, perm, gpa):
+    """Insert one row in IOVA order (the caller made sure nothing overlaps
+    it); False when the array is full."""
+    n = gcount[0]
+    if n >= len(grants):
+        return False
+    i = n
+    while i > 0 and grants[i - 1, G_IOVA] > iova:
+        for c in range(5):
+            grants[i, c] = grants[i - 1, c]
+        i -= 1
+    grants[i, G_IOVA] = iova
+    grants[i, G_LAST] = last
+    grants[i, G_OFF] = off
+    grants[i, G_PERM] = perm
+    grants[i, G_GPA] = gpa
+    gcount[0] = n + 1
+    return True
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def find_grant(grants, gcount, iova, last, perm, gpa):
+    """Index of the row exactly ``(iova, last, perm, gpa)``, else -1."""
+    for i in range(gcount[0]):
+        if grants[i, G_IOVA] == iova and grants[i, G_LAST] == last and grants[i, G_PERM] == perm \
+                and grants[i, G_GPA] == gpa:
+            return i
+    return -1
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def overlaps(grants, gcount, start, last):
+    """True if a row covers any byte of ``[start, last]``."""
+    for i in range(gcount[0]):
+        if grants[i, G_LAST] >= start and grants[i, G_IOVA] <= last:
+            return True
+    return False
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def drop_range(grants, gcount, start, last, gone):
+    """Remove ``[start, last]`` from the rows: a row inside goes, a row
+    across an end is cut (split in two when the range is inside it).
+    ``gone`` gets one ``(window offset, length)`` per removed piece; returns
+    how many, or -1 with nothing changed when the rows would not fit (the
+    array, or ``gone``)."""
+    n = gcount[0]
+    hits = 0
+    splits = 0
+    for i in range(n):
+        if grants[i, G_LAST] >= start and grants[i, G_IOVA] <= last:
+            hits += 1
+            if grants[i, G_IOVA] < start and grants[i, G_LAST] > last:
+                splits += 1
+    if hits == 0:
+        return 0
+    if n + splits > len(grants) or hits > len(gone):
+        return -1
+    ng = 0
+    i = 0
+    while i < gcount[0]:
+        s = grants[i, G_IOVA]
+        e = grants[i, G_LAST]
+        if e < start or s > last:
+            i += 1
+            continue
+        cs = s if s > start else start
+        ce = e if e < last else last
+        gone[ng, 0] = grants[i, G_OFF] + (cs - s)
+        gone[ng, 1] = ce - cs + _ONE
+        ng += 1
+        off = grants[i, G_OFF]
+        gpa = grants[i, G_GPA]
+        perm = grants[i, G_PERM]
+        if s < cs and ce < e:  # the range is inside the row: keep both ends
+            grants[i, G_LAST] = cs - _ONE
+            insert_grant(grants, gcount, ce + _ONE, e, off + (ce + _ONE - s), perm, gpa + (ce + _ONE - s))
+            i += 2
+        elif s < cs:  # keep the head
+            grants[i, G_LAST] = cs - _ONE
+            i += 1
+        elif ce < e:  # keep the tail
+            grants[i, G_IOVA] = ce + _ONE
+            grants[i, G_OFF] = off + (ce + _ONE - s)
+            grants[i, G_GPA] = gpa + (ce + _ONE - s)
+            i += 1
+        else:  # all of it goes
+            for k in range(i, gcount[0] - 1):
+                for c in range(5):
+                    grants[k, c] = grants[k + 1, c]
+            gcount[0] -= 1
+    return ng
 
 
 def grant_array(rows: list[tuple[int, int, int, int, int]]) -> np.ndarray:

@@ -24,6 +24,7 @@ MAP_NORESERVE = 0x4000
 _MAP_FAILED = ctypes.c_void_p(-1).value
 RESERVE_FLAGS = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
 U64_LIMIT = 1 << 64
+U64_MASK = U64_LIMIT - 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _mmap = _libc.mmap

@@ -44,13 +44,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .grants import (
-    G_GPA, G_IOVA, G_LAST, G_OFF, G_PERM, NO_GRANTS, RangeAllocator, grant_array, merge_grants, seq_write, sorted_grants,
+from .grants import G_GPA, G_IOVA, G_LAST, G_OFF, NO_GRANTS, RangeAllocator, find_grant, insert_grant, seq_write
+from .iotlb_ops import (
+    P_BASE, P_IDENTITY_LIMIT, P_IOMMU, R_FD, R_GPA, R_MMAP_OFFSET, R_SIZE, R_UADDR, WinState, iotlb_drop, iotlb_map,
+    publish_state, revoke_ranges,
 )
 from .region import Region
 from .sigbus import guard
 from .translate import PERM_RO, PERM_RW, PERM_WO
-from .vmem import PAGE_SIZE, PROT_READ, PROT_WRITE, U64_LIMIT, aligned, file_size, map_fd, release, reserve, revoke
+from .vmem import PAGE_SIZE, PROT_READ, PROT_WRITE, U64_LIMIT, U64_MASK, aligned, file_size, map_fd, release, reserve, revoke
 
 
 class Window:
@@ -75,28 +77,47 @@ class Window:
                              f"and at most the window size 0x{size:x}")
         self.size = size
         self.compact_size = compact_size
+        self.params = np.zeros(3, np.int64)  # iotlb_ops.P_*: what kernels know of the mode
         self._set_mode(iommu)
         self.regions_list: list[Region] = []
         self.table = np.zeros((table_capacity, 4), dtype=np.uint64)
         self.gpa_table = np.zeros((table_capacity, 4), dtype=np.uint64)  # [iova, iova_last, gpa, RW]
         self.gpa_table_count = np.zeros(2, dtype=np.int64)
-        self._grants = NO_GRANTS  # what both tables were built from (G_*)
-        self._scratch = (np.zeros_like(self.table), np.zeros_like(self.gpa_table))
+        # what both tables are built from: grants.G_* rows, sorted, grants[:grant_count[0]]
+        self.grants = np.zeros((table_capacity, 5), dtype=np.uint64)
+        self.grant_count = np.zeros(1, dtype=np.int64)
+        self._gone = np.zeros((table_capacity, 2), dtype=np.uint64)  # an invalidate's (offset, length) pieces
+        scratch = (np.zeros_like(self.table), np.zeros_like(self.gpa_table))
         self.table_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
         self.regions = np.zeros((max_regions, 2), dtype=np.uint64)
         self.region_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
+        self.rmap = np.full((max_regions, 5), -1, dtype=np.int64)  # iotlb_ops.R_* per region
         self.base = reserve(size)
+        self.params[P_BASE] = self.base
+        self.kstate = WinState(self.params, self.grants, self.grant_count, self.table, self.table_count,
+                               self.gpa_table, self.gpa_table_count, *scratch, self.rmap, self.region_count)
         self._guard = guard(self.base, size)  # a truncated fd: SIGBUS -> zero page + count (sigbus.py)
         self._closed = False
         self.array = np.frombuffer((ctypes.c_uint8 * size).from_address(self.base),
                                    dtype=np.uint8)
-        self._set_grants(self._grants)  # compiles (or loads) the merge kernel now, not mid-request
+        self._warm()
 
     # ---------------------------------------------------------------- helpers
     def _set_mode(self, iommu: bool) -> None:
         self.iommu = iommu
         self.identity_limit = self.size - self.compact_size if iommu else self.size
         self._compact = RangeAllocator(self.identity_limit, self.size)
+        self.params[P_IDENTITY_LIMIT] = self.identity_limit
+        self.params[P_IOMMU] = int(iommu)
+
+    def _warm(self) -> None:
+        """Compile (or load) the grant kernels now, not mid-request."""
+        u = np.uint64(0)
+        publish_state(self.kstate)
+        iotlb_map(self.kstate, u, u, u, 0)  # refused at once: size 0
+        iotlb_drop(self.kstate, np.uint64(1), u, self._gone)  # an empty range: no row
+        revoke_ranges(self.kstate, self._gone, 0)
+        find_grant(self.grants, self.grant_count, u, u, u, u)
 
     def _map_fd(self, offset: int, length: int, fd: int, file_offset: int,
                 prot: int, what: str) -> None:
@@ -126,29 +147,36 @@ class Window:
     def _rows(self) -> np.ndarray:
         return self.table[: int(self.table_count[0])]
 
+    @property
+    def _grants(self) -> np.ndarray:
+        """The live grant rows (a view: copy before changing them)."""
+        return self.grants[: int(self.grant_count[0])]
+
     def _set_grants(self, grants: np.ndarray) -> None:
         """Replace the grant rows (``G_*`` columns, sorted by IOVA, each in
         one region) and rewrite both translation tables from them under
-        their seqlocks (``merge_grants`` says how they merge)."""
+        their seqlocks (``grants.publish``)."""
         n = len(grants)
-        if n > len(self.table):
+        if n > len(self.grants):
             raise RuntimeError(f"translation table full ({len(self.table)} entries); "
                                "create the Window with a larger table_capacity")
-        by_offset, by_gpa = self._scratch
-        counts = merge_grants(grants, n, by_offset, by_gpa)
-        for table, count, merged, m in ((self.table, self.table_count, by_offset, counts[0]),
-                                        (self.gpa_table, self.gpa_table_count, by_gpa, counts[1])):
-            old = int(count[0])
-            with seq_write(count):
-                table[:m] = merged[:m]
-                table[m:old] = 0
-                count[0] = m
-        self._grants = grants
+        grants = np.array(grants, dtype=np.uint64)  # it may be a view of self.grants
+        old = int(self.grant_count[0])
+        self.grants[:n] = grants
+        self.grants[n:old] = 0
+        self.grant_count[0] = n
+        publish_state(self.kstate)
 
     def _add_grants(self, rows: list[tuple[int, int, int, int, int]]) -> None:
         """Add grant rows ``(iova, iova_end, offset, perm, gpa)`` (``iova_end``
         exclusive) to the existing ones."""
-        self._set_grants(sorted_grants(self._grants, grant_array(rows)))
+        for s, e, off, perm, gpa in rows:
+            if not insert_grant(self.grants, self.grant_count, np.uint64(s), np.uint64(e - 1), np.uint64(off),
+                                np.uint64(perm), np.uint64(gpa)):
+                publish_state(self.kstate)  # the rows inserted so far are the caller's to undo
+                raise RuntimeError(f"translation table full ({len(self.table)} entries); "
+                                   "create the Window with a larger table_capacity")
+        publish_state(self.kstate)
 
     def entries(self) -> list[tuple[int, int, int, int]]:
         """The translation table as Python ints ``(iova, iova_end, offset, perm)``
@@ -211,7 +239,12 @@ class Window:
         with seq_write(self.region_count):
             for i, r in enumerate(self.regions_list):
                 self.regions[i] = (r.gpa, r.gpa + r.size)
+                cols = [0] * 5
+                cols[R_UADDR], cols[R_SIZE], cols[R_MMAP_OFFSET], cols[R_FD], cols[R_GPA] = (
+                    r.uaddr, r.size, r.mmap_offset, r.fd & U64_MASK, r.gpa)
+                self.rmap[i] = np.array(cols, np.uint64).view(np.int64)  # a uaddr may pass 2**63
             self.regions[n:old] = 0
+            self.rmap[n:old] = -1
             self.region_count[0] = n
 
     def remove_region(self, gpa: int, size: int, userspace_addr: int, *,
@@ -261,6 +294,7 @@ class Window:
         with seq_write(self.region_count):
             self.region_count[0] = 0
             self.regions[:] = 0
+            self.rmap[:] = -1
         return had
 
     def unmap_all(self, *, quiesce: Callable[[], None] | None = None) -> None:
@@ -329,6 +363,9 @@ class Window:
             raise ValueError(f"{what}: larger than the window's compact area "
                              f"(0x{self.size - self.identity_limit:x} bytes)")
         pieces = self._uaddr_pieces(uaddr, size)  # validates before any change
+        offset = iotlb_map(self.kstate, np.uint64(iova), np.uint64(size), np.uint64(uaddr), perm)
+        if offset >= 0:  # the plain case, compiled (iotlb_ops.py)
+            return int(offset)
         same = self._same_grant(iova, size, perm, pieces)
         if same >= 0:  # asked twice (ahead and on demand): already mapped as granted
             return same
@@ -372,11 +409,9 @@ class Window:
         if len(pieces) != 1:
             return -1
         r, file_offset, _ = pieces[0]
-        g = self._grants
-        hit = np.flatnonzero((g[:, G_IOVA] == np.uint64(iova)) & (g[:, G_LAST] == np.uint64(iova + size - 1)))
-        if len(hit) and int(g[hit[0], G_PERM]) == perm and int(g[hit[0], G_GPA]) == r.gpa_at(file_offset):
-            return int(g[hit[0], G_OFF])
-        return -1
+        i = find_grant(self.grants, self.grant_count, np.uint64(iova), np.uint64(iova + size - 1), np.uint64(perm),
+                       np.uint64(r.gpa_at(file_offset)))
+        return int(self.grants[i, G_OFF]) if i >= 0 else -1
 
     def iotlb_invalidate(self, iova: int, size: int, *,
                          quiesce: Callable[[], None] | None = None) -> None:
@@ -391,29 +426,22 @@ class Window:
         end = min(-(-(iova + size) // PAGE_SIZE) * PAGE_SIZE, U64_LIMIT)
         if end <= start:
             return
-        g = self._grants
-        hit = np.flatnonzero((g[:, G_LAST] >= np.uint64(start)) & (g[:, G_IOVA] <= np.uint64(end - 1)))
-        if not len(hit):
+        # (a) no new translation returns these pages (rows dropped or cut, tables republished)
+        n = iotlb_drop(self.kstate, np.uint64(start), np.uint64(end - 1), self._gone)
+        if n < 0:
+            raise RuntimeError(f"IOTLB invalidate iova=0x{iova:x} size=0x{size:x}: splitting a grant would overflow "
+                               f"the translation table ({len(self.table)} entries)")
+        if n == 0:
             return
-        pieces = []  # what is left of the hit grants (iova_end exclusive)
-        gone: list[tuple[int, int]] = []  # (window offset, length) to revoke
-        for i in hit:
-            s, last, off, perm, gpa = (int(x) for x in g[i])
-            e = last + 1
-            cs, ce = max(s, start), min(e, end)
-            if s < cs:
-                pieces.append((s, cs, off, perm, gpa))
-            if ce < e:
-                pieces.append((ce, e, off + (ce - s), perm, gpa + (ce - s)))
-            gone.append((off + (cs - s), ce - cs))
-        # (a) no new translation returns these pages
-        self._set_grants(sorted_grants(np.delete(g, hit, axis=0), grant_array(pieces)))
+        gone = [(int(off), int(length)) for off, length in self._gone[:n]]
         if quiesce is not None:
             quiesce()  # (b) lookups made with the old rows are finished
-        for woff, n in gone:  # (c) now nobody can be using them
-            self._revoke(woff, n)
+        if not revoke_ranges(self.kstate, self._gone, n):  # (c) now nobody can be using them
+            for woff, length in gone:
+                self._revoke(woff, length)  # raises, naming the errno
+        for woff, length in gone:
             if woff >= self.identity_limit:
-                self._compact.free(woff, n)
+                self._compact.free(woff, length)
 
     # ------------------------------------------------------------- teardown
     def close(self) -> None:

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..atomics_py import store_flag
-from .control import LC_EPOCH, LC_SLEEPING, LC_STOP, N_LC
-from ..atomics import full_fence
+from ..grace import GraceSet
+from .control import LC_EPOCH, LC_RUNNING, LC_SLEEPING, LC_STOP, N_LC
 
 
 class LcoreError(Exception):
@@ -35,7 +35,8 @@ class LcoreBusy(LcoreError):
 class _Lcore:
     lcore_id: int
     cpu: int
-    ctl: np.ndarray = field(default_factory=lambda: np.zeros(N_LC, np.int64))
+    ctl: np.ndarray  # its row of LcoreManager.ctl_table
+    row: int
     thread: threading.Thread | None = None
     result: Any = None
     error: BaseException | None = None
@@ -49,7 +50,10 @@ class LcoreManager:
 
     def __init__(self, lcores: dict[int, int], main_lcore: int) -> None:
         self.main_lcore = main_lcore
-        self._lcores = {lid: _Lcore(lid, cpu) for lid, cpu in lcores.items() if lid != main_lcore}
+        workers = sorted((lid, cpu) for lid, cpu in lcores.items() if lid != main_lcore)
+        # every worker's control words, one row each: a grace period reads them from a kernel
+        self.ctl_table = np.zeros((max(len(workers), 1), N_LC), np.int64)
+        self._lcores = {lid: _Lcore(lid, cpu, self.ctl_table[row], row) for row, (lid, cpu) in enumerate(workers)}
 
     @property
     def workers(self) -> list[int]:
@@ -70,6 +74,15 @@ class LcoreManager:
             lc.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             weakref.finalize(lc, os.close, lc.stop_fd)
         return lc.stop_fd
+
+    def rows(self, lcore_ids: list[int]) -> np.ndarray:
+        """The rows of ``ctl_table`` that hold these lcores' control words."""
+        return np.array([self._get(lid).row for lid in lcore_ids], np.int64)
+
+    def grace_set(self, lcore_ids: list[int]) -> GraceSet:
+        """These lcores, for grace periods (``wait_quiescent``, and a port's
+        control thread waiting for the lcores that poll it)."""
+        return GraceSet(self.ctl_table, self.rows(lcore_ids), lcore_ids)
 
     def thread_id(self, lcore_id: int) -> int:
         """The native (kernel) thread id of the lcore's current or last thread."""
@@ -117,11 +130,14 @@ class LcoreManager:
                 lc.error = LcoreError(f"lcore {lcore_id}: cannot pin to cpu {lc.cpu}: {e}")
                 ready.set()
                 return
+            store_flag(lc.ctl, LC_RUNNING, 1)  # before the loop's first access to port memory
             ready.set()
             try:
                 lc.result = fn(*args)
             except BaseException as e:  # reported by wait()
                 lc.error = e
+            finally:
+                store_flag(lc.ctl, LC_RUNNING, 0)  # after its last one
 
         lc.thread = threading.Thread(target=body, name=f"lcore-{lcore_id}", daemon=True)
         lc.thread.start()
@@ -184,20 +200,9 @@ class LcoreManager:
         An lcore sleeping in epoll (LC_SLEEPING, fallback interrupts) is
         quiescent too: it set the flag with a release store after its last
         access to port memory, and on waking clears it and issues a seq_cst
-        fence before touching tables again.  The fence below pairs with
-        that one: the caller's change is visible before we read the flag,
-        so an lcore whose flag we still read as 1 sees the change once it
-        wakes (see pmd/fwd/power.py).
+        fence before touching tables again.  The wait (``pmd/grace.py``)
+        begins with a fence that pairs with that one: the caller's change is
+        visible before we read the flag, so an lcore whose flag we still
+        read as 1 sees the change once it wakes (see pmd/fwd/power.py).
         """
-        full_fence()
-        start = {lid: self.epoch(lid) for lid in lcore_ids}
-        deadline = time.monotonic() + timeout
-        pending = set(lcore_ids)
-        while True:
-            pending = {lid for lid in pending
-                       if self.is_running(lid) and self.epoch(lid) == start[lid] and not self.sleeping(lid)}
-            if not pending:
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"lcores {sorted(pending)} passed no quiescent point within {timeout} s")
-            time.sleep(20e-6)
+        self.grace_set(lcore_ids).wait(timeout)

@@ -161,6 +161,18 @@ class BackendDevice:
     def iotlb_invalidated(self, iova: int, size: int) -> None:
         """An IOTLB INVALIDATE was unmapped and quiesced.  Default: ignored."""
 
+    def iotlb_fast(self, fd: int, reply: str) -> int:
+        """Take the IOTLB messages at the head of the front-end's socket
+        ``fd`` yourself (a compiled path; the session calls this when the
+        socket is readable, memory is set and IOMMU_PLATFORM negotiated).
+        Consume only complete, well-formed UPDATE/INVALIDATE messages you
+        handled exactly as the session's path would (mapping, quiescence,
+        ``iotlb_updated`` effects), send their reply as ``reply`` says
+        (``"always"``, ``"on_need"``: when the message has NEED_REPLY,
+        ``"never"``), and leave anything else unread for the session.
+        Returns how many were consumed.  Default: 0 (the session reads all)."""
+        return 0
+
     def log_changed(self, log: mmap.mmap | None) -> None:
         """A new dirty log (SET_LOG_BASE), or None: the old one is about to
         be unmapped, stop using it first.  Default: ignored."""

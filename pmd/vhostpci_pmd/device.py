@@ -23,6 +23,7 @@ import numpy as np
 
 from ..atomics_py import store_flag
 from ..ethdev import new_stats
+from ..grace import GraceSet
 from ..guestmem.translate import translate
 from ..guestmem.views import mem_views
 from ..guestmem.vmem import PAGE_SIZE
@@ -39,6 +40,7 @@ from .chain import VEC_MAX
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from .inflight import RESUB_DELIVERED, queue_area, recover
 from .iotlb import IotlbMisses
+from .iotlb_serve import IotlbServer
 from .state import (
     N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
     VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
@@ -67,17 +69,17 @@ MAX_MEM_SLOTS = 509
 class VhostPciDevice(BackendDevice):
     """The device behind one vhost-pci port (``queues`` queue pairs).
 
-    ``quiesce_hook()`` returns the forwarding runtime's wait for the port's
-    lcores (None while none poll it); ``vrings()`` the live session's vring
+    ``lcores()`` returns the lcores polling the port, for grace periods
+    (None while none do); ``vrings()`` the live session's vring
     table (empty without one): both come from the port."""
 
     def __init__(self, name: str, queues: int, iommu_support: bool,
-                 quiesce_hook: Callable[[], Callable[[float], None] | None],
+                 lcores: Callable[[], GraceSet | None],
                  vrings: Callable[[], dict[int, VringInfo]]) -> None:
         self.name = name
         self.queues = queues
         self.iommu_support = iommu_support
-        self._quiesce_hook = quiesce_hook
+        self._lcores = lcores
         self._vrings = vrings
         nvq = 2 * queues
         self.window = Window(WINDOW_SIZE)
@@ -118,6 +120,7 @@ class VhostPciDevice(BackendDevice):
         self.port_id = 0
         self._kstate: VhostPciState | None = None
         self.iotlb = IotlbMisses(self.vq, self.kernel_state)
+        self.iotlb_server = IotlbServer(self.window, self.vq, self.iotlb, QUIESCE_TIMEOUT_S)
         self.closed = False
 
     # ---------------------------------------------------------------- state
@@ -142,6 +145,7 @@ class VhostPciDevice(BackendDevice):
             flush_inflight(self.kernel_state(), 0)
             self._used_idx(0, 1)
         self.iotlb.warm()
+        self.iotlb_server.warm()
 
     def close(self) -> None:
         if not self.closed:
@@ -404,9 +408,9 @@ class VhostPciDevice(BackendDevice):
         log.info("%s: link %s", self.name, "up" if up else "down")
 
     def quiesce(self) -> None:
-        hook = self._quiesce_hook()
-        if hook is not None:
-            hook(QUIESCE_TIMEOUT_S)
+        lcores = self._lcores()
+        if lcores is not None:
+            lcores.wait(QUIESCE_TIMEOUT_S)
 
     # ----------------------------------------------------------------- IOTLB
     def iotlb_updated(self, iova: int, size: int) -> None:
@@ -414,6 +418,19 @@ class VhostPciDevice(BackendDevice):
 
     def iotlb_invalidated(self, iova: int, size: int) -> None:
         self.iotlb.invalidated(iova, size)
+
+    def iotlb_xstats(self) -> dict[str, int]:
+        """IOTLB counters: misses asked, and VM1's messages by either path."""
+        out = self.iotlb.xstats()
+        out["iotlb_updates"] += self.iotlb_server.updates
+        out["iotlb_invalidates"] += self.iotlb_server.invalidates
+        return out
+
+    def iotlb_fast(self, fd: int, reply: str) -> int:
+        if self.closed:
+            return 0
+        lcores = self._lcores()
+        return self.iotlb_server.serve(fd, reply, None if lcores is None else (lcores.ctl_table, lcores.rows))
 
     def wake_fd(self) -> int:
         return self._wake_fd

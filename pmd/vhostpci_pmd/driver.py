@@ -48,7 +48,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             raise PortError(f"{name}: devarg path=<unix socket> is required")
         self.nb_rxq = self.nb_txq = args["queues"]
         self.device = VhostPciDevice(name, args["queues"], args["iommu_support"],
-                                     quiesce_hook=lambda: self.quiesce_hook, vrings=self._vrings)
+                                     lcores=lambda: self.quiesce_lcores, vrings=self._vrings)
         # the port's kernel-state arrays, for tools and tests
         self.vq, self.window, self.logctl = self.device.vq, self.device.window, self.device.logctl
         self.server: BackendServer | None = None
@@ -108,7 +108,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
     def xstats(self) -> dict[str, int]:
         totals = self.device.xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(XSTAT_NAMES)}
-        out.update(self.device.iotlb.xstats())
+        out.update(self.device.iotlb_xstats())
         out["guest_memory_faults"] = self.device.memory_faults()
         out["rarp_announcements"], out["rarp_requests"] = self.device.announcements()
         return out
@@ -164,13 +164,15 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
 
 
 def window_figures(window) -> dict[str, int]:
-    """VM1's memory as the port's window holds it: regions (and bytes) and,
-    behind an IOMMU, the grants (merged translation entries, of the table's
-    capacity, and the bytes they cover; without an IOMMU each region is
-    granted whole, adjacent ones merged).  Read from the control thread's seqlocked tables without
-    stopping it: a copy taken while the writer was inside is taken again."""
+    """VM1's memory as the port's window holds it: regions (and bytes) and
+    the grants (one row per range VM1's IOMMU granted, of the grant table's
+    capacity; without an IOMMU each region is granted whole), the merged
+    translation entries the kernels search and the bytes they cover.  Read
+    without stopping the control thread: the seqlocked table is copied
+    again if the writer was inside."""
     if window.array is None:  # closed
-        return {"memory regions": 0, "memory bytes": 0, "grants": 0, "granted bytes": 0, "grant table capacity": 0}
+        return {"memory regions": 0, "memory bytes": 0, "grants": 0, "grant table capacity": 0,
+                "translation entries": 0, "granted bytes": 0}
     count = window.table_count
     for _ in range(100):
         seq = int(count[1])
@@ -179,5 +181,6 @@ def window_figures(window) -> dict[str, int]:
             break
     regions = list(window.regions_list)
     return {"memory regions": len(regions), "memory bytes": sum(r.size for r in regions),
-            "grants": len(rows), "granted bytes": sum(int(last) - int(iova) + 1 for iova, last, _, _ in rows),
-            "grant table capacity": len(window.table)}
+            "grants": int(window.grant_count[0]), "grant table capacity": len(window.grants),
+            "translation entries": len(rows),
+            "granted bytes": sum(int(last) - int(iova) + 1 for iova, last, _, _ in rows)}

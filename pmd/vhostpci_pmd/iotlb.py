@@ -39,8 +39,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from numba import njit
 
-from ..atomics import fence, full_fence, load_acquire, store_release
-from ..atomics_py import store_flag
+from ..atomics import fence, load_acquire, store_release
 from ..guestmem.translate import granted_perm, translate
 from ..guestmem.vmem import PAGE_SIZE
 from ..syscalls import eventfd_signal
@@ -199,6 +198,26 @@ def misses_ahead(st, v, out):
     return n
 
 
+@njit(nogil=True, cache=True, _nrt=False)
+def unpark_covered(vq, iova, end):
+    """An UPDATE of ``[iova, end)`` was mapped: each vring parked on an
+    address inside it retries (``VQ_MISS_PENDING`` cleared with a release
+    store, the page recorded in ``VQ_MISS_ANSWERED`` before it); returns the
+    bitmask of those vrings.  Others stay parked: clearing them on every
+    update (the pages asked ahead arrive as updates too) made each ring
+    re-ask for its own page several times.  The fence orders the new rows
+    before the reads of the parks (``park_on_miss``'s pairing)."""
+    fence()
+    mask = 0
+    for v in range(len(vq)):
+        parked = np.uint64(vq[v, VQ_MISS_IOVA])
+        if vq[v, VQ_MISS_PENDING] != 0 and iova <= parked and parked < end:
+            vq[v, VQ_MISS_ANSWERED] = vq[v, VQ_MISS_IOVA] & np.int64(_PAGE_MASK)
+            store_release(vq[v], VQ_MISS_PENDING, 0)
+            mask |= 1 << v
+    return mask
+
+
 # ---------------------------------------------------------- control thread
 class IotlbMisses:
     """The control thread's half: send the MISSes the kernels parked on,
@@ -241,17 +260,18 @@ class IotlbMisses:
         clearing them on every update (the pages asked ahead arrive as
         updates too) made each ring re-ask for its own page several times."""
         self.updates += 1
-        full_fence()  # the new rows before reading the parks (park_on_miss's pairing)
+        self.answered(iova, size, unpark_covered(self.vq, np.uint64(iova), np.uint64(iova + size)))
+
+    def answered(self, iova: int, size: int, unparked: int) -> None:
+        """The asks an UPDATE answered are forgotten (a later miss on these
+        pages is a new question), and so are the MISSes of the vrings it un-parked."""
         end = iova + size
-        if self._asked:  # answered: a later miss on these pages is a new question
+        if self._asked:
             first = iova & _PAGE_MASK
             self._asked = {k: t for k, t in self._asked.items() if not first <= k[0] < end}
         for v in range(len(self.vq)):
-            parked = int(self.vq[v, VQ_MISS_IOVA]) & _U64
-            if self.vq[v, VQ_MISS_PENDING] and iova <= parked < end:
+            if unparked >> v & 1:
                 self._miss_sent.pop(v, None)
-                self.vq[v, VQ_MISS_ANSWERED] = self.vq[v, VQ_MISS_IOVA] & _PAGE_MASK  # before the release below
-                store_flag(self.vq[v], VQ_MISS_PENDING, 0)
 
     def service(self, session: BackendSession) -> None:
         """Send the MISSes the kernels parked on (and re-send stale ones)."""

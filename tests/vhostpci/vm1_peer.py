@@ -2,7 +2,7 @@
 CRC-protected packets and checks every one that comes back.
 
     python -m tests.vhostpci.vm1_peer --path SOCK --count N [--iommu MODE] [--rx-grant wo|rw] [--server]
-                                      [--window W]
+                                      [--window W] [--expect N]
 
 Prints one JSON line: sent, received, bad (CRC mismatch), duplicates,
 out_of_order (a sequence number below one already seen), missing, and the
@@ -19,6 +19,7 @@ import time
 from pmd.ethdev import Port
 from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
+from tests.vf.ns_peer import check_packet as check_wire_packet
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
 
 
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=0, help="packet size (0: vary 64..1514)")
     ap.add_argument("--window", type=int, default=32, help="packets in flight at most")
     ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--expect", type=int, default=0,
+                    help="receive only: send nothing, wait for this many packets from the wire "
+                         "(tests/vf/ns_peer.py's frames; prints 'ready' first)")
     a = ap.parse_args(argv)
     vdev = f"net_virtio_user0,path={a.path},iommu={a.iommu},rx_grant={a.rx_grant},server={int(a.server)}"
     port = Port(0, parse_vdev(vdev))
@@ -49,14 +53,20 @@ def main(argv: list[str] | None = None) -> int:
         seen: set[int] = set()
         bad = dups = sent = disorder = 0
         highest = -1
+        if a.expect:
+            a.count = 0
+            print("ready", flush=True)
         started = time.monotonic()
-        while len(seen) < a.count and time.monotonic() < deadline:
+        while len(seen) < max(a.count, a.expect) and time.monotonic() < deadline:
             want = min(a.window - (sent - len(seen) - bad), a.count - sent, 32)
             if want > 0:
                 pkts = [make_packet(s, a.size or 64 + (s * 97) % 1451) for s in range(sent, sent + want)]
                 sent += send(port, pool, pkts)
-            for pkt in recv(port, pool):
-                seq = check_packet(pkt)
+            pkts = recv(port, pool)
+            if a.expect and not pkts:
+                time.sleep(0.0002)  # receive only: leave the CPUs to VM2 between polls
+            for pkt in pkts:
+                seq = check_wire_packet(pkt) if a.expect else check_packet(pkt)
                 if seq < 0:
                     bad += 1
                 elif seq in seen:
@@ -68,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             if sent - len(seen) - bad >= a.window:
                 time.sleep(0.0002)
         result.update(sent=sent, received=len(seen), bad=bad, duplicates=dups, out_of_order=disorder,
-                      missing=sent - len(seen), seconds=round(time.monotonic() - started, 3),
+                      missing=max(sent, a.expect) - len(seen), seconds=round(time.monotonic() - started, 3),
                       xstats=port.driver.xstats())
         print(json.dumps(result), flush=True)
         return 0

@@ -1,0 +1,216 @@
+"""VM1's IOTLB messages handled by a compiled kernel on the control thread.
+
+A strict vIOMMU sends an UPDATE for every buffer it maps and an INVALIDATE
+(need_reply) for every one it unmaps: thousands a second, each one a round
+trip VM1's vCPU waits for.  Through the Python session each cost ~130 us;
+``serve`` takes them straight off the socket instead, without Python:
+
+1. peek at the next message; anything but a well-formed IOTLB UPDATE or
+   INVALIDATE, or one not complete yet, is left unread for the session's
+   Python path (which owns every other request and every error message);
+2. UPDATE: ``iotlb_ops.iotlb_map`` (the plain case; anything else -- a
+   re-grant, a grant across regions or beyond the window -- goes to Python
+   unread), then the vrings parked on a page it covers retry
+   (``iotlb.unpark_covered``);
+3. INVALIDATE: rows out (``iotlb_drop``), a grace period over the lcores
+   polling the port (``pmd/grace.py``), pages revoked, and only then the ack:
+   isolation is exactly the Python path's;
+4. the reply (u64 0) when the protocol asks for one.
+
+It stops after ``MAX_BATCH`` messages so the control thread's other duties
+run.  What it did is told in ``io`` (counters, and a log of the UPDATEs for
+the miss bookkeeping of ``IotlbMisses.service``).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from numba import njit
+
+from ..grace import wait_quiescent
+from ..guestmem.iotlb_ops import iotlb_drop, iotlb_map, revoke_ranges
+from ..guestmem.vmem import PAGE_SIZE
+from ..guestmem.window import Window
+from ..syscalls import socket_recv_into, socket_send_from
+from ..vhost_user.messages import FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, VERSION, FrontendReq, IotlbType
+from .iotlb import IotlbMisses, unpark_covered
+
+log = logging.getLogger("vhostpci.iotlb")
+
+MAX_BATCH = 256
+MSG_SIZE = HEADER_SIZE + 32  # header + struct vhost_iotlb_msg
+REPLY_SIZE = HEADER_SIZE + 8
+_IOTLB_MSG = int(FrontendReq.IOTLB_MSG)
+_UPDATE, _INVALIDATE = int(IotlbType.UPDATE), int(IotlbType.INVALIDATE)
+_FLAGS_OK = 0x3 | FLAG_REPLY | FLAG_NEED_REPLY  # bits a front-end may set (the codec's KNOWN_FLAGS)
+_MSG_PEEK, _MSG_DONTWAIT = 0x2, 0x40
+_U64 = (1 << 64) - 1
+_PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
+
+# io: what serve did: totals (updated before each reply), the errors and the
+# UPDATE log since the last drain, why it stopped
+IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_LOG_N, IO_NEXT = range(6)
+N_IO = 8
+LOG_CAP = 1024  # UPDATEs remembered between two services; past it the service forgets every ask
+# IO_NEXT after a call: nothing left to read, or a message the Python path must read
+NEXT_NONE, NEXT_PYTHON = 0, 1
+# reply: REPLY_ALWAYS, or only on NEED_REPLY (REPLY_ACK negotiated), or never
+REPLY_NEVER, REPLY_ON_NEED, REPLY_ALWAYS = 0, 1, 2
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _u32(buf, off):
+    return np.uint32(buf[off]) | np.uint32(buf[off + 1]) << 8 | np.uint32(buf[off + 2]) << 16 \
+        | np.uint32(buf[off + 3]) << 24
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _u64(buf, off):
+    return np.uint64(_u32(buf, off)) | np.uint64(_u32(buf, off + 4)) << np.uint64(32)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def _reply(fd, out, flags, ok):
+    """The u64 ack (0 success, 1 failure) with the request's version."""
+    out[0] = _IOTLB_MSG
+    out[1] = out[2] = out[3] = 0
+    out[4] = (flags & 0x3) | FLAG_REPLY
+    out[5] = out[6] = out[7] = 0
+    out[8] = 8
+    out[9] = out[10] = out[11] = 0
+    for k in range(8):
+        out[HEADER_SIZE + k] = 0
+    if not ok:
+        out[HEADER_SIZE] = 1
+    return socket_send_from(fd, out, REPLY_SIZE, _MSG_DONTWAIT) == REPLY_SIZE
+
+
+@njit(nogil=True, cache=True)
+def serve(fd, ws, vq, ctl_table, rows, timeout_ns, reply, buf, out, gone, io, ulog):
+    """Handle the IOTLB messages at the head of socket ``fd`` (see the module
+    docstring); returns how many.  ``io[IO_NEXT]`` says why it stopped."""
+    handled = 0
+    io[IO_NEXT] = NEXT_NONE
+    while handled < MAX_BATCH:
+        got = socket_recv_into(fd, buf, MSG_SIZE, _MSG_PEEK | _MSG_DONTWAIT)
+        if got < 0:
+            return handled  # nothing there (EAGAIN), or an error the Python read reports
+        io[IO_NEXT] = NEXT_PYTHON
+        if got < HEADER_SIZE:
+            return handled
+        request = _u32(buf, 0)
+        flags = _u32(buf, 4)
+        size = _u32(buf, 8)
+        if request != _IOTLB_MSG or flags & 0x3 != VERSION or flags & ~np.uint32(_FLAGS_OK) != 0 \
+                or size != MSG_SIZE - HEADER_SIZE or got < MSG_SIZE:
+            return handled
+        iova = _u64(buf, HEADER_SIZE)
+        length = _u64(buf, HEADER_SIZE + 8)
+        uaddr = _u64(buf, HEADER_SIZE + 16)
+        perm = np.int64(buf[HEADER_SIZE + 24])
+        kind = np.int64(buf[HEADER_SIZE + 25])
+        ok = True
+        if kind == _UPDATE:
+            if iotlb_map(ws, iova, length, uaddr, perm) < 0:
+                return handled  # not the plain case: Python maps it (or says why not)
+        elif kind == _INVALIDATE:
+            if length == 0 or iova + length < iova:
+                return handled  # empty, or running past 2**64: the Python path rounds those
+            start = iova & _PAGE_MASK
+            last = ((iova + length - np.uint64(1)) | ~_PAGE_MASK)
+            n = iotlb_drop(ws, start, last, gone)
+            if n < 0:
+                return handled
+            if n > 0:
+                if len(rows) > 0 and wait_quiescent(ctl_table, rows, timeout_ns) != 0:
+                    io[IO_QUIESCE_TIMEOUTS] += 1  # as the Python path: logged, and on
+                if not revoke_ranges(ws, gone, n):
+                    io[IO_REVOKE_FAILED] += 1  # still mapped: nacked below, never acked
+                    ok = False
+        else:
+            return handled
+        socket_recv_into(fd, buf, MSG_SIZE, _MSG_DONTWAIT)  # consume it (all there: peeked)
+        io[IO_NEXT] = NEXT_NONE
+        handled += 1
+        if kind == _UPDATE:
+            io[IO_UPDATES] += 1
+            mask = unpark_covered(vq, iova, iova + length)
+            k = io[IO_LOG_N]
+            if k < LOG_CAP:
+                ulog[k, 0] = np.int64(iova)
+                ulog[k, 1] = np.int64(length)
+                ulog[k, 2] = mask
+            io[IO_LOG_N] = k + 1
+        else:
+            io[IO_INVALIDATES] += 1
+        if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
+            if not _reply(fd, out, flags, ok):
+                io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
+                return handled
+    return handled
+
+
+_REPLY_MODES = {"never": REPLY_NEVER, "on_need": REPLY_ON_NEED, "always": REPLY_ALWAYS}
+
+
+class IotlbServer:
+    """The port's compiled IOTLB path: ``serve``'s buffers and counters,
+    and the bookkeeping it leaves to Python (``IotlbMisses``: which asks
+    were answered, the message counts).  Control thread only."""
+
+    def __init__(self, window: Window, vq: np.ndarray, misses: IotlbMisses, timeout_s: float) -> None:
+        self.window = window
+        self.vq = vq
+        self.misses = misses
+        self.timeout_ns = int(timeout_s * 1e9)
+        self.buf = np.zeros(MSG_SIZE, np.uint8)
+        self.out = np.zeros(REPLY_SIZE, np.uint8)
+        self.io = np.zeros(N_IO, np.int64)
+        self.ulog = np.zeros((LOG_CAP, 3), np.int64)
+        self._no_lcores = (np.zeros((1, 1), np.int64), np.zeros(0, np.int64))
+
+    def warm(self) -> None:
+        """Compile (or load) the kernel now, not on the first message."""
+        self.serve(-1, "always", None)  # fd -1: recv fails at once
+
+    def serve(self, fd: int, reply: str, lcores: tuple[np.ndarray, np.ndarray] | None) -> int:
+        """Run the kernel on socket ``fd``; ``lcores`` is ``(ctl_table, rows)``
+        of the lcores polling the port (None: none do).  Returns how many
+        messages it took."""
+        ctl_table, rows = lcores if lcores is not None else self._no_lcores
+        w = self.window
+        n = serve(fd, w.kstate, self.vq, ctl_table, rows, self.timeout_ns, _REPLY_MODES[reply], self.buf,
+                  self.out, w._gone, self.io, self.ulog)
+        if n:
+            self._drain()
+        return n
+
+    @property
+    def updates(self) -> int:
+        """UPDATEs the kernel handled (all sessions; counted before each ack)."""
+        return int(self.io[IO_UPDATES])
+
+    @property
+    def invalidates(self) -> int:
+        return int(self.io[IO_INVALIDATES])
+
+    @property
+    def served(self) -> int:
+        """Messages the kernel handled."""
+        return self.updates + self.invalidates
+
+    def _drain(self) -> None:
+        io, m = self.io, self.misses
+        k = int(io[IO_LOG_N])
+        if k > LOG_CAP:
+            m.forget()  # more UPDATEs than remembered: every ask may be answered (asking again is harmless)
+        else:
+            for iova, size, mask in self.ulog[:k].tolist():
+                m.answered(iova & _U64, size, mask)
+        if io[IO_QUIESCE_TIMEOUTS]:
+            log.error("IOTLB invalidate: %d grace period(s) timed out (an lcore passed no quiescent point "
+                      "within %.1f s); pages revoked anyway", int(io[IO_QUIESCE_TIMEOUTS]), self.timeout_ns / 1e9)
+        if io[IO_REVOKE_FAILED]:
+            log.error("IOTLB invalidate: %d revocation(s) failed (mmap); nacked", int(io[IO_REVOKE_FAILED]))
+        io[IO_QUIESCE_TIMEOUTS] = io[IO_REVOKE_FAILED] = io[IO_LOG_N] = 0

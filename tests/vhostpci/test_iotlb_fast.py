@@ -1,0 +1,92 @@
+"""The compiled IOTLB path (``pmd/vhostpci_pmd/iotlb_serve.py``).
+
+A front-end driven by hand (QEMU's order, behind an IOMMU) sends IOTLB
+messages to a port whose lcore is forwarding: the plain ones must be taken
+by the kernel -- counted in ``served``, never silently by the Python path --
+with exactly the Python path's isolation (a page is mapped when its UPDATE
+is acked, unmapped when its INVALIDATE is); everything else must reach the
+session's path and get its answer there."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from pmd.guestmem.translate import granted_perm
+from pmd.vhost_user.frontend import FrontendError, FrontendSession
+from pmd.vhost_user.messages import FrontendReq, IotlbMsg, IotlbPerm, IotlbType
+from tests.util import wait_until
+from tests.vhost_user.test_vu_backend import readable
+from tests.vhostpci.test_port_control import MEM_SIZE, Guest, qemu_handshake, vp_vdev
+
+PAGE = 4096
+BUF = 0x80000  # a page of VM1's memory no ring uses
+
+
+@pytest.fixture
+def setup(fwd, sockdir):
+    """(front-end, port, guest): rings granted, the rest of VM1's memory not."""
+    guest = Guest()
+    port = fwd.attach_port(vp_vdev(os.path.join(sockdir, "vp.sock")))
+    port.start()
+    fwd.config.mode = "rxonly"
+    fwd.start()  # an lcore polls the port: every invalidate needs a grace period
+    fe = FrontendSession.connect(os.path.join(sockdir, "vp.sock"), timeout=2.0)
+    try:
+        qemu_handshake(fe, guest, iommu=True)
+        assert wait_until(lambda: port.link().up, 5.0), "link not up"
+        fe.iotlb_invalidate(BUF, MEM_SIZE - BUF)  # only the rings stay granted
+        yield fe, port, guest
+    finally:
+        fe.close()
+        fwd.stop()
+        guest.close()
+
+
+def test_plain_updates_and_invalidates_are_compiled_and_isolate(setup):
+    fe, port, guest = setup
+    dev = port.driver.device
+    win = dev.window
+    served = dev.iotlb_server.served
+    assert served >= 2, "the handshake's grant and invalidate took the Python path"
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    for round_ in range(50):
+        page = BUF + (round_ % 8) * PAGE
+        perm = IotlbPerm.RO if round_ % 2 else IotlbPerm.WO
+        fe.iotlb_update(page, PAGE, uaddr + (page - BUF), perm)
+        assert readable(win.base + page), "acked UPDATE not mapped"
+        assert granted_perm(win.table, win.table_count, np.int64(page)) == perm
+        fe.iotlb_invalidate(page, PAGE)
+        assert not readable(win.base + page), "acked INVALIDATE still mapped"
+    assert dev.iotlb_server.served == served + 100
+    xs = dev.iotlb_xstats()
+    assert xs["iotlb_updates"] >= 51 and xs["iotlb_invalidates"] >= 51
+    assert list(port.driver.server.session.history).count(int(FrontendReq.IOTLB_MSG)) >= 102
+    assert port.stats().ierrors == 0
+
+
+def test_what_the_kernel_leaves_gets_the_sessions_answer(setup):
+    fe, port, guest = setup
+    dev = port.driver.device
+    win = dev.window
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RO)
+    served = dev.iotlb_server.served
+    # a re-grant of a live page with another perm: the Python path replaces it
+    fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RW)
+    assert granted_perm(win.table, win.table_count, np.int64(BUF)) == IotlbPerm.RW
+    # a uaddr in no memory region: refused (nack), nothing mapped
+    with pytest.raises(FrontendError, match="refused"):
+        fe.iotlb_update(BUF + PAGE, PAGE, uaddr + 16 * MEM_SIZE, IotlbPerm.RO)
+    assert not readable(win.base + BUF + PAGE)
+    # a type a front-end never sends: refused
+    reply = fe._call(FrontendReq.IOTLB_MSG, IotlbMsg(BUF, PAGE, uaddr, 1, IotlbType.ACCESS_FAIL),
+                     need_reply=True, expect_reply=True)
+    with reply:
+        assert reply.u64 != 0
+    assert dev.iotlb_server.served == served, "the kernel took a message it must leave"
+    # and the plain case is still the kernel's afterwards
+    fe.iotlb_invalidate(BUF, PAGE)
+    assert dev.iotlb_server.served == served + 1
+    assert not readable(win.base + BUF)
