@@ -32,29 +32,43 @@ QUEUE_BIN_NAMES = (  # vhost library, per queue: "rx_q0_" / "tx_q0_" + name
 )
 
 
+def _bin_table(n: int) -> np.ndarray:
+    """bin of every length below n (a constant the kernels index: no branches)."""
+    out = np.empty(n, np.int64)
+    for b, (lo, hi) in enumerate(SIZE_BINS):
+        out[lo:n if hi < 0 else min(hi + 1, n)] = b
+    return out
+
+
+_TABLE_LEN = 2048
+_BIN_OF = _bin_table(_TABLE_LEN)
+
+
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def size_bin(length):
     """The bin of a frame of ``length`` bytes (``SIZE_BINS``)."""
-    if length < 65:
-        return 0 if length < 64 else 1
-    if length < 1024:  # 65-127 -> 2, 128-255 -> 3, 256-511 -> 4, 512-1023 -> 5
-        b = 2
-        top = 128
-        while length >= top:
-            top <<= 1
-            b += 1
-        return b
-    if length <= 1518:
-        return 6
-    return 7 if length <= 1522 else 8
+    return _BIN_OF[length] if length < _TABLE_LEN else N_SIZE_BINS - 1
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def count_sizes(stats, q, col, data_len, bufs, start, end, sign):
     """Add ``sign`` to bin column ``col + size_bin`` of ``stats[q]`` for each
-    buffer ``bufs[start:end]`` (lengths from the pool's ``data_len``)."""
+    buffer ``bufs[start:end]`` (lengths from the pool's ``data_len``).
+    Runs of one bin are counted in a register and stored once: a store per
+    packet into the same counter would chain each packet to the last."""
+    prev = -1
+    run = 0
     for k in range(start, end):
-        stats[q, col + size_bin(data_len[bufs[k]])] += sign
+        b = size_bin(data_len[bufs[k]])
+        if b == prev:
+            run += 1
+        else:
+            if run:
+                stats[q, col + prev] += sign * run
+            prev = b
+            run = 1
+    if run:
+        stats[q, col + prev] += sign * run
 
 
 def bin_sums(bins: np.ndarray, names: tuple) -> list[tuple[str, int]]:
