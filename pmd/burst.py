@@ -6,12 +6,19 @@ takes ownership of ``bufs[:n]`` and returns n <= nb; the caller still owns
 the rest (as in DPDK).  A driver registers its kernels for its own state
 class (a NamedTuple of numpy arrays); callers are compiled once per
 (state class, ...) combination, so the dispatch costs nothing at run time.
+
+Around each driver's bursts the dispatch counts packet sizes into the
+state's ``stats`` array (``pmd.sizebins``: what rx handed out, what tx
+accepted), so every driver has DPDK's size-bin xstats without keeping them.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from numba.extending import overload
+
+from .ethdev import ST_RX_SIZE, ST_TX_SIZE
+from .sizebins import count_sizes
 
 _RX: dict[type, Callable] = {}
 _TX: dict[type, Callable] = {}
@@ -37,14 +44,26 @@ def _lookup(table: dict, state) -> Callable | None:
     return table.get(getattr(state, "instance_class", None))
 
 
+def _has_stats(state) -> bool:
+    """The state carries a ``stats`` array (``pmd.ethdev.new_stats``) to count sizes into."""
+    return "stats" in getattr(state, "fields", ())
+
+
 @overload(rx_burst, jit_options={"nogil": True, "_nrt": False})
 def _rx_burst_impl(state, queue, pool, bufs, nb):
     impl = _lookup(_RX, state)
     if impl is None:
         return None
+    if not _has_stats(state):
+        def rx_plain(state, queue, pool, bufs, nb):
+            return impl(state, queue, pool, bufs, nb)
+
+        return rx_plain
 
     def rx(state, queue, pool, bufs, nb):
-        return impl(state, queue, pool, bufs, nb)
+        n = impl(state, queue, pool, bufs, nb)
+        count_sizes(state.stats, queue, ST_RX_SIZE, pool.data_len, bufs, 0, n, 1)
+        return n
 
     return rx
 
@@ -54,9 +73,20 @@ def _tx_burst_impl(state, queue, pool, bufs, nb):
     impl = _lookup(_TX, state)
     if impl is None:
         return None
+    if not _has_stats(state):
+        def tx_plain(state, queue, pool, bufs, nb):
+            return impl(state, queue, pool, bufs, nb)
+
+        return tx_plain
 
     def tx(state, queue, pool, bufs, nb):
-        return impl(state, queue, pool, bufs, nb)
+        # counted before the call (an accepted buffer may be freed and reused
+        # by then), the refused tail taken back after (still the caller's)
+        count_sizes(state.stats, queue, ST_TX_SIZE, pool.data_len, bufs, 0, nb, 1)
+        sent = impl(state, queue, pool, bufs, nb)
+        if sent < nb:
+            count_sizes(state.stats, queue, ST_TX_SIZE, pool.data_len, bufs, sent, nb, -1)
+        return sent
 
     return tx
 

@@ -63,7 +63,7 @@ _OPTIONAL_VALUE = {"--huge-unlink", "--huge-worker-stack"}
 _CORE_OPTIONS = {"-c", "-l", "--lcores"}
 _WITH_VALUE = _CORE_OPTIONS | {opt for opt, (v, _) in _NO_EFFECT.items() if v} | {
     "--main-lcore", "--master-lcore", "--vdev", "--log-level", "--file-prefix", "-m", "--huge-dir",
-    "--proc-type",
+    "--proc-type", "--metrics",
 }
 _FLAGS = {opt for opt, (v, _) in _NO_EFFECT.items() if not v} | {
     "--no-huge", "--no-telemetry", "-h", "--help", "-v", "--version",
@@ -90,6 +90,7 @@ class EalConfig:
     memory_mb: int | None = None  # -m: cap on the mbuf pool's memory
     huge_dir: str | None = None  # --huge-dir: back the mbuf pool with a hugetlbfs file here
     telemetry: bool = True  # --no-telemetry turns the socket off
+    metrics: tuple[str, int] | None = None  # --metrics [HOST:]PORT: Prometheus endpoint (pmd/metrics.py)
     show_help: bool = False  # -h/--help
     show_version: bool = False  # --version (print and exit)
     print_version: bool = False  # -v (print at startup, go on)
@@ -263,6 +264,22 @@ def _check_file_prefix(text: str) -> str:
     return text
 
 
+METRICS_HOST = "127.0.0.1"  # --metrics PORT alone: loopback only
+
+
+def _check_metrics(text: str) -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host = METRICS_HOST
+    elif not host:
+        raise EalError(f"--metrics {text!r}: empty host (give PORT alone for {METRICS_HOST})")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or int(port) > 65535:
+        raise EalError(f"--metrics {text!r}: expected [HOST:]PORT with PORT in 0..65535")
+    return host, int(port)
+
+
 def _split_option(arg: str) -> tuple[str, str | None]:
     """``--opt=v`` -> ("--opt", "v"); ``-l0`` -> ("-l", "0"); else (arg, None)."""
     if arg.startswith("--"):
@@ -354,6 +371,8 @@ def parse_eal_args(argv: list[str], available_cpus: Set[int] | None = None) -> t
             config.no_huge = True
         elif opt == "--no-telemetry":
             config.telemetry = False
+        elif opt == "--metrics":
+            config.metrics = _check_metrics(value)
         elif opt == "-v":
             config.print_version = True
         elif opt == "--proc-type":
@@ -459,6 +478,10 @@ EAL common options:
   -h, --help          This help
   --telemetry         Enable telemetry support (on by default)
   --no-telemetry      Disable telemetry support
+  --metrics [HOST:]PORT
+                      Serve every port's stats and xstats for Prometheus on
+                      http://HOST:PORT/metrics (HOST: 127.0.0.1 by default;
+                      off by default)
 
 EAL Linux options:
   --file-prefix       Prefix of the runtime directory (the telemetry socket's)

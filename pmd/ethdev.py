@@ -15,11 +15,16 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import numpy as np
 
 from .grace import GraceSet
+from .sizebins import N_SIZE_BINS
 
 # Columns of a driver's stats array (one row per queue).
 ST_IPACKETS, ST_IBYTES, ST_OPACKETS, ST_OBYTES, ST_IMISSED, ST_IERRORS, ST_OERRORS, ST_RX_NOMBUF = range(8)
 N_STATS = 8
 STAT_NAMES = ("ipackets", "ibytes", "opackets", "obytes", "imissed", "ierrors", "oerrors", "rx_nombuf")
+# Then the size bins (pmd/sizebins.py), rx and tx: the burst API fills them, not the driver.
+ST_RX_SIZE = N_STATS
+ST_TX_SIZE = N_STATS + N_SIZE_BINS
+N_STAT_COLS = N_STATS + 2 * N_SIZE_BINS
 
 
 class PortError(Exception):
@@ -32,7 +37,7 @@ class DevargError(ValueError):
 
 def new_stats(nb_queues: int) -> np.ndarray:
     """A zeroed per-queue counter array for a driver's kernels."""
-    return np.zeros((max(nb_queues, 1), N_STATS), np.int64)
+    return np.zeros((max(nb_queues, 1), N_STAT_COLS), np.int64)
 
 
 @dataclass
@@ -51,6 +56,9 @@ class PortStats:
 
     totals: dict[str, int]
     per_queue: list[dict[str, int]]
+    # (nb_queues, N_SIZE_BINS) packets per size bin (pmd/sizebins.py), received and sent
+    rx_sizes: np.ndarray = field(default_factory=lambda: np.zeros((0, N_SIZE_BINS), np.int64))
+    tx_sizes: np.ndarray = field(default_factory=lambda: np.zeros((0, N_SIZE_BINS), np.int64))
 
     def __getattr__(self, name: str) -> int:
         try:
@@ -307,7 +315,10 @@ class Port:
             raw -= self._baseline
         per_queue = [dict(zip(STAT_NAMES, map(int, row))) for row in raw]
         totals = dict(zip(STAT_NAMES, map(int, raw.sum(axis=0))))
-        return PortStats(totals=totals, per_queue=per_queue)
+        if raw.shape[1] < N_STAT_COLS:  # a driver with its own, narrower array: no bins
+            raw = np.zeros((len(raw), N_STAT_COLS), np.int64)
+        return PortStats(totals=totals, per_queue=per_queue, rx_sizes=raw[:, ST_RX_SIZE:ST_TX_SIZE],
+                         tx_sizes=raw[:, ST_TX_SIZE:N_STAT_COLS])
 
     def clear_stats(self) -> None:
         self._baseline = self.driver.stats_array().copy()

@@ -3,13 +3,16 @@
 The generic part is ethdev's (``rx_good_packets``, ``rx_q0_packets``, ...);
 then the per-queue counters DPDK's vhost PMD adds (``rx_q0_good_packets``,
 ``rx_q0_dropped_pkts``, ...), so dashboards built on DPDK's names work for
-every port here; then the driver's own counters under their own names.
-Size bins are not kept (they would cost a per-packet branch in every
-driver's kernels).
+every port here, with the size bins (``pmd.sizebins``) under both of DPDK's
+schemes: per queue as the vhost library names them (``rx_q0_size_64_packets``
+... ``rx_q0_size_1519_max_packets``) and per port as the ``net_vhost`` PMD
+did (``rx_size_64_packets`` ... ``rx_size_1523_to_max_packets``); then the
+driver's own counters under their own names.
 """
 from __future__ import annotations
 
 from .ethdev import Port
+from .sizebins import PORT_BIN_NAMES, QUEUE_BIN_NAMES, bin_sums
 
 # ethdev's basic xstats: name -> PortStats totals key.
 _BASIC = (
@@ -40,12 +43,18 @@ def ethdev_xstats(port: Port) -> dict[str, int]:
         out[f"rx_q{q}_good_packets"] = good
         out[f"rx_q{q}_total_packets"] = good + dropped
         out[f"rx_q{q}_dropped_pkts"] = dropped
+        if q < len(st.rx_sizes):
+            out.update((f"rx_q{q}_{name}", v) for name, v in bin_sums(st.rx_sizes[q], QUEUE_BIN_NAMES))
     for q in range(port.nb_txq):
         r = rows[q] if q < len(rows) else {}
         good, dropped = r.get("opackets", 0), r.get("oerrors", 0)
         out[f"tx_q{q}_good_packets"] = good
         out[f"tx_q{q}_total_packets"] = good + dropped
         out[f"tx_q{q}_dropped_pkts"] = dropped
+        if q < len(st.tx_sizes):
+            out.update((f"tx_q{q}_{name}", v) for name, v in bin_sums(st.tx_sizes[q], QUEUE_BIN_NAMES))
+    for side, bins in (("rx", st.rx_sizes), ("tx", st.tx_sizes)):
+        out.update((f"{side}_{name}", v) for name, v in bin_sums(bins.sum(axis=0), PORT_BIN_NAMES))
     return out
 
 

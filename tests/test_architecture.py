@@ -40,8 +40,9 @@ ALLOWED: dict[str, set[str]] = {
     # the neutral layers: virtio layout, guest memory, ports, mbufs, lcores
     "pmd.virtio": BASE,
     "pmd.guestmem": BASE,
-    "pmd.ethdev": BASE,
-    "pmd.burst": BASE,
+    "pmd.sizebins": BASE,
+    "pmd.ethdev": BASE | {"pmd.sizebins"},
+    "pmd.burst": BASE | {"pmd.ethdev", "pmd.sizebins"},
     "pmd.mbuf": BASE,
     "pmd.lcore": BASE,
     # the vhost-user protocol: no device, no memory implementation, no Numba
@@ -62,7 +63,8 @@ ALLOWED: dict[str, set[str]] = {
     "pmd.fwd": DRIVER | {"pmd.lcore", "pmd.vdev"},
     "pmd.eal": BASE | {"pmd.ethdev", "pmd.mbuf", "pmd.vdev"},
     "pmd.telemetry": BASE | {"pmd.ethdev", "pmd.eal", "pmd.xstats"},
-    "pmd.xstats": BASE | {"pmd.ethdev"},
+    "pmd.xstats": BASE | {"pmd.ethdev", "pmd.sizebins"},
+    "pmd.metrics": BASE | {"pmd.ethdev", "pmd.xstats"},
 }
 
 # Whole packages that must not be imported at all by a part.

@@ -15,6 +15,24 @@ import pytest
 
 from .conftest import ROOT
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _plot_args(factory, name: str) -> tuple[list[str], object]:
+    """``--plot FILE`` in a directory apart from the bench's TMPDIR (which
+    must be left empty), or nothing when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return [], None
+    path = factory.mktemp("plot") / f"{name}.png"
+    return ["--plot", str(path)], path
+
+
+def _check_plot(path) -> None:
+    if path is not None:
+        assert path.read_bytes()[:8] == PNG_MAGIC, path
+
 
 def test_framework_bench_short_json():
     out = subprocess.run([sys.executable, "-m", "apps.bench", "framework", "--seconds", "0.3",
@@ -79,15 +97,18 @@ def _mounts_under(path) -> list[str]:
 
 
 @pytest.mark.slow  # ~20-25 s: seven runs, each starting one or two processes
-def test_vhost_bench_quick_json(tmp_path):
+def test_vhost_bench_quick_json(tmp_path, tmp_path_factory):
     """Every scenario at 64 B, one short round: figures for all of them,
-    DPDK's beside ours when dpdk-testpmd is installed; nothing left behind."""
+    DPDK's beside ours when dpdk-testpmd is installed (and a plot of them);
+    nothing left behind."""
     have_dpdk = shutil.which("dpdk-testpmd") is not None
+    plot_args, plot = _plot_args(tmp_path_factory, "vhost")
     t0 = time.monotonic()
     # timeout: with a cold Numba cache both sides compile their kernels first
-    rc, out, err = _run_vhost_bench(tmp_path, "--quick", "--size", "64", "--json", timeout=600)
+    rc, out, err = _run_vhost_bench(tmp_path, "--quick", "--size", "64", "--json", *plot_args, timeout=600)
     print(err, out, f"{time.monotonic() - t0:.1f} s")  # progress and figures, visible with pytest -s
     assert rc == 0, err
+    _check_plot(plot)
     doc = json.loads(out)
     assert doc["rounds"] == 1 and doc["seconds"] == 0.5
     results = doc["results"]
@@ -159,7 +180,7 @@ def _veths(pid: int) -> list[str]:
     return [line for line in out.splitlines() if f"vbf{pid}" in line]
 
 
-def test_vf_bench_quick_json(tmp_path):
+def test_vf_bench_quick_json(tmp_path, tmp_path_factory):
     """Every direction at 64 B, one short round: our VF ports' figures (and
     DPDK af_packet's and af_xdp's beside them when dpdk-testpmd is
     installed), VM1 -> vhost-pci -> net_vf_xdp with one copy and with two
@@ -169,13 +190,15 @@ def test_vf_bench_quick_json(tmp_path):
         pytest.skip("the VF bench needs root and iproute2 (veth pair)")
     have_dpdk = shutil.which("dpdk-testpmd") is not None
     env = dict(os.environ, TMPDIR=str(tmp_path))
+    plot_args, plot = _plot_args(tmp_path_factory, "vf")
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vf", "--quick", "--size", "64", "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vf", "--quick", "--size", "64", "--json", *plot_args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with _killed_on_exit(proc):
         out, err = proc.communicate(timeout=600)  # a cold Numba cache compiles the kernels first
     print(err, out, f"{time.monotonic() - t0:.1f} s")  # progress and figures, visible with pytest -s
     assert proc.returncode == 0, err
+    _check_plot(plot)
     assert _veths(proc.pid) == []
     assert _bench_leftovers(proc.pid) == []
     assert not any("apps.fwd" in " ".join(p.info["cmdline"] or []) and f"vbf{proc.pid}" in " ".join(p.info["cmdline"])
@@ -219,13 +242,15 @@ def _vm1_bench_missing() -> str | None:
 
 @pytest.mark.slow  # ~2-4 min: four TCG boots (ours and DPDK, without and with strict intel-iommu)
 @pytest.mark.skipif(_vm1_bench_missing() is not None, reason=str(_vm1_bench_missing()))
-def test_vm1_bench_quick_json(tmp_path):
+def test_vm1_bench_quick_json(tmp_path, tmp_path_factory):
     """One short round: guest -> namespace figures and namespace -> guest
     delivery for ours and DPDK in both IOMMU modes (no thresholds: losses are
     reported, not judged); no QEMU, testpmd, vhostpci-fwd, veth, namespace or
     socket left behind."""
+    plot_args, plot = _plot_args(tmp_path_factory, "vm1")
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vm1", "--quick", "--json", "--iommu", "none,intel-strict"],
+    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "vm1", "--quick", "--json", "--iommu", "none,intel-strict",
+                             *plot_args],
                             cwd=ROOT,
                             env=dict(os.environ, TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -233,6 +258,7 @@ def test_vm1_bench_quick_json(tmp_path):
         out, err = proc.communicate(timeout=900)  # boots take minutes when the machine is shared; cold caches
     print(err, out, f"{time.monotonic() - t0:.1f} s")  # progress and figures, visible with pytest -s
     assert proc.returncode == 0, err
+    _check_plot(plot)
     tag = str(proc.pid % 10_000_000)
     links = subprocess.run(["ip", "-o", "link", "show"], check=True, capture_output=True, text=True, timeout=10).stdout
     assert f"vbm{tag}h" not in links
@@ -342,3 +368,36 @@ def test_hugepages_not_root_says_so(monkeypatch):
     monkeypatch.setattr(hugepages.os, "geteuid", lambda: 1000)
     with pytest.raises(hugepages.HugepagesUnavailable, match="not root"):
         hugepages.Hugepages(8)
+
+
+def test_plot_draws_ours_beside_the_reference_with_the_spread(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (the 'plot' extra)")
+    from apps.bench import plot
+    from apps.bench.common import Result
+    from apps.bench.vm1 import DeliveryResult
+
+    rows = [Result("a", "x", 64, "vhost-pci", "DPDK vhost", 2.0, 1.0, 2.0, [1.9, 2.0, 2.2], [0.9, 1.0, 1.1]),
+            Result("b", "x", 1518, "vhost-pci", "DPDK vhost", 1.5, None, None, [1.5], [], errors=["no DPDK"])]
+    delivery = [DeliveryResult("none", "x", 500, 100, "ours", "DPDK", 100.0, 43.0, [100.0], [43.0])]
+    panels = [plot.throughput_panel(rows, "vhost"), plot.delivery_panel(delivery, "delivery")]
+    assert [(c.label, c.ours, c.ref) for c in panels[0].cells] == [("a 64 B\nvhost-pci\nvs DPDK vhost", 2.0, 1.0),
+                                                                  ("b 1518 B\nvhost-pci\nvs DPDK vhost", 1.5, None)]
+    out = tmp_path / "p.png"
+    plot.save(str(out), panels)
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(plot.PlotError, match="nothing was measured"):
+        plot.save(str(tmp_path / "q.png"), [plot.throughput_panel([], "empty")])
+    with pytest.raises(plot.PlotError, match="no-such-dir"):
+        plot.save(str(tmp_path / "no-such-dir" / "p.png"), panels)
+
+
+def test_plot_without_matplotlib_is_a_clear_error_before_measuring(tmp_path, monkeypatch, capsys):
+    from apps.bench import main as bench_main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(SystemExit) as e:
+        bench_main.main(["vhost", "--quick", "--plot", str(tmp_path / "p.png")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--plot needs matplotlib" in err[0] and "vhostpci[plot]" in err[0], err
+    assert list(tmp_path.iterdir()) == []

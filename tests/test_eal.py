@@ -118,6 +118,18 @@ def test_file_prefix() -> None:
     assert parse("--file-prefix=vm2")[0].file_prefix == "vm2"
 
 
+def test_metrics_address() -> None:
+    assert parse()[0].metrics is None  # off by default
+    assert parse("--metrics", "9100")[0].metrics == ("127.0.0.1", 9100)  # loopback unless a host is given
+    assert parse("--metrics=0.0.0.0:9100")[0].metrics == ("0.0.0.0", 9100)
+    assert parse("--metrics", "[::1]:9100")[0].metrics == ("::1", 9100)
+
+
+@pytest.mark.parametrize("value", ["x", "70000", ":9100", "host:", "9100:x"])
+def test_bad_metrics_address(value: str) -> None:
+    expect_error(f"--metrics={value}", contains=[repr(value)])
+
+
 def test_double_dash_splits_app_args() -> None:
     config, app_args = parse("-l", "0-1", "--", "-i", "--nb-cores=1", "--", "--vdev", "x")
     assert config.lcores == {0: 0, 1: 1}

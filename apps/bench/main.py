@@ -8,7 +8,8 @@ namespace, and the namespace's datagrams delivered to the guest, with and
 without a strict or lazy vIOMMU), ``iotlb`` (IOTLB message latency, p50/p99
 in microseconds, measured from the front-end), ``xdp-steps`` (ns per packet
 by step of the AF_XDP port's tx burst).  ``--json`` prints
-machine-readable output.
+machine-readable output; ``--plot FILE.png`` (vhost, vf, vm1; needs
+matplotlib) draws ours beside DPDK per cell with the per-round spread.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import signal
 import sys
 from dataclasses import asdict
 
-from . import framework, iotlb, vf, vhost, vm1, xdp_steps
+from . import framework, iotlb, plot, vf, vhost, vm1, xdp_steps
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -156,6 +157,25 @@ def _common(sub: argparse.ArgumentParser, seconds: float, rounds: int) -> None:
     sub.add_argument("--rounds", type=int, default=rounds, help="alternating runs per scenario (median reported)")
     sub.add_argument("--cpu", type=int, default=None, help="CPU for the measured lcore (default: the last one)")
     sub.add_argument("--json", action="store_true")
+    sub.set_defaults(plot=None)
+
+
+def _plot_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--plot", metavar="FILE.png", default=None,
+                     help="also draw ours beside DPDK per cell, with the per-round spread (needs matplotlib)")
+
+
+def _write_plot(path: str | None, panels: list[plot.Panel]) -> int:
+    """Draw the bench's panels into PATH (if asked); the exit status."""
+    if path is None:
+        return 0
+    try:
+        plot.save(path, panels)
+    except plot.PlotError as e:
+        print(f"vhostpci-bench: error: {e}", file=sys.stderr)
+        return 1
+    print(f"vhostpci-bench: plot written to {path}", file=sys.stderr)
+    return 0
 
 
 QUICK_COUNT = 1000  # vm1 --quick: delivery datagrams per rate (2 s at 500 pps)
@@ -190,7 +210,9 @@ def _run_vm1(args: argparse.Namespace) -> int:
     else:
         _print_vm1_table(report.throughput, report.notes)
         _print_delivery_table(report.delivery)
-    return 0
+    return _write_plot(args.plot, [
+        plot.throughput_panel(report.throughput, "guest UDP -> namespace socket (vm1)", "kpps", 1e3),
+        plot.delivery_panel(report.delivery, "namespace -> guest socket (vm1)")])
 
 
 def _warmup_quick(p: argparse.ArgumentParser) -> None:
@@ -226,12 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     _common(vh, 2.0, 5)
     vh.add_argument("--size", type=_sizes, default=vhost.SIZES, help="packet sizes, comma-separated (64,1518)")
     _warmup_quick(vh)
+    _plot_option(vh)
     vh.add_argument("--scenarios", type=_scenarios, default=vhost.SCENARIOS, help="subset of abc (default: all)")
     vfp = sub.add_parser("vf", help="our VF ports vs DPDK's af_packet and af_xdp PMDs on a veth pair (needs root)")
     _common(vfp, 2.0, 5)
     vfp.add_argument("--size", type=_sizes, default=vf.SIZES,
                      help="frame sizes with FCS, comma-separated (64,1518; veth frames are 4 B shorter)")
     _warmup_quick(vfp)
+    _plot_option(vfp)
     vfp.add_argument("--directions", type=_directions, default=vf.DIRECTIONS, help="subset of tx,rx,vm1 (default: all)")
     vfp.add_argument("--kinds", type=_kinds, default=vf.KINDS,
                      help="subset of packet (AF_PACKET),xdp (AF_XDP) (default: both)")
@@ -249,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     v1.add_argument("--count", type=int, default=vm1.COUNT, help=f"delivery: datagrams per rate ({vm1.COUNT})")
     v1.add_argument("--quick", action="store_true",
                     help=f"short run: --seconds 2 --rounds 1, first size only, --count {QUICK_COUNT}")
+    _plot_option(v1)
     io = sub.add_parser("iotlb", help="IOTLB UPDATE, INVALIDATE and MISS round-trip latency, p50/p99 in us")
     io.add_argument("--samples", type=int, default=200, help="messages per figure and placement")
     io.add_argument("--rounds", type=int, default=1, help="alternating runs of the placements (median reported)")
@@ -268,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--cpu {args.cpu}: not a CPU this process may use")
     if args.scenario == "vm1" and args.count < 1:
         p.error(f"--count {args.count}: at least one datagram per rate")
+    if getattr(args, "plot", None) is not None:  # before minutes of measuring, not after
+        try:
+            plot.require()
+        except plot.PlotError as e:
+            p.error(str(e))
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+            p.error(f"--plot {args.plot}: no such directory")
     if args.scenario == "xdp-steps":
         return _run_xdp_steps(args)
     if args.scenario == "framework":
@@ -314,4 +346,5 @@ def main(argv: list[str] | None = None) -> int:
                               "results": [asdict(r) for r in vresults]}, indent=2))
         else:
             _print_vhost_table(vresults, notes)
+        return _write_plot(args.plot, [plot.throughput_panel(vresults, f"{args.scenario} bench")])
     return 0

@@ -39,6 +39,7 @@ from pmd.eal import EalConfig, eal_init
 from pmd.ethdev import PortError, format_mac
 from pmd.fwd.runtime import Forwarding, FwdError
 from pmd.lcore import LcoreManager
+from pmd.metrics import start_metrics
 from pmd.rates import RateTracker
 from pmd.signals import StopSignals
 
@@ -217,6 +218,9 @@ def run_demo(eal: EalConfig, argv: list[str]) -> int:
 
 
 def _run(eal: EalConfig, a: argparse.Namespace, stop: StopSignals, cleanup: contextlib.ExitStack) -> int:
+    metrics = start_metrics(eal.metrics)  # first: an address in use starts nothing
+    if metrics is not None:
+        cleanup.callback(metrics.close)
     sockdir = tempfile.mkdtemp(prefix="vhostpci-demo-")
     cleanup.callback(shutil.rmtree, sockdir, ignore_errors=True)
     sock = os.path.join(sockdir, "vm2.sock")
@@ -243,6 +247,8 @@ def _run(eal: EalConfig, a: argparse.Namespace, stop: StopSignals, cleanup: cont
 
     fw = Forwarding(LcoreManager(eal.lcores, eal.main_lcore), a.total_num_mbufs)
     cleanup.callback(fw.close)
+    if metrics is not None:
+        metrics.ports = lambda: fw.ports
     vp = fw.attach_port(f"net_vhost_pci0,path={sock}")
     far = fw.attach_port(far_vdev)
     vp.start()

@@ -9,12 +9,13 @@ import argparse
 import sys
 import time
 
-from pmd.eal import eal_init, format_cpuset
+from pmd.eal import EalConfig, eal_init, format_cpuset
 from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
 from pmd.fwd.config import FwdConfig
 from pmd.fwd.runtime import FwdError, forwarding_from_eal
 from pmd.rates import RateTracker
+from pmd.metrics import MetricsError, MetricsServer, start_metrics
 from pmd.signals import StopSignals
 from pmd.telemetry import start_telemetry
 
@@ -92,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--nb-cores={args.nb_cores}: only {workers} worker lcores (give the EAL more, e.g. -l)")
     if args.nb_cores < 0:
         return _fail(f"--nb-cores must be >= 0 (0: every worker lcore), got {args.nb_cores}")
+    try:
+        metrics = start_metrics(eal.metrics)  # before any port: an address in use starts nothing
+    except MetricsError as e:
+        return _fail(str(e), 1)
+    try:
+        return _forward(eal, args, workers, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _forward(eal: EalConfig, args: argparse.Namespace, workers: int, metrics: MetricsServer | None) -> int:
     with StopSignals() as stop:
         try:
             with stop.interruptible():
@@ -104,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             print("Interrupted before forwarding started.")
             return 130
         telemetry = start_telemetry(eal, lambda: fw.ports)
+        if metrics is not None:
+            metrics.ports = lambda: fw.ports
         try:
             fw.config.mode = args.forward_mode
             fw.config.burst = args.burst

@@ -22,6 +22,7 @@ from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
 from pmd.fwd.config import FwdConfig
 from pmd.fwd.runtime import Forwarding, FwdError, forwarding_from_eal
+from pmd.metrics import MetricsError, MetricsServer, start_metrics
 from pmd.signals import StopSignals
 from pmd.telemetry import start_telemetry
 
@@ -133,8 +134,10 @@ def _fail(message: str, status: int = 1) -> NoReturn:
     raise SystemExit(status)
 
 
-def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace, EalConfig]:
-    """EAL, app options, the forwarding runtime and every --vdev port started."""
+def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace, EalConfig, MetricsServer | None]:
+    """EAL, app options, the ``--metrics`` endpoint (bound before any port
+    exists: an address in use starts nothing), the forwarding runtime and
+    every --vdev port started."""
     eal, app_argv = eal_init(argv, prog=PROG, app_help=lambda: _parser().format_help())
     args = parse_app_args(app_argv)
     workers = len(eal.worker_lcores)
@@ -150,11 +153,19 @@ def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace, EalConfig]:
     except ValueError as e:
         _fail(str(e), 2)
     try:
+        metrics = start_metrics(eal.metrics)
+    except MetricsError as e:
+        _fail(str(e))
+    try:
         fwd = forwarding_from_eal(eal, args.total_num_mbufs)
     except (PortError, FwdError, ValueError) as e:
+        _close(metrics)
         _fail(str(e))
     except KeyboardInterrupt:
+        _close(metrics)
         _fail("interrupted while setting up the ports", 130)
+    if metrics is not None:
+        metrics.ports = lambda: fwd.ports
     fwd.config = config
     try:
         for pid, port in fwd.ports.items():
@@ -163,7 +174,12 @@ def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace, EalConfig]:
         print("Checking link statuses...\nDone")
     except BrokenPipeError:  # stdout's reader left already (| head -1): go on quietly
         silence_stdout()
-    return fwd, args, eal
+    return fwd, args, eal, metrics
+
+
+def _close(metrics: MetricsServer | None) -> None:
+    if metrics is not None:
+        metrics.close()
 
 
 def run_until_signal(shell: TestpmdShell, period: int | None) -> None:
@@ -183,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     sys.stdout.reconfigure(line_buffering=True)
     argv = sys.argv[1:] if argv is None else argv
-    fwd, args, eal = setup(argv)
+    fwd, args, eal, metrics = setup(argv)
     interactive = args.interactive or (not args.auto_start and not args.cmdline_file and sys.stdin.isatty())
     script_stdin = not interactive and not args.auto_start and not args.cmdline_file
     shell = make_shell(fwd, script_stdin)
@@ -221,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if telemetry is not None:
             telemetry.close()
+        _close(metrics)
         if fwd.running or any(not p.closed for p in fwd.ports.values()):
             shell.shutdown()
     return 0

@@ -26,7 +26,7 @@ from . import notify  # noqa: F401  (registers the fallback-interrupt kernels)
 from . import announce  # noqa: F401  (registers the burst kernels: announce.rx, txhold.tx)
 from .txhold import drop_held
 from .device import VhostPciDevice
-from .state import VQ_READY, XSTAT_NAMES, VhostPciState
+from .state import VQ_HELD, VQ_MISS_PENDING, VQ_READY, XSTAT_NAMES, VhostPciState
 
 log = logging.getLogger("vhostpci.port")
 
@@ -114,14 +114,22 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         return out
 
     def info(self) -> dict:
+        """``show port info`` lines and telemetry's ``/vhostpci/info``: the
+        connection, what was negotiated, the window (VM1's memory regions and
+        its grants: translation entries and bytes), IOTLB misses waiting for
+        an answer, packets held for them, then every xstat."""
         session = self.server.session if self.server is not None else None
         features = self.device.negotiated
         out = {
             "socket": f"{self.args['path']} ({'client' if self.args['client'] else 'server'})",
             "connected": "yes" if session is not None else "no",
             "features": f"{features:#x}",
+            "protocol features": f"{session.protocol_features:#x}" if session is not None else "0x0",
             "iommu": "yes" if has(features, VIRTIO_F_IOMMU_PLATFORM) else "no",
             "rings ready": int((self.vq[:, VQ_READY] != 0).sum()),
+            **window_figures(self.window),
+            "iotlb misses pending": int((self.vq[:, VQ_MISS_PENDING] != 0).sum()),
+            "packets held": int(self.vq[:, VQ_HELD].sum()),
         }
         out.update(self.xstats())
         return out
@@ -153,3 +161,26 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         ring = self._vrings().get(2 * queue + 1)
         fd = ring.kick_fd if ring is not None else -1
         return [fd, wake] if fd >= 0 else []
+
+
+def window_figures(window) -> dict[str, int]:
+    """VM1's memory as the port's window holds it: regions (and bytes) and
+    the grants (one row per range VM1's IOMMU granted, of the grant table's
+    capacity; without an IOMMU each region is granted whole), the merged
+    translation entries the kernels search and the bytes they cover.  Read
+    without stopping the control thread: the seqlocked table is copied
+    again if the writer was inside."""
+    if window.array is None:  # closed
+        return {"memory regions": 0, "memory bytes": 0, "grants": 0, "grant table capacity": 0,
+                "translation entries": 0, "granted bytes": 0}
+    count = window.table_count
+    for _ in range(100):
+        seq = int(count[1])
+        rows = window.table[: int(count[0])].copy()
+        if not seq & 1 and int(count[1]) == seq:
+            break
+    regions = list(window.regions_list)
+    return {"memory regions": len(regions), "memory bytes": sum(r.size for r in regions),
+            "grants": int(window.grant_count[0]), "grant table capacity": len(window.grants),
+            "translation entries": len(rows),
+            "granted bytes": sum(int(last) - int(iova) + 1 for iova, last, _, _ in rows)}

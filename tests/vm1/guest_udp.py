@@ -26,8 +26,20 @@ RX_REPORT = re.compile(r"VM1: udp_rx datagrams=(\d+) csum_errors=(\d+) rcvbuf_er
                        r"good=(\d+) unique=(\d+) ")
 
 
+# The rest of report_rx's line: where the guest's own stack counted frames.
+GUEST_STACK = re.compile(r"\(eth0 rx (\d+) dropped (\d+) errors (\d+); ip in (\d+) discards (\d+) hdr_errors (\d+); "
+                         r"udp no_ports (\d+) in_errors (\d+)\)")
+
+
 def rx_report(m: re.Match) -> dict[str, int]:
     keys = ("datagrams", "csum_errors", "rcvbuf_errors", "lines", "good", "unique")
+    return dict(zip(keys, map(int, m.groups())))
+
+
+def stack_report(m: re.Match) -> dict[str, int]:
+    """GUEST_STACK's counters by name."""
+    keys = ("eth0_rx", "eth0_dropped", "eth0_errors", "ip_in", "ip_discards", "ip_hdr_errors",
+            "udp_no_ports", "udp_in_errors")
     return dict(zip(keys, map(int, m.groups())))
 
 

@@ -7,6 +7,9 @@ numbers, duplicates, bad (payloads not of the form below), the first and
 last sequence numbers seen, the gaps between them ([first, last] ranges of
 the numbers missing) and when each number first arrived (CLOCK_MONOTONIC).
 
+``rarp IFACE``: capture RARP frames (ethertype 0x8035) on IFACE, print
+``ready``, and on SIGTERM one JSON line: their count and source MACs.
+
 ``send DST PORT COUNT RATE SIZE [PORTS]``: send COUNT datagrams of SIZE bytes
 to DST:PORT (datagram SEQ to PORT + SEQ % PORTS: that many flows), RATE per
 second, then print one JSON line (sent, seconds, t0: CLOCK_MONOTONIC when
@@ -96,10 +99,32 @@ def send(dst: str, port: int, count: int, rate: float, size: int, ports: int = 1
     print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0, "t0": t0}), flush=True)
 
 
+def rarp(iface: str) -> None:
+    import signal
+
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8035))
+    s.bind((iface, 0x8035))
+    s.settimeout(0.1)
+    print("ready", flush=True)
+    macs: list[str] = []
+    while not stop:
+        try:
+            frame = s.recv(2048)
+        except (TimeoutError, InterruptedError):
+            continue
+        if frame[12:14] == b"\x80\x35":
+            macs.append(frame[6:12].hex(":"))
+    print(json.dumps({"rarp": len(macs), "macs": sorted(set(macs))}), flush=True)
+
+
 if __name__ == "__main__":
     cmd, *rest = sys.argv[1:]
     if cmd == "recv":
         recv(int(rest[0]))
+    elif cmd == "rarp":
+        rarp(rest[0])
     elif cmd == "send":
         send(rest[0], int(rest[1]), int(rest[2]), float(rest[3]), int(rest[4]), *map(int, rest[5:6]))
     else:

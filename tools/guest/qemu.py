@@ -43,7 +43,7 @@ class Vm1:
                  net: bool = True, iommu: str | None = None, strict: bool = True,
                  mac: str = "52:54:00:00:00:01", ip: str | None = None,
                  peer: str | None = None, peer_mac: str | None = None,
-                 initrd: str | Path | None = None, mem: str = "256M",
+                 initrd: str | Path | None = None, mem: str = "256M", maxmem: str | None = None,
                  incoming: str | None = None, guest_timeout: int | None = None,
                  append: str = "", extra_args: list[str] | None = None,
                  interactive: bool = False, qemu: Qemu | str = QEMU, queues: int = 1) -> None:
@@ -55,8 +55,9 @@ class Vm1:
         needs the 6.12 image); strict adds `iommu.strict=1`. ip/peer/peer_mac/
         guest_timeout become `vm1.ip=`... on the kernel command line. initrd
         defaults to the image's base (use `image.with_scenario`). incoming:
-        a migration URI (`unix:/path`) for a destination VM. append: more
-        kernel parameters; extra_args: more QEMU arguments.  qemu: a
+        a migration URI (`unix:/path`) for a destination VM. maxmem: room for
+        memory hotplug (`-m MEM,slots=4,maxmem=MAXMEM`: pc-dimms can be added
+        through QMP). append: more kernel parameters; extra_args: more QEMU arguments.  qemu: a
         `Qemu` (`tools.guest.qemu_binary.find_qemu("10.0")`) or a binary on
         $PATH.  queues: queue pairs of the NIC (`queues=N` on the netdev,
         `mq=on` and 2N+2 MSI-X vectors on the device; more than one needs a
@@ -78,7 +79,7 @@ class Vm1:
             raise ValueError("a vhost-user socket is needed unless net=False")
         self._config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.image, self.socket, self.server, self.net = image, socket, server, net
-        self.iommu, self.strict, self.mac, self.mem = iommu, strict, mac, mem
+        self.iommu, self.strict, self.mac, self.mem, self.maxmem = iommu, strict, mac, mem, maxmem
         self.initrd = Path(initrd) if initrd else image.initrd
         self.incoming, self.interactive, self.qemu, self.queues = incoming, interactive, qemu, queues
         self.extra_args = list(extra_args or [])
@@ -121,7 +122,8 @@ class Vm1:
         """The QEMU command line."""
         mem = self.mem
         cmd = [*self.qemu.argv(), "-name", "vm1", "-machine", "q35,accel=tcg", "-cpu", "max",
-               "-smp", "1", "-m", mem, "-nodefaults", "-no-user-config",
+               "-smp", "1", "-m", f"{mem},slots=4,maxmem={self.maxmem}" if self.maxmem else mem,
+               "-nodefaults", "-no-user-config",
                "-display", "none", "-no-reboot",
                "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
                "-numa", "node,memdev=mem",
