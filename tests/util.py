@@ -74,3 +74,26 @@ def memfd_fds() -> set[str]:
         if target.startswith("/memfd:"):
             out.add(f"{fd} -> {target}")
     return out
+
+
+def read_guarded(addr: int, length: int) -> bytes | None:
+    """``length`` bytes at ``addr`` of this process, or None if any of them is
+    not mapped: the kernel copies them into a pipe and answers EFAULT where a
+    direct read would kill the process (a test peeking at a window that VM1
+    may change under it)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    r, w = os.pipe()
+    try:
+        os.set_blocking(w, False)
+        out = bytearray()
+        while len(out) < length:
+            n = libc.write(w, ctypes.c_void_p(addr + len(out)), min(length - len(out), 65536))
+            if n <= 0:
+                return None
+            out += os.read(r, n)
+        return bytes(out)
+    finally:
+        os.close(r)
+        os.close(w)
