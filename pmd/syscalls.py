@@ -110,6 +110,9 @@ def last_errno(typingctx):
 
 
 # ---- the IOTLB path: socket messages, mappings, time ----------------------------
+MSG_PEEK, MSG_DONTWAIT, MSG_NOSIGNAL = 0x2, 0x40, 0x4000  # recv/send flags (Linux)
+
+
 def _array_data(context, builder, arrty, arr):
     return builder.bitcast(context.make_array(arrty)(context, builder, arr).data, _VOIDP)
 

@@ -174,8 +174,10 @@ class BackendSession:
         and everything it held is released)."""
         if self.closed:
             return "closed"
-        if self.window is not None and self.iommu:
-            self._iotlb_fast()
+        if self.window is not None and self.iommu and self._iotlb_fast() and not timeout:
+            # the device took what was readable; reading again now would hand a message
+            # that arrives meanwhile to the slow path: the next select finds it
+            return "ok"
         try:
             msg = self.channel.recv_message(timeout)
         except Timeout as e:
@@ -197,7 +199,7 @@ class BackendSession:
             self._dispatch(msg)
         return "closed" if self.closed else "ok"
 
-    def _iotlb_fast(self) -> None:
+    def _iotlb_fast(self) -> int:
         """Let the device take the IOTLB messages at the head of the socket
         (``BackendDevice.iotlb_fast``); they count as handled here."""
         pf = self.protocol_features
@@ -207,8 +209,9 @@ class BackendSession:
             n = self.device.iotlb_fast(self.channel.fileno(), reply)
         except Exception as e:  # a device bug: the session's own path takes the messages
             log.error("%s: device iotlb_fast failed: %s: %s", self.name, type(e).__name__, e)
-            return
+            return 0
         self.history.extend([int(F.IOTLB_MSG)] * n)
+        return n
 
     def _dispatch(self, msg: Message) -> None:
         log.debug("%s: read message VHOST_USER_%s", self.name, msg.name)

@@ -44,7 +44,7 @@ from numba import njit
 from ..atomics import fence, load_acquire, store_release
 from ..guestmem.translate import granted_perm, translate
 from ..guestmem.vmem import PAGE_SIZE
-from ..syscalls import eventfd_signal, monotonic_ns, socket_send_from
+from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, eventfd_signal, monotonic_ns, socket_send_from
 from ..vhost_user.messages import HEADER_SIZE, VERSION, BackendReq, IotlbPerm, IotlbType
 from ..virtio.split import (
     DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, avail_entry, avail_idx, desc_addr,
@@ -76,7 +76,6 @@ _PAGE_MASK = ~(PAGE_SIZE - 1)
 MISS_SIZE = HEADER_SIZE + 32
 _BACKEND_IOTLB_MSG, _VERSION, _MISS = int(BackendReq.IOTLB_MSG), VERSION, int(IotlbType.MISS)
 _PERM_RO, _PERM_WO = int(IotlbPerm.RO), int(IotlbPerm.WO)
-_MSG_DONTWAIT, _MSG_NOSIGNAL = 0x40, 0x4000
 
 # buffer_offset's answers besides a window offset (>= 0)
 BUF_BAD, BUF_MISS = -1, -2
@@ -113,7 +112,7 @@ def send_miss(st, v, iova, write):
         b[k] = 0
     b[HEADER_SIZE + 24] = _PERM_WO if write else _PERM_RO
     b[HEADER_SIZE + 25] = _MISS
-    if socket_send_from(fd, b, MISS_SIZE, _MSG_DONTWAIT | _MSG_NOSIGNAL) != MISS_SIZE:
+    if socket_send_from(fd, b, MISS_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != MISS_SIZE:
         return False
     st.asked[slot, 0] = key
     st.asked[slot, 1] = now

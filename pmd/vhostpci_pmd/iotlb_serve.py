@@ -32,8 +32,8 @@ from ..grace import wait_quiescent
 from ..guestmem.iotlb_ops import iotlb_drop, iotlb_map, revoke_ranges
 from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
-from ..syscalls import socket_recv_into, socket_send_from
-from ..vhost_user.messages import FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, VERSION, FrontendReq, IotlbType
+from ..syscalls import MSG_DONTWAIT, MSG_PEEK, socket_recv_into, socket_send_from
+from ..vhost_user.messages import FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, KNOWN_FLAGS, VERSION, FrontendReq, IotlbType
 from .iotlb import IotlbMisses, unpark_covered
 
 log = logging.getLogger("vhostpci.iotlb")
@@ -43,8 +43,6 @@ MSG_SIZE = HEADER_SIZE + 32  # header + struct vhost_iotlb_msg
 REPLY_SIZE = HEADER_SIZE + 8
 _IOTLB_MSG = int(FrontendReq.IOTLB_MSG)
 _UPDATE, _INVALIDATE = int(IotlbType.UPDATE), int(IotlbType.INVALIDATE)
-_FLAGS_OK = 0x3 | FLAG_REPLY | FLAG_NEED_REPLY  # bits a front-end may set (the codec's KNOWN_FLAGS)
-_MSG_PEEK, _MSG_DONTWAIT = 0x2, 0x40
 _U64 = (1 << 64) - 1
 _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 
@@ -83,7 +81,7 @@ def _reply(fd, out, flags, ok):
         out[HEADER_SIZE + k] = 0
     if not ok:
         out[HEADER_SIZE] = 1
-    return socket_send_from(fd, out, REPLY_SIZE, _MSG_DONTWAIT) == REPLY_SIZE
+    return socket_send_from(fd, out, REPLY_SIZE, MSG_DONTWAIT) == REPLY_SIZE
 
 
 @njit(nogil=True, cache=True)
@@ -93,7 +91,7 @@ def serve(fd, ws, vq, ctl_table, rows, timeout_ns, reply, buf, out, gone, io, ul
     handled = 0
     io[IO_NEXT] = NEXT_NONE
     while handled < MAX_BATCH:
-        got = socket_recv_into(fd, buf, MSG_SIZE, _MSG_PEEK | _MSG_DONTWAIT)
+        got = socket_recv_into(fd, buf, MSG_SIZE, MSG_PEEK | MSG_DONTWAIT)
         if got < 0:
             return handled  # nothing there (EAGAIN), or an error the Python read reports
         io[IO_NEXT] = NEXT_PYTHON
@@ -102,7 +100,7 @@ def serve(fd, ws, vq, ctl_table, rows, timeout_ns, reply, buf, out, gone, io, ul
         request = _u32(buf, 0)
         flags = _u32(buf, 4)
         size = _u32(buf, 8)
-        if request != _IOTLB_MSG or flags & 0x3 != VERSION or flags & ~np.uint32(_FLAGS_OK) != 0 \
+        if request != _IOTLB_MSG or flags & 0x3 != VERSION or flags & ~np.uint32(KNOWN_FLAGS) != 0 \
                 or size != MSG_SIZE - HEADER_SIZE or got < MSG_SIZE:
             return handled
         iova = _u64(buf, HEADER_SIZE)
@@ -130,7 +128,7 @@ def serve(fd, ws, vq, ctl_table, rows, timeout_ns, reply, buf, out, gone, io, ul
                     ok = False
         else:
             return handled
-        socket_recv_into(fd, buf, MSG_SIZE, _MSG_DONTWAIT)  # consume it (all there: peeked)
+        socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
         io[IO_NEXT] = NEXT_NONE
         handled += 1
         if kind == _UPDATE:
