@@ -181,3 +181,23 @@ def sleep_us(typingctx, us):
         return builder.sext(builder.call(fn, [builder.trunc(args[0], _I32)]), _I64)
 
     return sig, codegen
+
+
+# ---- waiting on several fds -------------------------------------------------------
+POLLIN, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x8, 0x10, 0x20
+
+
+@intrinsic
+def poll_fds(typingctx, pfds, nfds, timeout_ms):
+    """``poll(pfds, nfds, timeout_ms)`` over an int32 array of ``struct
+    pollfd`` rows ``[fd, events | revents << 16]`` (little-endian: the two
+    shorts share the second word); poll's result (-1 with errno)."""
+    sig = types.int64(pfds, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        data = _array_data(context, builder, sig.args[0], args[0])
+        fnty = ir.FunctionType(_I32, [_VOIDP, _I64, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "poll")
+        return builder.sext(builder.call(fn, [data, args[1], builder.trunc(args[2], _I32)]), _I64)
+
+    return sig, codegen

@@ -8,6 +8,10 @@ its ack, and that page's INVALIDATE until its ack, both with NEED_REPLY.
 Prints one JSON line: the two lists of seconds.  Its own process keeps the
 figures free of the bench's threads (one interpreter lock would be shared
 with VM2's control thread otherwise).
+
+The timed exchanges are sent and read by a compiled loop, as QEMU's C code
+sends them: the figure is the back-end's round trip, not this front-end's
+Python (``--python`` times them through ``FrontendSession`` instead).
 """
 from __future__ import annotations
 
@@ -15,8 +19,14 @@ import json
 import sys
 import time
 
+import numpy as np
+from numba import njit
+
+from pmd.syscalls import monotonic_ns, socket_recv_into, socket_send_from
 from pmd.vhost_user.frontend import FrontendSession
-from pmd.vhost_user.messages import VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm
+from pmd.vhost_user.messages import (
+    FLAG_NEED_REPLY, HEADER_SIZE, VERSION, VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, IotlbMsg, IotlbPerm, IotlbType,
+)
 from pmd.virtio.features import VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1
 from pmd.virtio_user_pmd.guest_memory import GuestMemory
 
@@ -24,7 +34,59 @@ MEM_SIZE = 1 << 20
 PAGE = 4096
 
 
-def measure(path: str, samples: int) -> tuple[list[float], list[float]]:
+def _message(msg: IotlbMsg) -> np.ndarray:
+    body = msg.pack()
+    head = np.array([int(FrontendReq.IOTLB_MSG), VERSION | FLAG_NEED_REPLY, len(body)], np.uint32).tobytes()
+    return np.frombuffer(head + body, np.uint8).copy()
+
+
+@njit(nogil=True, cache=True)
+def _round_trip(fd, msg, reply):
+    """Send ``msg`` whole and read its u64 reply; ns taken, or -1."""
+    t0 = monotonic_ns()
+    if socket_send_from(fd, msg, len(msg), 0) != len(msg):
+        return -1
+    got = 0
+    while got < len(reply):
+        n = socket_recv_into(fd, reply[got:], len(reply) - got, 0)
+        if n <= 0:
+            return -1
+        got += n
+    if reply[HEADER_SIZE] != 0:
+        return -1  # a nack
+    return monotonic_ns() - t0
+
+
+def _compiled(fe: FrontendSession, page: int, uaddr: int, samples: int) -> tuple[list[float], list[float]]:
+    fd = fe.channel.fileno()
+    update = _message(IotlbMsg(page, PAGE, uaddr, int(IotlbPerm.RO), IotlbType.UPDATE))
+    invalidate = _message(IotlbMsg(page, PAGE, 0, 0, IotlbType.INVALIDATE))
+    reply = np.zeros(HEADER_SIZE + 8, np.uint8)
+    ups, invs = [], []
+    for _ in range(samples):
+        tu = _round_trip(fd, update, reply)
+        ti = _round_trip(fd, invalidate, reply)
+        if tu < 0 or ti < 0:
+            raise RuntimeError("the port nacked or closed the connection")
+        ups.append(tu / 1e9)
+        invs.append(ti / 1e9)
+    return ups, invs
+
+
+def _python(fe: FrontendSession, page: int, uaddr: int, samples: int) -> tuple[list[float], list[float]]:
+    ups, invs = [], []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        fe.iotlb_update(page, PAGE, uaddr, IotlbPerm.RO)
+        t1 = time.perf_counter()
+        fe.iotlb_invalidate(page, PAGE)
+        t2 = time.perf_counter()
+        ups.append(t1 - t0)
+        invs.append(t2 - t1)
+    return ups, invs
+
+
+def measure(path: str, samples: int, python: bool = False) -> tuple[list[float], list[float]]:
     mem = GuestMemory([(0, MEM_SIZE)])
     fe = FrontendSession.connect(path, timeout=10.0)
     try:
@@ -37,23 +99,16 @@ def measure(path: str, samples: int) -> tuple[list[float], list[float]]:
         fe.set_features(want)
         fe.set_mem_table(mem)
         page, uaddr = 0x10000, mem.gpa_to_uaddr(0x10000)
-        ups, invs = [], []
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            fe.iotlb_update(page, PAGE, uaddr, IotlbPerm.RO)
-            t1 = time.perf_counter()
-            fe.iotlb_invalidate(page, PAGE)
-            t2 = time.perf_counter()
-            ups.append(t1 - t0)
-            invs.append(t2 - t1)
-        return ups, invs
+        fe.iotlb_update(page, PAGE, uaddr, IotlbPerm.RO)  # a first pair through the session: its replies are checked
+        fe.iotlb_invalidate(page, PAGE)
+        return (_python if python else _compiled)(fe, page, uaddr, samples)
     finally:
         fe.close()
         mem.close()
 
 
 def main() -> None:
-    ups, invs = measure(sys.argv[1], int(sys.argv[2]))
+    ups, invs = measure(sys.argv[1], int(sys.argv[2]), "--python" in sys.argv[3:])
     print(json.dumps({"update": ups, "invalidate": invs}))
 
 

@@ -50,6 +50,7 @@ class WinState(NamedTuple):
     scratch_g: np.ndarray
     rmap: np.ndarray  # int64 (max_regions, 5): R_* columns
     rcount: np.ndarray  # int64 [rows, seq] (the regions' seqlock count)
+    gone: np.ndarray  # uint64 (capacity, 2): scratch for an invalidate's (offset, length) pieces
 
 
 @njit(nogil=True, cache=True, _nrt=False)

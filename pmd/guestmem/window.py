@@ -86,7 +86,6 @@ class Window:
         # what both tables are built from: grants.G_* rows, sorted, grants[:grant_count[0]]
         self.grants = np.zeros((table_capacity, 5), dtype=np.uint64)
         self.grant_count = np.zeros(1, dtype=np.int64)
-        self._gone = np.zeros((table_capacity, 2), dtype=np.uint64)  # an invalidate's (offset, length) pieces
         scratch = (np.zeros_like(self.table), np.zeros_like(self.gpa_table))
         self.table_count = np.zeros(2, dtype=np.int64)  # [rows, seq] (seqlock)
         self.regions = np.zeros((max_regions, 2), dtype=np.uint64)
@@ -95,7 +94,8 @@ class Window:
         self.base = reserve(size)
         self.params[P_BASE] = self.base
         self.kstate = WinState(self.params, self.grants, self.grant_count, self.table, self.table_count,
-                               self.gpa_table, self.gpa_table_count, *scratch, self.rmap, self.region_count)
+                               self.gpa_table, self.gpa_table_count, *scratch, self.rmap, self.region_count,
+                               np.zeros((table_capacity, 2), dtype=np.uint64))
         self._guard = guard(self.base, size)  # a truncated fd: SIGBUS -> zero page + count (sigbus.py)
         self._closed = False
         self.array = np.frombuffer((ctypes.c_uint8 * size).from_address(self.base),
@@ -115,8 +115,8 @@ class Window:
         u = np.uint64(0)
         publish_state(self.kstate)
         iotlb_map(self.kstate, u, u, u, 0)  # refused at once: size 0
-        iotlb_drop(self.kstate, np.uint64(1), u, self._gone)  # an empty range: no row
-        revoke_ranges(self.kstate, self._gone, 0)
+        iotlb_drop(self.kstate, np.uint64(1), u, self.kstate.gone)  # an empty range: no row
+        revoke_ranges(self.kstate, self.kstate.gone, 0)
         find_grant(self.grants, self.grant_count, u, u, u, u)
 
     def _map_fd(self, offset: int, length: int, fd: int, file_offset: int,
@@ -427,16 +427,16 @@ class Window:
         if end <= start:
             return
         # (a) no new translation returns these pages (rows dropped or cut, tables republished)
-        n = iotlb_drop(self.kstate, np.uint64(start), np.uint64(end - 1), self._gone)
+        n = iotlb_drop(self.kstate, np.uint64(start), np.uint64(end - 1), self.kstate.gone)
         if n < 0:
             raise RuntimeError(f"IOTLB invalidate iova=0x{iova:x} size=0x{size:x}: splitting a grant would overflow "
                                f"the translation table ({len(self.table)} entries)")
         if n == 0:
             return
-        gone = [(int(off), int(length)) for off, length in self._gone[:n]]
+        gone = [(int(off), int(length)) for off, length in self.kstate.gone[:n]]
         if quiesce is not None:
             quiesce()  # (b) lookups made with the old rows are finished
-        if not revoke_ranges(self.kstate, self._gone, n):  # (c) now nobody can be using them
+        if not revoke_ranges(self.kstate, self.kstate.gone, n):  # (c) now nobody can be using them
             for woff, length in gone:
                 self._revoke(woff, length)  # raises, naming the errno
         for woff, length in gone:

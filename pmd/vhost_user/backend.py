@@ -33,7 +33,7 @@ import mmap
 import os
 import threading
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..shm import create_shared, release_shared
 from ..virtio.features import MAX_VRING_SIZE, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_IOMMU_PLATFORM
@@ -199,14 +199,22 @@ class BackendSession:
             self._dispatch(msg)
         return "closed" if self.closed else "ok"
 
-    def _iotlb_fast(self) -> int:
+    def wait_iotlb(self, wait_fds: Sequence[int], timeout: float) -> None:
+        """The control thread has nothing to do for ``timeout`` s but wait on
+        this socket and ``wait_fds``: the device may serve VM1's IOTLB
+        messages meanwhile (``BackendDevice.iotlb_fast``); returns early when
+        something needs this session's path or one of ``wait_fds``."""
+        if not self.closed and self.window is not None and self.iommu:
+            self._iotlb_fast(wait_fds, timeout)
+
+    def _iotlb_fast(self, wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:
         """Let the device take the IOTLB messages at the head of the socket
         (``BackendDevice.iotlb_fast``); they count as handled here."""
         pf = self.protocol_features
         reply = ("always" if expects_reply(F.IOTLB_MSG, 0, pf) else
                  "on_need" if expects_reply(F.IOTLB_MSG, FLAG_NEED_REPLY, pf) else "never")
         try:
-            n = self.device.iotlb_fast(self.channel.fileno(), reply)
+            n = self.device.iotlb_fast(self.channel.fileno(), reply, wait_fds, wait_s)
         except Exception as e:  # a device bug: the session's own path takes the messages
             log.error("%s: device iotlb_fast failed: %s: %s", self.name, type(e).__name__, e)
             return 0

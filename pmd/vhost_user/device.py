@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -161,16 +161,20 @@ class BackendDevice:
     def iotlb_invalidated(self, iova: int, size: int) -> None:
         """An IOTLB INVALIDATE was unmapped and quiesced.  Default: ignored."""
 
-    def iotlb_fast(self, fd: int, reply: str) -> int:
+    def iotlb_fast(self, fd: int, reply: str, wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:
         """Take the IOTLB messages at the head of the front-end's socket
-        ``fd`` yourself (a compiled path; the session calls this when the
-        socket is readable, memory is set and IOMMU_PLATFORM negotiated).
+        ``fd`` yourself (a compiled path; the session calls this when
+        memory is set and IOMMU_PLATFORM negotiated).
         Consume only complete, well-formed UPDATE/INVALIDATE messages you
         handled exactly as the session's path would (mapping, quiescence,
         ``iotlb_updated`` effects), send their reply as ``reply`` says
         (``"always"``, ``"on_need"``: when the message has NEED_REPLY,
         ``"never"``), and leave anything else unread for the session.
-        Returns how many were consumed.  Default: 0 (the session reads all)."""
+        With ``wait_s`` > 0 the control thread has nothing else to do for
+        that long: you may wait for more messages and take them too, but
+        return as soon as one of ``wait_fds`` is readable or a message you
+        do not take is at the head.  Returns how many were consumed.
+        Default: 0 at once (the session reads all)."""
         return 0
 
     def log_changed(self, log: mmap.mmap | None) -> None:

@@ -344,6 +344,13 @@ class BackendServer:
         timeout = self.POLL
         if self._service is not None and self.session is not None:
             timeout = max(0.0, min(timeout, self._next_service - time.monotonic()))
+        live = self.session
+        if live is not None and timeout > 0:
+            # the device may serve VM1's IOTLB traffic while nothing else is due
+            live_fd = self._watched.get(live, -1)
+            t0 = time.monotonic()
+            live.wait_iotlb([fd for fd in self._sel.get_map() if fd != live_fd], timeout)
+            timeout = max(0.0, timeout - (time.monotonic() - t0))
         woke = False
         ready: list[tuple[str, BackendSession | None]] = []
         for key, _ in self._sel.select(timeout):

@@ -17,6 +17,7 @@ import ctypes
 import logging
 import mmap
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -49,7 +50,7 @@ from .state import (
     N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
     VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
     VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_IN_ORDER, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING,
-    VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
+    VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_MISS_SENT, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
 from .txhold import HOLD_CAP
 from .vq import flush_inflight
@@ -455,15 +456,17 @@ class VhostPciDevice(BackendDevice):
     def iotlb_xstats(self) -> dict[str, int]:
         """IOTLB counters: misses asked, and VM1's messages by either path."""
         out = self.iotlb.xstats()
+        out["iotlb_miss_requests"] += int(self.xstats[:, XS_MISS_SENT].sum())  # and those the kernels sent
         out["iotlb_updates"] += self.iotlb_server.updates
         out["iotlb_invalidates"] += self.iotlb_server.invalidates
         return out
 
-    def iotlb_fast(self, fd: int, reply: str) -> int:
+    def iotlb_fast(self, fd: int, reply: str, wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:
         if self.closed:
             return 0
         lcores = self._lcores()
-        return self.iotlb_server.serve(fd, reply, None if lcores is None else (lcores.ctl_table, lcores.rows))
+        return self.iotlb_server.serve(fd, reply, None if lcores is None else (lcores.ctl_table, lcores.rows),
+                                       wait_fds, wait_s)
 
     def wake_fd(self) -> int:
         return self._wake_fd

@@ -53,7 +53,7 @@ from ..virtio.split import (
 from .state import (
     PORT_MISS_FD, PORT_WAKE_FD, VQ_MISS_SENT, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_ANSWERED, VQ_MISS_IOVA,
     VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_PACKED,
-    VQ_READY, XS_IOTLB_MISS, XS_PERM_DENIED, VhostPciState,
+    VQ_READY, XS_IOTLB_MISS, XS_MISS_SENT, XS_PERM_DENIED, VhostPciState,
 )
 
 if TYPE_CHECKING:
@@ -135,16 +135,32 @@ def park_on_miss(st, v, iova, write):
     st.xstats[v, XS_IOTLB_MISS] += 1
     st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
     st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
-    if send_miss(st, v, iova, write):
+    sent = send_miss(st, v, iova, write)
+    if sent:
         st.vq[v, VQ_MISS_SENT] = 1  # published with the park below
+        st.xstats[v, XS_MISS_SENT] += 1
     store_release(st.vq[v], VQ_MISS_PENDING, 1)
     fence()
     if translate(st.table, st.tcount, iova, 1, write) >= 0:
         store_release(st.vq[v], VQ_MISS_PENDING, 0)  # answered meanwhile: retry at once
         return
+    if sent and not _queued_behind(st, v):
+        return  # VM1 has the question and nothing waits behind it: no need for the control thread now
     fd = st.ctl[PORT_WAKE_FD]
     if fd >= 0:
         eventfd_signal(fd)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _queued_behind(st, v):
+    """More chains are available behind the parked one (a split ring; a
+    packed ring is not asked ahead): worth the control thread's ask-ahead."""
+    row = st.vq[v]
+    if row[VQ_PACKED] != 0:
+        return False
+    _, avail_size, _ = ring_sizes(row[VQ_NUM])
+    avail = translate(st.table, st.tcount, row[VQ_AVAIL], avail_size, False)
+    return avail >= 0 and (avail_idx(st.mem, avail) - row[VQ_LAST_AVAIL]) & 0xFFFF > 1
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -271,6 +287,27 @@ def unpark_covered(vq, iova, end):
     return mask
 
 
+@njit(nogil=True, cache=True, _nrt=False)
+def forget_asked(asked, iova, end):
+    """An UPDATE of ``[iova, end)`` answered the asks of its pages: their
+    ``state.asked`` rows are cleared, so a kernel that parks on one of them
+    again (VM1 invalidated it meanwhile) sends its own MISS at once."""
+    first = np.int64(iova) & np.int64(_PAGE_MASK)
+    stop = np.int64(end)
+    if (stop - first) // PAGE_SIZE >= ASK_SLOTS:  # a large grant: look at every row
+        for s in range(ASK_SLOTS):
+            page = asked[s, 0] & np.int64(_PAGE_MASK)
+            if asked[s, 0] != 0 and first <= page and page < stop:
+                asked[s, 0] = 0
+        return
+    page = first
+    while page < stop:
+        s = (page >> 12) & (ASK_SLOTS - 1)
+        if asked[s, 0] & np.int64(_PAGE_MASK) == page:
+            asked[s, 0] = 0
+        page += PAGE_SIZE
+
+
 # ---------------------------------------------------------- control thread
 class IotlbMisses:
     """The control thread's half: send the MISSes the kernels parked on,
@@ -286,8 +323,7 @@ class IotlbMisses:
         self._asked: dict[tuple[int, int], float] = {}  # (page, perm) -> when asked, until an UPDATE covers it
         self._ahead = np.zeros(MAX_AHEAD, np.int64)  # pages misses_ahead found
         self.asked = np.zeros((ASK_SLOTS, 2), np.int64)  # state.asked: what is asked, for the kernels too
-        self.sent = 0  # MISS requests sent (on demand and ahead)
-        self.sent_by_lcores = 0  # of which a parking kernel sent itself
+        self.sent = 0  # MISS requests this thread sent (on demand and ahead)
         self.ahead = 0  # of which ahead
         self.updates = 0  # IOTLB messages from VM1, all sessions
         self.invalidates = 0
@@ -298,8 +334,9 @@ class IotlbMisses:
             misses_ahead(self._state(), 0, self._ahead)
 
     def xstats(self) -> dict[str, int]:
+        """The control thread's counters (the MISSes a kernel sent itself are
+        its vring's ``iotlb_miss_sent_by_lcore``)."""
         return {"iotlb_miss_requests": self.sent, "iotlb_miss_ahead": self.ahead,
-                "iotlb_miss_sent_by_lcore": self.sent_by_lcores,
                 "iotlb_updates": self.updates, "iotlb_invalidates": self.invalidates}
 
     def forget(self) -> None:
@@ -332,14 +369,8 @@ class IotlbMisses:
         end = iova + size
         if self._asked:
             first = iova & _PAGE_MASK
-            asked = self.asked
-            keep = {}
-            for k, t in self._asked.items():
-                if first <= k[0] < end:
-                    asked[(k[0] >> 12) & (ASK_SLOTS - 1), 0] = 0  # the kernels may ask again
-                else:
-                    keep[k] = t
-            self._asked = keep
+            self._asked = {k: t for k, t in self._asked.items() if not first <= k[0] < end}
+        forget_asked(self.asked, np.uint64(iova & _U64).view(np.int64), np.uint64(end & _U64).view(np.int64))
         for v in range(len(self.vq)):
             if unparked >> v & 1:
                 self._miss_sent.pop(v, None)
@@ -355,11 +386,9 @@ class IotlbMisses:
                 continue
             iova = int(self.vq[v, VQ_MISS_IOVA]) & _U64
             perm = IotlbPerm.WO if self.vq[v, VQ_MISS_WRITE] else IotlbPerm.RO
-            if self.vq[v, VQ_MISS_SENT]:  # the kernel sent it when it parked
+            if self.vq[v, VQ_MISS_SENT]:  # the kernel sent it when it parked (and counted it)
                 self.vq[v, VQ_MISS_SENT] = 0
                 self._asked[(iova & _PAGE_MASK, int(perm))] = now  # the kernel noted it in state.asked
-                self.sent += 1
-                self.sent_by_lcores += 1
             else:
                 # Not again if the page was just asked for (ahead, or by another
                 # ring) and is not answered yet: a second UPDATE of the same page

@@ -24,6 +24,7 @@ the miss bookkeeping of ``IotlbMisses.service``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 from numba import njit
@@ -32,11 +33,16 @@ from ..grace import wait_quiescent
 from ..guestmem.iotlb_ops import iotlb_drop, iotlb_map, revoke_ranges
 from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
-from ..syscalls import MSG_DONTWAIT, MSG_PEEK, socket_recv_into, socket_send_from
+from ..syscalls import (
+    MSG_DONTWAIT, MSG_PEEK, POLLERR, POLLHUP, POLLIN, POLLNVAL, last_errno, monotonic_ns, poll_fds, socket_recv_into,
+    socket_send_from,
+)
 from ..vhost_user.messages import FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, KNOWN_FLAGS, VERSION, FrontendReq, IotlbType
-from .iotlb import IotlbMisses, unpark_covered
+from .iotlb import IotlbMisses, forget_asked, unpark_covered
 
 log = logging.getLogger("vhostpci.iotlb")
+
+EINTR = 4
 
 MAX_BATCH = 256
 MSG_SIZE = HEADER_SIZE + 32  # header + struct vhost_iotlb_msg
@@ -85,7 +91,7 @@ def _reply(fd, out, flags, ok):
 
 
 @njit(nogil=True, cache=True)
-def serve(fd, ws, vq, ctl_table, rows, timeout_ns, reply, buf, out, gone, io, ulog):
+def serve(fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, ulog):
     """Handle the IOTLB messages at the head of socket ``fd`` (see the module
     docstring); returns how many.  ``io[IO_NEXT]`` says why it stopped."""
     handled = 0
@@ -117,13 +123,13 @@ def serve(fd, ws, vq, ctl_table, rows, timeout_ns, reply, buf, out, gone, io, ul
                 return handled  # empty, or running past 2**64: the Python path rounds those
             start = iova & _PAGE_MASK
             last = ((iova + length - np.uint64(1)) | ~_PAGE_MASK)
-            n = iotlb_drop(ws, start, last, gone)
+            n = iotlb_drop(ws, start, last, ws.gone)
             if n < 0:
                 return handled
             if n > 0:
                 if len(rows) > 0 and wait_quiescent(ctl_table, rows, timeout_ns) != 0:
                     io[IO_QUIESCE_TIMEOUTS] += 1  # as the Python path: logged, and on
-                if not revoke_ranges(ws, gone, n):
+                if not revoke_ranges(ws, ws.gone, n):
                     io[IO_REVOKE_FAILED] += 1  # still mapped: nacked below, never acked
                     ok = False
         else:
@@ -134,6 +140,7 @@ def serve(fd, ws, vq, ctl_table, rows, timeout_ns, reply, buf, out, gone, io, ul
         if kind == _UPDATE:
             io[IO_UPDATES] += 1
             mask = unpark_covered(vq, iova, iova + length)
+            forget_asked(asked, np.int64(iova), np.int64(iova + length))
             k = io[IO_LOG_N]
             if k < LOG_CAP:
                 ulog[k, 0] = np.int64(iova)
@@ -147,6 +154,44 @@ def serve(fd, ws, vq, ctl_table, rows, timeout_ns, reply, buf, out, gone, io, ul
                 io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
                 return handled
     return handled
+
+
+@njit(nogil=True, cache=True)
+def serve_wait(pfds, nfds, wait_ns, fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, ulog):
+    """``serve``, then wait in ``poll`` for the next messages and serve
+    them too, for up to ``wait_ns``: the control thread stays here, out of
+    Python, while VM1's IOTLB traffic is all there is.  ``pfds`` rows are
+    ``struct pollfd``s (``syscalls.poll_fds``): row 0 the session's socket
+    ``fd``, rows 1..nfds-1 what else the control thread waits on (listener,
+    wake fd, other sessions).  Returns how many messages it took;
+    ``io[IO_NEXT]`` is NEXT_PYTHON when it stopped for Python: a message it
+    does not take at the head, another fd readable, the socket in error."""
+    handled = 0
+    deadline = monotonic_ns() + wait_ns
+    while True:
+        handled += serve(fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, ulog)
+        if io[IO_NEXT] == NEXT_PYTHON:
+            return handled
+        left = deadline - monotonic_ns()
+        if left <= 0:
+            return handled
+        for k in range(nfds):
+            pfds[k, 1] = POLLIN  # events in, revents cleared
+        r = poll_fds(pfds, nfds, (left + 999_999) // 1_000_000)
+        if r == 0:
+            return handled
+        if r < 0:
+            if last_errno() == EINTR:
+                continue
+            io[IO_NEXT] = NEXT_PYTHON
+            return handled
+        for k in range(1, nfds):
+            if pfds[k, 1] >> 16 != 0:
+                io[IO_NEXT] = NEXT_PYTHON
+                return handled
+        if (pfds[0, 1] >> 16) & (POLLERR | POLLHUP | POLLNVAL) != 0:
+            io[IO_NEXT] = NEXT_PYTHON  # the session's read finds out what happened
+            return handled
 
 
 _REPLY_MODES = {"never": REPLY_NEVER, "on_need": REPLY_ON_NEED, "always": REPLY_ALWAYS}
@@ -167,19 +212,33 @@ class IotlbServer:
         self.io = np.zeros(N_IO, np.int64)
         self.ulog = np.zeros((LOG_CAP, 3), np.int64)
         self._no_lcores = (np.zeros((1, 1), np.int64), np.zeros(0, np.int64))
+        self._pfds = np.zeros((4, 2), np.int32)
 
     def warm(self) -> None:
-        """Compile (or load) the kernel now, not on the first message."""
+        """Compile (or load) the kernels now, not on the first message."""
         self.serve(-1, "always", None)  # fd -1: recv fails at once
+        self.serve(-1, "always", None, (), 1e-6)
 
-    def serve(self, fd: int, reply: str, lcores: tuple[np.ndarray, np.ndarray] | None) -> int:
+    def serve(self, fd: int, reply: str, lcores: tuple[np.ndarray, np.ndarray] | None,
+              wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:
         """Run the kernel on socket ``fd``; ``lcores`` is ``(ctl_table, rows)``
-        of the lcores polling the port (None: none do).  Returns how many
-        messages it took."""
+        of the lcores polling the port (None: none do).  With ``wait_s`` > 0
+        it also waits that long for more (``serve_wait``), returning early
+        when one of ``wait_fds`` is readable or a message needs Python.
+        Returns how many messages it took."""
         ctl_table, rows = lcores if lcores is not None else self._no_lcores
         w = self.window
-        n = serve(fd, w.kstate, self.vq, ctl_table, rows, self.timeout_ns, _REPLY_MODES[reply], self.buf,
-                  self.out, w._gone, self.io, self.ulog)
+        args = (fd, w.kstate, self.vq, self.misses.asked, ctl_table, rows, self.timeout_ns, _REPLY_MODES[reply],
+                self.buf, self.out, self.io, self.ulog)
+        if wait_s > 0:
+            nfds = 1 + len(wait_fds)
+            if len(self._pfds) < nfds:
+                self._pfds = np.zeros((nfds, 2), np.int32)
+            self._pfds[0, 0] = fd
+            self._pfds[1:nfds, 0] = wait_fds
+            n = serve_wait(self._pfds, nfds, int(wait_s * 1e9), *args)
+        else:
+            n = serve(*args)
         if n:
             self._drain()
         return n

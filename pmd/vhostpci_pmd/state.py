@@ -38,11 +38,11 @@ N_VQ = 27
 
 # extended per-vring counters
 (XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,
- XS_ROLLED_FORWARD, XS_HELD, XS_PERM_DENIED) = range(11)
-N_XSTATS = 11
+ XS_ROLLED_FORWARD, XS_HELD, XS_PERM_DENIED, XS_MISS_SENT) = range(12)
+N_XSTATS = 12
 XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls", "merged_rx_buffers",
                "inflight_resubmitted", "inflight_repaired", "inflight_rolled_forward", "tx_held_on_miss",
-               "iotlb_perm_denied")
+               "iotlb_perm_denied", "iotlb_miss_sent_by_lcore")
 
 # port-wide control words (state.ctl): the eventfd that wakes the control
 # thread (IOTLB misses to send); 1 while an inflight region is mapped;

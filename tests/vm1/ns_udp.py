@@ -84,19 +84,24 @@ def gaps(seen: set[int]) -> list[list[int]]:
 
 
 def send(dst: str, port: int, count: int, rate: float, size: int, ports: int = 1) -> None:
+    """Send COUNT datagrams at RATE; the report has each one's actual send
+    time ("t", ms after "t0"): on a busy machine the sender may fall behind
+    its schedule, and a test placing a loss in time must not assume it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     t0 = time.monotonic()
     sent = 0
+    when: list[int] = []
     for seq in range(count):
         due = t0 + seq / rate
         while (now := time.monotonic()) < due:
             time.sleep(min(due - now, 0.01))
+        when.append(round((time.monotonic() - t0) * 1000))
         try:
             sock.sendto(payload("ns", seq, size), (dst, port + seq % ports))
             sent += 1
         except OSError as e:  # ENOBUFS/EAGAIN: counted as not sent, never retried (a fixed count)
             print(json.dumps({"error": str(e), "seq": seq}), file=sys.stderr, flush=True)
-    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0, "t0": t0}), flush=True)
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0, "t0": t0, "t": when}), flush=True)
 
 
 def rarp(iface: str) -> None:

@@ -39,6 +39,7 @@ from tests.vm1.guest_udp import (
     make_vm1,
     rx_report,
     stack_report,
+    undelivered,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing_part() is not None, reason=str(missing_part()))]
@@ -82,10 +83,9 @@ def exchange(vm2, vm, rx: int) -> dict:
     # guest -> namespace: every datagram, intact, once
     assert (ours["unique"], ours["bad"], ours["duplicates"]) == (TX_DATAGRAMS, 0, 0), ours
     # namespace -> guest: every datagram, intact, once
-    want = {"datagrams": rx, "csum_errors": 0, "rcvbuf_errors": 0, "lines": rx, "good": rx, "unique": rx}
-    if got != want:  # pytest.fail: an assert would truncate the counters that say where they went
-        pytest.fail(f"namespace -> guest: {got} != {want}\n{json.dumps(vm2.diagnostics())}\n"
-                    f"{vm.console()[-1500:]}")
+    why = undelivered(got, rx)
+    if why:  # pytest.fail: an assert would truncate the counters that say where they went
+        pytest.fail(f"namespace -> guest: {why}\n{json.dumps(vm2.diagnostics())}\n{vm.console()[-1500:]}")
     st, xs = vm2.vp.stats(), vm2.vp.driver.xstats()
     assert st.ierrors == 0 and st.oerrors == 0, st
     assert xs["bad_descriptors"] == xs["bad_ring"] == xs["too_big"] == 0, xs
@@ -143,12 +143,10 @@ def test_virtio_iommu_delivers_every_frame(vm2, image612, workdir, capsys, qemu)
               + ", ".join(f"{k} {v}" for k, v in sorted(xs.items()) if k.startswith("iotlb")))
 
 
-# Live migration: the guest receives until 5 s pass with nothing new, then reports.
-# Its socket gets a receive buffer of 8 MiB (the default ~200 KiB overflowed
-# once while the destination caught up after the switchover: RcvbufErrors).
+# Live migration: the guest receives until 5 s pass with nothing new, then reports
+# (REPORT gives its socket 8 MiB: the default ~200 KiB overflowed once while the
+# destination caught up after the switchover).
 MIGRATION_GUEST = r'''
-echo 8388608 > /proc/sys/net/core/rmem_max
-echo 8388608 > /proc/sys/net/core/rmem_default
 udp_recv {guest_port} /tmp/rx
 marker "udp_rx ready"
 _last=-1; _quiet=0
@@ -366,8 +364,8 @@ def test_memory_hotplug_guest_buffers_land_in_the_new_dimm(vm2, image61, workdir
         vm.wait_console(r"VM1: done", 60)
     finally:
         vm.stop()
-    want = {"datagrams": rx, "csum_errors": 0, "rcvbuf_errors": 0, "lines": rx, "good": rx, "unique": rx}
-    assert got == want, (got, vm2.diagnostics())
+    why = undelivered(got, rx)
+    assert why is None, (why, vm2.diagnostics())
     st, xs = vm2.vp.stats(), vm2.vp.driver.xstats()
     assert st.ierrors == st.oerrors == 0 and xs["bad_descriptors"] == xs["bad_ring"] == 0, (st, xs)
     assert max(in_dimm, default=0) > 0, f"no receive buffer was ever posted in the new dimm: {in_dimm}"
