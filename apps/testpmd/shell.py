@@ -152,6 +152,11 @@ port config mtu (port_id) (value)
 }
 
 
+# ``help``'s index lines, as testpmd words them
+_HELP_INDEX = {"control": "Start and stop forwarding", "display": "Displaying port, stats and config information",
+               "config": "Configuration information", "ports": "Configuring ports"}
+
+
 class BadArguments(ValueError):
     """The command's words do not match its syntax."""
 
@@ -619,8 +624,8 @@ class TestpmdShell(cmd.Cmd):
         words = arg.split()
         if not words:
             print("\nHelp is available for the following sections:\n")
-            for name, (title, _) in _HELP_SECTIONS.items():
-                print(f"    help {name:<27}: {title}.")
+            for name in _HELP_SECTIONS:
+                print(f"    help {name:<27}: {_HELP_INDEX[name]}.")
             print(f"    help {'all':<27}: All of the above sections.\n")
             print("Commands: " + ", ".join(_TREE))
             return
