@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ class Daily:
     pattern; then ``verify`` lines run and their answers must match
     ``shows``. ``setup`` lines run first and are not judged. ``partial``:
     a reduced form (a command, or None for ``cmd`` itself, and its
-    patterns) that counts as ``partly`` when the full form fails."""
+    patterns) that counts as ``partly`` when the full form fails.
+    ``settle``: seconds to wait before ``cmd`` (traffic to count)."""
 
     name: str
     cmd: str
@@ -47,6 +49,7 @@ class Daily:
     shows: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
     partial: tuple[str | None, tuple[str, ...]] | None = None
+    settle: float = 0.0
 
 
 DAILY: tuple[Daily, ...] = (
@@ -88,7 +91,7 @@ DAILY: tuple[Daily, ...] = (
     Daily("start tx_first N", "start tx_first 4", (r"Logical Core 1 \(socket 0\) forwards packets",),
           partial=("start tx_first", (r"Logical Core 1 \(socket 0\) forwards packets",))),
     Daily("show port stats all", "show port stats all", ("NIC statistics for port 1", r"RX-packets: +[1-9]",
-                                                         r"Rx-pps: +\d+")),
+                                                         r"Rx-pps: +\d+"), settle=0.5),
     Daily("show fwd stats all", "show fwd stats all",
           ("Forward statistics for port 1", "Accumulated forward statistics for all ports", r"RX-packets: +[1-9]")),
     Daily("show port xstats all", "show port xstats all",
@@ -162,6 +165,7 @@ def judge(session: Session, d: Daily) -> Outcome:
     """Run ``d`` (setup, command, verification) and grade its answers."""
     for line in d.setup:
         session.run(line)
+    time.sleep(d.settle)
     outputs = {d.cmd: session.run(d.cmd)}
     why = _fails(outputs[d.cmd], d.expect)
     if why is None and d.verify:
