@@ -206,6 +206,34 @@ class DevargQueuePairs:
             raise PortError(f"{self.name}: has {n} queue pairs (devarg queues=); {nb_rxq} rx / {nb_txq} tx asked")
 
 
+class NoWireSettings:
+    """Mixin for a port with no wire (net_ring, net_null): ``port config mtu``
+    and, where ``link_settable``, ``set link-up|link-down`` change settings the
+    port keeps and reports (``show port info``, telemetry), as DPDK's ethdev
+    keeps them for these vdevs. Nothing else follows from them, as in DPDK:
+    a ring carries any frame length, and a link-down ring still passes packets."""
+
+    name: str
+    prefix: ClassVar[str]
+    link_settable: ClassVar[bool] = False  # DPDK's net_ring sets its link state, net_null cannot
+    _mtu = 1500
+    _link_up = True
+
+    def mtu(self) -> int:
+        return self._mtu
+
+    def set_mtu(self, mtu: int) -> None:
+        self._mtu = mtu
+
+    def link(self) -> LinkStatus:
+        return LinkStatus(up=self._link_up, speed_mbps=10000)
+
+    def set_link(self, up: bool) -> None:
+        if not self.link_settable:
+            super().set_link(up)  # type: ignore[misc]  # PortDriver's: not supported
+        self._link_up = up
+
+
 _DRIVERS: dict[str, type[PortDriver]] = {}
 
 

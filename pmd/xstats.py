@@ -2,7 +2,7 @@
 
 The generic part is ethdev's (``rx_good_packets``, ``rx_q0_packets``, ...);
 then the per-queue counters DPDK's vhost PMD adds (``rx_q0_good_packets``,
-``rx_q0_dropped_pkts``, ...), so dashboards built on DPDK's names work for
+``rx_q0_good_bytes``, ``rx_q0_dropped_pkts``, ...), so dashboards built on DPDK's names work for
 every port here, with the size bins (``pmd.sizebins``) under both of DPDK's
 schemes: per queue as the vhost library names them (``rx_q0_size_64_packets``
 ... ``rx_q0_size_1519_max_packets``) and per port as the ``net_vhost`` PMD
@@ -41,6 +41,7 @@ def ethdev_xstats(port: Port) -> dict[str, int]:
         r = rows[q] if q < len(rows) else {}
         good, dropped = r.get("ipackets", 0), r.get("imissed", 0) + r.get("ierrors", 0)
         out[f"rx_q{q}_good_packets"] = good
+        out[f"rx_q{q}_good_bytes"] = r.get("ibytes", 0)
         out[f"rx_q{q}_total_packets"] = good + dropped
         out[f"rx_q{q}_dropped_pkts"] = dropped
         if q < len(st.rx_sizes):
@@ -49,6 +50,7 @@ def ethdev_xstats(port: Port) -> dict[str, int]:
         r = rows[q] if q < len(rows) else {}
         good, dropped = r.get("opackets", 0), r.get("oerrors", 0)
         out[f"tx_q{q}_good_packets"] = good
+        out[f"tx_q{q}_good_bytes"] = r.get("obytes", 0)
         out[f"tx_q{q}_total_packets"] = good + dropped
         out[f"tx_q{q}_dropped_pkts"] = dropped
         if q < len(st.tx_sizes):

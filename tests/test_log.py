@@ -101,3 +101,38 @@ def test_vhost_negotiation_at_debug(tmp_path: Path) -> None:
             assert "VHOST_PCI: " in text
     finally:
         pmdlog.reset()
+
+
+@pytest.mark.parametrize("log_level, debug", [(["--log-level", "vhost*:debug"], True), ([], False)])
+def test_log_level_on_the_command_line(tmp_path: Path, log_level: list[str], debug: bool) -> None:
+    """The acceptance's form: vhostpci-testpmd with ``--log-level 'vhost*:debug'``
+    and VM1 (our virtio-user port) on VM2's vhost-pci socket shows every
+    vhost-user message of the negotiation; the default level shows the
+    connection and the link, not the messages."""
+    import os
+    import sys
+
+    import pexpect
+
+    root = Path(__file__).resolve().parent.parent
+    sock = tmp_path / "vp.sock"
+    env = dict(os.environ, PYTHONPATH=str(root), VHOSTPCI_TESTPMD_HISTORY=str(tmp_path / "h"))
+    argv = ["-m", "apps.testpmd", "-l", "0-1", "--file-prefix", f"vhostpci-log-{os.getpid()}", *log_level,
+            "--vdev", f"net_vhost_pci0,path={sock}", "--vdev", f"net_virtio_user0,path={sock}", "--", "-i"]
+    child = pexpect.spawn(sys.executable, argv, cwd=str(root), env=env, encoding="utf-8", timeout=60)
+    try:
+        child.expect_exact("VHOST_CONFIG: net_vhost_pci0: front-end connected")
+        child.expect_exact("VHOST_PCI: net_vhost_pci0: link up")
+        seen = child.before
+        child.expect_exact("VIRTIO_USER: net_virtio_user0: connected to")  # the last line of the negotiation
+        child.sendline("quit")
+        child.expect(pexpect.EOF)
+        assert "Traceback" not in child.before
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+    messages = ("read message VHOST_USER_SET_FEATURES (2)", "read message VHOST_USER_SET_VRING_ADDR (9)",
+                "read message VHOST_USER_SET_VRING_KICK (12)")
+    assert all((m in seen) == debug for m in messages), seen
+    assert "vring 0 ready" in seen
+    assert not sock.exists()

@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-# what goes into the wheel: the packages, the metadata and the README it names
-SOURCES = ("pmd", "apps", "tools", "pyproject.toml", "README.md")
+# what goes into the wheel: the packages, the metadata, the README it names and the license
+SOURCES = ("pmd", "apps", "tools", "pyproject.toml", "README.md", "LICENSE")
 
 
 def _why_no_build() -> str | None:
@@ -87,3 +87,14 @@ def test_non_python_files_are_shipped(venv):
     assert out.returncode == 0, out.stderr
     path, size = out.stdout.split()
     assert path.startswith(str(venv)) and int(size) == (Path(ROOT) / "tools" / "guest" / "udpblast.c").stat().st_size
+
+
+def test_license_in_metadata(venv):
+    """pyproject's license reaches the installed metadata, the LICENSE text the dist-info."""
+    out = run(venv, str(venv / "bin" / "python"), "-c",
+              "import importlib.metadata as m; d = m.distribution('vhostpci'); print(d.metadata['License']);"
+              " print(next(f.locate() for f in d.files if f.name == 'LICENSE'))")
+    assert out.returncode == 0, out.stderr
+    license_id, path = out.stdout.split()
+    assert license_id == "BSD-3-Clause" and path.startswith(str(venv)), out.stdout
+    assert Path(path).read_text() == (Path(ROOT) / "LICENSE").read_text()

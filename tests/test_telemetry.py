@@ -82,3 +82,21 @@ def test_second_instance_takes_the_next_name(tmp_path: Path) -> None:
     finally:
         first.close()
     assert not (tmp_path / "d").exists()
+
+
+def test_no_telemetry_serves_no_socket(tmp_path: Path) -> None:
+    """``--no-telemetry``: no socket, no run directory, while the app runs."""
+    prefix = f"vhostpci-notel-{os.getpid()}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), VHOSTPCI_TESTPMD_HISTORY=str(tmp_path / "h"))
+    child = pexpect.spawn(sys.executable, ["-m", "apps.testpmd", "-l", "0-1", "--no-telemetry", "--file-prefix",
+                                           prefix, "--vdev", "net_null0", "--", "-i"],
+                          cwd=str(ROOT), env=env, encoding="utf-8", timeout=60)
+    try:
+        child.expect_exact(PROMPT)
+        assert "TELEMETRY" not in child.before
+        assert not Path(runtime_dir(prefix)).exists()
+        child.sendline("quit")
+        child.expect(pexpect.EOF)
+    finally:
+        if child.isalive():
+            child.terminate(force=True)

@@ -22,10 +22,11 @@ def nic_stats(port: Port, rates: RateTracker) -> str:
     t = port.stats().totals
     rx_pps, rx_bps, tx_pps, tx_bps = rates.rates(port.port_id, t)
     return "\n".join([
+        "",
         _banner("#", f"NIC statistics for port {port.port_id} "),
         f"  RX-packets: {t['ipackets']:<10} RX-missed: {t['imissed']:<10} RX-bytes:  {t['ibytes']}",
         f"  RX-errors: {t['ierrors']}",
-        f"  RX-nombuf:  {t['rx_nombuf']}",
+        f"  RX-nombuf:  {t['rx_nombuf']:<10}",
         f"  TX-packets: {t['opackets']:<10} TX-errors: {t['oerrors']:<10} TX-bytes:  {t['obytes']}",
         "",
         "  Throughput (since last show)",
@@ -36,19 +37,37 @@ def nic_stats(port: Port, rates: RateTracker) -> str:
 
 
 def _fwd_lines(rx: int, tx: int, dropped: int) -> list[str]:
+    # testpmd's columns: a 14-wide count, then the next label with no space of its own
     return [
-        f"  RX-packets: {rx:<14} RX-dropped: {0:<14} RX-total: {rx}",
-        f"  TX-packets: {tx:<14} TX-dropped: {dropped:<14} TX-total: {tx + dropped}",
+        f"  RX-packets: {rx:<14} RX-dropped: {0:<14}RX-total: {rx}",
+        f"  TX-packets: {tx:<14} TX-dropped: {dropped:<14}TX-total: {tx + dropped}",
     ]
 
 
-def _burst_line(what: str, bursts: int, full: int, burst: int) -> str:
-    """testpmd's ``RX-bursts : N [x% of 32 pkts + y% of others]`` (non-empty bursts)."""
-    if not bursts:
-        return f"  {what}-bursts : 0"
-    pct = full * 100 // bursts
-    rest = f" + {100 - pct}% of others" if full < bursts else ""
-    return f"  {what}-bursts : {bursts} [{pct}% of {burst} pkts{rest}]"
+def burst_line(what: str, empty: int, bursts: int, full: int, burst: int) -> str | None:
+    """testpmd's ``RX-bursts : TOTAL [a% of 0 pkts + b% of 32 pkts + c% of other]``:
+    every burst call counted, the empty ones first; here the sizes besides 0 and
+    a full burst are summed as ``other`` (the loop counts no finer). None when
+    nothing was counted (testpmd prints no line then)."""
+    total = empty + bursts
+    if not total:
+        return None
+    terms = [(empty, "0 pkts")]
+    terms += [(full, f"{burst} pkts")] if full else []
+    terms += [(bursts - full, "other")] if bursts > full else []
+    parts: list[str] = []
+    seen = shown = 0
+    for count, label in terms:
+        seen += count
+        if label == "other":  # the remainder, as testpmd rounds it
+            parts.append(f"{100 - shown}% of other")
+            break
+        pct = count * 100 // total
+        parts.append(f"{pct}% of {label}")
+        if seen == total:
+            break
+        shown += pct
+    return f"  {what}-bursts : {total} [{' + '.join(parts)}]"
 
 
 def fwd_stats(stats: dict[int, dict[str, int]], burst: int = 32, bursts: bool = False, done: bool = True) -> str:
@@ -62,10 +81,12 @@ def fwd_stats(stats: dict[int, dict[str, int]], burst: int = 32, bursts: bool = 
             total[k] += s[k]
         lines += ["", _banner("-", f"Forward statistics for port {pid} "), *_fwd_lines(s["rx"], s["tx"], s["dropped"])]
         if bursts:
-            lines += [_burst_line("RX", s.get("rx_bursts", 0), s.get("rx_full", 0), burst),
-                      _burst_line("TX", s.get("tx_bursts", 0), s.get("tx_full", 0), burst)]
+            lines += [line for line in (
+                burst_line("RX", s.get("rx_empty", 0), s.get("rx_bursts", 0), s.get("rx_full", 0), burst),
+                burst_line("TX", 0, s.get("tx_bursts", 0), s.get("tx_full", 0), burst)) if line]
         lines.append("  " + "-" * _RULE)
-    lines += ["", _banner("+", "Accumulated forward statistics for all ports"),
+    # testpmd's banner has no space after the title here
+    lines += ["", f"  {'+' * 15} Accumulated forward statistics for all ports{'+' * 15}",
               *_fwd_lines(total["rx"], total["tx"], total["dropped"]), "  " + "+" * _RULE]
     if done:
         lines += ["", "Done."]
@@ -93,6 +114,11 @@ def port_summary(ports: dict[int, Port]) -> str:
     return "\n".join(lines)
 
 
+def _devargs(port: Port) -> str:
+    """The vdev's devargs without its name, as testpmd shows them."""
+    return ",".join(port.spec.text.split(",")[1:])
+
+
 def port_info(port: Port) -> str:
     """testpmd's ``show port info N`` block."""
     link = port.link()
@@ -101,7 +127,7 @@ def port_info(port: Port) -> str:
         f"MAC address: {format_mac(port.mac())}",
         f"Device name: {port.name}",
         f"Driver name: {port.driver.prefix}",
-        f"Devargs: {port.spec.text}",
+        f"Devargs: {_devargs(port)}",
         "Connect to socket: 0",
         f"Link status: {'up' if link.up else 'down'}",
         f"Link speed: {link_speed(link.speed_mbps)}",
@@ -143,10 +169,11 @@ def config_rxtx(mode: str, burst: int, nb_cores: int, ports: list[int], all_port
                   "    Rx offloads=0x0 Tx offloads=0x0"]
         for q in range(port.nb_rxq):
             lines += [f"    RX queue: {q}", f"      RX desc={_descs(port, True)} - RX free threshold=0",
-                      "      RX Offloads=0x0"]
+                      "      RX threshold registers: pthresh=0 hthresh=0  wthresh=0", "      RX Offloads=0x0"]
         for q in range(port.nb_txq):
             lines += [f"    TX queue: {q}", f"      TX desc={_descs(port, False)} - TX free threshold=0",
-                      "      TX offloads=0x0"]
+                      "      TX threshold registers: pthresh=0 hthresh=0  wthresh=0",
+                      "      TX offloads=0x0 - TX RS bit threshold=0"]
     return "\n".join(lines)
 
 
@@ -170,9 +197,10 @@ def device_info(port: Port) -> str:
     return "\n".join([
         f"\n********************* Infos for device {port.name} *********************",
         "Bus name: vdev",
+        "Bus information: ",
         f"Driver name: {port.driver.prefix}",
-        f"Devargs: {','.join(port.spec.text.split(',')[1:])}",
-        "Connect to socket: 0",
+        f"Devargs: {_devargs(port)}",
+        "Connect to socket: -1",  # a vdev is on no NUMA node (SOCKET_ID_ANY)
         "",
         f"\tPort id: {port.port_id} ",
         f"\tMAC address: {format_mac(port.mac())}",
@@ -180,9 +208,9 @@ def device_info(port: Port) -> str:
     ])
 
 
-def fwd_config(mode: str, burst: int, nb_cores: int, ports: list[int], streams: list[StreamInfo],
+def fwd_config(mode: str, ports: list[int], streams: list[StreamInfo],
                peer_of: Callable[[int], bytes] = peer_mac) -> str:
-    """testpmd's ``show config fwd`` block (also printed by ``start``)."""
+    """testpmd's ``show config fwd`` block (``start`` prints it, then ``show config rxtx``'s)."""
     lcores = sorted({s.lcore for s in streams})
     lines = [f"{mode} packet forwarding - ports={len(ports)} - cores={len(lcores)} - streams={len(streams)}"]
     for lc in lcores:
@@ -193,6 +221,5 @@ def fwd_config(mode: str, burst: int, nb_cores: int, ports: list[int], streams: 
             f" peer={format_mac(peer_of(s.tx_port))}"
             for s in mine
         ]
-    lines += ["", f"  {mode} packet forwarding packets/burst={burst}",
-              f"  nb forwarding cores={nb_cores} - nb forwarding ports={len(ports)}"]
+    lines.append("")
     return "\n".join(lines)

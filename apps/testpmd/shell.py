@@ -152,6 +152,11 @@ port config mtu (port_id) (value)
 }
 
 
+# ``help``'s index lines, as testpmd words them
+_HELP_INDEX = {"control": "Start and stop forwarding", "display": "Displaying port, stats and config information",
+               "config": "Configuration information", "ports": "Configuring ports"}
+
+
 class BadArguments(ValueError):
     """The command's words do not match its syntax."""
 
@@ -266,7 +271,8 @@ class TestpmdShell(cmd.Cmd):
     def _port_id(self, text: str) -> int:
         pid = _int(text, "port id")
         if pid not in self.fwd.ports:
-            raise BadPort(f"Invalid port {pid}")
+            valid = " ".join(map(str, sorted(self.fwd.ports)))
+            raise BadPort(f"Invalid port {pid}\nThe valid ports array is [ {valid} ]")
         return pid
 
     @staticmethod
@@ -293,6 +299,7 @@ class TestpmdShell(cmd.Cmd):
             return
         self.fwd.start(tx_first=bursts)
         self._print_fwd_config()
+        self._print_rxtx_config()
 
     def do_stop(self, arg: str) -> None:
         """stop: stop packet forwarding and show the forward statistics."""
@@ -317,9 +324,7 @@ class TestpmdShell(cmd.Cmd):
             if what == "fwd":
                 self._print_fwd_config()
             elif what == "rxtx":
-                ports = [pid for pid in (c.port_list or sorted(self.fwd.ports))
-                         if pid in self.fwd.ports and not self.fwd.ports[pid].closed]
-                print(display.config_rxtx(c.mode, c.burst, c.nb_cores, ports, self.fwd.ports))
+                self._print_rxtx_config()
             elif what == "cores":
                 print("List of forwarding lcores: " + "".join(f" {lc}" for lc in self.fwd.fwd_lcores()))
             elif what == "txpkts":
@@ -357,9 +362,14 @@ class TestpmdShell(cmd.Cmd):
         print(display.queue_info(self.fwd.ports[pid], which == "rxq", _int(queue, "queue id")))
 
     def _print_fwd_config(self) -> None:
-        c = self.fwd.config
         streams = self.fwd.streams if self.fwd.running else self.fwd.layout()
-        print(display.fwd_config(c.mode, c.burst, c.nb_cores, self.fwd.fwd_ports(), streams, self.fwd.peer_of))
+        print(display.fwd_config(self.fwd.config.mode, self.fwd.fwd_ports(), streams, self.fwd.peer_of))
+
+    def _print_rxtx_config(self) -> None:
+        c = self.fwd.config
+        ports = [pid for pid in (c.port_list or sorted(self.fwd.ports))
+                 if pid in self.fwd.ports and not self.fwd.ports[pid].closed]
+        print(display.config_rxtx(c.mode, c.burst, c.nb_cores, ports, self.fwd.ports))
 
     def do_clear(self, arg: str) -> None:
         """clear port stats|xstats all|N, clear fwd stats all."""
@@ -418,6 +428,8 @@ class TestpmdShell(cmd.Cmd):
             raise BadArguments(str(e)) from None
         if field == "nb_cores":
             print(f"Number of forwarding cores set to {n}")
+        elif field == "burst":
+            print(f"Number of packets per burst set to {n}")
         elif field == "txpkts" and "," in value:
             print(f"txpkts set to {n} (segments {value} joined into one buffer)")
         else:
@@ -539,12 +551,12 @@ class TestpmdShell(cmd.Cmd):
                     self.fwd.ports[pid].configure(*self.queue_conf.pop(pid))
                 self.fwd.start_port(pid)
                 print(f"Port {pid}: {format_mac(self.fwd.ports[pid].mac())}")
-            print("Done")
+            print("Checking link statuses...\nDone")
         elif action == "stop":
             print("Stopping ports...")
             for pid in self._ports(target):
                 self.fwd.stop_port(pid)
-            print("Done")
+            print("Checking link statuses...\nDone")
         elif action == "close":
             print("Closing ports...")
             for pid in self._ports(target, include_closed=target != "all"):
@@ -612,8 +624,8 @@ class TestpmdShell(cmd.Cmd):
         words = arg.split()
         if not words:
             print("\nHelp is available for the following sections:\n")
-            for name, (title, _) in _HELP_SECTIONS.items():
-                print(f"    help {name:<27}: {title}.")
+            for name in _HELP_SECTIONS:
+                print(f"    help {name:<27}: {_HELP_INDEX[name]}.")
             print(f"    help {'all':<27}: All of the above sections.\n")
             print("Commands: " + ", ".join(_TREE))
             return
@@ -630,10 +642,15 @@ class TestpmdShell(cmd.Cmd):
         if self.fwd.running:
             self.do_stop("")
         for pid, port in sorted(self.fwd.ports.items()):
+            if port.started:
+                print(f"\nStopping port {pid}...\nStopping ports...")
+                self.fwd.stop_port(pid)
+                print("Done")
+        for pid, port in sorted(self.fwd.ports.items()):
             if not port.closed:
-                print(f"\nShutting down port {pid}...")
+                print(f"\nShutting down port {pid}...\nClosing ports...")
                 self.fwd.close_port(pid)
-                print(f"Port {pid} is closed")
+                print(f"Port {pid} is closed\nDone")
 
     def do_quit(self, arg: str) -> bool:
         """quit: stop forwarding, close ports and exit."""

@@ -29,9 +29,9 @@ REPLY_MODES = ("icmpecho",)
 CFG_MODE, CFG_BURST, CFG_TX_FIRST, CFG_IDLE_POLLS, CFG_NB_FLOWS = range(5)
 N_CFG = 8
 
-# Per-stream forward counters (fs[sid, ...]): packets, then non-empty bursts
-# and full bursts (testpmd's record-burst-stats)
-FS_RX, FS_TX, FS_DROPPED, FS_RX_BURSTS, FS_RX_FULL, FS_TX_BURSTS, FS_TX_FULL = range(7)
+# Per-stream forward counters (fs[sid, ...]): packets, then non-empty bursts,
+# full bursts and empty rx polls (testpmd's record-burst-stats)
+FS_RX, FS_TX, FS_DROPPED, FS_RX_BURSTS, FS_RX_FULL, FS_TX_BURSTS, FS_TX_FULL, FS_RX_EMPTY = range(8)
 N_FS = 8
 
 # Loop exit reasons
@@ -69,6 +69,8 @@ def receive(s, ctx, burst):
         ctx.fs[s.sid, FS_RX_BURSTS] += 1
         if n == burst:
             ctx.fs[s.sid, FS_RX_FULL] += 1
+    else:
+        ctx.fs[s.sid, FS_RX_EMPTY] += 1
     return n
 
 

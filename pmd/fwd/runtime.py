@@ -20,7 +20,7 @@ from ..mbuf import MbufPool, create_pool
 from ..progress import progress
 from .common import (
     CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_NB_FLOWS, CFG_TX_FIRST, FS_DROPPED,
-    FS_RX, FS_RX_BURSTS, FS_RX_FULL, FS_TX, FS_TX_BURSTS, FS_TX_FULL, MAX_BURST, MODE_NAMES,
+    FS_RX, FS_RX_BURSTS, FS_RX_EMPTY, FS_RX_FULL, FS_TX, FS_TX_BURSTS, FS_TX_FULL, MAX_BURST, MODE_NAMES,
     REPLY_MODES, N_CFG, N_FS, FwdCtx, Stream,
 )
 from .config import FwdConfig
@@ -280,16 +280,17 @@ class Forwarding:
             self.ports[pid].driver.quiesce_lcores = self.lcores.grace_set(sorted(lcores))
 
     def fwd_stats(self) -> dict[int, dict[str, int]]:
-        """RX/TX/dropped (and non-empty / full bursts) per port, summed over
-        the streams of the current run."""
+        """RX/TX/dropped (and non-empty / full bursts, empty rx polls) per port,
+        summed over the streams of the current run."""
         fs = self._fs - self._fs_base
-        keys = ("rx", "tx", "dropped", "rx_bursts", "rx_full", "tx_bursts", "tx_full")
+        keys = ("rx", "tx", "dropped", "rx_bursts", "rx_full", "rx_empty", "tx_bursts", "tx_full")
         out = {pid: dict.fromkeys(keys, 0) for pid in self.fwd_ports()}
         for s in self.streams:
             r = out.setdefault(s.rx_port, dict.fromkeys(keys, 0))
             r["rx"] += int(fs[s.sid, FS_RX])
             r["rx_bursts"] += int(fs[s.sid, FS_RX_BURSTS])
             r["rx_full"] += int(fs[s.sid, FS_RX_FULL])
+            r["rx_empty"] += int(fs[s.sid, FS_RX_EMPTY])
             t = out.setdefault(s.tx_port, dict.fromkeys(keys, 0))
             t["tx"] += int(fs[s.sid, FS_TX])
             t["dropped"] += int(fs[s.sid, FS_DROPPED])

@@ -10,7 +10,7 @@ from ..atomics import memcpy
 from ..burst import register_burst
 from ..ethdev import (
     ST_IBYTES, ST_IPACKETS, ST_OBYTES, ST_OPACKETS, ST_RX_NOMBUF,
-    PortDriver, new_stats, parse_bool, parse_int, register_driver,
+    NoWireSettings, PortDriver, new_stats, parse_bool, parse_int, register_driver,
 )
 from ..mbuf import alloc_bulk, free_bulk, mbuf_offset
 
@@ -61,7 +61,7 @@ def _packet_size(text: str) -> int:
 
 
 @register_driver
-class NullDriver(PortDriver):
+class NullDriver(NoWireSettings, PortDriver):
     prefix = "net_null"
     devargs = {"size": _packet_size, "copy": parse_bool}
     devarg_defaults = {"size": 64, "copy": False}

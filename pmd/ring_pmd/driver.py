@@ -10,7 +10,7 @@ from numba import njit
 from ..burst import register_burst
 from ..ethdev import (
     ST_IBYTES, ST_IPACKETS, ST_OBYTES, ST_OPACKETS, ST_OERRORS,
-    PortDriver, PortError, new_stats, parse_int, register_driver,
+    NoWireSettings, PortDriver, PortError, new_stats, parse_int, register_driver,
 )
 from ..mbuf import free_bulk
 from .ring import new_rings, ring_dequeue, ring_enqueue
@@ -67,8 +67,9 @@ def _peer_name(text: str) -> str:
 
 
 @register_driver
-class RingDriver(PortDriver):
+class RingDriver(NoWireSettings, PortDriver):
     prefix = "net_ring"
+    link_settable = True
     devargs = {"size": _ring_size, "peer": _peer_name}
     devarg_defaults = {"size": 1024, "peer": ""}
     desc_devargs = ("size", "size")
