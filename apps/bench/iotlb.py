@@ -41,6 +41,7 @@ from pmd.ethdev import Port
 from pmd.fwd.runtime import Forwarding
 from pmd.lcore import LcoreManager
 from pmd.mbuf import alloc_bulk, create_pool, free_bulk, mbuf_offset
+from pmd.placement import set_control_cpus
 from pmd.vdev import parse_vdev
 
 PLACEMENTS = ("split", "shared")
@@ -106,6 +107,7 @@ def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = N
     d = tempfile.mkdtemp(prefix="iotlb", dir="/tmp")
     path = os.path.join(d, "vp.sock")
     fw = Forwarding(LcoreManager({0: ctl_cpu, 1: vm2_cpu}, 0), nb_mbufs=1024)
+    set_control_cpus({ctl_cpu})  # the placement measured, not DPDK's rule (control threads off the workers' CPUs)
     vm1 = None
     try:
         fw.config.mode = "rxonly"

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..atomics_py import store_flag
 from ..grace import GraceSet
+from ..placement import control_cpus_for, set_control_cpus
 from .control import LC_EPOCH, LC_RUNNING, LC_SLEEPING, LC_STOP, N_LC
 
 
@@ -54,6 +55,8 @@ class LcoreManager:
         # every worker's control words, one row each: a grace period reads them from a kernel
         self.ctl_table = np.zeros((max(len(workers), 1), N_LC), np.int64)
         self._lcores = {lid: _Lcore(lid, cpu, self.ctl_table[row], row) for row, (lid, cpu) in enumerate(workers)}
+        # control threads (vhost-user, IOTLB) away from the polling workers, as DPDK places them
+        set_control_cpus(control_cpus_for({cpu for _, cpu in workers}, lcores.get(main_lcore)))
 
     @property
     def workers(self) -> list[int]:

@@ -106,8 +106,10 @@ class BackendServer:
         *,
         client: bool = False,
         name: str | None = None,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.thread_init = thread_init  # run first on the control thread (e.g. its CPU placement)
         self.device = device
         self.client = client
         self.name = name or f"vhost-user {self.path}"
@@ -394,6 +396,11 @@ class BackendServer:
             self._notify()
 
     def _run(self) -> None:
+        if self.thread_init is not None:
+            try:
+                self.thread_init()
+            except Exception:
+                log.exception("%s: control thread set-up failed; serving anyway", self.name)
         delay = 0.1
         while not self._stop.is_set():
             try:

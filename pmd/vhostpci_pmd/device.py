@@ -44,13 +44,13 @@ from ..virtio.split import AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, USED_IDX, ring_s
 from .chain import VEC_MAX
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from .inflight import RESUB_DELIVERED, queue_area, recover
-from .iotlb import IotlbMisses
+from .iotlb import MAX_AHEAD, IotlbMisses
 from .iotlb_serve import IotlbServer
 from .state import (
     N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
     VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
     VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_IN_ORDER, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING,
-    VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_MISS_SENT, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
+    VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_MISS_AHEAD, XS_MISS_SENT, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
 from .txhold import HOLD_CAP
 from .vq import flush_inflight
@@ -105,6 +105,7 @@ class VhostPciDevice(BackendDevice):
         self.hold = np.zeros((queues, HOLD_CAP), np.int64)  # tx mbufs parked on a miss (txhold.py)
         self.vec = np.zeros((nvq, VEC_MAX, 3), np.int64)  # chain.fill_vec's buffer vector, one per vring
         self.missmsg = np.zeros((nvq, 48), np.uint8)  # the MISS a parking vring sends (iotlb.send_miss)
+        self.ahead = np.zeros((nvq, MAX_AHEAD), np.int64)  # the pages it asks ahead (iotlb.ask_ahead)
         self._miss_src = -1  # the session's back-end channel fd our PORT_MISS_FD dup is of
         self.pk = np.zeros((nvq, VEC_MAX, 3), np.int64)  # packed enqueue: one packet's used elements
         area = -(-nvq * queue_area(MAX_VRING_SIZE) // PAGE_SIZE) * PAGE_SIZE
@@ -148,7 +149,7 @@ class VhostPciDevice(BackendDevice):
             self._kstate = VhostPciState(
                 mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count, self.logctl, self.vq,
                 self.xstats, self.stats, self.ctl, self.port_id, mem_views(self.inflight.array), self.resub,
-                self.src, self.hold, self.vec, self.pk, self.missmsg, self.iotlb.asked)
+                self.src, self.hold, self.vec, self.pk, self.missmsg, self.iotlb.asked, self.ahead)
         return self._kstate
 
     def warm(self) -> None:
@@ -158,7 +159,6 @@ class VhostPciDevice(BackendDevice):
         if (self.vq[:, VQ_IF_BASE] < 0).all():  # no-ops with tracking off
             flush_inflight(self.kernel_state(), 0)
             self._used_idx(0, 1)
-        self.iotlb.warm()
         self.iotlb_server.warm()
 
     def close(self) -> None:
@@ -456,7 +456,7 @@ class VhostPciDevice(BackendDevice):
     def iotlb_xstats(self) -> dict[str, int]:
         """IOTLB counters: misses asked, and VM1's messages by either path."""
         out = self.iotlb.xstats()
-        out["iotlb_miss_requests"] += int(self.xstats[:, XS_MISS_SENT].sum())  # and those the kernels sent
+        out["iotlb_miss_requests"] += int(self.xstats[:, XS_MISS_SENT].sum() + self.xstats[:, XS_MISS_AHEAD].sum())
         out["iotlb_updates"] += self.iotlb_server.updates
         out["iotlb_invalidates"] += self.iotlb_server.invalidates
         return out

@@ -19,6 +19,7 @@ import numpy as np
 from ..ethdev import (
     DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, parse_bool, parse_path, register_driver,
 )
+from ..placement import pin_control_thread
 from ..vhost_user.device import VringInfo
 from ..vhost_user.server import BackendServer
 from ..virtio.features import VIRTIO_F_IOMMU_PLATFORM, has
@@ -66,7 +67,8 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             return
         self.device.port_id = self.port_id
         self.device.warm()
-        server = BackendServer(self.args["path"], self.device, client=self.args["client"], name=self.name)
+        server = BackendServer(self.args["path"], self.device, client=self.args["client"], name=self.name,
+                               thread_init=pin_control_thread)
         try:
             server.start()
         except OSError as e:

@@ -6,9 +6,8 @@ does not map yet is a *miss*, not an error:
 1. **Park** (kernel, ``park_on_miss``): the kernel that met the unmapped
    address stops where it is -- the descriptor stays available, nothing is
    consumed or dropped -- records the address and direction in its vring's
-   ``VQ_MISS_*`` words, sends the MISS itself (``send_miss``: on a dup of
-   the back-end channel, unless the page is asked for already) and wakes
-   the control thread (``PORT_WAKE_FD``).
+   ``VQ_MISS_*`` words and sends the MISS itself (``send_miss``: on a dup of
+   the back-end channel, unless the page is asked for already).
    ``buffer_offset`` is where buffers are translated: it parks on the first
    page of a buffer not granted for the access it needs.  A page granted
    without that permission (read-only where the device must write) is asked
@@ -16,21 +15,21 @@ does not map yet is a *miss*, not an error:
    UPDATE that answers still lacks it, the descriptor is bad (returned with
    len 0, counted in ``iotlb_perm_denied``): asking again would get the
    same answer forever.
-2. **Ask** (control thread, ``IotlbMisses.service``): sends BACKEND
-   IOTLB_MSG MISS for the parked address when the kernel could not, with the descriptor's own
-   direction (RO for a buffer the device reads, WO for one it writes: never
-   more than VM1 granted, or its IOMMU reports a fault), once per page until
-   it is answered (re-sent after ``MISS_RESEND_S``).
-3. **Ask ahead** (``misses_ahead``): with the same round trip it looks at the
+2. **Ask ahead** (kernel, ``ask_ahead``): in the same park it looks at the
    next available chains of that vring (read-only: the kernel consumes
-   nothing past its miss) and asks for every page not granted yet, so VM1
-   answers them back to back instead of one round trip per buffer.
-4. **Retry** (``IotlbMisses.updated``): an UPDATE that covers a parked
-   address clears the vring's ``VQ_MISS_PENDING`` (and records the page in
-   ``VQ_MISS_ANSWERED``); its kernel retries on
-   the next burst (and parks again if it still needs a page).  Packets the
-   port's transmit side accepted meanwhile wait in its hold queue
-   (``txhold.py``).
+   nothing past its miss) and asks for every page not granted yet, each
+   once (``state.asked``), so VM1 answers them back to back instead of one
+   round trip per buffer.  No Python runs between a miss and its UPDATE.
+3. **Retry** (``unpark_covered``, from the compiled IOTLB path or
+   ``IotlbMisses.updated``): an UPDATE that covers a parked address clears
+   the vring's ``VQ_MISS_PENDING`` (and records the page in
+   ``VQ_MISS_ANSWERED``); its kernel retries on the next burst (and parks
+   again if it still needs a page).  Packets the port's transmit side
+   accepted meanwhile wait in its hold queue (``txhold.py``).
+4. **Ask again** (control thread, ``IotlbMisses.service``): a park whose
+   MISS the kernel could not send (no back-end channel yet, a full socket)
+   wakes the control thread, which sends it; a MISS with no UPDATE in reply
+   is sent again after ``MISS_RESEND_S`` (its periodic service).
 """
 from __future__ import annotations
 
@@ -53,7 +52,7 @@ from ..virtio.split import (
 from .state import (
     PORT_MISS_FD, PORT_WAKE_FD, VQ_MISS_SENT, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_ANSWERED, VQ_MISS_IOVA,
     VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_PACKED,
-    VQ_READY, XS_IOTLB_MISS, XS_MISS_SENT, XS_PERM_DENIED, VhostPciState,
+    VQ_READY, XS_IOTLB_MISS, XS_MISS_AHEAD, XS_MISS_SENT, XS_PERM_DENIED, VhostPciState,
 )
 
 if TYPE_CHECKING:
@@ -88,21 +87,26 @@ def _put(buf, off, value, nbytes):
         buf[off + k] = (value >> (8 * k)) & 0xFF
 
 
+# send_miss's answers
+SENT, ASKED_ALREADY, NOT_SENT = 1, 0, -1
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def send_miss(st, v, iova, write):
     """Send the MISS for ``iova`` on the back-end channel from the kernel
     (``PORT_MISS_FD``; -1: none yet, the control thread sends it): one
     non-blocking ``send`` of the whole 44-byte message, which a unix stream
     socket appends whole or not at all, so it never splits a message the
-    control thread sends on the same channel.  True if it went out."""
+    control thread sends on the same channel.  SENT, ASKED_ALREADY (less
+    than MISS_RESEND_S ago, by any vring or the control thread) or NOT_SENT."""
     fd = st.ctl[PORT_MISS_FD]
     if fd < 0:
-        return False
+        return NOT_SENT
     key = np.int64(iova) | (1 if write else 0)
     slot = (np.int64(iova) >> 12) & (ASK_SLOTS - 1)
     now = monotonic_ns()
     if st.asked[slot, 0] == key and now - st.asked[slot, 1] < MISS_RESEND_NS:
-        return False  # asked already (ahead, or by another ring): the control thread sees to it
+        return ASKED_ALREADY
     b = st.missmsg[v]
     _put(b, 0, _BACKEND_IOTLB_MSG, 4)
     _put(b, 4, _VERSION, 4)
@@ -112,18 +116,24 @@ def send_miss(st, v, iova, write):
         b[k] = 0
     b[HEADER_SIZE + 24] = _PERM_WO if write else _PERM_RO
     b[HEADER_SIZE + 25] = _MISS
-    if socket_send_from(fd, b, MISS_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != MISS_SIZE:
-        return False
+    # noted before it is sent: the UPDATE may be mapped (and the note cleared,
+    # forget_asked) before send returns; a note written after would stay
+    old_key, old_t = st.asked[slot, 0], st.asked[slot, 1]
     st.asked[slot, 0] = key
     st.asked[slot, 1] = now
-    return True
+    if socket_send_from(fd, b, MISS_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != MISS_SIZE:
+        if st.asked[slot, 0] == key:
+            st.asked[slot, 0], st.asked[slot, 1] = old_key, old_t
+        return NOT_SENT
+    return SENT
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def park_on_miss(st, v, iova, write):
     """Vring ``v`` stops on the unmapped ``iova``: record it (once until it
-    is answered; counted once), send the MISS (``send_miss``, or the control
-    thread does) and wake the control thread to ask ahead.
+    is answered; counted once), send the MISS and ask ahead (``send_miss``,
+    ``ask_ahead``); only a MISS the kernel could not send wakes the control
+    thread.
 
     The UPDATE may land between the failed lookup and the park (pages asked
     ahead stream in): the control thread un-parks only vrings it sees
@@ -136,7 +146,7 @@ def park_on_miss(st, v, iova, write):
     st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
     st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
     sent = send_miss(st, v, iova, write)
-    if sent:
+    if sent == SENT:
         st.vq[v, VQ_MISS_SENT] = 1  # published with the park below
         st.xstats[v, XS_MISS_SENT] += 1
     store_release(st.vq[v], VQ_MISS_PENDING, 1)
@@ -144,23 +154,36 @@ def park_on_miss(st, v, iova, write):
     if translate(st.table, st.tcount, iova, 1, write) >= 0:
         store_release(st.vq[v], VQ_MISS_PENDING, 0)  # answered meanwhile: retry at once
         return
-    if sent and not _queued_behind(st, v):
-        return  # VM1 has the question and nothing waits behind it: no need for the control thread now
+    if sent != NOT_SENT:
+        ask_ahead(st, v, np.int64(iova) & np.int64(_PAGE_MASK))
+        return
     fd = st.ctl[PORT_WAKE_FD]
     if fd >= 0:
         eventfd_signal(fd)
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _queued_behind(st, v):
-    """More chains are available behind the parked one (a split ring; a
-    packed ring is not asked ahead): worth the control thread's ask-ahead."""
-    row = st.vq[v]
-    if row[VQ_PACKED] != 0:
-        return False
-    _, avail_size, _ = ring_sizes(row[VQ_NUM])
-    avail = translate(st.table, st.tcount, row[VQ_AVAIL], avail_size, False)
-    return avail >= 0 and (avail_idx(st.mem, avail) - row[VQ_LAST_AVAIL]) & 0xFFFF > 1
+@njit(nogil=True, cache=True, _nrt=False)
+def ask_ahead(st, v, parked):
+    """Ask for the ungranted pages of the chains queued behind vring
+    ``v``'s parked one (``misses_ahead``): one round trip for a ring of
+    fresh buffers.  At most MAX_ASK per park; pages asked already are
+    skipped, and it stops when the channel is full.  Returns how many."""
+    out = st.ahead[v]
+    n = misses_ahead(st, v, out)
+    asked = 0
+    for k in range(n):
+        page = out[k] & ~np.int64(1)
+        if page == parked:
+            continue
+        sent = send_miss(st, v, page, out[k] & 1 != 0)
+        if sent == NOT_SENT:
+            break
+        if sent == SENT:
+            asked += 1
+            if asked == MAX_ASK:
+                break
+    st.xstats[v, XS_MISS_AHEAD] += asked
+    return asked
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -310,8 +333,9 @@ def forget_asked(asked, iova, end):
 
 # ---------------------------------------------------------- control thread
 class IotlbMisses:
-    """The control thread's half: send the MISSes the kernels parked on,
-    ask ahead, and un-park vrings when the UPDATEs land.
+    """The control thread's half: send the MISSes the kernels could not
+    send, re-send the unanswered ones, and un-park vrings when the UPDATEs
+    the session's Python path maps land.
 
     ``state()`` returns the port's kernel state (built once by the port).
     Single-threaded: every method runs on the port's control thread."""
@@ -319,38 +343,22 @@ class IotlbMisses:
     def __init__(self, vq: np.ndarray, state: Callable[[], VhostPciState]) -> None:
         self.vq = vq
         self._state = state
-        self._miss_sent: dict[int, float] = {}  # vring -> time of the last MISS for its parked address
-        self._asked: dict[tuple[int, int], float] = {}  # (page, perm) -> when asked, until an UPDATE covers it
-        self._ahead = np.zeros(MAX_AHEAD, np.int64)  # pages misses_ahead found
-        self.asked = np.zeros((ASK_SLOTS, 2), np.int64)  # state.asked: what is asked, for the kernels too
-        self.sent = 0  # MISS requests this thread sent (on demand and ahead)
-        self.ahead = 0  # of which ahead
+        self._miss_sent: dict[int, int] = {}  # vring -> when (monotonic ns) the MISS of its park was last sent
+        self.asked = np.zeros((ASK_SLOTS, 2), np.int64)  # state.asked: what is asked, kernels and this thread alike
+        self.sent = 0  # MISS requests this thread sent
         self.updates = 0  # IOTLB messages from VM1, all sessions
         self.invalidates = 0
 
-    def warm(self) -> None:
-        """Compile (or load) the ask-ahead kernel now, not mid-request."""
-        if not self.vq[:, VQ_READY].any():  # rings not ready: returns 0 at once
-            misses_ahead(self._state(), 0, self._ahead)
-
     def xstats(self) -> dict[str, int]:
         """The control thread's counters (the MISSes a kernel sent itself are
-        its vring's ``iotlb_miss_sent_by_lcore``)."""
-        return {"iotlb_miss_requests": self.sent, "iotlb_miss_ahead": self.ahead,
-                "iotlb_updates": self.updates, "iotlb_invalidates": self.invalidates}
+        its vring's ``iotlb_miss_sent_by_lcore`` and ``iotlb_miss_ahead``)."""
+        return {"iotlb_miss_requests": self.sent, "iotlb_updates": self.updates,
+                "iotlb_invalidates": self.invalidates}
 
     def forget(self) -> None:
         """A new front-end: nothing is asked any more."""
         self._miss_sent.clear()
-        self._asked.clear()
         self.asked[:] = 0
-
-    def _remember(self, page: int, perm: int, now: float) -> None:
-        """``page`` was asked for ``perm`` now (for the kernels too)."""
-        self._asked[(page, perm)] = now
-        key = page | (1 if perm == IotlbPerm.WO else 0)
-        row = self.asked[(page >> 12) & (ASK_SLOTS - 1)]
-        row[0], row[1] = key, int(now * 1e9)
 
     def invalidated(self, iova: int, size: int) -> None:
         self.invalidates += 1
@@ -366,61 +374,43 @@ class IotlbMisses:
     def answered(self, iova: int, size: int, unparked: int) -> None:
         """The asks an UPDATE answered are forgotten (a later miss on these
         pages is a new question), and so are the MISSes of the vrings it un-parked."""
-        end = iova + size
-        if self._asked:
-            first = iova & _PAGE_MASK
-            self._asked = {k: t for k, t in self._asked.items() if not first <= k[0] < end}
-        forget_asked(self.asked, np.uint64(iova & _U64).view(np.int64), np.uint64(end & _U64).view(np.int64))
+        forget_asked(self.asked, np.uint64(iova & _U64).view(np.int64),
+                     np.uint64((iova + size) & _U64).view(np.int64))
         for v in range(len(self.vq)):
             if unparked >> v & 1:
                 self._miss_sent.pop(v, None)
 
     def service(self, session: BackendSession) -> None:
-        """Send the MISSes the kernels parked on (and re-send stale ones)."""
-        now = time.monotonic()
+        """Send the MISSes the kernels parked on and could not send, and
+        re-send stale ones."""
+        now = time.monotonic_ns()
         for v in range(len(self.vq)):
             if not self.vq[v, VQ_MISS_PENDING] or not self.vq[v, VQ_READY]:
                 continue  # a stopped ring asks for nothing (a migration source after GET_VRING_BASE)
             sent = self._miss_sent.get(v)
-            if sent is not None and now - sent < MISS_RESEND_S:
+            if sent is not None and now - sent < MISS_RESEND_NS:
                 continue
-            iova = int(self.vq[v, VQ_MISS_IOVA]) & _U64
-            perm = IotlbPerm.WO if self.vq[v, VQ_MISS_WRITE] else IotlbPerm.RO
             if self.vq[v, VQ_MISS_SENT]:  # the kernel sent it when it parked (and counted it)
                 self.vq[v, VQ_MISS_SENT] = 0
-                self._asked[(iova & _PAGE_MASK, int(perm))] = now  # the kernel noted it in state.asked
             else:
-                # Not again if the page was just asked for (ahead, or by another
-                # ring) and is not answered yet: a second UPDATE of the same page
-                # would cost a remap.
+                iova = int(self.vq[v, VQ_MISS_IOVA]) & _U64
+                perm = IotlbPerm.WO if self.vq[v, VQ_MISS_WRITE] else IotlbPerm.RO
                 self._ask(session, iova & _PAGE_MASK, perm, now)
             self._miss_sent[v] = now
-            self._ask_ahead(session, v, iova & _PAGE_MASK, now)
 
-    def _ask(self, session: BackendSession, page: int, perm: IotlbPerm, now: float) -> bool:
+    def _ask(self, session: BackendSession, page: int, perm: IotlbPerm, now: int) -> bool:
         """Send one MISS unless ``page`` was asked for less than MISS_RESEND_S
-        ago; False when it was not sent now (asked already, or no room)."""
-        key = (page, int(perm))
-        if now - self._asked.get(key, -1.0) < MISS_RESEND_S or not session.send_iotlb_miss(page, perm):
+        ago (by anyone: a second UPDATE of the same page would cost a remap);
+        False when it was not sent now (asked already, or no room)."""
+        key = page | (1 if perm == IotlbPerm.WO else 0)
+        key -= (1 << 64) if key >> 63 else 0  # as the kernels store it (int64)
+        row = self.asked[(page >> 12) & (ASK_SLOTS - 1)]
+        if row[0] == key and now - row[1] < MISS_RESEND_NS:
             return False
-        self._remember(page, int(perm), now)
+        old = row[0], row[1]
+        row[0], row[1] = key, now  # before sending (see send_miss)
+        if not session.send_iotlb_miss(page, perm):
+            row[0], row[1] = old
+            return False
         self.sent += 1
         return True
-
-    def _ask_ahead(self, session: BackendSession, v: int, parked: int, now: float) -> None:
-        """Ask for the ungranted pages of the chains queued behind the
-        parked one: one round trip for a ring of fresh buffers.  At most
-        MAX_ASK per call, and none once the channel is full."""
-        n = misses_ahead(self._state(), v, self._ahead)
-        if len(self._asked) > 4096:  # forget old requests (they are re-asked when still needed)
-            self._asked = {k: t for k, t in self._asked.items() if now - t < MISS_RESEND_S}
-        asked = 0
-        for entry in self._ahead[:n].tolist():
-            page = entry & _U64 & ~1
-            perm = IotlbPerm.WO if entry & 1 else IotlbPerm.RO
-            if page == parked or now - self._asked.get((page, int(perm)), -1.0) < MISS_RESEND_S:
-                continue
-            if asked == MAX_ASK or not self._ask(session, page, perm, now):
-                return
-            asked += 1
-            self.ahead += 1

@@ -38,11 +38,11 @@ N_VQ = 27
 
 # extended per-vring counters
 (XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,
- XS_ROLLED_FORWARD, XS_HELD, XS_PERM_DENIED, XS_MISS_SENT) = range(12)
-N_XSTATS = 12
+ XS_ROLLED_FORWARD, XS_HELD, XS_PERM_DENIED, XS_MISS_SENT, XS_MISS_AHEAD) = range(13)
+N_XSTATS = 13
 XSTAT_NAMES = ("iotlb_misses", "bad_descriptors", "too_big", "bad_ring", "calls", "merged_rx_buffers",
                "inflight_resubmitted", "inflight_repaired", "inflight_rolled_forward", "tx_held_on_miss",
-               "iotlb_perm_denied", "iotlb_miss_sent_by_lcore")
+               "iotlb_perm_denied", "iotlb_miss_sent_by_lcore", "iotlb_miss_ahead")
 
 # port-wide control words (state.ctl): the eventfd that wakes the control
 # thread (IOTLB misses to send); 1 while an inflight region is mapped;
@@ -74,5 +74,6 @@ class VhostPciState(NamedTuple):
     pk: np.ndarray  # (nb_vrings, VEC_MAX, 3) int64: packed enqueue's used elements of one packet (vq_packed.py)
     missmsg: np.ndarray  # (nb_vrings, 48) uint8: the IOTLB MISS message a parking vring sends (iotlb.py)
     asked: np.ndarray  # (iotlb.ASK_SLOTS, 2) int64: pages asked for, not answered yet (iotlb.py)
+    ahead: np.ndarray  # (nb_vrings, iotlb.MAX_AHEAD) int64: a parking vring's pages to ask ahead (iotlb.py)
 
 

@@ -1,0 +1,49 @@
+"""Where control threads run: DPDK's rule for its control threads.
+
+A control thread (a port's vhost-user negotiation and IOTLB service) must
+never be starved by a busy-polling lcore sharing its CPU: VM1's vCPU waits
+for each IOTLB reply.  So, as DPDK does, control threads run on the CPUs
+the process may use minus those of the worker lcores, or on the main
+lcore's CPU when no other is left.  ``LcoreManager`` sets this when the
+lcores are laid out; a control thread calls ``pin_control_thread`` first
+thing (Linux affinity is per thread).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("vhostpci.lcore")
+
+_control_cpus: frozenset[int] | None = None  # None: no lcore layout yet, threads stay where they are
+
+
+def set_control_cpus(cpus: set[int] | frozenset[int] | None) -> None:
+    """Control threads started from now on run on ``cpus`` (None: anywhere)."""
+    global _control_cpus
+    _control_cpus = frozenset(cpus) if cpus else None
+
+
+def control_cpus_for(worker_cpus: set[int], main_cpu: int | None) -> set[int]:
+    """DPDK's rule: the process's CPUs minus the workers', else the main
+    lcore's CPU (else all of them)."""
+    allowed = os.sched_getaffinity(0)
+    rest = allowed - worker_cpus
+    if rest:
+        return rest
+    return {main_cpu} if main_cpu in allowed else allowed
+
+
+def control_cpus() -> frozenset[int] | None:
+    return _control_cpus
+
+
+def pin_control_thread() -> None:
+    """Move the calling thread to the control CPUs (a no-op without a layout)."""
+    cpus = _control_cpus
+    if cpus is None:
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as e:  # a CPU gone offline, a cgroup change: run where we are, but say so
+        log.warning("control thread: cannot run on CPUs %s: %s", sorted(cpus), e)
