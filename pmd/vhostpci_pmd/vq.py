@@ -145,10 +145,12 @@ def _complete_pending(st, v, num, avail, used, ibase):
     st.vq[v, VQ_PENDING] = 0
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def dequeue(st, v, q, pool, bufs, nb):
     """VM1 transmit ring ``v`` -> up to ``nb`` mbufs in ``bufs`` (the ring's
-    layout picks the kernel: one test per burst, none per packet)."""
+    layout picks the kernel: one test per burst, none per packet).  Inlined:
+    a call that is not passes the whole state by value (~200 words pushed,
+    ~50 ns a burst)."""
     if st.vq[v, VQ_PACKED] != 0:
         return dequeue_packed(st, v, q, pool, bufs, nb)
     return dequeue_split(st, v, q, pool, bufs, nb)
@@ -272,9 +274,10 @@ def _commit(st, v, pool, i, used_idx):
         mark_delivered(st.inflight, ibase, head, counter, v, used_idx)
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def enqueue(st, v, q, pool, bufs, nb):
-    """``bufs[:nb]`` -> VM1 receive ring ``v``, split or packed (one test per burst)."""
+    """``bufs[:nb]`` -> VM1 receive ring ``v``, split or packed (one test
+    per burst; inlined, as ``dequeue``)."""
     if st.vq[v, VQ_PACKED] != 0:
         return enqueue_packed(st, v, q, pool, bufs, nb)
     return enqueue_split(st, v, q, pool, bufs, nb)
