@@ -83,7 +83,7 @@ def receive_for(s, ctx, burst):
     return receive(s, ctx, min(burst, room))
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def send_burst(s, ctx, n):
     """tx ``ctx.bufs[:n]`` on the stream; free and count what the port refused."""
     sent = 0
@@ -105,7 +105,7 @@ def write_mac(data, off, mac):
         data[off + b] = mac[b]
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def fill_from_template(s, ctx, n):
     """Allocate ``n`` buffers holding the template frame addressed from the
     tx port to its peer; returns how many were allocated (n or 0).  As
