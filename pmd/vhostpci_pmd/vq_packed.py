@@ -44,7 +44,7 @@ from numba import njit
 
 from ..atomics import fence, load_acquire, prefetch_write
 from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF
-from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
+from ..mbuf import HEADROOM, alloc_bulk, free_bulk
 from ..guestmem.translate import translate
 from ..syscalls import eventfd_signal
 from ..virtio.packed import (
@@ -53,7 +53,7 @@ from ..virtio.packed import (
     pos_distance, pos_idx, pos_wrap, publish_desc_flags, ring_sizes, set_desc_flags, set_event_flags,
     set_used_desc, used_flag_bits,
 )
-from .bufcopy import copy_in, copy_out, log
+from .bufcopy import copy_in, copy_out, log, packet_in
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_MAX
 from .chain_packed import fill_vec_packed
 from .ringmap import ring_parts
@@ -239,11 +239,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     for k in range(nb):
         if k + PREFETCH_AHEAD < nb:  # one chain a packet, as a rule: a guess, never trusted
             _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD, num))
-        i = bufs[k]
-        ln = np.int64(pool.data_len[i])
-        src = mbuf_offset(pool, i)
-        ol = pool.ol_flags[i]
-        need = hdr + ln
+        ln, src, ol, need = packet_in(pool, bufs[k], hdr)
         done = np.int64(0)
         nbufs = 0
         off_lo = np.int64(-1)
