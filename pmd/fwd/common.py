@@ -105,7 +105,7 @@ def write_mac(data, off, mac):
         data[off + b] = mac[b]
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def fill_from_template(s, ctx, n):
     """Allocate ``n`` buffers holding the template frame addressed from the
     tx port to its peer; returns how many were allocated (n or 0).  As
