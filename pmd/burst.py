@@ -49,7 +49,7 @@ def _has_stats(state) -> bool:
     return "stats" in getattr(state, "fields", ())
 
 
-@overload(rx_burst, jit_options={"nogil": True, "_nrt": False})
+@overload(rx_burst, jit_options={"nogil": True, "_nrt": False}, inline="always")
 def _rx_burst_impl(state, queue, pool, bufs, nb):
     impl = _lookup(_RX, state)
     if impl is None:
@@ -68,7 +68,7 @@ def _rx_burst_impl(state, queue, pool, bufs, nb):
     return rx
 
 
-@overload(tx_burst, jit_options={"nogil": True, "_nrt": False})
+@overload(tx_burst, jit_options={"nogil": True, "_nrt": False}, inline="always")
 def _tx_burst_impl(state, queue, pool, bufs, nb):
     impl = _lookup(_TX, state)
     if impl is None:

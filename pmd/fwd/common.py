@@ -85,7 +85,7 @@ def receive_for(s, ctx, burst):
     return receive(s, ctx, min(burst, room))
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def send_burst(s, ctx, n):
     """tx ``ctx.bufs[:n]`` on the stream; free and count what the port refused."""
     sent = 0

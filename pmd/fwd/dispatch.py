@@ -7,7 +7,7 @@ from . import flowgen, icmpecho, io, mac, macswap, rxonly, txonly
 from .common import MODE_FLOWGEN, MODE_ICMPECHO, MODE_IO, MODE_MAC, MODE_MACSWAP, MODE_RXONLY, MODE_TXONLY
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _engine(s, ctx, mode, burst):
     if mode == MODE_IO:
         return io.fwd(s, ctx, burst)

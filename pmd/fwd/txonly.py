@@ -4,7 +4,7 @@ from numba import njit
 from .common import fill_from_template, send_burst
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def fwd(s, ctx, burst):
     n = fill_from_template(s, ctx, burst)
     send_burst(s, ctx, n)

@@ -77,6 +77,14 @@ def copy_out(st, vec, cnt, hdr, pool, mbuf, room):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
+def packet_in(pool, i, hdr):
+    """What an enqueue reads of mbuf ``i`` (both ring layouts): ``(length,
+    data offset, offload flags, bytes to place with a ``hdr``-byte header)``."""
+    ln = np.int64(pool.data_len[i])
+    return ln, mbuf_offset(pool, i), pool.ol_flags[i], hdr + ln
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def copy_in(st, v, vec, cnt, hdr, pool, src, ol, done, off_lo, off_hi):
     """Write header+packet into a walked device-writable chain
     (``vec[:cnt]``), ``done`` bytes of ``hdr + length`` being already in

@@ -45,6 +45,24 @@ def add_buffer(st, v, vec, cnt, addr, ln, write):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
+def take_buffer(st, v, vec, cnt, flags, addr, ln, write, left):
+    """One descriptor (its ``flags``, ``addr``, ``len`` read by the caller:
+    the split and packed layouts differ, their flag bits do not) into row
+    ``cnt`` of ``vec``: it must have the direction ``write`` asks and not be
+    INDIRECT; a device-writable one is cut to the ``left`` bytes still
+    needed.  Returns ``(rows or CHAIN_*, bytes left)``."""
+    if flags & VRING_DESC_F_INDIRECT or (flags & VRING_DESC_F_WRITE != 0) != write:
+        return np.int64(CHAIN_BAD), left
+    if write:
+        ln = min(ln, left)
+    if ln > 0:
+        cnt = add_buffer(st, v, vec, cnt, addr, ln, write)
+        if cnt >= 0:
+            left -= ln
+    return cnt, left
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def resolve(st, v, desc, num, head):
     """The descriptor table a chain lives in: ``(table_offset, size, first)``,
     the ring's own table or an indirect one (2.7.5.3); ``(CHAIN_*, 0, 0)`` if bad."""
@@ -80,16 +98,9 @@ def fill_vec(st, v, tbl, n, first, write, budget, vec):
         if i >= n:
             return CHAIN_BAD
         flags = desc_flags(m, tbl, i)
-        if flags & VRING_DESC_F_INDIRECT or (flags & VRING_DESC_F_WRITE != 0) != write:
-            return CHAIN_BAD
-        ln = desc_len(m, tbl, i)
-        if write:
-            ln = min(ln, left)
-        if ln > 0:
-            cnt = add_buffer(st, v, vec, cnt, desc_addr(m, tbl, i), ln, write)
-            if cnt < 0:
-                return cnt
-            left -= ln
+        cnt, left = take_buffer(st, v, vec, cnt, flags, desc_addr(m, tbl, i), desc_len(m, tbl, i), write, left)
+        if cnt < 0:
+            return cnt
         if not flags & VRING_DESC_F_NEXT or left <= 0:
             return cnt
         i = desc_next(m, tbl, i)

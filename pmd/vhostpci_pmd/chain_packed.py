@@ -24,9 +24,9 @@ from numba import njit
 
 from ..virtio.features import MAX_VRING_SIZE
 from ..virtio.packed import (
-    DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, desc_addr, desc_flags, desc_id, desc_len,
+    DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, desc_addr, desc_flags, desc_id, desc_len,
 )
-from .chain import CHAIN_BAD, CHAIN_TOO_BIG, add_buffer
+from .chain import CHAIN_BAD, CHAIN_TOO_BIG, take_buffer
 from .iotlb import buffer_offset
 
 
@@ -44,18 +44,9 @@ def _indirect(st, v, addr, ln, write, budget, vec):
     cnt = np.int64(0)
     left = np.int64(budget)
     for i in range(ln // DESC_SIZE):
-        flags = desc_flags(m, tbl, i)
-        if flags & VRING_DESC_F_INDIRECT or (flags & VRING_DESC_F_WRITE != 0) != write:
-            return np.int64(CHAIN_BAD)
-        b = desc_len(m, tbl, i)
-        if write:
-            b = min(b, left)
-        if b > 0:
-            cnt = add_buffer(st, v, vec, cnt, desc_addr(m, tbl, i), b, write)
-            if cnt < 0:
-                return cnt
-            left -= b
-        if left <= 0:
+        cnt, left = take_buffer(st, v, vec, cnt, desc_flags(m, tbl, i), desc_addr(m, tbl, i), desc_len(m, tbl, i),
+                                write, left)
+        if cnt < 0 or left <= 0:
             break
     return cnt
 
@@ -79,18 +70,10 @@ def fill_vec_packed(st, v, desc, num, idx, head_flags, write, budget, vec):
     left = np.int64(budget)
     for slots in range(1, num + 1):  # a chain covers each slot once at most
         if res >= 0:
-            if flags & VRING_DESC_F_INDIRECT or (flags & VRING_DESC_F_WRITE != 0) != write:
-                res = np.int64(CHAIN_BAD)
-            else:
-                ln = desc_len(m, desc, i)
-                if write:
-                    ln = min(ln, left)
-                if ln > 0:
-                    res = add_buffer(st, v, vec, cnt, desc_addr(m, desc, i), ln, write)
-                    if res >= 0:
-                        cnt = res
-                        left -= ln
-                if res >= 0 and left <= 0 and not write:
+            res, left = take_buffer(st, v, vec, cnt, flags, desc_addr(m, desc, i), desc_len(m, desc, i), write, left)
+            if res >= 0:
+                cnt = res
+                if left <= 0 and not write:
                     res = np.int64(CHAIN_TOO_BIG)  # a transmit chain longer than an mbuf
         if not flags & VRING_DESC_F_NEXT:
             if res >= 0:

@@ -13,9 +13,14 @@ split kernels never look at a packed ring).  A burst:
   completes in order, so the used position always equals the available one
   and one ``VQ_LAST_AVAIL`` / ``VQ_LAST_USED`` pair (``idx | wrap << 15``)
   holds both;
-- publishes the batch with one release store: every used element's flags
-  but the first are written as the burst goes, the first one's last, so
-  VM1's driver (which reads in ring order) sees the whole batch at once.
+- publishes used elements with one release store per batch: every used
+  element's flags but the batch's first are written as the burst goes, the
+  first one's last, so VM1's driver (which reads in ring order) sees the
+  whole batch at once.  Dequeue publishes the burst as one batch; enqueue
+  one batch per cache line of descriptors (``LINE_DESCS``, whole packets),
+  as DPDK's vhost does: VM1 consumes and refills the first lines while the
+  burst fills the next ones, where a batch per burst had both sides take
+  turns (bursts of all or nothing, each side idle half the time).
   With VIRTIO_F_IN_ORDER a transmit burst writes a single used element,
   the last chain's id at the batch's first position (2.8.9: the driver
   knows the rest); receive bursts keep one per chain (each has a length);
@@ -37,17 +42,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..atomics import fence, load_acquire
+from ..atomics import fence, load_acquire, prefetch_write
 from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF
-from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
+from ..mbuf import HEADROOM, alloc_bulk, free_bulk
+from ..guestmem.translate import translate
 from ..syscalls import eventfd_signal
 from ..virtio.packed import (
     DESC_SIZE, EVENT_FLAGS, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
-    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, desc_flags, desc_flags_acquire, event_flags, event_off_wrap, is_avail, need_event, pos_advance,
-    pos_idx, pos_wrap, publish_desc_flags, ring_sizes, set_desc_flags, set_event_flags,
+    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, desc_addr, desc_flags, desc_flags_acquire, event_flags, event_off_wrap, is_avail, need_event, pos_advance,
+    pos_distance, pos_idx, pos_wrap, publish_desc_flags, ring_sizes, set_desc_flags, set_event_flags,
     set_used_desc, used_flag_bits,
 )
-from .bufcopy import copy_in, copy_out, log
+from .bufcopy import copy_in, copy_out, log, packet_in
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_MAX
 from .chain_packed import fill_vec_packed
 from .ringmap import ring_parts
@@ -58,6 +64,9 @@ from .state import (
 )
 
 PK_SLOT, PK_ID, PK_LEN = range(3)  # st.pk rows: one used element of the packet being written
+LINE_DESCS = 4  # descriptors in a 64-byte cache line: enqueue publishes used elements a line at a time
+LINE_MASK = LINE_DESCS - 1
+PREFETCH_AHEAD = LINE_DESCS  # enqueue asks for a buffer's lines this many chains before copying into it
 COUNT_AHEAD = 512  # avail_left_packed counts no further (DPDK's largest burst)
 
 
@@ -105,9 +114,11 @@ def _used(st, v, desc, pos, buf_id, length, first_flags):
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _publish(st, v, desc, drv, first_pos, first_flags, new_pos, num):
     """Make the burst visible (the first used element's flags, a release
-    store), then call VM1's driver if its driver area asks for it."""
+    store, unless ``first_flags`` < 0: published already), then call VM1's
+    driver if its driver area asks for it."""
     m = st.mem
-    publish_desc_flags(m, desc, pos_idx(first_pos), first_flags)
+    if first_flags >= 0:
+        publish_desc_flags(m, desc, pos_idx(first_pos), first_flags)
     old = st.vq[v, VQ_LAST_USED]
     st.vq[v, VQ_LAST_USED] = new_pos
     st.vq[v, VQ_LAST_AVAIL] = new_pos
@@ -184,6 +195,21 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
     return got
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _prefetch_buffer(st, desc, pos):
+    """Ask for the first two lines (header and a small packet) of the
+    buffer of the chain whose head is at ``pos``, if VM1 made it available:
+    the buffer was last touched by VM1's CPU, and the miss then overlaps the
+    copies of the packets before it (DPDK's vhost prefetches likewise)."""
+    m = st.mem
+    i = pos_idx(pos)
+    if is_avail(desc_flags_acquire(m, desc, i), pos_wrap(pos)):
+        off = translate(st.table, st.tcount, desc_addr(m, desc, i), 0, True)
+        if off >= 0:
+            prefetch_write(m.u8, off)
+            prefetch_write(m.u8, off + 64)
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def enqueue_packed(st, v, q, pool, bufs, nb):
     """``bufs[:nb]`` -> VM1 receive ring ``v`` (packed); as ``vq.enqueue``:
@@ -197,7 +223,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     mrg = st.vq[v, VQ_MRG] != 0
     hdr = st.vq[v, VQ_HDR_LEN]
     pos = st.vq[v, VQ_LAST_AVAIL]
-    start = pos
+    start = pos  # the first used element not published yet
     first_flags = np.int64(-1)
     vec = st.vec[v]
     pk = st.pk[v]
@@ -208,12 +234,12 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     taken = 0
     sent = 0
     nbytes = 0
+    for k in range(min(nb, PREFETCH_AHEAD)):
+        _prefetch_buffer(st, desc, pos_advance(pos, k, num))
     for k in range(nb):
-        i = bufs[k]
-        ln = np.int64(pool.data_len[i])
-        src = mbuf_offset(pool, i)
-        ol = pool.ol_flags[i]
-        need = hdr + ln
+        if k + PREFETCH_AHEAD < nb:  # one chain a packet, as a rule: a guess, never trusted
+            _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD, num))
+        ln, src, ol, need = packet_in(pool, bufs[k], hdr)
         done = np.int64(0)
         nbufs = 0
         off_lo = np.int64(-1)
@@ -258,6 +284,12 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
             f = _used(st, v, desc, pk[c, PK_SLOT], pk[c, PK_ID], 0 if dropped else pk[c, PK_LEN], first_flags)
             if first_flags < 0:
                 first_flags = f
+        if first_flags >= 0 and (pos_idx(start) & LINE_MASK) + pos_distance(start, p, num) >= LINE_DESCS:
+            # a cache line of used elements is complete: publish it now, so
+            # VM1 consumes it while this burst goes on (as DPDK's vhost)
+            publish_desc_flags(m, desc, pos_idx(start), first_flags)
+            first_flags = np.int64(-1)
+            start = p
         pos = p
         if dropped:
             st.stats[q, ST_OERRORS] += 1
@@ -271,7 +303,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     st.vq[v, VQ_PARKED] = 1 if parked else 0
     # still a lower bound (VM1 only adds); at 0, avail_left_packed walks the ring again
     st.vq[v, VQ_AVAIL_LEFT] = 0 if empty else max(st.vq[v, VQ_AVAIL_LEFT] - chains, 0)
-    if first_flags >= 0:
+    if taken:
         _publish(st, v, desc, drv, start, first_flags, pos, num)
     if taken:
         free_bulk(pool, bufs, taken)

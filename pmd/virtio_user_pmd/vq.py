@@ -235,6 +235,55 @@ def fill_tx(st, v, q, pool, bufs, nb, packed):
     return taken
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def rx_first(st, v, q, pool, k, i, ln, room):
+    """The first buffer of a received packet (id ``i``, ``ln`` bytes the
+    device wrote, header included) into mbuf ``k``, for both ring layouts:
+    ``(bytes copied, buffers the packet spans)``, or ``(-1, 0)`` for a bad
+    used element (counted; the id is taken back if it was the device's)."""
+    row = st.vq[v]
+    if not _push_done(st, v, i):
+        st.stats[q, ST_IERRORS] += 1
+        return np.int64(-1), np.int64(0)
+    hdr = row[DRV_HDR_LEN]
+    ln -= hdr
+    if ln < 0 or ln > row[DRV_STRIDE] - hdr or ln > room:
+        st.xstats[v, DRV_XS_BAD_USED] += 1
+        st.stats[q, ST_IERRORS] += 1
+        return np.int64(-1), np.int64(0)
+    m = st.mem
+    memcpy(pool.data, mbuf_offset(pool, k), m.u8, _buf_gpa(row, i) + hdr, ln)
+    nbuf = np.int64(m.u16[(_buf_gpa(row, i) + NET_HDR_NUM_BUFFERS) >> 1]) if row[DRV_MRG] != 0 else np.int64(1)
+    return np.int64(ln), nbuf
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def rx_more(st, v, pool, k, total, ok, i, ln, room):
+    """A further buffer (id ``i``, ``ln`` bytes) of a merged packet
+    (MRG_RXBUF) appended to mbuf ``k`` after ``total`` bytes: ``(total,
+    ok)`` after it (a bad one makes the packet bad; its id is still taken
+    back if it was the device's)."""
+    row = st.vq[v]
+    if not _push_done(st, v, i) or ln > row[DRV_STRIDE] or total + ln > room:
+        return total, False
+    memcpy(pool.data, mbuf_offset(pool, k) + total, st.mem.u8, _buf_gpa(row, i), ln)
+    return total + ln, ok
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def rx_done(st, v, q, pool, k, total, ok):
+    """Close a received packet: mbuf ``k`` holds ``total`` bytes, or the
+    packet was bad (``ok`` False: counted).  Returns the bytes delivered, or
+    -1 for a bad one (the caller reuses the mbuf)."""
+    if not ok:
+        st.xstats[v, DRV_XS_BAD_USED] += 1
+        st.stats[q, ST_IERRORS] += 1
+        return np.int64(-1)
+    pool.data_len[k] = total
+    pool.port[k] = st.port_id
+    return np.int64(total)
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def recv(st, v, q, pool, bufs, nb):
     """Receive ring ``v`` -> up to ``nb`` mbufs; refills the ring."""
@@ -253,51 +302,32 @@ def recv(st, v, q, pool, bufs, nb):
         if not alloc_bulk(pool, bufs, n):
             st.stats[q, ST_RX_NOMBUF] += n
             n = 0
-        hdr = row[DRV_HDR_LEN]
         room = pool.buf_size - HEADROOM
         avail_used = (used_idx(m, used) - last) & 0xFFFF
         e = 0  # used entries consumed
         while got < n and e < avail_used:
             slot = last & (num - 1)
             i = used_entry_id(m, used, slot)
-            ln = used_entry_len(m, used, slot) - hdr
+            ln = used_entry_len(m, used, slot)
             last = (last + 1) & 0xFFFF
             e += 1
-            if not _push_done(st, v, i):
-                st.stats[q, ST_IERRORS] += 1
-                continue
-            if ln < 0 or ln > row[DRV_STRIDE] - hdr or ln > room:
-                st.xstats[v, DRV_XS_BAD_USED] += 1
-                st.stats[q, ST_IERRORS] += 1
-                continue
             k = bufs[got]
-            dst = mbuf_offset(pool, k)
-            memcpy(pool.data, dst, m.u8, _buf_gpa(row, i) + hdr, ln)
-            total = ln
-            nbuf = np.int64(m.u16[(_buf_gpa(row, i) + NET_HDR_NUM_BUFFERS) >> 1]) if row[DRV_MRG] != 0 else 1
+            total, nbuf = rx_first(st, v, q, pool, k, i, ln, room)
+            if total < 0:
+                continue
             ok = True
             for _more in range(1, nbuf):  # MRG_RXBUF: the rest of the packet follows
                 if e >= avail_used:
                     ok = False  # the device published a partial packet
                     break
                 slot = last & (num - 1)
-                i2 = used_entry_id(m, used, slot)
-                ln2 = used_entry_len(m, used, slot)
+                total, ok = rx_more(st, v, pool, k, total, ok, used_entry_id(m, used, slot),
+                                    used_entry_len(m, used, slot), room)
                 last = (last + 1) & 0xFFFF
                 e += 1
-                if not _push_done(st, v, i2) or ln2 > row[DRV_STRIDE] or total + ln2 > room:
-                    ok = False
-                    continue
-                memcpy(pool.data, dst + total, m.u8, _buf_gpa(row, i2), ln2)
-                total += ln2
-            if not ok:
-                st.xstats[v, DRV_XS_BAD_USED] += 1
-                st.stats[q, ST_IERRORS] += 1
-                continue
-            pool.data_len[k] = total
-            pool.port[k] = st.port_id
-            nbytes += total
-            got += 1
+            if rx_done(st, v, q, pool, k, total, ok) >= 0:
+                nbytes += total
+                got += 1
         if got < n:
             free_bulk(pool, bufs[got:], n - got)
         row[DRV_LAST_USED] = last

@@ -24,20 +24,20 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..atomics import fence, load_acquire, memcpy
-from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_RX_NOMBUF
-from ..mbuf import HEADROOM, alloc_bulk, free_bulk, mbuf_offset
+from ..atomics import fence, load_acquire
+from ..ethdev import ST_IBYTES, ST_IPACKETS, ST_RX_NOMBUF
+from ..mbuf import HEADROOM, alloc_bulk, free_bulk
 from ..syscalls import eventfd_signal
-from ..virtio.features import NET_HDR_NUM_BUFFERS
 from ..virtio.packed import (
     RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_ENABLE, VRING_DESC_F_WRITE, avail_flag_bits, desc_flags_acquire, desc_id,
     desc_len, event_flags, event_off_wrap, is_used, need_event, pos_advance, pos_idx, pos_wrap, publish_desc_flags,
     set_desc_body, set_desc_flags,
 )
 from .vq import (
-    DRV_AVAIL_IDX, DRV_DESC, DRV_EVENT_IDX, DRV_FREE_TOP, DRV_HDR_LEN, DRV_IOVA_DELTA, DRV_KICK_FD,
-    DRV_LAST_USED, DRV_MAP_DONE, DRV_MRG, DRV_NUM, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_USED,
-    DRV_XS_BAD_USED, DRV_XS_KICKS, _buf_gpa, _handed_back, _push_done, _recycle, _stage, fill_tx,
+    DRV_AVAIL_IDX, DRV_DESC, DRV_EVENT_IDX, DRV_FREE_TOP, DRV_IOVA_DELTA, DRV_KICK_FD,
+    DRV_LAST_USED, DRV_MAP_DONE, DRV_NUM, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_USED,
+    DRV_XS_KICKS, _buf_gpa, _handed_back, _push_done, _recycle, _stage, fill_tx, rx_done, rx_first,
+    rx_more,
 )
 
 
@@ -122,7 +122,6 @@ def recv_packed(st, v, q, pool, bufs, nb):
     row = st.vq[v]
     if load_acquire(row, DRV_READY) == 0:
         return 0
-    m = st.mem
     last = row[DRV_LAST_USED]
     got = 0
     nbytes = 0
@@ -131,27 +130,16 @@ def recv_packed(st, v, q, pool, bufs, nb):
         if not alloc_bulk(pool, bufs, nb):
             st.stats[q, ST_RX_NOMBUF] += nb
             nb = 0
-        hdr = row[DRV_HDR_LEN]
         room = pool.buf_size - HEADROOM
-        stride = row[DRV_STRIDE]
         while got < nb:
             i, ln, nxt = _next_used(st, row, last)
             if i < 0:
                 break
             last = nxt
-            if not _push_done(st, v, i):
-                st.stats[q, ST_IERRORS] += 1
-                continue
-            ln -= hdr
-            if ln < 0 or ln > stride - hdr or ln > room:
-                st.xstats[v, DRV_XS_BAD_USED] += 1
-                st.stats[q, ST_IERRORS] += 1
-                continue
             k = bufs[got]
-            dst = mbuf_offset(pool, k)
-            memcpy(pool.data, dst, m.u8, _buf_gpa(row, i) + hdr, ln)
-            total = ln
-            nbuf = np.int64(m.u16[(_buf_gpa(row, i) + NET_HDR_NUM_BUFFERS) >> 1]) if row[DRV_MRG] != 0 else 1
+            total, nbuf = rx_first(st, v, q, pool, k, i, ln, room)
+            if total < 0:
+                continue
             ok = True
             for _more in range(1, nbuf):  # MRG_RXBUF: the rest of the packet follows
                 i2, ln2, nxt = _next_used(st, row, last)
@@ -159,19 +147,10 @@ def recv_packed(st, v, q, pool, bufs, nb):
                     ok = False  # the device published a partial packet
                     break
                 last = nxt
-                if not _push_done(st, v, i2) or ln2 > stride or total + ln2 > room:
-                    ok = False
-                    continue
-                memcpy(pool.data, dst + total, m.u8, _buf_gpa(row, i2), ln2)
-                total += ln2
-            if not ok:
-                st.xstats[v, DRV_XS_BAD_USED] += 1
-                st.stats[q, ST_IERRORS] += 1
-                continue
-            pool.data_len[k] = total
-            pool.port[k] = st.port_id
-            nbytes += total
-            got += 1
+                total, ok = rx_more(st, v, pool, k, total, ok, i2, ln2, room)
+            if rx_done(st, v, q, pool, k, total, ok) >= 0:
+                nbytes += total
+                got += 1
         if got < nb:
             free_bulk(pool, bufs[got:], nb - got)
         row[DRV_LAST_USED] = last
