@@ -459,6 +459,7 @@ class VhostPciDevice(BackendDevice):
         out["iotlb_miss_requests"] += int(self.xstats[:, XS_MISS_SENT].sum() + self.xstats[:, XS_MISS_AHEAD].sum())
         out["iotlb_updates"] += self.iotlb_server.updates
         out["iotlb_invalidates"] += self.iotlb_server.invalidates
+        out.update(self.iotlb_server.profile())
         return out
 
     def iotlb_fast(self, fd: int, reply: str, wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:

@@ -314,21 +314,31 @@ def unpark_covered(vq, iova, end):
 def forget_asked(asked, iova, end):
     """An UPDATE of ``[iova, end)`` answered the asks of its pages: their
     ``state.asked`` rows are cleared, so a kernel that parks on one of them
-    again (VM1 invalidated it meanwhile) sends its own MISS at once."""
+    again (VM1 invalidated it meanwhile) sends its own MISS at once.
+    Returns (asks answered, ns they waited in all): VM1's answer time."""
     first = np.int64(iova) & np.int64(_PAGE_MASK)
     stop = np.int64(end)
+    now = monotonic_ns()
+    n = 0
+    waited = 0
     if (stop - first) // PAGE_SIZE >= ASK_SLOTS:  # a large grant: look at every row
         for s in range(ASK_SLOTS):
             page = asked[s, 0] & np.int64(_PAGE_MASK)
-            if asked[s, 0] != 0 and first <= page and page < stop:
-                asked[s, 0] = 0
-        return
+            if asked[s, 1] != 0 and first <= page and page < stop:
+                n += 1
+                waited += now - asked[s, 1]
+                asked[s, 0] = asked[s, 1] = 0
+        return n, waited
     page = first
     while page < stop:
         s = (page >> 12) & (ASK_SLOTS - 1)
         if asked[s, 0] & np.int64(_PAGE_MASK) == page:
-            asked[s, 0] = 0
+            if asked[s, 1] != 0:  # a note (an empty row matches page 0)
+                n += 1
+                waited += now - asked[s, 1]
+            asked[s, 0] = asked[s, 1] = 0
         page += PAGE_SIZE
+    return n, waited
 
 
 # ---------------------------------------------------------- control thread

@@ -54,8 +54,11 @@ _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 
 # io: what serve did: totals (updated before each reply), the errors and the
 # UPDATE log since the last drain, why it stopped
-IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_LOG_N, IO_NEXT = range(6)
-N_IO = 8
+# the profile: ns spent serving each kind (from its peek to its ack), and the
+# asks (MISS) its UPDATEs answered with the ns they waited for an answer
+IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_LOG_N, IO_NEXT, IO_UPDATE_NS, \
+    IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS = range(10)
+N_IO = 10
 LOG_CAP = 1024  # UPDATEs remembered between two services; past it the service forgets every ask
 # IO_NEXT after a call: nothing left to read, or a message the Python path must read
 NEXT_NONE, NEXT_PYTHON = 0, 1
@@ -97,6 +100,7 @@ def serve(fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, u
     handled = 0
     io[IO_NEXT] = NEXT_NONE
     while handled < MAX_BATCH:
+        t0 = monotonic_ns()
         got = socket_recv_into(fd, buf, MSG_SIZE, MSG_PEEK | MSG_DONTWAIT)
         if got < 0:
             return handled  # nothing there (EAGAIN), or an error the Python read reports
@@ -140,7 +144,9 @@ def serve(fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, u
         if kind == _UPDATE:
             io[IO_UPDATES] += 1
             mask = unpark_covered(vq, iova, iova + length)
-            forget_asked(asked, np.int64(iova), np.int64(iova + length))
+            n_asks, waited = forget_asked(asked, np.int64(iova), np.int64(iova + length))
+            io[IO_ASKS_ANSWERED] += n_asks
+            io[IO_ASK_WAIT_NS] += waited
             k = io[IO_LOG_N]
             if k < LOG_CAP:
                 ulog[k, 0] = np.int64(iova)
@@ -153,6 +159,7 @@ def serve(fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, u
             if not _reply(fd, out, flags, ok):
                 io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
                 return handled
+        io[IO_UPDATE_NS if kind == _UPDATE else IO_INVALIDATE_NS] += monotonic_ns() - t0
     return handled
 
 
@@ -251,6 +258,14 @@ class IotlbServer:
     @property
     def invalidates(self) -> int:
         return int(self.io[IO_INVALIDATES])
+
+    def profile(self) -> dict[str, int]:
+        """ns the kernel spent serving UPDATEs and INVALIDATEs (each from its
+        peek to its ack: map and publish; drop, grace period and revoke), and
+        the MISSes its UPDATEs answered with the ns VM1 took to answer them."""
+        io = self.io
+        return {"iotlb_update_ns": int(io[IO_UPDATE_NS]), "iotlb_invalidate_ns": int(io[IO_INVALIDATE_NS]),
+                "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED]), "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS])}
 
     @property
     def served(self) -> int:
