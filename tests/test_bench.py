@@ -51,13 +51,15 @@ def test_bench_rejects_unknown_scenario():
 
 
 # ------------------------------------------------------------ vhost bench
-def _bench_leftovers(pid: int) -> list[str]:
-    """Processes and DPDK runtime dirs a bench run with PID ``pid`` left behind."""
+def _bench_leftovers(pid: int, under: str = "") -> list[str]:
+    """Processes and DPDK runtime dirs a bench run with PID ``pid`` left behind
+    (its ``vhostpci-fwd`` children: those with a socket under ``under``, the
+    run's TMPDIR, when given: another bench on the machine is not this one's)."""
     tag = f"vhostpci-bench-{pid}-"
     left = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if tag in cmd or ("apps.fwd" in cmd and "vhostpci-bench-" in cmd):
+        if tag in cmd or ("apps.fwd" in cmd and "vhostpci-bench-" in cmd and under in cmd):
             left.append(f"process {p.info['pid']}: {cmd}")
     for base in ("/var/run/dpdk", os.environ.get("XDG_RUNTIME_DIR", "/tmp") + "/dpdk", "/tmp/dpdk"):
         left += glob.glob(os.path.join(base, tag + "*"))
@@ -85,7 +87,7 @@ def _run_vhost_bench(tmp_path, *args, path_env=None, timeout=240):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with _killed_on_exit(proc):
         out, err = proc.communicate(timeout=timeout)
-    assert _bench_leftovers(proc.pid) == []
+    assert _bench_leftovers(proc.pid, str(tmp_path)) == []
     assert list(tmp_path.iterdir()) == []  # sockets, the hugetlbfs mount point and their directory removed
     assert not _mounts_under(tmp_path)
     return proc.returncode, out, err
@@ -163,14 +165,18 @@ def test_vhost_bench_sigterm_mid_run_leaves_nothing(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            for child in ps.children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # the test failed: SIGTERM first (the bench undoes its mounts and hugepages)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                for child in ps.children(recursive=True):
+                    child.kill()
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err
-    assert _bench_leftovers(proc.pid) == []
+    assert _bench_leftovers(proc.pid, str(tmp_path)) == []
     assert list(tmp_path.iterdir()) == [] and not _mounts_under(tmp_path)
 
 

@@ -39,6 +39,11 @@ class Qmp:
         self.sock = s
         try:
             self.greeting = self._read()
+            # A client that connects while QEMU is still starting may see an
+            # event (RESUME) queued before the greeting: kept, then skipped.
+            while "event" in self.greeting and "QMP" not in self.greeting:
+                self.events.append(self.greeting)
+                self.greeting = self._read()
         except QmpError:
             self.close()
             raise
