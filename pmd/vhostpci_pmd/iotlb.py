@@ -68,6 +68,7 @@ MISS_RESEND_NS = int(MISS_RESEND_S * 1e9)
 ASK_SLOTS = 1024
 MAX_AHEAD = 256  # chains looked at per ask-ahead (a whole ring of usual size)
 MAX_ASK = 64  # pages asked for per ask-ahead (each MISS is 36 bytes: the socket holds thousands)
+MAX_VISITS = 4 * MAX_AHEAD  # descriptors and pages an ask-ahead looks at, at most (it runs on the lcore)
 _U64 = (1 << 64) - 1
 _PAGE_MASK = ~(PAGE_SIZE - 1)
 
@@ -243,7 +244,10 @@ def misses_ahead(st, v, out):
     RO); fills ``out`` (distinct, in ring order) and returns how many.
     Chains whose descriptor table itself is not mapped are skipped (the
     kernel's own miss covers those); indirect tables are looked into when
-    mapped; a range mapped without the needed permission is not asked for."""
+    mapped; a range mapped without the needed permission is not asked for.
+    It runs on the lcore: at most MAX_VISITS descriptors and pages are
+    looked at, whatever chains and lengths VM1 wrote (a hostile ring must
+    not stall the data path)."""
     row = st.vq[v]
     if row[VQ_READY] == 0 or row[VQ_PACKED] != 0:  # packed rings: each miss asked for on its own
         return 0
@@ -257,6 +261,7 @@ def misses_ahead(st, v, out):
     last = row[VQ_LAST_AVAIL]
     pending = (avail_idx(m, avail) - last) & 0xFFFF
     n = 0
+    visits = MAX_VISITS
     for k in range(min(pending, MAX_AHEAD, num)):
         head = avail_entry(m, avail, (last + k) & (num - 1))
         if head >= num:
@@ -269,6 +274,9 @@ def misses_ahead(st, v, out):
                 continue
             i = 0
         for _ in range(tn):  # a chain visits each descriptor once at most
+            visits -= 1
+            if visits < 0:
+                return n
             addr = desc_addr(m, tbl, i)
             length = desc_len(m, tbl, i)
             flags = desc_flags(m, tbl, i)
@@ -276,7 +284,8 @@ def misses_ahead(st, v, out):
             if length > 0 and translate(st.table, st.tcount, addr, length, write) < 0:
                 a = np.int64(addr) & ~np.int64(PAGE_SIZE - 1)
                 end = np.int64(addr) + length
-                while a < end:
+                while a < end and visits > 0:
+                    visits -= 1
                     if granted_perm(st.table, st.tcount, a) == 0:
                         n = _add(out, n, a | (1 if write else 0))
                     a += PAGE_SIZE
