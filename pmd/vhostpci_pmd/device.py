@@ -134,7 +134,7 @@ class VhostPciDevice(BackendDevice):
         self.link = False
         self.port_id = 0
         self._kstate: VhostPciState | None = None
-        self.iotlb = IotlbMisses(self.vq, self.kernel_state)
+        self.iotlb = IotlbMisses(self.vq)
         self.iotlb_server = IotlbServer(self.window, self.vq, self.iotlb, QUIESCE_TIMEOUT_S)
         self.closed = False
 

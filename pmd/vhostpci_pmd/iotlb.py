@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
@@ -52,7 +52,7 @@ from ..virtio.split import (
 from .state import (
     PORT_MISS_FD, PORT_WAKE_FD, VQ_MISS_SENT, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_ANSWERED, VQ_MISS_IOVA,
     VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_PACKED,
-    VQ_READY, XS_IOTLB_MISS, XS_MISS_AHEAD, XS_MISS_SENT, XS_PERM_DENIED, VhostPciState,
+    VQ_READY, XS_IOTLB_MISS, XS_MISS_AHEAD, XS_MISS_SENT, XS_PERM_DENIED,
 )
 
 if TYPE_CHECKING:
@@ -356,12 +356,10 @@ class IotlbMisses:
     send, re-send the unanswered ones, and un-park vrings when the UPDATEs
     the session's Python path maps land.
 
-    ``state()`` returns the port's kernel state (built once by the port).
     Single-threaded: every method runs on the port's control thread."""
 
-    def __init__(self, vq: np.ndarray, state: Callable[[], VhostPciState]) -> None:
+    def __init__(self, vq: np.ndarray) -> None:
         self.vq = vq
-        self._state = state
         self._miss_sent: dict[int, int] = {}  # vring -> when (monotonic ns) the MISS of its park was last sent
         self.asked = np.zeros((ASK_SLOTS, 2), np.int64)  # state.asked: what is asked, kernels and this thread alike
         self.sent = 0  # MISS requests this thread sent
