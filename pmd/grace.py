@@ -14,15 +14,24 @@ control words (one int64 row per lcore of ``ctl_table``):
 
 An lcore is done with the old state once its epoch moved on since the wait
 began, or it sleeps, or it does not run.  The wait is compiled (``nogil``):
-the control thread calls it from Python and from its own kernels (the IOTLB
-path) alike.
+the control thread calls it from Python and from its own kernels alike.
+
+Read sections are the finer wait, for what only a port's burst kernels
+use (VM1's IOTLB grants): each kernel entry that touches the port's memory
+brackets that access with ``section_enter``/``section_leave`` on a word of
+its own (one per vring: one lcore polls a vring), odd while inside.
+``wait_sections`` then waits only for the words it found odd, until they
+move: an lcore preempted anywhere else -- in another port's syscall, or
+between passes -- holds nothing of this port, and the control thread does
+not wait for the scheduler to run it again (DPDK's vhost library holds its
+per-vring IOTLB read lock the same way, for the burst only).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from .atomics import cpu_pause, fence, load_acquire
+from .atomics import cpu_pause, fence, load_acquire, store_release
 from .syscalls import monotonic_ns, sched_yield, sleep_us
 
 LC_EPOCH = 8  # bumped by the loop once per pass: a quiescent point
@@ -31,6 +40,16 @@ LC_RUNNING = 28  # 1 while the lcore's thread runs its loop
 
 SPIN_NS = 50_000  # yield the CPU between looks for this long, then sleep between looks
 SLEEP_US = 20
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _back_off(waited):
+    if waited < SPIN_NS:
+        for _ in range(64):
+            cpu_pause()
+        sched_yield()  # an lcore sharing this CPU gets to finish its pass
+    else:
+        sleep_us(SLEEP_US)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -65,12 +84,48 @@ def wait_quiescent(ctl_table, rows, timeout_ns):
         waited = monotonic_ns() - t0
         if waited >= timeout_ns:
             return mask
-        if waited < SPIN_NS:
-            for _ in range(64):
-                cpu_pause()
-            sched_yield()  # an lcore sharing this CPU gets to finish its pass
-        else:
-            sleep_us(SLEEP_US)
+        _back_off(waited)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def section_enter(words, col):
+    """Enter a read section on ``words[col]`` (odd while inside).  The full
+    fence orders the mark before the section's first read of the tables; it
+    pairs with ``wait_sections``' fence: either the waiter sees the mark,
+    or this section sees the waiter's change."""
+    store_release(words, col, words[col] + 1)
+    fence()
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def section_leave(words, col):
+    """Leave the read section: after the section's last access (release)."""
+    store_release(words, col, words[col] + 1)
+
+
+@njit(nogil=True, cache=True)
+def wait_sections(table, col, timeout_ns):
+    """Wait until every row of ``table`` that was inside a read section
+    (odd ``table[row, col]``) when this call began has left it; returns 0,
+    or after ``timeout_ns`` the bitmask of the rows (the first 63) still
+    inside.  Call it after the change the sections must not miss."""
+    fence()
+    n = table.shape[0]
+    start = np.empty(n, np.int64)
+    for k in range(n):
+        start[k] = load_acquire(table[k], col)
+    t0 = monotonic_ns()
+    while True:
+        mask = 0
+        for k in range(n):
+            if start[k] & 1 and load_acquire(table[k], col) == start[k]:
+                mask |= 1 << min(k, 62)
+        if mask == 0:
+            return 0
+        waited = monotonic_ns() - t0
+        if waited >= timeout_ns:
+            return mask
+        _back_off(waited)
 
 
 class GraceSet:

@@ -295,9 +295,9 @@ class BackendSession:
             log.error("%s: device %s failed: %s: %s", self.name, what, type(e).__name__, e)
             return None
 
-    def _quiesce(self, why: str) -> None:
+    def _quiesce(self, why: str, grants: bool = False) -> None:
         try:
-            self.device.quiesce()
+            (self.device.quiesce_grants if grants else self.device.quiesce)()
         except TimeoutError as e:
             log.error("%s: quiesce before %s timed out (%s); continuing", self.name, why, e)
         except Exception as e:
@@ -309,9 +309,10 @@ class BackendSession:
                 ring.started = False
                 self._safe("vring_stopped", self.device.vring_stopped, index)
 
-    def _quiescer(self, why: str) -> Callable[[], None]:
-        """The ``quiesce`` a Window calls between dropping rows and revoking pages."""
-        return lambda: self._quiesce(why)
+    def _quiescer(self, why: str, grants: bool = False) -> Callable[[], None]:
+        """The ``quiesce`` a Window calls between dropping rows and revoking
+        pages (``grants``: only IOTLB grants changed, the device's finer wait)."""
+        return lambda: self._quiesce(why, grants)
 
     def _drop_memory(self, why: str) -> None:
         """Memory is gone: tell the device, empty its memory (rows, quiesce,
@@ -514,12 +515,12 @@ class BackendSession:
             raise HandlerError(f"IOTLB message type {iotlb.type} before SET_MEM_TABLE")
         if iotlb.type == IotlbType.UPDATE:
             self.window.iotlb_update(iotlb.iova, iotlb.size, iotlb.uaddr, iotlb.perm,
-                                     quiesce=self._quiescer("IOTLB update (replacing a grant)"))
+                                     quiesce=self._quiescer("IOTLB update (replacing a grant)", grants=True))
             self.device.iotlb_updated(iotlb.iova, iotlb.size)
         elif iotlb.type == IotlbType.INVALIDATE:
             # QEMU leaves uaddr/perm uninitialised on invalidate: not checked.
             # The window quiesces between dropping the rows and the unmap.
-            self.window.iotlb_invalidate(iotlb.iova, iotlb.size, quiesce=self._quiescer("IOTLB invalidate"))
+            self.window.iotlb_invalidate(iotlb.iova, iotlb.size, quiesce=self._quiescer("IOTLB invalidate", grants=True))
             self.device.iotlb_invalidated(iotlb.iova, iotlb.size)
         else:
             raise HandlerError(f"IOTLB message type {iotlb.type} is not one a front-end sends")

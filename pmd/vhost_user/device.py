@@ -207,6 +207,12 @@ class BackendDevice:
         """Return once every lcore using the device passed a quiescent point;
         TimeoutError if not in time.  Default: nothing to wait for."""
 
+    def quiesce_grants(self) -> None:
+        """Return once nothing still uses an IOTLB translation looked up
+        before this call (the finer wait of an invalidation); TimeoutError
+        if not in time.  Default: ``quiesce()``."""
+        self.quiesce()
+
     # ---- control-thread service -----------------------------------------
     def wake_fd(self) -> int:
         """An eventfd the device's kernels write when they need the control

@@ -21,8 +21,9 @@ from numba import njit
 from ..atomics import load_acquire, store_release
 from ..burst import register_burst
 from ..ethdev import ST_IBYTES, ST_IPACKETS
+from ..grace import section_enter, section_leave
 from ..mbuf import alloc_bulk, mbuf_offset
-from .state import PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, VhostPciState
+from .state import PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, VQ_READER, VhostPciState
 from .txhold import tx
 from .vq import vhost_pci_rx
 
@@ -80,10 +81,15 @@ def _announce(st, q, pool, bufs, n):
 def rx(st, q, pool, bufs, nb):
     """rx_burst of the vhost-pci port: VM1's packets, plus on queue 0 an
     announcement when one is owed (it takes the burst's last slot)."""
+    row = st.vq[2 * q + 1]
+    section_enter(row, VQ_READER)
     if q != 0 or nb <= 0 or load_acquire(st.ctl, PORT_RARP_REQ) == st.ctl[PORT_RARP_DONE]:
-        return vhost_pci_rx(st, q, pool, bufs, nb)
-    n = vhost_pci_rx(st, q, pool, bufs, nb - 1)
-    return n + _announce(st, q, pool, bufs, n)
+        n = vhost_pci_rx(st, q, pool, bufs, nb)
+    else:
+        n = vhost_pci_rx(st, q, pool, bufs, nb - 1)
+        n += _announce(st, q, pool, bufs, n)
+    section_leave(row, VQ_READER)
+    return n
 
 
 register_burst(VhostPciState, rx, tx)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..atomics_py import store_flag
 from ..ethdev import new_stats
-from ..grace import GraceSet
+from ..grace import GraceSet, wait_sections
 from ..guestmem.translate import translate
 from ..guestmem.views import mem_views
 from ..guestmem.vmem import PAGE_SIZE
@@ -50,7 +50,7 @@ from .state import (
     N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
     VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
     VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_IN_ORDER, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING,
-    VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_MISS_AHEAD, XS_MISS_SENT, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
+    VQ_READER, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_MISS_AHEAD, XS_MISS_SENT, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
 from .txhold import HOLD_CAP
 from .vq import flush_inflight
@@ -446,6 +446,13 @@ class VhostPciDevice(BackendDevice):
         if lcores is not None:
             lcores.wait(QUIESCE_TIMEOUT_S)
 
+    def quiesce_grants(self) -> None:
+        """Only the vrings whose burst is inside the window (state.VQ_READER)."""
+        pending = wait_sections(self.vq, VQ_READER, int(QUIESCE_TIMEOUT_S * 1e9))
+        if pending:
+            rings = [v for v in range(len(self.vq)) if pending >> min(v, 62) & 1]
+            raise TimeoutError(f"vrings {rings} stayed inside a burst over {QUIESCE_TIMEOUT_S} s")
+
     # ----------------------------------------------------------------- IOTLB
     def iotlb_updated(self, iova: int, size: int) -> None:
         self.iotlb.updated(iova, size)
@@ -465,9 +472,7 @@ class VhostPciDevice(BackendDevice):
     def iotlb_fast(self, fd: int, reply: str, wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:
         if self.closed:
             return 0
-        lcores = self._lcores()
-        return self.iotlb_server.serve(fd, reply, None if lcores is None else (lcores.ctl_table, lcores.rows),
-                                       wait_fds, wait_s)
+        return self.iotlb_server.serve(fd, reply, wait_fds, wait_s)
 
     def wake_fd(self) -> int:
         return self._wake_fd

@@ -12,8 +12,9 @@ trip VM1's vCPU waits for.  Through the Python session each cost ~130 us;
    re-grant, a grant across regions or beyond the window -- goes to Python
    unread), then the vrings parked on a page it covers retry
    (``iotlb.unpark_covered``);
-3. INVALIDATE: rows out (``iotlb_drop``), a grace period over the lcores
-   polling the port (``pmd/grace.py``), pages revoked, and only then the ack:
+3. INVALIDATE: rows out (``iotlb_drop``), a grace period over the port's
+   vrings (``wait_sections``: only the bursts inside the window when the rows
+   went out, ``pmd/grace.py``), pages revoked, and only then the ack:
    isolation is exactly the Python path's;
 4. the reply (u64 0) when the protocol asks for one.
 
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
-from ..grace import wait_quiescent
+from ..grace import wait_sections
 from ..guestmem.iotlb_ops import iotlb_drop, iotlb_map, revoke_ranges
 from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
@@ -39,6 +40,7 @@ from ..syscalls import (
 )
 from ..vhost_user.messages import FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, KNOWN_FLAGS, VERSION, FrontendReq, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
+from .state import VQ_READER
 
 log = logging.getLogger("vhostpci.iotlb")
 
@@ -94,7 +96,7 @@ def _reply(fd, out, flags, ok):
 
 
 @njit(nogil=True, cache=True)
-def serve(fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, ulog):
+def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
     """Handle the IOTLB messages at the head of socket ``fd`` (see the module
     docstring); returns how many.  ``io[IO_NEXT]`` says why it stopped."""
     handled = 0
@@ -131,7 +133,7 @@ def serve(fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, u
             if n < 0:
                 return handled
             if n > 0:
-                if len(rows) > 0 and wait_quiescent(ctl_table, rows, timeout_ns) != 0:
+                if wait_sections(vq, VQ_READER, timeout_ns) != 0:
                     io[IO_QUIESCE_TIMEOUTS] += 1  # as the Python path: logged, and on
                 if not revoke_ranges(ws, ws.gone, n):
                     io[IO_REVOKE_FAILED] += 1  # still mapped: nacked below, never acked
@@ -164,7 +166,7 @@ def serve(fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, u
 
 
 @njit(nogil=True, cache=True)
-def serve_wait(pfds, nfds, wait_ns, fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, ulog):
+def serve_wait(pfds, nfds, wait_ns, fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
     """``serve``, then wait in ``poll`` for the next messages and serve
     them too, for up to ``wait_ns``: the control thread stays here, out of
     Python, while VM1's IOTLB traffic is all there is.  ``pfds`` rows are
@@ -176,7 +178,7 @@ def serve_wait(pfds, nfds, wait_ns, fd, ws, vq, asked, ctl_table, rows, timeout_
     handled = 0
     deadline = monotonic_ns() + wait_ns
     while True:
-        handled += serve(fd, ws, vq, asked, ctl_table, rows, timeout_ns, reply, buf, out, io, ulog)
+        handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog)
         if io[IO_NEXT] == NEXT_PYTHON:
             return handled
         left = deadline - monotonic_ns()
@@ -218,24 +220,20 @@ class IotlbServer:
         self.out = np.zeros(REPLY_SIZE, np.uint8)
         self.io = np.zeros(N_IO, np.int64)
         self.ulog = np.zeros((LOG_CAP, 3), np.int64)
-        self._no_lcores = (np.zeros((1, 1), np.int64), np.zeros(0, np.int64))
         self._pfds = np.zeros((4, 2), np.int32)
 
     def warm(self) -> None:
         """Compile (or load) the kernels now, not on the first message."""
-        self.serve(-1, "always", None)  # fd -1: recv fails at once
-        self.serve(-1, "always", None, (), 1e-6)
+        self.serve(-1, "always")  # fd -1: recv fails at once
+        self.serve(-1, "always", (), 1e-6)
 
-    def serve(self, fd: int, reply: str, lcores: tuple[np.ndarray, np.ndarray] | None,
-              wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:
-        """Run the kernel on socket ``fd``; ``lcores`` is ``(ctl_table, rows)``
-        of the lcores polling the port (None: none do).  With ``wait_s`` > 0
+    def serve(self, fd: int, reply: str, wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:
+        """Run the kernel on socket ``fd``.  With ``wait_s`` > 0
         it also waits that long for more (``serve_wait``), returning early
         when one of ``wait_fds`` is readable or a message needs Python.
         Returns how many messages it took."""
-        ctl_table, rows = lcores if lcores is not None else self._no_lcores
         w = self.window
-        args = (fd, w.kstate, self.vq, self.misses.asked, ctl_table, rows, self.timeout_ns, _REPLY_MODES[reply],
+        args = (fd, w.kstate, self.vq, self.misses.asked, self.timeout_ns, _REPLY_MODES[reply],
                 self.buf, self.out, self.io, self.ulog)
         if wait_s > 0:
             nfds = 1 + len(wait_fds)
@@ -281,8 +279,8 @@ class IotlbServer:
             for iova, size, mask in self.ulog[:k].tolist():
                 m.answered(iova & _U64, size, mask)
         if io[IO_QUIESCE_TIMEOUTS]:
-            log.error("IOTLB invalidate: %d grace period(s) timed out (an lcore passed no quiescent point "
-                      "within %.1f s); pages revoked anyway", int(io[IO_QUIESCE_TIMEOUTS]), self.timeout_ns / 1e9)
+            log.error("IOTLB invalidate: %d grace period(s) timed out (a burst stayed in the port's memory "
+                      "over %.1f s); pages revoked anyway", int(io[IO_QUIESCE_TIMEOUTS]), self.timeout_ns / 1e9)
         if io[IO_REVOKE_FAILED]:
             log.error("IOTLB invalidate: %d revocation(s) failed (mmap); nacked", int(io[IO_REVOKE_FAILED]))
         io[IO_QUIESCE_TIMEOUTS] = io[IO_REVOKE_FAILED] = io[IO_LOG_N] = 0

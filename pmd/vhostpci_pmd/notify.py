@@ -27,8 +27,9 @@ from numba import njit
 
 from ..atomics import fence, load_acquire
 from ..burst import register_intr
+from ..grace import section_enter, section_leave
 from ..virtio.split import USED_FLAGS, VRING_USED_F_NO_NOTIFY, avail_event_at, avail_idx, set_avail_event, set_used_flags
-from .state import PORT_RARP_DONE, PORT_RARP_REQ, VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_PACKED, VQ_READY, VQ_USED, VhostPciState
+from .state import PORT_RARP_DONE, PORT_RARP_REQ, VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_PACKED, VQ_READER, VQ_READY, VQ_USED, VhostPciState
 from .vq import _log, _ring_offsets
 from .vq_packed import arm_packed, disarm_packed
 
@@ -55,6 +56,15 @@ def vhost_pci_arm(st, q):
     after the fence (> 0: do not sleep; an announcement owed counts), 0 for a
     vring not started (nothing to arm: its wake-up eventfd says when), or -1
     if the ring cannot be armed (its used ring is not mapped)."""
+    row = st.vq[2 * q + 1]
+    section_enter(row, VQ_READER)
+    pending = _arm(st, q)
+    section_leave(row, VQ_READER)
+    return pending
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _arm(st, q):
     v = 2 * q + 1
     if q == 0 and load_acquire(st.ctl, PORT_RARP_REQ) != st.ctl[PORT_RARP_DONE]:
         return np.int64(1)  # an announcement to hand out (announce.py)
@@ -80,6 +90,14 @@ def vhost_pci_arm(st, q):
 @njit(nogil=True, cache=True)
 def vhost_pci_disarm(st, q):
     """Back to polling: no kicks wanted (``vq._begin`` keeps the flag set)."""
+    row = st.vq[2 * q + 1]
+    section_enter(row, VQ_READER)
+    _disarm(st, q)
+    section_leave(row, VQ_READER)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _disarm(st, q):
     v = 2 * q + 1
     if st.vq[v, VQ_PACKED] != 0:
         disarm_packed(st, v)

@@ -34,7 +34,10 @@ VQ_PACKED = 24
 # packed transmit ring then gets one used element per burst (vq_packed.py)
 VQ_IN_ORDER = 25
 VQ_MISS_SENT = 26  # 1: the kernel sent the MISS of its park itself (iotlb.py); the control thread clears it
-N_VQ = 27
+# the vring's read section (pmd/grace.py): odd while its lcore's burst uses the
+# window; an IOTLB invalidation waits only for the vrings it finds inside
+VQ_READER = 27
+N_VQ = 28
 
 # extended per-vring counters
 (XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,

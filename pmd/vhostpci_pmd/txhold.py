@@ -35,9 +35,10 @@ from numba import njit
 from ..atomics import load_acquire
 from ..burst import NO_LIMIT, register_tx_flush, register_tx_room
 from ..ethdev import ST_OERRORS
+from ..grace import section_enter, section_leave
 from ..mbuf import free_bulk
 from ..syscalls import sched_yield
-from .state import VQ_HELD, VQ_PARKED, VQ_READY, XS_HELD, VhostPciState
+from .state import VQ_AVAIL_LEFT, VQ_HELD, VQ_PARKED, VQ_READER, VQ_READY, XS_HELD, VhostPciState
 from .vq import avail_left, enqueue
 
 HOLD_CAP = 512  # packets per transmit queue (a couple of bursts per miss round trip)
@@ -92,13 +93,20 @@ def tx(st, q, pool, bufs, nb):
     """tx_burst of the vhost-pci port: ``bufs[:nb]`` into VM1's receive ring
     ``2q``; returns how many the port took (sent, dropped as bad, or held)."""
     v = 2 * q
+    row = st.vq[v]
+    section_enter(row, VQ_READER)
+    parked = False
     # the held count first: a call passes the whole state (~50 ns a burst)
     if st.vq[v, VQ_HELD] > 0 and _flush(st, v, q, pool) > 0:  # still waiting for a grant: queue behind
-        return _hold(st, v, q, bufs, 0, nb)
-    taken = enqueue(st, v, q, pool, bufs, nb)
-    if taken < nb and st.vq[v, VQ_PARKED] != 0:
+        taken = _hold(st, v, q, bufs, 0, nb)
+    else:
+        taken = enqueue(st, v, q, pool, bufs, nb)
+        if taken < nb and st.vq[v, VQ_PARKED] != 0:
+            parked = True
+            taken += _hold(st, v, q, bufs, taken, nb)
+    section_leave(row, VQ_READER)
+    if parked:
         sched_yield()  # the control thread may share this CPU: let it send the MISS
-        return taken + _hold(st, v, q, bufs, taken, nb)
     return taken
 
 
@@ -112,13 +120,26 @@ def room(st, q):
     space = st.hold.shape[1] - st.vq[v, VQ_HELD]
     if st.vq[v, VQ_HELD] > 0 or st.vq[v, VQ_PARKED] != 0:
         return space
-    return min(avail_left(st, v), space)
+    if st.vq[v, VQ_AVAIL_LEFT] > 0:
+        return min(st.vq[v, VQ_AVAIL_LEFT], space)
+    row = st.vq[v]
+    section_enter(row, VQ_READER)  # a fresh look at the ring reads the window
+    left = avail_left(st, v)
+    section_leave(row, VQ_READER)
+    return min(left, space)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def flush(st, q, pool):
     """tx_flush of the vhost-pci port: retry the held packets; how many remain."""
-    return _flush(st, 2 * q, q, pool)
+    v = 2 * q
+    if st.vq[v, VQ_HELD] == 0:
+        return 0
+    row = st.vq[v]
+    section_enter(row, VQ_READER)
+    left = _flush(st, v, q, pool)
+    section_leave(row, VQ_READER)
+    return left
 
 
 @njit(nogil=True, cache=True, _nrt=False)

@@ -9,6 +9,7 @@ session's path and get its answer there."""
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from pmd.guestmem.translate import granted_perm
 from pmd.vhost_user.frontend import FrontendError, FrontendSession
 from pmd.vhost_user.messages import FrontendReq, IotlbMsg, IotlbPerm, IotlbType
+from pmd.vhostpci_pmd.state import VQ_READER
 from tests.util import wait_until
 from tests.vhost_user.test_vu_backend import readable
 from tests.vhostpci.test_port_control import MEM_SIZE, Guest, qemu_handshake, vp_vdev
@@ -40,7 +42,8 @@ def setup(fwd, sockdir):
         yield fe, port, guest
     finally:
         fe.close()
-        fwd.stop()
+        if fwd.running:
+            fwd.stop()
         guest.close()
 
 
@@ -91,3 +94,30 @@ def test_what_the_kernel_leaves_gets_the_sessions_answer(setup):
     fe.iotlb_invalidate(BUF, PAGE)
     assert dev.iotlb_server.served == served + 1
     assert not readable(win.base + BUF)
+
+
+def test_an_invalidate_waits_only_for_a_burst_inside_the_window(setup, fwd):
+    """The grace period is the vrings' read sections: a burst inside the
+    window (its VQ_READER odd) holds the ack and the unmap until it leaves."""
+    fe, port, guest = setup
+    fwd.stop()  # no lcore polls now: the test plays one inside its rx burst
+    dev = port.driver.device
+    win = dev.window
+    served = dev.iotlb_server.served
+    fe.iotlb_update(BUF, PAGE, guest.mem.gpa_to_uaddr(BUF), IotlbPerm.RW)
+    fe.iotlb_invalidate(BUF, PAGE)  # every section closed: acked at once
+    assert not readable(win.base + BUF)
+    fe.iotlb_update(BUF, PAGE, guest.mem.gpa_to_uaddr(BUF), IotlbPerm.RW)
+    dev.vq[1, VQ_READER] += 1  # VM1's transmit ring: a burst is inside
+    t = threading.Thread(target=fe.iotlb_invalidate, args=(BUF, PAGE))
+    t.start()
+    t.join(0.3)  # the wait's timeout is 1 s
+    try:
+        assert t.is_alive(), "acked while a burst was inside the window"
+        assert readable(win.base + BUF), "revoked while a burst was inside the window"
+    finally:
+        dev.vq[1, VQ_READER] += 1  # the burst leaves
+        t.join(5.0)
+    assert not t.is_alive()
+    assert not readable(win.base + BUF)
+    assert dev.iotlb_server.served == served + 4, "the kernel did not take them"
