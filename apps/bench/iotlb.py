@@ -8,7 +8,10 @@ p50/p99 over ``samples`` in microseconds:
 - ``update``: an IOTLB UPDATE of one 4 KiB page, sent with NEED_REPLY, until
   its ack arrives (the page is then mapped in VM2's window);
 - ``invalidate``: the INVALIDATE of that page until its ack (the page is
-  then unmapped, after every lcore passed a quiescent point);
+  then unmapped, after every burst inside the window left it);
+
+  ``--live N`` times both among N other live grants (a lazy vIOMMU's
+  state, see ``iotlb_peer.py``);
 
   both sent by a front-end in its own process (``iotlb_peer.py``), as
   QEMU's are: in this process it would share the interpreter lock with
@@ -88,9 +91,10 @@ def _wait(cond, timeout: float) -> bool:
     return True
 
 
-def _peer_update_invalidate(path: str, samples: int) -> tuple[list[float], list[float]]:
+def _peer_update_invalidate(path: str, samples: int, live: int) -> tuple[list[float], list[float]]:
     """UPDATE and INVALIDATE round trips timed by ``iotlb_peer`` in a child process."""
-    p = subprocess.run([sys.executable, "-m", "apps.bench.iotlb_peer", path, str(samples)], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "apps.bench.iotlb_peer", path, str(samples), "--live", str(live)],
+                       capture_output=True,
                        text=True, timeout=120, cwd=_ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                            filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))})
     if p.returncode != 0:
@@ -99,7 +103,8 @@ def _peer_update_invalidate(path: str, samples: int) -> tuple[list[float], list[
     return out["update"], out["invalidate"]
 
 
-def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = None) -> list[LatencyResult]:
+def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = None,
+            live: int = 0) -> list[LatencyResult]:
     """One placement's three figures."""
     avail = sorted(os.sched_getaffinity(0))
     vm2_cpu = avail[-1] if cpus is None else cpus[1]
@@ -114,7 +119,7 @@ def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = N
         vp = fw.attach_port(f"net_vhost_pci0,path={path}")
         vp.start()
         fw.start()
-        ups, invs = _peer_update_invalidate(path, samples)
+        ups, invs = _peer_update_invalidate(path, samples, live)
         vm1 = Port(1, parse_vdev(f"net_virtio_user1,path={path},iommu=demand"))
         vm1.start()
         drv = vm1.driver
@@ -150,12 +155,13 @@ def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = N
         shutil.rmtree(d, ignore_errors=True)
 
 
-def run(samples: int = 200, placements: tuple[str, ...] = PLACEMENTS, rounds: int = 1) -> list[LatencyResult]:
+def run(samples: int = 200, placements: tuple[str, ...] = PLACEMENTS, rounds: int = 1,
+        live: int = 0) -> list[LatencyResult]:
     """Every placement, ``rounds`` times alternating; medians of the per-round p50/p99."""
     per: dict[tuple[str, str], list[LatencyResult]] = {}
     for _ in range(rounds):
         for placement in placements:
-            for r in measure(placement, samples):
+            for r in measure(placement, samples, live=live):
                 per.setdefault((placement, r.measure), []).append(r)
     out = []
     for (placement, name), rs in per.items():

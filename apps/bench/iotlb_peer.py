@@ -1,10 +1,15 @@
 """The front-end of ``vhostpci-bench iotlb``'s update/invalidate figures, in
-its own process as QEMU is: ``python -m apps.bench.iotlb_peer PATH SAMPLES``.
+its own process as QEMU is: ``python -m apps.bench.iotlb_peer PATH SAMPLES
+[--live N] [--python]``.
 
 It connects to the vhost-pci port's socket, negotiates what QEMU negotiates
 behind a vIOMMU (IOMMU_PLATFORM, REPLY_ACK), hands over 1 MiB of memory and
 then times ``SAMPLES`` pairs: an UPDATE of one 4 KiB page (read-only) until
 its ack, and that page's INVALIDATE until its ack, both with NEED_REPLY.
+``--live N`` first grants N other pages, every other page (no two merge),
+the timed one in their middle: the state a lazy vIOMMU leaves (Linux's
+default flushes its IOTLB in batches, so tens of thousands of grants stay
+live), where a table rebuilt per message would cost O(N).
 Prints one JSON line: the two lists of seconds.  Its own process keeps the
 figures free of the bench's threads (one interpreter lock would be shared
 with VM2's control thread otherwise).
@@ -32,6 +37,7 @@ from pmd.virtio_user_pmd.guest_memory import GuestMemory
 
 MEM_SIZE = 1 << 20
 PAGE = 4096
+LIVE_BASE = 0x100000  # the live grants' pages start here, after the timed one's 1 MiB
 
 
 def _message(msg: IotlbMsg) -> np.ndarray:
@@ -86,8 +92,22 @@ def _python(fe: FrontendSession, page: int, uaddr: int, samples: int) -> tuple[l
     return ups, invs
 
 
-def measure(path: str, samples: int, python: bool = False) -> tuple[list[float], list[float]]:
-    mem = GuestMemory([(0, MEM_SIZE)])
+def _grant_live(fe: FrontendSession, mem: GuestMemory, live: int) -> int:
+    """Grant ``live`` pages, every other one from LIVE_BASE; returns the
+    page in their middle (not granted) for the timed pair."""
+    fd = fe.channel.fileno()
+    reply = np.zeros(HEADER_SIZE + 8, np.uint8)
+    for k in range(live):
+        page = LIVE_BASE + 2 * k * PAGE
+        perm = IotlbPerm.RO if k % 2 else IotlbPerm.WO
+        if _round_trip(fd, _message(IotlbMsg(page, PAGE, mem.gpa_to_uaddr(page), int(perm), IotlbType.UPDATE)),
+                       reply) < 0:
+            raise RuntimeError(f"the port refused live grant {k}")
+    return LIVE_BASE + (live | 1) * PAGE
+
+
+def measure(path: str, samples: int, python: bool = False, live: int = 0) -> tuple[list[float], list[float]]:
+    mem = GuestMemory([(0, MEM_SIZE + 2 * live * PAGE)])
     fe = FrontendSession.connect(path, timeout=10.0)
     try:
         want = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_IOMMU_PLATFORM) | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
@@ -98,7 +118,8 @@ def measure(path: str, samples: int, python: bool = False) -> tuple[list[float],
         fe.set_protocol_features(fe.get_protocol_features())
         fe.set_features(want)
         fe.set_mem_table(mem)
-        page, uaddr = 0x10000, mem.gpa_to_uaddr(0x10000)
+        page = _grant_live(fe, mem, live) if live else 0x10000
+        uaddr = mem.gpa_to_uaddr(page)
         fe.iotlb_update(page, PAGE, uaddr, IotlbPerm.RO)  # a first pair through the session: its replies are checked
         fe.iotlb_invalidate(page, PAGE)
         return (_python if python else _compiled)(fe, page, uaddr, samples)
@@ -108,7 +129,8 @@ def measure(path: str, samples: int, python: bool = False) -> tuple[list[float],
 
 
 def main() -> None:
-    ups, invs = measure(sys.argv[1], int(sys.argv[2]), "--python" in sys.argv[3:])
+    live = int(sys.argv[sys.argv.index("--live") + 1]) if "--live" in sys.argv else 0
+    ups, invs = measure(sys.argv[1], int(sys.argv[2]), "--python" in sys.argv[3:], live)
     print(json.dumps({"update": ups, "invalidate": invs}))
 
 

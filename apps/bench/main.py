@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     io.add_argument("--rounds", type=int, default=1, help="alternating runs of the placements (median reported)")
     io.add_argument("--placement", type=lambda t: _choices(t, iotlb.PLACEMENTS, "placements"),
                     default=iotlb.PLACEMENTS, help="subset of split,shared (VM2's control thread and lcore)")
+    io.add_argument("--live", type=int, default=0,
+                    help="time UPDATE/INVALIDATE among this many other live grants (a lazy vIOMMU keeps ~30000)")
     io.add_argument("--json", action="store_true")
     io.set_defaults(cpu=None)
     xs = sub.add_parser("xdp-steps", help="ns per packet by step of net_vf_xdp's tx burst on a veth (needs root)")
@@ -291,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cpu is not None and args.cpu not in os.sched_getaffinity(0):
         p.error(f"--cpu {args.cpu}: not a CPU this process may use")
+    if args.scenario == "iotlb" and args.live < 0:
+        p.error(f"--live {args.live}: a number of grants, 0 or more")
     if args.scenario == "vm1" and args.count < 1:
         p.error(f"--count {args.count}: at least one datagram per rate")
     if getattr(args, "plot", None) is not None:  # before minutes of measuring, not after
@@ -311,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.scenario == "vm1":
         return _run_vm1(args)
     elif args.scenario == "iotlb":
-        lresults = iotlb.run(args.samples, args.placement, args.rounds)
+        lresults = iotlb.run(args.samples, args.placement, args.rounds, args.live)
         if args.json:
-            print(json.dumps({"scenario": "iotlb", "samples": args.samples, "rounds": args.rounds,
+            print(json.dumps({"scenario": "iotlb", "samples": args.samples, "rounds": args.rounds, "live": args.live,
                               "results": [asdict(r) for r in lresults]}, indent=2))
         else:
             print(f"{'placement':<9} {'message':<11} {'p50 us':>9} {'p99 us':>9}  per-round p50")

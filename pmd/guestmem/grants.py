@@ -8,7 +8,9 @@ that changes rows is compiled, so the control thread's IOTLB kernel
 (``iotlb_ops.py``) and the window's Python methods share one
 implementation: ``insert_grant``, ``drop_range`` (an invalidate's step (a):
 remove or split the rows it covers), ``publish`` (merge, then rewrite both
-tables under their seqlocks).  ``seq_write`` is the seqlock's writer half
+tables under their seqlocks) and ``insert_published`` (one new grant into a
+published table, as ``publish`` would have merged it: an UPDATE costs no
+rebuild -- a lazy vIOMMU keeps tens of thousands of grants live).  ``seq_write`` is the seqlock's writer half
 for Python callers; ``RangeAllocator`` hands out window space for grants
 whose IOVA lies beyond the window.
 """
@@ -22,7 +24,7 @@ from numba import njit
 
 from ..atomics import fence, store_release
 from ..atomics_py import store_flag
-from .translate import PERM_RW
+from .translate import PERM_RW, row_below
 
 
 @contextmanager
@@ -49,13 +51,19 @@ G_IOVA, G_LAST, G_OFF, G_PERM, G_GPA = range(5)
 _ONE = np.uint64(1)
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _continues(table, i, s, x, perm):
+    """Whether a range at iova ``s``, offset ``x``, ``perm`` continues row
+    ``i`` (contiguous in iova and in offset, same perm): one merged row."""
+    return table[i, 1] + _ONE == s and table[i, 2] + (s - table[i, 0]) == x and table[i, 3] == perm
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _append_merged(table, n, s, last, x, perm):
     """Append the row ``(s, last, x, perm)`` to ``table[:n]``, or extend the
     last row when both ranges are contiguous (iova and x) with the same
     perm; returns the new row count."""
-    if n > 0 and table[n - 1, 1] + _ONE == s and table[n - 1, 2] + (s - table[n - 1, 0]) == x \
-            and table[n - 1, 3] == perm:
+    if n > 0 and _continues(table, n - 1, s, x, perm):
         table[n - 1, 1] = last
         return n
     table[n, 0] = s
@@ -118,6 +126,48 @@ def publish(grants, gcount, table, tcount, gpa_table, gpa_count, scratch_t, scra
 
 
 @njit(nogil=True, cache=True, _nrt=False)
+def insert_published(table, count, s, last, x, perm):
+    """Add the range ``[s, last]`` -> ``x`` with ``perm`` to a published
+    translation table (``count = [rows, seq]``) under its seqlock, merged
+    with its neighbours exactly as ``merge_grants`` merges: the caller made
+    sure no row overlaps it, and the table has room for one more row (it is
+    as large as the grant array, whose rows it merges)."""
+    n = count[0]
+    i = row_below(table, n, s)  # the row before the gap the range fills
+    after = i >= 0 and _continues(table, i, s, x, perm)
+    before = False
+    if i + 1 < n:
+        nxt = table[i + 1, 0]
+        before = last + _ONE == nxt and table[i + 1, 2] == x + (nxt - s) and table[i + 1, 3] == perm
+    seq = count[1]
+    store_release(count, 1, seq + 1)
+    fence()
+    if after and before:  # it closes the gap between two rows: one row
+        table[i, 1] = table[i + 1, 1]
+        for k in range(i + 1, n - 1):
+            for c in range(4):
+                table[k, c] = table[k + 1, c]
+        for c in range(4):
+            table[n - 1, c] = 0
+        count[0] = n - 1
+    elif after:
+        table[i, 1] = last
+    elif before:
+        table[i + 1, 0] = s
+        table[i + 1, 2] = x
+    else:
+        for k in range(n, i + 1, -1):
+            for c in range(4):
+                table[k, c] = table[k - 1, c]
+        table[i + 1, 0] = s
+        table[i + 1, 1] = last
+        table[i + 1, 2] = x
+        table[i + 1, 3] = perm
+        count[0] = n + 1
+    store_release(count, 1, seq + 2)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
 def insert_grant(grants, gcount, iova, last, off, perm, gpa):
     """Insert one row in IOVA order (the caller made sure nothing overlaps
     it); False when the array is full."""
@@ -125,7 +175,8 @@ def insert_grant(grants, gcount, iova, last, off, perm, gpa):
     if n >= len(grants):
         return False
     i = n
-    while i > 0 and grants[i - 1, G_IOVA] > iova:
+    stop = row_below(grants, n, iova) + 1  # the row goes here: shift the rest up
+    while i > stop:
         for c in range(5):
             grants[i, c] = grants[i - 1, c]
         i -= 1
@@ -141,20 +192,19 @@ def insert_grant(grants, gcount, iova, last, off, perm, gpa):
 @njit(nogil=True, cache=True, _nrt=False)
 def find_grant(grants, gcount, iova, last, perm, gpa):
     """Index of the row exactly ``(iova, last, perm, gpa)``, else -1."""
-    for i in range(gcount[0]):
-        if grants[i, G_IOVA] == iova and grants[i, G_LAST] == last and grants[i, G_PERM] == perm \
-                and grants[i, G_GPA] == gpa:
-            return i
+    i = row_below(grants, gcount[0], iova)
+    if i >= 0 and grants[i, G_IOVA] == iova and grants[i, G_LAST] == last and grants[i, G_PERM] == perm \
+            and grants[i, G_GPA] == gpa:
+        return i
     return -1
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def overlaps(grants, gcount, start, last):
-    """True if a row covers any byte of ``[start, last]``."""
-    for i in range(gcount[0]):
-        if grants[i, G_LAST] >= start and grants[i, G_IOVA] <= last:
-            return True
-    return False
+    """True if a row covers any byte of ``[start, last]`` (rows are sorted
+    and disjoint: only the last one starting by ``last`` can)."""
+    i = row_below(grants, gcount[0], last)
+    return i >= 0 and grants[i, G_LAST] >= start
 
 
 @njit(nogil=True, cache=True, _nrt=False)

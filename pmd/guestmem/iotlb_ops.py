@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from ..syscalls import mmap_at
-from .grants import find_grant, insert_grant, drop_range, overlaps, publish
+from .grants import find_grant, insert_grant, insert_published, drop_range, overlaps, publish
 from .translate import PERM_RO, PERM_RW
 from .vmem import MAP_FIXED, MAP_SHARED, PAGE_SIZE, PROT_NONE, PROT_READ, PROT_WRITE, RESERVE_FLAGS
 
@@ -92,7 +92,8 @@ def iotlb_map(ws, iova, size, uaddr, perm):
         _revoke(ws, np.int64(iova), np.int64(size))
         return np.int64(-1)
     insert_grant(ws.grants, ws.gcount, iova, last, iova, np.uint64(perm), gpa)
-    publish_state(ws)
+    insert_published(ws.table, ws.tcount, iova, last, iova, np.uint64(perm))
+    insert_published(ws.gpa_table, ws.gpa_count, iova, last, gpa, np.uint64(PERM_RW))
     return np.int64(iova)
 
 

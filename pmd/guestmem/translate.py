@@ -49,17 +49,23 @@ COL_IOVA, COL_LAST, COL_OFFSET, COL_PERM = range(4)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _lookup(table, n, a, ln, need, col):
-    # binary search: last row with iova_start <= a
+def row_below(rows, n, a):
+    """Index of the last of the sorted ``rows[:n]`` whose start (column 0)
+    is at most ``a``, or -1 (binary search)."""
     lo = np.int64(0)
     hi = np.int64(n)
     while lo < hi:
         mid = (lo + hi) >> 1
-        if table[mid, 0] <= a:
+        if rows[mid, 0] <= a:
             lo = mid + 1
         else:
             hi = mid
-    i = lo - 1
+    return lo - 1
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _lookup(table, n, a, ln, need, col):
+    i = row_below(table, n, a)
     if i < 0:
         return np.int64(-1)
     start = table[i, COL_IOVA]
