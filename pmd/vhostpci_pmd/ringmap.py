@@ -10,7 +10,7 @@ from numba import njit
 
 from ..guestmem.translate import translate
 from .iotlb import park_on_miss
-from .state import VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_USED, XS_BAD_RING
+from .state import VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_PARKED, VQ_USED, XS_BAD_RING
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -25,6 +25,10 @@ def ring_parts(st, v, desc_size, avail_size, used_size, desc_write):
     if desc >= 0 and avail >= 0 and used >= 0:
         return desc, avail, used
     if row[VQ_IOMMU] != 0:
+        # a miss on the ring itself (a lazy guest IOMMU flushes everything,
+        # rings too) stops the burst as a buffer's miss does: the transmit
+        # side holds what it took (txhold.py) instead of refusing it
+        row[VQ_PARKED] = 1
         if desc < 0:
             park_on_miss(st, v, row[VQ_DESC], desc_write)
         elif avail < 0:

@@ -25,6 +25,7 @@ VQ_HELD = 20  # receive rings: packets in the port's hold queue (txhold.py)
 VQ_MISS_ANSWERED = 21  # the page of the last miss an UPDATE answered (iotlb.py)
 # kernel-owned (the vring's lcore): available chains left after the last
 # enqueue (a lower bound: VM1 only adds), and 1 if that burst stopped on a miss
+# (a buffer's, or the ring's own pages: ringmap.py)
 VQ_AVAIL_LEFT, VQ_PARKED = 22, 23
 # 1 for a packed ring (VIRTIO_F_RING_PACKED): VQ_DESC is its descriptor ring,
 # VQ_AVAIL the driver area, VQ_USED the device area, and VQ_LAST_AVAIL /

@@ -293,7 +293,8 @@ def enqueue_split(st, v, q, pool, bufs, nb):
     num, desc, avail, used, n_avail = _begin(st, v)
     if n_avail == 0:
         st.vq[v, VQ_AVAIL_LEFT] = 0
-        st.vq[v, VQ_PARKED] = 0
+        if num != 0:  # an empty ring (num 0: not ready, or parked on a miss on the ring: ringmap.py)
+            st.vq[v, VQ_PARKED] = 0
         return 0
     m = st.mem
     mask = num - 1

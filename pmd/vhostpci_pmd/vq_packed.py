@@ -215,10 +215,10 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     """``bufs[:nb]`` -> VM1 receive ring ``v`` (packed); as ``vq.enqueue``:
     returns how many mbufs were taken (sent, or dropped and counted)."""
     num, desc, drv = _begin(st, v)
-    st.vq[v, VQ_PARKED] = 0
-    if num == 0:
+    if num == 0:  # not ready, or parked on a miss on the ring (ringmap.py)
         st.vq[v, VQ_AVAIL_LEFT] = 0
         return 0
+    st.vq[v, VQ_PARKED] = 0
     m = st.mem
     mrg = st.vq[v, VQ_MRG] != 0
     hdr = st.vq[v, VQ_HDR_LEN]

@@ -2,7 +2,7 @@
 CRC-protected packets and checks every one that comes back.
 
     python -m tests.vhostpci.vm1_peer --path SOCK --count N [--iommu MODE] [--rx-grant wo|rw] [--server]
-                                      [--window W] [--expect N]
+                                      [--window W] [--expect N] [--flush-every N]
 
 Prints one JSON line: sent, received, bad (CRC mismatch), duplicates,
 out_of_order (a sequence number below one already seen), missing, and the
@@ -22,6 +22,8 @@ from pmd.mbuf import create_pool
 from tests.vf.ns_peer import check_packet as check_wire_packet
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
 
+FLUSH_ALL = 1 << 40  # bytes from IOVA 0: all of VM1's memory
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expect", type=int, default=0,
                     help="receive only: send nothing, wait for this many packets from the wire "
                          "(tests/vf/ns_peer.py's frames; prints 'ready' first)")
+    ap.add_argument("--flush-every", type=int, default=0,
+                    help="after every N packets sent, invalidate all of VM1's memory, rings included "
+                         "(a lazy guest IOMMU's global flush; iommu=demand grants it back on MISS)")
     a = ap.parse_args(argv)
     vdev = f"net_virtio_user0,path={a.path},iommu={a.iommu},rx_grant={a.rx_grant},server={int(a.server)}"
     if a.devargs:
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             recv(port, pool)  # posts (and, in transient mode, gets granted) every rx buffer first
             time.sleep(0.001)
         seen: set[int] = set()
-        bad = dups = sent = disorder = 0
+        bad = dups = sent = disorder = flushes = 0
         highest = -1
         if a.expect:
             a.count = 0
@@ -64,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             want = min(a.window - (sent - len(seen) - bad), a.count - sent, 32)
             if want > 0:
                 pkts = [make_packet(s, a.size or 64 + (s * 97) % 1451) for s in range(sent, sent + want)]
+                before = sent
                 sent += send(port, pool, pkts)
+                if a.flush_every and sent // a.flush_every != before // a.flush_every:
+                    port.driver.run_in_control(lambda session: session.iotlb_invalidate(0, FLUSH_ALL))
+                    flushes += 1
             pkts = recv(port, pool)
             if a.expect and not pkts:
                 time.sleep(0.0002)  # receive only: leave the CPUs to VM2 between polls
@@ -82,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.0002)
         result.update(sent=sent, received=len(seen), bad=bad, duplicates=dups, out_of_order=disorder,
                       missing=max(sent, a.expect) - len(seen), seconds=round(time.monotonic() - started, 3),
+                      flushes=flushes,
                       xstats=port.driver.xstats())
         print(json.dumps(result), flush=True)
         return 0

@@ -16,7 +16,8 @@ the serial console; the namespace side runs tests/vm1/ns_udp.py.
 5. VM1's QEMU killed and started again: the port goes down and up, the app
    lives on and forwards again;
 6. memory hotplug: a pc-dimm added through QMP reaches the port (ADD_MEM_REG),
-   the guest onlines it and receives into buffers placed there.
+   the guest onlines it and receives into buffers placed there;
+7. packed virtqueues (``packed=on``), without and behind strict intel-iommu.
 
 Each runs on Debian's QEMU 7.2 (INTx: ``vectors=0``) and on bookworm-backports'
 QEMU 10.0 (MSI-X): test ids end in ``[qemu-7.2]`` / ``[qemu-10.0]``.
@@ -129,6 +130,28 @@ def test_intel_iommu_strict_delivers_every_frame(vm2, image61, workdir, capsys, 
         print(f"\n[{qemu.label}, intel-iommu strict] delivered to guest {res['guest']['datagrams']}/{rx}, to namespace "
               f"{res['ns']['unique']}/{TX_DATAGRAMS}, pings {PINGS}/{PINGS}; IOTLB: "
               + ", ".join(f"{k} {v}" for k, v in sorted(xs.items()) if k.startswith("iotlb")))
+
+
+@pytest.mark.parametrize("iommu", [None, "intel"], ids=["no-iommu", "intel-strict"])
+def test_packed_virtqueues(vm2, image61, workdir, capsys, iommu, qemu):
+    """The guest's NIC with ``packed=on``: the port serves packed rings
+    (ping and UDP both ways, exact counts), also behind a strict vIOMMU."""
+    from pmd.vhostpci_pmd.state import VQ_PACKED, VQ_READY
+    rx = 200
+    dev = vm2.vp.driver.device
+    seen = []
+    with make_vm1(image61, vm2, workdir, scenario(rx), qemu, iommu=iommu, strict=True, packed=True) as vm:
+        vm.start()
+        assert wait_until(lambda: bool(dev.vq[:2, VQ_READY].all()), BOOT_TIMEOUT), "the rings never started"
+        seen = dev.vq[:2, VQ_PACKED].tolist()
+        res = exchange(vm2, vm, rx)
+    assert seen == [1, 1], f"the guest's rings were not packed: {seen}"
+    xs = res["xstats"]
+    if iommu:
+        assert xs["iotlb_updates"] > 0 and xs["iotlb_invalidates"] > 0, xs
+    with capsys.disabled():
+        print(f"\n[{qemu.label}, packed=on, {iommu or 'no'} iommu] delivered to guest {res['guest']['datagrams']}/{rx}, "
+              f"to namespace {res['ns']['unique']}/{TX_DATAGRAMS}, pings {PINGS}/{PINGS}")
 
 
 def test_virtio_iommu_delivers_every_frame(vm2, image612, workdir, capsys, qemu):

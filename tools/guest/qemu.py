@@ -46,7 +46,8 @@ class Vm1:
                  initrd: str | Path | None = None, mem: str = "256M", maxmem: str | None = None,
                  incoming: str | None = None, guest_timeout: int | None = None,
                  append: str = "", extra_args: list[str] | None = None,
-                 interactive: bool = False, qemu: Qemu | str = QEMU, queues: int = 1) -> None:
+                 interactive: bool = False, qemu: Qemu | str = QEMU, queues: int = 1,
+                 packed: bool = False) -> None:
         """Configure (nothing runs before `start`).
 
         socket/server: the vhost-user socket; QEMU is the chardev server
@@ -61,7 +62,8 @@ class Vm1:
         `Qemu` (`tools.guest.qemu_binary.find_qemu("10.0")`) or a binary on
         $PATH.  queues: queue pairs of the NIC (`queues=N` on the netdev,
         `mq=on` and 2N+2 MSI-X vectors on the device; more than one needs a
-        QEMU with MSI-X, `Qemu.msix`).
+        QEMU with MSI-X, `Qemu.msix`).  packed: `packed=on` on the NIC (packed
+        virtqueues, when the back-end offers VIRTIO_F_RING_PACKED).
         """
         if iommu not in IOMMUS:
             raise ValueError(f"iommu must be one of {IOMMUS}, not {iommu!r}")
@@ -82,6 +84,7 @@ class Vm1:
         self.iommu, self.strict, self.mac, self.mem, self.maxmem = iommu, strict, mac, mem, maxmem
         self.initrd = Path(initrd) if initrd else image.initrd
         self.incoming, self.interactive, self.qemu, self.queues = incoming, interactive, qemu, queues
+        self.packed = packed
         self.extra_args = list(extra_args or [])
         params = {"vm1.ip": ip, "vm1.peer": peer, "vm1.peer_mac": peer_mac,
                   "vm1.timeout": guest_timeout}
@@ -150,6 +153,8 @@ class Vm1:
                 nic += f",mq=on,vectors={2 * self.queues + 2}"
             elif not self.qemu.msix:
                 nic += ",vectors=0"
+            if self.packed:
+                nic += ",packed=on"
             if self.iommu:
                 cmd += ["-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1"]
                 nic += ",bus=rp1,iommu_platform=on,ats=on"
