@@ -7,15 +7,26 @@ the process may use minus those of the worker lcores, or on the main
 lcore's CPU when no other is left.  ``LcoreManager`` sets this when the
 lcores are laid out; a control thread calls ``pin_control_thread`` first
 thing (Linux affinity is per thread).
+
+A control thread also runs at a higher priority (``CONTROL_NICE``): where
+VM1's vCPU threads share its CPU (on two CPUs: one for the lcore, one for
+everything else), a message VM1 waits for must not queue behind a vCPU's
+time slice.  It sleeps in ``poll`` between messages, so it takes little.
+Measured behind a strict guest IOMMU: an UPDATE served in 19 us instead of
+31, an INVALIDATE in 49 instead of 75 (wall time, busy machine).  Without
+the privilege (CAP_SYS_NICE) it says so once and runs at the default.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
 log = logging.getLogger("vhostpci.lcore")
 
 _control_cpus: frozenset[int] | None = None  # None: no lcore layout yet, threads stay where they are
+CONTROL_NICE = -10
+_nice_refused = False
 
 
 def set_control_cpus(cpus: set[int] | frozenset[int] | None) -> None:
@@ -47,3 +58,17 @@ def pin_control_thread() -> None:
         os.sched_setaffinity(0, cpus)
     except OSError as e:  # a CPU gone offline, a cgroup change: run where we are, but say so
         log.warning("control thread: cannot run on CPUs %s: %s", sorted(cpus), e)
+    _raise_priority()
+
+
+def _raise_priority() -> None:
+    """The calling thread at CONTROL_NICE (Linux: nice is per thread), unless it runs higher already."""
+    global _nice_refused
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) > CONTROL_NICE:
+            os.setpriority(os.PRIO_PROCESS, tid, CONTROL_NICE)
+    except OSError as e:
+        if not _nice_refused:
+            _nice_refused = True
+            log.warning("control threads run at the default priority (nice %d refused: %s)", CONTROL_NICE, e)

@@ -1,0 +1,49 @@
+"""Where and how control threads run (``pmd/placement.py``): off the
+workers' CPUs (DPDK's rule) and above the default priority."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from pmd import placement
+
+
+@pytest.fixture
+def layout():
+    yield
+    placement.set_control_cpus(None)
+
+
+def _run_in_thread(fn):
+    out = {}
+
+    def body() -> None:
+        fn()
+        out["cpus"] = os.sched_getaffinity(0)
+        out["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    return out
+
+
+def test_a_control_thread_runs_off_the_workers_cpus_and_above_the_default_priority(layout):
+    cpus = sorted(os.sched_getaffinity(0))
+    workers = {cpus[-1]} if len(cpus) > 1 else set()
+    placement.set_control_cpus(placement.control_cpus_for(workers, cpus[0]))
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    got = _run_in_thread(placement.pin_control_thread)
+    assert got["cpus"] == (set(cpus) - workers or {cpus[0]})
+    if os.geteuid() == 0:  # CAP_SYS_NICE
+        assert got["nice"] == placement.CONTROL_NICE
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base, "the caller's priority changed"
+
+
+def test_no_layout_leaves_the_thread_alone(layout):
+    placement.set_control_cpus(None)
+    got = _run_in_thread(placement.pin_control_thread)
+    assert got["cpus"] == os.sched_getaffinity(0)
+    assert got["nice"] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
