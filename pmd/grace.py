@@ -43,13 +43,22 @@ SLEEP_US = 20
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _back_off(waited):
+def _over(mask, t0, timeout_ns):
+    """Whether a wait that began at ``t0`` is over (nothing pending in
+    ``mask``, or out of time: the caller returns ``mask``); else it backs
+    off first: yield the CPU between looks, then sleep between them."""
+    if mask == 0:
+        return True
+    waited = monotonic_ns() - t0
+    if waited >= timeout_ns:
+        return True
     if waited < SPIN_NS:
         for _ in range(64):
             cpu_pause()
         sched_yield()  # an lcore sharing this CPU gets to finish its pass
     else:
         sleep_us(SLEEP_US)
+    return False
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -79,12 +88,8 @@ def wait_quiescent(ctl_table, rows, timeout_ns):
     t0 = monotonic_ns()
     while True:
         mask = _pending(ctl_table, rows, start)
-        if mask == 0:
-            return 0
-        waited = monotonic_ns() - t0
-        if waited >= timeout_ns:
+        if _over(mask, t0, timeout_ns):
             return mask
-        _back_off(waited)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -120,12 +125,8 @@ def wait_sections(table, col, timeout_ns):
         for k in range(n):
             if start[k] & 1 and load_acquire(table[k], col) == start[k]:
                 mask |= 1 << min(k, 62)
-        if mask == 0:
-            return 0
-        waited = monotonic_ns() - t0
-        if waited >= timeout_ns:
+        if _over(mask, t0, timeout_ns):
             return mask
-        _back_off(waited)
 
 
 class GraceSet:
