@@ -58,10 +58,11 @@ _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 # UPDATE log since the last drain, why it stopped
 # the profile: ns spent serving each kind (from its peek to its ack), and the
 # asks (MISS) its UPDATEs answered with the ns they waited for an answer; of
-# those ns, the UPDATEs' mapping (mmap and publish) and the INVALIDATEs' grace periods
+# those ns, the UPDATEs' mapping (mmap and publish), the INVALIDATEs' grace
+# periods and revocations (mmap)
 IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_LOG_N, IO_NEXT, IO_UPDATE_NS, \
-    IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS = range(12)
-N_IO = 12
+    IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS, IO_REVOKE_NS = range(13)
+N_IO = 13
 LOG_CAP = 1024  # UPDATEs remembered between two services; past it the service forgets every ask
 # IO_NEXT after a call: nothing left to read, or a message the Python path must read
 NEXT_NONE, NEXT_PYTHON = 0, 1
@@ -139,10 +140,12 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
                 t1 = monotonic_ns()
                 if wait_sections(vq, VQ_READER, timeout_ns) != 0:
                     io[IO_QUIESCE_TIMEOUTS] += 1  # as the Python path: logged, and on
-                io[IO_GRACE_NS] += monotonic_ns() - t1
+                t2 = monotonic_ns()
+                io[IO_GRACE_NS] += t2 - t1
                 if not revoke_ranges(ws, ws.gone, n):
                     io[IO_REVOKE_FAILED] += 1  # still mapped: nacked below, never acked
                     ok = False
+                io[IO_REVOKE_NS] += monotonic_ns() - t2
         else:
             return handled
         socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
@@ -265,11 +268,12 @@ class IotlbServer:
     def profile(self) -> dict[str, int]:
         """ns the kernel spent serving UPDATEs and INVALIDATEs (each from its
         peek to its ack: map and publish; drop, grace period and revoke) with
-        the part spent mapping and in grace periods, and the MISSes its
+        the parts spent mapping, in grace periods and revoking, and the MISSes its
         UPDATEs answered with the ns VM1 took to answer them."""
         io = self.io
         return {"iotlb_update_ns": int(io[IO_UPDATE_NS]), "iotlb_invalidate_ns": int(io[IO_INVALIDATE_NS]),
                 "iotlb_map_ns": int(io[IO_MAP_NS]), "iotlb_grace_ns": int(io[IO_GRACE_NS]),
+                "iotlb_revoke_ns": int(io[IO_REVOKE_NS]),
                 "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED]), "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS])}
 
     @property
