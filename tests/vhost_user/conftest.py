@@ -15,12 +15,15 @@ from .fakes import IOMMU_PLATFORM, MRG_RXBUF, VERSION_1, FakeDevice
 
 
 @pytest.fixture(autouse=True)
-def no_hang():
+def no_hang(request):
+    mark = request.node.get_closest_marker("alarm")
+    seconds = float(mark.args[0]) if mark else float(os.environ.get("VHOSTPCI_TEST_ALARM", 60))
+
     def on_alarm(signum, frame):
-        raise TimeoutError("test exceeded 60 s")
+        raise TimeoutError(f"test exceeded {seconds:.0f} s")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, float(os.environ.get("VHOSTPCI_TEST_ALARM", 60)))
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
