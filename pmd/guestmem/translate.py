@@ -101,7 +101,7 @@ def _seq_lookup(table, count, iova, length, need, col):
         cpu_pause()
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def translate(table, count, iova, length, write):
     """Window offset of ``[iova, iova + length)``, or -1.
 
