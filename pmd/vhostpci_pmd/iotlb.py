@@ -41,7 +41,7 @@ import numpy as np
 from numba import njit
 
 from ..atomics import fence, load_acquire, store_release
-from ..guestmem.translate import granted_perm, translate
+from ..guestmem.translate import granted_perm, translate, translate_inline
 from ..guestmem.vmem import PAGE_SIZE
 from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, eventfd_signal, monotonic_ns, socket_send_from
 from ..vhost_user.messages import HEADER_SIZE, VERSION, BackendReq, IotlbPerm, IotlbType
@@ -205,7 +205,7 @@ def buffer_offset(st, v, addr, length, write):
     """Window offset of one descriptor's buffer, or BUF_MISS (parked, see
     the module docstring) or BUF_BAD (not VM1 memory, or granted without the
     permission this direction needs even after asking)."""
-    off = translate(st.table, st.tcount, addr, length, write)
+    off = translate_inline(st.table, st.tcount, addr, length, write)
     if off >= 0:
         return off
     if st.vq[v, VQ_IOMMU] == 0:

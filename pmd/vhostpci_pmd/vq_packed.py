@@ -66,7 +66,11 @@ from .state import (
 PK_SLOT, PK_ID, PK_LEN = range(3)  # st.pk rows: one used element of the packet being written
 LINE_DESCS = 4  # descriptors in a 64-byte cache line: enqueue publishes used elements a line at a time
 LINE_MASK = LINE_DESCS - 1
-PREFETCH_AHEAD = LINE_DESCS  # enqueue asks for a buffer's lines this many chains before copying into it
+# enqueue asks for a buffer's lines this many chains before copying into it,
+# and for the descriptor line twice as far ahead (write intent: VM1's CPU wrote
+# it last, and the used elements go there): with one line of chains ahead the
+# copies still waited for the buffers' lines (store buffer full on the header)
+PREFETCH_AHEAD = 2 * LINE_DESCS
 COUNT_AHEAD = 512  # avail_left_packed counts no further (DPDK's largest burst)
 
 
@@ -200,12 +204,16 @@ def _prefetch_buffer(st, desc, pos):
     """Ask for the first two lines (header and a small packet) of the
     buffer of the chain whose head is at ``pos``, if VM1 made it available:
     the buffer was last touched by VM1's CPU, and the miss then overlaps the
-    copies of the packets before it (DPDK's vhost prefetches likewise)."""
+    copies of the packets before it (DPDK's vhost prefetches likewise).
+    The window maps guest memory at offset = address (guest-physical
+    address, or IOVA for a grant), so the address itself is the guess: a
+    prefetch is a hint that never faults, and the copy still goes through
+    the checked translation (one table search per buffer, not two)."""
     m = st.mem
     i = pos_idx(pos)
     if is_avail(desc_flags_acquire(m, desc, i), pos_wrap(pos)):
-        off = translate(st.table, st.tcount, desc_addr(m, desc, i), 0, True)
-        if off >= 0:
+        off = np.int64(desc_addr(m, desc, i))
+        if 0 <= off < len(m.u8) - 128:
             prefetch_write(m.u8, off)
             prefetch_write(m.u8, off + 64)
 
@@ -239,6 +247,8 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     for k in range(nb):
         if k + PREFETCH_AHEAD < nb:  # one chain a packet, as a rule: a guess, never trusted
             _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD, num))
+            if k & LINE_MASK == 0:
+                prefetch_write(m.u8, desc + DESC_SIZE * pos_idx(pos_advance(pos, 2 * PREFETCH_AHEAD, num)))
         ln, src, ol, need = packet_in(pool, bufs[k], hdr)
         done = np.int64(0)
         nbufs = 0
