@@ -38,7 +38,7 @@ from ..ethdev import ST_OERRORS
 from ..grace import section_enter, section_leave
 from ..mbuf import free_bulk
 from ..syscalls import sched_yield
-from .state import VQ_AVAIL_LEFT, VQ_HELD, VQ_PARKED, VQ_READER, VQ_READY, XS_HELD, VhostPciState
+from .state import VQ_HELD, VQ_PARKED, VQ_READER, VQ_READY, XS_HELD, VhostPciState
 from .vq import avail_left, enqueue
 
 HOLD_CAP = 512  # packets per transmit queue (a couple of bursts per miss round trip)
@@ -120,13 +120,7 @@ def room(st, q):
     space = st.hold.shape[1] - st.vq[v, VQ_HELD]
     if st.vq[v, VQ_HELD] > 0 or st.vq[v, VQ_PARKED] != 0:
         return space
-    if st.vq[v, VQ_AVAIL_LEFT] > 0:
-        return min(st.vq[v, VQ_AVAIL_LEFT], space)
-    row = st.vq[v]
-    section_enter(row, VQ_READER)  # a fresh look at the ring reads the window
-    left = avail_left(st, v)
-    section_leave(row, VQ_READER)
-    return min(left, space)
+    return min(avail_left(st, v), space)
 
 
 @njit(nogil=True, cache=True, _nrt=False)

@@ -42,6 +42,7 @@ from ..atomics import fence, load_acquire
 from ..ethdev import (
     ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF,
 )
+from ..grace import section_enter, section_leave
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk
 from ..syscalls import eventfd_signal
 from ..virtio.split import USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, avail_idx, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
@@ -55,7 +56,7 @@ from .inflight import (
 )
 from .state import (
     PORT_INFLIGHT, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER,
-    VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC,
+    VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING, VQ_READER, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC,
     XS_BAD_RING, XS_CALLS, XS_MERGED, XS_ROLLED_FORWARD, XS_TOO_BIG,
 )
 
@@ -382,14 +383,19 @@ def enqueue_split(st, v, q, pool, bufs, nb):
 def avail_left(st, v):
     """Receive ring ``v``'s chains VM1 made available and the port has not
     used: the last enqueue's count while it is non-zero (VM1 only adds), else
-    a fresh look at the ring (0 if it is not ready or not mapped)."""
+    a fresh look at the ring (0 if it is not ready or not mapped), inside
+    the vring's read section (``pmd/grace.py``): the caller is outside one."""
     left = st.vq[v, VQ_AVAIL_LEFT]
     if left > 0:
         return left
+    row = st.vq[v]
+    section_enter(row, VQ_READER)
     if st.vq[v, VQ_PACKED] != 0:
-        return avail_left_packed(st, v)
-    num, desc, avail, used, n = _begin(st, v)
-    st.vq[v, VQ_AVAIL_LEFT] = n
+        n = avail_left_packed(st, v)
+    else:
+        n = _begin(st, v)[4]
+        st.vq[v, VQ_AVAIL_LEFT] = n
+    section_leave(row, VQ_READER)
     return n
 
 
