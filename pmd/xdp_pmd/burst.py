@@ -13,6 +13,9 @@ tx: take back completed frames (to the pool), post each mbuf's address (or
 a pool frame it was copied into), publish the descriptors with one release
 of the tx producer.  A kernel asks for a wakeup syscall only when the
 ring's NEED_WAKEUP flag is set (XDP_USE_NEED_WAKEUP): at most one per burst.
+Copy mode always asks, and each send() is a syscall that builds and sends
+up to a budget of frames: full bursts gather ``tx_kick_at`` frames per
+wakeup, with the budget raised to match (XDP_MAX_TX_SKB_BUDGET).
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from .layout import (
     REFILL_MIN,
     RX,
     TX,
+    TX_DEFER_MIN,
     X_FILL_SHORT,
     X_RX_BAD_DESC,
     X_RX_COPIED,
@@ -87,6 +91,7 @@ class XdpState(NamedTuple):
     ring_size: int
     max_frame: int  # MTU + Ethernet header: longer frames are oerrors, never truncated
     port_id: int
+    tx_kick_at: int  # frames full tx bursts gather in the ring before one wakeup (driver._tx_kick_at)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -209,7 +214,7 @@ def tx_wakeup(st, q):
         st.xstats[q, X_TX_WAKEUPS] += 1
         if socket_send_empty(st.fds[q], MSG_DONTWAIT) < 0:
             err = last_errno()
-            if err == EAGAIN or err == EBUSY or err == ENOBUFS:  # took a batch (copy mode: 32) or the device
+            if err == EAGAIN or err == EBUSY or err == ENOBUFS:  # took its budget (copy mode) or the device
                 st.xstats[q, X_TX_WAKEUP_AGAIN] += 1  # queue is busy: the rest goes at the next wakeup
             else:
                 st.xstats[q, X_TX_WAKEUP_ERRORS] += 1
@@ -277,24 +282,32 @@ def tx_post(st, q, pool, bufs, nb):
     return n, queued
 
 
+@njit(nogil=True, cache=True, inline="always")
+def tx_pending(st, q):
+    """Frames posted on the tx ring the kernel has not taken yet."""
+    t32, off = st.tx32[q], st.off
+    return (np.int64(t32[off[TX, OFF_PRODUCER] >> 2]) - np.int64(load_acquire(t32, off[TX, OFF_CONSUMER] >> 2))) & U32
+
+
 @njit(nogil=True, cache=True)
 def xdp_tx(st, q, pool, bufs, nb):
-    """Reap completions, post, and one wakeup when the kernel asks for it."""
+    """Reap completions, post, and wake the kernel when it asks for it:
+    at once after a short burst or a full ring, after full bursts only once
+    the ring holds ``tx_kick_at`` frames (fewer syscalls; the next empty
+    pass's flush sends the rest)."""
     reap_completions(st, q)
     n, queued = tx_post(st, q, pool, bufs, nb)
-    if queued > 0 or n < nb:  # n < nb: the ring is full, make sure the kernel drains it
+    if n < nb or (queued > 0 and (nb < TX_DEFER_MIN or tx_pending(st, q) >= st.tx_kick_at)):
         tx_wakeup(st, q)
     return n
 
 
 @njit(nogil=True, cache=True)
 def xdp_tx_flush(st, q, pool):
-    """Frames still in the tx ring (copy mode sends a bounded batch per
-    wakeup): wake the kernel again; how many it has not taken yet."""
-    t32, off = st.tx32[q], st.off
+    """Frames still in the tx ring (gathered by full bursts, or beyond one
+    wakeup's budget): wake the kernel again; how many it has not taken yet."""
     reap_completions(st, q)
-    pending = (np.int64(t32[off[TX, OFF_PRODUCER] >> 2]) - np.int64(load_acquire(t32, off[TX, OFF_CONSUMER] >> 2))) \
-        & U32
+    pending = tx_pending(st, q)
     if pending > 0:
         tx_wakeup(st, q)
     return pending

@@ -95,6 +95,7 @@ class XdpDriver(NetdevPortDriver):
         self._link_fd = -1
         self._mtu = 0
         self._zero_copy = False
+        self._tx_budget = L.TX_BATCH_DEFAULT
         self._step = ""  # what start is doing (for its error message)
 
     def configure(self, nb_rxq: int, nb_txq: int) -> None:
@@ -195,6 +196,7 @@ class XdpDriver(NetdevPortDriver):
             xsk.register_umem(sock, pool.data.ctypes.data, pool.data.nbytes, pool.buf_size)
             self._step = "create the XSKs"
             xsk.set_ring_sizes(sock, ring)
+            self._tx_budget = xsk.set_tx_budget(sock, ring)
             off = xsk.mmap_offsets(sock)
             if not rings:  # every queue's rings have the same layout
                 rings = [RingArea(nq, page_round(int(off[r, L.OFF_DESC]) + ring * xsk.ENTRY_SIZE[r]))
@@ -254,7 +256,17 @@ class XdpDriver(NetdevPortDriver):
             rx32=rx.view(np.uint32), rx64=rx.view(np.uint64), tx32=tx.view(np.uint32), tx64=tx.view(np.uint64),
             fill32=fill32, fill64=fill64, comp32=comp.view(np.uint32), comp64=comp.view(np.uint64),
             off=off.copy(), fds=np.array([s.fileno() for s in self._socks], np.int64),
-            ring_size=ring, max_frame=max_frame, port_id=self.port_id)
+            ring_size=ring, max_frame=max_frame, port_id=self.port_id, tx_kick_at=self._tx_kick_at())
+
+    def _tx_kick_at(self) -> int:
+        """Frames a full tx burst leaves in the ring before it wakes the
+        kernel.  Copy mode: one send() costs a syscall and sends at most the
+        budget, so full bursts are gathered up to a quarter ring (room left
+        for the bursts that come while the kernel sends), within the budget.
+        Zero-copy: the driver sends on its own; wake it whenever it asks."""
+        if self._zero_copy:
+            return 1
+        return max(1, min(self._tx_budget, self.args["ring_size"] // 4))
 
     def _release(self) -> None:
         """Detach the program, send what the tx rings still hold (bounded),
@@ -326,5 +338,8 @@ class XdpDriver(NetdevPortDriver):
                 "umem": ("?" if self._state is None else "the mbuf pool (mbufs are frames: no copy in the port)"
                          if not self._copies else f"its own (frames copied to/from mbufs: {self._copies})"),
                 "rings": f"{a['ring_size']} entries x 4 per queue",
+                "tx per wakeup": "?" if self._state is None else "the driver's (zero-copy)" if self._zero_copy
+                else f"gathered to {self._state.tx_kick_at}, up to {self._tx_budget} sent"
+                     + ("" if self._tx_budget > L.TX_BATCH_DEFAULT else " (kernel < 6.17: no XDP_MAX_TX_SKB_BUDGET)"),
                 "queues": f"0..{self.nb_rxq - 1} of {nd.rx_queues(self.iface)} netdev rx queues "
                           "(frames steered to others go to the kernel stack)"}

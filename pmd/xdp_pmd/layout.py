@@ -26,6 +26,14 @@ XDP_UMEM_COMPLETION_RING = 6
 XDP_STATISTICS = 7
 XDP_OPTIONS = 8
 XDP_OPTIONS_ZEROCOPY = 1
+# Linux >= 6.17: how many tx descriptors one wakeup may send in copy mode
+# (32..tx ring entries); older kernels refuse it and send TX_BATCH_DEFAULT
+XDP_MAX_TX_SKB_BUDGET = 9
+TX_BATCH_DEFAULT = 32
+# a tx burst this long says its source has more: the copy-mode wakeup waits
+# until the ring holds the port's kick batch (or the next empty pass's
+# flush); a shorter burst says the source is drained: wake at once
+TX_DEFER_MIN = 32
 
 # bind flags (sockaddr_xdp.sxdp_flags)
 XDP_COPY = 1 << 1

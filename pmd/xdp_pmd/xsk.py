@@ -50,6 +50,20 @@ def set_ring_sizes(sock: socket.socket, entries: int) -> None:
         sock.setsockopt(L.SOL_XDP, opt, entries)
 
 
+def set_tx_budget(sock: socket.socket, entries: int) -> int:
+    """Let one tx wakeup send up to ``entries`` frames in copy mode
+    (XDP_MAX_TX_SKB_BUDGET, after the tx ring is sized); returns the
+    budget in force: the kernel's TX_BATCH_DEFAULT where it has no such
+    option."""
+    try:
+        sock.setsockopt(L.SOL_XDP, L.XDP_MAX_TX_SKB_BUDGET, struct.pack("I", entries))
+    except OSError as e:
+        if e.errno != errno.ENOPROTOOPT:
+            raise
+        return L.TX_BATCH_DEFAULT
+    return entries
+
+
 def mmap_offsets(sock: socket.socket) -> np.ndarray:
     """(4 rings, 4 fields) offsets: rows RX, TX, FILL, COMP; columns
     OFF_PRODUCER, OFF_CONSUMER, OFF_DESC, OFF_FLAGS (struct xdp_mmap_offsets)."""
