@@ -32,21 +32,25 @@ import numpy as np
 from numba import njit
 
 from .atomics import cpu_pause, fence, load_acquire, store_release
-from .syscalls import monotonic_ns, sched_yield, sleep_us
+from .syscalls import monotonic_ns, sleep_us
 
 LC_EPOCH = 8  # bumped by the loop once per pass: a quiescent point
 LC_SLEEPING = 24  # 1 while the lcore sleeps in epoll: it then counts as quiescent
 LC_RUNNING = 28  # 1 while the lcore's thread runs its loop
 
-SPIN_NS = 50_000  # yield the CPU between looks for this long, then sleep between looks
-SLEEP_US = 20
+SPIN_NS = 2_000  # look without a break for this long (an lcore on another CPU leaves in a moment) ...
+SLEEP_MIN_US = 2  # ... then sleep between looks, a quarter of the wait so far, within these bounds:
+SLEEP_MAX_US = 20  # an lcore preempted on this CPU runs meanwhile, and the waiter's wakeup preempts it back
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _over(mask, t0, timeout_ns):
     """Whether a wait that began at ``t0`` is over (nothing pending in
     ``mask``, or out of time: the caller returns ``mask``); else it backs
-    off first: yield the CPU between looks, then sleep between them."""
+    off first: spin, then sleep between looks.  Sleeping, never
+    ``sched_yield``: a yield lets an lcore sharing this CPU run up to a
+    whole time slice (milliseconds), while a short sleep gives it the CPU
+    only until the timer fires."""
     if mask == 0:
         return True
     waited = monotonic_ns() - t0
@@ -55,9 +59,8 @@ def _over(mask, t0, timeout_ns):
     if waited < SPIN_NS:
         for _ in range(64):
             cpu_pause()
-        sched_yield()  # an lcore sharing this CPU gets to finish its pass
     else:
-        sleep_us(SLEEP_US)
+        sleep_us(min(SLEEP_MAX_US, max(SLEEP_MIN_US, waited // 4000)))
     return False
 
 

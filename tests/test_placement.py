@@ -1,7 +1,9 @@
 """Where and how control threads run (``pmd/placement.py``): off the
-workers' CPUs (DPDK's rule) and above the default priority."""
+workers' CPUs (DPDK's rule), above the default priority, and with short
+sleeps that end when asked (timer slack)."""
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 
@@ -16,6 +18,11 @@ def layout():
     placement.set_control_cpus(None)
 
 
+def _timer_slack() -> int:
+    """The calling thread's timer slack, ns (prctl PR_GET_TIMERSLACK)."""
+    return ctypes.CDLL(None, use_errno=True).prctl(30, 0, 0, 0, 0)
+
+
 def _run_in_thread(fn):
     out = {}
 
@@ -23,6 +30,7 @@ def _run_in_thread(fn):
         fn()
         out["cpus"] = os.sched_getaffinity(0)
         out["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        out["slack"] = _timer_slack()
 
     t = threading.Thread(target=body)
     t.start()
@@ -39,6 +47,7 @@ def test_a_control_thread_runs_off_the_workers_cpus_and_above_the_default_priori
     assert got["cpus"] == (set(cpus) - workers or {cpus[0]})
     if os.geteuid() == 0:  # CAP_SYS_NICE
         assert got["nice"] == placement.CONTROL_NICE
+    assert got["slack"] == placement.CONTROL_TIMER_SLACK_NS
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base, "the caller's priority changed"
 
 
@@ -47,3 +56,4 @@ def test_no_layout_leaves_the_thread_alone(layout):
     got = _run_in_thread(placement.pin_control_thread)
     assert got["cpus"] == os.sched_getaffinity(0)
     assert got["nice"] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert got["slack"] == _timer_slack()

@@ -16,7 +16,9 @@ trip VM1's vCPU waits for.  Through the Python session each cost ~130 us;
    vrings (``wait_sections``: only the bursts inside the window when the rows
    went out, ``pmd/grace.py``), pages revoked, and only then the ack:
    isolation is exactly the Python path's;
-4. the reply (u64 0) when the protocol asks for one.
+4. the reply (u64 0) when the protocol asks for one, as soon as the
+   message is done (VM1's vCPU waits for it), then the message is consumed
+   (it was read whole by the peek) and the bookkeeping follows.
 
 It stops after ``MAX_BATCH`` messages so the control thread's other duties
 run.  What it did is told in ``io`` (counters, and a log of the UPDATEs for
@@ -56,13 +58,17 @@ _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 
 # io: what serve did: totals (updated before each reply), the errors and the
 # UPDATE log since the last drain, why it stopped
-# the profile: ns spent serving each kind (from its peek to its ack), and the
+# the profile: ns spent serving each kind (from its peek until it is done), and the
 # asks (MISS) its UPDATEs answered with the ns they waited for an answer; of
 # those ns, the UPDATEs' mapping (mmap and publish), the INVALIDATEs' grace
-# periods and revocations (mmap)
+# periods and revocations (mmap); how many grace periods took over
+# GRACE_SLOW_NS (a burst was preempted, or long) and the longest one; the
+# INVALIDATEs' rows out and republish, and every reply's send
 IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_LOG_N, IO_NEXT, IO_UPDATE_NS, \
-    IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS, IO_REVOKE_NS = range(13)
-N_IO = 13
+    IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS, IO_REVOKE_NS, \
+    IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS = range(17)
+N_IO = 17
+GRACE_SLOW_NS = 10_000
 LOG_CAP = 1024  # UPDATEs remembered between two services; past it the service forgets every ask
 # IO_NEXT after a call: nothing left to read, or a message the Python path must read
 NEXT_NONE, NEXT_PYTHON = 0, 1
@@ -133,27 +139,42 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
                 return handled  # empty, or running past 2**64: the Python path rounds those
             start = iova & _PAGE_MASK
             last = ((iova + length - np.uint64(1)) | ~_PAGE_MASK)
+            t1 = monotonic_ns()
             n = iotlb_drop(ws, start, last, ws.gone)
             if n < 0:
                 return handled
             if n > 0:
-                t1 = monotonic_ns()
+                t2 = monotonic_ns()
+                io[IO_DROP_NS] += t2 - t1
+                t1 = t2
                 if wait_sections(vq, VQ_READER, timeout_ns) != 0:
                     io[IO_QUIESCE_TIMEOUTS] += 1  # as the Python path: logged, and on
                 t2 = monotonic_ns()
                 io[IO_GRACE_NS] += t2 - t1
+                io[IO_GRACE_MAX_NS] = max(io[IO_GRACE_MAX_NS], t2 - t1)
+                if t2 - t1 > GRACE_SLOW_NS:
+                    io[IO_GRACE_SLOW] += 1
                 if not revoke_ranges(ws, ws.gone, n):
                     io[IO_REVOKE_FAILED] += 1  # still mapped: nacked below, never acked
                     ok = False
                 io[IO_REVOKE_NS] += monotonic_ns() - t2
         else:
             return handled
-        socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
-        io[IO_NEXT] = NEXT_NONE
         handled += 1
+        mask = 0
         if kind == _UPDATE:
             io[IO_UPDATES] += 1
-            mask = unpark_covered(vq, iova, iova + length)
+            mask = unpark_covered(vq, iova, iova + length)  # the lcores retry at once
+        else:
+            io[IO_INVALIDATES] += 1
+        sent = True
+        if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
+            t1 = monotonic_ns()
+            sent = _reply(fd, out, flags, ok)  # VM1 waits for this: before the bookkeeping below
+            io[IO_REPLY_NS] += monotonic_ns() - t1
+        socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
+        io[IO_NEXT] = NEXT_NONE
+        if kind == _UPDATE:
             n_asks, waited = forget_asked(asked, np.int64(iova), np.int64(iova + length))
             io[IO_ASKS_ANSWERED] += n_asks
             io[IO_ASK_WAIT_NS] += waited
@@ -163,12 +184,9 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
                 ulog[k, 1] = np.int64(length)
                 ulog[k, 2] = mask
             io[IO_LOG_N] = k + 1
-        else:
-            io[IO_INVALIDATES] += 1
-        if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
-            if not _reply(fd, out, flags, ok):
-                io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
-                return handled
+        if not sent:
+            io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
+            return handled
         io[IO_UPDATE_NS if kind == _UPDATE else IO_INVALIDATE_NS] += monotonic_ns() - t0
     return handled
 
@@ -267,13 +285,17 @@ class IotlbServer:
 
     def profile(self) -> dict[str, int]:
         """ns the kernel spent serving UPDATEs and INVALIDATEs (each from its
-        peek to its ack: map and publish; drop, grace period and revoke) with
-        the parts spent mapping, in grace periods and revoking, and the MISSes its
+        peek until done: map and publish; drop, grace period and revoke) with
+        the parts spent mapping, in grace periods and revoking (with the grace
+        periods over GRACE_SLOW_NS and the longest, and the rows' drop), the
+        replies' sends, and the MISSes its
         UPDATEs answered with the ns VM1 took to answer them."""
         io = self.io
         return {"iotlb_update_ns": int(io[IO_UPDATE_NS]), "iotlb_invalidate_ns": int(io[IO_INVALIDATE_NS]),
                 "iotlb_map_ns": int(io[IO_MAP_NS]), "iotlb_grace_ns": int(io[IO_GRACE_NS]),
-                "iotlb_revoke_ns": int(io[IO_REVOKE_NS]),
+                "iotlb_revoke_ns": int(io[IO_REVOKE_NS]), "iotlb_grace_slow": int(io[IO_GRACE_SLOW]),
+                "iotlb_grace_max_ns": int(io[IO_GRACE_MAX_NS]), "iotlb_drop_ns": int(io[IO_DROP_NS]),
+                "iotlb_reply_ns": int(io[IO_REPLY_NS]),
                 "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED]), "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS])}
 
     @property
