@@ -8,7 +8,9 @@ mbuf of another pool is served by copying.
 
 rx: acquire the rx producer; each descriptor's frame becomes an mbuf (or is
 copied into one and its chunk goes straight back to the fill ring); release
-the consumer; top the fill ring up from the pool in batches.
+the consumer; top the fill ring up from the pool in batches, after a burst
+that took frames only: an empty poll reads the rx producer and the fill
+ring's flags, never the fill consumer the kernel writes on another CPU.
 tx: take back completed frames (to the pool), post each mbuf's address (or
 a pool frame it was copied into), publish the descriptors with one release
 of the tx producer.  A kernel asks for a wakeup syscall only when the
@@ -92,6 +94,8 @@ class XdpState(NamedTuple):
     max_frame: int  # MTU + Ethernet header: longer frames are oerrors, never truncated
     port_id: int
     tx_kick_at: int  # frames full tx bursts gather in the ring before one wakeup (driver._tx_kick_at)
+    fill_retry: np.ndarray  # (nq,) int64: 1 while a fill ring top-up found the pool short
+    fill_size: int  # fill ring entries (FILL_RING_FACTOR rx rings' worth)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -122,11 +126,12 @@ def reap_completions(st, q):
 def _fill(st, q, back, nback):
     """Frames ``back[:nback]`` (this queue's, as the kernel gave them) back
     on the fill ring as far as it has room (the rest to the pool), then top
-    the ring up from the pool when REFILL_MIN or more entries are free."""
+    the ring up from the pool when REFILL_MIN or more entries are free; a
+    pool too short for that is retried at every burst (``fill_retry``)."""
     f32, f64, off, up, own = st.fill32[q], st.fill64[q], st.off, st.upool, st.own
     prod = np.int64(f32[off[FILL, OFF_PRODUCER] >> 2])
-    room = st.ring_size - ((prod - np.int64(load_acquire(f32, off[FILL, OFF_CONSUMER] >> 2))) & U32)
-    mask = st.ring_size - 1
+    room = st.fill_size - ((prod - np.int64(load_acquire(f32, off[FILL, OFF_CONSUMER] >> 2))) & U32)
+    mask = st.fill_size - 1
     base = off[FILL, OFF_DESC]
     posted = min(nback, room)
     for k in range(posted):
@@ -143,11 +148,19 @@ def _fill(st, q, back, nback):
                 own[i] = q + 1
                 f64[(base + ((prod + posted + k) & mask) * 8) >> 3] = chunk_addr(up, i)
             posted += want
+            st.fill_retry[q] = 0
         else:
             st.xstats[q, X_FILL_SHORT] += 1
+            st.fill_retry[q] = 1
     if posted > 0:
         store_release(f32, off[FILL, OFF_PRODUCER] >> 2, (prod + posted) & U32)
-    if load_acquire(f32, off[FILL, OFF_FLAGS] >> 2) & XDP_RING_NEED_WAKEUP:
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fill_wakeup(st, q):
+    """The rx burst's last step: one recv() when the kernel asks for it (a
+    zero-copy driver that ran out of fill entries sleeps until then)."""
+    if load_acquire(st.fill32[q], st.off[FILL, OFF_FLAGS] >> 2) & XDP_RING_NEED_WAKEUP:
         st.xstats[q, X_RX_WAKEUPS] += 1
         socket_recv_empty(st.fds[q], MSG_DONTWAIT)
 
@@ -200,7 +213,9 @@ def xdp_rx(st, q, pool, bufs, nb):
             st.xstats[q, X_RX_COPIED] += got
             if got < n:
                 free_bulk(pool, bufs[got:], n - got)
-    _fill(st, q, back, nback)
+    if n > 0 or st.fill_retry[q]:  # an empty poll leaves the fill ring alone: the kernel took nothing
+        _fill(st, q, back, nback)
+    _fill_wakeup(st, q)
     st.stats[q, ST_IPACKETS] += got
     st.stats[q, ST_IBYTES] += nbytes
     return got

@@ -1,6 +1,7 @@
 """net_vf_xdp driver: the VF through AF_XDP.  Devargs ``iface=`` (required),
 ``queues=`` (one XSK per queue, bound to netdev queues 0..queues-1),
-``ring_size=`` (entries of each of the four rings per queue), ``xdp_mode=
+``ring_size=`` (entries of the rx, tx and completion rings per queue; the
+fill ring has FILL_RING_FACTOR times as many, all posted), ``xdp_mode=
 native|generic``, ``zero_copy=auto|0|1``, ``umem=pool|own`` (the UMEM: the
 app's mbuf pool where it can serve, or always a private one the bursts
 copy into and out of).
@@ -145,14 +146,14 @@ class XdpDriver(NetdevPortDriver):
         have = nd.rx_queues(self.iface)
         if self.nb_rxq > have:
             raise PortError(f"{self.name}: {self.iface} has {have} rx queue(s), {self.nb_rxq} asked (queues=)")
-        filled = self.nb_rxq * self.args["ring_size"]  # frames the fill rings keep
+        filled = self.nb_rxq * self.args["ring_size"] * L.FILL_RING_FACTOR  # frames the fill rings keep
         pool = self._app_pool
         if self.args["umem"] == "own":
             why = "umem=own"
         else:
             why = "no mbuf pool given" if pool is None else umem.unfit(pool, max_frame, filled)
         for _ in range(2):
-            if why is not None:  # each queue: a fill ring's and a tx ring's worth
+            if why is not None:  # each queue: its fill ring's worth, as much again for its rx and tx rings
                 pool = umem.private_pool(frame_size, 2 * filled)
             self._copies = why or ""
             self._step = "query the netdev"
@@ -195,12 +196,13 @@ class XdpDriver(NetdevPortDriver):
             self._step = "register the UMEM"
             xsk.register_umem(sock, pool.data.ctypes.data, pool.data.nbytes, pool.buf_size)
             self._step = "create the XSKs"
-            xsk.set_ring_sizes(sock, ring)
+            xsk.set_ring_sizes(sock, ring, ring * L.FILL_RING_FACTOR)
             self._tx_budget = xsk.set_tx_budget(sock, ring)
             off = xsk.mmap_offsets(sock)
             if not rings:  # every queue's rings have the same layout
-                rings = [RingArea(nq, page_round(int(off[r, L.OFF_DESC]) + ring * xsk.ENTRY_SIZE[r]))
-                         for r in (L.RX, L.TX, L.FILL, L.COMP)]
+                rings = [RingArea(nq, page_round(int(off[r, L.OFF_DESC]) + entries * xsk.ENTRY_SIZE[r]))
+                         for r, entries in ((L.RX, ring), (L.TX, ring), (L.FILL, ring * L.FILL_RING_FACTOR),
+                                            (L.COMP, ring))]
                 self._areas += rings
             for r, area in zip((L.RX, L.TX, L.FILL, L.COMP), rings):
                 area.map(q, sock.fileno(), xsk.PGOFF[r])
@@ -237,26 +239,28 @@ class XdpDriver(NetdevPortDriver):
 
     def _kernel_state(self, rings: list[RingArea], off: np.ndarray, max_frame: int) -> XdpState:
         ring, nq, pool, own = self.args["ring_size"], self.nb_rxq, self._upool, self._own
+        nfill = ring * L.FILL_RING_FACTOR
         rx, tx, fill, comp = (area.array for area in rings)
         # every fill ring full from the start: the first frames find their chunks
         fill32, fill64 = fill.view(np.uint32), fill.view(np.uint64)
-        chunks = np.zeros(ring, np.int32)
+        chunks = np.zeros(nfill, np.int32)
         for q in range(nq):
-            if not alloc_bulk(pool, chunks, ring):
+            if not alloc_bulk(pool, chunks, nfill):
                 raise PortError(f"{self.name}: the mbuf pool has {pool.available()} free buffers, "
-                                f"{ring} needed for the fill ring of queue {q}: more mbufs or a smaller ring_size")
+                                f"{nfill} needed for the fill ring of queue {q}: more mbufs or a smaller ring_size")
             own[chunks] = q + 1
             base = int(off[L.FILL, L.OFF_DESC]) >> 3
-            fill64[q, base:base + ring] = chunks.astype(np.uint64) * pool.buf_size
-            fill32[q, int(off[L.FILL, L.OFF_PRODUCER]) >> 2] = ring
-        scratch = max(ring, 512)  # a tx burst's frames or a whole completion ring; a fill ring's top-up
+            fill64[q, base:base + nfill] = chunks.astype(np.uint64) * pool.buf_size
+            fill32[q, int(off[L.FILL, L.OFF_PRODUCER]) >> 2] = nfill
+        scratch = max(nfill, 512)  # a tx burst's frames or a whole completion ring; a fill ring's top-up
         return XdpState(
             stats=self._stats, xstats=self._xstats, upool=pool, own=own,
             rx_scratch=np.zeros((nq, scratch), np.int32), tx_scratch=np.zeros((nq, scratch), np.int32),
             rx32=rx.view(np.uint32), rx64=rx.view(np.uint64), tx32=tx.view(np.uint32), tx64=tx.view(np.uint64),
             fill32=fill32, fill64=fill64, comp32=comp.view(np.uint32), comp64=comp.view(np.uint64),
             off=off.copy(), fds=np.array([s.fileno() for s in self._socks], np.int64),
-            ring_size=ring, max_frame=max_frame, port_id=self.port_id, tx_kick_at=self._tx_kick_at())
+            ring_size=ring, max_frame=max_frame, port_id=self.port_id, tx_kick_at=self._tx_kick_at(),
+            fill_retry=np.zeros(nq, np.int64), fill_size=nfill)
 
     def _tx_kick_at(self) -> int:
         """Frames a full tx burst leaves in the ring before it wakes the
@@ -327,7 +331,7 @@ class XdpDriver(NetdevPortDriver):
         totals = self._xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(L.X_NAMES)}
         kernel = self._socket_stats()
-        for field in ("rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs"):
+        for field in ("rx_ring_full", "rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs"):
             out[field] = sum(getattr(st, field) for st in kernel)
         return out
 
@@ -337,7 +341,8 @@ class XdpDriver(NetdevPortDriver):
                 "zero-copy": ("yes" if self._zero_copy else "no (copy mode)") if self._state else "?",
                 "umem": ("?" if self._state is None else "the mbuf pool (mbufs are frames: no copy in the port)"
                          if not self._copies else f"its own (frames copied to/from mbufs: {self._copies})"),
-                "rings": f"{a['ring_size']} entries x 4 per queue",
+                "rings": f"{a['ring_size']} entries x 3 per queue (rx, tx, completion), "
+                         f"fill ring {a['ring_size'] * L.FILL_RING_FACTOR}",
                 "tx per wakeup": "?" if self._state is None else "the driver's (zero-copy)" if self._zero_copy
                 else f"gathered to {self._state.tx_kick_at}, up to {self._tx_budget} sent"
                      + ("" if self._tx_budget > L.TX_BATCH_DEFAULT else " (kernel < 6.17: no XDP_MAX_TX_SKB_BUDGET)"),

@@ -45,9 +45,11 @@ def register_umem(sock: socket.socket, addr: int, length: int, chunk_size: int) 
                                                           L.XDP_UMEM_UNALIGNED_CHUNK_FLAG, 0))
 
 
-def set_ring_sizes(sock: socket.socket, entries: int) -> None:
-    for opt in (L.XDP_UMEM_FILL_RING, L.XDP_UMEM_COMPLETION_RING, L.XDP_RX_RING, L.XDP_TX_RING):
+def set_ring_sizes(sock: socket.socket, entries: int, fill_entries: int) -> None:
+    """``entries`` for the rx, tx and completion rings, ``fill_entries`` for the fill ring."""
+    for opt in (L.XDP_UMEM_COMPLETION_RING, L.XDP_RX_RING, L.XDP_TX_RING):
         sock.setsockopt(L.SOL_XDP, opt, entries)
+    sock.setsockopt(L.SOL_XDP, L.XDP_UMEM_FILL_RING, fill_entries)
 
 
 def set_tx_budget(sock: socket.socket, entries: int) -> int:

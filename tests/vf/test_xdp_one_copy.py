@@ -28,6 +28,7 @@ from tests.vhostpci.peer_io import flush, make_packet, recv, send
 
 pytestmark = pytest.mark.usefixtures("compiled_xdp")
 RING = 256
+FILL = L.FILL_RING_FACTOR * RING  # the frames each fill ring keeps
 
 
 @njit(nogil=True, cache=True)
@@ -93,7 +94,7 @@ def test_tx_posts_the_mbufs_and_rx_hands_out_the_frames(veth, xdp_with_pool):
     pool = create_pool(2048)
     port = xdp_with_pool(pool)
     assert port.driver.info()["umem"].startswith("the mbuf pool")
-    assert pool.available() == pool.size - RING  # the fill ring's frames
+    assert pool.available() == pool.size - FILL  # the fill ring's frames
     # tx: the descriptors carry the mbufs' own addresses (nothing copied)
     pkts = [make_packet(k, 60 + 29 * k) for k in range(40)]
     peer = veth.start_peer("recv", len(pkts), 5)
@@ -104,7 +105,7 @@ def test_tx_posts_the_mbufs_and_rx_hands_out_the_frames(veth, xdp_with_pool):
         (int(i) * pool.buf_size + int(pool.data_off[i]), len(p)) for i, p in zip(bufs, pkts)]
     _drain(port, pool)
     assert [bytes.fromhex(h) for h in veth.peer_result(peer)["packets"]] == pkts
-    assert wait_until(lambda: (flush(port, pool), pool.available())[1] == pool.size - RING, 2)  # completions back
+    assert wait_until(lambda: (flush(port, pool), pool.available())[1] == pool.size - FILL, 2)  # completions back
     # rx: the mbufs are the frames the kernel wrote (behind its XDP headroom)
     veth.run_peer("send", 20, "64,1514,333", 2000, 0)
     got, data_offs = [], []
@@ -240,13 +241,13 @@ def test_two_queues_share_the_pool_as_their_umem():
     from tests.vf.test_xdp_port import _flow_ids, _udp_flows
 
     with make_veth(queues=2) as v:
-        pool = create_pool(4 * RING)
+        pool = create_pool(4 * FILL)
         port = Port(0, parse_vdev(f"net_vf_xdp0,iface={v.host},queues=2,ring_size={RING}"))
         try:
             port.use_pool(pool)
             port.start()
             assert port.driver.info()["umem"].startswith("the mbuf pool")
-            assert pool.available() == pool.size - 2 * RING
+            assert pool.available() == pool.size - 2 * FILL
             _udp_flows(v.ns, v.peer, v.subnet, 64)
             per_queue: dict[int, list[int]] = {0: [], 1: []}
             deadline = time.monotonic() + 5
