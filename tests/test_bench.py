@@ -368,6 +368,49 @@ def test_hugepages_made_and_undone(tmp_path):
     huge.close()  # twice: nothing more happens
 
 
+_KILLED_RUN = """
+import sys, time
+from apps.bench.hugepages import Hugepages, HugepagesUnavailable
+try:
+    h = Hugepages(4, parent=sys.argv[1])
+except HugepagesUnavailable as e:
+    print("unavailable:", e, flush=True)
+else:
+    print(h.dir, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_hugepages_left_by_a_killed_run_are_reclaimed_at_the_next_set_up(tmp_path, caplog):
+    """A run SIGKILLed before its close() leaves a mount and its pages; the
+    next set-up finds its record, sees its process gone, and undoes both."""
+    from apps.bench.hugepages import Hugepages, is_mounted
+
+    if os.geteuid() != 0 or not os.path.exists("/sys/kernel/mm/hugepages/hugepages-2048kB"):
+        pytest.skip("hugepages need root and 2 MiB pages")
+    before = _nr_hugepages()
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        left = p.stdout.readline().strip()
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    if not left.startswith("/"):
+        pytest.skip(left)
+    assert is_mounted(left) and _nr_hugepages() == before + 4  # what the killed run could not undo
+    huge = Hugepages(2, parent=str(tmp_path))
+    try:
+        assert not is_mounted(left) and not os.path.exists(left)
+        assert _nr_hugepages() == before + 2
+        assert f"killed run (pid {p.pid})" in caplog.text
+    finally:
+        huge.close()
+    assert _nr_hugepages() == before
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hugepages_not_root_says_so(monkeypatch):
     from apps.bench import hugepages
 
