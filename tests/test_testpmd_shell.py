@@ -28,8 +28,11 @@ def _env(tmp: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pexpect.spawn]:
     tmp = tmp_path_factory.mktemp("testpmd")
+    # SIGINT at its default: a pytest started in the background of a
+    # non-interactive shell inherits it ignored, and so would the shell
     child = pexpect.spawn(CMD[0], CMD[1:] + ["-i"], cwd=str(ROOT), env=_env(tmp),
-                          encoding="utf-8", timeout=20, dimensions=(50, 200))
+                          encoding="utf-8", timeout=20, dimensions=(50, 200),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         child.expect_exact(PROMPT, timeout=JIT_TIMEOUT)
         yield child
@@ -192,9 +195,8 @@ def test_ctrl_c_cancels_line(shell: pexpect.spawn) -> None:
     shell.expect_exact("show port")  # readline has the text
     # CPython's readline sees a SIGINT only while it waits in select(): one
     # that lands while it still handles the echoed keystroke is noticed at
-    # the next key only (the likely cause of one CI failure, where the ^C
-    # went unanswered for 20 s).  As a user would, press ^C again if the
-    # first one was not answered.
+    # the next key only.  As a user would, press ^C again if the first one
+    # was not answered.
     for attempt in range(3):
         time.sleep(0.2)
         shell.sendintr()

@@ -16,9 +16,7 @@ trip VM1's vCPU waits for.  Through the Python session each cost ~130 us;
    vrings (``wait_sections``: only the bursts inside the window when the rows
    went out, ``pmd/grace.py``), pages revoked, and only then the ack:
    isolation is exactly the Python path's;
-4. the reply (u64 0) when the protocol asks for one, as soon as the
-   message is done (VM1's vCPU waits for it), then the message is consumed
-   (it was read whole by the peek) and the bookkeeping follows.
+4. the reply (u64 0) when the protocol asks for one.
 
 It stops after ``MAX_BATCH`` messages so the control thread's other duties
 run.  What it did is told in ``io`` (counters, and a log of the UPDATEs for
@@ -58,7 +56,7 @@ _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 
 # io: what serve did: totals (updated before each reply), the errors and the
 # UPDATE log since the last drain, why it stopped
-# the profile: ns spent serving each kind (from its peek until it is done), and the
+# the profile: ns spent serving each kind (from its peek to its ack), and the
 # asks (MISS) its UPDATEs answered with the ns they waited for an answer; of
 # those ns, the UPDATEs' mapping (mmap and publish), the INVALIDATEs' grace
 # periods and revocations (mmap); how many grace periods took over
@@ -160,21 +158,12 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
                 io[IO_REVOKE_NS] += monotonic_ns() - t2
         else:
             return handled
-        handled += 1
-        mask = 0
-        if kind == _UPDATE:
-            io[IO_UPDATES] += 1
-            mask = unpark_covered(vq, iova, iova + length)  # the lcores retry at once
-        else:
-            io[IO_INVALIDATES] += 1
-        sent = True
-        if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
-            t1 = monotonic_ns()
-            sent = _reply(fd, out, flags, ok)  # VM1 waits for this: before the bookkeeping below
-            io[IO_REPLY_NS] += monotonic_ns() - t1
         socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
         io[IO_NEXT] = NEXT_NONE
+        handled += 1
         if kind == _UPDATE:
+            io[IO_UPDATES] += 1
+            mask = unpark_covered(vq, iova, iova + length)
             n_asks, waited = forget_asked(asked, np.int64(iova), np.int64(iova + length))
             io[IO_ASKS_ANSWERED] += n_asks
             io[IO_ASK_WAIT_NS] += waited
@@ -184,9 +173,14 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
                 ulog[k, 1] = np.int64(length)
                 ulog[k, 2] = mask
             io[IO_LOG_N] = k + 1
-        if not sent:
-            io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
-            return handled
+        else:
+            io[IO_INVALIDATES] += 1
+        if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
+            t1 = monotonic_ns()
+            if not _reply(fd, out, flags, ok):
+                io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
+                return handled
+            io[IO_REPLY_NS] += monotonic_ns() - t1
         io[IO_UPDATE_NS if kind == _UPDATE else IO_INVALIDATE_NS] += monotonic_ns() - t0
     return handled
 
@@ -285,7 +279,7 @@ class IotlbServer:
 
     def profile(self) -> dict[str, int]:
         """ns the kernel spent serving UPDATEs and INVALIDATEs (each from its
-        peek until done: map and publish; drop, grace period and revoke) with
+        peek to its ack: map and publish; drop, grace period and revoke) with
         the parts spent mapping, in grace periods and revoking (with the grace
         periods over GRACE_SLOW_NS and the longest, and the rows' drop), the
         replies' sends, and the MISSes its
