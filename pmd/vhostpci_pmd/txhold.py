@@ -10,7 +10,9 @@ our real-VM1 bench).  Instead ``tx`` takes what a miss stopped into a
 per-queue hold queue (order kept, bounded: ``HOLD_CAP``), and every later
 ``tx`` or ``flush`` (the forwarding loop's idle passes, see
 ``pmd.burst.tx_flush``) sends the held ones first.  A full ring still
-refuses (back-pressure, as every DPDK port).
+refuses (back-pressure, as every DPDK port), except a burst that came
+while packets were held or the ring was parked: ``room`` promised it the
+hold's space, so what the ring cannot take of it is held as well.
 
 ``room`` (``pmd.burst.tx_room``) tells the forwarding engines how many
 packets ``tx`` would take now: the hold queue's free space while packets
@@ -97,13 +99,18 @@ def tx(st, q, pool, bufs, nb):
     section_enter(row, VQ_READER)
     parked = False
     # the held count first: a call passes the whole state (~50 ns a burst)
-    if st.vq[v, VQ_HELD] > 0 and _flush(st, v, q, pool) > 0:  # still waiting for a grant: queue behind
+    behind = st.vq[v, VQ_HELD] > 0
+    # ``room`` promised this burst the hold's space, not the ring's: what the
+    # ring cannot take of it, even when merely full, is held, or the caller drops it
+    promised = behind or st.vq[v, VQ_PARKED] != 0
+    if behind and _flush(st, v, q, pool) > 0:  # still waiting for a grant: queue behind
         taken = _hold(st, v, q, bufs, 0, nb)
     else:
         taken = enqueue(st, v, q, pool, bufs, nb)
-        if taken < nb and st.vq[v, VQ_PARKED] != 0:
-            parked = True
-            taken += _hold(st, v, q, bufs, taken, nb)
+        if taken < nb:
+            parked = st.vq[v, VQ_PARKED] != 0
+            if parked or promised:
+                taken += _hold(st, v, q, bufs, taken, nb)
     section_leave(row, VQ_READER)
     if parked:
         sched_yield()  # the control thread may share this CPU: let it send the MISS

@@ -49,14 +49,13 @@ def test_200ms_burst_from_the_vf_reaches_vm1_whole_and_in_order(fwd, veth, sockd
     assert vm1.returncode == 0, err[-3000:]
     res = json.loads(out.strip().splitlines()[-1])
     fwd.stop()
-    st_vf, st_vp = vf.stats(), vp.stats()
+    st_vf, st_vp, xs = vf.stats(), vp.stats(), vp.driver.xstats()
     # the port's promise: what VM2 took from the VF reached VM1, intact, once, in order
     assert (res["bad"], res["duplicates"], res["out_of_order"]) == (0, 0, 0), res
-    assert res["received"] == st_vf.ipackets == st_vp.opackets, (res, st_vf, st_vp)
+    assert res["received"] == st_vf.ipackets == st_vp.opackets, f"{res}\n{st_vf}\n{st_vp}\n{xs}"
     assert st_vp.oerrors == 0 and fwd.fwd_stats()[vf.port_id]["dropped"] == 0
     # what never reached the port is the VF ring's (imissed), counted apart
     assert res["received"] + st_vf.imissed == sent == BURST, (res, st_vf)
-    xs = vp.driver.xstats()
     assert xs["iotlb_miss_requests"] > 0 and xs["iotlb_perm_denied"] == 0 and xs["bad_descriptors"] == 0, xs
     print(f"\n[vf burst] rx_grant={rx_grant}: {res['received']}/{BURST} in VM1 in {res['seconds']} s, "
           f"VF imissed {st_vf.imissed}, MISS requests {xs['iotlb_miss_requests']}, held {xs['tx_held_on_miss']}")

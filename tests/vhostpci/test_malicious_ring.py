@@ -29,6 +29,7 @@ from pmd.vdev import parse_vdev
 from pmd.mbuf import create_pool
 from pmd.vhost_user.messages import IotlbPerm
 from pmd.vhostpci_pmd.state import VQ_LAST_AVAIL, VQ_LAST_USED
+from pmd.vhostpci_pmd.txhold import HOLD_CAP, room
 from pmd.virtio.split import VRING_DESC_F_INDIRECT as IND
 from pmd.virtio.split import VRING_DESC_F_NEXT as NEXT
 from pmd.virtio.split import VRING_DESC_F_WRITE as WRITE
@@ -642,6 +643,34 @@ def test_iommu_write_into_read_only_grant_is_never_written(vp, connect):
     assert vm.mem.read(page + 2048, HDR_LEN + len(pkts[1])) == RX_HDR + pkts[1]
     assert c.delta()["opackets"] == 2
     assert vm.changes(before, [(page, HDR_LEN + len(pkts[0])), (page + 2048, HDR_LEN + len(pkts[1]))]) == []
+
+
+def test_burst_behind_held_packets_is_held_when_the_ring_is_full(vp, connect):
+    """While packets are held, the port's room is the hold's free space, not
+    the ring's: a burst that comes then is taken whole even if the grant
+    arrived and the ring fills while the held ones go out.  The ring's chains
+    run out after the held packet: the burst waits in the hold (refusing it
+    would drop it in io fwd), then goes in order when VM1 posts more."""
+    page = HIGH[0] + 0x40000  # not granted yet: the first packet misses
+    vm = connect(iommu=True)
+    c = Counters(vp.port)
+    vm.desc(RX, 0, page, 2048, WRITE)
+    vm.offer(RX, 0)
+    pkts = [make_packet(6201 + k, 100 + k) for k in range(4)]
+    assert send(vp.port, vp.pool, pkts[:1]) == 1, "held on the miss"
+    vm.grant(page, 2 * PAGE, IotlbPerm.RW)
+    assert room(vp.port.kernel_state(), 0) == HOLD_CAP - 1, "room: the hold's space while one is held"
+    assert send(vp.port, vp.pool, pkts[1:]) == 3, "the held one fills the ring; the burst must wait, not drop"
+    assert vm.used_entries(RX) == [(0, HDR_LEN + len(pkts[0]))]
+    for k in range(1, 4):
+        vm.desc(RX, k, page + 2048 * k, 2048, WRITE)
+        vm.offer(RX, k)
+    assert flush(vp.port, vp.pool) == 0
+    assert vm.used_entries(RX) == [(k, HDR_LEN + len(p)) for k, p in enumerate(pkts)]
+    for k, p in enumerate(pkts):
+        assert vm.mem.read(page + 2048 * k, HDR_LEN + len(p)) == RX_HDR + p
+    d = c.delta()
+    assert d["opackets"] == 4 and "oerrors" not in d, d
 
 
 def test_held_packets_are_dropped_and_counted_when_the_ring_stops(vp, connect):

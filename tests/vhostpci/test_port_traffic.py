@@ -94,12 +94,11 @@ def test_burst_behind_on_demand_iommu_comes_back_whole_and_in_order(fwd, sockdir
     res = run_vm1(path, "--iommu", "demand", "--rx-grant", rx_grant, "--count", str(BURST), "--window",
                   str(BURST), "--timeout", "60", timeout=90.0)
     fwd.stop()
+    st, xs = port.stats(), port.driver.xstats()
     assert (res["sent"], res["received"], res["bad"], res["duplicates"], res["out_of_order"]) \
-        == (BURST, BURST, 0, 0, 0), res
-    st = port.stats()
+        == (BURST, BURST, 0, 0, 0), f"{res}\n{st}\n{xs}"
     assert st.ipackets == st.opackets == BURST and st.oerrors == 0, st
     assert fwd.fwd_stats()[port.port_id]["dropped"] == 0
-    xs = port.driver.xstats()
     assert xs["iotlb_miss_requests"] > 0 and xs["iotlb_perm_denied"] == 0 and xs["bad_descriptors"] == 0, xs
     vm1 = res["xstats"]
     assert vm1["iotlb_misses_refused"] == 0 and vm1["iotlb_misses_granted"] > 0, vm1

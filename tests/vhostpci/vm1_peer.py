@@ -5,9 +5,10 @@ CRC-protected packets and checks every one that comes back.
                                       [--window W] [--expect N] [--flush-every N]
 
 Prints one JSON line: sent, received, bad (CRC mismatch), duplicates,
-out_of_order (a sequence number below one already seen), missing, and the
-port's xstats.  ``--window`` packets may be in flight (2000: one burst).  Exit 0 when the run finished (whatever
-the counts; the test judges them), 1 when the link never came up.
+out_of_order (a sequence number below one already seen), missing (and its
+first ranges), and the port's xstats.  ``--window`` packets may be in flight
+(2000: one burst).  Exit 0 when the run finished (whatever the counts; the
+test judges them), 1 when the link never came up.
 """
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ from tests.vf.ns_peer import check_packet as check_wire_packet
 from tests.vhostpci.peer_io import check_packet, make_packet, recv, send
 
 FLUSH_ALL = 1 << 40  # bytes from IOVA 0: all of VM1's memory
+
+
+def _ranges(seqs: set[int]) -> list[list[int]]:
+    """``seqs`` as sorted [first, last] runs (what a failed test prints)."""
+    out: list[list[int]] = []
+    for s in sorted(seqs):
+        if out and out[-1][1] == s - 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             if sent - len(seen) - bad >= a.window:
                 time.sleep(0.0002)
         result.update(sent=sent, received=len(seen), bad=bad, duplicates=dups, out_of_order=disorder,
-                      missing=max(sent, a.expect) - len(seen), seconds=round(time.monotonic() - started, 3),
+                      missing=max(sent, a.expect) - len(seen), 
+                      missing_ranges=_ranges(set(range(max(sent, a.expect))) - seen)[:8], seconds=round(time.monotonic() - started, 3),
                       flushes=flushes,
                       xstats=port.driver.xstats())
         print(json.dumps(result), flush=True)
