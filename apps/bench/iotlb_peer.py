@@ -27,47 +27,39 @@ import time
 import numpy as np
 from numba import njit
 
-from pmd.syscalls import monotonic_ns, socket_recv_into, socket_send_from
+from pmd.syscalls import monotonic_ns
+from pmd.vhost_user.iotlb_batch import INVALIDATE, MSG_SIZE, REPLY_SIZE, UPDATE, call_batch, put_iotlb
 from pmd.vhost_user.frontend import FrontendSession
-from pmd.vhost_user.messages import (
-    FLAG_NEED_REPLY, HEADER_SIZE, VERSION, VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, IotlbMsg, IotlbPerm, IotlbType,
-)
+from pmd.vhost_user.messages import VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm
 from pmd.virtio.features import VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1
 from pmd.virtio_user_pmd.guest_memory import GuestMemory
 
 MEM_SIZE = 1 << 20
 PAGE = 4096
+TIMEOUT_NS = 5_000_000_000  # a reply later than this: the port is stuck
 LIVE_BASE = 0x100000  # the live grants' pages start here, after the timed one's 1 MiB
-
-
-def _message(msg: IotlbMsg) -> np.ndarray:
-    body = msg.pack()
-    head = np.array([int(FrontendReq.IOTLB_MSG), VERSION | FLAG_NEED_REPLY, len(body)], np.uint32).tobytes()
-    return np.frombuffer(head + body, np.uint8).copy()
 
 
 @njit(nogil=True, cache=True)
 def _round_trip(fd, msg, reply):
-    """Send ``msg`` whole and read its u64 reply; ns taken, or -1."""
+    """Send the one message in ``msg`` and read its reply; ns taken, or -1."""
     t0 = monotonic_ns()
-    if socket_send_from(fd, msg, len(msg), 0) != len(msg):
-        return -1
-    got = 0
-    while got < len(reply):
-        n = socket_recv_into(fd, reply[got:], len(reply) - got, 0)
-        if n <= 0:
-            return -1
-        got += n
-    if reply[HEADER_SIZE] != 0:
-        return -1  # a nack
+    if call_batch(fd, msg, 1, reply, TIMEOUT_NS) != 0:
+        return -1  # a nack, or the channel failed
     return monotonic_ns() - t0
+
+
+def _message(page: int, uaddr: int, perm: int, kind: int) -> np.ndarray:
+    msg = np.zeros(MSG_SIZE, np.uint8)
+    put_iotlb(msg, 0, page, PAGE, uaddr, perm, kind)
+    return msg
 
 
 def _compiled(fe: FrontendSession, page: int, uaddr: int, samples: int) -> tuple[list[float], list[float]]:
     fd = fe.channel.fileno()
-    update = _message(IotlbMsg(page, PAGE, uaddr, int(IotlbPerm.RO), IotlbType.UPDATE))
-    invalidate = _message(IotlbMsg(page, PAGE, 0, 0, IotlbType.INVALIDATE))
-    reply = np.zeros(HEADER_SIZE + 8, np.uint8)
+    update = _message(page, uaddr, int(IotlbPerm.RO), UPDATE)
+    invalidate = _message(page, 0, 0, INVALIDATE)
+    reply = np.zeros(REPLY_SIZE, np.uint8)
     ups, invs = [], []
     for _ in range(samples):
         tu = _round_trip(fd, update, reply)
@@ -96,12 +88,11 @@ def _grant_live(fe: FrontendSession, mem: GuestMemory, live: int) -> int:
     """Grant ``live`` pages, every other one from LIVE_BASE; returns the
     page in their middle (not granted) for the timed pair."""
     fd = fe.channel.fileno()
-    reply = np.zeros(HEADER_SIZE + 8, np.uint8)
+    reply = np.zeros(REPLY_SIZE, np.uint8)
     for k in range(live):
         page = LIVE_BASE + 2 * k * PAGE
         perm = IotlbPerm.RO if k % 2 else IotlbPerm.WO
-        if _round_trip(fd, _message(IotlbMsg(page, PAGE, mem.gpa_to_uaddr(page), int(perm), IotlbType.UPDATE)),
-                       reply) < 0:
+        if _round_trip(fd, _message(page, mem.gpa_to_uaddr(page), int(perm), UPDATE), reply) < 0:
             raise RuntimeError(f"the port refused live grant {k}")
     return LIVE_BASE + (live | 1) * PAGE
 

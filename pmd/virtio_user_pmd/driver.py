@@ -41,10 +41,12 @@ from typing import Callable
 import numpy as np
 
 from ..atomics_py import store_flag
+from ..placement import pin_control_thread
 from ..ethdev import (
     DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, new_stats, parse_bool, parse_int, parse_path, register_driver,
 )
 from ..vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
+from ..vhost_user.iotlb_batch import MSG_SIZE, REPLY_SIZE
 from ..shm import create_shared, release_shared
 from ..vhost_user.messages import (
     VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, InflightInfo, IotlbPerm, MemoryRegion,
@@ -59,11 +61,12 @@ from ..virtio.packed import (
 from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT
 from .guest_memory import PAGE_SIZE, GuestMemory
 from .layout import DEFAULT_MEM, Placer, parse_mem
+from .transient import N_TR, TR_GRANTS, TR_INVALIDATES, batch_capacity, transient_round
 from . import notify, rxtx  # noqa: F401  (register the fallback-interrupt and burst kernels)
 from .vq import (
-    DRVCTL_WAKE_FD, N_DRV, N_DRV_XSTATS, DRV_AVAIL, DRV_BUF, DRV_DESC, DRV_DONE_TAIL, DRV_EVENT_IDX, DRV_FREE_TOP, DRV_HDR_LEN,
+    DRVCTL_WAKE_FD, N_DRV, N_DRV_XSTATS, DRV_AVAIL, DRV_BUF, DRV_DESC, DRV_DONE_TAIL, DRV_EVENT_IDX, DRV_FREE_HEAD, DRV_FREE_TAIL, DRV_HDR_LEN,
     DRV_AVAIL_IDX, DRV_KICK_FD, DRV_LAST_USED, DRV_MRG, DRV_PACKED,
-    DRV_MAP_DONE, DRV_NUM, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_UNMAP_DONE, DRV_USED, DRV_XSTAT_NAMES,
+    DRV_NUM, DRV_POSTED, DRV_READY, DRV_STRIDE, DRV_TRANSIENT, DRV_USED, DRV_XSTAT_NAMES,
     VirtioUserState,
 )
 
@@ -157,14 +160,20 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         self._call = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(nvq)]
         self._closers.insert(0, self._close_fds)
         self._init_rings()
-        self.grants: dict[int, tuple[int, int]] = {}  # live transient buffer grants: iova -> (size, perm)
+        # iommu=transient (transient.py): which buffers hold a grant, and a round's scratch
+        self.granted = np.zeros((nvq, num), np.uint8)
+        self._buf_uaddr = np.array([self.memory.gpa_to_uaddr(p.buf, p.buf_end - p.buf) for p in self.places], np.int64)
+        self._buf_perms = np.array([int(self._buf_perm(v)) for v in range(nvq)], np.int64)
+        self._batch = np.zeros(batch_capacity(nvq, num) * MSG_SIZE, np.uint8)
+        self._reply = np.zeros(REPLY_SIZE, np.uint8)
+        self._upto = np.zeros((nvq, 2), np.int64)
+        self._transient = np.zeros(N_TR, np.int64)
         self.session: FrontendSession | None = None
         self.features = 0
         self.connections = 0
         self.misses_granted = 0
         self.misses_refused = 0
-        self.grants_sent = 0
-        self.invalidates_sent = 0
+        self.grants_sent = 0  # standing grants and MISS answers (transient ones: self._transient)
         self._link = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -197,8 +206,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             row[DRV_BUF], row[DRV_STRIDE] = p.buf, p.stride
             row[DRV_KICK_FD] = self._kick[v]
             row[DRV_TRANSIENT] = int(self.mode == "transient")
-            self.free[v] = np.arange(num, dtype=np.int32)[::-1]
-            row[DRV_FREE_TOP] = num
+            self.free[v] = np.arange(num, dtype=np.int32)
+            row[DRV_FREE_HEAD], row[DRV_FREE_TAIL] = 0, num
 
     def _close_fds(self) -> None:
         for fd in [self._wake_fd, *self._kick, *self._call]:
@@ -281,7 +290,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
     def xstats(self) -> dict[str, int]:
         totals = self._xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(DRV_XSTAT_NAMES)}
-        out.update(iotlb_grants_sent=self.grants_sent, iotlb_invalidates_sent=self.invalidates_sent,
+        out.update(iotlb_grants_sent=self.grants_sent + int(self._transient[TR_GRANTS]),
+                   iotlb_invalidates_sent=int(self._transient[TR_INVALIDATES]),
                    iotlb_misses_granted=self.misses_granted, iotlb_misses_refused=self.misses_refused)
         return out
 
@@ -298,6 +308,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
 
     # ---------------------------------------------------------------- control thread
     def _run(self) -> None:
+        pin_control_thread()
         delay = 0.05
         while not self._stop.is_set():
             session = self._connect()
@@ -373,7 +384,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             self._set_inflight(s, nvq)
         for iova, size, perm in self._standing_grants():
             self._grant(s, iova, size, perm)
-        for iova, (size, perm) in list(self.grants.items()):  # transient grants still in flight
+        for iova, size, perm in self._transient_grants():  # transient grants still in flight
             self._grant(s, iova, size, perm)
         hdr = net_hdr_len(want)
         for v, p in enumerate(self.places):
@@ -486,7 +497,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
                         self._grant(s, page, PAGE_SIZE, self._buf_perm(v))
                     self.misses_granted += 1
                     return True
-        for start, size, gperm in self._standing_grants() + [(i, sz, p) for i, (sz, p) in self.grants.items()]:
+        for start, size, gperm in self._standing_grants() + self._transient_grants():
             if start <= iova < start + size:
                 if s is not None:
                     self._grant(s, start, size, gperm)
@@ -497,29 +508,20 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         return False
 
     def _service_transient(self, s: FrontendSession | None) -> None:
-        """Grant what the kernels staged, revoke what the device returned."""
+        """Grant what the kernels staged, revoke what the device returned
+        (``transient.py``: one compiled round, its messages in one batch)."""
+        fd = s.channel.fileno() if s is not None else -1
+        if transient_round(self.vq, self.stage, self.done, self.granted, self._buf_uaddr, self._buf_perms, fd,
+                           self._batch, self._reply, self._upto, self._transient, int(REQUEST_TIMEOUT_S * 1e9)) < 0:
+            raise FrontendError("transient grants: the back-end refused one, or no reply came")
+
+    def _transient_grants(self) -> list[tuple[int, int, IotlbPerm]]:
+        """The buffers holding a transient grant now: (iova, size, perm)."""
+        out = []
         for v, p in enumerate(self.places):
-            row = self.vq[v]
-            mask = p.num - 1
-            tail, done = int(row[DRV_STAGE_TAIL]), int(row[DRV_MAP_DONE])
-            if tail != done:
-                for iova, size in _runs([p.buf + int(self.stage[v, k & mask]) * p.stride
-                                         for k in range(done, tail)], p.stride):
-                    for k in range(iova, iova + size, p.stride):
-                        self.grants[k] = (p.stride, self._buf_perm(v))
-                    if s is not None:
-                        self._grant(s, iova, size, self._buf_perm(v))
-                store_flag(row, DRV_MAP_DONE, tail)
-            tail, done = int(row[DRV_DONE_TAIL]), int(row[DRV_UNMAP_DONE])
-            if tail != done:
-                for iova, size in _runs([p.buf + int(self.done[v, k & mask]) * p.stride
-                                         for k in range(done, tail)], p.stride):
-                    for k in range(iova, iova + size, p.stride):
-                        self.grants.pop(k, None)
-                    if s is not None:
-                        s.iotlb_invalidate(iova, size)
-                        self.invalidates_sent += 1
-                store_flag(row, DRV_UNMAP_DONE, tail)
+            for i in np.flatnonzero(self.granted[v]):
+                out.append((p.buf + int(i) * p.stride, p.stride, self._buf_perm(v)))
+        return out
 
     # ------------------------------------------------------- control-thread calls
     def run_in_control(self, fn: Callable[[FrontendSession], object], timeout: float = 5.0) -> object:
@@ -629,14 +631,3 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         if self.mode == "transient" and not self.closed:
             self._service_transient(None)
 
-
-def _runs(addrs: list[int], stride: int) -> list[tuple[int, int]]:
-    """Coalesce buffer addresses into contiguous (start, size) runs: one
-    IOTLB message per run (the back-end splits a grant on a partial revoke)."""
-    runs: list[list[int]] = []
-    for a in sorted(set(addrs)):
-        if runs and runs[-1][0] + runs[-1][1] == a:
-            runs[-1][1] += stride
-        else:
-            runs.append([a, stride])
-    return [(a, n) for a, n in runs]

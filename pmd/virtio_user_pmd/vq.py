@@ -6,9 +6,15 @@ goes round a pipeline of three single-producer FIFOs of ids, so that the
 emulated IOMMU's control thread can grant a buffer before the device sees
 it and revoke it after the device returned it (iommu=transient):
 
-    free stack --kernel stages--> stage FIFO --control maps--> (MAP_DONE)
+    free FIFO --kernel stages--> stage FIFO --control maps--> (MAP_DONE)
       --kernel posts to avail ring--> device --used ring, kernel reaps-->
-    done FIFO --control unmaps--> (UNMAP_DONE) --kernel frees--> free stack
+    done FIFO --control unmaps--> (UNMAP_DONE) --kernel frees--> free FIFO
+
+The free list is a FIFO too, not a stack: with a device that returns
+buffers in order, ids then go round in the same cyclic order for good, so
+what the control thread grants or revokes at once is one or two contiguous
+runs of buffers (an IOTLB message each); a stack scatters them into runs
+of a few buffers within seconds.
 
 Without transient mappings the kernel moves MAP_DONE and UNMAP_DONE itself,
 so the same code serves every mode.  Counters are free-running int64;
@@ -34,7 +40,7 @@ from ..virtio.split import VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, avail_eve
 
 # vq control columns
 (DRV_READY, DRV_NUM, DRV_DESC, DRV_AVAIL, DRV_USED, DRV_BUF, DRV_STRIDE, DRV_IOVA_DELTA, DRV_HDR_LEN, DRV_KICK_FD,
- DRV_TRANSIENT, DRV_AVAIL_IDX, DRV_LAST_USED, DRV_FREE_TOP, DRV_EVENT_IDX, DRV_MRG) = range(16)
+ DRV_TRANSIENT, DRV_AVAIL_IDX, DRV_LAST_USED, DRV_FREE_TAIL, DRV_EVENT_IDX, DRV_MRG) = range(16)
 # FIFO counters, each on its own cache line (kernel vs control thread)
 DRV_STAGE_TAIL, DRV_MAP_DONE, DRV_POSTED = 16, 24, 17
 DRV_DONE_TAIL, DRV_UNMAP_DONE, DRV_FREED = 32, 40, 33
@@ -42,6 +48,7 @@ DRV_DONE_TAIL, DRV_UNMAP_DONE, DRV_FREED = 32, 40, 33
 # ring, DRV_AVAIL the driver area, DRV_USED the device area, and DRV_AVAIL_IDX /
 # DRV_LAST_USED are positions ``idx | wrap << 15``
 DRV_PACKED = 18
+DRV_FREE_HEAD = 19  # the free FIFO: ids at [FREE_HEAD, FREE_TAIL) of ``free`` (mod num)
 N_DRV = 48
 
 DRV_XS_BAD_USED, DRV_XS_TOO_BIG, DRV_XS_KICKS = range(3)
@@ -54,7 +61,7 @@ DRVCTL_WAKE_FD = 0
 class VirtioUserState(NamedTuple):
     mem: Mem  # guest RAM by GPA
     vq: np.ndarray  # (nb_vrings, N_DRV) int64
-    free: np.ndarray  # (nb_vrings, num) int32 stack of descriptor ids
+    free: np.ndarray  # (nb_vrings, num) int32 FIFO of descriptor ids
     stage: np.ndarray  # (nb_vrings, num) int32 FIFO
     done: np.ndarray  # (nb_vrings, num) int32 FIFO
     owned: np.ndarray  # (nb_vrings, num) uint8: 1 while the device holds the id
@@ -103,18 +110,32 @@ def _handed_back(st, row, tail, done):
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _recycle(st, v):
-    """Done ids the control thread has unmapped go back on the free stack."""
+    """Done ids the control thread has unmapped go back on the free FIFO."""
     row = st.vq[v]
-    num = row[DRV_NUM]
+    mask = row[DRV_NUM] - 1
     upto = _handed_back(st, row, DRV_DONE_TAIL, DRV_UNMAP_DONE)  # returned buffers revoked
     f = row[DRV_FREED]
-    top = row[DRV_FREE_TOP]
+    tail = row[DRV_FREE_TAIL]
     while f < upto:
-        st.free[v, top] = st.done[v, f & (num - 1)]
-        top += 1
+        st.free[v, tail & mask] = st.done[v, f & mask]
+        tail += 1
         f += 1
     row[DRV_FREED] = f
-    row[DRV_FREE_TOP] = top
+    row[DRV_FREE_TAIL] = tail
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def free_left(row):
+    """How many ids the free FIFO holds."""
+    return row[DRV_FREE_TAIL] - row[DRV_FREE_HEAD]
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def pop_free(st, v, row):
+    """The oldest free id (the caller checked ``free_left``)."""
+    h = row[DRV_FREE_HEAD]
+    row[DRV_FREE_HEAD] = h + 1
+    return np.int64(st.free[v, h & (row[DRV_NUM] - 1)])
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -204,11 +225,11 @@ def fill_tx(st, v, q, pool, bufs, nb, packed):
     m = st.mem
     hdr = row[DRV_HDR_LEN]
     room = row[DRV_STRIDE] - hdr
-    top = row[DRV_FREE_TOP]
+    left = free_left(row)
     taken = 0
     sent = 0
     nbytes = 0
-    while taken < nb and top > 0:
+    while taken < nb and left > 0:
         k = bufs[taken]
         taken += 1
         ln = np.int64(pool.data_len[k])
@@ -216,8 +237,8 @@ def fill_tx(st, v, q, pool, bufs, nb, packed):
             st.xstats[v, DRV_XS_TOO_BIG] += 1
             st.stats[q, ST_OERRORS] += 1
             continue
-        top -= 1
-        i = np.int64(st.free[v, top])
+        left -= 1
+        i = pop_free(st, v, row)
         gpa = _buf_gpa(row, i)
         m.u8[gpa:gpa + hdr] = 0
         memcpy(m.u8, gpa + hdr, pool.data, mbuf_offset(pool, k), ln)
@@ -228,7 +249,6 @@ def fill_tx(st, v, q, pool, bufs, nb, packed):
         _stage(st, v, i)
         sent += 1
         nbytes += ln
-    row[DRV_FREE_TOP] = top
     free_bulk(pool, bufs, taken)
     st.stats[q, ST_OPACKETS] += sent
     st.stats[q, ST_OBYTES] += nbytes
@@ -333,14 +353,11 @@ def recv(st, v, q, pool, bufs, nb):
         row[DRV_LAST_USED] = last
         _no_calls(st, v, last)
     _recycle(st, v)
-    top = row[DRV_FREE_TOP]
     stride = row[DRV_STRIDE]
-    while top > 0:  # refill: every free buffer goes back to the device
-        top -= 1
-        i = np.int64(st.free[v, top])
+    for _ in range(free_left(row)):  # refill: every free buffer goes back to the device
+        i = pop_free(st, v, row)
         set_desc(m, row[DRV_DESC], i, _buf_gpa(row, i) + row[DRV_IOVA_DELTA], stride, VRING_DESC_F_WRITE, 0)
         _stage(st, v, i)
-    row[DRV_FREE_TOP] = top
     _post(st, v)
     if st.vq[v + 1, DRV_TRANSIENT] != 0:
         _post(st, v + 1)  # tx buffers granted since the last transmit: rx is polled even when tx is idle

@@ -2,7 +2,7 @@
 
 The packed ring's ``xmit`` and ``recv`` for VM1's driver (``packed_vq=1``;
 ``burst.py`` picks them per burst from ``DRV_PACKED``).  The buffers go
-round the same pipeline as on a split ring (free stack, stage FIFO, device,
+round the same pipeline as on a split ring (free FIFO, stage FIFO, device,
 done FIFO: ``vq.py``), so every IOMMU mode works the same; what differs is
 the ring:
 
@@ -34,9 +34,9 @@ from ..virtio.packed import (
     set_desc_body, set_desc_flags,
 )
 from .vq import (
-    DRV_AVAIL_IDX, DRV_DESC, DRV_EVENT_IDX, DRV_FREE_TOP, DRV_IOVA_DELTA, DRV_KICK_FD,
+    DRV_AVAIL_IDX, DRV_DESC, DRV_EVENT_IDX, DRV_IOVA_DELTA, DRV_KICK_FD,
     DRV_LAST_USED, DRV_MAP_DONE, DRV_NUM, DRV_POSTED, DRV_READY, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_USED,
-    DRV_XS_KICKS, _buf_gpa, _handed_back, _push_done, _recycle, _stage, fill_tx, rx_done, rx_first,
+    DRV_XS_KICKS, _buf_gpa, _handed_back, _push_done, _recycle, _stage, fill_tx, free_left, pop_free, rx_done, rx_first,
     rx_more,
 )
 
@@ -155,14 +155,11 @@ def recv_packed(st, v, q, pool, bufs, nb):
             free_bulk(pool, bufs[got:], nb - got)
         row[DRV_LAST_USED] = last
     _recycle(st, v)
-    top = row[DRV_FREE_TOP]
     stride = row[DRV_STRIDE]
-    while top > 0:  # refill: every free buffer goes back to the device
-        top -= 1
-        i = np.int64(st.free[v, top])
+    for _ in range(free_left(row)):  # refill: every free buffer goes back to the device
+        i = pop_free(st, v, row)
         st.blen[v, i] = stride
         _stage(st, v, i)
-    row[DRV_FREE_TOP] = top
     post_packed(st, v)
     if st.vq[v + 1, DRV_TRANSIENT] != 0:
         post_packed(st, v + 1)  # tx buffers granted since the last transmit: rx is polled even when tx is idle
