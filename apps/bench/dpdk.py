@@ -69,7 +69,7 @@ class Testpmd:
     (``--lcores '0@CPU,1@CPU'``: main and forwarding lcore on ``cpu``)."""
 
     def __init__(self, vdev: str, mode: str, size: int, cpu: int, prefix: str, mem_mb: int = 256,
-                 eal_extra: tuple[str, ...] = (), huge_dir: str | None = None) -> None:
+                 eal_extra: tuple[str, ...] = (), huge_dir: str | None = None, queues: int = 1) -> None:
         self.prefix = prefix
         self.huge_dir = huge_dir  # a hugetlbfs mount (DPDK's usual set-up), or None: --no-huge
         memory = ["--huge-dir", huge_dir] if huge_dir else ["--no-huge"]
@@ -77,7 +77,7 @@ class Testpmd:
             testpmd_path() or TESTPMD, "--lcores", f"0@{cpu},1@{cpu}", "--no-pci", *memory, "-m", str(mem_mb),
             "--file-prefix", prefix, *eal_extra, "--vdev", vdev, "--",
             "-i", f"--forward-mode={mode}", "--nb-cores=1", f"--total-num-mbufs={NB_MBUFS}",
-            f"--txpkts={size}", "--burst=32",
+            f"--txpkts={size}", "--burst=32", f"--rxq={queues}", f"--txq={queues}",
         ]
         self.proc: subprocess.Popen | None = None
         self._fd = -1

@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     _warmup_quick(vh)
     _plot_option(vh)
     vh.add_argument("--scenarios", type=_scenarios, default=vhost.SCENARIOS, help="subset of abc (default: all)")
+    vh.add_argument("--queues", type=int, choices=range(1, 9), default=1, metavar="N",
+                    help="N > 1: a row with N queue pairs on both sides of a and b (one lcore each side)")
     vfp = sub.add_parser("vf", help="our VF ports vs DPDK's af_packet and af_xdp PMDs on a veth pair (needs root)")
     _common(vfp, 2.0, 5)
     vfp.add_argument("--size", type=_sizes, default=vf.SIZES,
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.scenario == "vhost":
                 vresults, notes = vhost.run(args.seconds, args.rounds, args.size, args.cpu, args.warmup,
-                                            args.scenarios, progress)
+                                            args.scenarios, progress, args.queues)
             else:
                 vresults, notes = vf.run(args.seconds, args.rounds, args.size, args.cpu, args.warmup,
                                          args.directions, progress, args.kinds)

@@ -16,7 +16,11 @@ vhost-user back-end) on ``--cpu``, VM1 (the front-end) on another CPU.
   virtio-user offering the best ring options both back-ends negotiate
   (``best_ring_args``).  ``split``: the earlier comparison, ``--no-huge``, a
   split ring without IN_ORDER.  A machine without hugepages says so and runs
-  the ``best`` row on plain pages.
+  the ``best`` row on plain pages.  With ``queues`` N > 1 a third row,
+  ``Nq``: the ``best`` options with N queue pairs on both sides, still one
+  lcore each side polling all of them (this machine has two CPUs, one per
+  side: the row shows what polling more queues costs or gains, not scaling
+  across cores).
 - ``c``: VM1 = our net_virtio_user (vhostpci-fwd, txonly) with iommu=off,
   buffers, transient; VM2 = our net_vhost_pci rxonly: the cost of isolation.
 
@@ -126,9 +130,9 @@ class OursVm2(OursPort):
     """Our net_vhost_pci port forwarding in this process, lcore pinned to ``cpu``."""
 
     def __init__(self, path: str, mode: str, size: int, cpu: int, iommu_support: bool,
-                 huge_dir: str | None = None) -> None:
-        super().__init__(f"net_vhost_pci0,path={path},iommu_support={int(iommu_support)}", mode, size, cpu,
-                         huge_dir)
+                 huge_dir: str | None = None, queues: int = 1) -> None:
+        super().__init__(f"net_vhost_pci0,path={path},iommu_support={int(iommu_support)},queues={queues}", mode,
+                         size, cpu, huge_dir)
 
 
 class DpdkSide:
@@ -136,8 +140,8 @@ class DpdkSide:
     as a receiver it meters testpmd's own Rx-pps."""
 
     def __init__(self, vdev: str, mode: str, size: int, cpu: int, prefix: str, eal_extra: tuple[str, ...] = (),
-                 huge_dir: str | None = None):
-        self.tp = dpdk.Testpmd(vdev, mode, size, cpu, prefix, eal_extra=eal_extra, huge_dir=huge_dir)
+                 huge_dir: str | None = None, queues: int = 1):
+        self.tp = dpdk.Testpmd(vdev, mode, size, cpu, prefix, eal_extra=eal_extra, huge_dir=huge_dir, queues=queues)
 
     flow_timeout = FLOW_TIMEOUT_S
 
@@ -221,7 +225,8 @@ class OursVm1(FwdProcess):
 class _Env:
     """Per-bench state: the private socket directory, CPUs, DPDK prefixes."""
 
-    def __init__(self, cpu: int, seconds: float, warmup: float) -> None:
+    def __init__(self, cpu: int, seconds: float, warmup: float, queues: int = 1) -> None:
+        self.queues = queues  # queue pairs of the ``Nq`` row (1: no such row)
         self.vm2_cpu = cpu
         self.vm1_cpu = other_cpu(cpu)
         self.seconds, self.warmup = seconds, warmup
@@ -241,10 +246,22 @@ class _Env:
                 f"(2 MiB, hugetlbfs); DPDK virtio-user {self.best_args}; split row: --no-huge, {VIRTIO_USER_SPLIT}")
 
     def huge_dir(self, row: str) -> str | None:
-        return self.huge.dir if row == "best" and self.huge is not None else None
+        return self.huge.dir if row != "split" and self.huge is not None else None
 
     def vu_args(self, row: str) -> str:
-        return self.best_args if row == "best" else VIRTIO_USER_SPLIT
+        if row == "split":
+            return VIRTIO_USER_SPLIT
+        return self.best_args + (f",queues={self.queues}" if row == self.mq_row else "")
+
+    def row_queues(self, row: str) -> int:
+        return self.queues if row == self.mq_row else 1
+
+    @property
+    def mq_row(self) -> str:
+        return f"{self.queues}q"
+
+    def rows(self) -> list[str]:
+        return [*ROWS, self.mq_row] if self.queues > 1 else list(ROWS)
 
     def fresh(self, what: str) -> tuple[str, str]:
         """A new socket path and DPDK file prefix (removing any leftover socket)."""
@@ -269,12 +286,13 @@ def _measure(env: _Env, vm2, vm1_factory: Callable[[], Any], meter_of: Callable[
 
 def _dpdk_vu(env: _Env, path: str, prefix: str, mode: str, size: int, row: str) -> DpdkSide:
     return DpdkSide(f"net_virtio_user0,path={path},{env.vu_args(row)}", mode, size, env.vm1_cpu,
-                    prefix + "-vu", VIRTIO_USER_EAL, huge_dir=env.huge_dir(row))
+                    prefix + "-vu", VIRTIO_USER_EAL, huge_dir=env.huge_dir(row), queues=env.row_queues(row))
 
 
 def _dpdk_vhost(env: _Env, path: str, prefix: str, mode: str, size: int, row: str) -> DpdkSide:
-    return DpdkSide(f"net_vhost0,iface={path},client=0", mode, size, env.vm2_cpu, prefix + "-vh",
-                    huge_dir=env.huge_dir(row))
+    queues = env.row_queues(row)
+    return DpdkSide(f"net_vhost0,iface={path},client=0,queues={queues}", mode, size, env.vm2_cpu, prefix + "-vh",
+                    huge_dir=env.huge_dir(row), queues=queues)
 
 
 def _split_variant(variant: str) -> tuple[str, str]:
@@ -285,12 +303,13 @@ def _split_variant(variant: str) -> tuple[str, str]:
 
 def _variant(env: _Env, scenario: str, variant: str, size: int) -> float:
     """One measured run of ``variant`` ("ours", "dpdk", "ours-split", "dpdk-split" or an iommu mode)."""
-    path, prefix = env.fresh(scenario + variant[:4] + variant[5:6])
+    path, prefix = env.fresh(scenario + variant[:4] + variant[5:7])
     if scenario in ("a", "b"):
         side, row = _split_variant(variant)
         vm2_mode, vm1_mode = ("rxonly", "txonly") if scenario == "a" else ("txonly", "rxonly")
         if side == "ours":  # DPDK's virtio-user does not grant IOTLB entries: no IOMMU, like DPDK's vhost
-            vm2 = OursVm2(path, vm2_mode, size, env.vm2_cpu, iommu_support=False, huge_dir=env.huge_dir(row))
+            vm2 = OursVm2(path, vm2_mode, size, env.vm2_cpu, iommu_support=False, huge_dir=env.huge_dir(row),
+                          queues=env.row_queues(row))
         else:
             vm2 = _dpdk_vhost(env, path, prefix, vm2_mode, size, row)
         meter = (lambda v2, v1: v2) if scenario == "a" else (lambda v2, v1: v1)
@@ -308,15 +327,15 @@ WHAT = {
 }
 
 
-def _pairs(scenario: str) -> list[tuple[str, str]]:
+def _pairs(scenario: str, rows: list[str]) -> list[tuple[str, str]]:
     """(ours, reference) variant pairs of a scenario: one result row each."""
     if scenario == "c":
         return [(m, "off") for m in ISOLATION_MODES]
-    return [("ours", "dpdk"), ("ours-split", "dpdk-split")]
+    return [("ours", "dpdk") if row == "best" else (f"ours-{row}", f"dpdk-{row}") for row in rows]
 
 
-def _variants(scenario: str) -> list[str]:
-    return list(ISOLATION_MODES) if scenario == "c" else ["ours", "dpdk", "ours-split", "dpdk-split"]
+def _variants(scenario: str, rows: list[str]) -> list[str]:
+    return list(ISOLATION_MODES) if scenario == "c" else [v for pair in _pairs(scenario, rows) for v in pair]
 
 
 def _label(scenario: str, variant: str) -> str:
@@ -324,25 +343,28 @@ def _label(scenario: str, variant: str) -> str:
         return f"iommu={variant}"
     side, row = _split_variant(variant)
     name = "vhost-pci" if side == "ours" else "DPDK vhost"
-    return name if row == "best" else f"{name} split"
+    return name if row == "best" else f"{name} {row}"
 
 
 def run(seconds: float = 2.0, rounds: int = 5, sizes: tuple[int, ...] = SIZES, cpu: int | None = None,
         warmup: float = 1.0, scenarios: tuple[str, ...] = SCENARIOS,
-        progress: Callable[[str], None] | None = None) -> tuple[list[Result], list[str]]:
+        progress: Callable[[str], None] | None = None, queues: int = 1) -> tuple[list[Result], list[str]]:
     """Run the scenarios ``rounds`` times, variants alternating; returns the
-    results and notes (what was skipped and why).  ``progress`` gets one line per run."""
+    results and notes (what was skipped and why).  ``progress`` gets one line
+    per run.  ``queues`` > 1 adds the ``Nq`` row to ``a`` and ``b``."""
     say = progress or (lambda msg: None)
     notes: list[str] = []
     todo = list(scenarios)
     if dpdk.testpmd_path() is None and any(s in todo for s in ("a", "b")):
         notes.append(NOT_FOUND)
         todo = [s for s in todo if s not in ("a", "b")]
-    env = _Env(default_cpu() if cpu is None else cpu, seconds, warmup)
+    env = _Env(default_cpu() if cpu is None else cpu, seconds, warmup, queues)
+    rows = env.rows()
     try:
         if any(s in todo for s in ("a", "b")):
             notes.append(env.setup_hugepages())
-        results = alternate(rounds, sizes, todo, variants=_variants, pairs=_pairs, label=_label,
+        results = alternate(rounds, sizes, todo, variants=lambda sc: _variants(sc, rows),
+                            pairs=lambda sc: _pairs(sc, rows), label=_label,
                             what=WHAT.__getitem__, run_one=lambda sc, v, size: _variant(env, sc, v, size), say=say)
     finally:
         env.close()
