@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +16,19 @@ from pmd.lcore import LcoreManager  # noqa: E402
 
 CPUS = sorted(os.sched_getaffinity(0))
 WORKER_CPU = CPUS[-1]
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI time limit, someone stopping the run) ends the run as
+    ^C does: the running test's fixtures still remove the namespaces,
+    processes and mounts it made.  Python's default would exit at once and
+    leave them behind."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 @pytest.fixture
