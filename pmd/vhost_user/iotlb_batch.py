@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..syscalls import MSG_NOSIGNAL, last_errno, monotonic_ns, poll_fds, socket_recv_into, socket_send_from
+from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, last_errno, monotonic_ns, poll_fds, socket_recv_into, socket_send_from
 from .messages import FLAG_NEED_REPLY, HEADER_SIZE, VERSION, FrontendReq, IotlbType
 
 IOTLB_SIZE = 32  # struct vhost_iotlb_msg, padded as QEMU and DPDK send it
@@ -78,10 +78,10 @@ def _io(fd, buf, start, nbytes, sending, deadline):
     done = 0
     while done < nbytes:
         view = buf[start + done:]
-        if sending:
-            r = socket_send_from(fd, view, nbytes - done, MSG_NOSIGNAL)
+        if sending:  # never blocking in the call, whatever the fd's mode: the deadline holds
+            r = socket_send_from(fd, view, nbytes - done, MSG_NOSIGNAL | MSG_DONTWAIT)
         else:
-            r = socket_recv_into(fd, view, nbytes - done, 0)
+            r = socket_recv_into(fd, view, nbytes - done, MSG_DONTWAIT)
         if r > 0:
             done += r
             continue

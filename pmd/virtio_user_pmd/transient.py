@@ -36,8 +36,10 @@ def batch_capacity(nvq: int, num: int) -> int:
 def _runs(fifo, ids, lo, hi, num, base, stride, uaddr, perm, kind, granted, buf, n):
     """Messages for the ids at ``[lo, hi)`` of ``fifo`` (mod num): one per
     run of consecutive ids; ``granted`` follows (UPDATE: 1, INVALIDATE: 0).
-    Returns the batch's new message count."""
+    ``uaddr`` (the local address of buffer 0) and ``perm``: 0 for an
+    INVALIDATE, as QEMU sends it.  Returns the batch's new message count."""
     mark = 1 if kind == UPDATE else 0
+    step = stride if kind == UPDATE else 0
     first = np.int64(-1)
     count = 0
     for k in range(lo, hi):
@@ -47,11 +49,11 @@ def _runs(fifo, ids, lo, hi, num, base, stride, uaddr, perm, kind, granted, buf,
             count += 1
             continue
         if count > 0:
-            put_iotlb(buf, n, base + first * stride, count * stride, uaddr + first * stride, perm, kind)
+            put_iotlb(buf, n, base + first * stride, count * stride, uaddr + first * step, perm, kind)
             n += 1
         first, count = i, 1
     if count > 0:
-        put_iotlb(buf, n, base + first * stride, count * stride, uaddr + first * stride, perm, kind)
+        put_iotlb(buf, n, base + first * stride, count * stride, uaddr + first * step, perm, kind)
         n += 1
     return n
 
@@ -82,7 +84,7 @@ def transient_round(vq, stage, done, granted, uaddr, perm, fd, buf, reply, upto,
             continue
         num, base, stride = row[DRV_NUM], row[DRV_BUF], row[DRV_STRIDE]
         tail = load_acquire(row, DRV_DONE_TAIL)
-        n = _runs(done, v, upto[v, 1], tail, num, base, stride, uaddr[v], 0, INVALIDATE, granted, buf, n)
+        n = _runs(done, v, upto[v, 1], tail, num, base, stride, 0, 0, INVALIDATE, granted, buf, n)
         upto[v, 1] = tail
     if fd >= 0 and n > 0 and call_batch(fd, buf, n, reply, timeout_ns) != 0:
         return -1
