@@ -20,6 +20,24 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
 
 
+def reclaim_leftovers(ns_prefix: str, host_format: str) -> list[str]:
+    """Remove what a process killed before its clean-up left: each namespace
+    ``{ns_prefix}{pid}`` whose process is gone, with its veth
+    ``host_format.format(pid)`` (a veth whose other end is in a namespace
+    outlives it).  Returns the namespaces removed.  A live process's
+    wire, and every name of another form, is left alone."""
+    removed = []
+    for line in ip("netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        tail = name[len(ns_prefix):] if name.startswith(ns_prefix) else ""
+        if not tail.isdigit() or os.path.exists(f"/proc/{int(tail)}"):
+            continue
+        ip("link", "del", host_format.format(int(tail)), check=False)
+        ip("netns", "del", name, check=False)
+        removed.append(name)
+    return removed
+
+
 def wire_unavailable() -> str | None:
     """Why a veth wire cannot be built here, or None when it can."""
     if os.geteuid() != 0:

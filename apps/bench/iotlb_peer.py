@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 
 from pmd.syscalls import monotonic_ns
-from pmd.vhost_user.iotlb_batch import INVALIDATE, MSG_SIZE, REPLY_SIZE, UPDATE, call_batch, put_iotlb
+from pmd.virtio_user_pmd.iotlb_batch import INVALIDATE, MSG_SIZE, REPLY_SIZE, UPDATE, call_batch, put_iotlb
 from pmd.vhost_user.frontend import FrontendSession
 from pmd.vhost_user.messages import VHOST_USER_F_PROTOCOL_FEATURES, IotlbPerm
 from pmd.virtio.features import VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_VERSION_1

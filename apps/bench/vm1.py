@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from apps.wire import VethWire, wire_unavailable
+from apps.wire import VethWire, reclaim_leftovers, wire_unavailable
 
 from . import dpdk
 from .common import BenchError, Result, default_cpu, median, signals_deferred
@@ -70,6 +70,7 @@ BOOT_TIMEOUT = 240.0  # TCG boot on a loaded 2-core machine: 5-15 s alone, much 
 VF_ARGS = "qdisc_bypass=1"  # + the frame count, spelled per driver below; the same for both
 FRAMES = 2048
 VARIANTS = ("ours", "dpdk")
+WIRE_NS = "vhostpci-bench-vm1-"  # + the bench's pid: its namespace (its veth: vbm<pid>h / vbm<pid>n)
 LABELS = {"ours": "vhost-pci+net_vf", "dpdk": "DPDK vhost+af_packet"}
 
 # In the namespace: count datagrams per payload length (one length per size).
@@ -565,8 +566,10 @@ def run(seconds: float = 5.0, rounds: int = 3, sizes: tuple[int, ...] = SIZES, c
         notes.append(NOT_FOUND + "; measuring ours only")
         variants = ["ours"]
     env = _Env(default_cpu() if cpu is None else cpu, seconds, 0.0)
-    tag = os.getpid() % 10_000_000
-    wire = VethWire(f"vbm{tag}h", f"vbm{tag}n", f"vhostpci-bench-vm1-{tag}")
+    for ns in reclaim_leftovers(WIRE_NS, "vbm{}h"):
+        notes.append(f"removed namespace {ns} and its veth: a bench run that was killed left them")
+    tag = os.getpid()
+    wire = VethWire(f"vbm{tag}h", f"vbm{tag}n", f"{WIRE_NS}{tag}")
     runs: dict[tuple[str, int, str], list[Sample | None]] = {}
     delivered: dict[tuple[str, int, str], list[Delivery | None]] = {}
     errors: dict[tuple[str, int, str], list[str]] = {}  # (iommu, size, variant)

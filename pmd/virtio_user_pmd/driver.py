@@ -46,7 +46,7 @@ from ..ethdev import (
     DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, new_stats, parse_bool, parse_int, parse_path, register_driver,
 )
 from ..vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
-from ..vhost_user.iotlb_batch import MSG_SIZE, REPLY_SIZE
+from .iotlb_batch import MSG_SIZE, REPLY_SIZE
 from ..shm import create_shared, release_shared
 from ..vhost_user.messages import (
     VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, InflightInfo, IotlbPerm, MemoryRegion,

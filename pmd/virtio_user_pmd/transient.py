@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from ..atomics import load_acquire, store_release
-from ..vhost_user.iotlb_batch import INVALIDATE, UPDATE, call_batch, put_iotlb
+from .iotlb_batch import INVALIDATE, UPDATE, call_batch, put_iotlb
 from .vq import DRV_BUF, DRV_DONE_TAIL, DRV_MAP_DONE, DRV_NUM, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_UNMAP_DONE
 
 # transient_round's counts (its ``counts`` argument)

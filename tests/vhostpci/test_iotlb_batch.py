@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pmd.vhost_user.codec import Channel
-from pmd.vhost_user.iotlb_batch import (
+from tests.vhost_user.test_vu_codec import pair  # noqa: F401  ((back-end Channel, front-end socket))
+from pmd.virtio_user_pmd.iotlb_batch import (
     INVALIDATE, MSG_SIZE, REPLY_SIZE, UPDATE, call_batch, put_iotlb,
 )
 from pmd.vhost_user.messages import FLAG_REPLY, VERSION, FrontendReq, IotlbMsg, IotlbPerm, IotlbType
@@ -24,16 +25,6 @@ from pmd.virtio_user_pmd.vq import (
 
 TIMEOUT_NS = 2_000_000_000
 PAGE = 4096
-
-
-@pytest.fixture
-def pair():
-    """(the front-end's fd for the compiled side, the back-end's Channel)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    ch = Channel(theirs, "frontend", message_timeout=1.0, send_timeout=1.0)
-    yield ours, ch
-    ours.close()
-    ch.close()
 
 
 def _reply(ch: Channel, request: int, value: int) -> None:
@@ -56,7 +47,7 @@ def _received(ch: Channel, n: int) -> list[IotlbMsg]:
 
 
 def test_a_batch_goes_in_one_piece_and_every_reply_is_read(pair):
-    fd, ch = pair
+    ch, fd = pair
     buf = np.zeros(3 * MSG_SIZE, np.uint8)
     put_iotlb(buf, 0, 0x1000, 2 * PAGE, 0x7F0000001000, int(IotlbPerm.WO), UPDATE)
     put_iotlb(buf, 1, 0x5000, PAGE, 0x7F0000005000, int(IotlbPerm.RO), UPDATE)
@@ -75,7 +66,7 @@ def test_a_batch_goes_in_one_piece_and_every_reply_is_read(pair):
 
 
 def test_refusals_are_counted_and_a_dead_or_silent_channel_fails(pair):
-    fd, ch = pair
+    ch, fd = pair
     buf = np.zeros(2 * MSG_SIZE, np.uint8)
     reply = np.zeros(REPLY_SIZE, np.uint8)
     for n in range(2):
@@ -112,7 +103,7 @@ def test_a_transient_round_grants_runs_of_staged_ids_and_revokes_returned_ones(p
     the device returned 2 3: UPDATEs for runs 5-7 and 0-1, then one
     INVALIDATE for 2-3; vring 0 has nothing to do.  The counters move once
     every reply came."""
-    fd, ch = pair
+    ch, fd = pair
     vq, num = _vrings(), 8
     stage, done = np.zeros((2, num), np.int32), np.zeros((2, num), np.int32)
     granted = np.zeros((2, num), np.uint8)
@@ -137,7 +128,7 @@ def test_a_transient_round_grants_runs_of_staged_ids_and_revokes_returned_ones(p
 
 
 def test_a_refused_round_moves_nothing_and_no_back_end_moves_everything(pair):
-    fd, ch = pair
+    ch, fd = pair
     vq, num = _vrings(), 8
     stage, done = np.zeros((2, num), np.int32), np.zeros((2, num), np.int32)
     granted = np.zeros((2, num), np.uint8)

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, last_errno, monotonic_ns, poll_fds, socket_recv_into, socket_send_from
-from .messages import FLAG_NEED_REPLY, HEADER_SIZE, VERSION, FrontendReq, IotlbType
+from ..vhost_user.messages import FLAG_NEED_REPLY, HEADER_SIZE, VERSION, FrontendReq, IotlbType
 
 IOTLB_SIZE = 32  # struct vhost_iotlb_msg, padded as QEMU and DPDK send it
 MSG_SIZE = HEADER_SIZE + IOTLB_SIZE
