@@ -90,6 +90,13 @@ def _hold(st, v, q, bufs, start, nb):
     return k
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _holds_first(st, v):
+    """Whether ``room`` offers the hold's space rather than the ring's:
+    packets are held, or the ring is parked on a miss."""
+    return st.vq[v, VQ_HELD] > 0 or st.vq[v, VQ_PARKED] != 0
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def tx(st, q, pool, bufs, nb):
     """tx_burst of the vhost-pci port: ``bufs[:nb]`` into VM1's receive ring
@@ -98,12 +105,11 @@ def tx(st, q, pool, bufs, nb):
     row = st.vq[v]
     section_enter(row, VQ_READER)
     parked = False
-    # the held count first: a call passes the whole state (~50 ns a burst)
-    behind = st.vq[v, VQ_HELD] > 0
     # ``room`` promised this burst the hold's space, not the ring's: what the
     # ring cannot take of it, even when merely full, is held, or the caller drops it
-    promised = behind or st.vq[v, VQ_PARKED] != 0
-    if behind and _flush(st, v, q, pool) > 0:  # still waiting for a grant: queue behind
+    promised = _holds_first(st, v)
+    # the held count first: a call passes the whole state (~50 ns a burst)
+    if st.vq[v, VQ_HELD] > 0 and _flush(st, v, q, pool) > 0:  # still waiting for a grant: queue behind
         taken = _hold(st, v, q, bufs, 0, nb)
     else:
         taken = enqueue(st, v, q, pool, bufs, nb)
@@ -125,7 +131,7 @@ def room(st, q):
     if load_acquire(st.vq[v], VQ_READY) == 0:
         return NO_LIMIT
     space = st.hold.shape[1] - st.vq[v, VQ_HELD]
-    if st.vq[v, VQ_HELD] > 0 or st.vq[v, VQ_PARKED] != 0:
+    if _holds_first(st, v):
         return space
     return min(avail_left(st, v), space)
 

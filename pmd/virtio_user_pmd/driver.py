@@ -41,12 +41,11 @@ from typing import Callable
 import numpy as np
 
 from ..atomics_py import store_flag
-from ..placement import pin_control_thread
 from ..ethdev import (
     DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, new_stats, parse_bool, parse_int, parse_path, register_driver,
 )
+from ..placement import pin_control_thread
 from ..vhost_user.frontend import FrontendError, FrontendListener, FrontendSession
-from .iotlb_batch import MSG_SIZE, REPLY_SIZE, UPDATE, call_batch, put_iotlb
 from ..shm import create_shared, release_shared
 from ..vhost_user.messages import (
     VHOST_F_LOG_ALL, VHOST_LOG_PAGE, VHOST_USER_F_PROTOCOL_FEATURES, InflightInfo, IotlbPerm, MemoryRegion,
@@ -60,6 +59,7 @@ from ..virtio.packed import (
 )
 from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT
 from .guest_memory import PAGE_SIZE, GuestMemory
+from .iotlb_batch import MSG_SIZE, REPLY_SIZE, UPDATE, call_batch, put_iotlb
 from .layout import DEFAULT_MEM, Placer, parse_mem
 from .transient import N_TR, TR_GRANTS, TR_INVALIDATES, batch_capacity, transient_round
 from . import notify, rxtx  # noqa: F401  (register the fallback-interrupt and burst kernels)
@@ -505,7 +505,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
                         self._grant(s, page, PAGE_SIZE, self._buf_perm(v))
                     self.misses_granted += 1
                     return True
-        for start, size, gperm in self._standing_grants() + self._transient_grants():
+        for start, size, gperm in self._standing_grants() + self._transient_grant_of(iova):
             if start <= iova < start + size:
                 if s is not None:
                     self._grant(s, start, size, gperm)
@@ -522,6 +522,15 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         if transient_round(self.vq, self.stage, self.done, self.granted, self._buf_uaddr, self._buf_perms, fd,
                            self._batch, self._reply, self._upto, self._transient, int(REQUEST_TIMEOUT_S * 1e9)) < 0:
             raise FrontendError("transient grants: the back-end refused one, or no reply came")
+
+    def _transient_grant_of(self, iova: int) -> list[tuple[int, int, IotlbPerm]]:
+        """The transient grant of the buffer holding ``iova``, if it holds one
+        (a MISS looks up one buffer, not every grant)."""
+        for v, p in enumerate(self.places):
+            if p.buf <= iova < p.buf_end:
+                i = (iova - p.buf) // p.stride
+                return [(p.buf + i * p.stride, p.stride, self._buf_perm(v))] if self.granted[v, i] else []
+        return []
 
     def _transient_grants(self) -> list[tuple[int, int, IotlbPerm]]:
         """The buffers holding a transient grant now: (iova, size, perm)."""
