@@ -21,6 +21,14 @@ split kernels never look at a packed ring).  A burst:
   as DPDK's vhost does: VM1 consumes and refills the first lines while the
   burst fills the next ones, where a batch per burst had both sides take
   turns (bursts of all or nothing, each side idle half the time).
+  Four plain packets meeting a line of four one-buffer receive chains
+  (what virtio-net drivers post without offloads) take a path of their own
+  (``_enqueue_line``, DPDK's vhost batches likewise): all four checked and
+  translated, then copied, then each used element written as one 8-byte
+  word (len, id, flags), the line's first last.  The line's stores then
+  come together: VM1's driver polls that line's first flags, and every
+  store into it while VM1 reads it costs a transfer of the line (and
+  x86 commits stores in order, so the copies behind it wait too).
   With VIRTIO_F_IN_ORDER a transmit burst writes a single used element,
   the last chain's id at the batch's first position (2.8.9: the driver
   knows the rest); receive bursts keep one per chain (each has a length);
@@ -45,16 +53,18 @@ from numba import njit
 from ..atomics import fence, load_acquire, prefetch_write
 from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk
-from ..guestmem.translate import translate
+from ..guestmem.translate import translate, translate_inline
 from ..syscalls import eventfd_signal
+from ..virtio.features import NET_HDR_LEN
 from ..virtio.packed import (
     DESC_SIZE, EVENT_FLAGS, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
-    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, desc_addr, desc_flags, desc_flags_acquire, event_flags, event_off_wrap, is_avail, need_event, pos_advance,
-    pos_distance, pos_idx, pos_wrap, publish_desc_flags, ring_sizes, set_desc_flags, set_event_flags,
-    set_used_desc, used_flag_bits,
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, desc_addr, desc_flags, desc_flags_acquire, desc_id,
+    desc_len, event_flags, event_off_wrap, is_avail, need_event, pos_advance, pos_distance, pos_idx, pos_wrap,
+    publish_desc_flags, ring_sizes, set_desc_flags, set_event_flags, set_used_desc, set_used_word, used_flag_bits,
+    used_word,
 )
-from .bufcopy import copy_in, copy_out, log, packet_in
-from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_MAX
+from .bufcopy import copy_in, copy_out, log, packet_in, put_plain
+from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_ADDR, VEC_LEN, VEC_MAX, VEC_OFF
 from .chain_packed import fill_vec_packed
 from .ringmap import ring_parts
 from .state import (
@@ -66,6 +76,7 @@ from .state import (
 PK_SLOT, PK_ID, PK_LEN = range(3)  # st.pk rows: one used element of the packet being written
 LINE_DESCS = 4  # descriptors in a 64-byte cache line: enqueue publishes used elements a line at a time
 LINE_MASK = LINE_DESCS - 1
+PLAIN_MASK = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT | VRING_DESC_F_WRITE  # of these, a plain receive chain has WRITE only
 # enqueue asks for a buffer's lines this many chains before copying into it,
 # and for the descriptor line twice as far ahead (write intent: VM1's CPU wrote
 # it last, and the used elements go there): with one line of chains ahead the
@@ -218,6 +229,45 @@ def _prefetch_buffer(st, desc, pos):
             prefetch_write(m.u8, off + 64)
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _enqueue_line(st, v, pool, bufs, k, desc, pos, line):
+    """Packets ``bufs[k:k + 4]`` into the four chains of the descriptor
+    line at ``pos`` (a multiple of 4, the line inside the ring), if each is
+    one device-writable descriptor big enough for a plain packet and its
+    header, translated whole: checks first, then the copies, then one
+    8-byte store per used element, the first one last (the line's
+    publication).  Returns the bytes sent, or -1 having touched nothing (a
+    packet with offloads, a chain, a miss, a bad descriptor: the
+    one-packet path takes it).  ``line`` holds the checked rows."""
+    m = st.mem
+    i = pos_idx(pos)
+    wrap = pos_wrap(pos)
+    for j in range(LINE_DESCS):
+        flags = desc_flags_acquire(m, desc, i + j)
+        if not is_avail(flags, wrap) or flags & PLAIN_MASK != VRING_DESC_F_WRITE:
+            return np.int64(-1)
+    for j in range(LINE_DESCS):
+        b = bufs[k + j]
+        need = NET_HDR_LEN + np.int64(pool.data_len[b])
+        if pool.ol_flags[b] != 0 or desc_len(m, desc, i + j) < need:
+            return np.int64(-1)
+        addr = desc_addr(m, desc, i + j)
+        off = translate_inline(st.table, st.tcount, addr, need, True)
+        if off < 0:
+            return np.int64(-1)
+        line[j, VEC_OFF] = off
+        line[j, VEC_LEN] = need
+        line[j, VEC_ADDR] = np.int64(addr)
+    sent = np.int64(0)
+    for j in range(LINE_DESCS):
+        sent += put_plain(st, v, line[j, VEC_OFF], line[j, VEC_ADDR], pool, bufs[k + j])
+    flags = used_flag_bits(wrap) | VRING_DESC_F_WRITE
+    for j in range(LINE_DESCS - 1, -1, -1):  # the first one last: VM1 reads the line from it
+        set_used_word(m, desc, i + j, used_word(desc_id(m, desc, i + j), line[j, VEC_LEN], flags), j == 0)
+    log(st, v, st.vq[v, VQ_DESC] + DESC_SIZE * i, LINE_DESCS * DESC_SIZE)
+    return sent
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def enqueue_packed(st, v, q, pool, bufs, nb):
     """``bufs[:nb]`` -> VM1 receive ring ``v`` (packed); as ``vq.enqueue``:
@@ -244,12 +294,28 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     nbytes = 0
     for k in range(min(nb, PREFETCH_AHEAD)):
         _prefetch_buffer(st, desc, pos_advance(pos, k, num))
-    for k in range(nb):
+    lines = hdr == NET_HDR_LEN  # the line path writes the 12-byte header (VERSION_1 or MRG_RXBUF)
+    k = 0
+    while k < nb:
+        at_line = pos_idx(pos) & LINE_MASK == 0
         if k + PREFETCH_AHEAD < nb:  # one chain a packet, as a rule: a guess, never trusted
-            _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD, num))
-            if k & LINE_MASK == 0:
+            for j in range(LINE_DESCS if lines and at_line else 1):
+                _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD + j, num))
+            if at_line:
                 prefetch_write(m.u8, desc + DESC_SIZE * pos_idx(pos_advance(pos, 2 * PREFETCH_AHEAD, num)))
+        if lines and at_line and first_flags < 0 and k + LINE_DESCS <= nb and pos_idx(pos) + LINE_DESCS <= num:
+            # nothing of the line written yet: the one-packet path publishes a line once complete
+            got = _enqueue_line(st, v, pool, bufs, k, desc, pos, vec)
+            if got >= 0:
+                k += LINE_DESCS
+                taken += LINE_DESCS
+                chains += LINE_DESCS
+                sent += LINE_DESCS
+                nbytes += got
+                pos = start = pos_advance(pos, LINE_DESCS, num)
+                continue
         ln, src, ol, need = packet_in(pool, bufs[k], hdr)
+        k += 1
         done = np.int64(0)
         nbufs = 0
         off_lo = np.int64(-1)

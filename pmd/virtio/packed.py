@@ -157,6 +157,25 @@ def publish_desc_flags(m, desc, i, flags):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
+def used_word(buf_id, length, flags):
+    """A used element's len, id and flags as the one little-endian 8-byte
+    word they fill (bytes 8..15 of a descriptor)."""
+    return (np.uint64(length & 0xFFFFFFFF) | np.uint64(buf_id & 0xFFFF) << np.uint64(32)
+            | np.uint64(flags & 0xFFFF) << np.uint64(48))
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def set_used_word(m, desc, i, word, publish):
+    """Write a ``used_word`` in one store; ``publish``: a release store
+    (everything written before is visible first), else a plain one."""
+    k = (desc + DESC_SIZE * i + D_LEN) >> 3
+    if publish:
+        store_release(m.u64, k, word)
+    else:
+        m.u64[k] = word
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def set_used_desc(m, desc, i, buf_id, length):
     """A used element's id and len (its flags go separately)."""
     base = desc + DESC_SIZE * i

@@ -309,3 +309,61 @@ def test_tx_room_counts_the_available_receive_chains(vp, connect):  # noqa: F811
     vm.offer(RX, [(vm.rx_slot(5), 2048, WRITE, 5)])
     assert send(vp.port, vp.pool, [make_packet(7002 + k, 100) for k in range(3)]) == 3
     assert room(st, 0) == 1  # the one offered after the count
+
+
+def _offer_plain(vm, first: int, n: int) -> None:
+    """``n`` one-buffer receive chains (a page each) at positions ``first``..,
+    id = position + 100 (ids are VM1's to choose: none equal to a slot)."""
+    for k in range(first, first + n):
+        vm.offer(RX, [(vm.rx_slot(k % NUM), 2048, WRITE, k + 100)])
+
+
+def test_enqueue_lines_across_the_wrap_each_packet_whole(vp, connect):  # noqa: F811
+    """Bursts of plain packets into one-buffer chains, aligned to a line of
+    four descriptors or not (the line path and the one-packet path take
+    turns), five times round the ring: each packet whole behind its header
+    in its own buffer, each used element at its slot with the chain's id,
+    the written length and the wrap counter of its round; nothing else of
+    VM1 touched."""
+    vm = connect()
+    c = Counters(vp.port)
+    pos = 0
+    for burst in (3, 29, 32, 7, 25, 64, 1, 31, 4, 4, 60, 40, 20):
+        _offer_plain(vm, pos, burst)
+        pkts = [make_packet(7000 + pos + k, 60 + (pos + k) * 37 % 1400) for k in range(burst)]
+        before = vm.snapshot()
+        assert send(vp.port, vp.pool, pkts) == burst
+        bufs = [(vm.rx_slot((pos + k) % NUM), HDR_LEN + len(p)) for k, p in enumerate(pkts)]
+        assert vm.changes(before, ring_parts(RX) + bufs) == []
+        for k, p in enumerate(pkts):
+            assert vm.used_at(RX, pos + k) == (pos + k + 100, HDR_LEN + len(p), True), (burst, k)
+            assert vm.mem.read(vm.rx_slot((pos + k) % NUM), HDR_LEN + len(p)) == RX_HDR + p
+        pos += burst
+    assert pos > 4 * NUM
+    assert c.delta() == {"opackets": pos}
+
+
+def test_enqueue_line_with_a_bad_or_chained_buffer_keeps_order(vp, connect):  # noqa: F811
+    """A line whose third chain is too small for its packet, and a line with
+    a two-descriptor chain in it: the line path leaves both to the
+    one-packet path, which drops the packet that does not fit (counted,
+    used element empty) and writes the others in order, each at its slot."""
+    vm = connect()
+    c = Counters(vp.port)
+    vm.offer(RX, [(vm.rx_slot(0), 2048, WRITE, 100)])
+    vm.offer(RX, [(vm.rx_slot(1), 2048, WRITE, 101)])
+    vm.offer(RX, [(vm.rx_slot(2), 20, WRITE, 102)])  # too small
+    vm.offer(RX, [(vm.rx_slot(3), 2048, WRITE, 103)])
+    vm.offer(RX, [(vm.rx_slot(4), 2048, WRITE, 104)])
+    vm.offer(RX, [(vm.rx_slot(5), 30, WRITE | NEXT, 105), (vm.rx_slot(5) + 30, 2018, WRITE, 105)])  # slots 5, 6
+    vm.offer(RX, [(vm.rx_slot(7), 2048, WRITE, 107)])
+    _offer_plain(vm, 8, 4)
+    pkts = [make_packet(7500 + k, 100 + 10 * k) for k in range(10)]
+    assert send(vp.port, vp.pool, pkts) == 10
+    slots = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10]
+    for k, (n, p) in enumerate(zip(slots, pkts)):
+        want = (n + 100, 0 if n == 2 else HDR_LEN + len(p), True)
+        assert vm.used_at(RX, n) == want, k
+        if n != 2:
+            assert vm.mem.read(vm.rx_slot(n), HDR_LEN + len(p)) == RX_HDR + p
+    assert c.delta() == {"too_big": 1, "oerrors": 1, "opackets": 9}
