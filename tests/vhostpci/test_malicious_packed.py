@@ -367,3 +367,42 @@ def test_enqueue_line_with_a_bad_or_chained_buffer_keeps_order(vp, connect):  # 
         if n != 2:
             assert vm.mem.read(vm.rx_slot(n), HDR_LEN + len(p)) == RX_HDR + p
     assert c.delta() == {"too_big": 1, "oerrors": 1, "opackets": 9}
+
+
+def test_dequeue_lines_across_the_wrap_each_packet_whole(vp, connect):  # noqa: F811
+    """Bursts of one-buffer transmit chains of every alignment, a bad chain
+    and a two-descriptor chain now and then, five times round the ring: every good
+    packet intact and in order, the bad one counted, each used element at
+    its slot with the chain's id, nothing but the descriptor ring written."""
+    vm = connect()
+    c = Counters(vp.port)
+    pos = 0
+    sent: list[bytes] = []
+    bad = 0
+    for burst in (3, 29, 32, 7, 25, 64, 1, 31, 4, 4, 60, 40, 20):
+        heads, pkts = [], []
+        k = 0
+        while k < burst:
+            pkt = make_packet(8000 + pos, 60 + pos * 37 % 1400)
+            gpa, n = tx_buf(vm, pos % NUM, pkt)
+            if pos % 50 == 10:  # a bad chain: device-writable
+                heads.append(vm.offer(TX, [(gpa, n, WRITE, pos + 100)]))
+                bad += 1
+                pos, k = pos + 1, k + 1
+                continue
+            if pos % 50 == 30 and k + 2 <= burst:  # a chain of two over two slots
+                heads.append(vm.offer(TX, [(gpa, 20, NEXT, pos + 100), (gpa + 20, n - 20, 0, pos + 100)]))
+                pkts.append(pkt)
+                pos, k = pos + 2, k + 2
+                continue
+            heads.append(vm.offer(TX, [(gpa, n, 0, pos + 100)]))
+            pkts.append(pkt)
+            pos, k = pos + 1, k + 1
+        before = vm.snapshot()
+        assert recv(vp.port, vp.pool) == pkts, burst
+        assert vm.changes(before, ring_parts(TX)) == []
+        for h in heads:
+            assert vm.used_at(TX, h) == (h + 100, 0, True), (burst, h)
+        sent += pkts
+    assert pos > 4 * NUM and bad >= 4
+    assert c.delta() == {"bad_descriptors": bad, "ierrors": bad, "ipackets": len(sent)}
