@@ -115,6 +115,49 @@ def translate_inline(table, count, iova, length, write):
     return _seq_lookup(table, count, iova, length, np.uint64(2) if write else np.uint64(1), COL_OFFSET)
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _row_of(table, count, a):
+    """The row holding ``a`` as one consistent look: ``(start, last,
+    offset, perm)``, perm 0 if no row holds it."""
+    while True:
+        seq = load_acquire(count, 1)
+        if seq & 1:
+            cpu_pause()
+            continue
+        i = row_below(table, load_acquire(count, 0), a)
+        start = last = off = perm = np.uint64(0)
+        if i >= 0:
+            start, last, off, perm = table[i, COL_IOVA], table[i, COL_LAST], table[i, COL_OFFSET], table[i, COL_PERM]
+        fence_acquire()
+        if load_acquire(count, 1) == seq:
+            return start, last, off, perm if i >= 0 and a <= last else np.uint64(0)
+        cpu_pause()
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def translate_remembered(table, count, iova, length, write, memo):
+    """``translate`` for the lookups of one burst, remembering the last row
+    it found in ``memo`` (int64 ``[start, last, offset, perm]``, perm 0:
+    none; the caller clears it when a burst begins): a buffer inside that
+    row costs two compares, not a table search.  Sound for one burst only:
+    the rows a burst saw stay mapped until it ends (an IOTLB invalidation
+    waits for the vring's read section, a memory table change for the
+    lcore's quiescent point), as a translation made mid-burst does."""
+    a = np.uint64(iova)
+    ln = np.uint64(length)
+    need = np.uint64(2) if write else np.uint64(1)
+    if ln == 0:
+        return translate_inline(table, count, iova, length, write)
+    start, last = np.uint64(memo[0]), np.uint64(memo[1])
+    if np.uint64(memo[3]) & need == need and start <= a <= last and ln - np.uint64(1) <= last - a:
+        return np.int64(np.uint64(memo[2]) + (a - start))
+    start, last, off, perm = _row_of(table, count, a)
+    if perm & need == need and start <= a and ln - np.uint64(1) <= last - a:
+        memo[0], memo[1], memo[2], memo[3] = np.int64(start), np.int64(last), np.int64(off), np.int64(perm)
+        return np.int64(off + (a - start))
+    return translate_inline(table, count, iova, length, write)  # across rows, or refused
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def translate(table, count, iova, length, write):
     """Window offset of ``[iova, iova + length)``, or -1.

@@ -108,6 +108,7 @@ class VhostPciDevice(BackendDevice):
         self.ahead = np.zeros((nvq, MAX_AHEAD), np.int64)  # the pages it asks ahead (iotlb.ask_ahead)
         self._miss_src = -1  # the session's back-end channel fd our PORT_MISS_FD dup is of
         self.pk = np.zeros((nvq, VEC_MAX, 3), np.int64)  # packed enqueue: one packet's used elements
+        self.memo = np.zeros((nvq, 4), np.int64)  # a burst's last translation row (translate_remembered)
         area = -(-nvq * queue_area(MAX_VRING_SIZE) // PAGE_SIZE) * PAGE_SIZE
         self.inflight = Window(area, table_capacity=1, max_regions=1)
         self._inflight_info: InflightInfo | None = None  # set while the region is mapped
@@ -149,7 +150,7 @@ class VhostPciDevice(BackendDevice):
             self._kstate = VhostPciState(
                 mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count, self.logctl, self.vq,
                 self.xstats, self.stats, self.ctl, self.port_id, mem_views(self.inflight.array), self.resub,
-                self.src, self.hold, self.vec, self.pk, self.missmsg, self.iotlb.asked, self.ahead)
+                self.src, self.hold, self.vec, self.pk, self.missmsg, self.iotlb.asked, self.ahead, self.memo)
         return self._kstate
 
     def warm(self) -> None:

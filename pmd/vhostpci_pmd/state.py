@@ -79,5 +79,6 @@ class VhostPciState(NamedTuple):
     missmsg: np.ndarray  # (nb_vrings, 48) uint8: the IOTLB MISS message a parking vring sends (iotlb.py)
     asked: np.ndarray  # (iotlb.ASK_SLOTS, 2) int64: pages asked for, not answered yet (iotlb.py)
     ahead: np.ndarray  # (nb_vrings, iotlb.MAX_AHEAD) int64: a parking vring's pages to ask ahead (iotlb.py)
+    memo: np.ndarray  # (nb_vrings, 4) int64: the translation row a burst found last (translate_remembered)
 
 

@@ -53,7 +53,7 @@ from numba import njit
 from ..atomics import fence, load_acquire, prefetch_write
 from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk
-from ..guestmem.translate import translate, translate_inline
+from ..guestmem.translate import translate, translate_remembered
 from ..syscalls import eventfd_signal
 from ..virtio.features import NET_HDR_LEN
 from ..virtio.packed import (
@@ -230,7 +230,7 @@ def _prefetch_buffer(st, desc, pos):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _enqueue_line(st, v, pool, bufs, k, desc, pos, line):
+def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo):
     """Packets ``bufs[k:k + 4]`` into the four chains of the descriptor
     line at ``pos`` (a multiple of 4, the line inside the ring), if each is
     one device-writable descriptor big enough for a plain packet and its
@@ -238,7 +238,8 @@ def _enqueue_line(st, v, pool, bufs, k, desc, pos, line):
     8-byte store per used element, the first one last (the line's
     publication).  Returns the bytes sent, or -1 having touched nothing (a
     packet with offloads, a chain, a miss, a bad descriptor: the
-    one-packet path takes it).  ``line`` holds the checked rows."""
+    one-packet path takes it).  ``line`` holds the checked rows, ``memo``
+    the burst's last translation row."""
     m = st.mem
     i = pos_idx(pos)
     wrap = pos_wrap(pos)
@@ -252,7 +253,7 @@ def _enqueue_line(st, v, pool, bufs, k, desc, pos, line):
         if pool.ol_flags[b] != 0 or desc_len(m, desc, i + j) < need:
             return np.int64(-1)
         addr = desc_addr(m, desc, i + j)
-        off = translate_inline(st.table, st.tcount, addr, need, True)
+        off = translate_remembered(st.table, st.tcount, addr, need, True, memo)
         if off < 0:
             return np.int64(-1)
         line[j, VEC_OFF] = off
@@ -295,6 +296,8 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     for k in range(min(nb, PREFETCH_AHEAD)):
         _prefetch_buffer(st, desc, pos_advance(pos, k, num))
     lines = hdr == NET_HDR_LEN  # the line path writes the 12-byte header (VERSION_1 or MRG_RXBUF)
+    memo = st.memo[v]
+    memo[3] = 0  # no row remembered from an earlier burst
     k = 0
     while k < nb:
         at_line = pos_idx(pos) & LINE_MASK == 0
@@ -305,7 +308,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
                 prefetch_write(m.u8, desc + DESC_SIZE * pos_idx(pos_advance(pos, 2 * PREFETCH_AHEAD, num)))
         if lines and at_line and first_flags < 0 and k + LINE_DESCS <= nb and pos_idx(pos) + LINE_DESCS <= num:
             # nothing of the line written yet: the one-packet path publishes a line once complete
-            got = _enqueue_line(st, v, pool, bufs, k, desc, pos, vec)
+            got = _enqueue_line(st, v, pool, bufs, k, desc, pos, vec, memo)
             if got >= 0:
                 k += LINE_DESCS
                 taken += LINE_DESCS

@@ -26,10 +26,10 @@ from pmd.virtio.packed import VRING_DESC_F_WRITE as WRITE
 from pmd.vhostpci_pmd.state import VQ_LAST_AVAIL, VQ_PACKED
 from pmd.vhostpci_pmd.txhold import room
 from tests.util import wait_until
-from tests.vhostpci.peer_io import make_packet, recv, send
+from tests.vhostpci.peer_io import flush, make_packet, recv, send
 from tests.vhostpci.rogue_packed import RoguePackedVM1
 from tests.vhostpci.rogue_vm1 import (
-    HDR_LEN, HOLE, IND_BUF, INDIRECT, MRG_RXBUF, NUM, RING_BASE, RX, TX, TX_BUF, ring_addrs,
+    HDR_LEN, HOLE, IND_BUF, INDIRECT, MRG_RXBUF, NUM, PAGE, RING_BASE, RX, TX, TX_BUF, ring_addrs,
 )
 from tests.vhostpci.test_malicious_ring import RX_HDR, Counters, vp  # noqa: F401  (vp: the port fixture)
 
@@ -406,3 +406,26 @@ def test_dequeue_lines_across_the_wrap_each_packet_whole(vp, connect):  # noqa: 
         sent += pkts
     assert pos > 4 * NUM and bad >= 4
     assert c.delta() == {"bad_descriptors": bad, "ierrors": bad, "ipackets": len(sent)}
+
+
+def test_enqueue_lines_behind_an_iommu_page_by_page(vp, connect):  # noqa: F811
+    """Behind an IOMMU, receive buffers granted write-only a page at a time,
+    the seventh not yet: the first line goes whole, the second up to the
+    ungranted buffer, whose packet and the one after wait (held, asked for
+    WO) and go in order once VM1 grants the page."""
+    vm = connect(iommu=True, grants=[(RING_BASE, 0x20000, IotlbPerm.RW)])
+    for k in (0, 1, 2, 3, 4, 5, 7):
+        vm.grant(vm.rx_slot(k), PAGE, IotlbPerm.WO)
+    _offer_plain(vm, 0, 8)
+    c = Counters(vp.port)
+    pkts = [make_packet(7700 + k, 80 + 40 * k) for k in range(8)]
+    assert send(vp.port, vp.pool, pkts) == 8, "two held on the miss, none dropped"
+    assert [vm.used_at(RX, k)[2] for k in range(8)] == [True] * 6 + [False] * 2
+    assert (vm.rx_slot(6), IotlbPerm.WO) in vm.misses()
+    vm.grant(vm.rx_slot(6), PAGE, IotlbPerm.WO)
+    assert flush(vp.port, vp.pool) == 0
+    for k, p in enumerate(pkts):
+        assert vm.used_at(RX, k) == (k + 100, HDR_LEN + len(p), True), k
+        assert vm.mem.read(vm.rx_slot(k), HDR_LEN + len(p)) == RX_HDR + p
+    d = c.delta()
+    assert d["opackets"] == 8 and d["iotlb_misses"] >= 1 and "oerrors" not in d, d
