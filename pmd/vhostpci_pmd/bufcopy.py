@@ -97,19 +97,6 @@ def copy_lines(dst, doff, src, soff, n):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def put_plain(st, v, off, addr, pool, i):
-    """Plain packet ``i`` (no offload flags) with its header (num_buffers
-    1) into the one buffer at window offset ``off`` (guest address
-    ``addr``), checked by the caller to hold both; returns its length."""
-    ln = np.int64(pool.data_len[i])
-    m = st.mem
-    memcpy(m.u8, off, PLAIN_HDR, 0, NET_HDR_LEN)
-    copy_lines(m.u8, off + NET_HDR_LEN, pool.data, mbuf_offset(pool, i), ln)
-    log(st, v, addr, NET_HDR_LEN + ln)
-    return ln
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def packet_in(pool, i, hdr):
     """What an enqueue reads of mbuf ``i`` (both ring layouts): ``(length,
     data offset, offload flags, bytes to place with a ``hdr``-byte header)``."""

@@ -63,7 +63,7 @@ from ..virtio.packed import (
     publish_desc_flags, ring_sizes, set_desc_flags, set_event_flags, set_used_desc, set_used_word, used_flag_bits,
     used_word,
 )
-from .bufcopy import copy_in, copy_out, log, packet_in, put_plain
+from .bufcopy import copy_in, copy_out, log, packet_in
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_ADDR, VEC_LEN, VEC_MAX, VEC_OFF
 from .chain_packed import fill_vec_packed
 from .ringmap import ring_parts
@@ -260,8 +260,10 @@ def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo):
         line[j, VEC_LEN] = need
         line[j, VEC_ADDR] = np.int64(addr)
     sent = np.int64(0)
-    for j in range(LINE_DESCS):
-        sent += put_plain(st, v, line[j, VEC_OFF], line[j, VEC_ADDR], pool, bufs[k + j])
+    for j in range(LINE_DESCS):  # copy_in's plain case: the header, the packet, the dirty log
+        ln, src, ol, need = packet_in(pool, bufs[k + j], NET_HDR_LEN)
+        copy_in(st, v, line[j:], 1, NET_HDR_LEN, pool, src, ol, np.int64(0), np.int64(-1), np.int64(-1))
+        sent += ln
     flags = used_flag_bits(wrap) | VRING_DESC_F_WRITE
     for j in range(LINE_DESCS - 1, -1, -1):  # the first one last: VM1 reads the line from it
         set_used_word(m, desc, i + j, used_word(desc_id(m, desc, i + j), line[j, VEC_LEN], flags), j == 0)
