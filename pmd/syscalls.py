@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba.core import cgutils, types
+from numba import njit
 from numba.extending import intrinsic
 
 _I64 = ir.IntType(64)
@@ -201,3 +202,36 @@ def poll_fds(typingctx, pfds, nfds, timeout_ms):
         return builder.sext(builder.call(fn, [data, args[1], builder.trunc(args[2], _I32)]), _I64)
 
     return sig, codegen
+
+
+# wait_first's answers
+WAIT_TIMEOUT, WAIT_FIRST, WAIT_OTHER = 0, 1, 2
+_EINTR = 4
+
+
+@njit(nogil=True, cache=True)
+def wait_first(pfds, nfds, deadline_ns):
+    """Wait in ``poll`` until row 0 of ``pfds`` is readable (WAIT_FIRST),
+    another row is readable or any row in error, or poll failed
+    (WAIT_OTHER: the caller's Python path looks), or ``deadline_ns``
+    (``monotonic_ns``) passed (WAIT_TIMEOUT).  How a control thread's
+    compiled service waits on its channel and on everything else it owns."""
+    while True:
+        left = deadline_ns - monotonic_ns()
+        if left <= 0:
+            return WAIT_TIMEOUT
+        for k in range(nfds):
+            pfds[k, 1] = POLLIN  # events in, revents cleared
+        r = poll_fds(pfds, nfds, (left + 999_999) // 1_000_000)
+        if r == 0:
+            return WAIT_TIMEOUT
+        if r < 0:
+            if last_errno() == _EINTR:
+                continue
+            return WAIT_OTHER
+        for k in range(1, nfds):
+            if pfds[k, 1] >> 16 != 0:
+                return WAIT_OTHER
+        if (pfds[0, 1] >> 16) & (POLLERR | POLLHUP | POLLNVAL) != 0:
+            return WAIT_OTHER
+        return WAIT_FIRST

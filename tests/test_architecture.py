@@ -48,6 +48,8 @@ ALLOWED: dict[str, set[str]] = {
     "pmd.lcore": BASE,
     # the vhost-user protocol: no device, no memory implementation, no Numba
     "pmd.vhost_user": {"pmd.shm", "pmd.virtio"},
+    # the IOTLB message's layout for compiled code, both sides of the protocol
+    "pmd.iotlb_wire": BASE | {"pmd.vhost_user"},
     # drivers: the framework below them, never each other
     "pmd.null_pmd": DRIVER,
     "pmd.ring_pmd": DRIVER,
@@ -57,8 +59,8 @@ ALLOWED: dict[str, set[str]] = {
     "pmd.netdev_port": DRIVER | {"pmd.netdev"},
     "pmd.vf_pmd": DRIVER | {"pmd.netdev", "pmd.netdev_port", "pmd.ringarea"},
     "pmd.xdp_pmd": DRIVER | {"pmd.netdev", "pmd.netdev_port", "pmd.ringarea"},
-    "pmd.vhostpci_pmd": DRIVER | {"pmd.guestmem", "pmd.vhost_user", "pmd.virtio"},
-    "pmd.virtio_user_pmd": DRIVER | {"pmd.guestmem", "pmd.vhost_user", "pmd.virtio"},
+    "pmd.vhostpci_pmd": DRIVER | {"pmd.guestmem", "pmd.vhost_user", "pmd.iotlb_wire", "pmd.virtio"},
+    "pmd.virtio_user_pmd": DRIVER | {"pmd.guestmem", "pmd.vhost_user", "pmd.iotlb_wire", "pmd.virtio"},
     # above the drivers: the vdev bus (loads them by name), forwarding, EAL
     "pmd.vdev": {"pmd.ethdev"},
     "pmd.fwd": DRIVER | {"pmd.lcore", "pmd.vdev"},

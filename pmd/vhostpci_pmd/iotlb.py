@@ -43,8 +43,9 @@ from numba import njit
 from ..atomics import fence, load_acquire, store_release
 from ..guestmem.translate import granted_perm, translate, translate_inline
 from ..guestmem.vmem import PAGE_SIZE
+from ..iotlb_wire import MISS, MSG_SIZE, put_iotlb
 from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, eventfd_signal, monotonic_ns, socket_send_from
-from ..vhost_user.messages import HEADER_SIZE, VERSION, BackendReq, IotlbPerm, IotlbType
+from ..vhost_user.messages import VERSION, BackendReq, IotlbPerm
 from ..virtio.split import (
     DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, avail_entry, avail_idx, desc_addr,
     desc_flags, desc_len, desc_next, ring_sizes,
@@ -73,8 +74,7 @@ _U64 = (1 << 64) - 1
 _PAGE_MASK = ~(PAGE_SIZE - 1)
 
 # the MISS message a kernel sends itself (send_miss)
-MISS_SIZE = HEADER_SIZE + 32
-_BACKEND_IOTLB_MSG, _VERSION, _MISS = int(BackendReq.IOTLB_MSG), VERSION, int(IotlbType.MISS)
+_BACKEND_IOTLB_MSG, _VERSION = int(BackendReq.IOTLB_MSG), VERSION
 _PERM_RO, _PERM_WO = int(IotlbPerm.RO), int(IotlbPerm.WO)
 
 # buffer_offset's answers besides a window offset (>= 0)
@@ -82,12 +82,6 @@ BUF_BAD, BUF_MISS = -1, -2
 
 
 # ---------------------------------------------------------------- kernels
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _put(buf, off, value, nbytes):
-    for k in range(nbytes):
-        buf[off + k] = (value >> (8 * k)) & 0xFF
-
-
 # send_miss's answers
 SENT, ASKED_ALREADY, NOT_SENT = 1, 0, -1
 
@@ -109,20 +103,13 @@ def send_miss(st, v, iova, write):
     if st.asked[slot, 0] == key and now - st.asked[slot, 1] < MISS_RESEND_NS:
         return ASKED_ALREADY
     b = st.missmsg[v]
-    _put(b, 0, _BACKEND_IOTLB_MSG, 4)
-    _put(b, 4, _VERSION, 4)
-    _put(b, 8, MISS_SIZE - HEADER_SIZE, 4)
-    _put(b, HEADER_SIZE, np.uint64(iova), 8)
-    for k in range(HEADER_SIZE + 8, MISS_SIZE):
-        b[k] = 0
-    b[HEADER_SIZE + 24] = _PERM_WO if write else _PERM_RO
-    b[HEADER_SIZE + 25] = _MISS
+    put_iotlb(b, 0, _BACKEND_IOTLB_MSG, _VERSION, iova, 0, 0, _PERM_WO if write else _PERM_RO, MISS)
     # noted before it is sent: the UPDATE may be mapped (and the note cleared,
     # forget_asked) before send returns; a note written after would stay
     old_key, old_t = st.asked[slot, 0], st.asked[slot, 1]
     st.asked[slot, 0] = key
     st.asked[slot, 1] = now
-    if socket_send_from(fd, b, MISS_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != MISS_SIZE:
+    if socket_send_from(fd, b, MSG_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != MSG_SIZE:
         if st.asked[slot, 0] == key:
             st.asked[slot, 0], st.asked[slot, 1] = old_key, old_t
         return NOT_SENT

@@ -34,21 +34,19 @@ from ..grace import wait_sections
 from ..guestmem.iotlb_ops import iotlb_drop, iotlb_map, revoke_ranges
 from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
-from ..syscalls import (
-    MSG_DONTWAIT, MSG_PEEK, POLLERR, POLLHUP, POLLIN, POLLNVAL, last_errno, monotonic_ns, poll_fds, socket_recv_into,
-    socket_send_from,
+from ..iotlb_wire import (
+    MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_LEN, OFF_PERM, OFF_REQUEST, OFF_SIZE, OFF_TYPE, OFF_UADDR, REPLY_SIZE, get_u32, get_u64,
+    send_ack,
 )
-from ..vhost_user.messages import FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, KNOWN_FLAGS, VERSION, FrontendReq, IotlbType
+from ..syscalls import MSG_DONTWAIT, MSG_PEEK, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns, socket_recv_into, wait_first
+from ..vhost_user.messages import FLAG_NEED_REPLY, HEADER_SIZE, KNOWN_FLAGS, VERSION, FrontendReq, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
 from .state import VQ_READER
 
 log = logging.getLogger("vhostpci.iotlb")
 
-EINTR = 4
 
 MAX_BATCH = 256
-MSG_SIZE = HEADER_SIZE + 32  # header + struct vhost_iotlb_msg
-REPLY_SIZE = HEADER_SIZE + 8
 _IOTLB_MSG = int(FrontendReq.IOTLB_MSG)
 _UPDATE, _INVALIDATE = int(IotlbType.UPDATE), int(IotlbType.INVALIDATE)
 _U64 = (1 << 64) - 1
@@ -74,33 +72,6 @@ NEXT_NONE, NEXT_PYTHON = 0, 1
 REPLY_NEVER, REPLY_ON_NEED, REPLY_ALWAYS = 0, 1, 2
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _u32(buf, off):
-    return np.uint32(buf[off]) | np.uint32(buf[off + 1]) << 8 | np.uint32(buf[off + 2]) << 16 \
-        | np.uint32(buf[off + 3]) << 24
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _u64(buf, off):
-    return np.uint64(_u32(buf, off)) | np.uint64(_u32(buf, off + 4)) << np.uint64(32)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def _reply(fd, out, flags, ok):
-    """The u64 ack (0 success, 1 failure) with the request's version."""
-    out[0] = _IOTLB_MSG
-    out[1] = out[2] = out[3] = 0
-    out[4] = (flags & 0x3) | FLAG_REPLY
-    out[5] = out[6] = out[7] = 0
-    out[8] = 8
-    out[9] = out[10] = out[11] = 0
-    for k in range(8):
-        out[HEADER_SIZE + k] = 0
-    if not ok:
-        out[HEADER_SIZE] = 1
-    return socket_send_from(fd, out, REPLY_SIZE, MSG_DONTWAIT) == REPLY_SIZE
-
-
 @njit(nogil=True, cache=True)
 def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
     """Handle the IOTLB messages at the head of socket ``fd`` (see the module
@@ -115,17 +86,17 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
         io[IO_NEXT] = NEXT_PYTHON
         if got < HEADER_SIZE:
             return handled
-        request = _u32(buf, 0)
-        flags = _u32(buf, 4)
-        size = _u32(buf, 8)
+        request = get_u32(buf, OFF_REQUEST)
+        flags = get_u32(buf, OFF_FLAGS)
+        size = get_u32(buf, OFF_SIZE)
         if request != _IOTLB_MSG or flags & 0x3 != VERSION or flags & ~np.uint32(KNOWN_FLAGS) != 0 \
                 or size != MSG_SIZE - HEADER_SIZE or got < MSG_SIZE:
             return handled
-        iova = _u64(buf, HEADER_SIZE)
-        length = _u64(buf, HEADER_SIZE + 8)
-        uaddr = _u64(buf, HEADER_SIZE + 16)
-        perm = np.int64(buf[HEADER_SIZE + 24])
-        kind = np.int64(buf[HEADER_SIZE + 25])
+        iova = get_u64(buf, OFF_IOVA)
+        length = get_u64(buf, OFF_LEN)
+        uaddr = get_u64(buf, OFF_UADDR)
+        perm = np.int64(buf[OFF_PERM])
+        kind = np.int64(buf[OFF_TYPE])
         ok = True
         if kind == _UPDATE:
             t1 = monotonic_ns()
@@ -177,7 +148,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
             io[IO_INVALIDATES] += 1
         if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
             t1 = monotonic_ns()
-            if not _reply(fd, out, flags, ok):
+            if not send_ack(fd, out, _IOTLB_MSG, flags, ok):
                 io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
                 return handled
             io[IO_REPLY_NS] += monotonic_ns() - t1
@@ -201,25 +172,11 @@ def serve_wait(pfds, nfds, wait_ns, fd, ws, vq, asked, timeout_ns, reply, buf, o
         handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog)
         if io[IO_NEXT] == NEXT_PYTHON:
             return handled
-        left = deadline - monotonic_ns()
-        if left <= 0:
+        w = wait_first(pfds, nfds, deadline)
+        if w == WAIT_TIMEOUT:
             return handled
-        for k in range(nfds):
-            pfds[k, 1] = POLLIN  # events in, revents cleared
-        r = poll_fds(pfds, nfds, (left + 999_999) // 1_000_000)
-        if r == 0:
-            return handled
-        if r < 0:
-            if last_errno() == EINTR:
-                continue
-            io[IO_NEXT] = NEXT_PYTHON
-            return handled
-        for k in range(1, nfds):
-            if pfds[k, 1] >> 16 != 0:
-                io[IO_NEXT] = NEXT_PYTHON
-                return handled
-        if (pfds[0, 1] >> 16) & (POLLERR | POLLHUP | POLLNVAL) != 0:
-            io[IO_NEXT] = NEXT_PYTHON  # the session's read finds out what happened
+        if w == WAIT_OTHER:
+            io[IO_NEXT] = NEXT_PYTHON  # another fd, or the session's read finds out what happened
             return handled
 
 

@@ -60,6 +60,7 @@ from ..virtio.packed import (
 from ..virtio.split import VRING_AVAIL_F_NO_INTERRUPT
 from .guest_memory import PAGE_SIZE, GuestMemory
 from .iotlb_batch import MSG_SIZE, REPLY_SIZE, UPDATE, call_batch, put_iotlb
+from .miss import MissAnswerer
 from .layout import DEFAULT_MEM, Placer, parse_mem
 from .transient import N_TR, TR_GRANTS, TR_INVALIDATES, batch_capacity, transient_round
 from . import notify, rxtx  # noqa: F401  (register the fallback-interrupt and burst kernels)
@@ -175,6 +176,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         self.misses_granted = 0
         self.misses_refused = 0
         self.grants_sent = 0  # standing grants and MISS answers (transient ones: self._transient)
+        self._misses: MissAnswerer | None = None  # this session's compiled MISS answers (iommu=demand)
+        self._answered_before = 0  # what earlier sessions' answered
         self._link = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -291,10 +294,15 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
     def xstats(self) -> dict[str, int]:
         totals = self._xstats.sum(axis=0)
         out = {name: int(totals[k]) for k, name in enumerate(DRV_XSTAT_NAMES)}
-        out.update(iotlb_grants_sent=self.grants_sent + int(self._transient[TR_GRANTS]),
+        out.update(iotlb_grants_sent=self.grants_sent + int(self._transient[TR_GRANTS]) + self._compiled_answers(),
                    iotlb_invalidates_sent=int(self._transient[TR_INVALIDATES]),
-                   iotlb_misses_granted=self.misses_granted, iotlb_misses_refused=self.misses_refused)
+                   iotlb_misses_granted=self.misses_granted + self._compiled_answers(),
+                   iotlb_misses_refused=self.misses_refused)
         return out
+
+    def _compiled_answers(self) -> int:
+        """MISSes the compiled path answered, every session so far (each one UPDATE)."""
+        return self._answered_before + (self._misses.answered if self._misses is not None else 0)
 
     def info(self) -> dict:
         out = {
@@ -473,13 +481,19 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
 
     def _serve(self, s: FrontendSession) -> None:
         sel = selectors.DefaultSelector()
+        misses = self._miss_answerer(s)
         try:
             sel.register(self._wake_fd, selectors.EVENT_READ, "wake")
             sel.register(s.channel.fileno(), selectors.EVENT_READ, "main")
             if s.backend_channel is not None:
                 sel.register(s.backend_channel.fileno(), selectors.EVENT_READ, "backend")
             while not self._stop.is_set():
-                for key, _ in sel.select(POLL_S):
+                if misses is not None:  # MISSes answered in compiled code until something else needs Python
+                    try:
+                        misses.wait(POLL_S)
+                    except ConnectionError as e:
+                        raise FrontendError(str(e)) from e
+                for key, _ in sel.select(0.0 if misses is not None else POLL_S):
                     if key.data == "wake":
                         try:
                             os.eventfd_read(self._wake_fd)
@@ -494,6 +508,18 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
                     self._service_transient(s)
         finally:
             sel.close()
+            if misses is not None:  # its count outlives the session (xstats may under-count meanwhile, never twice)
+                self._misses = None
+                self._answered_before += misses.answered
+
+    def _miss_answerer(self, s: FrontendSession) -> MissAnswerer | None:
+        """iommu=demand: the compiled MISS answers for this session (``miss.py``)."""
+        if self.mode != "demand" or s.backend_channel is None:
+            return None
+        areas = [(p.buf, p.buf_end, int(self._buf_perm(v)), int(self._buf_uaddr[v])) for v, p in enumerate(self.places)]
+        self._misses = MissAnswerer(s.backend_channel.fileno(), s.channel.fileno(), areas, s.reply_ack,
+                                    [self._wake_fd, s.channel.fileno()], REQUEST_TIMEOUT_S)
+        return self._misses
 
     def _on_miss(self, iova: int, perm: int) -> bool:
         s = self.session

@@ -18,40 +18,21 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..iotlb_wire import INVALIDATE, MSG_SIZE, OFF_REQUEST, OFF_SIZE, REPLY_SIZE, UPDATE, get_u32
+from ..iotlb_wire import put_iotlb as put_message
 from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, last_errno, monotonic_ns, poll_fds, socket_recv_into, socket_send_from
-from ..vhost_user.messages import FLAG_NEED_REPLY, HEADER_SIZE, VERSION, FrontendReq, IotlbType
+from ..vhost_user.messages import FLAG_NEED_REPLY, HEADER_SIZE, VERSION, FrontendReq
 
-IOTLB_SIZE = 32  # struct vhost_iotlb_msg, padded as QEMU and DPDK send it
-MSG_SIZE = HEADER_SIZE + IOTLB_SIZE
-REPLY_SIZE = HEADER_SIZE + 8
-UPDATE, INVALIDATE = int(IotlbType.UPDATE), int(IotlbType.INVALIDATE)
 FLAGS = VERSION | FLAG_NEED_REPLY  # QEMU sets NEED_REPLY on every IOTLB message
 _REQUEST = int(FrontendReq.IOTLB_MSG)
 _POLLIN, _POLLOUT = 0x1, 0x4
 _EINTR, _EAGAIN = 4, 11
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _put(buf, off, value, nbytes):
-    for k in range(nbytes):
-        buf[off + k] = (value >> (8 * k)) & 0xFF
-
-
 @njit(nogil=True, cache=True, _nrt=False)
 def put_iotlb(buf, n, iova, size, uaddr, perm, kind):
     """Write IOTLB message number ``n`` of a batch into ``buf``."""
-    off = n * MSG_SIZE
-    _put(buf, off, _REQUEST, 4)
-    _put(buf, off + 4, FLAGS, 4)
-    _put(buf, off + 8, IOTLB_SIZE, 4)
-    b = off + HEADER_SIZE
-    _put(buf, b, np.uint64(iova), 8)
-    _put(buf, b + 8, np.uint64(size), 8)
-    _put(buf, b + 16, np.uint64(uaddr), 8)
-    buf[b + 24] = perm
-    buf[b + 25] = kind
-    for k in range(b + 26, b + IOTLB_SIZE):
-        buf[k] = 0
+    put_message(buf, n * MSG_SIZE, _REQUEST, FLAGS, iova, size, uaddr, perm, kind)
 
 
 @njit(nogil=True, cache=True)
@@ -108,8 +89,7 @@ def call_batch(fd, buf, n, reply, timeout_ns):
     for _ in range(n):
         if not _io(fd, reply, 0, REPLY_SIZE, False, deadline):
             return -1
-        request = np.int64(reply[0]) | np.int64(reply[1]) << 8 | np.int64(reply[2]) << 16 | np.int64(reply[3]) << 24
-        if request != _REQUEST or reply[8] != 8:
+        if get_u32(reply, OFF_REQUEST) != _REQUEST or get_u32(reply, OFF_SIZE) != 8:
             return -1
         for k in range(8):
             if reply[HEADER_SIZE + k] != 0:
