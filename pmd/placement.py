@@ -67,7 +67,12 @@ def pin_control_thread() -> None:
     except OSError as e:  # a CPU gone offline, a cgroup change: run where we are, but say so
         log.warning("control thread: cannot run on CPUs %s: %s", sorted(cpus), e)
     _raise_priority()
-    _libc.prctl(PR_SET_TIMERSLACK, CONTROL_TIMER_SLACK_NS, 0, 0, 0)
+    set_timer_slack(CONTROL_TIMER_SLACK_NS)
+
+
+def set_timer_slack(ns: int) -> None:
+    """The calling thread's timer slack (Linux: per thread; default 50 us)."""
+    _libc.prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0)
 
 
 def _raise_priority() -> None:

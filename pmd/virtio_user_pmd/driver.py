@@ -297,6 +297,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         out.update(iotlb_grants_sent=self.grants_sent + int(self._transient[TR_GRANTS]) + self._compiled_answers(),
                    iotlb_invalidates_sent=int(self._transient[TR_INVALIDATES]),
                    iotlb_misses_granted=self.misses_granted + self._compiled_answers(),
+                   iotlb_misses_fast=self._compiled_answers(),  # of those granted, by the compiled path
                    iotlb_misses_refused=self.misses_refused)
         return out
 
@@ -499,7 +500,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
                             os.eventfd_read(self._wake_fd)
                         except BlockingIOError:
                             pass
-                    elif key.data == "backend":
+                    elif key.data == "backend" and (misses is None or misses.leaves_python_work()):
                         s.poll_backend_requests(self._on_miss, timeout=0.0)
                     elif key.data == "main" and s.channel.peer_closed():
                         raise FrontendError("back-end closed the connection")

@@ -139,6 +139,12 @@ class MissAnswerer:
             raise ConnectionError("a MISS's UPDATE: the back-end refused it, or no reply came")
         return n
 
+    def leaves_python_work(self) -> bool:
+        """Answer what is queued now; True if the channel's next request
+        (or its error) is the Python path's."""
+        self.wait(0.0)
+        return bool(self.io[IO_NEXT] == NEXT_PYTHON)
+
     @property
     def answered(self) -> int:
         return int(self.io[IO_ANSWERED])
