@@ -177,7 +177,7 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         self.misses_refused = 0
         self.grants_sent = 0  # standing grants and MISS answers (transient ones: self._transient)
         self._misses: MissAnswerer | None = None  # this session's compiled MISS answers (iommu=demand)
-        self._answered_before = 0  # what earlier sessions' answered
+        self._answered_before = 0  # what earlier sessions' compiled paths answered
         self._link = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -303,7 +303,8 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
 
     def _compiled_answers(self) -> int:
         """MISSes the compiled path answered, every session so far (each one UPDATE)."""
-        return self._answered_before + (self._misses.answered if self._misses is not None else 0)
+        m = self._misses  # read once: the control thread may drop it meanwhile
+        return self._answered_before + (m.answered if m is not None else 0)
 
     def info(self) -> dict:
         out = {
@@ -482,8 +483,9 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
 
     def _serve(self, s: FrontendSession) -> None:
         sel = selectors.DefaultSelector()
-        misses = self._miss_answerer(s)
+        misses: MissAnswerer | None = None
         try:
+            misses = self._miss_answerer(s)
             sel.register(self._wake_fd, selectors.EVENT_READ, "wake")
             sel.register(s.channel.fileno(), selectors.EVENT_READ, "main")
             if s.backend_channel is not None:
