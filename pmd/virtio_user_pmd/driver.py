@@ -62,7 +62,7 @@ from .guest_memory import PAGE_SIZE, GuestMemory
 from .iotlb_batch import MSG_SIZE, REPLY_SIZE, UPDATE, call_batch, put_iotlb
 from .miss import MissAnswerer
 from .layout import DEFAULT_MEM, Placer, parse_mem
-from .transient import N_TR, ROUNDS_FAILED, TR_GRANTS, TR_INVALIDATES, batch_capacity, rounds_wait, transient_round
+from .transient import N_TR, TR_GRANTS, TR_INVALIDATES, batch_capacity, transient_round
 from . import notify, rxtx  # noqa: F401  (register the fallback-interrupt and burst kernels)
 from .vq import (
     DRVCTL_WAKE_FD, N_DRV, N_DRV_XSTATS, DRV_AVAIL, DRV_BUF, DRV_DESC, DRV_DONE_TAIL, DRV_EVENT_IDX, DRV_FREE_HEAD, DRV_FREE_TAIL, DRV_HDR_LEN,
@@ -85,7 +85,6 @@ WANT_PROTOCOL = (PF.MQ.mask | PF.REPLY_ACK.mask | PF.BACKEND_REQ.mask | PF.STATU
 VIEW_SIZE = 1 << 40  # our own RAM seen at offset = GPA, room for hot-added regions
 STATUS_DRIVER_OK = 1 | 2 | 8 | 4  # ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
 POLL_S = 0.1
-ROUND_FAILED = "transient grants: the back-end refused one, or no reply came"
 REQUEST_TIMEOUT_S = 5.0  # a back-end busy compiling its kernels can be slow to reply
 RECONNECT_MAX_S = 1.0
 
@@ -185,8 +184,6 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         self._listener: FrontendListener | None = None
         self._calls: list[tuple[Callable, list]] = []  # work for the control thread (run_in_control)
         self._calls_lock = threading.Lock()
-        self._calls_pending = np.zeros(1, np.int64)  # 1 from a call's arrival until _run_calls takes it
-        self._pfds = np.zeros((3, 2), np.int32)  # the transient rounds' wait: kernels' wake fd, main, back-end channel
         self.dirty_log: mmap.mmap | None = None
         self._log_fd = -1
         self._closers.insert(0, self._drop_log)
@@ -494,8 +491,12 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             if s.backend_channel is not None:
                 sel.register(s.backend_channel.fileno(), selectors.EVENT_READ, "backend")
             while not self._stop.is_set():
-                compiled = self._wait_compiled(s, misses)
-                for key, _ in sel.select(0.0 if compiled else POLL_S):
+                if misses is not None:  # MISSes answered in compiled code until something else needs Python
+                    try:
+                        misses.wait(POLL_S)
+                    except ConnectionError as e:
+                        raise FrontendError(str(e)) from e
+                for key, _ in sel.select(0.0 if misses is not None else POLL_S):
                     if key.data == "wake":
                         try:
                             os.eventfd_read(self._wake_fd)
@@ -513,25 +514,6 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
             if misses is not None:  # its count outlives the session (xstats may under-count meanwhile, never twice)
                 self._misses = None
                 self._answered_before += misses.answered
-
-    def _wait_compiled(self, s: FrontendSession, misses: MissAnswerer | None) -> bool:
-        """Wait up to POLL_S in this mode's compiled service, if it has one
-        (``demand``: MISS answers; ``transient``: the rounds), until
-        something needs Python; False if it has none (the caller waits)."""
-        if misses is not None:
-            try:
-                misses.wait(POLL_S)
-            except ConnectionError as e:
-                raise FrontendError(str(e)) from e
-            return True
-        if self.mode != "transient":
-            return False
-        fds = [self._wake_fd, s.channel.fileno()] + ([s.backend_channel.fileno()] if s.backend_channel else [])
-        self._pfds[:len(fds), 0] = fds
-        if rounds_wait(self._pfds, len(fds), int(POLL_S * 1e9), self._calls_pending, *self._round_args(s)) \
-                == ROUNDS_FAILED:
-            raise FrontendError(ROUND_FAILED)
-        return True
 
     def _miss_answerer(self, s: FrontendSession) -> MissAnswerer | None:
         """iommu=demand: the compiled MISS answers for this session (``miss.py``)."""
@@ -565,14 +547,10 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
     def _service_transient(self, s: FrontendSession | None) -> None:
         """Grant what the kernels staged, revoke what the device returned
         (``transient.py``: one compiled round, its messages in one batch)."""
-        if transient_round(*self._round_args(s)) < 0:
-            raise FrontendError(ROUND_FAILED)
-
-    def _round_args(self, s: FrontendSession | None) -> tuple:
-        """``transient_round``'s arguments for session ``s`` (None: no back-end)."""
-        return (self.vq, self.stage, self.done, self.granted, self._buf_uaddr, self._buf_perms,
-                s.channel.fileno() if s is not None else -1, self._batch, self._reply, self._upto, self._transient,
-                int(REQUEST_TIMEOUT_S * 1e9))
+        fd = s.channel.fileno() if s is not None else -1
+        if transient_round(self.vq, self.stage, self.done, self.granted, self._buf_uaddr, self._buf_perms, fd,
+                           self._batch, self._reply, self._upto, self._transient, int(REQUEST_TIMEOUT_S * 1e9)) < 0:
+            raise FrontendError("transient grants: the back-end refused one, or no reply came")
 
     def _transient_grant_of(self, iova: int) -> list[tuple[int, int, IotlbPerm]]:
         """The transient grant of the buffer holding ``iova``, if it holds one
@@ -601,7 +579,6 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         done = threading.Event()
         with self._calls_lock:
             self._calls.append((fn, [box, done]))
-        store_flag(self._calls_pending, 0, 1)  # before the wake-up: a compiled wait that drained it still sees this
         os.eventfd_write(self._wake_fd, 1)
         if not done.wait(timeout):
             raise TimeoutError(f"{self.name}: control thread did not run the call in {timeout} s")
@@ -611,7 +588,6 @@ class VirtioUserDriver(DevargQueuePairs, PortDriver):
         return value
 
     def _run_calls(self, s: FrontendSession) -> None:
-        store_flag(self._calls_pending, 0, 0)  # before taking them: a call added after is flagged again
         with self._calls_lock:
             calls, self._calls = self._calls, []
         for fn, (box, done) in calls:

@@ -8,10 +8,7 @@ INVALIDATEs, one message per run of consecutive ids (the free FIFO keeps
 ids in cyclic order, so a round is one or two runs a FIFO), all sent in
 one batch (``iotlb_batch``); only once every reply came do MAP_DONE and
 UNMAP_DONE move, and the kernels post (or reuse) those buffers.  Python
-runs once per round, never per buffer or per message; while the kernels'
-wake-ups are all there is, not even that: the control thread waits in
-``rounds_wait`` (``poll`` on the kernels' eventfd and everything else it
-owns) and runs each round as they wake it.
+runs once per round, never per buffer or per message.
 
 ``granted[v, id]`` says which buffers hold a grant now: a MISS is
 answered from it, and a reconnect grants them again.
@@ -22,16 +19,12 @@ import numpy as np
 from numba import njit
 
 from ..atomics import load_acquire, store_release
-from ..syscalls import WAIT_OTHER, WAIT_TIMEOUT, eventfd_drain, monotonic_ns, wait_first
 from .iotlb_batch import INVALIDATE, UPDATE, call_batch, put_iotlb
 from .vq import DRV_BUF, DRV_DONE_TAIL, DRV_MAP_DONE, DRV_NUM, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_UNMAP_DONE
 
 # transient_round's counts (its ``counts`` argument)
 TR_GRANTS, TR_INVALIDATES, TR_ROUNDS = range(3)
 N_TR = 4
-# rounds_wait's answers: time is up; Python's turn (another fd readable, a
-# call pending); a round failed (the session ends)
-ROUNDS_TIMEOUT, ROUNDS_PYTHON, ROUNDS_FAILED = 0, 1, 2
 
 
 def batch_capacity(nvq: int, num: int) -> int:
@@ -103,26 +96,3 @@ def transient_round(vq, stage, done, granted, uaddr, perm, fd, buf, reply, upto,
         counts[TR_INVALIDATES] += n - n_updates
     counts[TR_ROUNDS] += 1
     return n
-
-
-@njit(nogil=True, cache=True)
-def rounds_wait(pfds, nfds, wait_ns, calls, vq, stage, done, granted, uaddr, perm, fd, buf, reply, upto, counts,
-                timeout_ns):
-    """A round now, then one each time the kernels wake the control thread
-    (``pfds`` row 0: their eventfd, drained before the round so no wake-up
-    is lost), for up to ``wait_ns``.  Back to Python (ROUNDS_PYTHON) once
-    another row is readable (``pfds`` rows 1..nfds-1) or a call is pending
-    (``calls[0]`` set before the wake-up that announces it); ROUNDS_FAILED
-    when a round failed (``transient_round`` -1), else ROUNDS_TIMEOUT."""
-    deadline = monotonic_ns() + wait_ns
-    while True:
-        eventfd_drain(pfds[0, 0])
-        if transient_round(vq, stage, done, granted, uaddr, perm, fd, buf, reply, upto, counts, timeout_ns) < 0:
-            return ROUNDS_FAILED
-        if load_acquire(calls, 0) != 0:
-            return ROUNDS_PYTHON
-        w = wait_first(pfds, nfds, deadline)
-        if w == WAIT_TIMEOUT:
-            return ROUNDS_TIMEOUT
-        if w == WAIT_OTHER:
-            return ROUNDS_PYTHON

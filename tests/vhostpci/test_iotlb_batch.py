@@ -18,10 +18,7 @@ from pmd.virtio_user_pmd.iotlb_batch import (
     INVALIDATE, MSG_SIZE, REPLY_SIZE, UPDATE, call_batch, put_iotlb,
 )
 from pmd.vhost_user.messages import FLAG_REPLY, VERSION, FrontendReq, IotlbMsg, IotlbPerm, IotlbType
-from pmd.virtio_user_pmd.transient import (
-    N_TR, ROUNDS_FAILED, ROUNDS_PYTHON, ROUNDS_TIMEOUT, TR_GRANTS, TR_INVALIDATES, TR_ROUNDS, rounds_wait,
-    transient_round,
-)
+from pmd.virtio_user_pmd.transient import N_TR, TR_GRANTS, TR_INVALIDATES, TR_ROUNDS, transient_round
 from pmd.virtio_user_pmd.vq import (
     DRV_BUF, DRV_DONE_TAIL, DRV_MAP_DONE, DRV_NUM, DRV_STAGE_TAIL, DRV_STRIDE, DRV_TRANSIENT, DRV_UNMAP_DONE, N_DRV,
 )
@@ -93,16 +90,12 @@ def _vrings(num: int = 8) -> np.ndarray:
     return vq
 
 
-def _round_args(vq, stage, done, granted, fd, counts) -> tuple:
-    nvq, num = stage.shape
-    return (vq, stage, done, granted, np.array([0x7F0000100000, 0x7F0000200000], np.int64),
-            np.array([int(IotlbPerm.WO), int(IotlbPerm.RO)], np.int64), fd,
-            np.zeros(2 * nvq * num * MSG_SIZE, np.uint8), np.zeros(REPLY_SIZE, np.uint8),
-            np.zeros((nvq, 2), np.int64), counts, TIMEOUT_NS)
-
-
 def _round(vq, stage, done, granted, fd, counts):
-    return transient_round(*_round_args(vq, stage, done, granted, fd, counts))
+    nvq, num = stage.shape
+    return transient_round(vq, stage, done, granted, np.array([0x7F0000100000, 0x7F0000200000], np.int64),
+                           np.array([int(IotlbPerm.WO), int(IotlbPerm.RO)], np.int64), fd,
+                           np.zeros(2 * nvq * num * MSG_SIZE, np.uint8), np.zeros(REPLY_SIZE, np.uint8),
+                           np.zeros((nvq, 2), np.int64), counts, TIMEOUT_NS)
 
 
 def test_a_transient_round_grants_runs_of_staged_ids_and_revokes_returned_ones(pair):
@@ -149,43 +142,3 @@ def test_a_refused_round_moves_nothing_and_no_back_end_moves_everything(pair):
     # disconnected (fd -1): the grants died with the back-end; the kernels go on
     assert _round(vq, stage, done, granted, -1, counts) == 1
     assert vq[0, DRV_MAP_DONE] == 2 and counts[TR_GRANTS] == 0 and counts[TR_ROUNDS] == 1
-
-
-def test_rounds_wait_runs_a_round_per_wake_up_and_leaves_for_python(pair):
-    """The control thread's compiled wait in transient mode: a round at
-    once, another when the kernels' eventfd (row 0) fires, back to Python
-    for another readable fd or a pending call, ROUNDS_FAILED on a refusal."""
-    ch, fd = pair
-    vq, num = _vrings(), 8
-    stage, done = np.zeros((2, num), np.int32), np.zeros((2, num), np.int32)
-    granted = np.zeros((2, num), np.uint8)
-    counts = np.zeros(N_TR, np.int64)
-    args = _round_args(vq, stage, done, granted, fd.fileno(), counts)
-    wake, other = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
-    pfds = np.zeros((2, 2), np.int32)
-    pfds[:, 0] = wake, other
-    calls = np.zeros(1, np.int64)
-    try:
-        assert rounds_wait(pfds, 2, 20_000_000, calls, *args) == ROUNDS_TIMEOUT and counts[TR_ROUNDS] == 1
-        stage[0, 0:2] = [0, 1]  # the kernels stage two buffers, then wake the control thread
-        vq[0, DRV_STAGE_TAIL] = 2
-        os.eventfd_write(wake, 1)
-        _ack(ch, 0)
-        assert rounds_wait(pfds, 2, 20_000_000, calls, *args) == ROUNDS_TIMEOUT
-        assert counts[TR_ROUNDS] == 2 and counts[TR_GRANTS] == 1 and vq[0, DRV_MAP_DONE] == 2
-        _received(ch, 1)
-        with pytest.raises(BlockingIOError):
-            os.eventfd_read(wake)  # drained by the wait: the wake-up was taken, not left over
-        calls[0] = 1
-        assert rounds_wait(pfds, 2, 5_000_000_000, calls, *args) == ROUNDS_PYTHON and counts[TR_ROUNDS] == 3
-        calls[0] = 0
-        os.eventfd_write(other, 1)
-        assert rounds_wait(pfds, 2, 5_000_000_000, calls, *args) == ROUNDS_PYTHON and counts[TR_ROUNDS] == 4
-        stage[0, 2] = 2
-        vq[0, DRV_STAGE_TAIL] = 3
-        _ack(ch, 1)  # refused
-        assert rounds_wait(pfds, 2, 5_000_000_000, calls, *args) == ROUNDS_FAILED
-        assert vq[0, DRV_MAP_DONE] == 2, "a refused buffer is not posted"
-    finally:
-        os.close(wake)
-        os.close(other)
