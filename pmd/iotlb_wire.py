@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from .syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, socket_send_from
-from .vhost_user.messages import FLAG_REPLY, HEADER_SIZE, IotlbType
+from .vhost_user.messages import FLAG_REPLY, HEADER_SIZE, KNOWN_FLAGS, VERSION, BackendReq, FrontendReq, IotlbType
 
 IOTLB_SIZE = 32  # struct vhost_iotlb_msg, padded
 MSG_SIZE = HEADER_SIZE + IOTLB_SIZE
@@ -26,6 +26,8 @@ OFF_REQUEST, OFF_FLAGS, OFF_SIZE = 0, 4, 8
 OFF_IOVA, OFF_LEN, OFF_UADDR = HEADER_SIZE, HEADER_SIZE + 8, HEADER_SIZE + 16
 OFF_PERM, OFF_TYPE = HEADER_SIZE + 24, HEADER_SIZE + 25
 MISS, UPDATE, INVALIDATE = int(IotlbType.MISS), int(IotlbType.UPDATE), int(IotlbType.INVALIDATE)
+# the request codes: the front-end's IOTLB_MSG (UPDATE, INVALIDATE), the back-end's (MISS)
+FRONTEND_IOTLB_MSG, BACKEND_IOTLB_MSG = int(FrontendReq.IOTLB_MSG), int(BackendReq.IOTLB_MSG)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -44,6 +46,19 @@ def get_u32(buf, off):
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def get_u64(buf, off):
     return np.uint64(get_u32(buf, off)) | np.uint64(get_u32(buf, off + 4)) << np.uint64(32)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def is_iotlb_msg(buf, got, request):
+    """Whether the ``got`` bytes peeked into ``buf`` are one whole IOTLB
+    message with request code ``request``, this protocol version, known
+    flags and the padded body size; anything else is the Python codec's to
+    read (and to report)."""
+    if got < MSG_SIZE:
+        return False
+    flags = get_u32(buf, OFF_FLAGS)
+    return get_u32(buf, OFF_REQUEST) == request and flags & 0x3 == VERSION \
+        and flags & ~np.uint32(KNOWN_FLAGS) == 0 and get_u32(buf, OFF_SIZE) == IOTLB_SIZE
 
 
 @njit(nogil=True, cache=True, _nrt=False)

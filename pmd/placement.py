@@ -32,7 +32,7 @@ CONTROL_NICE = -10
 # a grace period's short sleeps (pmd/grace.py) must end when asked, not up
 # to the default 50 us later
 CONTROL_TIMER_SLACK_NS = 1000
-PR_SET_TIMERSLACK = 29
+PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
 _libc = ctypes.CDLL(None, use_errno=True)
 _nice_refused = False
 
@@ -70,9 +70,12 @@ def pin_control_thread() -> None:
     set_timer_slack(CONTROL_TIMER_SLACK_NS)
 
 
-def set_timer_slack(ns: int) -> None:
-    """The calling thread's timer slack (Linux: per thread; default 50 us)."""
+def set_timer_slack(ns: int) -> int:
+    """Set the calling thread's timer slack (Linux: per thread; default 50
+    us); returns the one it had."""
+    old = _libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
     _libc.prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0)
+    return old
 
 
 def _raise_priority() -> None:

@@ -40,11 +40,10 @@ import numpy as np
 from numba import njit
 
 from pmd.burst import tx_burst
-from pmd.ethdev import Port
+from pmd.ethdev import ST_IPACKETS, Port
 from pmd.fwd.runtime import Forwarding
 from pmd.lcore import LcoreManager
 from pmd.mbuf import alloc_bulk, create_pool, free_bulk, mbuf_offset
-from pmd.ethdev import ST_IPACKETS
 from pmd.placement import CONTROL_TIMER_SLACK_NS, set_control_cpus, set_timer_slack
 from pmd.syscalls import monotonic_ns, sleep_us
 from pmd.vdev import parse_vdev
@@ -52,7 +51,6 @@ from pmd.vdev import parse_vdev
 PLACEMENTS = ("split", "shared")
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MEASURES = ("update", "invalidate", "miss")
-DEFAULT_TIMER_SLACK_NS = 50_000  # Linux's
 
 
 @dataclass
@@ -82,16 +80,16 @@ def _send_one(st, pool, size):
 
 @njit(nogil=True, cache=True)
 def _wait_received(stats, above, timeout_ns):
-    """Wait until the port's queue 0 received more than ``above`` packets:
-    ns waited, or -1 after ``timeout_ns``.  Compiled, looking every ~10 us
-    (with this thread's timer slack at 1 us): a Python loop's sleeps would
-    add tens of microseconds to what is measured."""
+    """Wait until the port's queue 0 received more than ``above`` packets;
+    False after ``timeout_ns``.  Compiled, looking every ~10 us (with this
+    thread's timer slack at 1 us): a Python loop's sleeps would add tens of
+    microseconds to what is measured."""
     t0 = monotonic_ns()
     while stats[0, ST_IPACKETS] <= above:
         if monotonic_ns() - t0 > timeout_ns:
-            return -1
+            return False
         sleep_us(10)
-    return monotonic_ns() - t0
+    return True
 
 
 def _pct(xs: list[float]) -> tuple[float, float]:
@@ -151,19 +149,20 @@ def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = N
 
         misses = []
         rx = vp.driver.stats_array()  # live counters: queue 0's ipackets
-        set_timer_slack(CONTROL_TIMER_SLACK_NS)  # this thread's short sleeps in _wait_received end when asked
-        for _ in range(samples):
-            drv.run_in_control(revoke_tx_area)
-            time.sleep(0.002)  # VM1's control thread back in its compiled wait: a MISS, not that call's tail
-            got = int(rx[0, ST_IPACKETS])
-            t0 = time.perf_counter()
-            if _send_one(st, pool, 64) != 1:
-                _wait(lambda: _send_one(st, pool, 64) == 1, 5.0)
-            waited = _wait_received(rx, got, 5_000_000_000)
-            if waited < 0:
-                raise RuntimeError("VM2 did not receive a packet within 5 s")
-            misses.append(time.perf_counter() - t0)
-        set_timer_slack(DEFAULT_TIMER_SLACK_NS)
+        slack = set_timer_slack(CONTROL_TIMER_SLACK_NS)  # this thread's short sleeps in _wait_received end when asked
+        try:
+            for _ in range(samples):
+                drv.run_in_control(revoke_tx_area)
+                time.sleep(0.002)  # VM1's control thread back in its compiled wait: a MISS, not that call's tail
+                got = int(rx[0, ST_IPACKETS])
+                t0 = time.perf_counter()
+                if _send_one(st, pool, 64) != 1:
+                    _wait(lambda: _send_one(st, pool, 64) == 1, 5.0)
+                if not _wait_received(rx, got, 5_000_000_000):
+                    raise RuntimeError("VM2 did not receive a packet within 5 s")
+                misses.append(time.perf_counter() - t0)
+        finally:
+            set_timer_slack(slack)
         out = []
         for name, xs in (("update", ups), ("invalidate", invs), ("miss", misses)):
             p50, p99 = _pct(xs)

@@ -43,9 +43,9 @@ from numba import njit
 from ..atomics import fence, load_acquire, store_release
 from ..guestmem.translate import granted_perm, translate, translate_inline
 from ..guestmem.vmem import PAGE_SIZE
-from ..iotlb_wire import MISS, MSG_SIZE, put_iotlb
+from ..iotlb_wire import BACKEND_IOTLB_MSG, MISS, MSG_SIZE, put_iotlb
 from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, eventfd_signal, monotonic_ns, socket_send_from
-from ..vhost_user.messages import VERSION, BackendReq, IotlbPerm
+from ..vhost_user.messages import VERSION, IotlbPerm
 from ..virtio.split import (
     DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, avail_entry, avail_idx, desc_addr,
     desc_flags, desc_len, desc_next, ring_sizes,
@@ -74,7 +74,6 @@ _U64 = (1 << 64) - 1
 _PAGE_MASK = ~(PAGE_SIZE - 1)
 
 # the MISS message a kernel sends itself (send_miss)
-_BACKEND_IOTLB_MSG, _VERSION = int(BackendReq.IOTLB_MSG), VERSION
 _PERM_RO, _PERM_WO = int(IotlbPerm.RO), int(IotlbPerm.WO)
 
 # buffer_offset's answers besides a window offset (>= 0)
@@ -103,7 +102,7 @@ def send_miss(st, v, iova, write):
     if st.asked[slot, 0] == key and now - st.asked[slot, 1] < MISS_RESEND_NS:
         return ASKED_ALREADY
     b = st.missmsg[v]
-    put_iotlb(b, 0, _BACKEND_IOTLB_MSG, _VERSION, iova, 0, 0, _PERM_WO if write else _PERM_RO, MISS)
+    put_iotlb(b, 0, BACKEND_IOTLB_MSG, VERSION, iova, 0, 0, _PERM_WO if write else _PERM_RO, MISS)
     # noted before it is sent: the UPDATE may be mapped (and the note cleared,
     # forget_asked) before send returns; a note written after would stay
     old_key, old_t = st.asked[slot, 0], st.asked[slot, 1]

@@ -35,11 +35,11 @@ from ..guestmem.iotlb_ops import iotlb_drop, iotlb_map, revoke_ranges
 from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
 from ..iotlb_wire import (
-    MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_LEN, OFF_PERM, OFF_REQUEST, OFF_SIZE, OFF_TYPE, OFF_UADDR, REPLY_SIZE, get_u32, get_u64,
-    send_ack,
+    FRONTEND_IOTLB_MSG, MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_LEN, OFF_PERM, OFF_TYPE, OFF_UADDR, REPLY_SIZE, get_u32, get_u64,
+    is_iotlb_msg, send_ack,
 )
 from ..syscalls import MSG_DONTWAIT, MSG_PEEK, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns, socket_recv_into, wait_first
-from ..vhost_user.messages import FLAG_NEED_REPLY, HEADER_SIZE, KNOWN_FLAGS, VERSION, FrontendReq, IotlbType
+from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
 from .state import VQ_READER
 
@@ -47,7 +47,6 @@ log = logging.getLogger("vhostpci.iotlb")
 
 
 MAX_BATCH = 256
-_IOTLB_MSG = int(FrontendReq.IOTLB_MSG)
 _UPDATE, _INVALIDATE = int(IotlbType.UPDATE), int(IotlbType.INVALIDATE)
 _U64 = (1 << 64) - 1
 _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
@@ -84,14 +83,9 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
         if got < 0:
             return handled  # nothing there (EAGAIN), or an error the Python read reports
         io[IO_NEXT] = NEXT_PYTHON
-        if got < HEADER_SIZE:
+        if not is_iotlb_msg(buf, got, FRONTEND_IOTLB_MSG):
             return handled
-        request = get_u32(buf, OFF_REQUEST)
         flags = get_u32(buf, OFF_FLAGS)
-        size = get_u32(buf, OFF_SIZE)
-        if request != _IOTLB_MSG or flags & 0x3 != VERSION or flags & ~np.uint32(KNOWN_FLAGS) != 0 \
-                or size != MSG_SIZE - HEADER_SIZE or got < MSG_SIZE:
-            return handled
         iova = get_u64(buf, OFF_IOVA)
         length = get_u64(buf, OFF_LEN)
         uaddr = get_u64(buf, OFF_UADDR)
@@ -148,7 +142,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
             io[IO_INVALIDATES] += 1
         if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
             t1 = monotonic_ns()
-            if not send_ack(fd, out, _IOTLB_MSG, flags, ok):
+            if not send_ack(fd, out, FRONTEND_IOTLB_MSG, flags, ok):
                 io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
                 return handled
             io[IO_REPLY_NS] += monotonic_ns() - t1

@@ -18,13 +18,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..iotlb_wire import INVALIDATE, MSG_SIZE, OFF_REQUEST, OFF_SIZE, REPLY_SIZE, UPDATE, get_u32
+from ..iotlb_wire import FRONTEND_IOTLB_MSG, MSG_SIZE, OFF_REQUEST, OFF_SIZE, REPLY_SIZE, get_u32
+from ..iotlb_wire import INVALIDATE, UPDATE  # noqa: F401  (re-exported: the kinds a batch carries)
 from ..iotlb_wire import put_iotlb as put_message
 from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, last_errno, monotonic_ns, poll_fds, socket_recv_into, socket_send_from
-from ..vhost_user.messages import FLAG_NEED_REPLY, HEADER_SIZE, VERSION, FrontendReq
+from ..vhost_user.messages import FLAG_NEED_REPLY, HEADER_SIZE, VERSION
 
 FLAGS = VERSION | FLAG_NEED_REPLY  # QEMU sets NEED_REPLY on every IOTLB message
-_REQUEST = int(FrontendReq.IOTLB_MSG)
 _POLLIN, _POLLOUT = 0x1, 0x4
 _EINTR, _EAGAIN = 4, 11
 
@@ -32,7 +32,7 @@ _EINTR, _EAGAIN = 4, 11
 @njit(nogil=True, cache=True, _nrt=False)
 def put_iotlb(buf, n, iova, size, uaddr, perm, kind):
     """Write IOTLB message number ``n`` of a batch into ``buf``."""
-    put_message(buf, n * MSG_SIZE, _REQUEST, FLAGS, iova, size, uaddr, perm, kind)
+    put_message(buf, n * MSG_SIZE, FRONTEND_IOTLB_MSG, FLAGS, iova, size, uaddr, perm, kind)
 
 
 @njit(nogil=True, cache=True)
@@ -89,7 +89,7 @@ def call_batch(fd, buf, n, reply, timeout_ns):
     for _ in range(n):
         if not _io(fd, reply, 0, REPLY_SIZE, False, deadline):
             return -1
-        if get_u32(reply, OFF_REQUEST) != _REQUEST or get_u32(reply, OFF_SIZE) != 8:
+        if get_u32(reply, OFF_REQUEST) != FRONTEND_IOTLB_MSG or get_u32(reply, OFF_SIZE) != 8:
             return -1
         for k in range(8):
             if reply[HEADER_SIZE + k] != 0:

@@ -25,10 +25,10 @@ import numpy as np
 from numba import njit
 
 from ..iotlb_wire import (
-    MISS, MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_REQUEST, OFF_SIZE, OFF_TYPE, UPDATE, get_u32, get_u64, send_ack,
+    BACKEND_IOTLB_MSG, MISS, MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_TYPE, UPDATE, get_u32, get_u64, is_iotlb_msg, send_ack,
 )
 from ..syscalls import MSG_DONTWAIT, MSG_PEEK, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns, socket_recv_into, wait_first
-from ..vhost_user.messages import FLAG_NEED_REPLY, HEADER_SIZE, KNOWN_FLAGS, VERSION, BackendReq
+from ..vhost_user.messages import FLAG_NEED_REPLY
 from .guest_memory import PAGE_SIZE
 from .iotlb_batch import call_batch, put_iotlb
 
@@ -41,7 +41,6 @@ NEXT_NONE, NEXT_PYTHON, NEXT_FAILED = 0, 1, 2
 # areas columns: a vring's buffer area [start, end) (IOVA = GPA, page
 # aligned), the permission its pages are granted with, our address of start
 A_START, A_END, A_PERM, A_UADDR = range(4)
-_BACKEND_IOTLB_MSG = int(BackendReq.IOTLB_MSG)
 _PAGE = np.int64(PAGE_SIZE)
 
 
@@ -57,13 +56,9 @@ def answer(bfd, mfd, areas, reply_ack, timeout_ns, buf, msg, reply, io):
         if got < 0:
             return done  # nothing there (EAGAIN), or an error the Python read reports
         io[IO_NEXT] = NEXT_PYTHON
-        if got < MSG_SIZE:
-            return done  # a closed channel, another request, or not all there yet
+        if not is_iotlb_msg(buf, got, BACKEND_IOTLB_MSG) or buf[OFF_TYPE] != MISS:
+            return done  # another request, not all there yet, or a closed channel
         flags = get_u32(buf, OFF_FLAGS)
-        if get_u32(buf, OFF_REQUEST) != _BACKEND_IOTLB_MSG or flags & 0x3 != VERSION \
-                or flags & ~np.uint32(KNOWN_FLAGS) != 0 or get_u32(buf, OFF_SIZE) != MSG_SIZE - HEADER_SIZE \
-                or buf[OFF_TYPE] != MISS:
-            return done
         iova = np.int64(get_u64(buf, OFF_IOVA) & np.uint64(0x7FFF_FFFF_FFFF_FFFF))
         a = -1
         for k in range(areas.shape[0]):
@@ -81,7 +76,7 @@ def answer(bfd, mfd, areas, reply_ack, timeout_ns, buf, msg, reply, io):
         io[IO_ANSWERED] += 1
         done += 1
         io[IO_NEXT] = NEXT_NONE
-        if reply_ack and flags & FLAG_NEED_REPLY != 0 and not send_ack(bfd, reply, _BACKEND_IOTLB_MSG, flags, True):
+        if reply_ack and flags & FLAG_NEED_REPLY != 0 and not send_ack(bfd, reply, BACKEND_IOTLB_MSG, flags, True):
             io[IO_NEXT] = NEXT_FAILED
             return done
 
