@@ -24,6 +24,7 @@ from ..ethdev import ST_IBYTES, ST_IPACKETS
 from ..grace import section_enter, section_leave
 from ..mbuf import alloc_bulk, mbuf_offset
 from .state import PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, VQ_READER, VhostPciState
+from .iotlb_serve import lcore_serve
 from .txhold import tx
 from .vq import vhost_pci_rx
 
@@ -80,7 +81,8 @@ def _announce(st, q, pool, bufs, n):
 @njit(nogil=True, cache=True, _nrt=False)
 def rx(st, q, pool, bufs, nb):
     """rx_burst of the vhost-pci port: VM1's packets, plus on queue 0 an
-    announcement when one is owed (it takes the burst's last slot)."""
+    announcement when one is owed (it takes the burst's last slot), and
+    after it VM1's IOTLB messages when they are lent (``iotlb_lend.py``)."""
     row = st.vq[2 * q + 1]
     section_enter(row, VQ_READER)
     if q != 0 or nb <= 0 or load_acquire(st.ctl, PORT_RARP_REQ) == st.ctl[PORT_RARP_DONE]:
@@ -89,6 +91,8 @@ def rx(st, q, pool, bufs, nb):
         n = vhost_pci_rx(st, q, pool, bufs, nb - 1)
         n += _announce(st, q, pool, bufs, n)
     section_leave(row, VQ_READER)
+    if q == 0:
+        lcore_serve(st, n == 0)  # VM1's IOTLB messages, if the control thread lent the socket
     return n
 
 

@@ -47,7 +47,7 @@ from .inflight import RESUB_DELIVERED, queue_area, recover
 from .iotlb import MAX_AHEAD, IotlbMisses
 from .iotlb_serve import IotlbServer
 from .state import (
-    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
+    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_IOTLB_FD, PORT_IOTLB_LOOKED, PORT_IOTLB_OWNER, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
     VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
     VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_IN_ORDER, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING,
     VQ_READER, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_MISS_AHEAD, XS_MISS_SENT, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
@@ -86,7 +86,7 @@ class VhostPciDevice(BackendDevice):
 
     def __init__(self, name: str, queues: int, iommu_support: bool,
                  lcores: Callable[[], GraceSet | None],
-                 vrings: Callable[[], dict[int, VringInfo]]) -> None:
+                 vrings: Callable[[], dict[int, VringInfo]], iotlb_lcore: bool = True) -> None:
         self.name = name
         self.queues = queues
         self.iommu_support = iommu_support
@@ -122,6 +122,8 @@ class VhostPciDevice(BackendDevice):
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ctl[PORT_WAKE_FD] = self._wake_fd
         self.ctl[PORT_RARP_REQ] = self.ctl[PORT_RARP_DONE] = self.ctl[PORT_RARP_MAC] = 0
+        self.ctl[PORT_IOTLB_OWNER:PORT_IOTLB_LOOKED + 1] = 0  # the control thread's, no stamp yet ...
+        self.ctl[PORT_IOTLB_FD] = -1  # ... nor a socket to lend (iotlb_lend.py)
         self._rxq_wake_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(queues)]
         # a SIGBUS in VM1's memory (it shrank a memory fd) wakes the control thread too
         self.window.set_fault_fd(self._wake_fd)
@@ -136,7 +138,8 @@ class VhostPciDevice(BackendDevice):
         self.port_id = 0
         self._kstate: VhostPciState | None = None
         self.iotlb = IotlbMisses(self.vq)
-        self.iotlb_server = IotlbServer(self.window, self.vq, self.iotlb, QUIESCE_TIMEOUT_S)
+        self.iotlb_server = IotlbServer(self.window, self.vq, self.iotlb, QUIESCE_TIMEOUT_S,
+                                        self.ctl if iotlb_lcore else None)
         self.closed = False
 
     # ---------------------------------------------------------------- state
@@ -150,7 +153,8 @@ class VhostPciDevice(BackendDevice):
             self._kstate = VhostPciState(
                 mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count, self.logctl, self.vq,
                 self.xstats, self.stats, self.ctl, self.port_id, mem_views(self.inflight.array), self.resub,
-                self.src, self.hold, self.vec, self.pk, self.missmsg, self.iotlb.asked, self.ahead, self.memo)
+                self.src, self.hold, self.vec, self.pk, self.missmsg, self.iotlb.asked, self.ahead, self.memo,
+                self.iotlb_server.bufs())
         return self._kstate
 
     def warm(self) -> None:
@@ -170,6 +174,7 @@ class VhostPciDevice(BackendDevice):
             self.window.close()  # no guard writes the wake fd after these
             self.inflight.close()
             self.ctl[PORT_WAKE_FD] = -1
+            self.ctl[PORT_IOTLB_FD] = -1
             os.close(self._wake_fd)
             if self.ctl[PORT_MISS_FD] >= 0:  # the kernels have stopped: no grace period to wait for
                 os.close(int(self.ctl[PORT_MISS_FD]))

@@ -3,7 +3,9 @@
 Devargs: ``path=`` (unix socket, required), ``client=0|1`` (0: we listen and
 VM1's hypervisor connects; 1: we connect and reconnect with back-off),
 ``queues=`` (queue pairs), ``iommu_support=0|1`` (offer
-VIRTIO_F_IOMMU_PLATFORM, so VM1 grants memory through IOTLB messages).
+VIRTIO_F_IOMMU_PLATFORM, so VM1 grants memory through IOTLB messages),
+``iotlb_lcore=0|1`` (1: the lcore polling queue 0 serves VM1's IOTLB
+messages while it polls, ``iotlb_lend.py``; 0: the control thread always does).
 
 The port ops (this file) run a ``BackendServer`` (the control thread) for
 the port's ``VhostPciDevice`` (``device.py``: the session's callbacks and
@@ -40,8 +42,8 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
 
     prefix = "net_vhost_pci"
     devargs = {"path": parse_path, "client": parse_bool, "queues": int_in_range("queues", 1, MAX_QUEUE_PAIRS),
-               "iommu_support": parse_bool}
-    devarg_defaults = {"path": "", "client": False, "queues": 1, "iommu_support": True}
+               "iommu_support": parse_bool, "iotlb_lcore": parse_bool}
+    devarg_defaults = {"path": "", "client": False, "queues": 1, "iommu_support": True, "iotlb_lcore": True}
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
@@ -49,7 +51,8 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
             raise PortError(f"{name}: devarg path=<unix socket> is required")
         self.nb_rxq = self.nb_txq = args["queues"]
         self.device = VhostPciDevice(name, args["queues"], args["iommu_support"],
-                                     lcores=lambda: self.quiesce_lcores, vrings=self._vrings)
+                                     lcores=lambda: self.quiesce_lcores, vrings=self._vrings,
+                                     iotlb_lcore=args["iotlb_lcore"])
         # the port's kernel-state arrays, for tools and tests
         self.vq, self.window, self.logctl = self.device.vq, self.device.window, self.device.logctl
         self.server: BackendServer | None = None

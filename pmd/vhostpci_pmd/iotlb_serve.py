@@ -1,9 +1,11 @@
-"""VM1's IOTLB messages handled by a compiled kernel on the control thread.
+"""VM1's IOTLB messages handled by a compiled kernel, without Python.
 
 A strict vIOMMU sends an UPDATE for every buffer it maps and an INVALIDATE
 (need_reply) for every one it unmaps: thousands a second, each one a round
-trip VM1's vCPU waits for.  Through the Python session each cost ~130 us;
-``serve`` takes them straight off the socket instead, without Python:
+trip VM1's vCPU or main thread waits for.  Through the Python session each
+cost ~130 us; ``serve`` takes them straight off the socket instead, on the
+lcore polling queue 0 while the control thread lends it the socket
+(``lcore_serve``, ``iotlb_lend.py``), else on the control thread:
 
 1. peek at the next message; anything but a well-formed IOTLB UPDATE or
    INVALIDATE, or one not complete yet, is left unread for the session's
@@ -18,13 +20,14 @@ trip VM1's vCPU waits for.  Through the Python session each cost ~130 us;
    isolation is exactly the Python path's;
 4. the reply (u64 0) when the protocol asks for one.
 
-It stops after ``MAX_BATCH`` messages so the control thread's other duties
-run.  What it did is told in ``io`` (counters, and a log of the UPDATEs for
-the miss bookkeeping of ``IotlbMisses.service``).
+It stops after ``MAX_BATCH`` messages so the thread's other duties run.
+What it did is told in ``io`` (counters, and a log of the UPDATEs for the
+miss bookkeeping of ``IotlbMisses.service``).
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,7 +44,8 @@ from ..iotlb_wire import (
 from ..syscalls import MSG_DONTWAIT, MSG_PEEK, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns, socket_recv_into, wait_first
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
-from .state import VQ_READER
+from .iotlb_lend import LEND_STALE, TICK_NS, lend_wait, may_serve, served
+from .state import PORT_IOTLB_FD, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs
 
 log = logging.getLogger("vhostpci.iotlb")
 
@@ -61,8 +65,8 @@ _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 # INVALIDATEs' rows out and republish, and every reply's send
 IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_LOG_N, IO_NEXT, IO_UPDATE_NS, \
     IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS, IO_REVOKE_NS, \
-    IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS = range(17)
-N_IO = 17
+    IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS, IO_BY_LCORE = range(18)
+N_IO = 18  # IO_BY_LCORE: the messages the lcore served (iotlb_lend.py)
 GRACE_SLOW_NS = 10_000
 LOG_CAP = 1024  # UPDATEs remembered between two services; past it the service forgets every ask
 # IO_NEXT after a call: nothing left to read, or a message the Python path must read
@@ -174,6 +178,20 @@ def serve_wait(pfds, nfds, wait_ns, fd, ws, vq, asked, timeout_ns, reply, buf, o
             return handled
 
 
+@njit(nogil=True, cache=True, _nrt=False)
+def lcore_serve(st, idle):
+    """Between two bursts of the port's queue 0 (``idle``: the last one
+    found nothing): serve what is at the head of VM1's socket if the control
+    thread lent it (``iotlb_lend.py``).  Called outside every read section."""
+    ctl = st.ctl
+    if not may_serve(ctl, idle):
+        return
+    b = st.iotlb
+    b.io[IO_BY_LCORE] += serve(ctl[PORT_IOTLB_FD], b.ws, st.vq, st.asked, ctl[PORT_IOTLB_QUIESCE_NS],
+                               ctl[PORT_IOTLB_REPLY], b.buf, b.out, b.io, b.ulog)
+    served(ctl, b.io[IO_NEXT] == NEXT_PYTHON)
+
+
 _REPLY_MODES = {"never": REPLY_NEVER, "on_need": REPLY_ON_NEED, "always": REPLY_ALWAYS}
 
 
@@ -182,8 +200,10 @@ class IotlbServer:
     and the bookkeeping it leaves to Python (``IotlbMisses``: which asks
     were answered, the message counts).  Control thread only."""
 
-    def __init__(self, window: Window, vq: np.ndarray, misses: IotlbMisses, timeout_s: float) -> None:
+    def __init__(self, window: Window, vq: np.ndarray, misses: IotlbMisses, timeout_s: float,
+                 ctl: np.ndarray | None = None) -> None:
         self.window = window
+        self.ctl = ctl  # the port's control words: lend the socket to its lcore (None: never)
         self.vq = vq
         self.misses = misses
         self.timeout_ns = int(timeout_s * 1e9)
@@ -193,31 +213,67 @@ class IotlbServer:
         self.ulog = np.zeros((LOG_CAP, 3), np.int64)
         self._pfds = np.zeros((4, 2), np.int32)
 
+    def bufs(self) -> IotlbBufs:
+        """What an lcore serving the lent socket works on (the port's kernel state)."""
+        return IotlbBufs(self.window.kstate, self.buf, self.out, self.io, self.ulog)
+
     def warm(self) -> None:
         """Compile (or load) the kernels now, not on the first message."""
         self.serve(-1, "always")  # fd -1: recv fails at once
         self.serve(-1, "always", (), 1e-6)
+        if self.ctl is not None:
+            lend_wait(self._pfds, 1, 0, np.zeros(len(self.ctl), np.int64))  # a stale stamp: returns at once
 
     def serve(self, fd: int, reply: str, wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:
-        """Run the kernel on socket ``fd``.  With ``wait_s`` > 0
-        it also waits that long for more (``serve_wait``), returning early
-        when one of ``wait_fds`` is readable or a message needs Python.
-        Returns how many messages it took."""
+        """Run the kernel on socket ``fd``.  With ``wait_s`` > 0 it also
+        waits that long for more, returning early when one of ``wait_fds``
+        is readable or a message needs Python: lending the socket to the
+        polling lcore while it stamps (``iotlb_lend.py``), else serving
+        it here (``serve_wait``; looking again for a stamp every TICK_NS).
+        Returns how many messages were taken."""
         w = self.window
         args = (fd, w.kstate, self.vq, self.misses.asked, self.timeout_ns, _REPLY_MODES[reply],
                 self.buf, self.out, self.io, self.ulog)
+        n = 0
         if wait_s > 0:
             nfds = 1 + len(wait_fds)
             if len(self._pfds) < nfds:
                 self._pfds = np.zeros((nfds, 2), np.int32)
-            self._pfds[0, 0] = fd
             self._pfds[1:nfds, 0] = wait_fds
-            n = serve_wait(self._pfds, nfds, int(wait_s * 1e9), *args)
-        else:
-            n = serve(*args)
+            deadline = time.monotonic() + wait_s
+            lend = self.ctl is not None and fd >= 0
+            while True:
+                if lend:
+                    lent, stale = self._lend(fd, reply, nfds, wait_s)
+                    n += lent
+                    if not stale:
+                        break  # what ended the lend is the caller's; what is at the head, below
+                self._pfds[0, 0] = fd
+                wait_s = deadline - time.monotonic()
+                if wait_s <= 0:
+                    break
+                n += serve_wait(self._pfds, nfds, int(min(wait_s, TICK_NS / 1e9 if lend else wait_s) * 1e9), *args)
+                wait_s = deadline - time.monotonic()
+                if self.io[IO_NEXT] != NEXT_NONE or wait_s <= 0:
+                    break
+        n += serve(*args)
         if n:
             self._drain()
         return n
+
+    def _lend(self, fd: int, reply: str, nfds: int, wait_s: float) -> tuple[int, bool]:
+        """Lend socket ``fd`` to the lcore for up to ``wait_s`` (``lend_wait``);
+        returns the messages the lcore served, and True when it did not
+        (or stopped) stamping: the control thread serves meanwhile."""
+        ctl = self.ctl
+        assert ctl is not None
+        ctl[PORT_IOTLB_REPLY] = _REPLY_MODES[reply]
+        ctl[PORT_IOTLB_QUIESCE_NS] = self.timeout_ns
+        ctl[PORT_IOTLB_FD] = fd  # the lcore stamps from now on; all three stored before the lend's release
+        before = int(self.io[IO_BY_LCORE])
+        self._pfds[0, 0] = -1
+        why = lend_wait(self._pfds, nfds, int(wait_s * 1e9), ctl)
+        return int(self.io[IO_BY_LCORE]) - before, why == LEND_STALE
 
     @property
     def updates(self) -> int:
@@ -240,7 +296,7 @@ class IotlbServer:
                 "iotlb_map_ns": int(io[IO_MAP_NS]), "iotlb_grace_ns": int(io[IO_GRACE_NS]),
                 "iotlb_revoke_ns": int(io[IO_REVOKE_NS]), "iotlb_grace_slow": int(io[IO_GRACE_SLOW]),
                 "iotlb_grace_max_ns": int(io[IO_GRACE_MAX_NS]), "iotlb_drop_ns": int(io[IO_DROP_NS]),
-                "iotlb_reply_ns": int(io[IO_REPLY_NS]),
+                "iotlb_reply_ns": int(io[IO_REPLY_NS]), "iotlb_served_by_lcore": int(io[IO_BY_LCORE]),
                 "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED]), "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS])}
 
     @property

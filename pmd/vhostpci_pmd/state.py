@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..guestmem.iotlb_ops import WinState
 from ..guestmem.views import Mem
 
 # vq control columns
@@ -55,7 +56,22 @@ PORT_WAKE_FD, PORT_INFLIGHT = 0, 1
 PORT_RARP_REQ, PORT_RARP_DONE, PORT_RARP_MAC = 2, 3, 4
 # the back-end channel (a dup the device owns; -1: none) a parking kernel sends its MISS on
 PORT_MISS_FD = 5
-N_PORT_CTL = 8
+# who reads VM1's socket for IOTLB messages (iotlb_lend.py): the control
+# thread or the lcore polling queue 0; the socket and how to answer while it
+# is lent; the lcore's last stamp (ns) and last look (ns)
+PORT_IOTLB_OWNER, PORT_IOTLB_FD, PORT_IOTLB_REPLY, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_BEAT, PORT_IOTLB_LOOKED = range(6, 12)
+N_PORT_CTL = 16
+
+
+class IotlbBufs(NamedTuple):
+    """What the compiled IOTLB service (``iotlb_serve.serve``) works on,
+    for whichever thread holds VM1's socket (``iotlb_lend.py``)."""
+
+    ws: WinState  # the window's grants and tables
+    buf: np.ndarray  # uint8[MSG_SIZE]: the message read
+    out: np.ndarray  # uint8[REPLY_SIZE]: the reply
+    io: np.ndarray  # int64[N_IO]: counters and the profile
+    ulog: np.ndarray  # (LOG_CAP, 3) int64: the UPDATEs since the control thread last looked
 
 
 class VhostPciState(NamedTuple):
@@ -80,5 +96,6 @@ class VhostPciState(NamedTuple):
     asked: np.ndarray  # (iotlb.ASK_SLOTS, 2) int64: pages asked for, not answered yet (iotlb.py)
     ahead: np.ndarray  # (nb_vrings, iotlb.MAX_AHEAD) int64: a parking vring's pages to ask ahead (iotlb.py)
     memo: np.ndarray  # (nb_vrings, 4) int64: the translation row a burst found last (translate_remembered)
+    iotlb: IotlbBufs  # VM1's IOTLB messages, served by the lcore of queue 0 while lent (iotlb_lend.py)
 
 

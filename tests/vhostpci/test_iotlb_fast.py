@@ -26,11 +26,14 @@ PAGE = 4096
 BUF = 0x80000  # a page of VM1's memory no ring uses
 
 
-@pytest.fixture
-def setup(fwd, sockdir):
-    """(front-end, port, guest): rings granted, the rest of VM1's memory not."""
+@pytest.fixture(params=["lcore", "control"])
+def setup(fwd, sockdir, request):
+    """(front-end, port, guest): rings granted, the rest of VM1's memory not;
+    the port's lcore serves the IOTLB messages while it polls, or only the
+    control thread does (``iotlb_lcore=0``)."""
     guest = Guest()
-    port = fwd.attach_port(vp_vdev(os.path.join(sockdir, "vp.sock")))
+    extra = "" if request.param == "lcore" else ",iotlb_lcore=0"
+    port = fwd.attach_port(vp_vdev(os.path.join(sockdir, "vp.sock"), extra))
     port.start()
     fwd.config.mode = "rxonly"
     fwd.start()  # an lcore polls the port: every invalidate needs a grace period
@@ -64,6 +67,8 @@ def test_plain_updates_and_invalidates_are_compiled_and_isolate(setup):
         assert not readable(win.base + page), "acked INVALIDATE still mapped"
     assert dev.iotlb_server.served == served + 100
     xs = dev.iotlb_xstats()
+    if dev.iotlb_server.ctl is None:  # iotlb_lcore=0 (the lcore's share: test_iotlb_lend.py)
+        assert xs["iotlb_served_by_lcore"] == 0, xs
     assert xs["iotlb_updates"] >= 51 and xs["iotlb_invalidates"] >= 51
     # the profile: the parts are inside their wholes
     assert 0 < xs["iotlb_map_ns"] <= xs["iotlb_update_ns"], xs

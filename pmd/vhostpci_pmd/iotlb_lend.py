@@ -1,0 +1,146 @@
+"""Who reads VM1's socket for IOTLB messages: the control thread, or the
+lcore that polls the port's queue 0, which it lends the socket to.
+
+Behind a strict vIOMMU every packet costs VM1 an INVALIDATE its vCPU waits
+for and an UPDATE its main thread waits for.  Served by the control
+thread, each message wakes that thread -- on a CPU VM1's own threads need --
+and its revocation interrupts the polling lcore's CPU to flush the TLB
+there.  The lcore is awake anyway: served between two of its bursts
+(``iotlb_serve.lcore_serve``, the same compiled ``serve``), a message wakes
+nobody, the grace period does not wait for that lcore (none of its vrings
+is inside a read section then; other lcores are waited for as always), and
+the revocation flushes the lcore's own TLB.
+
+One reader at a time, by one word (``ctl[PORT_IOTLB_OWNER]``):
+
+- OWN_CONTROL: the control thread reads the socket (its session's Python
+  path, or its own compiled service);
+- OWN_LENT: the control thread waits elsewhere (``lend_wait``: on its other
+  fds) and the lcore may take the socket, with a CAS to OWN_SERVING;
+- OWN_SERVING: the lcore is inside ``serve``; it stores OWN_LENT after;
+- OWN_RETURNED: the lcore met what only the control thread handles
+  (another request, an UPDATE that is not the plain case, an error), or is
+  about to sleep (fallback interrupts): ``give_back`` stored it and wrote the
+  control thread's wake eventfd.
+
+The control thread takes the socket back (``take_back``) before it does
+anything else: LENT or RETURNED become OWN_CONTROL at once, SERVING after the
+lcore's batch.  Only then does its session read or close the socket, or
+touch the window's grants, so each has one writer at a time.
+
+Liveness: the lcore stamps ``ctl[PORT_IOTLB_BEAT]`` on each burst of queue 0
+while the control thread has named the socket (``PORT_IOTLB_FD`` >= 0, an
+IOMMU session).  The control thread lends only to a fresh stamp, and takes
+the socket back when the stamp gets older than BEAT_STALE_NS (the lcore
+stopped or went elsewhere), looking every TICK_NS; a sleeping lcore gives
+it back before it sleeps.
+
+Cost on the data path: one load per burst of queue 0 without an IOMMU
+session; with one, a clock read per burst, and a ``recv`` (peek) per burst
+while queue 0 is idle, else every BUSY_LOOK_NS.
+"""
+from __future__ import annotations
+
+from numba import njit
+
+from ..atomics import compare_exchange, cpu_pause, load_acquire, store_release
+from ..syscalls import WAIT_OTHER, eventfd_signal, monotonic_ns, sleep_us, wait_first
+from .state import PORT_IOTLB_BEAT, PORT_IOTLB_FD, PORT_IOTLB_LOOKED, PORT_IOTLB_OWNER, PORT_WAKE_FD
+
+OWN_CONTROL, OWN_LENT, OWN_SERVING, OWN_RETURNED = 0, 1, 2, 3
+BUSY_LOOK_NS = 20_000  # a busy lcore looks at the socket this often (idle: every burst)
+TICK_NS = 2_000_000  # a lending control thread looks at the stamp this often ...
+BEAT_STALE_NS = 4_000_000  # ... and takes the socket back once it is this old
+# lend_wait's answers
+LEND_OTHER, LEND_RETURNED, LEND_TIMEOUT, LEND_STALE = range(4)
+
+
+# ------------------------------------------------------------------ the lcore
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def may_serve(ctl, idle):
+    """The lcore of queue 0, between bursts (``idle``: its last one found
+    nothing): stamp, and take the socket if it is lent and due for a look;
+    True when it holds it (OWN_SERVING: ``serve``, then ``served``)."""
+    if ctl[PORT_IOTLB_FD] < 0:
+        return False
+    now = monotonic_ns()
+    ctl[PORT_IOTLB_BEAT] = now
+    if load_acquire(ctl, PORT_IOTLB_OWNER) != OWN_LENT:
+        return False
+    if not idle and now - ctl[PORT_IOTLB_LOOKED] < BUSY_LOOK_NS:
+        return False
+    ctl[PORT_IOTLB_LOOKED] = now
+    return compare_exchange(ctl, PORT_IOTLB_OWNER, OWN_LENT, OWN_SERVING)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def give_back(ctl, held):
+    """The lcore holding the socket as ``held`` (OWN_SERVING, or OWN_LENT
+    before it sleeps) returns it and wakes the control thread; the stamp
+    is cleared so the socket is not lent again until the lcore polls."""
+    ctl[PORT_IOTLB_BEAT] = 0
+    if compare_exchange(ctl, PORT_IOTLB_OWNER, held, OWN_RETURNED):
+        fd = ctl[PORT_WAKE_FD]
+        if fd >= 0:
+            eventfd_signal(fd)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def served(ctl, needs_control):
+    """After ``serve``: the socket is lent again, or given back when what
+    is at its head needs the control thread."""
+    if needs_control:
+        give_back(ctl, OWN_SERVING)
+    else:
+        store_release(ctl, PORT_IOTLB_OWNER, OWN_LENT)
+
+
+# ------------------------------------------------------- the control thread
+@njit(nogil=True, cache=True)
+def take_back(ctl):
+    """The control thread owns the socket when this returns (an lcore
+    serving finishes its batch first)."""
+    while True:
+        own = load_acquire(ctl, PORT_IOTLB_OWNER)
+        if own == OWN_CONTROL:
+            return
+        if own == OWN_RETURNED:  # only the control thread moves it on from there
+            store_release(ctl, PORT_IOTLB_OWNER, OWN_CONTROL)
+            return
+        if own == OWN_LENT and compare_exchange(ctl, PORT_IOTLB_OWNER, OWN_LENT, OWN_CONTROL):
+            return
+        for _ in range(64):
+            cpu_pause()
+        sleep_us(2)
+
+
+@njit(nogil=True, cache=True)
+def lend_wait(pfds, nfds, wait_ns, ctl):
+    """Lend the socket to the lcore and wait in ``poll`` on ``pfds`` rows
+    1..nfds-1 (row 0 is not looked at: fd -1) until one is readable
+    (LEND_OTHER; the lcore's give-back writes one, LEND_RETURNED), the
+    lcore's stamp is stale (LEND_STALE: also when it is at the start; then
+    nothing was lent) or ``wait_ns`` passed (LEND_TIMEOUT).  The socket is
+    the control thread's again when it returns."""
+    now = monotonic_ns()
+    if now - load_acquire(ctl, PORT_IOTLB_BEAT) > BEAT_STALE_NS:
+        return LEND_STALE
+    deadline = now + wait_ns
+    store_release(ctl, PORT_IOTLB_OWNER, OWN_LENT)
+    why = LEND_TIMEOUT
+    while True:
+        own = load_acquire(ctl, PORT_IOTLB_OWNER)
+        if own == OWN_RETURNED:
+            why = LEND_RETURNED
+            break
+        now = monotonic_ns()
+        if now >= deadline:
+            break
+        if own == OWN_LENT and now - load_acquire(ctl, PORT_IOTLB_BEAT) > BEAT_STALE_NS:
+            why = LEND_STALE  # (a serving lcore is alive, whatever its stamp)
+            break
+        if wait_first(pfds, nfds, min(deadline, now + TICK_NS)) == WAIT_OTHER:
+            why = LEND_RETURNED if load_acquire(ctl, PORT_IOTLB_OWNER) == OWN_RETURNED else LEND_OTHER
+            break
+    take_back(ctl)
+    return why

@@ -1,0 +1,184 @@
+"""VM1's socket lent to the polling lcore (``pmd/vhostpci_pmd/iotlb_lend.py``).
+
+The ownership word first, driven by hand (one reader at a time: the control
+thread takes the socket back before it returns, waits for a serving lcore,
+never lends to a stale stamp); then a port whose lcore polls: it serves the
+plain IOTLB messages with the control thread's isolation, hands back what
+only the session's path handles, and when it stops the control thread
+serves again."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from numba import njit
+
+from pmd.vhost_user.frontend import FrontendError
+from pmd.vhost_user.messages import IotlbPerm
+from pmd.vhostpci_pmd.iotlb_lend import (
+    LEND_RETURNED, LEND_STALE, LEND_TIMEOUT, OWN_CONTROL, OWN_LENT, OWN_RETURNED, OWN_SERVING, give_back, lend_wait,
+    may_serve, served,
+)
+from pmd.vhostpci_pmd.state import N_PORT_CTL, PORT_IOTLB_BEAT, PORT_IOTLB_FD, PORT_IOTLB_OWNER, PORT_WAKE_FD
+from tests.util import wait_until
+from tests.vhost_user.test_vu_backend import readable
+from tests.vhostpci.test_iotlb_fast import BUF, PAGE, setup  # noqa: F401  (the fixture)
+from tests.vhostpci.test_port_control import MEM_SIZE
+
+
+@njit(cache=True)
+def _may_serve(ctl, idle):
+    return may_serve(ctl, idle)
+
+
+@njit(cache=True)
+def _served(ctl, needs_control):
+    served(ctl, needs_control)
+
+
+def _ctl(stamp: bool = True) -> np.ndarray:
+    ctl = np.zeros(N_PORT_CTL, np.int64)
+    ctl[PORT_WAKE_FD] = -1
+    ctl[PORT_IOTLB_FD] = 99  # named: the lcore stamps
+    ctl[PORT_IOTLB_BEAT] = time.monotonic_ns() if stamp else 0
+    return ctl
+
+
+def _pfds(*fds: int) -> np.ndarray:
+    p = np.zeros((1 + len(fds), 2), np.int32)
+    p[0, 0] = -1
+    p[1:, 0] = fds
+    return p
+
+
+def test_no_lend_to_a_stale_stamp():
+    ctl = _ctl(stamp=False)
+    assert lend_wait(_pfds(), 1, 50_000_000, ctl) == LEND_STALE
+    assert ctl[PORT_IOTLB_OWNER] == OWN_CONTROL
+    assert not _may_serve(ctl, True), "took a socket never lent"
+
+
+class Lcore(threading.Thread):
+    """A stand-in lcore: stamps, and takes the socket when it is lent
+    (``may_serve``), then runs ``work(ctl)`` once; until ``stop``."""
+
+    def __init__(self, ctl: np.ndarray, work=None) -> None:
+        super().__init__()
+        self.ctl, self.work, self.done, self.saw_lent = ctl, work, threading.Event(), False
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.saw_lent |= self.ctl[PORT_IOTLB_OWNER] == OWN_LENT
+            if self.work is not None and _may_serve(self.ctl, True):
+                self.work(self.ctl)
+                self.work = None
+            self.ctl[PORT_IOTLB_BEAT] = max(self.ctl[PORT_IOTLB_BEAT], time.monotonic_ns() * (self.work is None))
+            time.sleep(0.0002)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def test_lent_then_taken_back_at_the_deadline():
+    ctl = _ctl()
+    lc = Lcore(ctl)
+    lc.start()
+    try:
+        assert lend_wait(_pfds(), 1, 200_000_000, ctl) == LEND_TIMEOUT
+    finally:
+        lc.stop()
+    assert lc.saw_lent
+    assert ctl[PORT_IOTLB_OWNER] == OWN_CONTROL
+
+
+def test_an_lcore_gives_it_back_and_wakes_the_control_thread():
+    ctl = _ctl()
+    wake = os.eventfd(0, os.EFD_NONBLOCK)
+    ctl[PORT_WAKE_FD] = wake
+    states = []
+
+    def work(ctl):
+        states.append(int(ctl[PORT_IOTLB_OWNER]))
+        _served(ctl, True)  # a message only the control thread handles
+    lc = Lcore(ctl, work)
+    lc.start()
+    try:
+        assert lend_wait(_pfds(wake), 2, 2_000_000_000, ctl) == LEND_RETURNED
+    finally:
+        lc.stop()
+        os.close(wake)
+    assert states == [OWN_SERVING]
+    assert ctl[PORT_IOTLB_OWNER] == OWN_CONTROL
+
+
+def test_take_back_waits_for_a_serving_lcore():
+    ctl = _ctl()
+    left_at = []
+
+    def work(ctl):
+        time.sleep(0.2)  # a long batch: the deadline passes meanwhile
+        left_at.append(time.monotonic())
+        _served(ctl, False)
+    lc = Lcore(ctl, work)
+    lc.start()
+    try:
+        while not left_at and lend_wait(_pfds(), 1, 1_000_000, ctl) != LEND_STALE:
+            back_at = time.monotonic()
+            if left_at:
+                break
+    finally:
+        lc.stop()
+    assert left_at and back_at >= left_at[0], "the control thread took the socket from a serving lcore"
+    assert ctl[PORT_IOTLB_OWNER] == OWN_CONTROL
+
+
+def test_a_sleeping_lcore_gives_it_back():
+    ctl = _ctl()
+    ctl[PORT_IOTLB_OWNER] = OWN_LENT
+    give_back(ctl, OWN_LENT)  # what the port's arm kernel does before the lcore sleeps
+    # cleared stamp: not lent again until the lcore polls
+    assert ctl[PORT_IOTLB_OWNER] == OWN_RETURNED and ctl[PORT_IOTLB_BEAT] == 0
+    give_back(ctl, OWN_LENT)  # not lent (any more): nothing changes
+    assert ctl[PORT_IOTLB_OWNER] == OWN_RETURNED
+
+
+# ------------------------------------------------------------ with a port
+@pytest.mark.parametrize("setup", ["lcore"], indirect=True)
+def test_the_polling_lcore_serves_with_the_same_isolation(setup, fwd):
+    fe, port, guest = setup
+    fwd.stop()
+    fwd.config.interrupts = False  # an idle lcore would sleep, and give the socket back
+    fwd.start()
+    dev = port.driver.device
+    win = dev.window
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    xs = dev.iotlb_xstats
+    before = xs()["iotlb_served_by_lcore"]
+    rounds = 0
+    # the lcore serves them while it polls (a preempted one looks stopped for a while: bounded retries)
+    while xs()["iotlb_served_by_lcore"] < before + 20 and rounds < 5000:
+        page = BUF + (rounds % 8) * PAGE
+        fe.iotlb_update(page, PAGE, uaddr + (page - BUF), IotlbPerm.RO)
+        assert readable(win.base + page), "acked UPDATE not mapped"
+        fe.iotlb_invalidate(page, PAGE)
+        assert not readable(win.base + page), "acked INVALIDATE still mapped"
+        rounds += 1
+    assert xs()["iotlb_served_by_lcore"] >= before + 20, (rounds, xs())
+    # what only the session's path handles is given back and answered there
+    with pytest.raises(FrontendError, match="refused"):
+        fe.iotlb_update(BUF + PAGE, PAGE, uaddr + 16 * MEM_SIZE, IotlbPerm.RO)
+    # stopped, the lcore serves nothing: the control thread takes the socket back and serves
+    fwd.stop()
+    after = xs()["iotlb_served_by_lcore"]
+    served_before = dev.iotlb_server.served
+    for k in range(10):
+        fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RW)
+        assert readable(win.base + BUF)
+        fe.iotlb_invalidate(BUF, PAGE)
+        assert not readable(win.base + BUF)
+    assert dev.iotlb_server.served == served_before + 20
+    assert xs()["iotlb_served_by_lcore"] == after
