@@ -37,7 +37,8 @@ it back before it sleeps.
 
 Cost on the data path: one load per burst of queue 0 without an IOMMU
 session; with one, a clock read per burst, and a ``recv`` (peek) per burst
-while queue 0 is idle, else every BUSY_LOOK_NS.
+while queue 0 is idle or the last look found messages, else every
+BUSY_LOOK_NS.
 """
 from __future__ import annotations
 
@@ -86,9 +87,13 @@ def give_back(ctl, held):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def served(ctl, needs_control):
-    """After ``serve``: the socket is lent again, or given back when what
-    is at its head needs the control thread."""
+def served(ctl, n, needs_control):
+    """After ``serve`` took ``n`` messages: the socket is lent again (and
+    looked at on the next burst if it had some: VM1 sends them in runs, each
+    waiting for the last one's ack), or given back when what is at its head
+    needs the control thread."""
+    if n > 0:
+        ctl[PORT_IOTLB_LOOKED] = 0
     if needs_control:
         give_back(ctl, OWN_SERVING)
     else:

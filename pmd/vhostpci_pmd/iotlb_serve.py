@@ -187,9 +187,10 @@ def lcore_serve(st, idle):
     if not may_serve(ctl, idle):
         return
     b = st.iotlb
-    b.io[IO_BY_LCORE] += serve(ctl[PORT_IOTLB_FD], b.ws, st.vq, st.asked, ctl[PORT_IOTLB_QUIESCE_NS],
-                               ctl[PORT_IOTLB_REPLY], b.buf, b.out, b.io, b.ulog)
-    served(ctl, b.io[IO_NEXT] == NEXT_PYTHON)
+    n = serve(ctl[PORT_IOTLB_FD], b.ws, st.vq, st.asked, ctl[PORT_IOTLB_QUIESCE_NS], ctl[PORT_IOTLB_REPLY],
+              b.buf, b.out, b.io, b.ulog)
+    b.io[IO_BY_LCORE] += n
+    served(ctl, n, b.io[IO_NEXT] == NEXT_PYTHON)
 
 
 _REPLY_MODES = {"never": REPLY_NEVER, "on_need": REPLY_ON_NEED, "always": REPLY_ALWAYS}

@@ -36,7 +36,7 @@ def _may_serve(ctl, idle):
 
 @njit(cache=True)
 def _served(ctl, needs_control):
-    served(ctl, needs_control)
+    served(ctl, 1, needs_control)
 
 
 def _ctl(stamp: bool = True) -> np.ndarray:
