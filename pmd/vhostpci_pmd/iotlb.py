@@ -372,15 +372,15 @@ class IotlbMisses:
         clearing them on every update (the pages asked ahead arrive as
         updates too) made each ring re-ask for its own page several times."""
         self.updates += 1
-        self.answered(iova, size, unpark_covered(self.vq, np.uint64(iova), np.uint64(iova + size)))
+        forget_asked(self.asked, np.uint64(iova & _U64).view(np.int64), np.uint64((iova + size) & _U64).view(np.int64))
+        self.unparked(unpark_covered(self.vq, np.uint64(iova), np.uint64(iova + size)))
 
-    def answered(self, iova: int, size: int, unparked: int) -> None:
-        """The asks an UPDATE answered are forgotten (a later miss on these
-        pages is a new question), and so are the MISSes of the vrings it un-parked."""
-        forget_asked(self.asked, np.uint64(iova & _U64).view(np.int64),
-                     np.uint64((iova + size) & _U64).view(np.int64))
+    def unparked(self, mask: int) -> None:
+        """An UPDATE un-parked the vrings in bitmask ``mask`` (its asks are
+        forgotten already: ``forget_asked``): their MISSes are answered, a
+        later park asks anew."""
         for v in range(len(self.vq)):
-            if unparked >> v & 1:
+            if mask >> v & 1:
                 self._miss_sent.pop(v, None)
 
     def service(self, session: BackendSession) -> None:

@@ -101,6 +101,13 @@ def served(ctl, n, needs_control):
 
 
 # ------------------------------------------------------- the control thread
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def beat_stale(ctl, now):
+    """The lcore has not stamped for BEAT_STALE_NS (or never): it is not
+    polling, so nothing is lent to it."""
+    return now - load_acquire(ctl, PORT_IOTLB_BEAT) > BEAT_STALE_NS
+
+
 @njit(nogil=True, cache=True)
 def take_back(ctl):
     """The control thread owns the socket when this returns (an lcore
@@ -128,7 +135,7 @@ def lend_wait(pfds, nfds, wait_ns, ctl):
     nothing was lent) or ``wait_ns`` passed (LEND_TIMEOUT).  The socket is
     the control thread's again when it returns."""
     now = monotonic_ns()
-    if now - load_acquire(ctl, PORT_IOTLB_BEAT) > BEAT_STALE_NS:
+    if beat_stale(ctl, now):
         return LEND_STALE
     deadline = now + wait_ns
     store_release(ctl, PORT_IOTLB_OWNER, OWN_LENT)
@@ -141,7 +148,7 @@ def lend_wait(pfds, nfds, wait_ns, ctl):
         now = monotonic_ns()
         if now >= deadline:
             break
-        if own == OWN_LENT and now - load_acquire(ctl, PORT_IOTLB_BEAT) > BEAT_STALE_NS:
+        if own == OWN_LENT and beat_stale(ctl, now):
             why = LEND_STALE  # (a serving lcore is alive, whatever its stamp)
             break
         if wait_first(pfds, nfds, min(deadline, now + TICK_NS)) == WAIT_OTHER:

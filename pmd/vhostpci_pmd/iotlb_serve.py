@@ -21,8 +21,8 @@ lcore polling queue 0 while the control thread lends it the socket
 4. the reply (u64 0) when the protocol asks for one.
 
 It stops after ``MAX_BATCH`` messages so the thread's other duties run.
-What it did is told in ``io`` (counters, and a log of the UPDATEs for the
-miss bookkeeping of ``IotlbMisses.service``).
+What it did is told in ``io`` (counters, and the vrings its UPDATEs
+un-parked, for the miss bookkeeping of ``IotlbMisses.service``).
 """
 from __future__ import annotations
 
@@ -44,15 +44,14 @@ from ..iotlb_wire import (
 from ..syscalls import MSG_DONTWAIT, MSG_PEEK, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns, socket_recv_into, wait_first
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
-from .iotlb_lend import LEND_STALE, TICK_NS, lend_wait, may_serve, served
-from .state import PORT_IOTLB_FD, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs
+from .iotlb_lend import LEND_STALE, TICK_NS, beat_stale, lend_wait, may_serve, served
+from .state import N_PORT_CTL, PORT_IOTLB_FD, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs
 
 log = logging.getLogger("vhostpci.iotlb")
 
 
 MAX_BATCH = 256
 _UPDATE, _INVALIDATE = int(IotlbType.UPDATE), int(IotlbType.INVALIDATE)
-_U64 = (1 << 64) - 1
 _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 
 # io: what serve did: totals (updated before each reply), the errors and the
@@ -63,20 +62,20 @@ _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 # periods and revocations (mmap); how many grace periods took over
 # GRACE_SLOW_NS (a burst was preempted, or long) and the longest one; the
 # INVALIDATEs' rows out and republish, and every reply's send
-IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_LOG_N, IO_NEXT, IO_UPDATE_NS, \
+IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_UNPARKED, IO_NEXT, IO_UPDATE_NS, \
     IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS, IO_REVOKE_NS, \
     IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS, IO_BY_LCORE = range(18)
-N_IO = 18  # IO_BY_LCORE: the messages the lcore served (iotlb_lend.py)
+N_IO = 18  # IO_UNPARKED: bitmask of the vrings un-parked since the last drain; IO_BY_LCORE: the lcore's messages
 GRACE_SLOW_NS = 10_000
-LOG_CAP = 1024  # UPDATEs remembered between two services; past it the service forgets every ask
-# IO_NEXT after a call: nothing left to read, or a message the Python path must read
-NEXT_NONE, NEXT_PYTHON = 0, 1
+# IO_NEXT after a call: nothing left to read, a message the Python path must
+# read, or (serve_wait watching the stamp) the lcore polls again: lend it
+NEXT_NONE, NEXT_PYTHON, NEXT_LEND = 0, 1, 2
 # reply: REPLY_ALWAYS, or only on NEED_REPLY (REPLY_ACK negotiated), or never
 REPLY_NEVER, REPLY_ON_NEED, REPLY_ALWAYS = 0, 1, 2
 
 
 @njit(nogil=True, cache=True)
-def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
+def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
     """Handle the IOTLB messages at the head of socket ``fd`` (see the module
     docstring); returns how many.  ``io[IO_NEXT]`` says why it stopped."""
     handled = 0
@@ -132,16 +131,10 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
         handled += 1
         if kind == _UPDATE:
             io[IO_UPDATES] += 1
-            mask = unpark_covered(vq, iova, iova + length)
+            io[IO_UNPARKED] |= unpark_covered(vq, iova, iova + length)
             n_asks, waited = forget_asked(asked, np.int64(iova), np.int64(iova + length))
             io[IO_ASKS_ANSWERED] += n_asks
             io[IO_ASK_WAIT_NS] += waited
-            k = io[IO_LOG_N]
-            if k < LOG_CAP:
-                ulog[k, 0] = np.int64(iova)
-                ulog[k, 1] = np.int64(length)
-                ulog[k, 2] = mask
-            io[IO_LOG_N] = k + 1
         else:
             io[IO_INVALIDATES] += 1
         if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
@@ -155,7 +148,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
 
 
 @njit(nogil=True, cache=True)
-def serve_wait(pfds, nfds, wait_ns, fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog):
+def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
     """``serve``, then wait in ``poll`` for the next messages and serve
     them too, for up to ``wait_ns``: the control thread stays here, out of
     Python, while VM1's IOTLB traffic is all there is.  ``pfds`` rows are
@@ -163,18 +156,25 @@ def serve_wait(pfds, nfds, wait_ns, fd, ws, vq, asked, timeout_ns, reply, buf, o
     ``fd``, rows 1..nfds-1 what else the control thread waits on (listener,
     wake fd, other sessions).  Returns how many messages it took;
     ``io[IO_NEXT]`` is NEXT_PYTHON when it stopped for Python: a message it
-    does not take at the head, another fd readable, the socket in error."""
+    does not take at the head, another fd readable, the socket in error.
+    With ``watch`` it also looks at the lcore's stamp (``ctl``) every
+    TICK_NS and stops with NEXT_LEND once it is fresh: an idle port's
+    control thread wakes only in here while its lcore sleeps."""
     handled = 0
     deadline = monotonic_ns() + wait_ns
     while True:
-        handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ulog)
+        handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io)
         if io[IO_NEXT] == NEXT_PYTHON:
             return handled
-        w = wait_first(pfds, nfds, deadline)
-        if w == WAIT_TIMEOUT:
+        now = monotonic_ns()
+        if watch and not beat_stale(ctl, now):
+            io[IO_NEXT] = NEXT_LEND
             return handled
+        w = wait_first(pfds, nfds, min(deadline, now + TICK_NS) if watch else deadline)
         if w == WAIT_OTHER:
             io[IO_NEXT] = NEXT_PYTHON  # another fd, or the session's read finds out what happened
+            return handled
+        if w == WAIT_TIMEOUT and monotonic_ns() >= deadline:
             return handled
 
 
@@ -188,7 +188,7 @@ def lcore_serve(st, idle):
         return
     b = st.iotlb
     n = serve(ctl[PORT_IOTLB_FD], b.ws, st.vq, st.asked, ctl[PORT_IOTLB_QUIESCE_NS], ctl[PORT_IOTLB_REPLY],
-              b.buf, b.out, b.io, b.ulog)
+              b.buf, b.out, b.io)
     b.io[IO_BY_LCORE] += n
     served(ctl, n, b.io[IO_NEXT] == NEXT_PYTHON)
 
@@ -205,18 +205,18 @@ class IotlbServer:
                  ctl: np.ndarray | None = None) -> None:
         self.window = window
         self.ctl = ctl  # the port's control words: lend the socket to its lcore (None: never)
+        self._no_ctl = np.zeros(N_PORT_CTL, np.int64)  # what serve_wait watches when nothing is lent
         self.vq = vq
         self.misses = misses
         self.timeout_ns = int(timeout_s * 1e9)
         self.buf = np.zeros(MSG_SIZE, np.uint8)
         self.out = np.zeros(REPLY_SIZE, np.uint8)
         self.io = np.zeros(N_IO, np.int64)
-        self.ulog = np.zeros((LOG_CAP, 3), np.int64)
         self._pfds = np.zeros((4, 2), np.int32)
 
     def bufs(self) -> IotlbBufs:
         """What an lcore serving the lent socket works on (the port's kernel state)."""
-        return IotlbBufs(self.window.kstate, self.buf, self.out, self.io, self.ulog)
+        return IotlbBufs(self.window.kstate, self.buf, self.out, self.io)
 
     def warm(self) -> None:
         """Compile (or load) the kernels now, not on the first message."""
@@ -230,45 +230,48 @@ class IotlbServer:
         waits that long for more, returning early when one of ``wait_fds``
         is readable or a message needs Python: lending the socket to the
         polling lcore while it stamps (``iotlb_lend.py``), else serving
-        it here (``serve_wait``; looking again for a stamp every TICK_NS).
+        it here (``serve_wait``, which stops when the stamp is fresh again).
         Returns how many messages were taken."""
-        w = self.window
-        args = (fd, w.kstate, self.vq, self.misses.asked, self.timeout_ns, _REPLY_MODES[reply],
-                self.buf, self.out, self.io, self.ulog)
-        n = 0
-        if wait_s > 0:
-            nfds = 1 + len(wait_fds)
-            if len(self._pfds) < nfds:
-                self._pfds = np.zeros((nfds, 2), np.int32)
-            self._pfds[1:nfds, 0] = wait_fds
-            deadline = time.monotonic() + wait_s
-            lend = self.ctl is not None and fd >= 0
-            while True:
-                if lend:
-                    lent, stale = self._lend(fd, reply, nfds, wait_s)
-                    n += lent
-                    if not stale:
-                        break  # what ended the lend is the caller's; what is at the head, below
-                self._pfds[0, 0] = fd
-                wait_s = deadline - time.monotonic()
-                if wait_s <= 0:
-                    break
-                n += serve_wait(self._pfds, nfds, int(min(wait_s, TICK_NS / 1e9 if lend else wait_s) * 1e9), *args)
-                wait_s = deadline - time.monotonic()
-                if self.io[IO_NEXT] != NEXT_NONE or wait_s <= 0:
-                    break
-        n += serve(*args)
+        args = (fd, self.window.kstate, self.vq, self.misses.asked, self.timeout_ns, _REPLY_MODES[reply],
+                self.buf, self.out, self.io)
+        n = serve(*args) if wait_s <= 0 else self._wait(args, wait_fds, time.monotonic() + wait_s)
         if n:
             self._drain()
         return n
 
-    def _lend(self, fd: int, reply: str, nfds: int, wait_s: float) -> tuple[int, bool]:
+    def _wait(self, args: tuple, wait_fds: Sequence[int], deadline: float) -> int:
+        fd = args[0]
+        nfds = 1 + len(wait_fds)
+        if len(self._pfds) < nfds:
+            self._pfds = np.zeros((nfds, 2), np.int32)
+        self._pfds[1:nfds, 0] = wait_fds
+        lend = self.ctl is not None and fd >= 0
+        ctl = self.ctl if self.ctl is not None else self._no_ctl
+        n = 0
+        while True:
+            if lend:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return n + serve(*args)
+                lent, stale = self._lend(fd, args[5], nfds, left)
+                n += lent
+                if not stale:
+                    # what ended the lend is the caller's; at the head, what the lcore
+                    # left for Python or what came after its last look
+                    return n + serve(*args)
+            self._pfds[0, 0] = fd
+            left_ns = max(0, int((deadline - time.monotonic()) * 1e9))
+            n += serve_wait(self._pfds, nfds, left_ns, ctl, lend, *args)
+            if self.io[IO_NEXT] != NEXT_LEND:
+                return n
+
+    def _lend(self, fd: int, reply: int, nfds: int, wait_s: float) -> tuple[int, bool]:
         """Lend socket ``fd`` to the lcore for up to ``wait_s`` (``lend_wait``);
         returns the messages the lcore served, and True when it did not
         (or stopped) stamping: the control thread serves meanwhile."""
         ctl = self.ctl
         assert ctl is not None
-        ctl[PORT_IOTLB_REPLY] = _REPLY_MODES[reply]
+        ctl[PORT_IOTLB_REPLY] = reply
         ctl[PORT_IOTLB_QUIESCE_NS] = self.timeout_ns
         ctl[PORT_IOTLB_FD] = fd  # the lcore stamps from now on; all three stored before the lend's release
         before = int(self.io[IO_BY_LCORE])
@@ -306,16 +309,11 @@ class IotlbServer:
         return self.updates + self.invalidates
 
     def _drain(self) -> None:
-        io, m = self.io, self.misses
-        k = int(io[IO_LOG_N])
-        if k > LOG_CAP:
-            m.forget()  # more UPDATEs than remembered: every ask may be answered (asking again is harmless)
-        else:
-            for iova, size, mask in self.ulog[:k].tolist():
-                m.answered(iova & _U64, size, mask)
+        io = self.io
+        self.misses.unparked(int(io[IO_UNPARKED]))
         if io[IO_QUIESCE_TIMEOUTS]:
             log.error("IOTLB invalidate: %d grace period(s) timed out (a burst stayed in the port's memory "
                       "over %.1f s); pages revoked anyway", int(io[IO_QUIESCE_TIMEOUTS]), self.timeout_ns / 1e9)
         if io[IO_REVOKE_FAILED]:
             log.error("IOTLB invalidate: %d revocation(s) failed (mmap); nacked", int(io[IO_REVOKE_FAILED]))
-        io[IO_QUIESCE_TIMEOUTS] = io[IO_REVOKE_FAILED] = io[IO_LOG_N] = 0
+        io[IO_QUIESCE_TIMEOUTS] = io[IO_REVOKE_FAILED] = io[IO_UNPARKED] = 0

@@ -71,7 +71,6 @@ class IotlbBufs(NamedTuple):
     buf: np.ndarray  # uint8[MSG_SIZE]: the message read
     out: np.ndarray  # uint8[REPLY_SIZE]: the reply
     io: np.ndarray  # int64[N_IO]: counters and the profile
-    ulog: np.ndarray  # (LOG_CAP, 3) int64: the UPDATEs since the control thread last looked
 
 
 class VhostPciState(NamedTuple):

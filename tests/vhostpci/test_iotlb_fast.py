@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from pmd.guestmem.translate import granted_perm
 from pmd.vhost_user.frontend import FrontendError, FrontendSession
 from pmd.vhost_user.messages import FrontendReq, IotlbMsg, IotlbPerm, IotlbType
+from pmd.vhostpci_pmd.iotlb import ASK_SLOTS
 from pmd.vhostpci_pmd.state import VQ_READER
 from tests.util import wait_until
 from tests.vhost_user.test_vu_backend import readable
@@ -76,6 +78,27 @@ def test_plain_updates_and_invalidates_are_compiled_and_isolate(setup):
     # the session records them once the kernel returns, just after the last ack went out
     assert wait_until(lambda: list(port.driver.server.session.history).count(int(FrontendReq.IOTLB_MSG)) >= 102, 2.0)
     assert port.stats().ierrors == 0
+
+
+def test_an_ask_stays_noted_through_a_thousand_updates(setup):
+    """UPDATEs served at a stretch answer only their own pages' asks: the
+    ask for a page none of them covers stays noted, so it is not sent twice
+    (the service once forgot every ask after 1024 UPDATEs between two looks
+    of the control thread)."""
+    fe, port, guest = setup
+    dev = port.driver.device
+    other = BUF + 64 * PAGE
+    row = dev.iotlb.asked[(other >> 12) & (ASK_SLOTS - 1)]
+    row[0], row[1] = other, time.monotonic_ns()  # as a kernel notes its MISS
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    served = dev.iotlb_server.served
+    for _ in range(1100):
+        fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RO)
+        fe.iotlb_invalidate(BUF, PAGE)
+    assert dev.iotlb_server.served == served + 2200
+    assert wait_until(lambda: list(port.driver.server.session.history).count(int(FrontendReq.IOTLB_MSG))
+                      >= served + 2200, 2.0)  # every batch drained
+    assert row[0] == other and row[1] != 0, "an ask no UPDATE answered was forgotten"
 
 
 def test_what_the_kernel_leaves_gets_the_sessions_answer(setup):

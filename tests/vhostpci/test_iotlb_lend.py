@@ -18,6 +18,7 @@ from numba import njit
 
 from pmd.vhost_user.frontend import FrontendError
 from pmd.vhost_user.messages import IotlbPerm
+from pmd.vhostpci_pmd import iotlb_serve
 from pmd.vhostpci_pmd.iotlb_lend import (
     LEND_RETURNED, LEND_STALE, LEND_TIMEOUT, OWN_CONTROL, OWN_LENT, OWN_RETURNED, OWN_SERVING, give_back, lend_wait,
     may_serve, served,
@@ -182,3 +183,39 @@ def test_the_polling_lcore_serves_with_the_same_isolation(setup, fwd):
         assert not readable(win.base + BUF)
     assert dev.iotlb_server.served == served_before + 20
     assert xs()["iotlb_served_by_lcore"] == after
+
+
+@pytest.mark.parametrize("setup", ["lcore"], indirect=True)
+def test_without_a_polling_lcore_the_control_thread_waits_compiled_and_lends_again(setup, fwd, monkeypatch):
+    """No lcore stamps (the forwarding stopped; a sleeping one is the same):
+    the control thread serves in its compiled wait, which looks at the stamp
+    itself -- it does not come back to Python every TICK_NS -- and lends the
+    socket again as soon as an lcore polls."""
+    fe, port, guest = setup
+    fwd.stop()
+    dev = port.driver.device
+    waits = []
+    real = iotlb_serve.serve_wait
+
+    def counted(*args):
+        waits.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(iotlb_serve, "serve_wait", counted)
+    time.sleep(0.6)
+    n = len(waits)
+    # one per round of the control thread (0.1 s); back every 2 ms it would be ~300
+    assert 1 <= n <= 30, n
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RW)
+    fe.iotlb_invalidate(BUF, PAGE)
+    xs = dev.iotlb_xstats
+    before = xs()["iotlb_served_by_lcore"]
+    fwd.config.interrupts = False  # the lcore keeps polling
+    fwd.start()
+    rounds = 0
+    while xs()["iotlb_served_by_lcore"] < before + 10 and rounds < 5000:
+        fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RW)
+        fe.iotlb_invalidate(BUF, PAGE)
+        rounds += 1
+    assert xs()["iotlb_served_by_lcore"] >= before + 10, (rounds, xs())
