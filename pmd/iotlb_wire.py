@@ -76,12 +76,19 @@ def put_iotlb(buf, off, request, flags, iova, size, uaddr, perm, kind):
         buf[k] = 0
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def put_ack(out, off, request, flags, ok):
+    """The u64 reply to a request (0 done, 1 failed), with the request's
+    version and the REPLY flag, at ``out[off:off + REPLY_SIZE]``."""
+    put_le(out, off + OFF_REQUEST, request, 4)
+    put_le(out, off + OFF_FLAGS, (flags & 0x3) | FLAG_REPLY, 4)
+    put_le(out, off + OFF_SIZE, 8, 4)
+    put_le(out, off + HEADER_SIZE, 0 if ok else 1, 8)
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def send_ack(fd, out, request, flags, ok):
-    """The u64 reply to a request (0 done, 1 failed), with the request's
-    version and the REPLY flag; one non-blocking send: True if it went whole."""
-    put_le(out, OFF_REQUEST, request, 4)
-    put_le(out, OFF_FLAGS, (flags & 0x3) | FLAG_REPLY, 4)
-    put_le(out, OFF_SIZE, 8, 4)
-    put_le(out, HEADER_SIZE, 0 if ok else 1, 8)
+    """``put_ack`` at the start of ``out``, then one non-blocking send: True
+    if it went whole."""
+    put_ack(out, 0, request, flags, ok)
     return socket_send_from(fd, out, REPLY_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) == REPLY_SIZE

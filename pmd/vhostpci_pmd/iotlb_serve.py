@@ -18,7 +18,8 @@ lcore polling queue 0 while the control thread lends it the socket
    vrings (``wait_sections``: only the bursts inside the window when the rows
    went out, ``pmd/grace.py``), pages revoked, and only then the ack:
    isolation is exactly the Python path's;
-4. the reply (u64 0) when the protocol asks for one.
+4. the reply (u64 0) when the protocol asks for one: the replies of a
+   run of messages queued back to back go in one send after the run.
 
 It stops after ``MAX_BATCH`` messages so the thread's other duties run.
 What it did is told in ``io`` (counters, and the vrings its UPDATEs
@@ -39,9 +40,12 @@ from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
 from ..iotlb_wire import (
     FRONTEND_IOTLB_MSG, MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_LEN, OFF_PERM, OFF_TYPE, OFF_UADDR, REPLY_SIZE, get_u32, get_u64,
-    is_iotlb_msg, send_ack,
+    is_iotlb_msg, put_ack,
 )
-from ..syscalls import MSG_DONTWAIT, MSG_PEEK, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns, socket_recv_into, wait_first
+from ..syscalls import (
+    MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns, socket_recv_into, socket_send_from,
+    wait_first,
+)
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
 from .iotlb_lend import LEND_STALE, TICK_NS, beat_stale, lend_wait, may_serve, served
@@ -79,15 +83,16 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
     """Handle the IOTLB messages at the head of socket ``fd`` (see the module
     docstring); returns how many.  ``io[IO_NEXT]`` says why it stopped."""
     handled = 0
+    acks = 0  # replies written into ``out``, not sent yet
     io[IO_NEXT] = NEXT_NONE
     while handled < MAX_BATCH:
         t0 = monotonic_ns()
         got = socket_recv_into(fd, buf, MSG_SIZE, MSG_PEEK | MSG_DONTWAIT)
         if got < 0:
-            return handled  # nothing there (EAGAIN), or an error the Python read reports
+            break  # nothing there (EAGAIN), or an error the Python read reports
         io[IO_NEXT] = NEXT_PYTHON
         if not is_iotlb_msg(buf, got, FRONTEND_IOTLB_MSG):
-            return handled
+            break
         flags = get_u32(buf, OFF_FLAGS)
         iova = get_u64(buf, OFF_IOVA)
         length = get_u64(buf, OFF_LEN)
@@ -98,17 +103,17 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
         if kind == _UPDATE:
             t1 = monotonic_ns()
             if iotlb_map(ws, iova, length, uaddr, perm) < 0:
-                return handled  # not the plain case: Python maps it (or says why not)
+                break  # not the plain case: Python maps it (or says why not)
             io[IO_MAP_NS] += monotonic_ns() - t1
         elif kind == _INVALIDATE:
             if length == 0 or iova + length < iova:
-                return handled  # empty, or running past 2**64: the Python path rounds those
+                break  # empty, or running past 2**64: the Python path rounds those
             start = iova & _PAGE_MASK
             last = ((iova + length - np.uint64(1)) | ~_PAGE_MASK)
             t1 = monotonic_ns()
             n = iotlb_drop(ws, start, last, ws.gone)
             if n < 0:
-                return handled
+                break
             if n > 0:
                 t2 = monotonic_ns()
                 io[IO_DROP_NS] += t2 - t1
@@ -125,7 +130,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
                     ok = False
                 io[IO_REVOKE_NS] += monotonic_ns() - t2
         else:
-            return handled
+            break
         socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
         io[IO_NEXT] = NEXT_NONE
         handled += 1
@@ -138,12 +143,17 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
         else:
             io[IO_INVALIDATES] += 1
         if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
-            t1 = monotonic_ns()
-            if not send_ack(fd, out, FRONTEND_IOTLB_MSG, flags, ok):
-                io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
-                return handled
-            io[IO_REPLY_NS] += monotonic_ns() - t1
+            put_ack(out, acks * REPLY_SIZE, FRONTEND_IOTLB_MSG, flags, ok)
+            acks += 1
         io[IO_UPDATE_NS if kind == _UPDATE else IO_INVALIDATE_NS] += monotonic_ns() - t0
+    if acks > 0:
+        # every reply in one send, once nothing more is queued behind them: a
+        # front-end that waits for each one gets it at once, one that sends a
+        # run and then reads the replies is woken once for the run
+        t1 = monotonic_ns()
+        if socket_send_from(fd, out, acks * REPLY_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != acks * REPLY_SIZE:
+            io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
+        io[IO_REPLY_NS] += monotonic_ns() - t1
     return handled
 
 
@@ -210,7 +220,7 @@ class IotlbServer:
         self.misses = misses
         self.timeout_ns = int(timeout_s * 1e9)
         self.buf = np.zeros(MSG_SIZE, np.uint8)
-        self.out = np.zeros(REPLY_SIZE, np.uint8)
+        self.out = np.zeros(MAX_BATCH * REPLY_SIZE, np.uint8)
         self.io = np.zeros(N_IO, np.int64)
         self._pfds = np.zeros((4, 2), np.int32)
 

@@ -69,7 +69,7 @@ class IotlbBufs(NamedTuple):
 
     ws: WinState  # the window's grants and tables
     buf: np.ndarray  # uint8[MSG_SIZE]: the message read
-    out: np.ndarray  # uint8[REPLY_SIZE]: the reply
+    out: np.ndarray  # uint8[MAX_BATCH * REPLY_SIZE]: the replies of a run
     io: np.ndarray  # int64[N_IO]: counters and the profile
 
 

@@ -9,6 +9,7 @@ session's path and get its answer there."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -16,8 +17,11 @@ import numpy as np
 import pytest
 
 from pmd.guestmem.translate import granted_perm
+from pmd.iotlb_wire import FRONTEND_IOTLB_MSG, INVALIDATE, MSG_SIZE, REPLY_SIZE, UPDATE, get_u32, get_u64, put_iotlb
 from pmd.vhost_user.frontend import FrontendError, FrontendSession
-from pmd.vhost_user.messages import FrontendReq, IotlbMsg, IotlbPerm, IotlbType
+from pmd.vhost_user.messages import (
+    FLAG_NEED_REPLY, FLAG_REPLY, HEADER_SIZE, VERSION, FrontendReq, IotlbMsg, IotlbPerm, IotlbType,
+)
 from pmd.vhostpci_pmd.iotlb import ASK_SLOTS
 from pmd.vhostpci_pmd.state import VQ_READER
 from tests.util import wait_until
@@ -99,6 +103,34 @@ def test_an_ask_stays_noted_through_a_thousand_updates(setup):
     assert wait_until(lambda: list(port.driver.server.session.history).count(int(FrontendReq.IOTLB_MSG))
                       >= served + 2200, 2.0)  # every batch drained
     assert row[0] == other and row[1] != 0, "an ask no UPDATE answered was forgotten"
+
+
+def test_a_run_of_messages_is_answered_in_one_send(setup):
+    """A front-end that sends several IOTLB messages at once, then reads the
+    replies (our virtio-user's transient rounds do), gets them together:
+    one send, one wake-up, each in order and each after its own work."""
+    fe, port, guest = setup
+    win = port.driver.device.window
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    flags = VERSION | FLAG_NEED_REPLY
+    run = np.zeros(3 * MSG_SIZE, np.uint8)
+    put_iotlb(run, 0, FRONTEND_IOTLB_MSG, flags, BUF, PAGE, uaddr, int(IotlbPerm.RO), UPDATE)
+    put_iotlb(run, MSG_SIZE, FRONTEND_IOTLB_MSG, flags, BUF + PAGE, PAGE, uaddr + PAGE, int(IotlbPerm.RW), UPDATE)
+    put_iotlb(run, 2 * MSG_SIZE, FRONTEND_IOTLB_MSG, flags, BUF, PAGE, 0, 0, INVALIDATE)
+    served = port.driver.device.iotlb_server.served
+    with socket.socket(fileno=os.dup(fe.channel.fileno())) as sock:  # the session's socket, raw
+        sock.settimeout(5.0)
+        sock.sendall(run.tobytes())
+        first = sock.recv(3 * REPLY_SIZE)  # whatever arrived by the first wake-up
+    assert len(first) == 3 * REPLY_SIZE, f"{len(first)} bytes: the replies came one by one"
+    for k in range(3):
+        reply = np.frombuffer(first[k * REPLY_SIZE:(k + 1) * REPLY_SIZE], np.uint8)
+        assert get_u32(reply, 0) == FRONTEND_IOTLB_MSG and get_u32(reply, 4) & FLAG_REPLY
+        assert get_u64(reply, HEADER_SIZE) == 0, f"message {k} refused"
+    assert port.driver.device.iotlb_server.served == served + 3
+    assert not readable(win.base + BUF) and readable(win.base + BUF + PAGE)
+    fe.iotlb_invalidate(BUF + PAGE, PAGE)  # the session goes on as before
+    assert not readable(win.base + BUF + PAGE)
 
 
 def test_what_the_kernel_leaves_gets_the_sessions_answer(setup):
