@@ -45,6 +45,7 @@ from .chain import VEC_MAX
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from .inflight import RESUB_DELIVERED, queue_area, recover
 from .iotlb import MAX_AHEAD, IotlbMisses
+from .iotlb_lend import LendPolicy
 from .iotlb_serve import IotlbServer
 from .state import (
     N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_IOTLB_FD, PORT_IOTLB_LOOKED, PORT_IOTLB_OWNER, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
@@ -86,7 +87,7 @@ class VhostPciDevice(BackendDevice):
 
     def __init__(self, name: str, queues: int, iommu_support: bool,
                  lcores: Callable[[], GraceSet | None],
-                 vrings: Callable[[], dict[int, VringInfo]], iotlb_lcore: bool = True) -> None:
+                 vrings: Callable[[], dict[int, VringInfo]], iotlb_lcore: bool | str = "auto") -> None:
         self.name = name
         self.queues = queues
         self.iommu_support = iommu_support
@@ -139,7 +140,7 @@ class VhostPciDevice(BackendDevice):
         self._kstate: VhostPciState | None = None
         self.iotlb = IotlbMisses(self.vq)
         self.iotlb_server = IotlbServer(self.window, self.vq, self.iotlb, QUIESCE_TIMEOUT_S,
-                                        self.ctl if iotlb_lcore else None)
+                                        self.ctl if iotlb_lcore else None, LendPolicy(iotlb_lcore == "auto", name=name))
         self.closed = False
 
     # ---------------------------------------------------------------- state

@@ -4,8 +4,10 @@ Devargs: ``path=`` (unix socket, required), ``client=0|1`` (0: we listen and
 VM1's hypervisor connects; 1: we connect and reconnect with back-off),
 ``queues=`` (queue pairs), ``iommu_support=0|1`` (offer
 VIRTIO_F_IOMMU_PLATFORM, so VM1 grants memory through IOTLB messages),
-``iotlb_lcore=0|1`` (1: the lcore polling queue 0 serves VM1's IOTLB
-messages while it polls, ``iotlb_lend.py``; 0: the control thread always does).
+``iotlb_lcore=auto|1|0`` (who serves VM1's IOTLB messages: the lcore polling
+queue 0, while it polls, or the control thread; ``iotlb_lend.py``: auto, the
+lcore while other threads keep the control thread's CPUs busy; 1, the lcore
+whenever it polls; 0, always the control thread).
 
 The port ops (this file) run a ``BackendServer`` (the control thread) for
 the port's ``VhostPciDevice`` (``device.py``: the session's callbacks and
@@ -36,14 +38,23 @@ log = logging.getLogger("vhostpci.port")
 MAX_QUEUE_PAIRS = 16
 
 
+def _parse_iotlb_lcore(text: str) -> bool | str:
+    if text == "auto":
+        return text
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise ValueError(f"expected auto, 0 or 1, got {text!r}") from None
+
+
 @register_driver
 class VhostPciDriver(DevargQueuePairs, PortDriver):
     """One vhost-pci port: devargs, start/stop of its vhost-user server, stats."""
 
     prefix = "net_vhost_pci"
     devargs = {"path": parse_path, "client": parse_bool, "queues": int_in_range("queues", 1, MAX_QUEUE_PAIRS),
-               "iommu_support": parse_bool, "iotlb_lcore": parse_bool}
-    devarg_defaults = {"path": "", "client": False, "queues": 1, "iommu_support": True, "iotlb_lcore": True}
+               "iommu_support": parse_bool, "iotlb_lcore": _parse_iotlb_lcore}
+    devarg_defaults = {"path": "", "client": False, "queues": 1, "iommu_support": True, "iotlb_lcore": "auto"}
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)

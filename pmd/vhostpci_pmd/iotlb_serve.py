@@ -48,7 +48,7 @@ from ..syscalls import (
 )
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
-from .iotlb_lend import LEND_STALE, TICK_NS, beat_stale, lend_wait, may_serve, served
+from .iotlb_lend import LEND_STALE, TICK_NS, LendPolicy, beat_stale, lend_wait, may_serve, served
 from .state import N_PORT_CTL, PORT_IOTLB_FD, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs
 
 log = logging.getLogger("vhostpci.iotlb")
@@ -212,9 +212,10 @@ class IotlbServer:
     were answered, the message counts).  Control thread only."""
 
     def __init__(self, window: Window, vq: np.ndarray, misses: IotlbMisses, timeout_s: float,
-                 ctl: np.ndarray | None = None) -> None:
+                 ctl: np.ndarray | None = None, policy: LendPolicy | None = None) -> None:
         self.window = window
         self.ctl = ctl  # the port's control words: lend the socket to its lcore (None: never)
+        self.policy = policy if policy is not None else LendPolicy(False)  # when, if ctl
         self._no_ctl = np.zeros(N_PORT_CTL, np.int64)  # what serve_wait watches when nothing is lent
         self.vq = vq
         self.misses = misses
@@ -255,7 +256,7 @@ class IotlbServer:
         if len(self._pfds) < nfds:
             self._pfds = np.zeros((nfds, 2), np.int32)
         self._pfds[1:nfds, 0] = wait_fds
-        lend = self.ctl is not None and fd >= 0
+        lend = self.ctl is not None and fd >= 0 and self.policy.now()
         ctl = self.ctl if self.ctl is not None else self._no_ctl
         n = 0
         while True:

@@ -35,10 +35,10 @@ BUF = 0x80000  # a page of VM1's memory no ring uses
 @pytest.fixture(params=["lcore", "control"])
 def setup(fwd, sockdir, request):
     """(front-end, port, guest): rings granted, the rest of VM1's memory not;
-    the port's lcore serves the IOTLB messages while it polls, or only the
-    control thread does (``iotlb_lcore=0``)."""
+    the port's lcore serves the IOTLB messages whenever it polls
+    (``iotlb_lcore=1``), or only the control thread does (``=0``)."""
     guest = Guest()
-    extra = "" if request.param == "lcore" else ",iotlb_lcore=0"
+    extra = ",iotlb_lcore=1" if request.param == "lcore" else ",iotlb_lcore=0"
     port = fwd.attach_port(vp_vdev(os.path.join(sockdir, "vp.sock"), extra))
     port.start()
     fwd.config.mode = "rxonly"

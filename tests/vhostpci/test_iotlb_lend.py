@@ -20,8 +20,8 @@ from pmd.vhost_user.frontend import FrontendError
 from pmd.vhost_user.messages import IotlbPerm
 from pmd.vhostpci_pmd import iotlb_serve
 from pmd.vhostpci_pmd.iotlb_lend import (
-    LEND_RETURNED, LEND_STALE, LEND_TIMEOUT, OWN_CONTROL, OWN_LENT, OWN_RETURNED, OWN_SERVING, give_back, lend_wait,
-    may_serve, served,
+    LEND_RETURNED, LEND_STALE, LEND_TIMEOUT, OWN_CONTROL, OWN_LENT, OWN_RETURNED, OWN_SERVING, LendPolicy, give_back,
+    lend_wait, may_serve, served,
 )
 from pmd.vhostpci_pmd.state import N_PORT_CTL, PORT_IOTLB_BEAT, PORT_IOTLB_FD, PORT_IOTLB_OWNER, PORT_WAKE_FD
 from tests.util import wait_until
@@ -145,6 +145,33 @@ def test_a_sleeping_lcore_gives_it_back():
     assert ctl[PORT_IOTLB_OWNER] == OWN_RETURNED and ctl[PORT_IOTLB_BEAT] == 0
     give_back(ctl, OWN_LENT)  # not lent (any more): nothing changes
     assert ctl[PORT_IOTLB_OWNER] == OWN_RETURNED
+
+
+def test_auto_lends_while_the_control_cpus_are_busy(monkeypatch):
+    """``iotlb_lcore=auto``: lend from LEND_BUSY of the control thread's CPUs
+    kept busy by others, stop under KEEP_BUSY (no flapping in between)."""
+    from pmd.vhostpci_pmd import iotlb_lend
+
+    lend, keep = iotlb_lend.LEND_BUSY, iotlb_lend.KEEP_BUSY
+    between = (lend + keep) / 2
+    shares = iter([None, keep / 2, between, lend, between, keep / 2])
+
+    class Load:
+        def sample(self):
+            return next(shares)
+
+    clock = [0.0]
+    monkeypatch.setattr(iotlb_lend.time, "monotonic", lambda: clock[0])
+    p = LendPolicy(True, Load())
+    seen = []
+    for _ in range(6):
+        seen.append(p.now())
+        assert p.now() == seen[-1], "looked again before POLICY_S"
+        clock[0] += iotlb_lend.POLICY_S
+    # no sample yet: the control thread serves; idle: still; in between: still;
+    # busy: lends; in between: still lends; idle: stops
+    assert seen == [False, False, False, True, True, False]
+    assert LendPolicy(False).now(), "iotlb_lcore=1 always lends"
 
 
 # ------------------------------------------------------------ with a port
