@@ -29,9 +29,9 @@ def read_cpu_ticks(cpus: frozenset[int]) -> tuple[int, int]:
             if int(name[3:]) not in cpus:
                 continue
             ticks = [int(x) for x in fields[:8]]
-            idle = ticks[_IDLE] + ticks[_IOWAIT]
-            busy += sum(ticks) - idle
-            total += sum(ticks)
+            all_ = sum(ticks)
+            busy += all_ - ticks[_IDLE] - ticks[_IOWAIT]
+            total += all_
     return busy, total
 
 

@@ -140,7 +140,7 @@ class VhostPciDevice(BackendDevice):
         self._kstate: VhostPciState | None = None
         self.iotlb = IotlbMisses(self.vq)
         self.iotlb_server = IotlbServer(self.window, self.vq, self.iotlb, QUIESCE_TIMEOUT_S,
-                                        self.ctl if iotlb_lcore else None, LendPolicy(iotlb_lcore == "auto", name=name))
+                                        self.ctl, LendPolicy(iotlb_lcore, name=name))
         self.closed = False
 
     # ---------------------------------------------------------------- state

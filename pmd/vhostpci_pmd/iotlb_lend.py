@@ -70,7 +70,7 @@ TICK_NS = 2_000_000  # a lending control thread looks at the stamp this often ..
 BEAT_STALE_NS = 4_000_000  # ... and takes the socket back once it is this old
 # auto: lend from this share of the control thread's CPUs kept busy by
 # others, stop under that one.  Measured behind a strict guest IOMMU: QEMU's
-# threads keep theirs ~40% busy while our control thread serves, ~60% while
+# threads keep theirs ~38% busy while our control thread serves, ~62% while
 # the lcore does; an idle front-end a few per cent
 LEND_BUSY, KEEP_BUSY = 0.25, 0.15
 POLICY_S = 0.5  # auto: how often the share is looked at
@@ -182,26 +182,28 @@ def lend_wait(pfds, nfds, wait_ns, ctl):
 
 class LendPolicy:
     """Whether the control thread lends the socket now (see the module
-    docstring): always, or (``auto``) by the load other threads put on its
-    CPUs.  Control thread only: it samples that thread's CPUs and clock."""
+    docstring), by the ``iotlb_lcore`` devarg: never (False), whenever the
+    lcore stamps (True), or (``"auto"``) by the load other threads put on
+    the control thread's CPUs.  Control thread only: it samples that
+    thread's CPUs and clock."""
 
-    def __init__(self, auto: bool, load: OthersLoad | None = None, name: str = "") -> None:
-        self.auto = auto
+    def __init__(self, mode: bool | str, load: OthersLoad | None = None, name: str = "") -> None:
+        self.mode = mode
         self.name = name
         self._load = load  # auto: made at the first look, on the control thread
-        self.lending = not auto  # auto: the control thread serves until a sample says otherwise
+        self.lending = mode is True  # auto: the control thread serves until a sample says otherwise
         self._next = 0.0
 
     def now(self) -> bool:
-        if not self.auto:
-            return True
+        if self.mode != "auto":
+            return self.lending
         t = time.monotonic()
         if t >= self._next:
             self._next = t + POLICY_S
             if self._load is None:
                 self._load = OthersLoad()
             share = self._load.sample()
-            if share is not None and (share >= KEEP_BUSY if self.lending else share >= LEND_BUSY) != self.lending:
+            if share is not None and (share >= (KEEP_BUSY if self.lending else LEND_BUSY)) != self.lending:
                 self.lending = not self.lending
                 log.info("%s: VM1's IOTLB messages now served by the %s (others kept the control thread's CPUs "
                          "%.0f%% busy)", self.name, "polling lcore" if self.lending else "control thread", 100 * share)

@@ -49,7 +49,7 @@ from ..syscalls import (
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
 from .iotlb_lend import LEND_STALE, TICK_NS, LendPolicy, beat_stale, lend_wait, may_serve, served
-from .state import N_PORT_CTL, PORT_IOTLB_FD, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs
+from .state import PORT_IOTLB_FD, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs
 
 log = logging.getLogger("vhostpci.iotlb")
 
@@ -212,11 +212,10 @@ class IotlbServer:
     were answered, the message counts).  Control thread only."""
 
     def __init__(self, window: Window, vq: np.ndarray, misses: IotlbMisses, timeout_s: float,
-                 ctl: np.ndarray | None = None, policy: LendPolicy | None = None) -> None:
+                 ctl: np.ndarray, policy: LendPolicy) -> None:
         self.window = window
-        self.ctl = ctl  # the port's control words: lend the socket to its lcore (None: never)
-        self.policy = policy if policy is not None else LendPolicy(False)  # when, if ctl
-        self._no_ctl = np.zeros(N_PORT_CTL, np.int64)  # what serve_wait watches when nothing is lent
+        self.ctl = ctl  # the port's control words: the socket lent to its lcore
+        self.policy = policy  # when it is lent
         self.vq = vq
         self.misses = misses
         self.timeout_ns = int(timeout_s * 1e9)
@@ -233,7 +232,7 @@ class IotlbServer:
         """Compile (or load) the kernels now, not on the first message."""
         self.serve(-1, "always")  # fd -1: recv fails at once
         self.serve(-1, "always", (), 1e-6)
-        if self.ctl is not None:
+        if self.policy.mode:
             lend_wait(self._pfds, 1, 0, np.zeros(len(self.ctl), np.int64))  # a stale stamp: returns at once
 
     def serve(self, fd: int, reply: str, wait_fds: Sequence[int] = (), wait_s: float = 0.0) -> int:
@@ -256,15 +255,15 @@ class IotlbServer:
         if len(self._pfds) < nfds:
             self._pfds = np.zeros((nfds, 2), np.int32)
         self._pfds[1:nfds, 0] = wait_fds
-        lend = self.ctl is not None and fd >= 0 and self.policy.now()
-        ctl = self.ctl if self.ctl is not None else self._no_ctl
+        reply = args[5]
+        lend = fd >= 0 and self.policy.now()
         n = 0
         while True:
             if lend:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return n + serve(*args)
-                lent, stale = self._lend(fd, args[5], nfds, left)
+                lent, stale = self._lend(fd, reply, nfds, left)
                 n += lent
                 if not stale:
                     # what ended the lend is the caller's; at the head, what the lcore
@@ -272,7 +271,7 @@ class IotlbServer:
                     return n + serve(*args)
             self._pfds[0, 0] = fd
             left_ns = max(0, int((deadline - time.monotonic()) * 1e9))
-            n += serve_wait(self._pfds, nfds, left_ns, ctl, lend, *args)
+            n += serve_wait(self._pfds, nfds, left_ns, self.ctl, lend, *args)
             if self.io[IO_NEXT] != NEXT_LEND:
                 return n
 
@@ -281,7 +280,6 @@ class IotlbServer:
         returns the messages the lcore served, and True when it did not
         (or stopped) stamping: the control thread serves meanwhile."""
         ctl = self.ctl
-        assert ctl is not None
         ctl[PORT_IOTLB_REPLY] = reply
         ctl[PORT_IOTLB_QUIESCE_NS] = self.timeout_ns
         ctl[PORT_IOTLB_FD] = fd  # the lcore stamps from now on; all three stored before the lend's release

@@ -162,7 +162,7 @@ def test_auto_lends_while_the_control_cpus_are_busy(monkeypatch):
 
     clock = [0.0]
     monkeypatch.setattr(iotlb_lend.time, "monotonic", lambda: clock[0])
-    p = LendPolicy(True, Load())
+    p = LendPolicy("auto", Load())
     seen = []
     for _ in range(6):
         seen.append(p.now())
@@ -171,7 +171,8 @@ def test_auto_lends_while_the_control_cpus_are_busy(monkeypatch):
     # no sample yet: the control thread serves; idle: still; in between: still;
     # busy: lends; in between: still lends; idle: stops
     assert seen == [False, False, False, True, True, False]
-    assert LendPolicy(False).now(), "iotlb_lcore=1 always lends"
+    assert LendPolicy(True).now(), "iotlb_lcore=1 always lends"
+    assert not LendPolicy(False).now(), "iotlb_lcore=0 never does"
 
 
 # ------------------------------------------------------------ with a port
