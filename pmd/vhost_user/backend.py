@@ -36,7 +36,7 @@ from collections import deque
 from typing import Callable, Sequence
 
 from ..shm import create_shared, release_shared
-from ..virtio.features import MAX_VRING_SIZE, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_IOMMU_PLATFORM
+from ..virtio.features import MAX_VRING_SIZE, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_F_IOMMU_PLATFORM, VIRTIO_F_RING_PACKED
 from .codec import Channel, Message
 from .device import BackendDevice, GuestMemory, HandlerError, VringInfo
 from .errors import PeerClosed, Timeout, VhostUserError
@@ -67,13 +67,6 @@ from .messages import (
 __all__ = ["BackendSession"]
 
 log = logging.getLogger(__name__)
-
-# Inflight region per queue (libvhost-user / QEMU layout for split rings):
-# u64 features, u16 version, desc_num, last_batch_head, used_idx, then a
-# 16-byte DescStateSplit per descriptor; each queue's area aligned to 64.
-_INFLIGHT_DESC_SIZE = 16
-_INFLIGHT_HEADER_SIZE = 16
-_INFLIGHT_ALIGN = 64
 
 F = FrontendReq
 
@@ -589,9 +582,8 @@ class BackendSession:
         assert isinstance(req, InflightInfo)
         if not 0 < req.num_queues <= self.device.num_queues() or not 0 < req.queue_size <= MAX_VRING_SIZE:
             raise HandlerError(f"inflight area for {req.num_queues} queues of {req.queue_size} refused")
-        per_queue = _INFLIGHT_HEADER_SIZE + _INFLIGHT_DESC_SIZE * req.queue_size
-        per_queue = -(-per_queue // _INFLIGHT_ALIGN) * _INFLIGHT_ALIGN
-        size = per_queue * req.num_queues
+        packed = bool(self.features >> VIRTIO_F_RING_PACKED & 1)
+        size = self.device.inflight_queue_area(req.queue_size, packed) * req.num_queues
         fd, area = create_shared("vhost-user-inflight", size)
         self._drop_inflight()
         self.inflight, self.inflight_fd = area, fd

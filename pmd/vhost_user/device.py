@@ -185,6 +185,14 @@ class BackendDevice:
         """An inflight region is mapped (GET/SET_INFLIGHT_FD; ``fd`` stays
         the session's), or None: it is about to go.  Default: ignored."""
 
+    def inflight_queue_area(self, queue_size: int, packed: bool) -> int:
+        """Bytes of one vring's part of the inflight region GET_INFLIGHT_FD
+        allocates.  Default: the spec's layout (vhost-user.rst "Inflight I/O
+        tracking": a 16-byte header and 16-byte DescStateSplit per
+        descriptor, or 32 and 32 for packed rings), each aligned to 64."""
+        header, entry = (32, 32) if packed else (16, 16)
+        return -(-(header + entry * queue_size) // 64) * 64
+
     # ---- rings ----------------------------------------------------------
     def vring_ready(self, index: int, vring: VringInfo) -> None:
         """Ring ``index`` started: addr, kick and enable are set.  May raise

@@ -38,23 +38,27 @@ from ..virtio.features import (
     VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, has, net_hdr_len,
 )
-from ..virtio.packed import EVENT_ALIGN, POS_MASK
+from ..virtio.packed import D_FLAGS, DESC_SIZE, EVENT_ALIGN, POS_MASK
 from ..virtio.packed import ring_sizes as packed_ring_sizes
 from ..virtio.split import AVAIL_ALIGN, DESC_ALIGN, USED_ALIGN, USED_IDX, ring_sizes
 from .chain import VEC_MAX
 from .dirty_log import LOG_ADDR, LOG_ON, LOG_SIZE, new_logctl
 from .inflight import RESUB_DELIVERED, queue_area, recover
+from .inflight_packed import is_published
+from .inflight_packed import queue_area as packed_queue_area
+from .inflight_packed import recover as recover_packed
 from .iotlb import MAX_AHEAD, IotlbMisses
 from .iotlb_lend import LendPolicy
 from .iotlb_serve import IotlbServer
 from .state import (
-    N_PORT_CTL, N_VQ, N_XSTATS, PORT_INFLIGHT, PORT_IOTLB_FD, PORT_IOTLB_LOOKED, PORT_IOTLB_OWNER, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
+    N_PORT_CTL, N_VQ, N_XSTATS, PEND_CAP, PORT_INFLIGHT, PORT_IOTLB_FD, PORT_IOTLB_LOOKED, PORT_IOTLB_OWNER, PORT_MISS_FD, PORT_RARP_DONE, PORT_RARP_MAC, PORT_RARP_REQ, PORT_WAKE_FD, VQ_AVAIL,
     VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER, VQ_IOMMU, VQ_LAST_AVAIL,
     VQ_LAST_USED, VQ_MISS_ANSWERED, VQ_MISS_PENDING, VQ_IN_ORDER, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING,
     VQ_READER, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_MISS_AHEAD, XS_MISS_SENT, XS_REPAIRED, XS_RESUBMITTED, VhostPciState,
 )
 from .txhold import HOLD_CAP
 from .vq import flush_inflight
+from .vq_packed import write_back_packed
 
 if TYPE_CHECKING:
     from ..vhost_user.backend import BackendSession
@@ -100,6 +104,7 @@ class VhostPciDevice(BackendDevice):
         self.vq[:, VQ_IF_BASE] = -1
         self.vq[:, VQ_MISS_ANSWERED] = -1
         self.resub = np.zeros((nvq, MAX_VRING_SIZE), np.uint16)  # untouched pages cost nothing
+        self.pend = np.zeros((nvq, PEND_CAP), np.uint16)
         # by mbuf index: the source of what dequeue filled (commit records); an mbuf
         # beyond it goes untracked: at worst delivered twice after a kill, never lost
         self.src = np.zeros(MAX_TRACKED_MBUFS, np.uint64)
@@ -110,10 +115,12 @@ class VhostPciDevice(BackendDevice):
         self._miss_src = -1  # the session's back-end channel fd our PORT_MISS_FD dup is of
         self.pk = np.zeros((nvq, VEC_MAX, 3), np.int64)  # packed enqueue: one packet's used elements
         self.memo = np.zeros((nvq, 4), np.int64)  # a burst's last translation row (translate_remembered)
-        area = -(-nvq * queue_area(MAX_VRING_SIZE) // PAGE_SIZE) * PAGE_SIZE
+        area = nvq * max(queue_area(MAX_VRING_SIZE), packed_queue_area(MAX_VRING_SIZE))
+        area = -(-area // PAGE_SIZE) * PAGE_SIZE
         self.inflight = Window(area, table_capacity=1, max_regions=1)
         self._inflight_info: InflightInfo | None = None  # set while the region is mapped
         self._rx_used_at_start: dict[int, int] = {}  # receive vring -> used->idx when it started (this connection)
+        self._rx_flags_at_start: dict[int, np.ndarray] = {}  # packed: receive vring -> its flags then
         self.xstats = np.zeros((nvq, N_XSTATS), np.int64)
         self.stats = new_stats(queues)
         self.ctl = np.full(N_PORT_CTL, -1, np.int64)
@@ -154,7 +161,7 @@ class VhostPciDevice(BackendDevice):
             self._kstate = VhostPciState(
                 mem_views(w.array), w.table, w.table_count, w.gpa_table, w.gpa_table_count, self.logctl, self.vq,
                 self.xstats, self.stats, self.ctl, self.port_id, mem_views(self.inflight.array), self.resub,
-                self.src, self.hold, self.vec, self.pk, self.missmsg, self.iotlb.asked, self.ahead, self.memo,
+                self.pend, self.src, self.hold, self.vec, self.pk, self.missmsg, self.iotlb.asked, self.ahead, self.memo,
                 self.iotlb_server.bufs())
         return self._kstate
 
@@ -164,6 +171,7 @@ class VhostPciDevice(BackendDevice):
         there takes seconds and would stall the session mid-request."""
         if (self.vq[:, VQ_IF_BASE] < 0).all():  # no-ops with tracking off
             flush_inflight(self.kernel_state(), 0)
+            write_back_packed(self.kernel_state(), 0, np.zeros((0, 4), np.uint64))
             self._used_idx(0, 1)
         self.iotlb_server.warm()
 
@@ -261,6 +269,7 @@ class VhostPciDevice(BackendDevice):
             self._status = 0
             self._held.clear()
             self._rx_used_at_start.clear()
+            self._rx_flags_at_start.clear()
             self.iotlb.forget()
             self._set_miss_fd(-1)
 
@@ -301,14 +310,7 @@ class VhostPciDevice(BackendDevice):
         row[VQ_MISS_PENDING] = 0
         row[VQ_MISS_ANSWERED] = -1
         row[VQ_AVAIL_LEFT] = row[VQ_PARKED] = 0
-        if packed:
-            row[VQ_IF_BASE] = -1
-            row[VQ_PENDING] = row[VQ_RESUB_N] = row[VQ_RESUB_POS] = 0
-            if self._inflight_info is not None:
-                log.warning("%s: vring %d is packed: inflight tracking covers split rings only; untracked",
-                            self.name, index)
-        else:
-            self._recover_inflight(index, vring)
+        self._recover_inflight(index, vring)
         held = bool(self._status and not self._status & VIRTIO_CONFIG_S_DRIVER_OK)
         log.info("%s: vring %d ready (num %d, base %d, %s%s%s)", self.name, index, vring.num, vring.base,
                  "packed" if packed else f"used->idx {self._used_idx(int(row[VQ_USED]), vring.num)}",
@@ -394,6 +396,23 @@ class VhostPciDevice(BackendDevice):
                 return None
         return self._used_idx(addr, ring.num)
 
+    def inflight_queue_area(self, queue_size: int, packed: bool) -> int:
+        """The layouts the kernels write: the spec's, and for packed rings
+        the commit records after it (``inflight_packed.py``)."""
+        return packed_queue_area(queue_size) if packed else queue_area(queue_size)
+
+    def _inflight_area(self, index: int, vring: VringInfo) -> int:
+        """Ring ``index``'s area in the region, or -1 (none, or it does not cover the ring)."""
+        info = self._inflight_info
+        if info is None:
+            return -1
+        area = self.inflight_queue_area(info.queue_size, bool(self.vq[index, VQ_PACKED]))
+        if index >= info.num_queues or vring.num > info.queue_size or (index + 1) * area > info.mmap_size:
+            log.warning("%s: inflight region (%d queues of %d) does not cover vring %d of %d; untracked",
+                        self.name, info.num_queues, info.queue_size, index, vring.num)
+            return -1
+        return index * area
+
     def _recover_inflight(self, index: int, vring: VringInfo) -> None:
         """Before ring ``index`` starts: track it if a region covers it, and
         pick up what a killed predecessor left in flight (``inflight.recover``):
@@ -402,13 +421,11 @@ class VhostPciDevice(BackendDevice):
         row = self.vq[index]
         row[VQ_IF_BASE] = -1
         row[VQ_PENDING] = row[VQ_RESUB_N] = row[VQ_RESUB_POS] = 0
-        info = self._inflight_info
-        if info is None:
+        base = self._inflight_area(index, vring)
+        if base < 0:
             return
-        area = queue_area(info.queue_size)
-        if index >= info.num_queues or vring.num > info.queue_size or (index + 1) * area > info.mmap_size:
-            log.warning("%s: inflight region (%d queues of %d) does not cover vring %d of %d; untracked",
-                        self.name, info.num_queues, info.queue_size, index, vring.num)
+        if row[VQ_PACKED]:
+            self._recover_inflight_packed(index, vring, base)
             return
         used_idx = self._used_idx(int(row[VQ_USED]), vring.num)
         if used_idx is None:
@@ -416,20 +433,69 @@ class VhostPciDevice(BackendDevice):
             return
         if index % 2 == 0:
             self._rx_used_at_start[index] = used_idx
-        heads, repaired, counter = recover(self.inflight.array, index * area, vring.num, used_idx, self.negotiated,
+        heads, repaired, counter = recover(self.inflight.array, base, vring.num, used_idx, self.negotiated,
                                            index % 2 == 1, self._rx_used_before)  # odd vrings: VM1 transmit
+        self._resubmit(index, heads, repaired, counter)
+        # taken heads are a prefix of the available entries after used->idx
+        row[VQ_LAST_AVAIL] = (used_idx + len(heads)) & 0xFFFF
+        row[VQ_LAST_USED] = used_idx
+        row[VQ_IF_BASE] = base
+        if heads or repaired or used_idx != vring.base & 0xFFFF:
+            log.info("%s: vring %d inflight: %d resubmitted, %d repaired, used %d, base %d", self.name, index,
+                     len(heads), repaired, used_idx, vring.base)
+
+    def _resubmit(self, index: int, heads: list[int], repaired: int, counter: int) -> None:
+        row = self.vq[index]
         self.resub[index, :len(heads)] = heads
         row[VQ_RESUB_N] = len(heads)
         row[VQ_IF_COUNTER] = counter
         self.xstats[index, XS_RESUBMITTED] += sum(1 for h in heads if not h & RESUB_DELIVERED)
         self.xstats[index, XS_REPAIRED] += repaired
-        # taken heads are a prefix of the available entries after used->idx
-        row[VQ_LAST_AVAIL] = (used_idx + len(heads)) & 0xFFFF
-        row[VQ_LAST_USED] = used_idx
-        row[VQ_IF_BASE] = index * area
-        if heads or repaired or used_idx != vring.base & 0xFFFF:
-            log.info("%s: vring %d inflight: %d resubmitted, %d repaired, used %d, base %d", self.name, index,
-                     len(heads), repaired, used_idx, vring.base)
+
+    def _recover_inflight_packed(self, index: int, vring: VringInfo, base: int) -> None:
+        """``_recover_inflight`` for a packed ring (``inflight_packed.recover``):
+        the ring starts from the region's used position, where the chains
+        still in flight are written back, in counter order."""
+        row = self.vq[index]
+        flags = self._ring_flags(index)
+        if flags is None:
+            log.warning("%s: vring %d ring not mapped at start; inflight untracked", self.name, index)
+            return
+        if index % 2 == 0:
+            self._rx_flags_at_start[index] = flags
+        got = recover_packed(self.inflight.array, base, vring.num, vring.base & 0xFFFF, self.negotiated,
+                             index % 2 == 1, lambda i: int(flags[i]), self._rx_published)
+        row[VQ_LAST_AVAIL] = row[VQ_LAST_USED] = got.pos
+        if not write_back_packed(self.kernel_state(), index, got.descs):
+            log.warning("%s: vring %d ring not mapped at start; inflight untracked", self.name, index)
+            return
+        self._resubmit(index, got.heads, got.repaired, got.next_counter)
+        row[VQ_IF_BASE] = base
+        if got.heads or got.repaired or got.pos != vring.base & 0xFFFF:
+            log.info("%s: vring %d inflight: %d resubmitted, %d repaired, position %#x, base %#x", self.name,
+                     index, len(got.heads), got.repaired, got.pos, vring.base)
+
+    def _ring_flags(self, index: int) -> np.ndarray | None:
+        """A copy of packed ring ``index``'s descriptor flags, None if it is not mapped."""
+        w = self.window
+        num = int(self.vq[index, VQ_NUM])
+        desc = translate(w.table, w.table_count, self.vq[index, VQ_DESC], packed_ring_sizes(num)[0], False)
+        if desc < 0:
+            return None
+        return w.array[desc: desc + DESC_SIZE * num].view(np.uint16)[D_FLAGS // 2::DESC_SIZE // 2].copy()
+
+    def _rx_published(self, vring: int, pos: int) -> bool | None:
+        """Whether packed receive ring ``vring`` showed position ``pos``
+        published when it started (this back-end may have written since),
+        or now if it has not started yet."""
+        if vring % 2 or vring >= len(self.vq) or not self.vq[vring, VQ_PACKED]:
+            return None
+        flags = self._rx_flags_at_start.get(vring)
+        if flags is None:
+            flags = self._ring_flags(vring) if self.vq[vring, VQ_NUM] else None
+        if flags is None or (pos & POS_MASK) >= len(flags):
+            return None
+        return is_published(int(flags[pos & POS_MASK]), pos)
 
     def vring_call_changed(self, index: int, fd: int) -> None:
         """A new call eventfd (the session closes the old one after quiesce)."""

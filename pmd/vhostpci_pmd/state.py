@@ -39,7 +39,11 @@ VQ_MISS_SENT = 26  # 1: the kernel sent the MISS of its park itself (iotlb.py); 
 # the vring's read section (pmd/grace.py): odd while its lcore's burst uses the
 # window; an IOTLB invalidation waits only for the vrings it finds inside
 VQ_READER = 27
-N_VQ = 28
+# packed and tracked (inflight_packed.py): the flags that publish the chains
+# the last burst took (their used elements are written, the first's flags not)
+VQ_PEND_FLAGS = 28
+N_VQ = 29
+PEND_CAP = 512  # chains a tracked packed burst takes at most (their head entries wait in ``pend``)
 
 # extended per-vring counters
 (XS_IOTLB_MISS, XS_BAD_DESC, XS_TOO_BIG, XS_BAD_RING, XS_CALLS, XS_MERGED, XS_RESUBMITTED, XS_REPAIRED,
@@ -87,6 +91,7 @@ class VhostPciState(NamedTuple):
     port_id: int
     inflight: Mem  # the inflight region (inflight.py), mapped while set
     resub: np.ndarray  # (nb_vrings, 32768) uint16: heads to resubmit, [VQ_RESUB_POS, VQ_RESUB_N)
+    pend: np.ndarray  # (nb_vrings, PEND_CAP) uint16: packed: head entries of the chains not yet returned
     src: np.ndarray  # uint64[MAX_TRACKED_MBUFS]: by mbuf index, where dequeue took it (inflight.source)
     hold: np.ndarray  # (nb_queue_pairs, HOLD_CAP) int64: mbufs held on a miss, [0, vq[2q, VQ_HELD]) (txhold.py)
     vec: np.ndarray  # (nb_vrings, VEC_MAX, 3) int64: the buffer vector of the chain being copied (chain.py)

@@ -18,8 +18,8 @@ Per-queue control words (``vq`` rows, one cache line-pair each) are written
 by the control thread before it publishes ``VQ_READY`` with a release store;
 the kernel owns ``VQ_LAST_AVAIL``/``VQ_LAST_USED`` while the queue is ready.
 
-Inflight tracking (``inflight.py``; on when ``VQ_IF_BASE`` >= 0: INFLIGHT_SHMFD
-negotiated and a region set) changes when a transmit descriptor counts as
+Inflight tracking (``inflight.py``, packed rings ``inflight_packed.py``; on
+when ``VQ_IF_BASE`` >= 0: INFLIGHT_SHMFD negotiated and a region set) changes when a transmit descriptor counts as
 done.  A head ``dequeue`` takes is recorded in flight and its used entry
 written, but used->idx is published only when the lcore comes back for the
 next burst on that ring (or the ring stops): by then the previous burst's
@@ -30,7 +30,10 @@ it (``VQ_RESUB_*``, before new available entries).  The receive ring needs
 no record: its buffers are only written, and a restarted back-end starts
 from VM1's used->idx (SET_VRING_BASE), so a batch whose used entries were
 written but not published is simply filled again; one u16 store publishes
-a batch, so VM1 never sees part of one.
+a batch, so VM1 never sees part of one.  A packed ring works the same way
+(its batch's first flags are published by the next burst; a receive batch
+is published by its first flags, and a restarted back-end starts from the
+front-end's base).
 """
 from __future__ import annotations
 
@@ -49,11 +52,11 @@ from ..virtio.split import USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_N
 from .bufcopy import copy_in as _copy_in, copy_out as _copy_out, log as _log, packet_in
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, fill_vec, resolve
 from .ringmap import ring_parts
-from .vq_packed import avail_left_packed, dequeue_packed, enqueue_packed
+from .vq_packed import avail_left_packed, dequeue_packed, enqueue_packed, flush_inflight_packed
 from .inflight import (
-    RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, mark_delivered, set_inflight_used_idx, source,
-    source_fields, take, unlink,
+    RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, set_inflight_used_idx, source, take, unlink,
 )
+from .inflight_packed import commit
 from .state import (
     PORT_INFLIGHT, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER,
     VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PACKED, VQ_PARKED, VQ_PENDING, VQ_READER, VQ_READY, VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC,
@@ -250,6 +253,8 @@ def flush_inflight(st, v):
     back to the available ring (last_avail_idx moves back by as many)."""
     if st.vq[v, VQ_IF_BASE] < 0:
         return 0
+    if st.vq[v, VQ_PACKED] != 0:
+        return flush_inflight_packed(st, v)
     num = st.vq[v, VQ_NUM]
     desc, avail, used = _ring_offsets(st, v, num)
     if desc >= 0:
@@ -258,21 +263,6 @@ def flush_inflight(st, v):
     st.vq[v, VQ_RESUB_N] = 0
     st.vq[v, VQ_RESUB_POS] = 0
     return left
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _commit(st, v, pool, i, used_idx):
-    """Mbuf ``i`` goes out with receive ring ``v``'s publication of
-    ``used_idx``: if this port took it from a tracked transmit ring, write
-    the commit record first (``inflight.mark_delivered``)."""
-    if i >= len(st.src):
-        return
-    t, head, counter = source_fields(st.src[i])
-    if t < 0 or t >= st.vq.shape[0]:
-        return
-    ibase = st.vq[t, VQ_IF_BASE]
-    if ibase >= 0 and head < st.vq[t, VQ_NUM]:
-        mark_delivered(st.inflight, ibase, head, counter, v, used_idx)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -369,7 +359,7 @@ def enqueue_split(st, v, q, pool, bufs, nb):
     if consumed:
         if st.ctl[PORT_INFLIGHT] != 0:
             for k in range(taken):
-                _commit(st, v, pool, bufs[k], used_idx)
+                commit(st, v, bufs[k], used_idx)
         st.vq[v, VQ_LAST_AVAIL] = (last + consumed) & 0xFFFF
         _publish(st, v, used, old_used, used_idx, avail, num)
     if taken:

@@ -41,9 +41,11 @@ chains are not all there yet (ring empty, or a miss) is rolled back whole:
 its used elements (``st.pk``) are written only once the packet is done, so
 a chain it began is read again, unchanged, next time.
 
-Not for packed rings (yet): inflight tracking (INFLIGHT_SHMFD; the device
-leaves a packed ring untracked and says so) and asking ahead for the pages
-of the next chains on an IOTLB miss (each miss is asked for on its own).
+Inflight tracking (``inflight_packed.py``) works as for split rings
+(``vq.py``): a tracked transmit burst's chains are recorded as taken, their
+used elements written, and the batch's first flags published only by the
+next burst.  Not for packed rings (yet): asking ahead for the pages of the
+next chains on an IOTLB miss (each miss is asked for on its own).
 """
 from __future__ import annotations
 
@@ -60,17 +62,21 @@ from ..virtio.packed import (
     DESC_SIZE, EVENT_FLAGS, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, desc_addr, desc_flags, desc_flags_acquire, desc_id,
     desc_len, event_flags, event_off_wrap, is_avail, need_event, pos_advance, pos_distance, pos_idx, pos_wrap,
-    publish_desc_flags, ring_sizes, set_desc_flags, set_event_flags, set_used_desc, set_used_word, used_flag_bits,
+    publish_desc_flags, ring_sizes, set_desc_body, set_desc_flags, set_event_flags, set_used_desc, set_used_word, used_flag_bits,
     used_word,
 )
 from .bufcopy import copy_in, copy_out, log, packet_in
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_ADDR, VEC_LEN, VEC_MAX, VEC_OFF
 from .chain_packed import fill_vec_packed
+from .inflight import RESUB_DELIVERED, source
+from .inflight_packed import (
+    chain_counter, chain_id, chain_slots, commit, release_chains, settle_chains, take_chain,
+)
 from .ringmap import ring_parts
 from .state import (
-    VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IN_ORDER, VQ_LAST_AVAIL,
-    VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_READY, VQ_USED, XS_BAD_DESC, XS_CALLS,
-    XS_MERGED, XS_TOO_BIG,
+    PEND_CAP, PORT_INFLIGHT, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER,
+    VQ_IN_ORDER, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_PEND_FLAGS, VQ_PENDING, VQ_READY,
+    VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC, XS_CALLS, XS_MERGED, XS_ROLLED_FORWARD, XS_TOO_BIG,
 )
 
 PK_SLOT, PK_ID, PK_LEN = range(3)  # st.pk rows: one used element of the packet being written
@@ -83,6 +89,7 @@ PLAIN_MASK = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT | VRING_DESC_F_WRITE  # o
 # copies still waited for the buffers' lines (store buffer full on the header)
 PREFETCH_AHEAD = 2 * LINE_DESCS
 COUNT_AHEAD = 512  # avail_left_packed counts no further (DPDK's largest burst)
+CHAIN_DELIVERED = -100  # a resubmitted chain whose packet was delivered: returned, not read
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -151,13 +158,58 @@ def _publish(st, v, desc, drv, first_pos, first_flags, new_pos, num):
         st.xstats[v, XS_CALLS] += 1
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _complete(st, v, num, desc, drv, ibase):
+    """Return the chains the last tracked burst took (their used elements
+    are written): on the free list, the used position, the publication,
+    then the heads' flags (``inflight_packed``'s order)."""
+    p = st.vq[v, VQ_PENDING]
+    if p == 0:
+        return
+    im = st.inflight
+    heads = st.pend[v]
+    new_pos = st.vq[v, VQ_LAST_AVAIL]
+    release_chains(im, ibase, num, heads, p, new_pos)
+    _publish(st, v, desc, drv, st.vq[v, VQ_LAST_USED], st.vq[v, VQ_PEND_FLAGS], new_pos, num)
+    settle_chains(im, ibase, heads, p)
+    st.vq[v, VQ_PENDING] = 0
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def flush_inflight_packed(st, v):
+    """Control thread, ring ``v`` stopped and its lcores quiescent: return
+    what the last burst took.  Chains left to resubmit stay in the ring
+    (their slots were written back), so nothing goes back: returns 0."""
+    ibase = st.vq[v, VQ_IF_BASE]
+    if ibase < 0:
+        return 0
+    num = st.vq[v, VQ_NUM]
+    desc, drv, dev = ring_offsets_packed(st, v, num)
+    if desc >= 0:
+        _complete(st, v, num, desc, drv, ibase)
+    st.vq[v, VQ_RESUB_N] = 0
+    st.vq[v, VQ_RESUB_POS] = 0
+    return 0
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def dequeue_packed(st, v, q, pool, bufs, nb):
-    """VM1 transmit ring ``v`` (packed) -> up to ``nb`` mbufs in ``bufs``."""
+    """VM1 transmit ring ``v`` (packed) -> up to ``nb`` mbufs in ``bufs``.
+    Tracked (``VQ_IF_BASE`` >= 0, see ``vq.py``): the chains are recorded
+    as they are taken and returned by the next burst; the first ones may be
+    a predecessor's, resubmitted (``VQ_RESUB_*``: their entries are kept,
+    and one whose packet was delivered is only returned)."""
     num, desc, drv = _begin(st, v)
     if num == 0:
         return 0
+    ibase = st.vq[v, VQ_IF_BASE]  # read once: the control thread clears it only with the ring quiescent
+    r = 0
+    if ibase >= 0:
+        _complete(st, v, num, desc, drv, ibase)
+        r = st.vq[v, VQ_RESUB_N] - st.vq[v, VQ_RESUB_POS]
+        nb = min(nb, PEND_CAP)
     m = st.mem
+    im = st.inflight
     pos = st.vq[v, VQ_LAST_AVAIL]
     if not is_avail(desc_flags_acquire(m, desc, pos_idx(pos)), pos_wrap(pos)):
         return 0
@@ -168,21 +220,43 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
     first_flags = np.int64(-1)
     in_order = st.vq[v, VQ_IN_ORDER] != 0
     last_id = np.int64(-1)
+    rpos = st.vq[v, VQ_RESUB_POS]
+    counter = st.vq[v, VQ_IF_COUNTER]
     room = pool.buf_size - HEADROOM
     hdr = st.vq[v, VQ_HDR_LEN]
     vec = st.vec[v]
     got = 0
+    taken = 0
     nbytes = 0
     for _k in range(nb):
         flags = desc_flags_acquire(m, desc, pos_idx(pos))
         if not is_avail(flags, pos_wrap(pos)):
             break
         i = bufs[got]
-        res, buf_id, slots = fill_vec_packed(st, v, desc, num, pos_idx(pos), flags, False, hdr + room + 1, vec)
-        if res >= 0:
-            res = copy_out(st, vec, res, hdr, pool, i, room)
-        if res == CHAIN_MISS:
-            break  # parked: retried once the grant arrives
+        e = np.int64(-1)
+        if taken < r:
+            e = np.int64(st.resub[v, rpos + taken])
+        if e >= 0 and e & RESUB_DELIVERED:  # delivered before the kill (commit record): only return it
+            e &= ~RESUB_DELIVERED
+            res, buf_id, slots = np.int64(CHAIN_DELIVERED), chain_id(im, ibase, e), chain_slots(im, ibase, e)
+            st.xstats[v, XS_ROLLED_FORWARD] += 1
+        else:
+            res, buf_id, slots = fill_vec_packed(st, v, desc, num, pos_idx(pos), flags, False, hdr + room + 1, vec)
+            if res >= 0:
+                res = copy_out(st, vec, res, hdr, pool, i, room)
+            if res == CHAIN_MISS:
+                break  # parked: retried once the grant arrives
+        if ibase >= 0:
+            if e < 0:
+                e = take_chain(im, ibase, num, m, desc, pos_idx(pos), slots, counter)
+                c = counter
+                counter += 1
+            else:  # a resubmitted chain keeps its entries
+                c = chain_counter(im, ibase, e)
+            st.pend[v, taken] = e
+            if res >= 0 and i < len(st.src):
+                st.src[i] = source(v, e, c)
+        taken += 1
         if in_order:  # one used element for the whole burst, written below
             last_id = buf_id
             first_flags = used_flag_bits(pos_wrap(start))
@@ -192,8 +266,9 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
                 first_flags = f
         pos = pos_advance(pos, slots, num)
         if res < 0:
-            st.xstats[v, XS_TOO_BIG if res == CHAIN_TOO_BIG else XS_BAD_DESC] += 1
-            st.stats[q, ST_IERRORS] += 1
+            if res != CHAIN_DELIVERED:
+                st.xstats[v, XS_TOO_BIG if res == CHAIN_TOO_BIG else XS_BAD_DESC] += 1
+                st.stats[q, ST_IERRORS] += 1
             continue
         pool.data_len[i] = res
         pool.port[i] = st.port_id
@@ -204,7 +279,14 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
     if last_id >= 0:  # IN_ORDER (2.8.9): the last chain's id at the batch's first position
         _used(st, v, desc, start, last_id, 0, np.int64(-1))
     if first_flags >= 0:
-        _publish(st, v, desc, drv, start, first_flags, pos, num)
+        if ibase >= 0:  # returned by the next burst, once these packets are forwarded (vq.py)
+            st.vq[v, VQ_LAST_AVAIL] = pos
+            st.vq[v, VQ_PEND_FLAGS] = first_flags
+            st.vq[v, VQ_PENDING] = taken
+            st.vq[v, VQ_RESUB_POS] = rpos + min(taken, r)
+            st.vq[v, VQ_IF_COUNTER] = counter
+        else:
+            _publish(st, v, desc, drv, start, first_flags, pos, num)
     st.stats[q, ST_IPACKETS] += got
     st.stats[q, ST_IBYTES] += nbytes
     return got
@@ -264,6 +346,9 @@ def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo):
         ln, src, ol, need = packet_in(pool, bufs[k + j], NET_HDR_LEN)
         copy_in(st, v, line[j:], 1, NET_HDR_LEN, pool, src, ol, np.int64(0), np.int64(-1), np.int64(-1))
         sent += ln
+    if st.ctl[PORT_INFLIGHT] != 0:
+        for j in range(LINE_DESCS):
+            commit(st, v, bufs[k + j], pos)
     flags = used_flag_bits(wrap) | VRING_DESC_F_WRITE
     for j in range(LINE_DESCS - 1, -1, -1):  # the first one last: VM1 reads the line from it
         set_used_word(m, desc, i + j, used_word(desc_id(m, desc, i + j), line[j, VEC_LEN], flags), j == 0)
@@ -365,6 +450,8 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
             f = _used(st, v, desc, pk[c, PK_SLOT], pk[c, PK_ID], 0 if dropped else pk[c, PK_LEN], first_flags)
             if first_flags < 0:
                 first_flags = f
+        if st.ctl[PORT_INFLIGHT] != 0:
+            commit(st, v, bufs[k - 1], start)  # published with the flags at ``start``
         if first_flags >= 0 and (pos_idx(start) & LINE_MASK) + pos_distance(start, p, num) >= LINE_DESCS:
             # a cache line of used elements is complete: publish it now, so
             # VM1 consumes it while this burst goes on (as DPDK's vhost)
@@ -460,3 +547,26 @@ def disarm_packed(st, v):
         return
     set_event_flags(st.mem, dev, RING_EVENT_FLAGS_DISABLE)
     log(st, v, st.vq[v, VQ_USED] + EVENT_FLAGS, 2)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def write_back_packed(st, v, descs):
+    """Control thread, before ring ``v`` starts: write the chains a killed
+    predecessor left in flight (``descs``: rows addr, len, id, flags, in
+    counter order) back into the ring slots from ``VQ_LAST_AVAIL`` on, as
+    VM1's driver made them available (the used elements written over them
+    were never published).  Returns False if the ring is not mapped."""
+    if descs.shape[0] == 0:
+        return True
+    num = st.vq[v, VQ_NUM]
+    desc, drv, dev = ring_offsets_packed(st, v, num)
+    if desc < 0:
+        return False
+    m = st.mem
+    i = pos_idx(st.vq[v, VQ_LAST_AVAIL])
+    for j in range(descs.shape[0]):
+        set_desc_body(m, desc, i, descs[j, 0], descs[j, 1], descs[j, 2])
+        set_desc_flags(m, desc, i, descs[j, 3])
+        log(st, v, st.vq[v, VQ_DESC] + DESC_SIZE * i, DESC_SIZE)
+        i = i + 1 if i + 1 < num else 0
+    return True

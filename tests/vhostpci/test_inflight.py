@@ -36,6 +36,8 @@ from pmd.vhostpci_pmd.inflight import (
     IF_DELIVERED, IF_DESC_NUM, IF_HEADER, IF_LAST_BATCH_HEAD, IF_TAKEN, IF_USED_IDX, RESUB_DELIVERED, queue_area,
     recover,
 )
+from pmd.vhostpci_pmd.inflight_packed import P_DESC_SIZE, P_HEADER
+from pmd.vhostpci_pmd.inflight_packed import queue_area as packed_queue_area
 from pmd.vhostpci_pmd.state import VQ_IF_BASE, VQ_READY
 from tests.util import wait_until
 from tests.vhostpci.peer_io import _send, check_packet, make_packet, recv, send
@@ -180,11 +182,12 @@ def _looped_back(vp, vu, pool, n: int) -> list[int]:
     return got
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
 @pytest.mark.parametrize("forwarded", [False, True], ids=["resubmitted", "rolled_forward"])
-def test_restart_after_death_delivers_each_packet_once(sockdir, forwarded):
+def test_restart_after_death_delivers_each_packet_once(sockdir, forwarded, packed):
     path = os.path.join(sockdir, "vp.sock")
     pool = create_pool(1024)
-    vu = Port(1, parse_vdev(f"net_virtio_user1,path={path},server=1"))
+    vu = Port(1, parse_vdev(f"net_virtio_user1,path={path},server=1,packed_vq={int(packed)}"))
     vp = None
     try:
         vu.start()
@@ -281,11 +284,15 @@ class _Flags:
     """VM1's view of the inflight region (it keeps the fd): the inflight
     bytes of one vring's entries."""
 
-    def __init__(self, vu, vring: int) -> None:
+    def __init__(self, vu, vring: int, packed: bool) -> None:
         info = vu.driver.inflight_info
         self._mm = mmap.mmap(vu.driver.inflight_fd, info.mmap_size)
-        base = vring * queue_area(info.queue_size) + IF_HEADER
-        self.flags = np.frombuffer(self._mm, np.uint8)[base: base + 16 * info.queue_size: 16]
+        if packed:
+            base = vring * packed_queue_area(info.queue_size) + P_HEADER
+            self.flags = np.frombuffer(self._mm, np.uint8)[base: base + P_DESC_SIZE * info.queue_size: P_DESC_SIZE]
+        else:
+            base = vring * queue_area(info.queue_size) + IF_HEADER
+            self.flags = np.frombuffer(self._mm, np.uint8)[base: base + 16 * info.queue_size: 16]
 
     def wait_any(self, timeout: float) -> bool:
         end = time.perf_counter() + timeout
@@ -299,11 +306,12 @@ class _Flags:
         self._mm.close()
 
 
-def test_sigkill_vm2_mid_traffic_loses_and_duplicates_nothing(sockdir):
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_sigkill_vm2_mid_traffic_loses_and_duplicates_nothing(sockdir, packed):
     path = os.path.join(sockdir, "vp.sock")
     rng = random.Random(4)
     pool = create_pool(4096)
-    vu = Port(1, parse_vdev(f"net_virtio_user1,path={path},server=1"))
+    vu = Port(1, parse_vdev(f"net_virtio_user1,path={path},server=1,packed_vq={int(packed)}"))
     children: list[subprocess.Popen] = []
     logs: list[Path] = []
     loaded: list[int] = []  # per kill: heads in flight the killed VM2 left
@@ -345,7 +353,7 @@ def test_sigkill_vm2_mid_traffic_loses_and_duplicates_nothing(sockdir):
                 # before its next burst returns them, ...), else let it run on and try
                 # again: a SIGKILL at a random moment mid-traffic, with work in flight
                 if flags is None:
-                    flags = _Flags(vu, 1)
+                    flags = _Flags(vu, 1, packed)
                 vm2 = children[-1]
                 if rng.random() < 0.5:
                     flags.wait_any(0.002)  # it took some: stop it 0-10 us later
