@@ -455,7 +455,8 @@ class VhostPciDevice(BackendDevice):
     def _recover_inflight_packed(self, index: int, vring: VringInfo, base: int) -> None:
         """``_recover_inflight`` for a packed ring (``inflight_packed.recover``):
         the ring starts from the region's used position, where the chains
-        still in flight are written back, in counter order."""
+        still in flight are written back, in counter order (a transmit
+        ring's resubmitted, a receive ring's filled again)."""
         row = self.vq[index]
         flags = self._ring_flags(index)
         if flags is None:

@@ -28,6 +28,13 @@ resubmits them by writing their saved descriptors back into those slots
 and taking the ring from the used position again: the same kernel path as
 any chain, with the entries kept (``VQ_RESUB_*`` lists their heads).
 
+Receive rings are tracked too, though their buffers are only written: a
+packed batch is published by its first used element's flags, written after
+the others', so a back-end killed in between leaves slots that read "used"
+behind a position VM1 never saw published.  A successor starting there
+would take them for used and wait forever; it writes their descriptors
+back instead, and fills them again.
+
 Commit records (as ``inflight.py`` explains for split rings): a transmit
 chain whose packet the port delivers into one of its own receive rings is
 marked ``inflight = 2``, with that ring and the position of the used element
@@ -242,15 +249,16 @@ def recover(area: np.ndarray, base: int, num: int, pos: int, features: int, tran
     starts (spec "When reconnecting", then the resubmission list).
 
     ``pos`` is the front-end's base (idx | wrap << 15), used for a fresh
-    area and for receive rings (not tracked: their buffers are filled
-    again); ``ring_flags(idx)`` reads a ring slot's flags (None: not
+    area.  A receive ring's chains in flight are written back too, but
+    not resubmitted: the area starts afresh and the kernel takes them again
+    as any chain (their buffers are only written); ``ring_flags(idx)`` reads a ring slot's flags (None: not
     mapped), ``published(rx_vring, rx_pos)`` whether a receive ring showed
     a position published when it started (None: unknown, sent again).  A
     fresh area, one of another size or one whose lists do not add up is
     (re)initialised: nothing in it can be trusted to name a chain.
     Raises nothing; the caller logs what it returns."""
     out = Recovered(pos)
-    if _hdr(area, base, P_VERSION) != VERSION_1 or _hdr(area, base, P_DESC_NUM) != num or not transmit:
+    if _hdr(area, base, P_VERSION) != VERSION_1 or _hdr(area, base, P_DESC_NUM) != num:
         _init(area, base, num, pos, features)
         return out
     used = (_hdr(area, base, P_USED_IDX), _hdr(area, base, P_USED_WRAP, 1))
@@ -300,5 +308,8 @@ def recover(area: np.ndarray, base: int, num: int, pos: int, features: int, tran
                           d["flags"][rows].astype(np.uint64)], axis=1) if rows else out.descs
     out.pos = _hdr(area, base, P_USED_IDX) | _hdr(area, base, P_USED_WRAP, 1) << WRAP_BIT
     out.next_counter = int(d["counter"].max()) + 1 if num else 0
+    if not transmit:  # receive chains are only written: taken afresh, and filled again
+        out.heads = []
+        _init(area, base, num, out.pos, features)
     return out
 

@@ -159,6 +159,27 @@ def _publish(st, v, desc, drv, first_pos, first_flags, new_pos, num):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _track_rx(st, v, ibase, num, desc, slot_pos, slots, npend):
+    """Record a receive chain in a tracked ring's region (before its used
+    element overwrites it): ``st.pend[v, npend]``; returns npend + 1."""
+    c = st.vq[v, VQ_IF_COUNTER]
+    st.pend[v, npend] = take_chain(st.inflight, ibase, num, st.mem, desc, pos_idx(slot_pos), slots, c)
+    st.vq[v, VQ_IF_COUNTER] = c + 1
+    return npend + 1
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _publish_line(st, v, desc, first_pos, first_flags, new_pos, ibase, num, npend):
+    """Publish a receive batch (its first flags); tracked, its ``npend``
+    chains are returned around it (``inflight_packed``'s order)."""
+    if npend:
+        release_chains(st.inflight, ibase, num, st.pend[v], npend, new_pos)
+    publish_desc_flags(st.mem, desc, pos_idx(first_pos), first_flags)
+    if npend:
+        settle_chains(st.inflight, ibase, st.pend[v], npend)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _complete(st, v, num, desc, drv, ibase):
     """Return the chains the last tracked burst took (their used elements
     are written): on the free list, the used position, the publication,
@@ -349,9 +370,20 @@ def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo):
     if st.ctl[PORT_INFLIGHT] != 0:
         for j in range(LINE_DESCS):
             commit(st, v, bufs[k + j], pos)
+    ibase = st.vq[v, VQ_IF_BASE]
+    num = st.vq[v, VQ_NUM]
+    npend = 0
+    if ibase >= 0:
+        for j in range(LINE_DESCS):
+            npend = _track_rx(st, v, ibase, num, desc, pos_advance(pos, j, num), 1, npend)
     flags = used_flag_bits(wrap) | VRING_DESC_F_WRITE
     for j in range(LINE_DESCS - 1, -1, -1):  # the first one last: VM1 reads the line from it
-        set_used_word(m, desc, i + j, used_word(desc_id(m, desc, i + j), line[j, VEC_LEN], flags), j == 0)
+        word = used_word(desc_id(m, desc, i + j), line[j, VEC_LEN], flags)
+        if j == 0 and npend:
+            release_chains(st.inflight, ibase, num, st.pend[v], npend, pos_advance(pos, LINE_DESCS, num))
+        set_used_word(m, desc, i + j, word, j == 0)
+    if npend:
+        settle_chains(st.inflight, ibase, st.pend[v], npend)
     log(st, v, st.vq[v, VQ_DESC] + DESC_SIZE * i, LINE_DESCS * DESC_SIZE)
     return sent
 
@@ -373,6 +405,8 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     first_flags = np.int64(-1)
     vec = st.vec[v]
     pk = st.pk[v]
+    ibase = st.vq[v, VQ_IF_BASE]  # tracked: every chain recorded before its used element (inflight_packed.py)
+    npend = 0  # chains recorded since the last publication
     parked = False
     empty = False
     chains = 0  # chains this burst used
@@ -447,6 +481,10 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
         taken += 1
         chains += nbufs
         for c in range(nbufs):  # its used elements: all empty if it was dropped
+            if ibase >= 0:
+                nxt = pk[c + 1, PK_SLOT] if c + 1 < nbufs else p
+                npend = _track_rx(st, v, ibase, num, desc, pk[c, PK_SLOT], pos_distance(pk[c, PK_SLOT], nxt, num),
+                                  npend)
             f = _used(st, v, desc, pk[c, PK_SLOT], pk[c, PK_ID], 0 if dropped else pk[c, PK_LEN], first_flags)
             if first_flags < 0:
                 first_flags = f
@@ -455,7 +493,8 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
         if first_flags >= 0 and (pos_idx(start) & LINE_MASK) + pos_distance(start, p, num) >= LINE_DESCS:
             # a cache line of used elements is complete: publish it now, so
             # VM1 consumes it while this burst goes on (as DPDK's vhost)
-            publish_desc_flags(m, desc, pos_idx(start), first_flags)
+            _publish_line(st, v, desc, start, first_flags, p, ibase, num, npend)
+            npend = 0
             first_flags = np.int64(-1)
             start = p
         pos = p
@@ -472,8 +511,11 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     # still a lower bound (VM1 only adds); at 0, avail_left_packed walks the ring again
     st.vq[v, VQ_AVAIL_LEFT] = 0 if empty else max(st.vq[v, VQ_AVAIL_LEFT] - chains, 0)
     if taken:
+        if npend:
+            release_chains(st.inflight, ibase, num, st.pend[v], npend, pos)
         _publish(st, v, desc, drv, start, first_flags, pos, num)
-    if taken:
+        if npend:
+            settle_chains(st.inflight, ibase, st.pend[v], npend)
         free_bulk(pool, bufs, taken)
     st.stats[q, ST_OPACKETS] += sent
     st.stats[q, ST_OBYTES] += nbytes

@@ -31,6 +31,7 @@ from numba import njit
 from pmd.burst import rx_burst, tx_burst
 from pmd.ethdev import Port
 from pmd.vdev import parse_vdev
+from pmd.virtio_user_pmd.vq import DRV_LAST_USED
 from pmd.mbuf import create_pool, free_bulk
 from pmd.vhostpci_pmd.inflight import (
     IF_DELIVERED, IF_DESC_NUM, IF_HEADER, IF_LAST_BATCH_HEAD, IF_TAKEN, IF_USED_IDX, RESUB_DELIVERED, queue_area,
@@ -256,6 +257,63 @@ def test_unpublished_receive_entries_never_surface(sockdir):
         vu.close()
 
 
+def test_unpublished_packed_receive_batch_is_filled_again(sockdir):
+    """Packed rings: a VM2 killed inside a receive batch, after writing the
+    used elements behind its first (flags too) and before the first's
+    flags.  Those slots read "used" behind a position VM1 never saw
+    published; its successor writes their descriptors back from the region
+    and fills them again, instead of waiting there for ever."""
+    path = os.path.join(sockdir, "vp.sock")
+    pool = create_pool(1024)
+    vu = Port(1, parse_vdev(f"net_virtio_user1,path={path},server=1,packed_vq=1"))
+    vp = None
+    region = area = hdr = entries = entry = None
+    try:
+        vu.start()
+        vp = _vm2(path)
+        assert _wait(lambda: vp.link().up and vu.driver.session is not None and vp.driver.vq[0, VQ_READY] == 1)
+        assert _wait(lambda: (recv(vu, pool), vu.driver.rx_buffers_posted() == 256)[1])
+        _die(vp)
+        # what the dead VM2 had done to the next 4 receive chains: each recorded
+        # (inflight_packed.take_chain), a used element written over the last 3
+        info = vu.driver.inflight_info
+        region = mmap.mmap(vu.driver.inflight_fd, info.mmap_size)
+        area = np.frombuffer(region, np.uint8)
+        mem, ring = vu.driver.memory, vu.driver.places[0].desc
+        pos = int(vu.driver.vq[0, DRV_LAST_USED])
+        idx, wrap = pos & 0x7FFF, pos >> 15
+        hdr = area[:P_HEADER].view(np.uint16)  # vring 0's area is first
+        entries = area[P_HEADER:P_HEADER + P_DESC_SIZE * 256].reshape(256, P_DESC_SIZE)
+        e = int(hdr[6])  # free_head
+        for k in range(4):
+            d = mem.read(ring + 16 * (idx + k), 16)
+            entry = entries[e]
+            nxt = int(entry[2:4].view(np.uint16)[0])
+            entry[0] = 1
+            entry[4:8].view(np.uint16)[:] = (e, 1)  # last, num
+            entry[8:16].view(np.uint64)[0] = 1000 + k
+            entry[16:32] = np.frombuffer(d[12:16] + d[8:12] + d[0:8], np.uint8)  # id flags len addr
+            e = nxt
+        hdr[6] = hdr[7] = e  # free_head, old_free_head
+        for k in range(1, 4):
+            flags = (0x8080 if wrap else 0) | 2  # used for this lap, device-written
+            mem.write(ring + 16 * (idx + k) + 8, (777).to_bytes(4, "little") + (idx + k).to_bytes(2, "little")
+                      + flags.to_bytes(2, "little"))
+        vp = _vm2(path)
+        assert _wait(lambda: vp.link().up and vu.driver.session is not None and vp.driver.vq[1, VQ_READY] == 1)
+        assert send(vu, pool, [make_packet(s, 60 + 20 * s) for s in range(8)]) == 8
+        got = _looped_back(vp, vu, pool, 8)
+        assert sorted(got) == list(range(8)), got
+        assert vu.driver.xstats()["bad_used_entries"] == 0
+    finally:
+        if region is not None:
+            del area, hdr, entries, entry
+            region.close()
+        if vp is not None:
+            vp.close()
+        vu.close()
+
+
 # ------------------------------------------------------------------ SIGKILL
 KILLS = 5  # at least; more (up to MAX_KILLS) until LOADED_KILLS found descriptors in flight
 MAX_KILLS = 10
@@ -397,6 +455,7 @@ def test_sigkill_vm2_mid_traffic_loses_and_duplicates_nothing(sockdir, packed):
         print("\ninflight kill test:", json.dumps(report))
         if report["missing"] or report["kills"] < KILLS:
             report["last_vm2_log"] = logs[-1].read_text()[-3000:]
+            print(report["last_vm2_log"])
         assert report["kills"] >= KILLS, report
         assert report["missing"] == 0 and bad == 0 and sorted(seen) == list(range(sent)), report
         assert report["duplicates"] == 0, report
