@@ -220,6 +220,17 @@ def test_restart_after_death_delivers_each_packet_once(sockdir, forwarded, packe
         vu.close()
 
 
+def _posted_then_dead(vu, path: str, pool) -> None:
+    """VM1 started, a first VM2 up until VM1 posted every receive buffer, then dead."""
+    vu.start()
+    vp = _vm2(path)
+    try:
+        assert _wait(lambda: vp.link().up and vu.driver.session is not None and vp.driver.vq[0, VQ_READY] == 1)
+        assert _wait(lambda: (recv(vu, pool), vu.driver.rx_buffers_posted() == 256)[1])
+    finally:
+        _die(vp)
+
+
 def test_unpublished_receive_entries_never_surface(sockdir):
     """A VM2 killed after writing used entries on VM1's receive ring but
     before publishing used->idx: its successor starts from used->idx and
@@ -229,11 +240,7 @@ def test_unpublished_receive_entries_never_surface(sockdir):
     vu = Port(1, parse_vdev(f"net_virtio_user1,path={path},server=1"))
     vp = None
     try:
-        vu.start()
-        vp = _vm2(path)
-        assert _wait(lambda: vp.link().up and vu.driver.session is not None and vp.driver.vq[0, VQ_READY] == 1)
-        assert _wait(lambda: (recv(vu, pool), vu.driver.rx_buffers_posted() == 256)[1])
-        _die(vp)
+        _posted_then_dead(vu, path, pool)
         # what the dead VM2 left past used->idx: entries naming posted buffers, with
         # lengths, over a header claiming 3 buffers (a torn MRG_RXBUF packet)
         place = vu.driver.places[0]
@@ -269,11 +276,7 @@ def test_unpublished_packed_receive_batch_is_filled_again(sockdir):
     vp = None
     region = area = hdr = entries = entry = None
     try:
-        vu.start()
-        vp = _vm2(path)
-        assert _wait(lambda: vp.link().up and vu.driver.session is not None and vp.driver.vq[0, VQ_READY] == 1)
-        assert _wait(lambda: (recv(vu, pool), vu.driver.rx_buffers_posted() == 256)[1])
-        _die(vp)
+        _posted_then_dead(vu, path, pool)
         # what the dead VM2 had done to the next 4 receive chains: each recorded
         # (inflight_packed.take_chain), a used element written over the last 3
         info = vu.driver.inflight_info
