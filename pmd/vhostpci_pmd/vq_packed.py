@@ -74,7 +74,7 @@ from .inflight_packed import (
 )
 from .ringmap import ring_parts
 from .state import (
-    PEND_CAP, PORT_INFLIGHT, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER,
+    PEND_CAP, VQ_AVAIL_LEFT, VQ_CALL_FD, VQ_DESC, VQ_EVENT_IDX, VQ_HDR_LEN, VQ_IF_BASE, VQ_IF_COUNTER,
     VQ_IN_ORDER, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_MRG, VQ_NUM, VQ_PARKED, VQ_PEND_FLAGS, VQ_PENDING, VQ_READY,
     VQ_RESUB_N, VQ_RESUB_POS, VQ_USED, XS_BAD_DESC, XS_CALLS, XS_MERGED, XS_ROLLED_FORWARD, XS_TOO_BIG,
 )
@@ -219,11 +219,31 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
     Tracked (``VQ_IF_BASE`` >= 0, see ``vq.py``): the chains are recorded
     as they are taken and returned by the next burst; the first ones may be
     a predecessor's, resubmitted (``VQ_RESUB_*``: their entries are kept,
-    and one whose packet was delivered is only returned)."""
+    and one whose packet was delivered is only returned).  As for
+    ``enqueue_packed``, tracked rings have a kernel of their own."""
+    if st.vq[v, VQ_IF_BASE] >= 0:
+        return _dequeue_tracked(st, v, q, pool, bufs, nb)
+    return _dequeue_plain(st, v, q, pool, bufs, nb)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def _dequeue_tracked(st, v, q, pool, bufs, nb):
+    return _dequeue(st, v, q, pool, bufs, nb, True)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def _dequeue_plain(st, v, q, pool, bufs, nb):
+    return _dequeue(st, v, q, pool, bufs, nb, False)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _dequeue(st, v, q, pool, bufs, nb, tracked):
+    """``dequeue_packed``'s body; ``tracked`` is a constant in each caller."""
     num, desc, drv = _begin(st, v)
     if num == 0:
         return 0
-    ibase = st.vq[v, VQ_IF_BASE]  # read once: the control thread clears it only with the ring quiescent
+    # read once: the control thread clears it only with the ring quiescent
+    ibase = st.vq[v, VQ_IF_BASE] if tracked else -1
     r = 0
     if ibase >= 0:
         _complete(st, v, num, desc, drv, ibase)
@@ -333,7 +353,7 @@ def _prefetch_buffer(st, desc, pos):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo):
+def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo, ibase):
     """Packets ``bufs[k:k + 4]`` into the four chains of the descriptor
     line at ``pos`` (a multiple of 4, the line inside the ring), if each is
     one device-writable descriptor big enough for a plain packet and its
@@ -342,7 +362,8 @@ def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo):
     publication).  Returns the bytes sent, or -1 having touched nothing (a
     packet with offloads, a chain, a miss, a bad descriptor: the
     one-packet path takes it).  ``line`` holds the checked rows, ``memo``
-    the burst's last translation row."""
+    the burst's last translation row; ``ibase`` >= 0: a tracked ring's
+    area (commit records and chains recorded, as the one-packet path)."""
     m = st.mem
     i = pos_idx(pos)
     wrap = pos_wrap(pos)
@@ -367,13 +388,11 @@ def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo):
         ln, src, ol, need = packet_in(pool, bufs[k + j], NET_HDR_LEN)
         copy_in(st, v, line[j:], 1, NET_HDR_LEN, pool, src, ol, np.int64(0), np.int64(-1), np.int64(-1))
         sent += ln
-    if st.ctl[PORT_INFLIGHT] != 0:
-        for j in range(LINE_DESCS):
-            commit(st, v, bufs[k + j], pos)
-    ibase = st.vq[v, VQ_IF_BASE]
     num = st.vq[v, VQ_NUM]
     npend = 0
     if ibase >= 0:
+        for j in range(LINE_DESCS):
+            commit(st, v, bufs[k + j], pos)
         for j in range(LINE_DESCS):
             npend = _track_rx(st, v, ibase, num, desc, pos_advance(pos, j, num), 1, npend)
     flags = used_flag_bits(wrap) | VRING_DESC_F_WRITE
@@ -391,7 +410,28 @@ def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo):
 @njit(nogil=True, cache=True, _nrt=False)
 def enqueue_packed(st, v, q, pool, bufs, nb):
     """``bufs[:nb]`` -> VM1 receive ring ``v`` (packed); as ``vq.enqueue``:
-    returns how many mbufs were taken (sent, or dropped and counted)."""
+    returns how many mbufs were taken (sent, or dropped and counted).  A
+    tracked ring (inflight) has a kernel of its own: the plain one carries
+    none of the bookkeeping (the hot loop is sensitive to every store and
+    spill, see ``_enqueue_line``)."""
+    if st.vq[v, VQ_IF_BASE] >= 0:
+        return _enqueue_tracked(st, v, q, pool, bufs, nb)
+    return _enqueue_plain(st, v, q, pool, bufs, nb)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def _enqueue_tracked(st, v, q, pool, bufs, nb):
+    return _enqueue(st, v, q, pool, bufs, nb, True)
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def _enqueue_plain(st, v, q, pool, bufs, nb):
+    return _enqueue(st, v, q, pool, bufs, nb, False)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _enqueue(st, v, q, pool, bufs, nb, tracked):
+    """``enqueue_packed``'s body; ``tracked`` is a constant in each caller."""
     num, desc, drv = _begin(st, v)
     if num == 0:  # not ready, or parked on a miss on the ring (ringmap.py)
         st.vq[v, VQ_AVAIL_LEFT] = 0
@@ -405,7 +445,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     first_flags = np.int64(-1)
     vec = st.vec[v]
     pk = st.pk[v]
-    ibase = st.vq[v, VQ_IF_BASE]  # tracked: every chain recorded before its used element (inflight_packed.py)
+    ibase = st.vq[v, VQ_IF_BASE] if tracked else -1  # every chain recorded before its used element
     npend = 0  # chains recorded since the last publication
     parked = False
     empty = False
@@ -429,7 +469,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
                 prefetch_write(m.u8, desc + DESC_SIZE * pos_idx(pos_advance(pos, 2 * PREFETCH_AHEAD, num)))
         if lines and at_line and first_flags < 0 and k + LINE_DESCS <= nb and pos_idx(pos) + LINE_DESCS <= num:
             # nothing of the line written yet: the one-packet path publishes a line once complete
-            got = _enqueue_line(st, v, pool, bufs, k, desc, pos, vec, memo)
+            got = _enqueue_line(st, v, pool, bufs, k, desc, pos, vec, memo, ibase)
             if got >= 0:
                 k += LINE_DESCS
                 taken += LINE_DESCS
@@ -488,7 +528,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
             f = _used(st, v, desc, pk[c, PK_SLOT], pk[c, PK_ID], 0 if dropped else pk[c, PK_LEN], first_flags)
             if first_flags < 0:
                 first_flags = f
-        if st.ctl[PORT_INFLIGHT] != 0:
+        if ibase >= 0:
             commit(st, v, bufs[k - 1], start)  # published with the flags at ``start``
         if first_flags >= 0 and (pos_idx(start) & LINE_MASK) + pos_distance(start, p, num) >= LINE_DESCS:
             # a cache line of used elements is complete: publish it now, so
