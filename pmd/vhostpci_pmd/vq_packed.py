@@ -213,14 +213,15 @@ def flush_inflight_packed(st, v):
     return 0
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def dequeue_packed(st, v, q, pool, bufs, nb):
     """VM1 transmit ring ``v`` (packed) -> up to ``nb`` mbufs in ``bufs``.
     Tracked (``VQ_IF_BASE`` >= 0, see ``vq.py``): the chains are recorded
     as they are taken and returned by the next burst; the first ones may be
     a predecessor's, resubmitted (``VQ_RESUB_*``: their entries are kept,
     and one whose packet was delivered is only returned).  As for
-    ``enqueue_packed``, tracked rings have a kernel of their own."""
+    ``enqueue_packed``, tracked rings have a kernel of their own; this
+    choice is inlined (one call a burst, passing the whole state by value)."""
     if st.vq[v, VQ_IF_BASE] >= 0:
         return _dequeue_tracked(st, v, q, pool, bufs, nb)
     return _dequeue_plain(st, v, q, pool, bufs, nb)
@@ -407,7 +408,7 @@ def _enqueue_line(st, v, pool, bufs, k, desc, pos, line, memo, ibase):
     return sent
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def enqueue_packed(st, v, q, pool, bufs, nb):
     """``bufs[:nb]`` -> VM1 receive ring ``v`` (packed); as ``vq.enqueue``:
     returns how many mbufs were taken (sent, or dropped and counted).  A
