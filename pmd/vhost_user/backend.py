@@ -75,8 +75,11 @@ def _map_shared_fd(fd: int, size: int, offset: int, what: str) -> mmap.mmap:
     """Map ``size`` bytes of a front-end's fd read-write shared; on failure
     close the fd and raise HandlerError naming ``what``."""
     try:
-        if size <= 0 or offset % mmap.ALLOCATIONGRANULARITY:
-            raise HandlerError(f"{what} size {size} offset {offset:#x} unusable")
+        held = os.fstat(fd).st_size
+        # checked here, not left to mmap: a 64-bit size or offset past
+        # ssize_t would surface as an OverflowError, not as a refusal
+        if size <= 0 or offset % mmap.ALLOCATIONGRANULARITY or offset + size > held:
+            raise HandlerError(f"{what} size {size} offset {offset:#x} unusable (the fd holds {held} bytes)")
         return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
     except BaseException as e:
         os.close(fd)

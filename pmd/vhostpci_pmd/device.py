@@ -108,7 +108,8 @@ class VhostPciDevice(BackendDevice):
         # by mbuf index: the source of what dequeue filled (commit records); an mbuf
         # beyond it goes untracked: at worst delivered twice after a kill, never lost
         self.src = np.zeros(MAX_TRACKED_MBUFS, np.uint64)
-        self.hold = np.zeros((queues, HOLD_CAP), np.int64)  # tx mbufs parked on a miss (txhold.py)
+        # mbufs parked on a miss (txhold.py); int32 as the burst arrays, so enqueue compiles once
+        self.hold = np.zeros((queues, HOLD_CAP), np.int32)
         self.vec = np.zeros((nvq, VEC_MAX, 3), np.int64)  # chain.fill_vec's buffer vector, one per vring
         self.missmsg = np.zeros((nvq, 48), np.uint8)  # the MISS a parking vring sends (iotlb.send_miss)
         self.ahead = np.zeros((nvq, MAX_AHEAD), np.int64)  # the pages it asks ahead (iotlb.ask_ahead)

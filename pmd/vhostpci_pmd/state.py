@@ -93,7 +93,7 @@ class VhostPciState(NamedTuple):
     resub: np.ndarray  # (nb_vrings, 32768) uint16: heads to resubmit, [VQ_RESUB_POS, VQ_RESUB_N)
     pend: np.ndarray  # (nb_vrings, PEND_CAP) uint16: packed: head entries of the chains not yet returned
     src: np.ndarray  # uint64[MAX_TRACKED_MBUFS]: by mbuf index, where dequeue took it (inflight.source)
-    hold: np.ndarray  # (nb_queue_pairs, HOLD_CAP) int64: mbufs held on a miss, [0, vq[2q, VQ_HELD]) (txhold.py)
+    hold: np.ndarray  # (nb_queue_pairs, HOLD_CAP) int32: mbufs held on a miss, [0, vq[2q, VQ_HELD]) (txhold.py)
     vec: np.ndarray  # (nb_vrings, VEC_MAX, 3) int64: the buffer vector of the chain being copied (chain.py)
     pk: np.ndarray  # (nb_vrings, VEC_MAX, 3) int64: packed enqueue's used elements of one packet (vq_packed.py)
     missmsg: np.ndarray  # (nb_vrings, 48) uint8: the IOTLB MISS message a parking vring sends (iotlb.py)

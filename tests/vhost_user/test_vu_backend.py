@@ -193,6 +193,30 @@ def test_dirty_log_and_inflight(served):
         os.close(logfd)
 
 
+@pytest.mark.parametrize("size, offset", [(8192 + 4096, 0), (4096, 8192), (1 << 63, 0), (4096, (1 << 64) - 4096)])
+def test_shared_areas_past_the_fd_are_refused(served, caplog, size, offset):
+    """A log or inflight area larger than its fd (up to sizes no mmap takes)
+    is refused naming it, never an unexpected error: the log's refusal ends
+    the connection (as any failed SET_LOG_BASE), the inflight area's is a nack."""
+    srv, dev, path = served
+    fd = memfd(8192)
+    try:
+        with connect(path) as fe:
+            handshake(fe, VERSION_1)
+            fe.send_message(F.SET_FEATURES, m.U64(VERSION_1 | PROTOCOL_FEATURES | (1 << m.VHOST_F_LOG_ALL)))
+            assert ack(fe, F.SET_INFLIGHT_FD, m.InflightInfo(size, offset, 2, 256), [fd]) != 0
+            assert fe.call(F.GET_QUEUE_NUM).u64 == 2  # the connection lives on
+            assert srv.session.inflight_fd == -1
+            fe.send_message(F.SET_LOG_BASE, m.LogRegion(size, offset), [fd])
+            assert srv.wait_for(lambda s: s.disconnections == 1)
+        assert srv.last_session.log is None
+    finally:
+        os.close(fd)
+    said = [r.getMessage() for r in caplog.records]
+    assert len([t for t in said if "unusable (the fd holds 8192 bytes)" in t]) == 2, said
+    assert not [t for t in said if "unexpected" in t], said
+
+
 # --------------------------------------------------------------------------
 # IOMMU
 

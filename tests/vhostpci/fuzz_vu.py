@@ -13,7 +13,8 @@ negotiated at connect), so the sequence is in lock-step.  The port may nack,
 reply or hang up; a hang-up starts a new connection.
 
 Invariants, checked as it runs and at the end: the port's control thread
-lives, the ring ports keep forwarding, and once the last connection is gone
+lives, every refusal is one the port meant (no "unexpected error": each is
+counted, with its first messages, for the parent to assert none), the ring ports keep forwarding, and once the last connection is gone
 the port holds no memory (window rows), no fd and no mapping more than
 before the first one.  A crash kills this process: the parent sees it.
 
@@ -23,6 +24,7 @@ steps, within SECONDS) prints one JSON line.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -324,6 +326,20 @@ class VhostUserFuzz(RuleBasedStateMachine):
             self.last_ring_rx, self.last_check = rx, now
 
 
+class _Unexpected(logging.Handler):
+    """Counts the back-end's "unexpected error" records: a handler that
+    raised something other than a refusal (a missed check on the peer's input)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: Counter = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and "unexpected error" in record.getMessage():
+            e = record.exc_info[1]
+            self.seen[f"{record.getMessage().split(': ', 1)[-1]}: {type(e).__name__}: {e}"] += 1
+
+
 def _maps() -> set[str]:
     with open("/proc/self/maps") as f:
         return {" ".join(line.split()[1:]) + " " + line.split()[0] for line in f}
@@ -333,6 +349,8 @@ def main(examples: int, steps: int, budget: float, seed: int) -> None:
     d = tempfile.mkdtemp(prefix="fuzzvu", dir="/tmp")
     ENV.path = os.path.join(d, "vp.sock")
     ENV.stats = Counter()
+    unexpected = _Unexpected()
+    logging.getLogger("pmd.vhost_user").addHandler(unexpected)
     t0 = time.monotonic()
     ENV.port = Port(ENV.path)
     try:
@@ -371,7 +389,9 @@ def main(examples: int, steps: int, budget: float, seed: int) -> None:
         time.sleep(0.2)
         forwarding = ENV.port.ring_rx() > rx0
         print(json.dumps({"examples": examples, "steps": steps, **ENV.stats, "leaks": leaks,
-                          "ring_ports_forwarding": forwarding, "seconds": round(time.monotonic() - t0, 1)}),
+                          "ring_ports_forwarding": forwarding,
+                          "unexpected_errors": sum(unexpected.seen.values()),
+                          "unexpected_first": [k for k, _ in unexpected.seen.most_common(5)], "seconds": round(time.monotonic() - t0, 1)}),
               flush=True)
     finally:
         ENV.port.fw.close()

@@ -18,13 +18,18 @@ import pytest
 
 from tests.conftest import ROOT
 
-# at most this many, within BUDGET_S seconds each (CI's per-test guard is 60 s)
+# at most this many, within BUDGET_S seconds each
 VU_EXAMPLES, VU_STEPS = 300, 50  # here: ~7-15k steps, 10-20k messages
 RING_CASES = 4000  # here: ~2-3k cases
 BUDGET_S = 30
+# The budget starts once the child's port forwards.  Before that, on a cold
+# Numba cache, the child compiles the forwarding loop for its own ports
+# (ring pairs beside the vhost-pci port): ~50 s here, up to 4x that when
+# the machine runs slow.  So the hang guard is minutes, not the usual 60 s.
+CHILD_LIMIT_S = 400
 
 
-def run_child(module: str, *args: str, timeout: float = 150) -> dict:
+def run_child(module: str, *args: str, timeout: float = CHILD_LIMIT_S) -> dict:
     seed = str(int.from_bytes(os.urandom(4), "little"))
     p = subprocess.run([sys.executable, "-m", module, *args, seed], cwd=ROOT, capture_output=True, text=True,
                        timeout=timeout)
@@ -37,14 +42,17 @@ def run_child(module: str, *args: str, timeout: float = 150) -> dict:
     return result
 
 
+@pytest.mark.alarm(CHILD_LIMIT_S + 30)
 def test_vhost_user_message_sequences():
     r = run_child("tests.vhostpci.fuzz_vu", str(VU_EXAMPLES), str(VU_STEPS), str(BUDGET_S))
     assert r["messages"] >= 2000, r
     assert r["acked"] > 0 and r["nacked"] > 0 and r["hung_up"] > 0 and r["connections"] > 100, r
     assert r["leaks"] == {"fds": [], "memfd_maps": [], "window_rows": 0}, r
     assert r["ring_ports_forwarding"], r
+    assert r["unexpected_errors"] == 0, r["unexpected_first"]  # every refusal names what was wrong
 
 
+@pytest.mark.alarm(CHILD_LIMIT_S + 30)
 def test_random_rings():
     r = run_child("tests.vhostpci.fuzz_ring", str(RING_CASES), str(BUDGET_S))
     assert r["cases"] >= 500 and r["descriptors"] > 5 * r["cases"], r
