@@ -50,7 +50,7 @@ next chains on an IOTLB miss (each miss is asked for on its own).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import literally, njit
 
 from ..atomics import fence, load_acquire, prefetch_write
 from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF
@@ -223,23 +223,16 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
     ``enqueue_packed``, tracked rings have a kernel of their own; this
     choice is inlined (one call a burst, passing the whole state by value)."""
     if st.vq[v, VQ_IF_BASE] >= 0:
-        return _dequeue_tracked(st, v, q, pool, bufs, nb)
-    return _dequeue_plain(st, v, q, pool, bufs, nb)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def _dequeue_tracked(st, v, q, pool, bufs, nb):
-    return _dequeue(st, v, q, pool, bufs, nb, True)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def _dequeue_plain(st, v, q, pool, bufs, nb):
+        return _dequeue(st, v, q, pool, bufs, nb, True)
     return _dequeue(st, v, q, pool, bufs, nb, False)
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def _dequeue(st, v, q, pool, bufs, nb, tracked):
-    """``dequeue_packed``'s body; ``tracked`` is a constant in each caller."""
+    """``dequeue_packed``'s body, compiled once per value of ``tracked``
+    (a literal).  Not inlined: Numba's IR inlining of a body this size
+    costs minutes of compile time, and the call is one a burst anyway."""
+    literally(tracked)
     num, desc, drv = _begin(st, v)
     if num == 0:
         return 0
@@ -416,23 +409,15 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     none of the bookkeeping (the hot loop is sensitive to every store and
     spill, see ``_enqueue_line``)."""
     if st.vq[v, VQ_IF_BASE] >= 0:
-        return _enqueue_tracked(st, v, q, pool, bufs, nb)
-    return _enqueue_plain(st, v, q, pool, bufs, nb)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def _enqueue_tracked(st, v, q, pool, bufs, nb):
-    return _enqueue(st, v, q, pool, bufs, nb, True)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def _enqueue_plain(st, v, q, pool, bufs, nb):
+        return _enqueue(st, v, q, pool, bufs, nb, True)
     return _enqueue(st, v, q, pool, bufs, nb, False)
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def _enqueue(st, v, q, pool, bufs, nb, tracked):
-    """``enqueue_packed``'s body; ``tracked`` is a constant in each caller."""
+    """``enqueue_packed``'s body, compiled once per value of ``tracked``
+    (a literal, as ``_dequeue``)."""
+    literally(tracked)
     num, desc, drv = _begin(st, v)
     if num == 0:  # not ready, or parked on a miss on the ring (ringmap.py)
         st.vq[v, VQ_AVAIL_LEFT] = 0
