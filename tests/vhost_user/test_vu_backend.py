@@ -164,13 +164,18 @@ def test_rings_start_enabled_without_protocol_features(served):
         os.close(kick)
 
 
+def _negotiate_log_all(fe) -> None:
+    """Features with LOG_ALL, after the handshake (its protocol features include LOG_SHMFD)."""
+    handshake(fe, VERSION_1)
+    fe.send_message(F.SET_FEATURES, m.U64(VERSION_1 | PROTOCOL_FEATURES | (1 << m.VHOST_F_LOG_ALL)))
+
+
 def test_dirty_log_and_inflight(served):
     srv, dev, path = served
     logfd = memfd(8192)
     try:
         with connect(path) as fe:
-            handshake(fe, VERSION_1)
-            fe.send_message(F.SET_FEATURES, m.U64(VERSION_1 | PROTOCOL_FEATURES | (1 << m.VHOST_F_LOG_ALL)))
+            _negotiate_log_all(fe)
             # LOG_SHMFD negotiated: a reply is due
             reply = fe.call(F.SET_LOG_BASE, m.LogRegion(8192, 0), [logfd], expect_reply=True)
             assert reply.u64 == 0
@@ -202,8 +207,7 @@ def test_shared_areas_past_the_fd_are_refused(served, caplog, size, offset):
     fd = memfd(8192)
     try:
         with connect(path) as fe:
-            handshake(fe, VERSION_1)
-            fe.send_message(F.SET_FEATURES, m.U64(VERSION_1 | PROTOCOL_FEATURES | (1 << m.VHOST_F_LOG_ALL)))
+            _negotiate_log_all(fe)
             assert ack(fe, F.SET_INFLIGHT_FD, m.InflightInfo(size, offset, 2, 256), [fd]) != 0
             assert fe.call(F.GET_QUEUE_NUM).u64 == 2  # the connection lives on
             assert srv.session.inflight_fd == -1
