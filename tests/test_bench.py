@@ -106,8 +106,8 @@ def test_vhost_bench_quick_json(tmp_path, tmp_path_factory):
     have_dpdk = shutil.which("dpdk-testpmd") is not None
     plot_args, plot = _plot_args(tmp_path_factory, "vhost")
     t0 = time.monotonic()
-    # timeout: with a cold Numba cache both sides compile their kernels first (packed
-    # rings compile a tracked and a plain kernel each: over 10 min on a busy 2-CPU machine)
+    # timeout: with a cold Numba cache both sides compile their kernels first (~7 min
+    # here for the vhost-pci side alone; a busy or slowed 2-CPU machine takes longer)
     rc, out, err = _run_vhost_bench(tmp_path, "--quick", "--size", "64", "--json", *plot_args, timeout=1200)
     print(err, out, f"{time.monotonic() - t0:.1f} s")  # progress and figures, visible with pytest -s
     assert rc == 0, err

@@ -13,10 +13,11 @@ negotiated at connect), so the sequence is in lock-step.  The port may nack,
 reply or hang up; a hang-up starts a new connection.
 
 Invariants, checked as it runs and at the end: the port's control thread
-lives, every refusal is one the port meant (no "unexpected error": each is
-counted, with its first messages, for the parent to assert none), the ring ports keep forwarding, and once the last connection is gone
+lives, the ring ports keep forwarding, and once the last connection is gone
 the port holds no memory (window rows), no fd and no mapping more than
-before the first one.  A crash kills this process: the parent sees it.
+before the first one.  Every refusal must be one the port meant: its
+"unexpected error" records are counted (with the first messages) for the
+parent to assert none.  A crash kills this process: the parent sees it.
 
 ``python -m tests.vhostpci.fuzz_vu EXAMPLES STEPS SECONDS [SEED]`` (at most EXAMPLES x STEPS
 steps, within SECONDS) prints one JSON line.
@@ -391,7 +392,8 @@ def main(examples: int, steps: int, budget: float, seed: int) -> None:
         print(json.dumps({"examples": examples, "steps": steps, **ENV.stats, "leaks": leaks,
                           "ring_ports_forwarding": forwarding,
                           "unexpected_errors": sum(unexpected.seen.values()),
-                          "unexpected_first": [k for k, _ in unexpected.seen.most_common(5)], "seconds": round(time.monotonic() - t0, 1)}),
+                          "unexpected_first": [k for k, _ in unexpected.seen.most_common(5)],
+                          "seconds": round(time.monotonic() - t0, 1)}),
               flush=True)
     finally:
         ENV.port.fw.close()
