@@ -5,7 +5,8 @@
 - ``state``: the kernel state's layout (vring control columns, counters).
 - ``vq``: the split-ring device kernels (dequeue, enqueue).
 - ``txhold``: the transmit side's hold queue for packets parked on a miss.
-- ``iotlb``: IOTLB misses, the whole story (park, ask, ask ahead, retry).
+- ``iotlb``: IOTLB misses, the whole story (park, ask, ask ahead, retry);
+  ``iotlb_ahead``: the pages a parked ring asks for ahead (split and packed).
 - ``notify``: fallback-interrupt kernels (kicks).
 - ``inflight``: INFLIGHT_SHMFD tracking; ``dirty_log``: migration logging.
 

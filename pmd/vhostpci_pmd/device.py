@@ -47,7 +47,8 @@ from .inflight import RESUB_DELIVERED, queue_area, recover
 from .inflight_packed import is_published
 from .inflight_packed import queue_area as packed_queue_area
 from .inflight_packed import recover as recover_packed
-from .iotlb import MAX_AHEAD, IotlbMisses
+from .iotlb import IotlbMisses
+from .iotlb_ahead import MAX_AHEAD
 from .iotlb_lend import LendPolicy
 from .iotlb_serve import IotlbServer
 from .state import (

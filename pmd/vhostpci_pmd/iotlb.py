@@ -16,9 +16,9 @@ does not map yet is a *miss*, not an error:
    len 0, counted in ``iotlb_perm_denied``): asking again would get the
    same answer forever.
 2. **Ask ahead** (kernel, ``ask_ahead``): in the same park it looks at the
-   next available chains of that vring (read-only: the kernel consumes
-   nothing past its miss) and asks for every page not granted yet, each
-   once (``state.asked``), so VM1 answers them back to back instead of one
+   next available chains of that vring, split or packed (read-only: the
+   kernel consumes nothing past its miss; ``iotlb_ahead.py``) and asks for
+   every page not granted yet, each once (``state.asked``), so VM1 answers them back to back instead of one
    round trip per buffer.  No Python runs between a miss and its UPDATE.
 3. **Retry** (``unpark_covered``, from the compiled IOTLB path or
    ``IotlbMisses.updated``): an UPDATE that covers a parked address clears
@@ -46,13 +46,9 @@ from ..guestmem.vmem import PAGE_SIZE
 from ..iotlb_wire import BACKEND_IOTLB_MSG, MISS, MSG_SIZE, put_iotlb
 from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, eventfd_signal, monotonic_ns, socket_send_from
 from ..vhost_user.messages import VERSION, IotlbPerm
-from ..virtio.split import (
-    DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, avail_entry, avail_idx, desc_addr,
-    desc_flags, desc_len, desc_next, ring_sizes,
-)
+from .iotlb_ahead import misses_ahead
 from .state import (
-    PORT_MISS_FD, PORT_WAKE_FD, VQ_MISS_SENT, VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_LAST_AVAIL, VQ_MISS_ANSWERED, VQ_MISS_IOVA,
-    VQ_MISS_PENDING, VQ_MISS_WRITE, VQ_NUM, VQ_PACKED,
+    PORT_MISS_FD, PORT_WAKE_FD, VQ_IOMMU, VQ_MISS_ANSWERED, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_SENT, VQ_MISS_WRITE,
     VQ_READY, XS_IOTLB_MISS, XS_MISS_AHEAD, XS_MISS_SENT, XS_PERM_DENIED,
 )
 
@@ -67,9 +63,7 @@ MISS_RESEND_NS = int(MISS_RESEND_S * 1e9)
 # parking kernel see them (state.asked rows [page | 1 if WO, monotonic ns], a
 # slot per page number modulo ASK_SLOTS; a collision only costs a second MISS)
 ASK_SLOTS = 1024
-MAX_AHEAD = 256  # chains looked at per ask-ahead (a whole ring of usual size)
 MAX_ASK = 64  # pages asked for per ask-ahead (each MISS is 36 bytes: the socket holds thousands)
-MAX_VISITS = 4 * MAX_AHEAD  # descriptors and pages an ask-ahead looks at, at most (it runs on the lcore)
 _U64 = (1 << 64) - 1
 _PAGE_MASK = ~(PAGE_SIZE - 1)
 
@@ -209,80 +203,6 @@ def buffer_offset(st, v, addr, length, write):
             return np.int64(BUF_BAD)
     park_on_miss(st, v, page, write)
     return np.int64(BUF_MISS)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def _add(out, n, page):
-    for k in range(n):
-        if out[k] == page:
-            return n
-    if n < len(out):
-        out[n] = page
-        n += 1
-    return n
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def misses_ahead(st, v, out):
-    """Pages of the buffers in vring ``v``'s next available chains that the
-    window does not grant the way the descriptor is used: ``page | 1`` for a
-    device-writable descriptor (ask WO), ``page`` for a readable one (ask
-    RO); fills ``out`` (distinct, in ring order) and returns how many.
-    Chains whose descriptor table itself is not mapped are skipped (the
-    kernel's own miss covers those); indirect tables are looked into when
-    mapped; a range mapped without the needed permission is not asked for.
-    It runs on the lcore: at most MAX_VISITS descriptors and pages are
-    looked at, whatever chains and lengths VM1 wrote (a hostile ring must
-    not stall the data path)."""
-    row = st.vq[v]
-    if row[VQ_READY] == 0 or row[VQ_PACKED] != 0:  # packed rings: each miss asked for on its own
-        return 0
-    num = row[VQ_NUM]
-    m = st.mem
-    desc_size, avail_size, _ = ring_sizes(num)
-    desc = translate(st.table, st.tcount, row[VQ_DESC], desc_size, False)
-    avail = translate(st.table, st.tcount, row[VQ_AVAIL], avail_size, False)
-    if desc < 0 or avail < 0:
-        return 0
-    last = row[VQ_LAST_AVAIL]
-    pending = (avail_idx(m, avail) - last) & 0xFFFF
-    n = 0
-    visits = MAX_VISITS
-    for k in range(min(pending, MAX_AHEAD, num)):
-        head = avail_entry(m, avail, (last + k) & (num - 1))
-        if head >= num:
-            continue
-        tbl, tn, i = desc, num, head
-        if desc_flags(m, desc, head) & VRING_DESC_F_INDIRECT:
-            tn = desc_len(m, desc, head) // DESC_SIZE
-            tbl = translate(st.table, st.tcount, desc_addr(m, desc, head), DESC_SIZE * tn, False)
-            if tbl < 0 or tn == 0:
-                continue
-            i = 0
-        for _ in range(tn):  # a chain visits each descriptor once at most
-            visits -= 1
-            if visits < 0:
-                return n
-            addr = desc_addr(m, tbl, i)
-            length = desc_len(m, tbl, i)
-            flags = desc_flags(m, tbl, i)
-            write = flags & VRING_DESC_F_WRITE != 0
-            if length > 0 and translate(st.table, st.tcount, addr, length, write) < 0:
-                a = np.int64(addr) & ~np.int64(PAGE_SIZE - 1)
-                end = np.int64(addr) + length
-                while a < end and visits > 0:
-                    visits -= 1
-                    if granted_perm(st.table, st.tcount, a) == 0:
-                        n = _add(out, n, a | (1 if write else 0))
-                    a += PAGE_SIZE
-            if flags & VRING_DESC_F_NEXT == 0:
-                break
-            i = desc_next(m, tbl, i)
-            if i >= tn:
-                break
-        if n >= len(out):
-            break
-    return n
 
 
 @njit(nogil=True, cache=True, _nrt=False)

@@ -98,7 +98,7 @@ class VhostPciState(NamedTuple):
     pk: np.ndarray  # (nb_vrings, VEC_MAX, 3) int64: packed enqueue's used elements of one packet (vq_packed.py)
     missmsg: np.ndarray  # (nb_vrings, 48) uint8: the IOTLB MISS message a parking vring sends (iotlb.py)
     asked: np.ndarray  # (iotlb.ASK_SLOTS, 2) int64: pages asked for, not answered yet (iotlb.py)
-    ahead: np.ndarray  # (nb_vrings, iotlb.MAX_AHEAD) int64: a parking vring's pages to ask ahead (iotlb.py)
+    ahead: np.ndarray  # (nb_vrings, iotlb_ahead.MAX_AHEAD) int64: a parking vring's pages to ask ahead
     memo: np.ndarray  # (nb_vrings, 4) int64: the translation row a burst found last (translate_remembered)
     iotlb: IotlbBufs  # VM1's IOTLB messages, served by the lcore of queue 0 while lent (iotlb_lend.py)
 

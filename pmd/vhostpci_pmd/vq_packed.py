@@ -44,8 +44,7 @@ a chain it began is read again, unchanged, next time.
 Inflight tracking (``inflight_packed.py``) works as for split rings
 (``vq.py``): a tracked transmit burst's chains are recorded as taken, their
 used elements written, and the batch's first flags published only by the
-next burst.  Not for packed rings (yet): asking ahead for the pages of the
-next chains on an IOTLB miss (each miss is asked for on its own).
+next burst.
 """
 from __future__ import annotations
 

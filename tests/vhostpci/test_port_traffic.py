@@ -81,25 +81,29 @@ def test_packed_rings_both_ways_with_checksums(fwd, sockdir, iommu, devargs):
 
 @pytest.mark.alarm(150)  # the peer's own limit is 90 s: a loaded 2-core machine may need most of it
 @pytest.mark.parametrize("rx_grant", ["wo", "rw"])
-def test_burst_behind_on_demand_iommu_comes_back_whole_and_in_order(fwd, sockdir, rx_grant):
+@pytest.mark.parametrize("devargs", ["", "packed_vq=1"], ids=["split", "packed"])
+def test_burst_behind_on_demand_iommu_comes_back_whole_and_in_order(fwd, sockdir, rx_grant, devargs):
     """VM1 as QEMU behind a strict 4 KiB-page vIOMMU: rings granted at start,
     every buffer page only when the port sends a MISS (rx buffers WO as a
     Linux guest maps them, or RW), each IOTLB message acked.  A burst of
     BURST frames for the port to echo (macswap) comes back whole and in
     order: the port holds what it cannot place yet and receives no more than
-    it can hold, so VM1's frames wait in VM1's ring instead of being dropped."""
+    it can hold, so VM1's frames wait in VM1's ring instead of being dropped.
+    Split and packed rings alike ask ahead for the queued buffers' pages."""
     path = os.path.join(sockdir, "vp.sock")
     fwd.config.mode = "macswap"
     port = start_vm2(fwd, f"net_vhost_pci0,path={path}")
     res = run_vm1(path, "--iommu", "demand", "--rx-grant", rx_grant, "--count", str(BURST), "--window",
-                  str(BURST), "--timeout", "60", timeout=90.0)
+                  str(BURST), "--timeout", "60", *(["--devargs", devargs] if devargs else []), timeout=90.0)
     fwd.stop()
+    assert list(port.driver.vq[:2, VQ_PACKED]) == [1 if devargs else 0] * 2
     st, xs = port.stats(), port.driver.xstats()
     assert (res["sent"], res["received"], res["bad"], res["duplicates"], res["out_of_order"]) \
         == (BURST, BURST, 0, 0, 0), f"{res}\n{st}\n{xs}"
     assert st.ipackets == st.opackets == BURST and st.oerrors == 0, st
     assert fwd.fwd_stats()[port.port_id]["dropped"] == 0
     assert xs["iotlb_miss_requests"] > 0 and xs["iotlb_perm_denied"] == 0 and xs["bad_descriptors"] == 0, xs
+    assert xs["iotlb_miss_ahead"] > 0, xs
     vm1 = res["xstats"]
     assert vm1["iotlb_misses_refused"] == 0 and vm1["iotlb_misses_granted"] > 0, vm1
     # every buffer page's MISS answered by the compiled path (miss.py), none through Python
