@@ -294,6 +294,8 @@ def recover(area: np.ndarray, base: int, num: int, pos: int, features: int, tran
             _init(area, base, num, pos, features)  # not a list this port wrote
             return Recovered(pos)
         rows += chain
+        if not transmit:
+            continue  # receive chains are only written: taken afresh below, and filled again
         entry = int(h)
         if d["inflight"][h] == IF_DELIVERED:
             if published(int(cr["rx_vring"][h]), int(cr["rx_pos"][h])):
@@ -308,8 +310,7 @@ def recover(area: np.ndarray, base: int, num: int, pos: int, features: int, tran
                           d["flags"][rows].astype(np.uint64)], axis=1) if rows else out.descs
     out.pos = _hdr(area, base, P_USED_IDX) | _hdr(area, base, P_USED_WRAP, 1) << WRAP_BIT
     out.next_counter = int(d["counter"].max()) + 1 if num else 0
-    if not transmit:  # receive chains are only written: taken afresh, and filled again
-        out.heads = []
+    if not transmit:
         _init(area, base, num, out.pos, features)
     return out
 

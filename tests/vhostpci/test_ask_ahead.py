@@ -4,7 +4,9 @@ kernel that parks on a buffer's page asks, in the same park, for the pages
 of the chains queued behind it -- chained descriptors, an indirect table's
 buffers -- each page once, with the direction its descriptor needs (RO to
 read VM1's transmit buffers, WO to fill its receive buffers), never a page
-granted already; and nothing is consumed, lost or reordered meanwhile.
+granted already, from the first park after VM1 connects (the port hands
+its kernels the back-end channel as SET_BACKEND_REQ_FD sets it); and
+nothing is consumed, lost or reordered meanwhile.
 The rogue VM1 writes the rings by hand; the port's kernels are called
 directly (``peer_io``)."""
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pmd.vhost_user.messages import IotlbPerm
 from pmd.virtio.split import VRING_DESC_F_INDIRECT as IND
 from pmd.virtio.split import VRING_DESC_F_NEXT as NEXT
 from pmd.virtio.split import VRING_DESC_F_WRITE as WRITE
-from pmd.vhostpci_pmd.state import PORT_MISS_FD, VQ_PACKED
+from pmd.vhostpci_pmd.state import VQ_PACKED
 from tests.util import wait_until
 from tests.vhostpci.peer_io import flush, make_packet, recv, send
 from tests.vhostpci.rogue_packed import RoguePackedVM1
@@ -65,8 +67,6 @@ def rings(request, vp):  # noqa: F811
         assert vm.features & INDIRECT
         if packed:
             assert wait_until(lambda: all(vp.port.driver.vq[:2, VQ_PACKED] == 1), 3.0)
-        # the kernels send MISSes (and ask ahead) once the control thread handed them the channel
-        assert wait_until(lambda: vp.port.driver.device.ctl[PORT_MISS_FD] >= 0, 3.0)
         yield Rings(vm, packed)
         srv = vp.srv
         assert srv.session is not None and not srv.session.closed, srv.last_session.close_reason
