@@ -18,7 +18,13 @@ p50/p99 over ``samples`` in microseconds:
   VM2's control thread, and the figure would be that lock's;
 - ``miss``: a packet posted in a page VM2 may not read yet, until VM2 has
   received it: VM2's lcore parks, its control thread sends the MISS, VM1's
-  control thread answers with an UPDATE, VM2 retries (the whole round trip).
+  control thread answers with an UPDATE, VM2 retries (the whole round trip);
+- ``wake``: what waking a sleeping thread costs on this machine
+  (``wake.py``): one message there and back between two threads that sleep
+  until it comes, placed as VM2's control thread and lcore are (two CPUs or
+  one), before the port starts.  The figures above are made of such
+  wake-ups: a front-end sleeps until each ack; a MISS wakes VM1's control
+  thread, whose UPDATE wakes VM2's, before the packet moves.
 
 Placements (``--placement``): ``split`` puts VM2's control thread and its
 polling lcore on different CPUs; ``shared`` puts both on one CPU (a poller
@@ -48,9 +54,11 @@ from pmd.placement import CONTROL_TIMER_SLACK_NS, set_control_cpus, set_timer_sl
 from pmd.syscalls import monotonic_ns, sleep_us
 from pmd.vdev import parse_vdev
 
+from . import wake
+
 PLACEMENTS = ("split", "shared")
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MEASURES = ("update", "invalidate", "miss")
+MEASURES = ("update", "invalidate", "miss", "wake")
 
 
 @dataclass
@@ -124,6 +132,7 @@ def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = N
     avail = sorted(os.sched_getaffinity(0))
     vm2_cpu = avail[-1] if cpus is None else cpus[1]
     ctl_cpu = (avail[0] if cpus is None else cpus[0]) if placement == "split" else vm2_cpu
+    wakes = wake.round_trips(ctl_cpu, vm2_cpu, samples)  # before the lcore polls vm2_cpu
     d = tempfile.mkdtemp(prefix="iotlb", dir="/tmp")
     path = os.path.join(d, "vp.sock")
     fw = Forwarding(LcoreManager({0: ctl_cpu, 1: vm2_cpu}, 0), nb_mbufs=1024)
@@ -164,7 +173,7 @@ def measure(placement: str, samples: int = 200, cpus: tuple[int, int] | None = N
         finally:
             set_timer_slack(slack)
         out = []
-        for name, xs in (("update", ups), ("invalidate", invs), ("miss", misses)):
+        for name, xs in zip(MEASURES, (ups, invs, misses, wakes)):
             p50, p99 = _pct(xs)
             out.append(LatencyResult(placement, name, round(p50, 1), round(p99, 1), len(xs)))
         return out
