@@ -565,7 +565,6 @@ class BackendSession:
             if self.backend_channel is not None:
                 self.backend_channel.close()
             self.backend_channel = ch
-        self._safe("backend channel", self.device.backend_channel_changed, ch.fileno())
 
     def _set_log_base(self, msg: Message) -> Payload | None:
         region = msg.decode()

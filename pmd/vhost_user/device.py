@@ -155,11 +155,6 @@ class BackendDevice:
         """``memory`` holds a new table, or a region was added to or removed
         from it (None: memory is gone).  Default: ignored."""
 
-    def backend_channel_changed(self, fd: int) -> None:
-        """SET_BACKEND_REQ_FD gave the session a new back-end channel, socket
-        ``fd`` (see ``BackendSession.backend_channel_fd``: a device sending
-        on it keeps its own dup).  Default: ignored."""
-
     def iotlb_updated(self, iova: int, size: int) -> None:
         """An IOTLB UPDATE was mapped (retry what waited for it).  Default: ignored."""
 

@@ -577,16 +577,10 @@ class VhostPciDevice(BackendDevice):
         if why is not None:
             session.close(why, logging.ERROR)  # rings stopped, memory (and the zero pages) unmapped
             return
-        self.backend_channel_changed(session.backend_channel_fd())  # closed: -1
-        self.iotlb.service(session)
-
-    def backend_channel_changed(self, fd: int) -> None:
-        """The kernels send their MISSes on the new channel from now on: the
-        first park after VM1 connects asks ahead too (a kernel without a
-        channel leaves its MISS to the control thread, which asks for that
-        page alone)."""
+        fd = session.backend_channel_fd()
         if fd != self._miss_src:
             self._set_miss_fd(fd)
+        self.iotlb.service(session)
 
     def _set_miss_fd(self, fd: int) -> None:
         """Kernels send their MISSes on a dup of ``fd`` (-1: not at all).

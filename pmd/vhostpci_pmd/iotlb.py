@@ -18,8 +18,9 @@ does not map yet is a *miss*, not an error:
 2. **Ask ahead** (kernel, ``ask_ahead``): in the same park it looks at the
    next available chains of that vring, split or packed (read-only: the
    kernel consumes nothing past its miss; ``iotlb_ahead.py``) and asks for
-   every page not granted yet, each once (``state.asked``), so VM1 answers them back to back instead of one
-   round trip per buffer.  No Python runs between a miss and its UPDATE.
+   every page not granted yet, each once (``state.asked``), so VM1 answers
+   them back to back instead of one round trip per buffer.  No Python runs
+   between a miss and its UPDATE.
 3. **Retry** (``unpark_covered``, from the compiled IOTLB path or
    ``IotlbMisses.updated``): an UPDATE that covers a parked address clears
    the vring's ``VQ_MISS_PENDING`` (and records the page in

@@ -62,5 +62,6 @@ def test_200ms_burst_from_the_vf_reaches_vm1_whole_and_in_order(fwd, veth, sockd
     # what never reached the port is the VF ring's (imissed), counted apart
     assert res["received"] + st_vf.imissed == sent == BURST, (res, st_vf)
     assert xs["iotlb_miss_requests"] > 0 and xs["iotlb_perm_denied"] == 0 and xs["bad_descriptors"] == 0, xs
-    print(f"\n[vf burst] {devargs or 'split'} rx_grant={rx_grant}: {res['received']}/{BURST} in VM1 in {res['seconds']} s, "
-          f"VF imissed {st_vf.imissed}, MISS requests {xs['iotlb_miss_requests']} (ahead {xs['iotlb_miss_ahead']}), held {xs['tx_held_on_miss']}")
+    print(f"\n[vf burst] {devargs or 'split'} rx_grant={rx_grant}: {res['received']}/{BURST} in VM1 in "
+          f"{res['seconds']} s, VF imissed {st_vf.imissed}, MISS requests {xs['iotlb_miss_requests']} "
+          f"(ahead {xs['iotlb_miss_ahead']}), held {xs['tx_held_on_miss']}")

@@ -4,9 +4,7 @@ kernel that parks on a buffer's page asks, in the same park, for the pages
 of the chains queued behind it -- chained descriptors, an indirect table's
 buffers -- each page once, with the direction its descriptor needs (RO to
 read VM1's transmit buffers, WO to fill its receive buffers), never a page
-granted already, from the first park after VM1 connects (the port hands
-its kernels the back-end channel as SET_BACKEND_REQ_FD sets it); and
-nothing is consumed, lost or reordered meanwhile.
+granted already; and nothing is consumed, lost or reordered meanwhile.
 The rogue VM1 writes the rings by hand; the port's kernels are called
 directly (``peer_io``)."""
 from __future__ import annotations
@@ -20,7 +18,7 @@ from pmd.vhost_user.messages import IotlbPerm
 from pmd.virtio.split import VRING_DESC_F_INDIRECT as IND
 from pmd.virtio.split import VRING_DESC_F_NEXT as NEXT
 from pmd.virtio.split import VRING_DESC_F_WRITE as WRITE
-from pmd.vhostpci_pmd.state import VQ_PACKED
+from pmd.vhostpci_pmd.state import PORT_MISS_FD, VQ_PACKED
 from tests.util import wait_until
 from tests.vhostpci.peer_io import flush, make_packet, recv, send
 from tests.vhostpci.rogue_packed import RoguePackedVM1
@@ -61,12 +59,16 @@ def rings(request, vp):  # noqa: F811
     tables' page and one transmit page (slot 6) granted, nothing else."""
     packed = request.param == "packed"
     free0 = vp.pool.available()
-    grants = [(RING_BASE, 0x20000, IotlbPerm.RW), (IND_BUF, PAGE, IotlbPerm.RO), (TX_BUF + 6 * PAGE, PAGE, IotlbPerm.RO)]
+    grants = [(RING_BASE, 0x20000, IotlbPerm.RW), (IND_BUF, PAGE, IotlbPerm.RO),
+              (TX_BUF + 6 * PAGE, PAGE, IotlbPerm.RO)]
     vm = (RoguePackedVM1 if packed else RogueVM1)(vp.path, iommu=True, grants=grants, extra=INDIRECT)
     try:
         assert vm.features & INDIRECT
         if packed:
             assert wait_until(lambda: all(vp.port.driver.vq[:2, VQ_PACKED] == 1), 3.0)
+        # the kernels send MISSes (and ask ahead) once the control thread's
+        # service has handed them a dup of the back-end channel (within 0.1 s)
+        assert wait_until(lambda: vp.port.driver.device.ctl[PORT_MISS_FD] >= 0, 3.0)
         yield Rings(vm, packed)
         srv = vp.srv
         assert srv.session is not None and not srv.session.closed, srv.last_session.close_reason
