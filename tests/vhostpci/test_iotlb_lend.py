@@ -40,11 +40,19 @@ def _served(ctl, needs_control):
     served(ctl, 1, needs_control)
 
 
+# The stand-in lcore below is a Python thread: on a busy 2-CPU machine it
+# may not run for longer than BEAT_STALE_NS, and the control thread would
+# rightly take the socket back.  Its stamps are dated this far ahead, so
+# these tests look at the lend and not at the scheduler; staleness is set
+# by hand where it is the point (a stamp of 0).
+STAMP_AHEAD_NS = 10_000_000_000
+
+
 def _ctl(stamp: bool = True) -> np.ndarray:
     ctl = np.zeros(N_PORT_CTL, np.int64)
     ctl[PORT_WAKE_FD] = -1
     ctl[PORT_IOTLB_FD] = 99  # named: the lcore stamps
-    ctl[PORT_IOTLB_BEAT] = time.monotonic_ns() if stamp else 0
+    ctl[PORT_IOTLB_BEAT] = time.monotonic_ns() + STAMP_AHEAD_NS if stamp else 0
     return ctl
 
 
@@ -76,7 +84,8 @@ class Lcore(threading.Thread):
             if self.work is not None and _may_serve(self.ctl, True):
                 self.work(self.ctl)
                 self.work = None
-            self.ctl[PORT_IOTLB_BEAT] = max(self.ctl[PORT_IOTLB_BEAT], time.monotonic_ns() * (self.work is None))
+            stamp = (time.monotonic_ns() + STAMP_AHEAD_NS) * (self.work is None)
+            self.ctl[PORT_IOTLB_BEAT] = max(self.ctl[PORT_IOTLB_BEAT], stamp)
             time.sleep(0.0002)
 
     def stop(self) -> None:
@@ -89,7 +98,7 @@ def test_lent_then_taken_back_at_the_deadline():
     lc = Lcore(ctl)
     lc.start()
     try:
-        assert lend_wait(_pfds(), 1, 200_000_000, ctl) == LEND_TIMEOUT
+        assert lend_wait(_pfds(), 1, 500_000_000, ctl) == LEND_TIMEOUT
     finally:
         lc.stop()
     assert lc.saw_lent
@@ -121,6 +130,7 @@ def test_take_back_waits_for_a_serving_lcore():
     left_at = []
 
     def work(ctl):
+        ctl[PORT_IOTLB_BEAT] = 0  # stale while it serves: the control thread waits for it all the same
         time.sleep(0.2)  # a long batch: the deadline passes meanwhile
         left_at.append(time.monotonic())
         _served(ctl, False)
