@@ -118,8 +118,24 @@ def _revoke(ws, off, length):
 @njit(nogil=True, cache=True, _nrt=False)
 def revoke_ranges(ws, gone, n):
     """Step (c): ``PROT_NONE`` anonymous memory over each ``gone[:n]``
-    range (after the grace period); False if one mmap failed."""
+    range (after the grace period); False if one mmap failed.
+
+    ``gone[:n]`` are the pieces of one ``drop_range`` call, in IOVA order:
+    between two pieces below the identity limit (window offset = IOVA)
+    every page was inside the dropped range, so none is granted now, and
+    one ``mmap`` revokes a run of such pieces with the gaps between them.
+    A lazy guest IOMMU's flush drops hundreds of pages at once: one call
+    instead of one per page (each a TLB flush)."""
     ok = True
-    for k in range(n):
-        ok &= _revoke(ws, np.int64(gone[k, 0]), np.int64(gone[k, 1]))
+    limit = np.int64(ws.params[P_IDENTITY_LIMIT])
+    k = 0
+    while k < n:
+        off = np.int64(gone[k, 0])
+        end = off + np.int64(gone[k, 1])
+        k += 1
+        if end <= limit:
+            while k < n and np.int64(gone[k, 0]) >= end and np.int64(gone[k, 0]) + np.int64(gone[k, 1]) <= limit:
+                end = np.int64(gone[k, 0]) + np.int64(gone[k, 1])
+                k += 1
+        ok &= _revoke(ws, off, end - off)
     return ok

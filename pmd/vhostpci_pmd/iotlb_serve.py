@@ -106,10 +106,11 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
                 break  # not the plain case: Python maps it (or says why not)
             io[IO_MAP_NS] += monotonic_ns() - t1
         elif kind == _INVALIDATE:
-            if length == 0 or iova + length < iova:
-                break  # empty, or running past 2**64: the Python path rounds those
+            last = iova + (length - np.uint64(1))  # to the end of the 64-bit space at most (a guest
+            if length == 0 or last < iova:  # IOMMU's flush runs to 2**64): else the Python path rounds it
+                break
             start = iova & _PAGE_MASK
-            last = ((iova + length - np.uint64(1)) | ~_PAGE_MASK)
+            last |= ~_PAGE_MASK
             t1 = monotonic_ns()
             n = iotlb_drop(ws, start, last, ws.gone)
             if n < 0:

@@ -159,6 +159,36 @@ def test_what_the_kernel_leaves_gets_the_sessions_answer(setup):
     assert not readable(win.base + BUF)
 
 
+def test_a_flush_to_the_top_of_the_iova_space_is_compiled(setup):
+    """A lazy guest IOMMU flushes whole ranges at once; QEMU sends them as
+    INVALIDATEs that end exactly at 2**64.  The kernel takes those too (they
+    once went to the Python path, on the control thread's CPU), revokes every
+    page granted in the range in one go with the ungranted gaps between them,
+    and leaves the grant below the range mapped."""
+    fe, port, guest = setup
+    dev = port.driver.device
+    win = dev.window
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    granted = [BUF + k * PAGE for k in (0, 2, 3, 5, 8)]
+    for page in granted:
+        fe.iotlb_update(page, PAGE, uaddr + (page - BUF), IotlbPerm.RW)
+    served = dev.iotlb_server.served
+    top = BUF + 2 * PAGE
+    fe.iotlb_invalidate(top, (1 << 64) - top)
+    assert dev.iotlb_server.served == served + 1, "the flush took the Python path"
+    assert readable(win.base + BUF), "the grant below the flush was revoked"
+    assert granted_perm(win.table, win.table_count, np.int64(BUF)) == IotlbPerm.RW
+    for page in granted[1:] + [BUF + PAGE, BUF + 4 * PAGE, BUF + 7 * PAGE]:
+        assert not readable(win.base + page), hex(page)
+        assert granted_perm(win.table, win.table_count, np.int64(page)) == 0, hex(page)
+    # a page in a gap the revocation covered is granted again as usual
+    fe.iotlb_update(BUF + 4 * PAGE, PAGE, uaddr + 4 * PAGE, IotlbPerm.RO)
+    assert readable(win.base + BUF + 4 * PAGE) and not readable(win.base + BUF + 3 * PAGE)
+    fe.iotlb_invalidate(0, (1 << 64) - 1)  # everything, the rings too
+    assert dev.iotlb_server.served == served + 3
+    assert not readable(win.base + BUF) and not readable(win.base + BUF + 4 * PAGE)
+
+
 def test_an_invalidate_waits_only_for_a_burst_inside_the_window(setup, fwd):
     """The grace period is the vrings' read sections: a burst inside the
     window (its VQ_READER odd) holds the ack and the unmap until it leaves."""
