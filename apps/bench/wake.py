@@ -26,16 +26,22 @@ MSG = 44  # bytes: an IOTLB message's size
 
 
 @njit(nogil=True, cache=True)
+def _recv_whole(fd, buf):
+    """Read one MSG-byte message into ``buf`` (blocking); False if the stream ended or failed."""
+    got = 0
+    while got < MSG:
+        r = socket_recv_into(fd, buf[got:], MSG - got, 0)
+        if r <= 0:
+            return False
+        got += r
+    return True
+
+
+@njit(nogil=True, cache=True)
 def _echo(fd, n, buf):
-    """Answer ``n`` messages (each read whole, blocking), or stop at a failure."""
+    """Answer ``n`` messages, or stop at a failure."""
     for _ in range(n):
-        got = 0
-        while got < MSG:
-            r = socket_recv_into(fd, buf[got:], MSG - got, 0)
-            if r <= 0:
-                return
-            got += r
-        if socket_send_from(fd, buf, MSG, MSG_NOSIGNAL) != MSG:
+        if not _recv_whole(fd, buf) or socket_send_from(fd, buf, MSG, MSG_NOSIGNAL) != MSG:
             return
 
 
@@ -45,14 +51,8 @@ def _ping(fd, n, buf, out):
     ``out``; returns how many completed."""
     for k in range(n):
         t0 = monotonic_ns()
-        if socket_send_from(fd, buf, MSG, MSG_NOSIGNAL) != MSG:
+        if socket_send_from(fd, buf, MSG, MSG_NOSIGNAL) != MSG or not _recv_whole(fd, buf):
             return k
-        got = 0
-        while got < MSG:
-            r = socket_recv_into(fd, buf[got:], MSG - got, 0)
-            if r <= 0:
-                return k
-            got += r
         out[k] = monotonic_ns() - t0
     return n
 
