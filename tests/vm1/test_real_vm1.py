@@ -4,7 +4,7 @@ the serial console; the namespace side runs tests/vm1/ns_udp.py.
 
 1. guest <-> vhost-pci <-> VF <-> namespace: ping, UDP each way, exact counts,
    with the VF on AF_PACKET (net_vf) and on AF_XDP (net_vf_xdp);
-2. the same behind intel-iommu in strict mode: every frame delivered, the
+2. the same behind intel-iommu, strict and lazy: every frame delivered, the
    port's IOTLB counters reported;
 3. the same behind virtio-iommu (6.12 backports kernel);
 4. live migration of VM1 while the namespace sends to it, without and behind
@@ -117,17 +117,22 @@ def test_guest_over_the_af_xdp_vf(vm2_xdp, image61, workdir, qemu):
     assert res["stats"].ipackets >= PINGS + TX_DATAGRAMS
 
 
-def test_intel_iommu_strict_delivers_every_frame(vm2, image61, workdir, capsys, qemu):
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lazy"])
+def test_intel_iommu_delivers_every_frame(vm2, image61, workdir, capsys, qemu, strict):
     """DPDK's vhost back-end delivered ~43% of frames to a guest
-    under a strict intel-iommu.  Here every frame must arrive."""
+    under a strict intel-iommu.  Here every frame must arrive, behind a
+    strict guest IOMMU (an INVALIDATE per buffer) and a lazy one (Linux's
+    default: flushes in bulk, which QEMU sends as INVALIDATEs that run to
+    the top of the IOVA space)."""
     rx = 300
-    with make_vm1(image61, vm2, workdir, scenario(rx), qemu, iommu="intel", strict=True) as vm:
+    with make_vm1(image61, vm2, workdir, scenario(rx), qemu, iommu="intel", strict=strict) as vm:
         vm.start()
         res = exchange(vm2, vm, rx)
     xs = res["xstats"]
     assert xs["iotlb_updates"] > 0 and xs["iotlb_invalidates"] > 0, xs
     with capsys.disabled():
-        print(f"\n[{qemu.label}, intel-iommu strict] delivered to guest {res['guest']['datagrams']}/{rx}, to namespace "
+        print(f"\n[{qemu.label}, intel-iommu {'strict' if strict else 'lazy'}] delivered to guest "
+              f"{res['guest']['datagrams']}/{rx}, to namespace "
               f"{res['ns']['unique']}/{TX_DATAGRAMS}, pings {PINGS}/{PINGS}; IOTLB: "
               + ", ".join(f"{k} {v}" for k, v in sorted(xs.items()) if k.startswith("iotlb")))
 
