@@ -133,9 +133,11 @@ def revoke_ranges(ws, gone, n):
         off = np.int64(gone[k, 0])
         end = off + np.int64(gone[k, 1])
         k += 1
-        if end <= limit:
-            while k < n and np.int64(gone[k, 0]) >= end and np.int64(gone[k, 0]) + np.int64(gone[k, 1]) <= limit:
-                end = np.int64(gone[k, 0]) + np.int64(gone[k, 1])
-                k += 1
+        while end <= limit and k < n and np.int64(gone[k, 0]) >= end:  # the next identity piece joins the run
+            nxt = np.int64(gone[k, 0]) + np.int64(gone[k, 1])
+            if nxt > limit:
+                break
+            end = nxt
+            k += 1
         ok &= _revoke(ws, off, end - off)
     return ok

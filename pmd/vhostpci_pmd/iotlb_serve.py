@@ -57,6 +57,7 @@ log = logging.getLogger("vhostpci.iotlb")
 MAX_BATCH = 256
 _UPDATE, _INVALIDATE = int(IotlbType.UPDATE), int(IotlbType.INVALIDATE)
 _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
+_U64_MAX = np.uint64((1 << 64) - 1)
 
 # io: what serve did: totals (updated before each reply), the errors and the
 # UPDATE log since the last drain, why it stopped
@@ -106,9 +107,11 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
                 break  # not the plain case: Python maps it (or says why not)
             io[IO_MAP_NS] += monotonic_ns() - t1
         elif kind == _INVALIDATE:
-            last = iova + (length - np.uint64(1))  # to the end of the 64-bit space at most (a guest
-            if length == 0 or last < iova:  # IOMMU's flush runs to 2**64): else the Python path rounds it
-                break
+            if length == 0:
+                break  # nothing to drop: the Python path answers it
+            last = iova + (length - np.uint64(1))  # a guest IOMMU's flush runs to 2**64
+            if last < iova:
+                last = _U64_MAX  # past 2**64: clamped, as the Python path rounds it
             start = iova & _PAGE_MASK
             last |= ~_PAGE_MASK
             t1 = monotonic_ns()
