@@ -7,14 +7,6 @@ the rest (as in DPDK).  A driver registers its kernels for its own state
 class (a NamedTuple of numpy arrays); callers are compiled once per
 (state class, ...) combination, so the dispatch costs nothing at run time.
 
-Numba passes a state by value: every call that is not inlined pushes each
-of its arrays' fields, ~390 words (3 KB, ~400 cycles) for the vhost-pci
-port's state.  So a driver's burst functions, and the engines' helpers
-around them (``pmd/fwd/common.py``), are ``inline="always"`` wrappers, and
-the one real call a burst makes is into the kernel that walks the ring
-(measured: inlining the wrappers moved the vhost-pci port's split-ring
-enqueue from ~13.2 to ~16.2 Mpps at 64 B, packed from ~18.0 to ~18.9).
-
 Around each driver's bursts the dispatch counts packet sizes into the
 state's ``stats`` array (``pmd.sizebins``: what rx handed out, what tx
 accepted), so every driver has DPDK's size-bin xstats without keeping them.

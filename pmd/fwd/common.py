@@ -60,7 +60,7 @@ class FwdCtx(NamedTuple):
     flow: np.ndarray  # int64[8]: flowgen's running flow index
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def receive(s, ctx, burst):
     """rx up to ``burst`` packets of the stream into ``ctx.bufs`` and count them."""
     n = rx_burst(s.rx, s.rxq, ctx.pool, ctx.bufs, burst)
@@ -74,7 +74,7 @@ def receive(s, ctx, burst):
     return n
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def receive_for(s, ctx, burst):
     """``receive`` for an engine that sends what it receives on the stream's
     tx port: no more than that port can take now (``pmd.burst.tx_room``), so
@@ -106,7 +106,7 @@ def write_mac(data, off, mac):
     memcpy(data, off, mac, 0, 6)  # a constant size: two stores, no loop
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def fill_from_template(s, ctx, n):
     """Allocate ``n`` buffers holding the template frame addressed from the
     tx port to its peer; returns how many were allocated (n or 0).  As

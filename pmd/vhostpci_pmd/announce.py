@@ -78,7 +78,7 @@ def _announce(st, q, pool, bufs, n):
     return 1
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def rx(st, q, pool, bufs, nb):
     """rx_burst of the vhost-pci port: VM1's packets, plus on queue 0 an
     announcement when one is owed (it takes the burst's last slot), and

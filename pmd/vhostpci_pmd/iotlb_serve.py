@@ -192,7 +192,7 @@ def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, r
             return handled
 
 
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def lcore_serve(st, idle):
     """Between two bursts of the port's queue 0 (``idle``: the last one
     found nothing): serve what is at the head of VM1's socket if the control
