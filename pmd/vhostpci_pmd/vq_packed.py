@@ -226,7 +226,7 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
     return _dequeue(st, v, q, pool, bufs, nb, False)
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, forceinline=False, _nrt=False)
 def _dequeue(st, v, q, pool, bufs, nb, tracked):
     """``dequeue_packed``'s body, compiled once per value of ``tracked``
     (a literal).  Not inlined: Numba's IR inlining of a body this size
@@ -412,7 +412,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     return _enqueue(st, v, q, pool, bufs, nb, False)
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True, forceinline=False, _nrt=False)
 def _enqueue(st, v, q, pool, bufs, nb, tracked):
     """``enqueue_packed``'s body, compiled once per value of ``tracked``
     (a literal, as ``_dequeue``)."""
