@@ -153,26 +153,35 @@ def memcpy(typingctx, dst, dst_off, src, src_off, nbytes):
     return sig, codegen
 
 
-@intrinsic
-def prefetch_write(typingctx, arr, idx):
-    """Ask for the cache line holding ``arr[idx]`` ahead of a write
-    (llvm.prefetch, write intent): a hint, never a fault, so an index past
-    what is mapped costs nothing.  Lets the miss on a buffer the peer's CPU
-    touched last overlap the work on the packets before it."""
-    sig = types.void(arr, types.intp)
+def _prefetch(rw: int, doc: str):
+    """An intrinsic asking for the cache line holding ``arr[idx]``
+    (llvm.prefetch, ``rw`` 1: write intent, 0: read): a hint, never a
+    fault, so an index past what is mapped costs nothing.  Lets the miss on
+    a buffer the peer's CPU touched last overlap the work on the packets
+    before it."""
+    @intrinsic
+    def prefetch(typingctx, arr, idx):
+        sig = types.void(arr, types.intp)
 
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        i8p = ir.IntType(8).as_pointer()
-        base = builder.bitcast(ary.data, i8p)
-        ptr = builder.gep(base, [args[1]])  # raw address: no bounds check (a hint)
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            "llvm.prefetch.p0i8")
-        builder.call(fn, [ptr, i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            i8p = ir.IntType(8).as_pointer()
+            base = builder.bitcast(ary.data, i8p)
+            ptr = builder.gep(base, [args[1]])  # raw address: no bounds check (a hint)
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                "llvm.prefetch.p0i8")
+            builder.call(fn, [ptr, i32(rw), i32(3), i32(1)])
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    prefetch.__doc__ = doc
+    return prefetch
+
+
+prefetch_write = _prefetch(1, "Ask for ``arr[idx]``'s line ahead of a write (see ``_prefetch``).")
+prefetch_read = _prefetch(0, "Ask for ``arr[idx]``'s line ahead of a read (see ``_prefetch``).")
 
 
 @intrinsic

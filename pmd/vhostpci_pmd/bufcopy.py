@@ -75,7 +75,7 @@ def copy_out(st, vec, cnt, hdr, pool, mbuf, room):
         if rest > 0:
             if total + rest > room:
                 return np.int64(CHAIN_TOO_BIG)
-            memcpy(pool.data, dst + total, m.u8, off + k, rest)
+            copy_lines(pool.data, dst + total, m.u8, off + k, rest)
             total += rest
     pool.ol_flags[mbuf] = ol
     return total

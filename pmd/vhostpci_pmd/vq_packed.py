@@ -51,7 +51,7 @@ from __future__ import annotations
 import numpy as np
 from numba import literally, njit
 
-from ..atomics import fence, load_acquire, prefetch_write
+from ..atomics import fence, load_acquire, prefetch_read, prefetch_write
 from ..ethdev import ST_IBYTES, ST_IERRORS, ST_IPACKETS, ST_OBYTES, ST_OERRORS, ST_OPACKETS, ST_RX_NOMBUF
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk
 from ..guestmem.translate import translate, translate_remembered
@@ -130,6 +130,17 @@ def _used(st, v, desc, pos, buf_id, length, first_flags):
         set_desc_flags(m, desc, i, flags)
     log(st, v, st.vq[v, VQ_DESC] + DESC_SIZE * i, DESC_SIZE)
     return flags
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _took(st, v, desc, pos, buf_id, in_order, start, first_flags, last_id):
+    """A transmit chain taken at ``pos``: with IN_ORDER only remembered
+    (one used element for the burst, written at its end), else its used
+    element written now (``_used``).  Returns ``(first_flags, last_id)``."""
+    if in_order:
+        return np.int64(used_flag_bits(pos_wrap(start))), np.int64(buf_id)
+    f = _used(st, v, desc, pos, buf_id, 0, first_flags)
+    return (np.int64(f) if first_flags < 0 else first_flags), last_id
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -213,6 +224,42 @@ def flush_inflight_packed(st, v):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _dequeue_line(st, pool, bufs, got, desc, pos, room, memo, line):
+    """The descriptor line at ``pos`` (a multiple of 4, inside the ring)
+    into mbufs ``bufs[got:got + 4]``, if it holds four available chains of
+    one device-readable descriptor each, a 12-byte header and a packet that
+    fits an mbuf, all translated: checks and translations first, then the
+    four copies (DPDK's vhost batches likewise).  Returns the bytes
+    received, or -1 having copied nothing (a chain, a bad or missing
+    buffer: the one-chain path takes it, counts it, parks on it).  ``line``
+    holds the checked rows, ``memo`` the burst's last translation row."""
+    m = st.mem
+    i = pos_idx(pos)
+    wrap = pos_wrap(pos)
+    for j in range(LINE_DESCS):
+        flags = desc_flags_acquire(m, desc, i + j)
+        if not is_avail(flags, wrap) or flags & PLAIN_MASK != 0:
+            return np.int64(-1)
+    for j in range(LINE_DESCS):
+        ln = np.int64(desc_len(m, desc, i + j))  # read once: VM1 may change it
+        if ln <= NET_HDR_LEN or ln - NET_HDR_LEN > room:
+            return np.int64(-1)
+        off = translate_remembered(st.table, st.tcount, desc_addr(m, desc, i + j), ln, False, memo)
+        if off < 0:
+            return np.int64(-1)
+        line[j, VEC_OFF] = off
+        line[j, VEC_LEN] = ln
+    nbytes = np.int64(0)
+    for j in range(LINE_DESCS):
+        b = bufs[got + j]
+        n = copy_out(st, line[j:], 1, NET_HDR_LEN, pool, b, room)
+        pool.data_len[b] = n
+        pool.port[b] = st.port_id
+        nbytes += n
+    return nbytes
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def dequeue_packed(st, v, q, pool, bufs, nb):
     """VM1 transmit ring ``v`` (packed) -> up to ``nb`` mbufs in ``bufs``.
     Tracked (``VQ_IF_BASE`` >= 0, see ``vq.py``): the chains are recorded
@@ -259,10 +306,34 @@ def _dequeue(st, v, q, pool, bufs, nb, tracked):
     room = pool.buf_size - HEADROOM
     hdr = st.vq[v, VQ_HDR_LEN]
     vec = st.vec[v]
+    # the line path: not for a tracked ring (chains recorded one by one) nor
+    # a header other than the 12-byte one (copy_out's plain case)
+    lines = ibase < 0 and hdr == NET_HDR_LEN
+    memo = st.memo[v]
+    memo[3] = 0  # no row remembered from an earlier burst
+    for k in range(min(nb, PREFETCH_AHEAD)):
+        _prefetch_buffer(st, desc, pos_advance(pos, k, num), False)
     got = 0
     taken = 0
     nbytes = 0
-    for _k in range(nb):
+    while taken < nb:
+        at_line = pos_idx(pos) & LINE_MASK == 0
+        if taken + PREFETCH_AHEAD < nb:  # one chain a slot, as a rule: a guess, never trusted
+            for j in range(LINE_DESCS if lines and at_line else 1):
+                _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD + j, num), False)
+            if at_line:
+                prefetch_read(m.u8, desc + DESC_SIZE * pos_idx(pos_advance(pos, 2 * PREFETCH_AHEAD, num)))
+        if lines and at_line and taken + LINE_DESCS <= nb and pos_idx(pos) + LINE_DESCS <= num:
+            got_bytes = _dequeue_line(st, pool, bufs, got, desc, pos, room, memo, vec)
+            if got_bytes >= 0:
+                for j in range(LINE_DESCS):
+                    first_flags, last_id = _took(st, v, desc, pos_advance(pos, j, num), desc_id(m, desc, pos_idx(pos) + j),
+                                                 in_order, start, first_flags, last_id)
+                pos = pos_advance(pos, LINE_DESCS, num)
+                got += LINE_DESCS
+                taken += LINE_DESCS
+                nbytes += got_bytes
+                continue
         flags = desc_flags_acquire(m, desc, pos_idx(pos))
         if not is_avail(flags, pos_wrap(pos)):
             break
@@ -291,13 +362,7 @@ def _dequeue(st, v, q, pool, bufs, nb, tracked):
             if res >= 0 and i < len(st.src):
                 st.src[i] = source(v, e, c)
         taken += 1
-        if in_order:  # one used element for the whole burst, written below
-            last_id = buf_id
-            first_flags = used_flag_bits(pos_wrap(start))
-        else:
-            f = _used(st, v, desc, pos, buf_id, 0, first_flags)
-            if first_flags < 0:
-                first_flags = f
+        first_flags, last_id = _took(st, v, desc, pos, buf_id, in_order, start, first_flags, last_id)
         pos = pos_advance(pos, slots, num)
         if res < 0:
             if res != CHAIN_DELIVERED:
@@ -327,9 +392,10 @@ def _dequeue(st, v, q, pool, bufs, nb, tracked):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _prefetch_buffer(st, desc, pos):
+def _prefetch_buffer(st, desc, pos, write):
     """Ask for the first two lines (header and a small packet) of the
-    buffer of the chain whose head is at ``pos``, if VM1 made it available:
+    buffer of the chain whose head is at ``pos`` (to be written if
+    ``write``, a constant at every call), if VM1 made it available:
     the buffer was last touched by VM1's CPU, and the miss then overlaps the
     copies of the packets before it (DPDK's vhost prefetches likewise).
     The window maps guest memory at offset = address (guest-physical
@@ -341,8 +407,12 @@ def _prefetch_buffer(st, desc, pos):
     if is_avail(desc_flags_acquire(m, desc, i), pos_wrap(pos)):
         off = np.int64(desc_addr(m, desc, i))
         if 0 <= off < len(m.u8) - 128:
-            prefetch_write(m.u8, off)
-            prefetch_write(m.u8, off + 64)
+            if write:
+                prefetch_write(m.u8, off)
+                prefetch_write(m.u8, off + 64)
+            else:
+                prefetch_read(m.u8, off)
+                prefetch_read(m.u8, off + 64)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
@@ -440,7 +510,7 @@ def _enqueue(st, v, q, pool, bufs, nb, tracked):
     sent = 0
     nbytes = 0
     for k in range(min(nb, PREFETCH_AHEAD)):
-        _prefetch_buffer(st, desc, pos_advance(pos, k, num))
+        _prefetch_buffer(st, desc, pos_advance(pos, k, num), True)
     lines = hdr == NET_HDR_LEN  # the line path writes the 12-byte header (VERSION_1 or MRG_RXBUF)
     memo = st.memo[v]
     memo[3] = 0  # no row remembered from an earlier burst
@@ -449,7 +519,7 @@ def _enqueue(st, v, q, pool, bufs, nb, tracked):
         at_line = pos_idx(pos) & LINE_MASK == 0
         if k + PREFETCH_AHEAD < nb:  # one chain a packet, as a rule: a guess, never trusted
             for j in range(LINE_DESCS if lines and at_line else 1):
-                _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD + j, num))
+                _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD + j, num), True)
             if at_line:
                 prefetch_write(m.u8, desc + DESC_SIZE * pos_idx(pos_advance(pos, 2 * PREFETCH_AHEAD, num)))
         if lines and at_line and first_flags < 0 and k + LINE_DESCS <= nb and pos_idx(pos) + LINE_DESCS <= num:
