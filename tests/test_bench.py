@@ -4,6 +4,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -129,6 +130,9 @@ def test_vhost_bench_quick_json(tmp_path, tmp_path_factory):
         assert r["ref_mpps"] > 0 and r["ratio"] > 0, r
         if r["scenario"] in "ab":
             assert r["ref"] == r["ours"].replace("vhost-pci", "DPDK vhost")
+    if have_dpdk:  # how much of the window the peer set the pace, on each of our rounds
+        assert re.search(r"round 1/1 a   64 B vhost-pci .* ours: \d+% of polls empty", err), err
+        assert re.search(r"round 1/1 b   64 B vhost-pci .* ours: \d+% of frames found the ring full", err), err
 
 
 def test_vhost_bench_without_dpdk_says_so(tmp_path):

@@ -60,6 +60,12 @@ class Result:
     errors: list[str] = field(default_factory=list)
 
 
+class Mpps(float):
+    """A measured rate in Mpps and what the sides noted about its window
+    (``note``: e.g. how often our lcore found nothing to do)."""
+    note = ""
+
+
 class CounterMeter:
     """The receive rate of a packet counter between ``begin()`` and ``end()``."""
 
@@ -109,7 +115,9 @@ def measure(first, second_factory: Callable[[], Any] | None, meter_of: Callable[
     measure Mpps; both sides are closed on every exit path.  A side with a
     ``check()`` is checked while waiting and after the window (still alive:
     the window measured a running process); a second side's
-    ``flow_timeout`` bounds the wait for the first packet."""
+    ``flow_timeout`` bounds the wait for the first packet.  A side with
+    ``window_begin()`` / ``window_note()`` is told when the window opens
+    and closes: the notes come back in the result's ``note``."""
     stack = contextlib.ExitStack()
     try:
         stack.callback(first.close)
@@ -130,9 +138,13 @@ def measure(first, second_factory: Callable[[], Any] | None, meter_of: Callable[
                 raise BenchError(f"no packet reached the receiver within {timeout:.0f} s")
             time.sleep(0.05)
         time.sleep(warmup)
+        noting = [s for s in (first, second) if s is not None and hasattr(s, "window_note")]
         meter.begin()
+        for s in noting:
+            s.window_begin()
         time.sleep(seconds)
-        mpps = meter.end()
+        mpps = Mpps(meter.end())
+        mpps.note = "; ".join(s.window_note() for s in noting)
         for s in sides:
             s.check()
         return mpps
@@ -166,8 +178,9 @@ def alternate(rounds: int, sizes: Iterable[int], scenarios: Iterable[str], *,
                     t0 = time.monotonic()
                     try:
                         mpps: float | None = run_one(sc, v, size)
+                        note = getattr(mpps, "note", "")
                         say(f"round {r + 1}/{rounds} {sc} {size:>4} B {label(sc, v):<16} {mpps:8.3f} Mpps"
-                            f"  ({time.monotonic() - t0:.1f} s)")
+                            f"  ({time.monotonic() - t0:.1f} s)" + (f"  {note}" if note else ""))
                     except Exception as e:  # noqa: BLE001 - any failure of one run is reported, the rest go on
                         mpps = None
                         msg = f"{sc} {size} B {label(sc, v)}: {e}"

@@ -121,6 +121,30 @@ class OursPort(CounterMeter):
         assert self.port is not None
         return self.port.stats().ipackets
 
+    def _totals(self) -> dict[str, int]:
+        assert self.fw is not None
+        out: dict[str, int] = {}
+        for per_port in self.fw.fwd_stats().values():
+            for k, n in per_port.items():
+                out[k] = out.get(k, 0) + n
+        return out
+
+    def window_begin(self) -> None:
+        self._window0 = self._totals()
+
+    def window_note(self) -> str:
+        """How much of the window the peer set the pace: receiving, the
+        share of polls that found the ring empty; sending, the share of
+        frames made that found it full.  A high share means our lcore had
+        time to spare, and the rate is the peer's."""
+        t = self._totals()
+        d = {k: n - self._window0.get(k, 0) for k, n in t.items()}
+        if self.mode == "rxonly":
+            polls = d["rx_bursts"] + d["rx_empty"]
+            return f"ours: {100 * d['rx_empty'] / max(polls, 1):.0f}% of polls empty"
+        made = d["tx"] + d["dropped"]
+        return f"ours: {100 * d['dropped'] / max(made, 1):.0f}% of frames found the ring full"
+
     def close(self) -> None:
         if self.fw is not None:
             self.fw.close()

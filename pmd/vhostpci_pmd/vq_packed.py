@@ -29,6 +29,13 @@ split kernels never look at a packed ring).  A burst:
   come together: VM1's driver polls that line's first flags, and every
   store into it while VM1 reads it costs a transfer of the line (and
   x86 commits stores in order, so the copies behind it wait too).
+  Dequeue has a line path too (``_dequeue_line``): four one-descriptor
+  transmit chains with a 12-byte header, what virtio-net drivers send,
+  all checked and translated (the burst's last row remembered), then
+  copied.  Both directions ask for the buffers ``PREFETCH_AHEAD`` chains
+  before their copy and for the descriptor lines twice as far: buffers and
+  descriptors were written last by VM1's CPU, and one miss after another,
+  each waited for in turn, held dequeue at half DPDK's rate at 64 B.
   With VIRTIO_F_IN_ORDER a transmit burst writes a single used element,
   the last chain's id at the batch's first position (2.8.9: the driver
   knows the rest); receive bursts keep one per chain (each has a length);
@@ -81,11 +88,13 @@ from .state import (
 PK_SLOT, PK_ID, PK_LEN = range(3)  # st.pk rows: one used element of the packet being written
 LINE_DESCS = 4  # descriptors in a 64-byte cache line: enqueue publishes used elements a line at a time
 LINE_MASK = LINE_DESCS - 1
-PLAIN_MASK = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT | VRING_DESC_F_WRITE  # of these, a plain receive chain has WRITE only
-# enqueue asks for a buffer's lines this many chains before copying into it,
-# and for the descriptor line twice as far ahead (write intent: VM1's CPU wrote
-# it last, and the used elements go there): with one line of chains ahead the
-# copies still waited for the buffers' lines (store buffer full on the header)
+# of these, a plain receive chain has WRITE only, a plain transmit chain none
+PLAIN_MASK = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT | VRING_DESC_F_WRITE
+# both directions ask for a buffer's lines this many chains before copying
+# (enqueue into it, write intent; dequeue out of it), and for the descriptor
+# line twice as far ahead (enqueue with write intent: the used elements go
+# there): with one line of chains ahead the enqueue copies still waited for
+# the buffers' lines (store buffer full on the header)
 PREFETCH_AHEAD = 2 * LINE_DESCS
 COUNT_AHEAD = 512  # avail_left_packed counts no further (DPDK's largest burst)
 CHAIN_DELIVERED = -100  # a resubmitted chain whose packet was delivered: returned, not read
