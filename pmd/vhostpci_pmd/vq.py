@@ -48,11 +48,11 @@ from ..ethdev import (
 from ..grace import section_enter, section_leave
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk
 from ..syscalls import eventfd_signal
-from ..virtio.split import USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, avail_idx, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
-from .bufcopy import copy_in as _copy_in, copy_out as _copy_out, log as _log, packet_in
+from ..virtio.split import USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, desc_addr, avail_idx, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
+from .bufcopy import copy_in as _copy_in, copy_out as _copy_out, log as _log, packet_in, prefetch_buffer
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, fill_vec, resolve
 from .ringmap import ring_parts
-from .vq_packed import avail_left_packed, dequeue_packed, enqueue_packed, flush_inflight_packed
+from .vq_packed import PREFETCH_AHEAD, avail_left_packed, dequeue_packed, enqueue_packed, flush_inflight_packed
 from .inflight import (
     RESUB_DELIVERED, close_batch, entry_counter, last_batch_head, link, set_inflight_used_idx, source, take, unlink,
 )
@@ -159,6 +159,16 @@ def dequeue(st, v, q, pool, bufs, nb):
     return dequeue_split(st, v, q, pool, bufs, nb)
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _prefetch_head(st, desc, avail, num, slot):
+    """``prefetch_buffer`` for the chain whose head is in available slot
+    ``slot`` (one known to be available): its first descriptor's buffer."""
+    m = st.mem
+    head = avail_entry(m, avail, slot)
+    if head < num:
+        prefetch_buffer(m, desc_addr(m, desc, head), False)
+
+
 @njit(nogil=True, cache=True, forceinline=False, _nrt=False)
 def dequeue_split(st, v, q, pool, bufs, nb):
     """VM1 transmit ring ``v`` (split) -> up to ``nb`` mbufs in ``bufs``."""
@@ -186,10 +196,14 @@ def dequeue_split(st, v, q, pool, bufs, nb):
     room = pool.buf_size - HEADROOM
     hdr = st.vq[v, VQ_HDR_LEN]
     vec = st.vec[v]
+    for k in range(r, min(n, r + PREFETCH_AHEAD)):
+        _prefetch_head(st, desc, avail, num, (last + k - r) & mask)
     got = 0
     taken = 0
     nbytes = 0
     for k in range(n):
+        if r <= k + PREFETCH_AHEAD < n:
+            _prefetch_head(st, desc, avail, num, (last + k + PREFETCH_AHEAD - r) & mask)
         if k < r:
             head = np.int64(st.resub[v, rpos + k])
             if head & RESUB_DELIVERED:  # delivered before the kill (commit record): only return it

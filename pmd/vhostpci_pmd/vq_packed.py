@@ -71,7 +71,7 @@ from ..virtio.packed import (
     publish_desc_flags, ring_sizes, set_desc_body, set_desc_flags, set_event_flags, set_used_desc, set_used_word, used_flag_bits,
     used_word,
 )
-from .bufcopy import copy_in, copy_out, log, packet_in
+from .bufcopy import copy_in, copy_out, log, packet_in, prefetch_buffer
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, VEC_ADDR, VEC_LEN, VEC_MAX, VEC_OFF
 from .chain_packed import fill_vec_packed
 from .inflight import RESUB_DELIVERED, source
@@ -402,26 +402,12 @@ def _dequeue(st, v, q, pool, bufs, nb, tracked):
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _prefetch_buffer(st, desc, pos, write):
-    """Ask for the first two lines (header and a small packet) of the
-    buffer of the chain whose head is at ``pos`` (to be written if
-    ``write``, a constant at every call), if VM1 made it available:
-    the buffer was last touched by VM1's CPU, and the miss then overlaps the
-    copies of the packets before it (DPDK's vhost prefetches likewise).
-    The window maps guest memory at offset = address (guest-physical
-    address, or IOVA for a grant), so the address itself is the guess: a
-    prefetch is a hint that never faults, and the copy still goes through
-    the checked translation (one table search per buffer, not two)."""
+    """``prefetch_buffer`` for the chain whose head is at ``pos``, if VM1
+    made it available."""
     m = st.mem
     i = pos_idx(pos)
     if is_avail(desc_flags_acquire(m, desc, i), pos_wrap(pos)):
-        off = np.int64(desc_addr(m, desc, i))
-        if 0 <= off < len(m.u8) - 128:
-            if write:
-                prefetch_write(m.u8, off)
-                prefetch_write(m.u8, off + 64)
-            else:
-                prefetch_read(m.u8, off)
-                prefetch_read(m.u8, off + 64)
+        prefetch_buffer(m, desc_addr(m, desc, i), write)
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
