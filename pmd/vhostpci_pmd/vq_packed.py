@@ -233,6 +233,27 @@ def flush_inflight_packed(st, v):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _prefetch_ahead(st, desc, num, pos, k, nb, lines, write):
+    """At chain ``k`` of a burst of ``nb`` (at ``pos``): ask for the buffer
+    ``PREFETCH_AHEAD`` chains on (a line's four at a line's start when the
+    burst takes the line path) and, at a line's start, for the descriptor
+    line twice as far (to be written if ``write``: enqueue's used
+    elements).  One chain a slot, as a rule: a guess, never trusted.
+    Returns whether ``pos`` starts a line."""
+    at_line = pos_idx(pos) & LINE_MASK == 0
+    if k + PREFETCH_AHEAD < nb:
+        for j in range(LINE_DESCS if lines and at_line else 1):
+            _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD + j, num), write)
+        if at_line:
+            d = desc + DESC_SIZE * pos_idx(pos_advance(pos, 2 * PREFETCH_AHEAD, num))
+            if write:
+                prefetch_write(st.mem.u8, d)
+            else:
+                prefetch_read(st.mem.u8, d)
+    return at_line
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
 def _dequeue_line(st, pool, bufs, got, desc, pos, room, memo, line):
     """The descriptor line at ``pos`` (a multiple of 4, inside the ring)
     into mbufs ``bufs[got:got + 4]``, if it holds four available chains of
@@ -326,12 +347,7 @@ def _dequeue(st, v, q, pool, bufs, nb, tracked):
     taken = 0
     nbytes = 0
     while taken < nb:
-        at_line = pos_idx(pos) & LINE_MASK == 0
-        if taken + PREFETCH_AHEAD < nb:  # one chain a slot, as a rule: a guess, never trusted
-            for j in range(LINE_DESCS if lines and at_line else 1):
-                _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD + j, num), False)
-            if at_line:
-                prefetch_read(m.u8, desc + DESC_SIZE * pos_idx(pos_advance(pos, 2 * PREFETCH_AHEAD, num)))
+        at_line = _prefetch_ahead(st, desc, num, pos, taken, nb, lines, False)
         if lines and at_line and taken + LINE_DESCS <= nb and pos_idx(pos) + LINE_DESCS <= num:
             got_bytes = _dequeue_line(st, pool, bufs, got, desc, pos, room, memo, vec)
             if got_bytes >= 0:
@@ -511,12 +527,7 @@ def _enqueue(st, v, q, pool, bufs, nb, tracked):
     memo[3] = 0  # no row remembered from an earlier burst
     k = 0
     while k < nb:
-        at_line = pos_idx(pos) & LINE_MASK == 0
-        if k + PREFETCH_AHEAD < nb:  # one chain a packet, as a rule: a guess, never trusted
-            for j in range(LINE_DESCS if lines and at_line else 1):
-                _prefetch_buffer(st, desc, pos_advance(pos, PREFETCH_AHEAD + j, num), True)
-            if at_line:
-                prefetch_write(m.u8, desc + DESC_SIZE * pos_idx(pos_advance(pos, 2 * PREFETCH_AHEAD, num)))
+        at_line = _prefetch_ahead(st, desc, num, pos, k, nb, lines, True)
         if lines and at_line and first_flags < 0 and k + LINE_DESCS <= nb and pos_idx(pos) + LINE_DESCS <= num:
             # nothing of the line written yet: the one-packet path publishes a line once complete
             got = _enqueue_line(st, v, pool, bufs, k, desc, pos, vec, memo, ibase)
