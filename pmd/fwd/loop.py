@@ -10,6 +10,7 @@ from __future__ import annotations
 from numba import njit
 
 from ..atomics import load_acquire, store_release
+from ..byref import ref_of, refs_of
 from ..lcore.control import LC_EPOCH, LC_POLLS, LC_STOP
 from .common import CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_TX_FIRST, EXIT_IDLE, EXIT_STOPPED
 from .unroll import poll_streams, tx_first_streams
@@ -19,17 +20,23 @@ from .unroll import poll_streams, tx_first_streams
 def fwd_loop(streams, ctx, ctl):
     """Forward on ``streams`` until ``ctl[LC_STOP]`` is set (returns
     EXIT_STOPPED) or, when cfg[CFG_IDLE_POLLS] > 0, until that many passes
-    in a row found nothing (returns EXIT_IDLE)."""
-    mode = ctx.cfg[CFG_MODE]
-    burst = ctx.cfg[CFG_BURST]
-    idle_limit = ctx.cfg[CFG_IDLE_POLLS]
-    for _ in range(ctx.cfg[CFG_TX_FIRST]):
-        tx_first_streams(streams, ctx, burst)
+    in a row found nothing (returns EXIT_IDLE).
+
+    The streams and the context are passed down by reference
+    (``pmd/byref.py``): the ports' states are stored once, here, not
+    copied into every call of every pass."""
+    refs = refs_of(streams)
+    cref = ref_of(ctx)
+    mode = cref.cfg[CFG_MODE]
+    burst = cref.cfg[CFG_BURST]
+    idle_limit = cref.cfg[CFG_IDLE_POLLS]
+    for _ in range(cref.cfg[CFG_TX_FIRST]):
+        tx_first_streams(refs, cref, burst)
     epoch = ctl[LC_EPOCH]
     polls = ctl[LC_POLLS]
     idle = 0
     while load_acquire(ctl, LC_STOP) == 0:
-        work = poll_streams(streams, ctx, mode, burst)
+        work = poll_streams(refs, cref, mode, burst)
         epoch += 1
         polls += 1
         store_release(ctl, LC_POLLS, polls)
