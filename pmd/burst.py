@@ -7,16 +7,9 @@ the rest (as in DPDK).  A driver registers its kernels for its own state
 class (a NamedTuple of numpy arrays); callers are compiled once per
 (state class, ...) combination, so the dispatch costs nothing at run time.
 
-Numba passes a state by value: a call that is not inlined pushes every field
-of every array in it, ~390 words (3 KB, ~400 cycles a call) for the vhost-
-pci port's state. LLVM inlines small functions by itself, but not one that
-makes such calls of its own, so the vhost-pci port's burst wrappers
-(``txhold.tx``, ``vq.vhost_pci_rx``) carry ``forceinline=True`` (LLVM's
-alwaysinline; Numba's ``inline="always"``, which works on its own IR, broke
-an engine here: flowgen's per-flow writes were lost). A function Numba
-compiles while compiling a forceinline one inherits the flag unless it sets
-its own, so the ring kernels those wrappers call say ``forceinline=False``:
-they stay one call a burst.
+A state reaches these functions by reference from the forwarding loop
+(``pmd/byref.py``): a call costs one pointer, not the state's hundreds of
+words, whether LLVM inlines it or not.
 
 Around each driver's bursts the dispatch counts packet sizes into the
 state's ``stats`` array (``pmd.sizebins``: what rx handed out, what tx

@@ -116,3 +116,20 @@ def test_ring_peer_joins_two_ports(fwd):
     # port 0 sends to port 1 (its stream tx) -> arrives at port 0 (the peer)
     assert fwd.ports[0].stats().opackets == 32 and fwd.ports[0].stats().ipackets == 32
     assert fwd.ports[0].driver.info()["peer"] == "net_ring1"
+
+
+def test_an_idle_pass_waits_idle_wait_before_the_next(fwd):
+    """--idle-wait: an lcore that found nothing polls again only after the
+    wait (1 ms here: at most one pass a millisecond, where back to back it
+    makes millions a second)."""
+    for v in ("net_ring0", "net_ring1"):
+        fwd.attach_port(v).start()
+    fwd.config.mode, fwd.config.idle_wait_ns = "io", 1_000_000
+    t0 = time.monotonic()
+    fwd.start()
+    time.sleep(0.2)
+    stats = fwd.stop()
+    elapsed_ms = (time.monotonic() - t0) * 1e3
+    for pid in (0, 1):
+        assert 0 < stats[pid]["rx_empty"] <= elapsed_ms + 1
+    assert stats[0]["rx"] == 0

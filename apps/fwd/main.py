@@ -9,10 +9,10 @@ import argparse
 import sys
 import time
 
+from apps.cli import add_idle_options
 from pmd.eal import EalConfig, eal_init, format_cpuset
 from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
-from pmd.fwd.config import FwdConfig
 from pmd.fwd.runtime import FwdError, forwarding_from_eal
 from pmd.rates import RateTracker
 from pmd.metrics import MetricsError, MetricsServer, start_metrics
@@ -40,18 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-period", type=float, default=1.0, help="seconds between stats lines (0: none)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until SIGINT)")
     p.add_argument("--total-num-mbufs", type=int, default=16384)
-    p.add_argument("--no-interrupts", action="store_true",
-                   help="pure polling: never fall back to sleeping on rx notifications")
-    p.add_argument("--idle-polls", type=int, default=FwdConfig.idle_polls, metavar="N",
-                   help=f"empty passes before an lcore sleeps until woken (default {FwdConfig.idle_polls})")
+    add_idle_options(p)
     return p
 
 
 def parse_app_args(argv: list[str]) -> argparse.Namespace:
     p = _parser()
     args = p.parse_args(argv)
-    if args.idle_polls < 1:
-        p.error(f"--idle-polls must be >= 1, got {args.idle_polls}")
     return args
 
 
@@ -126,6 +121,7 @@ def _forward(eal: EalConfig, args: argparse.Namespace, workers: int, metrics: Me
             fw.config.nb_cores = args.nb_cores or workers
             fw.config.interrupts = not args.no_interrupts
             fw.config.idle_polls = args.idle_polls
+            fw.config.idle_wait_ns = args.idle_wait
             for pid, port in fw.ports.items():
                 print(f"Port {pid}: {port.name} MAC {format_mac(port.mac())}", flush=True)
             try:

@@ -16,7 +16,7 @@ import io
 import sys
 from typing import NoReturn
 
-from apps.cli import silence_stdout
+from apps.cli import add_idle_options, int_in, silence_stdout
 from pmd.eal import EalConfig, eal_init, format_cpuset
 from pmd.ethdev import PortError, format_mac
 from pmd.fwd.common import MODE_NAMES
@@ -40,14 +40,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+_positive = int_in(1)  # testpmd's counts: 1 or more
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,10 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", type=_positive, default=32, metavar="N", help="packets per burst")
     p.add_argument("--txpkts", type=_positive, default=64, metavar="N", help="txonly/flowgen frame size")
     p.add_argument("--total-num-mbufs", type=_positive, default=16384, metavar="N", help="mbuf pool size")
-    p.add_argument("--no-interrupts", action="store_true",
-                   help="pure polling: never fall back to sleeping on rx notifications")
-    p.add_argument("--idle-polls", type=_positive, default=FwdConfig.idle_polls, metavar="N",
-                   help=f"empty passes before an lcore sleeps until woken (default {FwdConfig.idle_polls})")
+    add_idle_options(p)
     # testpmd options applied through the shell's own commands (see _apply_port_options)
     for opt in ("--rxq", "--txq", "--rxd", "--txd", "--nb-ports"):
         p.add_argument(opt, type=_positive, metavar="N", help=f"as testpmd's {opt}")
@@ -147,7 +137,7 @@ def setup(argv: list[str]) -> tuple[Forwarding, argparse.Namespace, EalConfig, M
     if args.nb_cores > workers:
         _fail(f"--nb-cores={args.nb_cores}: only {workers} worker lcores (give the EAL more, e.g. -l)", 2)
     config = FwdConfig(mode=args.forward_mode, nb_cores=args.nb_cores, burst=args.burst, txpkts=args.txpkts,
-                       interrupts=not args.no_interrupts, idle_polls=args.idle_polls)
+                       interrupts=not args.no_interrupts, idle_polls=args.idle_polls, idle_wait_ns=args.idle_wait)
     try:
         config.validate()  # before any port exists: bad input starts nothing
     except ValueError as e:

@@ -25,8 +25,9 @@ MODE_NAMES = ("io", "mac", "macswap", "rxonly", "txonly", "flowgen", "icmpecho")
 REPLY_MODES = ("icmpecho",)
 
 # cfg slots (int64 array, read once when a loop starts); CFG_TX_FIRST is the
-# number of txonly bursts sent on each stream before forwarding
-CFG_MODE, CFG_BURST, CFG_TX_FIRST, CFG_IDLE_POLLS, CFG_NB_FLOWS = range(5)
+# number of txonly bursts sent on each stream before forwarding; CFG_IDLE_WAIT_NS
+# how long a pass that found nothing waits before the next (``loop.py``)
+CFG_MODE, CFG_BURST, CFG_TX_FIRST, CFG_IDLE_POLLS, CFG_NB_FLOWS, CFG_IDLE_WAIT_NS = range(6)
 N_CFG = 8
 
 # Per-stream forward counters (fs[sid, ...]): packets, then non-empty bursts,

@@ -19,7 +19,7 @@ from .power import RxQueue, can_sleep, full_fence, power_fwd_loop, precompile
 from ..mbuf import MbufPool, create_pool
 from ..progress import progress
 from .common import (
-    CFG_BURST, CFG_IDLE_POLLS, CFG_MODE, CFG_NB_FLOWS, CFG_TX_FIRST, FS_DROPPED,
+    CFG_BURST, CFG_IDLE_POLLS, CFG_IDLE_WAIT_NS, CFG_MODE, CFG_NB_FLOWS, CFG_TX_FIRST, FS_DROPPED,
     FS_RX, FS_RX_BURSTS, FS_RX_EMPTY, FS_RX_FULL, FS_TX, FS_TX_BURSTS, FS_TX_FULL, MAX_BURST, MODE_NAMES,
     REPLY_MODES, N_CFG, N_FS, FwdCtx, Stream,
 )
@@ -186,6 +186,7 @@ class Forwarding:
         cfg[CFG_TX_FIRST] = int(tx_first)
         cfg[CFG_IDLE_POLLS] = c.idle_polls if sleepy else 0
         cfg[CFG_NB_FLOWS] = c.nb_flows
+        cfg[CFG_IDLE_WAIT_NS] = c.idle_wait_ns
         return cfg
 
     def _lcore_streams(self, lcore: int) -> tuple:

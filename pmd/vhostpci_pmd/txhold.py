@@ -57,7 +57,7 @@ def _drop(st, q, pool):
     return held
 
 
-@njit(nogil=True, cache=True, forceinline=False, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def _flush(st, v, q, pool):
     """Send the held packets in order; returns how many are still held."""
     held = st.vq[v, VQ_HELD]
@@ -77,7 +77,7 @@ def _flush(st, v, q, pool):
     return held
 
 
-@njit(nogil=True, cache=True, forceinline=False, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def _hold(st, v, q, bufs, start, nb):
     """Take ``bufs[start:nb]`` into the hold queue as room allows; returns how many."""
     held = st.vq[v, VQ_HELD]
@@ -97,12 +97,10 @@ def _holds_first(st, v):
     return st.vq[v, VQ_HELD] > 0 or st.vq[v, VQ_PARKED] != 0
 
 
-@njit(nogil=True, cache=True, forceinline=True, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def tx(st, q, pool, bufs, nb):
     """tx_burst of the vhost-pci port: ``bufs[:nb]`` into VM1's receive ring
-    ``2q``; returns how many the port took (sent, dropped as bad, or held).
-    Inlined by LLVM into the engine: a call would pass the whole state by
-    value (``pmd/burst.py``); the ring kernels it calls stay calls."""
+    ``2q``; returns how many the port took (sent, dropped as bad, or held)."""
     v = 2 * q
     row = st.vq[v]
     section_enter(row, VQ_READER)
@@ -110,7 +108,7 @@ def tx(st, q, pool, bufs, nb):
     # ``room`` promised this burst the hold's space, not the ring's: what the
     # ring cannot take of it, even when merely full, is held, or the caller drops it
     promised = _holds_first(st, v)
-    # the held count first: a call passes the whole state by value (pmd/burst.py)
+    # the held count first: ``_flush`` is a call, and nothing is held as a rule
     if st.vq[v, VQ_HELD] > 0 and _flush(st, v, q, pool) > 0:  # still waiting for a grant: queue behind
         taken = _hold(st, v, q, bufs, 0, nb)
     else:

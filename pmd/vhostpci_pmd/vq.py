@@ -152,8 +152,7 @@ def _complete_pending(st, v, num, avail, used, ibase):
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
 def dequeue(st, v, q, pool, bufs, nb):
     """VM1 transmit ring ``v`` -> up to ``nb`` mbufs in ``bufs`` (the ring's
-    layout picks the kernel: one test per burst, none per packet).  Inlined:
-    a call that is not passes the whole state by value (``pmd/burst.py``)."""
+    layout picks the kernel: one test per burst, none per packet)."""
     if st.vq[v, VQ_PACKED] != 0:
         return dequeue_packed(st, v, q, pool, bufs, nb)
     return dequeue_split(st, v, q, pool, bufs, nb)
@@ -169,7 +168,7 @@ def _prefetch_head(st, desc, avail, num, slot):
         prefetch_buffer(m, desc_addr(m, desc, head), False)
 
 
-@njit(nogil=True, cache=True, forceinline=False, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def dequeue_split(st, v, q, pool, bufs, nb):
     """VM1 transmit ring ``v`` (split) -> up to ``nb`` mbufs in ``bufs``."""
     num, desc, avail, used, n = _begin(st, v)
@@ -287,7 +286,7 @@ def enqueue(st, v, q, pool, bufs, nb):
     return enqueue_split(st, v, q, pool, bufs, nb)
 
 
-@njit(nogil=True, cache=True, forceinline=False, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def enqueue_split(st, v, q, pool, bufs, nb):
     """``bufs[:nb]`` -> VM1 receive ring ``v`` (split).  With MRG_RXBUF a packet may
     fill several available chains (num_buffers in its header).  Returns how
@@ -402,10 +401,9 @@ def avail_left(st, v):
     return n
 
 
-@njit(nogil=True, cache=True, forceinline=True, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def vhost_pci_rx(st, q, pool, bufs, nb):
-    """VM1's transmit ring of queue pair ``q``; inlined by LLVM into the
-    port's rx (a call passes the whole state by value, ``pmd/burst.py``)."""
+    """VM1's transmit ring of queue pair ``q``."""
     return dequeue(st, 2 * q + 1, q, pool, bufs, nb)
 
 

@@ -297,13 +297,13 @@ def dequeue_packed(st, v, q, pool, bufs, nb):
     a predecessor's, resubmitted (``VQ_RESUB_*``: their entries are kept,
     and one whose packet was delivered is only returned).  As for
     ``enqueue_packed``, tracked rings have a kernel of their own; this
-    choice is inlined (one call a burst, passing the whole state by value)."""
+    choice is inlined (one call a burst)."""
     if st.vq[v, VQ_IF_BASE] >= 0:
         return _dequeue(st, v, q, pool, bufs, nb, True)
     return _dequeue(st, v, q, pool, bufs, nb, False)
 
 
-@njit(nogil=True, cache=True, forceinline=False, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def _dequeue(st, v, q, pool, bufs, nb, tracked):
     """``dequeue_packed``'s body, compiled once per value of ``tracked``
     (a literal).  Not inlined: Numba's IR inlining of a body this size
@@ -493,7 +493,7 @@ def enqueue_packed(st, v, q, pool, bufs, nb):
     return _enqueue(st, v, q, pool, bufs, nb, False)
 
 
-@njit(nogil=True, cache=True, forceinline=False, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def _enqueue(st, v, q, pool, bufs, nb, tracked):
     """``enqueue_packed``'s body, compiled once per value of ``tracked``
     (a literal, as ``_dequeue``)."""

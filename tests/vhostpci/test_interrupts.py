@@ -226,7 +226,7 @@ def test_virtio_user_arm_gets_called(fwd, vm1):
 def test_app_options():
     from apps.fwd.main import parse_app_args as fwd_args
     from apps.testpmd.main import parse_app_args as testpmd_args
-    from pmd.fwd.config import FwdConfig
+    from pmd.fwd.config import MAX_IDLE_WAIT_NS, FwdConfig
 
     assert FwdConfig().interrupts and FwdConfig().idle_polls > 0
     for parse in (fwd_args, testpmd_args):
@@ -236,6 +236,11 @@ def test_app_options():
         assert a.no_interrupts and a.idle_polls == 500
         with pytest.raises(SystemExit):
             parse(["--idle-polls", "0"])
+        assert a.idle_wait == FwdConfig().idle_wait_ns > 0
+        assert parse(["--idle-wait", "0"]).idle_wait == 0
+        for bad in ("-1", str(MAX_IDLE_WAIT_NS + 1), "1us"):
+            with pytest.raises(SystemExit):
+                parse(["--idle-wait", bad])
 
 
 def lcore_cpu_percent(fwd, seconds: float) -> float:
