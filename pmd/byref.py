@@ -42,6 +42,7 @@ class Ref(types.Type):
 
     @property
     def fields(self):
+        """The NamedTuple's field names (what ``pmd.burst`` looks for ``stats`` in)."""
         return self.target.fields
 
 
@@ -53,11 +54,6 @@ class _RefModel(models.PrimitiveModel):
 
 def _field_type(target: types.BaseNamedTuple, attr: str):
     return target[target.fields.index(attr)]
-
-
-def target_of(typ):
-    """The value type behind ``typ`` (``typ`` itself unless it is a ``Ref``)."""
-    return typ.target if isinstance(typ, Ref) else typ
 
 
 def _as_ref(typ):

@@ -45,9 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_app_args(argv: list[str]) -> argparse.Namespace:
-    p = _parser()
-    args = p.parse_args(argv)
-    return args
+    return _parser().parse_args(argv)
 
 
 def format_line(port_id: int, name: str, st: dict, rx_pps: float, tx_pps: float) -> str:
