@@ -48,7 +48,7 @@ from ..ethdev import (
 from ..grace import section_enter, section_leave
 from ..mbuf import HEADROOM, alloc_bulk, free_bulk
 from ..syscalls import eventfd_signal
-from ..virtio.split import USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, desc_addr, avail_idx, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
+from ..virtio.split import USED_ELEM_SIZE, USED_FLAGS, USED_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, avail_entry, avail_flags, avail_idx, desc_addr, ring_sizes, set_used_entry, set_used_flags, set_used_idx, used_elem_at, used_entry_id, used_event, used_flags, vring_need_event
 from .bufcopy import copy_in as _copy_in, copy_out as _copy_out, log as _log, packet_in, prefetch_buffer
 from .chain import CHAIN_MISS, CHAIN_TOO_BIG, fill_vec, resolve
 from .ringmap import ring_parts
