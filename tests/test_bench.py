@@ -289,6 +289,7 @@ def test_vm1_bench_quick_json(tmp_path, tmp_path_factory):
             assert len(r[f"{side}_runs"]) == 1 and r[f"{side}_mpps"] is not None, r
             (s,) = r[f"{side}_samples"]
             assert s["sent"] > 0 and s["seconds"] > 0, r
+            assert 0.0 <= s["vm1_cpu_idle"] <= 1.0 and s["vm1_wake_ipis"] >= 0, r  # VM1's CPU meanwhile
     assert doc["what"] == ["throughput", "delivery"] and doc["rates"] == [500, 5000] and doc["count"] == 1000
     delivery = {(r["iommu"], r["rate"]): r for r in doc["delivery"]}
     assert set(delivery) == {(i, rate) for i in ("none", "intel-strict") for rate in (500, 5000)}
@@ -309,6 +310,42 @@ def test_vm1_bench_without_qemu_says_so(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "qemu-system-x86_64 not found (tools/setup installs qemu-system-x86): the VM1 bench did not run"]
+
+
+PROC_INTERRUPTS = """\
+           CPU0       CPU1       CPU2
+  0:         11          0          0   IO-APIC    2-edge      timer
+LOC:        500        600        700   Local timer interrupts
+RES:         10         20         30   Rescheduling interrupts
+CAL:          1          2          3   Function call interrupts
+TLB:          4          5          6   TLB shootdowns
+"""
+
+
+def test_wake_ipis_are_a_cpus_rescheduling_and_function_call_interrupts():
+    from apps.bench.cpuwindow import parse_interrupts
+    assert parse_interrupts(PROC_INTERRUPTS, 0) == 11
+    assert parse_interrupts(PROC_INTERRUPTS, 2) == 33
+    assert parse_interrupts(PROC_INTERRUPTS, 1, ("TLB",)) == 5
+    with pytest.raises(ValueError, match="no column for CPU 3"):
+        parse_interrupts(PROC_INTERRUPTS, 3)
+
+
+def test_cpu_window_sees_a_busy_cpu_busy():
+    """A thread spinning on the watched CPU for the whole window: (almost) no idle time."""
+    from apps.bench.cpuwindow import CpuWindow
+    cpu = max(os.sched_getaffinity(0))
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        window = CpuWindow(cpu)
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            pass
+        use = window.close()
+    finally:
+        os.sched_setaffinity(0, old)
+    assert use.idle < 0.5 and use.wake_ipis >= 0
 
 
 def test_iotlb_bench_prints_latencies_for_each_placement():

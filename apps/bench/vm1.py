@@ -18,7 +18,10 @@ static ``udpblast`` (tools/guest/blaster.py) sends for ``seconds`` per size
 as fast as it can (a blocking socket: a full send buffer paces it).  Rate =
 datagrams the namespace's socket received / the guest's sending time; loss
 = 1 - received / datagrams that left the guest's stack for its NIC (sent
-minus the qdisc's drops, Udp SndbufErrors).  Variants alternate (order reversed every other round); the
+minus the qdisc's drops, Udp SndbufErrors).  Between the guest's markers
+around its sending, the bench also watches VM1's CPU (``cpuwindow.py``):
+the share of it left idle and the wake-up interrupts it received (per
+datagram received): what VM1's QEMU threads waited for VM2.  Variants alternate (order reversed every other round); the
 ratio is the median of per-round ours / DPDK (TCG makes both slow and the
 machine is noisy: the ratio is what counts).
 
@@ -55,6 +58,7 @@ from apps.wire import VethWire, reclaim_leftovers, wire_unavailable
 
 from . import dpdk
 from .common import BenchError, Result, default_cpu, median, signals_deferred
+from .cpuwindow import CpuWindow
 from .vhost import NOT_FOUND, ROOT, DpdkSide, FwdProcess, _Env
 
 SIZES = (64, 1024)  # UDP payload bytes
@@ -120,7 +124,9 @@ sleep 1
 GUEST_THROUGHPUT = r'''
 for _s in {sizes}; do
     _t0=$(nstat tx_packets); _e0=$(snmp Udp SndbufErrors)
+    marker "blast start size=$_s"
     _r=$(/udpblast "$VM1_PEER" {port} "$_s" {seconds})
+    marker "blast end size=$_s"
     sleep 1
     marker "blast size=$_s $_r eth_tx=$(($(nstat tx_packets) - _t0)) sndbuf_errors=$(($(snmp Udp SndbufErrors) - _e0))"
 done
@@ -155,6 +161,8 @@ for _r in {rates}; do
     _p=$((_p + 1))
 done
 '''
+BLAST_START = re.compile(r"VM1: blast start size=(\d+)")
+BLAST_END = re.compile(r"VM1: blast end size=(\d+)")
 BLAST = re.compile(r"VM1: blast size=(\d+) sent=(\d+) bytes=(\d+) usec=(\d+) errors=(\d+) eth_tx=(\d+) "
                    r"sndbuf_errors=(\d+)")
 DELIVERY_READY = re.compile(r"VM1: delivery ready rate=(\d+) port=(\d+)")
@@ -173,6 +181,9 @@ class Sample:
     pps: float = 0.0
     mbps: float = 0.0  # UDP payload Mbit/s received
     loss: float = 0.0  # 1 - received / (sent - sndbuf_errors): lost between the guest's NIC and the socket
+    vm1_cpu_idle: float | None = None  # share of VM1's CPU left idle while the guest sent (cpuwindow.py)
+    vm1_wake_ipis: int | None = None  # wake-up interrupts VM1's CPU received meanwhile
+    wake_ipis_per_packet: float | None = None  # of those, per datagram received
 
 
 @dataclass
@@ -403,10 +414,14 @@ class _Bench:
             for _ in plan.rates:
                 d = self._deliver(vm, vm2, stack)
                 got.deliveries[d.rate] = d
-            blasts = {}
+            blasts, cpu_use = {}, {}
             for _ in plan.sizes:
                 vm2.check()
-                g = vm.wait_console(BLAST, per_size + 60).groups()
+                vm.wait_console(BLAST_START, per_size + 60)
+                window = CpuWindow(env.vm1_cpu)
+                size = int(vm.wait_console(BLAST_END, per_size + 60).group(1))
+                cpu_use[size] = window.close()
+                g = vm.wait_console(BLAST, 60).groups()
                 blasts[int(g[0])] = [int(x) for x in g[1:]]
             vm.wait_console(r"VM1: done", 60)
             vm2.check()
@@ -424,6 +439,9 @@ class _Bench:
             x.pps = rcvd / x.seconds if x.seconds else 0.0
             x.mbps = rcvd * size * 8 / x.seconds / 1e6 if x.seconds else 0.0
             x.loss = 1 - rcvd / (sent - sndbuf) if sent > sndbuf else 0.0
+            if size in cpu_use:
+                x.vm1_cpu_idle, x.vm1_wake_ipis = cpu_use[size].idle, cpu_use[size].wake_ipis
+                x.wake_ipis_per_packet = x.vm1_wake_ipis / rcvd if rcvd else None
             got.samples[size] = x
         return got
 
@@ -535,6 +553,14 @@ def _full_checksums(wire: VethWire, notes: list[str]) -> None:
                    capture_output=True, text=True, timeout=30)
 
 
+def _cpu_note(x: Sample) -> str:
+    """VM1's CPU while the guest sent, for the progress line."""
+    if x.vm1_cpu_idle is None:
+        return ""
+    per = f" ({x.wake_ipis_per_packet:.2f} a packet)" if x.wake_ipis_per_packet is not None else ""
+    return f"; VM1's CPU idle {x.vm1_cpu_idle:.0%}, woken by {x.vm1_wake_ipis} IPIs{per}"
+
+
 def _say_run(say: Callable[[str], None], got: Boot) -> None:
     """One boot's figures, as progress."""
     for r, d in got.deliveries.items():
@@ -543,7 +569,7 @@ def _say_run(say: Callable[[str], None], got: Boot) -> None:
     for s, x in got.samples.items():
         say(f"    {s:>5} B: {x.pps / 1e3:8.2f} kpps {x.mbps:8.2f} Mbit/s in {x.seconds:.1f} s: sent "
             f"{x.sent} (qdisc drops {x.sndbuf_errors}, eth0 tx {x.eth_tx}), received "
-            f"{x.received}, loss {x.loss:.1%}")
+            f"{x.received}, loss {x.loss:.1%}{_cpu_note(x)}")
     if got.error:
         say(f"    failed: {got.error.splitlines()[0]}")
 
