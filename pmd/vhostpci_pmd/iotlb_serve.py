@@ -18,12 +18,8 @@ lcore polling queue 0 while the control thread lends it the socket
    vrings (``wait_sections``: only the bursts inside the window when the rows
    went out, ``pmd/grace.py``), pages revoked, and only then the ack:
    isolation is exactly the Python path's;
-4. the reply (u64 0) when the protocol asks for one.  A message with
-   nothing queued behind it is answered before it is consumed: its sender
-   (QEMU's vCPU or main thread, behind a strict vIOMMU) waits for that
-   reply and nothing else, so the read that consumes the message and the
-   look for a next one come after.  The replies of a run of messages
-   queued back to back go in one send with the run's last one.
+4. the reply (u64 0) when the protocol asks for one: the replies of a
+   run of messages queued back to back go in one send after the run.
 
 It stops after ``MAX_BATCH`` messages so the thread's other duties run.
 What it did is told in ``io`` (counters, and the vrings its UPDATEs
@@ -92,11 +88,9 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
     io[IO_NEXT] = NEXT_NONE
     while handled < MAX_BATCH:
         t0 = monotonic_ns()
-        # one byte more than a message: whether another one is queued behind it
-        got = socket_recv_into(fd, buf, MSG_SIZE + 1, MSG_PEEK | MSG_DONTWAIT)
+        got = socket_recv_into(fd, buf, MSG_SIZE, MSG_PEEK | MSG_DONTWAIT)
         if got < 0:
             break  # nothing there (EAGAIN), or an error the Python read reports
-        last = got <= MSG_SIZE
         io[IO_NEXT] = NEXT_PYTHON
         if not is_iotlb_msg(buf, got, FRONTEND_IOTLB_MSG):
             break
@@ -141,6 +135,8 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
                 io[IO_REVOKE_NS] += monotonic_ns() - t2
         else:
             break
+        socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
+        io[IO_NEXT] = NEXT_NONE
         handled += 1
         if kind == _UPDATE:
             io[IO_UPDATES] += 1
@@ -154,28 +150,15 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
             put_ack(out, acks * REPLY_SIZE, FRONTEND_IOTLB_MSG, flags, ok)
             acks += 1
         io[IO_UPDATE_NS if kind == _UPDATE else IO_INVALIDATE_NS] += monotonic_ns() - t0
-        if last and acks > 0:
-            # nothing queued behind it: its sender waits for the replies now
-            if not _send_acks(fd, out, acks, io):
-                socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # handled: consumed all the same
-                io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
-                return handled
-            acks = 0
-        socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
-        io[IO_NEXT] = NEXT_NONE
-    if acks > 0 and not _send_acks(fd, out, acks, io):
-        io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
+    if acks > 0:
+        # every reply in one send, once nothing more is queued behind them: a
+        # front-end that waits for each one gets it at once, one that sends a
+        # run and then reads the replies is woken once for the run
+        t1 = monotonic_ns()
+        if socket_send_from(fd, out, acks * REPLY_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != acks * REPLY_SIZE:
+            io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
+        io[IO_REPLY_NS] += monotonic_ns() - t1
     return handled
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def _send_acks(fd, out, acks, io):
-    """The ``acks`` replies written into ``out``, in one send; False if the
-    socket did not take them all."""
-    t1 = monotonic_ns()
-    sent = socket_send_from(fd, out, acks * REPLY_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL)
-    io[IO_REPLY_NS] += monotonic_ns() - t1
-    return sent == acks * REPLY_SIZE
 
 
 @njit(nogil=True, cache=True)
@@ -240,7 +223,7 @@ class IotlbServer:
         self.vq = vq
         self.misses = misses
         self.timeout_ns = int(timeout_s * 1e9)
-        self.buf = np.zeros(MSG_SIZE + 1, np.uint8)  # a message and a byte: is another one behind it
+        self.buf = np.zeros(MSG_SIZE, np.uint8)
         self.out = np.zeros(MAX_BATCH * REPLY_SIZE, np.uint8)
         self.io = np.zeros(N_IO, np.int64)
         self._pfds = np.zeros((4, 2), np.int32)

@@ -72,7 +72,7 @@ class IotlbBufs(NamedTuple):
     for whichever thread holds VM1's socket (``iotlb_lend.py``)."""
 
     ws: WinState  # the window's grants and tables
-    buf: np.ndarray  # uint8[MSG_SIZE + 1]: the message peeked, and whether another one follows
+    buf: np.ndarray  # uint8[MSG_SIZE]: the message read
     out: np.ndarray  # uint8[MAX_BATCH * REPLY_SIZE]: the replies of a run
     io: np.ndarray  # int64[N_IO]: counters and the profile
 
