@@ -115,8 +115,9 @@ def test_a_run_of_messages_is_answered_in_one_send(setup):
     flags = VERSION | FLAG_NEED_REPLY
     run = np.zeros(3 * MSG_SIZE, np.uint8)
     put_iotlb(run, 0, FRONTEND_IOTLB_MSG, flags, BUF, PAGE, uaddr, int(IotlbPerm.RO), UPDATE)
-    put_iotlb(run, MSG_SIZE, FRONTEND_IOTLB_MSG, flags, BUF + PAGE, PAGE, uaddr + PAGE, int(IotlbPerm.RW), UPDATE)
-    put_iotlb(run, 2 * MSG_SIZE, FRONTEND_IOTLB_MSG, flags, BUF, PAGE, 0, 0, INVALIDATE)
+    # an INVALIDATE inside the run: its reply waits for the run's last one too
+    put_iotlb(run, MSG_SIZE, FRONTEND_IOTLB_MSG, flags, BUF, PAGE, 0, 0, INVALIDATE)
+    put_iotlb(run, 2 * MSG_SIZE, FRONTEND_IOTLB_MSG, flags, BUF + PAGE, PAGE, uaddr + PAGE, int(IotlbPerm.RW), UPDATE)
     served = port.driver.device.iotlb_server.served
     with socket.socket(fileno=os.dup(fe.channel.fileno())) as sock:  # the session's socket, raw
         sock.settimeout(5.0)
