@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -31,8 +30,8 @@ from tests.util import wait_until as wait
 ROGUE_GPA = 0x1800000  # low region, past the rings: never granted
 
 
-def main(action: str, mode: str) -> None:
-    sock = os.path.join(tempfile.mkdtemp(prefix="iso", dir="/tmp"), "vp.sock")
+def main(action: str, mode: str, sockdir: str) -> None:
+    sock = os.path.join(sockdir, "vp.sock")  # the parent's directory: it removes it, however we end
     vp = Port(0, parse_vdev(f"net_vhost_pci0,path={sock}"))
     vu = Port(1, parse_vdev(f"net_virtio_user0,path={sock},iommu={mode}"))
     vp.start()
@@ -78,4 +77,4 @@ def main(action: str, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])
