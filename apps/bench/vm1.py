@@ -161,8 +161,8 @@ for _r in {rates}; do
     _p=$((_p + 1))
 done
 '''
-BLAST_START = re.compile(r"VM1: blast start size=(\d+)")
-BLAST_END = re.compile(r"VM1: blast end size=(\d+)")
+BLAST_START = re.compile(r"VM1: blast start size=\d+")
+BLAST_END = re.compile(r"VM1: blast end size=\d+")
 BLAST = re.compile(r"VM1: blast size=(\d+) sent=(\d+) bytes=(\d+) usec=(\d+) errors=(\d+) eth_tx=(\d+) "
                    r"sndbuf_errors=(\d+)")
 DELIVERY_READY = re.compile(r"VM1: delivery ready rate=(\d+) port=(\d+)")
@@ -183,7 +183,6 @@ class Sample:
     loss: float = 0.0  # 1 - received / (sent - sndbuf_errors): lost between the guest's NIC and the socket
     vm1_cpu_idle: float | None = None  # share of VM1's CPU left idle while the guest sent (cpuwindow.py)
     vm1_wake_ipis: int | None = None  # wake-up interrupts VM1's CPU received meanwhile
-    wake_ipis_per_packet: float | None = None  # of those, per datagram received
 
 
 @dataclass
@@ -419,10 +418,10 @@ class _Bench:
                 vm2.check()
                 vm.wait_console(BLAST_START, per_size + 60)
                 window = CpuWindow(env.vm1_cpu)
-                size = int(vm.wait_console(BLAST_END, per_size + 60).group(1))
-                cpu_use[size] = window.close()
+                vm.wait_console(BLAST_END, per_size + 60)
+                use = window.close()
                 g = vm.wait_console(BLAST, 60).groups()
-                blasts[int(g[0])] = [int(x) for x in g[1:]]
+                blasts[int(g[0])], cpu_use[int(g[0])] = [int(x) for x in g[1:]], use
             vm.wait_console(r"VM1: done", 60)
             vm2.check()
             received = counter.result()
@@ -441,7 +440,6 @@ class _Bench:
             x.loss = 1 - rcvd / (sent - sndbuf) if sent > sndbuf else 0.0
             if size in cpu_use:
                 x.vm1_cpu_idle, x.vm1_wake_ipis = cpu_use[size].idle, cpu_use[size].wake_ipis
-                x.wake_ipis_per_packet = x.vm1_wake_ipis / rcvd if rcvd else None
             got.samples[size] = x
         return got
 
@@ -557,7 +555,7 @@ def _cpu_note(x: Sample) -> str:
     """VM1's CPU while the guest sent, for the progress line."""
     if x.vm1_cpu_idle is None:
         return ""
-    per = f" ({x.wake_ipis_per_packet:.2f} a packet)" if x.wake_ipis_per_packet is not None else ""
+    per = f" ({x.vm1_wake_ipis / x.received:.2f} a packet)" if x.received else ""
     return f"; VM1's CPU idle {x.vm1_cpu_idle:.0%}, woken by {x.vm1_wake_ipis} IPIs{per}"
 
 
