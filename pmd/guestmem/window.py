@@ -51,7 +51,7 @@ from .iotlb_ops import (
 )
 from .region import Region
 from .sigbus import guard
-from .translate import PERM_RO, PERM_RW, PERM_WO
+from .translate import PERM_RO, PERM_RW, PERM_WO, granted_perm
 from .vmem import PAGE_SIZE, PROT_READ, PROT_WRITE, U64_LIMIT, U64_MASK, aligned, file_size, map_fd, release, reserve, revoke
 
 
@@ -182,6 +182,11 @@ class Window:
         """The translation table as Python ints ``(iova, iova_end, offset, perm)``
         (``iova_end`` exclusive; the numpy table holds ``iova_last``)."""
         return [(int(s), int(last) + 1, int(off), int(perm)) for s, last, off, perm in self._rows()]
+
+    def granted_perm(self, iova: int) -> int:
+        """The permission (1 RO, 2 WO, 3 RW) the byte at ``iova`` is granted
+        with now, or 0 if it is not mapped (one consistent look, any thread)."""
+        return int(granted_perm(self.table, self.table_count, np.uint64(iova & U64_MASK)))
 
     # ------------------------------------------------------- memory regions
     def add_region(self, fd: int, gpa: int, size: int, mmap_offset: int,

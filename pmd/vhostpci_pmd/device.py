@@ -147,7 +147,7 @@ class VhostPciDevice(BackendDevice):
         self.link = False
         self.port_id = 0
         self._kstate: VhostPciState | None = None
-        self.iotlb = IotlbMisses(self.vq)
+        self.iotlb = IotlbMisses(self.vq, self.window.granted_perm)
         self.iotlb_server = IotlbServer(self.window, self.vq, self.iotlb, QUIESCE_TIMEOUT_S,
                                         self.ctl, LendPolicy(iotlb_lcore, name=name))
         self.closed = False

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -265,8 +266,9 @@ class IotlbMisses:
 
     Single-threaded: every method runs on the port's control thread."""
 
-    def __init__(self, vq: np.ndarray) -> None:
+    def __init__(self, vq: np.ndarray, granted: Callable[[int], int]) -> None:
         self.vq = vq
+        self._granted = granted  # page -> the permission the window grants it with now (0: none)
         self._miss_sent: dict[int, int] = {}  # vring -> when (monotonic ns) the MISS of its park was last sent
         self.asked = np.zeros((ASK_SLOTS, 2), np.int64)  # state.asked: what is asked, kernels and this thread alike
         self.sent = 0  # MISS requests this thread sent
@@ -316,11 +318,44 @@ class IotlbMisses:
                 continue
             if self.vq[v, VQ_MISS_SENT]:  # the kernel sent it when it parked (and counted it)
                 self.vq[v, VQ_MISS_SENT] = 0
-            else:
-                iova = int(self.vq[v, VQ_MISS_IOVA]) & _U64
-                perm = IotlbPerm.WO if self.vq[v, VQ_MISS_WRITE] else IotlbPerm.RO
-                self._ask(session, iova & _PAGE_MASK, perm, now)
+            elif not self._ask_parked(session, v, now):
+                continue  # answered meanwhile: nothing to re-send
             self._miss_sent[v] = now
+
+    def _ask_parked(self, session: BackendSession, v: int, now: int) -> bool:
+        """Ask for the page vring ``v`` is parked on, if it still is.
+
+        The park may be answered while this thread looks (the UPDATE is
+        served on the lcore): then the kernel uses the page, VM1 gets it back
+        and unmaps it, and a MISS sent now reaches QEMU for an address its
+        IOMMU no longer maps.  QEMU answers that with a fault, never an
+        UPDATE, and the ask's row would hold back the kernel's own MISS when
+        VM1 reuses the address (it does at once) until MISS_RESEND_S.  So the
+        park is read again after its address, a page granted already is not
+        asked for, and a park that went away during the send leaves no row.
+        False when the park was answered."""
+        iova = int(self.vq[v, VQ_MISS_IOVA]) & _U64
+        write = bool(self.vq[v, VQ_MISS_WRITE])
+        if not self._parked_on(v, iova):
+            return False
+        page = iova & _PAGE_MASK
+        need = 2 if write else 1
+        if self._granted(page) & need == need:
+            return False  # mapped since the park: the kernel finds it on its next burst
+        if self._ask(session, page, IotlbPerm.WO if write else IotlbPerm.RO, now) and not self._parked_on(v, iova):
+            self._unask(page, now)
+        return True
+
+    def _parked_on(self, v: int, iova: int) -> bool:
+        # plain loads, in program order on x86 (as ``atomics_py`` assumes for
+        # stores): the kernels write the address before they publish the park
+        return bool(self.vq[v, VQ_MISS_PENDING]) and int(self.vq[v, VQ_MISS_IOVA]) & _U64 == iova
+
+    def _unask(self, page: int, when: int) -> None:
+        """Forget this thread's ask of ``page`` made at ``when`` (if still noted)."""
+        row = self.asked[(page >> 12) & (ASK_SLOTS - 1)]
+        if int(row[0]) & _U64 & _PAGE_MASK == page and int(row[1]) == when:
+            row[0] = row[1] = 0
 
     def _ask(self, session: BackendSession, page: int, perm: IotlbPerm, now: int) -> bool:
         """Send one MISS unless ``page`` was asked for less than MISS_RESEND_S
