@@ -78,7 +78,7 @@ BUF_BAD, BUF_MISS = -1, -2
 
 # ---------------------------------------------------------------- kernels
 # send_miss's answers
-SENT, ASKED_ALREADY, NOT_SENT = 1, 0, -1
+SENT, ASKED_ALREADY, NOT_SENT, GRANTED = 1, 0, -1, 2
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -88,15 +88,27 @@ def send_miss(st, v, iova, write):
     non-blocking ``send`` of the whole 44-byte message, which a unix stream
     socket appends whole or not at all, so it never splits a message the
     control thread sends on the same channel.  SENT, ASKED_ALREADY (less
-    than MISS_RESEND_S ago, by any vring or the control thread) or NOT_SENT."""
+    than MISS_RESEND_S ago, by any vring or the control thread), GRANTED
+    (mapped meanwhile: nothing sent) or NOT_SENT.
+
+    The note is read before the window: an UPDATE clears the notes of its
+    pages only after it is mapped (``unpark_covered``'s fence orders them),
+    so a note gone because the page was answered means the grant shows now.
+    Asking again then would be a second MISS queued behind the answered
+    one: QEMU takes it after the kernel used the page and VM1 unmapped it,
+    fails to translate it (a DMAR fault in the guest) and sends nothing,
+    while its note holds back the MISS of VM1's next buffer at that address
+    (a strict guest reuses it at once) until MISS_RESEND_S."""
     fd = st.ctl[PORT_MISS_FD]
     if fd < 0:
         return NOT_SENT
     key = np.int64(iova) | (1 if write else 0)
     slot = (np.int64(iova) >> 12) & (ASK_SLOTS - 1)
     now = monotonic_ns()
-    if st.asked[slot, 0] == key and now - st.asked[slot, 1] < MISS_RESEND_NS:
+    if load_acquire(st.asked[slot], 0) == key and now - st.asked[slot, 1] < MISS_RESEND_NS:
         return ASKED_ALREADY
+    if translate(st.table, st.tcount, iova, 1, write) >= 0:
+        return GRANTED
     b = st.missmsg[v]
     put_iotlb(b, 0, BACKEND_IOTLB_MSG, VERSION, iova, 0, 0, _PERM_WO if write else _PERM_RO, MISS)
     # noted before it is sent: the UPDATE may be mapped (and the note cleared,
@@ -129,6 +141,8 @@ def park_on_miss(st, v, iova, write):
     st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
     st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
     sent = send_miss(st, v, iova, write)
+    if sent == GRANTED:
+        return  # answered meanwhile: the caller's next burst retries
     if sent == SENT:
         st.vq[v, VQ_MISS_SENT] = 1  # published with the park below
         st.xstats[v, XS_MISS_SENT] += 1
@@ -323,26 +337,24 @@ class IotlbMisses:
             self._miss_sent[v] = now
 
     def _ask_parked(self, session: BackendSession, v: int, now: int) -> bool:
-        """Ask for the page vring ``v`` is parked on, if it still is.
+        """Ask for the page vring ``v`` is parked on, if it still is; False
+        when the park was answered meanwhile.
 
-        The park may be answered while this thread looks (the UPDATE is
-        served on the lcore): then the kernel uses the page, VM1 gets it back
-        and unmaps it, and a MISS sent now reaches QEMU for an address its
-        IOMMU no longer maps.  QEMU answers that with a fault, never an
-        UPDATE, and the ask's row would hold back the kernel's own MISS when
-        VM1 reuses the address (it does at once) until MISS_RESEND_S.  So the
-        park is read again after its address, a page granted already is not
-        asked for, and a park that went away during the send leaves no row.
-        False when the park was answered."""
+        The UPDATE may be served while this thread looks (on the lcore, or
+        while this thread was preempted): then the kernel uses the page, VM1
+        gets it back and unmaps it, and a MISS sent now would fail in QEMU
+        (see ``send_miss``).  So the park is read again after its address,
+        ``_ask`` looks at the window after the note, and a park that went
+        away during the send leaves no note behind."""
         iova = int(self.vq[v, VQ_MISS_IOVA]) & _U64
         write = bool(self.vq[v, VQ_MISS_WRITE])
         if not self._parked_on(v, iova):
             return False
         page = iova & _PAGE_MASK
-        need = 2 if write else 1
-        if self._granted(page) & need == need:
+        sent = self._ask(session, page, IotlbPerm.WO if write else IotlbPerm.RO, now)
+        if sent is None:
             return False  # mapped since the park: the kernel finds it on its next burst
-        if self._ask(session, page, IotlbPerm.WO if write else IotlbPerm.RO, now) and not self._parked_on(v, iova):
+        if sent and not self._parked_on(v, iova):
             self._unask(page, now)
         return True
 
@@ -357,15 +369,20 @@ class IotlbMisses:
         if int(row[0]) & _U64 & _PAGE_MASK == page and int(row[1]) == when:
             row[0] = row[1] = 0
 
-    def _ask(self, session: BackendSession, page: int, perm: IotlbPerm, now: int) -> bool:
+    def _ask(self, session: BackendSession, page: int, perm: IotlbPerm, now: int) -> bool | None:
         """Send one MISS unless ``page`` was asked for less than MISS_RESEND_S
-        ago (by anyone: a second UPDATE of the same page would cost a remap);
-        False when it was not sent now (asked already, or no room)."""
+        ago (by anyone: a second UPDATE of the same page would cost a remap)
+        or is granted for ``perm`` by now (None: looked at after the note, as
+        ``send_miss`` does); False when it was not sent now (asked already,
+        or no room)."""
         key = page | (1 if perm == IotlbPerm.WO else 0)
         key -= (1 << 64) if key >> 63 else 0  # as the kernels store it (int64)
         row = self.asked[(page >> 12) & (ASK_SLOTS - 1)]
         if row[0] == key and now - row[1] < MISS_RESEND_NS:
             return False
+        need = 2 if perm == IotlbPerm.WO else 1
+        if self._granted(page) & need == need:
+            return None
         old = row[0], row[1]
         row[0], row[1] = key, now  # before sending (see send_miss)
         if not session.send_iotlb_miss(page, perm):

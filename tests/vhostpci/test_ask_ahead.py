@@ -18,6 +18,7 @@ from pmd.vhost_user.messages import IotlbPerm
 from pmd.virtio.split import VRING_DESC_F_INDIRECT as IND
 from pmd.virtio.split import VRING_DESC_F_NEXT as NEXT
 from pmd.virtio.split import VRING_DESC_F_WRITE as WRITE
+from pmd.vhostpci_pmd.iotlb import ASK_SLOTS, ASKED_ALREADY, GRANTED, SENT, send_miss
 from pmd.vhostpci_pmd.state import PORT_MISS_FD, VQ_PACKED
 from tests.util import wait_until
 from tests.vhostpci.peer_io import flush, make_packet, recv, send
@@ -142,3 +143,22 @@ def test_a_receive_miss_asks_for_the_posted_buffers_pages_write_only(vp, rings):
         assert r.vm.mem.read(RX_BUF + k * PAGE, HDR_LEN + len(p)) == RX_HDR + p, k
     d = c.delta()
     assert d["opackets"] == 4 and "oerrors" not in d, d
+
+
+def test_a_page_answered_before_the_kernel_asks_is_not_asked_for_again(vp, rings):  # noqa: F811
+    """``send_miss`` looks at the window after the ask's note: a page
+    granted meanwhile (its note cleared by the UPDATE) gets no second MISS,
+    which QEMU would take only after VM1 unmapped the page and answer with
+    nothing, and no note that would hold back the next MISS for it."""
+    st = vp.port.driver.device.kernel_state()
+    granted, missing = TX_BUF + 6 * PAGE, TX_BUF + 7 * PAGE
+    assert send_miss(st, TX, granted, False) == GRANTED
+    assert send_miss(st, TX, granted, True) == SENT  # granted RO: a write is asked for
+    assert send_miss(st, TX, missing, False) == SENT
+    assert send_miss(st, TX, missing, False) == ASKED_ALREADY
+    assert rings.vm.misses() == [(granted, WO), (missing, RO)]
+    slot = (granted >> 12) & (ASK_SLOTS - 1)
+    rings.vm.grant(missing, PAGE, IotlbPerm.RO)  # the UPDATE clears its note
+    assert wait_until(lambda: vp.port.driver.device.window.granted_perm(missing) == RO, 3.0)
+    assert send_miss(st, TX, missing, False) == GRANTED
+    assert st.asked[(missing >> 12) & (ASK_SLOTS - 1), 1] == 0 and st.asked[slot, 0] == granted | 1
