@@ -69,8 +69,10 @@ _U64_MAX = np.uint64((1 << 64) - 1)
 # INVALIDATEs' rows out and republish, and every reply's send
 IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_UNPARKED, IO_NEXT, IO_UPDATE_NS, \
     IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS, IO_REVOKE_NS, \
-    IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS, IO_BY_LCORE = range(18)
-N_IO = 18  # IO_UNPARKED: bitmask of the vrings un-parked since the last drain; IO_BY_LCORE: the lcore's messages
+    IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS, IO_BY_LCORE, IO_RUNS = range(19)
+# IO_UNPARKED: bitmask of the vrings un-parked since the last drain; IO_BY_LCORE: the lcore's messages;
+# IO_RUNS: the calls that took messages (a run: what the front-end had queued back to back)
+N_IO = 19
 GRACE_SLOW_NS = 10_000
 # IO_NEXT after a call: nothing left to read, a message the Python path must
 # read, or (serve_wait watching the stamp) the lcore polls again: lend it
@@ -150,6 +152,8 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
             put_ack(out, acks * REPLY_SIZE, FRONTEND_IOTLB_MSG, flags, ok)
             acks += 1
         io[IO_UPDATE_NS if kind == _UPDATE else IO_INVALIDATE_NS] += monotonic_ns() - t0
+    if handled > 0:
+        io[IO_RUNS] += 1
     if acks > 0:
         # every reply in one send, once nothing more is queued behind them: a
         # front-end that waits for each one gets it at once, one that sends a
@@ -260,7 +264,7 @@ class IotlbServer:
             self._pfds = np.zeros((nfds, 2), np.int32)
         self._pfds[1:nfds, 0] = wait_fds
         reply = args[5]
-        lend = fd >= 0 and self.policy.now()
+        lend = fd >= 0 and self.policy.now(self.served, int(self.io[IO_RUNS]))
         n = 0
         while True:
             if lend:
@@ -306,14 +310,15 @@ class IotlbServer:
         peek to its ack: map and publish; drop, grace period and revoke) with
         the parts spent mapping, in grace periods and revoking (with the grace
         periods over GRACE_SLOW_NS and the longest, and the rows' drop), the
-        replies' sends, and the MISSes its
-        UPDATEs answered with the ns VM1 took to answer them."""
+        replies' sends, the runs the messages came in (``LendPolicy``), and
+        the MISSes its UPDATEs answered with the ns VM1 took to answer them."""
         io = self.io
         return {"iotlb_update_ns": int(io[IO_UPDATE_NS]), "iotlb_invalidate_ns": int(io[IO_INVALIDATE_NS]),
                 "iotlb_map_ns": int(io[IO_MAP_NS]), "iotlb_grace_ns": int(io[IO_GRACE_NS]),
                 "iotlb_revoke_ns": int(io[IO_REVOKE_NS]), "iotlb_grace_slow": int(io[IO_GRACE_SLOW]),
                 "iotlb_grace_max_ns": int(io[IO_GRACE_MAX_NS]), "iotlb_drop_ns": int(io[IO_DROP_NS]),
                 "iotlb_reply_ns": int(io[IO_REPLY_NS]), "iotlb_served_by_lcore": int(io[IO_BY_LCORE]),
+                "iotlb_runs": int(io[IO_RUNS]),
                 "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED]), "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS])}
 
     @property

@@ -157,32 +157,34 @@ def test_a_sleeping_lcore_gives_it_back():
     assert ctl[PORT_IOTLB_OWNER] == OWN_RETURNED
 
 
-def test_auto_lends_while_the_control_cpus_are_busy(monkeypatch):
-    """``iotlb_lcore=auto``: lend from LEND_BUSY of the control thread's CPUs
-    kept busy by others, stop under KEEP_BUSY (no flapping in between)."""
+def test_auto_lends_while_the_front_end_sends_runs(monkeypatch):
+    """``iotlb_lcore=auto``: lend from LEND_RUN messages a run, stop under
+    KEEP_RUN (no flapping in between); a look with fewer than MIN_RUNS runs
+    changes nothing."""
     from pmd.vhostpci_pmd import iotlb_lend
 
-    lend, keep = iotlb_lend.LEND_BUSY, iotlb_lend.KEEP_BUSY
+    lend, keep, few = iotlb_lend.LEND_RUN, iotlb_lend.KEEP_RUN, iotlb_lend.MIN_RUNS
     between = (lend + keep) / 2
-    shares = iter([None, keep / 2, between, lend, between, keep / 2])
-
-    class Load:
-        def sample(self):
-            return next(shares)
-
+    per_run = [None, 1.0, between, lend, between, None, 1.0]  # None: a look with too few runs
     clock = [0.0]
     monkeypatch.setattr(iotlb_lend.time, "monotonic", lambda: clock[0])
-    p = LendPolicy("auto", Load())
+    p = LendPolicy("auto")
+    messages = runs = 0
     seen = []
-    for _ in range(6):
-        seen.append(p.now())
-        assert p.now() == seen[-1], "looked again before POLICY_S"
+    for x in per_run:
+        n = few if x is not None else few - 1
+        runs += n
+        messages += round(n * (x if x is not None else 5.0))
+        seen.append(p.now(messages, runs))
+        flip = 10 * few if not seen[-1] else few  # runs of 10, or one at a time: a look would change it
+        assert p.now(messages + flip, runs + few) == seen[-1], "looked again before POLICY_S"
         clock[0] += iotlb_lend.POLICY_S
-    # no sample yet: the control thread serves; idle: still; in between: still;
-    # busy: lends; in between: still lends; idle: stops
-    assert seen == [False, False, False, True, True, False]
-    assert LendPolicy(True).now(), "iotlb_lcore=1 always lends"
-    assert not LendPolicy(False).now(), "iotlb_lcore=0 never does"
+    # the first look has nothing to compare with; one at a time: the control thread
+    # serves; in between: still; runs: lends; in between: still lends; too few
+    # runs to tell: still; one at a time: stops
+    assert seen == [False, False, False, True, True, True, False]
+    assert LendPolicy(True).now(0, 0), "iotlb_lcore=1 always lends"
+    assert not LendPolicy(False).now(0, 0), "iotlb_lcore=0 never does"
 
 
 # ------------------------------------------------------------ with a port
