@@ -281,6 +281,7 @@ def test_vm1_bench_quick_json(tmp_path, tmp_path_factory):
     assert list(tmp_path.iterdir()) == []
     doc = json.loads(out)
     assert doc["scenario"] == "vm1" and doc["rounds"] == 1 and doc["sizes"] == [64] and doc["notes"] == []
+    assert doc["iotlb_lcore"] == "auto"
     rows = {(r["scenario"], r["size"]): r for r in doc["results"]}
     assert set(rows) == {("none", 64), ("intel-strict", 64)}
     for r in rows.values():
@@ -299,6 +300,18 @@ def test_vm1_bench_quick_json(tmp_path, tmp_path_factory):
             assert len(r[f"{side}_runs"]) == 1 and r[f"{side}_delivered_pct"] is not None, r
             (d,) = r[f"{side}_samples"]
             assert d["sent"] > 0 and 0 <= d["received"] <= d["sent"], r
+
+
+def test_vm1_bench_passes_the_iotlb_placement_to_our_port():
+    """``--iotlb-lcore`` becomes our vhost-pci port's devarg of that name."""
+    from apps.bench.vm1 import OursVm2
+
+    for mode in ("auto", "1", "0"):
+        vdevs = [a for a in OursVm2("/tmp/x.sock", "veth0", 1, "/dev/null", 10, mode).argv if "vhost_pci" in a]
+        assert vdevs == [f"net_vhost_pci0,path=/tmp/x.sock,iommu_support=1,iotlb_lcore={mode}"]
+    out = subprocess.run([sys.executable, "-m", "apps.bench", "vm1", "--iotlb-lcore", "2"], cwd=ROOT, check=False,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--iotlb-lcore" in out.stderr
 
 
 def test_vm1_bench_without_qemu_says_so(tmp_path):
