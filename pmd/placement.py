@@ -28,6 +28,7 @@ import threading
 log = logging.getLogger("vhostpci.lcore")
 
 _control_cpus: frozenset[int] | None = None  # None: no lcore layout yet, threads stay where they are
+_poller_cpus: frozenset[int] = frozenset()  # the worker lcores' CPUs (none: no layout yet)
 CONTROL_NICE = -10
 # a grace period's short sleeps (pmd/grace.py) must end when asked, not up
 # to the default 50 us later
@@ -41,6 +42,20 @@ def set_control_cpus(cpus: set[int] | frozenset[int] | None) -> None:
     """Control threads started from now on run on ``cpus`` (None: anywhere)."""
     global _control_cpus
     _control_cpus = frozenset(cpus) if cpus else None
+
+
+def set_poller_cpus(cpus: set[int] | frozenset[int]) -> None:
+    """The CPUs worker lcores poll on (``LcoreManager``)."""
+    global _poller_cpus
+    _poller_cpus = frozenset(cpus)
+
+
+def control_shares_pollers() -> bool:
+    """True when every CPU control threads may run on also runs a polling
+    lcore (one CPU for all, or the layout says so): a control thread there
+    waits for the scheduler to preempt a poller before it runs."""
+    cpus = _control_cpus if _control_cpus is not None else frozenset(os.sched_getaffinity(0))
+    return bool(_poller_cpus) and cpus <= _poller_cpus
 
 
 def control_cpus_for(worker_cpus: set[int], main_cpu: int | None) -> set[int]:

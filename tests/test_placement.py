@@ -16,6 +16,7 @@ from pmd import placement
 def layout():
     yield
     placement.set_control_cpus(None)
+    placement.set_poller_cpus(set())
 
 
 def _timer_slack() -> int:
@@ -57,3 +58,17 @@ def test_no_layout_leaves_the_thread_alone(layout):
     assert got["cpus"] == os.sched_getaffinity(0)
     assert got["nice"] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert got["slack"] == _timer_slack()
+
+
+def test_control_threads_share_the_pollers_cpus_only_when_they_have_no_other(layout):
+    assert not placement.control_shares_pollers(), "no layout, no pollers"
+    placement.set_poller_cpus({1})
+    placement.set_control_cpus({0})
+    assert not placement.control_shares_pollers()
+    placement.set_control_cpus({0, 1})
+    assert not placement.control_shares_pollers(), "CPU 0 has no poller"
+    placement.set_control_cpus({1})
+    assert placement.control_shares_pollers()
+    placement.set_poller_cpus({0, 1})
+    placement.set_control_cpus({0, 1})
+    assert placement.control_shares_pollers()

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..atomics_py import store_flag
 from ..grace import GraceSet
-from ..placement import control_cpus_for, set_control_cpus
+from ..placement import control_cpus_for, set_control_cpus, set_poller_cpus
 from .control import LC_EPOCH, LC_RUNNING, LC_SLEEPING, LC_STOP, N_LC
 
 
@@ -56,6 +56,7 @@ class LcoreManager:
         self.ctl_table = np.zeros((max(len(workers), 1), N_LC), np.int64)
         self._lcores = {lid: _Lcore(lid, cpu, self.ctl_table[row], row) for row, (lid, cpu) in enumerate(workers)}
         # control threads (vhost-user, IOTLB) away from the polling workers, as DPDK places them
+        set_poller_cpus({cpu for _, cpu in workers})
         set_control_cpus(control_cpus_for({cpu for _, cpu in workers}, lcores.get(main_lcore)))
 
     @property

@@ -36,20 +36,22 @@ stopped or went elsewhere), looking every TICK_NS; a sleeping lcore gives
 it back before it sleeps.
 
 When (``LendPolicy``): with ``iotlb_lcore=1`` whenever the lcore stamps;
-with ``auto`` (the default) while the front-end sends its messages in runs
-(queued back to back, one reply each: from LEND_RUN messages a run on
-average, until it falls under KEEP_RUN; looked at every POLICY_S; the
-control thread serves until the first look).  A front-end that waits for
-each reply before it sends on (QEMU: the vCPU for its INVALIDATEs, the main
-thread for its UPDATEs) is served best on the control thread's CPU, where
-such a front-end's threads run too (control threads go where no lcore
-polls): each message is a hand-off on one CPU, while an ack from the
-lcore's CPU wakes the front-end's, halted meanwhile.  Measured behind a
-real strict-IOMMU guest, 64 B: 13.4 kpps against 10.5 served by the lcore,
-even though each revocation there is a TLB shootdown to the lcore's CPU
-(~21 us).  A run instead is taken by the lcore in one pass, each
-revocation flushing only its own TLB: our virtio-user's ``iommu=transient``
-moved 0.66 Mpps against 0.51.
+with ``auto`` (the default) while every CPU the control thread may use also
+runs a polling lcore (``placement.control_shares_pollers``: there each
+message would wait for the scheduler to preempt a poller), or while the
+front-end sends its messages in runs (queued back to back, one reply each:
+from LEND_RUN messages a run on average, until it falls under KEEP_RUN);
+looked at every POLICY_S, the control thread serving until the first look.
+A front-end that waits for each reply before it sends on (QEMU: the vCPU
+for its INVALIDATEs, the main thread for its UPDATEs) is served best on the
+control thread's CPU, where such a front-end's threads run too (control
+threads go where no lcore polls): each message is a hand-off on one CPU,
+while an ack from the lcore's CPU wakes the front-end's, halted meanwhile.
+Measured behind a real strict-IOMMU guest, 64 B: 13.4 kpps against 10.5
+served by the lcore, even though each revocation there is a TLB shootdown
+to the lcore's CPU (~21 us).  A run instead is taken by the lcore in one
+pass, each revocation flushing only its own TLB: our virtio-user's
+``iommu=transient`` moved 0.66 Mpps against 0.51.
 
 Cost on the data path: one load per burst of queue 0 without an IOMMU
 session; with one, a clock read per burst, and a ``recv`` (peek) per burst
@@ -60,10 +62,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from numba import njit
 
 from ..atomics import compare_exchange, cpu_pause, load_acquire, store_release
+from ..placement import control_shares_pollers
 from ..syscalls import WAIT_OTHER, eventfd_signal, monotonic_ns, sleep_us, wait_first
 from .state import PORT_IOTLB_BEAT, PORT_IOTLB_FD, PORT_IOTLB_LOOKED, PORT_IOTLB_OWNER, PORT_WAKE_FD
 
@@ -187,12 +191,15 @@ def lend_wait(pfds, nfds, wait_ns, ctl):
 class LendPolicy:
     """Whether the control thread lends the socket now (see the module
     docstring), by the ``iotlb_lcore`` devarg: never (False), whenever the
-    lcore stamps (True), or (``"auto"``) while the front-end sends runs of
+    lcore stamps (True), or (``"auto"``) while the control thread shares
+    every CPU it may use with polling lcores or the front-end sends runs of
     messages.  Control thread only."""
 
-    def __init__(self, mode: bool | str, name: str = "") -> None:
+    def __init__(self, mode: bool | str, name: str = "",
+                 shares_pollers: Callable[[], bool] = control_shares_pollers) -> None:
         self.mode = mode
         self.name = name
+        self._shares_pollers = shares_pollers
         self.lending = mode is True  # auto: the control thread serves until a look says otherwise
         self._next = 0.0
         self._last: tuple[int, int] | None = None  # (messages, runs) at the last look
@@ -207,11 +214,17 @@ class LendPolicy:
             return self.lending
         self._next = t + POLICY_S
         last, self._last = self._last, (messages, runs)
-        if last is None or runs - last[1] < MIN_RUNS:
+        per_run = None
+        if last is not None and runs - last[1] >= MIN_RUNS:
+            per_run = (messages - last[0]) / (runs - last[1])
+        if self._shares_pollers():
+            lend, why = True, "the control thread's CPUs all run polling lcores"
+        elif per_run is None:
             return self.lending
-        per_run = (messages - last[0]) / (runs - last[1])
-        if (per_run >= (KEEP_RUN if self.lending else LEND_RUN)) != self.lending:
-            self.lending = not self.lending
-            log.info("%s: VM1's IOTLB messages now served by the %s (%.2f messages a run)", self.name,
-                     "polling lcore" if self.lending else "control thread", per_run)
+        else:
+            lend, why = per_run >= (KEEP_RUN if self.lending else LEND_RUN), f"{per_run:.2f} messages a run"
+        if lend != self.lending:
+            self.lending = lend
+            log.info("%s: VM1's IOTLB messages now served by the %s (%s)", self.name,
+                     "polling lcore" if lend else "control thread", why)
         return self.lending

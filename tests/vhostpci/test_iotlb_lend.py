@@ -160,7 +160,8 @@ def test_a_sleeping_lcore_gives_it_back():
 def test_auto_lends_while_the_front_end_sends_runs(monkeypatch):
     """``iotlb_lcore=auto``: lend from LEND_RUN messages a run, stop under
     KEEP_RUN (no flapping in between); a look with fewer than MIN_RUNS runs
-    changes nothing."""
+    changes nothing.  A control thread that shares every CPU it may use with
+    polling lcores lends whatever the runs."""
     from pmd.vhostpci_pmd import iotlb_lend
 
     lend, keep, few = iotlb_lend.LEND_RUN, iotlb_lend.KEEP_RUN, iotlb_lend.MIN_RUNS
@@ -168,7 +169,7 @@ def test_auto_lends_while_the_front_end_sends_runs(monkeypatch):
     per_run = [None, 1.0, between, lend, between, None, 1.0]  # None: a look with too few runs
     clock = [0.0]
     monkeypatch.setattr(iotlb_lend.time, "monotonic", lambda: clock[0])
-    p = LendPolicy("auto")
+    p = LendPolicy("auto", shares_pollers=lambda: False)
     messages = runs = 0
     seen = []
     for x in per_run:
@@ -183,6 +184,10 @@ def test_auto_lends_while_the_front_end_sends_runs(monkeypatch):
     # serves; in between: still; runs: lends; in between: still lends; too few
     # runs to tell: still; one at a time: stops
     assert seen == [False, False, False, True, True, True, False]
+    shared = LendPolicy("auto", shares_pollers=lambda: True)
+    assert shared.now(0, 0), "a control thread on the pollers' CPUs lends from the first look"
+    clock[0] += iotlb_lend.POLICY_S
+    assert shared.now(few, few), "and keeps lending, one message at a time or not"
     assert LendPolicy(True).now(0, 0), "iotlb_lcore=1 always lends"
     assert not LendPolicy(False).now(0, 0), "iotlb_lcore=0 never does"
 
