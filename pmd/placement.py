@@ -5,8 +5,10 @@ never be starved by a busy-polling lcore sharing its CPU: VM1's vCPU waits
 for each IOTLB reply.  So, as DPDK does, control threads run on the CPUs
 the process may use minus those of the worker lcores, or on the main
 lcore's CPU when no other is left.  ``LcoreManager`` sets this when the
-lcores are laid out; a control thread calls ``pin_control_thread`` first
-thing (Linux affinity is per thread).
+lcores are laid out, and the workers' CPUs with it (``set_poller_cpus``:
+a port whose control thread has no CPU free of pollers lends its IOTLB
+work to its lcore, ``control_shares_pollers``); a control thread calls
+``pin_control_thread`` first thing (Linux affinity is per thread).
 
 A control thread also runs at a higher priority (``CONTROL_NICE``): where
 VM1's vCPU threads share its CPU (on two CPUs: one for the lcore, one for
