@@ -92,7 +92,8 @@ class VhostPciDevice(BackendDevice):
 
     def __init__(self, name: str, queues: int, iommu_support: bool,
                  lcores: Callable[[], GraceSet | None],
-                 vrings: Callable[[], dict[int, VringInfo]], iotlb_lcore: bool | str = "auto") -> None:
+                 vrings: Callable[[], dict[int, VringInfo]], iotlb_lcore: bool | str = "auto",
+                 iotlb_revoke: str = "auto") -> None:
         self.name = name
         self.queues = queues
         self.iommu_support = iommu_support
@@ -149,7 +150,7 @@ class VhostPciDevice(BackendDevice):
         self._kstate: VhostPciState | None = None
         self.iotlb = IotlbMisses(self.vq, self.window.granted_perm)
         self.iotlb_server = IotlbServer(self.window, self.vq, self.iotlb, QUIESCE_TIMEOUT_S,
-                                        self.ctl, LendPolicy(iotlb_lcore, name=name))
+                                        self.ctl, LendPolicy(iotlb_lcore, name=name), iotlb_revoke, name)
         self.closed = False
 
     # ---------------------------------------------------------------- state
@@ -186,6 +187,7 @@ class VhostPciDevice(BackendDevice):
             self.inflight.close()
             self.ctl[PORT_WAKE_FD] = -1
             self.ctl[PORT_IOTLB_FD] = -1
+            self.iotlb_server.close()
             os.close(self._wake_fd)
             if self.ctl[PORT_MISS_FD] >= 0:  # the kernels have stopped: no grace period to wait for
                 os.close(int(self.ctl[PORT_MISS_FD]))

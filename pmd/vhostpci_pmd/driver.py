@@ -7,7 +7,10 @@ VIRTIO_F_IOMMU_PLATFORM, so VM1 grants memory through IOTLB messages),
 ``iotlb_lcore=auto|1|0`` (who serves VM1's IOTLB messages: the lcore polling
 queue 0, while it polls, or the control thread; ``iotlb_lend.py``: auto, the
 lcore while other threads keep the control thread's CPUs busy; 1, the lcore
-whenever it polls; 0, always the control thread).
+whenever it polls; 0, always the control thread), ``iotlb_revoke=auto|control``
+(who revokes the pages of an INVALIDATE the control thread serves: auto, the
+lcore polling queue 0 while it polls on a CPU of its own, through a stand-in
+process, ``pmd/standin.py``; control, the control thread).
 
 The port ops (this file) run a ``BackendServer`` (the control thread) for
 the port's ``VhostPciDevice`` (``device.py``: the session's callbacks and
@@ -38,6 +41,12 @@ log = logging.getLogger("vhostpci.port")
 MAX_QUEUE_PAIRS = 16
 
 
+def _parse_iotlb_revoke(text: str) -> str:
+    if text not in ("auto", "control"):
+        raise ValueError(f"expected auto or control, got {text!r}")
+    return text
+
+
 def _parse_iotlb_lcore(text: str) -> bool | str:
     if text == "auto":
         return text
@@ -53,8 +62,9 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
 
     prefix = "net_vhost_pci"
     devargs = {"path": parse_path, "client": parse_bool, "queues": int_in_range("queues", 1, MAX_QUEUE_PAIRS),
-               "iommu_support": parse_bool, "iotlb_lcore": _parse_iotlb_lcore}
-    devarg_defaults = {"path": "", "client": False, "queues": 1, "iommu_support": True, "iotlb_lcore": "auto"}
+               "iommu_support": parse_bool, "iotlb_lcore": _parse_iotlb_lcore, "iotlb_revoke": _parse_iotlb_revoke}
+    devarg_defaults = {"path": "", "client": False, "queues": 1, "iommu_support": True, "iotlb_lcore": "auto",
+                       "iotlb_revoke": "auto"}
 
     def __init__(self, name: str, args: dict) -> None:
         super().__init__(name, args)
@@ -63,7 +73,7 @@ class VhostPciDriver(DevargQueuePairs, PortDriver):
         self.nb_rxq = self.nb_txq = args["queues"]
         self.device = VhostPciDevice(name, args["queues"], args["iommu_support"],
                                      lcores=lambda: self.quiesce_lcores, vrings=self._vrings,
-                                     iotlb_lcore=args["iotlb_lcore"])
+                                     iotlb_lcore=args["iotlb_lcore"], iotlb_revoke=args["iotlb_revoke"])
         # the port's kernel-state arrays, for tools and tests
         self.vq, self.window, self.logctl = self.device.vq, self.device.window, self.device.logctl
         self.server: BackendServer | None = None

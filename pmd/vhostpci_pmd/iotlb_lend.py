@@ -199,7 +199,7 @@ class LendPolicy:
                  shares_pollers: Callable[[], bool] = control_shares_pollers) -> None:
         self.mode = mode
         self.name = name
-        self._shares_pollers = shares_pollers
+        self.shares_pollers = shares_pollers
         self.lending = mode is True  # auto: the control thread serves until a look says otherwise
         self._next = 0.0
         self._last: tuple[int, int] | None = None  # (messages, runs) at the last look
@@ -217,7 +217,7 @@ class LendPolicy:
         per_run = None
         if last is not None and runs - last[1] >= MIN_RUNS:
             per_run = (messages - last[0]) / (runs - last[1])
-        if self._shares_pollers():
+        if self.shares_pollers():
             lend, why = True, "the control thread's CPUs all run polling lcores"
         elif per_run is None:
             return self.lending

@@ -28,6 +28,7 @@ un-parked, for the miss bookkeeping of ``IotlbMisses.service``).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -38,6 +39,8 @@ from ..grace import wait_sections
 from ..guestmem.iotlb_ops import iotlb_drop, iotlb_map, revoke_ranges
 from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
+from ..placement import CONTROL_NICE
+from ..standin import S_BACK, S_DONE_OK, StandIn, finish_job, hand_over, take_job
 from ..iotlb_wire import (
     FRONTEND_IOTLB_MSG, MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_LEN, OFF_PERM, OFF_TYPE, OFF_UADDR, REPLY_SIZE, get_u32, get_u64,
     is_iotlb_msg, put_ack,
@@ -48,8 +51,10 @@ from ..syscalls import (
 )
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
-from .iotlb_lend import LEND_STALE, TICK_NS, LendPolicy, beat_stale, lend_wait, may_serve, served
-from .state import PORT_IOTLB_FD, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs
+from .iotlb_lend import BEAT_STALE_NS, LEND_STALE, TICK_NS, LendPolicy, beat_stale, lend_wait, may_serve, served
+from .state import (
+    PORT_IOTLB_BEAT, PORT_IOTLB_FD, PORT_IOTLB_GONE_N, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs,
+)
 
 log = logging.getLogger("vhostpci.iotlb")
 
@@ -69,10 +74,11 @@ _U64_MAX = np.uint64((1 << 64) - 1)
 # INVALIDATEs' rows out and republish, and every reply's send
 IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_UNPARKED, IO_NEXT, IO_UPDATE_NS, \
     IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS, IO_REVOKE_NS, \
-    IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS, IO_BY_LCORE, IO_RUNS = range(19)
+    IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS, IO_BY_LCORE, IO_RUNS, IO_HANDED = range(20)
 # IO_UNPARKED: bitmask of the vrings un-parked since the last drain; IO_BY_LCORE: the lcore's messages;
-# IO_RUNS: the calls that took messages (a run: what the front-end had queued back to back)
-N_IO = 19
+# IO_RUNS: the calls that took messages (a run: what the front-end had queued back to back);
+# IO_HANDED: the control thread's INVALIDATEs whose revocation the lcore made (the stand-in)
+N_IO = 20
 GRACE_SLOW_NS = 10_000
 # IO_NEXT after a call: nothing left to read, a message the Python path must
 # read, or (serve_wait watching the stamp) the lcore polls again: lend it
@@ -81,10 +87,32 @@ NEXT_NONE, NEXT_PYTHON, NEXT_LEND = 0, 1, 2
 REPLY_NEVER, REPLY_ON_NEED, REPLY_ALWAYS = 0, 1, 2
 
 
+@njit(nogil=True, cache=True, _nrt=False)
+def revoke_gone(ws, vq, n, timeout_ns, io):
+    """An INVALIDATE's last steps: a grace period over the port's vrings,
+    then ``ws.gone[:n]`` revoked; False if a revocation failed (nack)."""
+    t1 = monotonic_ns()
+    if wait_sections(vq, VQ_READER, timeout_ns) != 0:
+        io[IO_QUIESCE_TIMEOUTS] += 1  # as the Python path: logged, and on
+    t2 = monotonic_ns()
+    io[IO_GRACE_NS] += t2 - t1
+    io[IO_GRACE_MAX_NS] = max(io[IO_GRACE_MAX_NS], t2 - t1)
+    if t2 - t1 > GRACE_SLOW_NS:
+        io[IO_GRACE_SLOW] += 1
+    ok = revoke_ranges(ws, ws.gone, n)
+    if not ok:
+        io[IO_REVOKE_FAILED] += 1  # still mapped: nacked, never acked
+    io[IO_REVOKE_NS] += monotonic_ns() - t2
+    return ok
+
+
 @njit(nogil=True, cache=True)
-def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
+def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing):
     """Handle the IOTLB messages at the head of socket ``fd`` (see the module
-    docstring); returns how many.  ``io[IO_NEXT]`` says why it stopped."""
+    docstring); returns how many.  ``io[IO_NEXT]`` says why it stopped.
+    With ``handing`` (the control thread), an INVALIDATE's revocation goes
+    to the polling lcore through the stand-in ``hand`` while the lcore
+    stamps ``ctl``."""
     handled = 0
     acks = 0  # replies written into ``out``, not sent yet
     io[IO_NEXT] = NEXT_NONE
@@ -121,20 +149,16 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
             if n < 0:
                 break
             if n > 0:
-                t2 = monotonic_ns()
-                io[IO_DROP_NS] += t2 - t1
-                t1 = t2
-                if wait_sections(vq, VQ_READER, timeout_ns) != 0:
-                    io[IO_QUIESCE_TIMEOUTS] += 1  # as the Python path: logged, and on
-                t2 = monotonic_ns()
-                io[IO_GRACE_NS] += t2 - t1
-                io[IO_GRACE_MAX_NS] = max(io[IO_GRACE_MAX_NS], t2 - t1)
-                if t2 - t1 > GRACE_SLOW_NS:
-                    io[IO_GRACE_SLOW] += 1
-                if not revoke_ranges(ws, ws.gone, n):
-                    io[IO_REVOKE_FAILED] += 1  # still mapped: nacked below, never acked
-                    ok = False
-                io[IO_REVOKE_NS] += monotonic_ns() - t2
+                io[IO_DROP_NS] += monotonic_ns() - t1
+                got = S_BACK
+                if handing and not beat_stale(ctl, monotonic_ns()):
+                    ctl[PORT_IOTLB_GONE_N] = n  # read by the lcore once the job is posted
+                    got = hand_over(hand)
+                if got == S_BACK:
+                    ok = revoke_gone(ws, vq, n, timeout_ns, io)
+                else:
+                    io[IO_HANDED] += 1
+                    ok = got == S_DONE_OK
         else:
             break
         socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
@@ -166,7 +190,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
 
 
 @njit(nogil=True, cache=True)
-def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, reply, buf, out, io):
+def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, reply, buf, out, io, hand, handing):
     """``serve``, then wait in ``poll`` for the next messages and serve
     them too, for up to ``wait_ns``: the control thread stays here, out of
     Python, while VM1's IOTLB traffic is all there is.  ``pfds`` rows are
@@ -181,7 +205,7 @@ def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, r
     handled = 0
     deadline = monotonic_ns() + wait_ns
     while True:
-        handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io)
+        handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing)
         if io[IO_NEXT] == NEXT_PYTHON:
             return handled
         now = monotonic_ns()
@@ -202,11 +226,13 @@ def lcore_serve(st, idle):
     found nothing): serve what is at the head of VM1's socket if the control
     thread lent it (``iotlb_lend.py``).  Called outside every read section."""
     ctl = st.ctl
+    b = st.iotlb
+    if take_job(b.hand.words):  # a revocation handed over: flushes only this CPU's TLB
+        finish_job(b.hand.words, revoke_gone(b.ws, st.vq, ctl[PORT_IOTLB_GONE_N], ctl[PORT_IOTLB_QUIESCE_NS], b.io))
     if not may_serve(ctl, idle):
         return
-    b = st.iotlb
     n = serve(ctl[PORT_IOTLB_FD], b.ws, st.vq, st.asked, ctl[PORT_IOTLB_QUIESCE_NS], ctl[PORT_IOTLB_REPLY],
-              b.buf, b.out, b.io)
+              b.buf, b.out, b.io, ctl, b.hand, False)
     b.io[IO_BY_LCORE] += n
     served(ctl, n, b.io[IO_NEXT] == NEXT_PYTHON)
 
@@ -220,8 +246,12 @@ class IotlbServer:
     were answered, the message counts).  Control thread only."""
 
     def __init__(self, window: Window, vq: np.ndarray, misses: IotlbMisses, timeout_s: float,
-                 ctl: np.ndarray, policy: LendPolicy) -> None:
+                 ctl: np.ndarray, policy: LendPolicy, revoke: str = "auto", name: str = "") -> None:
         self.window = window
+        # "auto": an INVALIDATE the control thread serves is revoked by the polling lcore (when one
+        # stamps, on CPUs of its own), through the stand-in; "control": by the control thread
+        self.revoke = revoke
+        self.standin = StandIn(name or "port")
         self.ctl = ctl  # the port's control words: the socket lent to its lcore
         self.policy = policy  # when it is lent
         self.vq = vq
@@ -234,7 +264,7 @@ class IotlbServer:
 
     def bufs(self) -> IotlbBufs:
         """What an lcore serving the lent socket works on (the port's kernel state)."""
-        return IotlbBufs(self.window.kstate, self.buf, self.out, self.io)
+        return IotlbBufs(self.window.kstate, self.buf, self.out, self.io, self.standin.hand)
 
     def warm(self) -> None:
         """Compile (or load) the kernels now, not on the first message."""
@@ -251,7 +281,7 @@ class IotlbServer:
         it here (``serve_wait``, which stops when the stamp is fresh again).
         Returns how many messages were taken."""
         args = (fd, self.window.kstate, self.vq, self.misses.asked, self.timeout_ns, _REPLY_MODES[reply],
-                self.buf, self.out, self.io)
+                self.buf, self.out, self.io, self.ctl, self.standin.hand, self._handing(fd))
         n = serve(*args) if wait_s <= 0 else self._wait(args, wait_fds, time.monotonic() + wait_s)
         if n:
             self._drain()
@@ -279,9 +309,26 @@ class IotlbServer:
                     return n + serve(*args)
             self._pfds[0, 0] = fd
             left_ns = max(0, int((deadline - time.monotonic()) * 1e9))
-            n += serve_wait(self._pfds, nfds, left_ns, self.ctl, lend, *args)
+            n += serve_wait(self._pfds, nfds, left_ns, self.ctl, lend, *args[:9], *args[10:])
             if self.io[IO_NEXT] != NEXT_LEND:
                 return n
+
+    def _handing(self, fd: int) -> bool:
+        """Hand INVALIDATEs' revocations to the lcore now?  Names the socket
+        so the lcore of queue 0 stamps, and starts the stand-in once it
+        does (it is ready a moment later)."""
+        if self.revoke != "auto" or fd < 0 or self.policy.shares_pollers():
+            return False
+        ctl = self.ctl
+        ctl[PORT_IOTLB_QUIESCE_NS] = self.timeout_ns
+        ctl[PORT_IOTLB_FD] = fd
+        if time.monotonic_ns() - int(ctl[PORT_IOTLB_BEAT]) <= BEAT_STALE_NS:
+            self.standin.start(os.sched_getaffinity(0), CONTROL_NICE)
+        return self.standin.ready
+
+    def close(self) -> None:
+        """Stop the stand-in (the port's kernels have stopped)."""
+        self.standin.close()
 
     def _lend(self, fd: int, reply: int, nfds: int, wait_s: float) -> tuple[int, bool]:
         """Lend socket ``fd`` to the lcore for up to ``wait_s`` (``lend_wait``);
@@ -318,7 +365,7 @@ class IotlbServer:
                 "iotlb_revoke_ns": int(io[IO_REVOKE_NS]), "iotlb_grace_slow": int(io[IO_GRACE_SLOW]),
                 "iotlb_grace_max_ns": int(io[IO_GRACE_MAX_NS]), "iotlb_drop_ns": int(io[IO_DROP_NS]),
                 "iotlb_reply_ns": int(io[IO_REPLY_NS]), "iotlb_served_by_lcore": int(io[IO_BY_LCORE]),
-                "iotlb_runs": int(io[IO_RUNS]),
+                "iotlb_runs": int(io[IO_RUNS]), "iotlb_revoked_by_lcore": int(io[IO_HANDED]),
                 "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED]), "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS])}
 
     @property

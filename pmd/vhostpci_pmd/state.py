@@ -15,6 +15,7 @@ import numpy as np
 
 from ..guestmem.iotlb_ops import WinState
 from ..guestmem.views import Mem
+from ..standin import Hand
 
 # vq control columns
 VQ_READY, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_LAST_AVAIL, VQ_LAST_USED, VQ_CALL_FD = range(8)
@@ -64,6 +65,8 @@ PORT_MISS_FD = 5
 # thread or the lcore polling queue 0; the socket and how to answer while it
 # is lent; the lcore's last stamp (ns) and last look (ns)
 PORT_IOTLB_OWNER, PORT_IOTLB_FD, PORT_IOTLB_REPLY, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_BEAT, PORT_IOTLB_LOOKED = range(6, 12)
+# an INVALIDATE's pieces (``IotlbBufs.ws.gone``) the control thread handed to that lcore to revoke (iotlb_serve.py)
+PORT_IOTLB_GONE_N = 12
 N_PORT_CTL = 16
 
 
@@ -75,6 +78,7 @@ class IotlbBufs(NamedTuple):
     buf: np.ndarray  # uint8[MSG_SIZE]: the message read
     out: np.ndarray  # uint8[MAX_BATCH * REPLY_SIZE]: the replies of a run
     io: np.ndarray  # int64[N_IO]: counters and the profile
+    hand: Hand  # the port's stand-in: the control thread hands revocations to the lcore (pmd/standin.py)
 
 
 class VhostPciState(NamedTuple):

@@ -1,0 +1,102 @@
+"""The stand-in process: a job handed over is done by the poller that
+takes it, or handed back when none does, and the process goes with close."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+from numba import njit
+
+from pmd.standin import (
+    S_BACK, S_DONE_FAILED, S_DONE_OK, S_IDLE, W_READY, W_STATE, StandIn, finish_job, hand_over, take_job,
+)
+from pmd.syscalls import sleep_us
+
+
+@njit(nogil=True, cache=True)
+def _poll_jobs(w, stop, done, ok):
+    """A poller: between 'bursts' (short sleeps) it takes jobs and records them."""
+    while stop[0] == 0:
+        if take_job(w):
+            done[0] += 1
+            finish_job(w, ok)
+        sleep_us(5)
+
+
+def _ready(si: StandIn, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    si.start(os.sched_getaffinity(0), 0)
+    while not si.ready:
+        assert time.monotonic() < deadline, "the stand-in never said it is ready"
+        si.start(os.sched_getaffinity(0), 0)  # also reports an early exit
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def standin():
+    si = StandIn("test")
+    try:
+        yield si
+    finally:
+        pid = si._proc.pid if si._proc is not None else None
+        si.close()
+        if pid is not None:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_a_job_handed_over_is_done_by_the_poller_that_takes_it(standin, ok):
+    _ready(standin)
+    stop, done = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    _poll_jobs(np.zeros(8, np.int64), np.ones(1, np.int64), done, ok)  # compiled before the jobs come
+    t = threading.Thread(target=_poll_jobs, args=(standin.hand.words, stop, done, ok))
+    t.start()
+    try:
+        got = [hand_over(standin.hand) for _ in range(50)]
+    finally:
+        stop[0] = 1
+        t.join()
+    want = S_DONE_OK if ok else S_DONE_FAILED
+    # a poller that did not come within the stand-in's spin (a busy machine) hands the job back
+    assert set(got) <= {want, S_BACK}
+    assert got.count(want) == done[0] > 0
+    assert standin.hand.words[W_STATE] == S_IDLE
+
+
+def test_a_job_nobody_takes_comes_back(standin):
+    _ready(standin)
+    t0 = time.monotonic()
+    assert hand_over(standin.hand) == S_BACK
+    assert time.monotonic() - t0 < 5.0
+    assert standin.hand.words[W_STATE] == S_IDLE
+
+
+def test_without_a_running_stand_in_the_job_comes_back_at_once(standin):
+    assert not standin.ready
+    assert hand_over(standin.hand) == S_BACK
+
+
+def test_a_killed_stand_in_hands_jobs_back_and_is_reported(standin, caplog):
+    _ready(standin)
+    standin._proc.kill()
+    standin._proc.wait()
+    t0 = time.monotonic()
+    assert hand_over(standin.hand) == S_BACK  # its words still say ready: the control thread's wait ends it
+    assert time.monotonic() - t0 < 5.0
+    standin.start(os.sched_getaffinity(0), 0)
+    assert not standin.ready
+    assert "exited" in caplog.text
+    assert hand_over(standin.hand) == S_BACK
+
+
+def test_close_stops_the_process(standin):
+    _ready(standin)
+    proc = standin._proc
+    standin.close()
+    assert proc.returncode == 0
+    assert standin.hand.words[W_READY] == 0
+    standin.close()  # twice: nothing left to do
