@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import signal
 import subprocess
@@ -50,7 +51,6 @@ from numba import njit
 
 from .atomics import compare_exchange, cpu_pause, load_acquire, store_release
 from .atomics_py import store_flag
-from .shm import create_shared, release_shared
 from .syscalls import POLLIN, eventfd_drain, eventfd_signal, monotonic_ns, poll_fds, sleep_us, wait_first
 
 log = logging.getLogger("vhostpci.standin")
@@ -63,6 +63,11 @@ SPIN_NS = 200_000  # the stand-in spins this long for a poller to take a job ...
 WAIT_NS = 20_000_000  # ... and the control thread waits this long for the stand-in
 START_TIMEOUT_S = 60.0  # a cold start compiles the loop (seconds); it is not waited for
 PR_SET_PDEATHSIG = 1
+PAGE = mmap.PAGESIZE
+_MAP_FIXED = 0x10
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 
 
 class Hand(NamedTuple):
@@ -148,17 +153,17 @@ def stand_in(w, pfd):
 # ------------------------------------------------------------------- control
 class StandIn:
     """One stand-in process and the words it shares (``hand``).  Created
-    idle; ``start`` spawns the process (it is ready some time later: until
-    then ``hand_over`` answers S_BACK); ``close`` stops it.  Control thread
-    only."""
+    idle, holding nothing but a page; ``start`` spawns the process (ready
+    some time later: until then ``hand_over`` answers S_BACK); ``close``
+    stops it.  Control thread only."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._fd, self._mm = create_shared(f"vhostpci-standin-{name}", N_WORDS * 8)
-        words = np.frombuffer(self._mm, np.int64, N_WORDS)
-        self._ask = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._back = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        words[W_ASK_FD], words[W_BACK_FD] = self._ask, self._back  # the child gets the same numbers
+        # the words live in a page of their own; ``start`` maps a memfd there, so the kernels'
+        # views (taken now) see what the process sees
+        self._page = mmap.mmap(-1, PAGE)
+        words = np.frombuffer(self._page, np.int64, N_WORDS)
+        words[W_ASK_FD] = words[W_BACK_FD] = -1
         words[W_SPIN_NS], words[W_WAIT_NS] = SPIN_NS, WAIT_NS
         self.hand = Hand(words, np.zeros((1, 2), np.int32))
         self._proc: subprocess.Popen | None = None
@@ -169,24 +174,26 @@ class StandIn:
     def ready(self) -> bool:
         return int(self.hand.words[W_READY]) != 0
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, cpus: set[int] | frozenset[int], nice: int) -> None:
         """Spawn the stand-in on ``cpus`` (the control thread's) at ``nice``
         if it is not running; returns at once."""
         if self._proc is not None:
-            if self._proc.poll() is not None and not self._said:
-                self._said = True
-                log.warning("%s: the stand-in process exited (%s): the control thread revokes pages itself",
-                            self.name, self._proc.returncode)
-                self.hand.words[W_READY] = 0
-            elif not self.ready and not self._said and time.monotonic() - self._started > START_TIMEOUT_S:
-                self._said = True
-                log.warning("%s: the stand-in process is not ready after %.0f s", self.name, START_TIMEOUT_S)
+            self._check()
             return
-        root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pmd.standin", str(self._fd), str(os.getpid())],
-            pass_fds=(self._fd, self._ask, self._back), stdin=subprocess.DEVNULL, env=env)
+        if self._said:
+            return  # it could not start: not tried again
+        try:
+            self._spawn()
+        except (OSError, subprocess.SubprocessError) as e:
+            self._said = True
+            self._close_fds()
+            log.warning("%s: cannot start the stand-in process (%s): the control thread revokes pages itself",
+                        self.name, e)
+            return
         self._started = time.monotonic()
         try:
             os.sched_setaffinity(self._proc.pid, cpus)
@@ -197,38 +204,71 @@ class StandIn:
         except OSError:
             pass  # the control thread said so already (placement)
 
-    def close(self) -> None:
-        """Stop the process (it finishes a job it holds first) and release everything."""
-        if self._fd < 0:
+    def _spawn(self) -> None:
+        words = self.hand.words
+        words[W_ASK_FD] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        words[W_BACK_FD] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the child gets the same numbers
+        fd = os.memfd_create(f"vhostpci-standin-{self.name}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, PAGE)
+            os.pwrite(fd, self._page[:PAGE], 0)
+            addr = words.ctypes.data
+            if _libc.mmap(addr, PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | _MAP_FIXED, fd, 0) != addr:
+                raise OSError(ctypes.get_errno(), f"{self.name}: stand-in: mmap failed")
+            root = str(Path(__file__).resolve().parent.parent)
+            env = dict(os.environ,
+                       PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "pmd.standin", str(fd), str(os.getpid())],
+                pass_fds=(fd, int(words[W_ASK_FD]), int(words[W_BACK_FD])), stdin=subprocess.DEVNULL, env=env)
+        finally:
+            os.close(fd)  # the page keeps the memory, the child its own fd
+
+    def _check(self) -> None:
+        """Say once if the process exited or never got ready."""
+        if self._said:
             return
+        if self._proc.poll() is not None:
+            self._said = True
+            store_flag(self.hand.words, W_READY, 0)
+            log.warning("%s: the stand-in process exited (%s): the control thread revokes pages itself",
+                        self.name, self._proc.returncode)
+        elif not self.ready and time.monotonic() - self._started > START_TIMEOUT_S:
+            self._said = True
+            log.warning("%s: the stand-in process is not ready after %.0f s", self.name, START_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Stop the process (it finishes a job it holds first) and close its eventfds."""
         words = self.hand.words
         proc, self._proc = self._proc, None
-        if proc is not None:
-            store_flag(words, W_STOP, 1)  # the child reads it once woken
-            os.eventfd_write(self._ask, 1)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                log.warning("%s: the stand-in process did not stop; killed", self.name)
-                proc.kill()
-                proc.wait()
+        if proc is None:
+            return
+        store_flag(words, W_STOP, 1)  # the child reads it once woken
+        os.eventfd_write(int(words[W_ASK_FD]), 1)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.warning("%s: the stand-in process did not stop; killed", self.name)
+            proc.kill()
+            proc.wait()
         store_flag(words, W_READY, 0)  # kernels still holding the words hand nothing over
-        for fd in (self._ask, self._back):
-            os.close(fd)
-        self._ask = self._back = -1
-        release_shared(None, self._fd, "the stand-in's words")  # unmapped with the last view
-        self._mm, self._fd = None, -1
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        words = self.hand.words
+        for k in (W_ASK_FD, W_BACK_FD):
+            if words[k] >= 0:
+                os.close(int(words[k]))
+                words[k] = -1
 
 
 def _main(argv: list[str]) -> int:
     """The stand-in process: ``python -m pmd.standin MEMFD PARENT_PID``."""
-    import mmap
-
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     fd, parent = int(argv[0]), int(argv[1])
     if os.getppid() != parent:
         return 1  # the parent died before the death signal was set up
-    mm = mmap.mmap(fd, N_WORDS * 8, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    mm = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     words = np.frombuffer(mm, np.int64, N_WORDS)
     pfd = np.zeros((1, 2), np.int32)
     words_probe = np.zeros(N_WORDS, np.int64)

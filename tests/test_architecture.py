@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 PMD = Path(ROOT) / "pmd"
 
 BASE = {"pmd.atomics", "pmd.atomics_py", "pmd.syscalls", "pmd.units", "pmd.shm", "pmd.signals", "pmd.rates",
-        "pmd.log", "pmd.progress", "pmd.grace", "pmd.placement", "pmd.cpuload", "pmd.byref"}
+        "pmd.log", "pmd.progress", "pmd.grace", "pmd.placement", "pmd.cpuload", "pmd.byref", "pmd.standin"}
 DRIVER = BASE | {"pmd.ethdev", "pmd.burst", "pmd.mbuf", "pmd.csum", "pmd.log"}
 
 # part -> the framework parts it may import (itself always allowed); a part
@@ -39,6 +39,7 @@ ALLOWED: dict[str, set[str]] = {
     "pmd.placement": set(),
     "pmd.cpuload": set(),
     "pmd.byref": set(),
+    "pmd.standin": {"pmd.atomics", "pmd.atomics_py", "pmd.syscalls"},
     "pmd.csum": BASE,
     # the neutral layers: virtio layout, guest memory, ports, mbufs, lcores
     "pmd.virtio": BASE,

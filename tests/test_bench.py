@@ -281,7 +281,7 @@ def test_vm1_bench_quick_json(tmp_path, tmp_path_factory):
     assert list(tmp_path.iterdir()) == []
     doc = json.loads(out)
     assert doc["scenario"] == "vm1" and doc["rounds"] == 1 and doc["sizes"] == [64] and doc["notes"] == []
-    assert doc["iotlb_lcore"] == "auto"
+    assert doc["iotlb_lcore"] == "auto" and doc["iotlb_revoke"] == "auto"
     rows = {(r["scenario"], r["size"]): r for r in doc["results"]}
     assert set(rows) == {("none", 64), ("intel-strict", 64)}
     for r in rows.values():
@@ -303,15 +303,18 @@ def test_vm1_bench_quick_json(tmp_path, tmp_path_factory):
 
 
 def test_vm1_bench_passes_the_iotlb_placement_to_our_port():
-    """``--iotlb-lcore`` becomes our vhost-pci port's devarg of that name."""
+    """``--iotlb-lcore`` and ``--iotlb-revoke`` become our vhost-pci port's devargs of those names."""
     from apps.bench.vm1 import OursVm2
 
     for mode in ("auto", "1", "0"):
-        vdevs = [a for a in OursVm2("/tmp/x.sock", "veth0", 1, "/dev/null", 10, mode).argv if "vhost_pci" in a]
-        assert vdevs == [f"net_vhost_pci0,path=/tmp/x.sock,iommu_support=1,iotlb_lcore={mode}"]
-    out = subprocess.run([sys.executable, "-m", "apps.bench", "vm1", "--iotlb-lcore", "2"], cwd=ROOT, check=False,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "--iotlb-lcore" in out.stderr
+        for revoke in ("auto", "control"):
+            vm2 = OursVm2("/tmp/x.sock", "veth0", 1, "/dev/null", 10, mode, revoke)
+            vdevs = [a for a in vm2.argv if "vhost_pci" in a]
+            assert vdevs == [f"net_vhost_pci0,path=/tmp/x.sock,iommu_support=1,iotlb_lcore={mode},iotlb_revoke={revoke}"]
+    for opt, bad in (("--iotlb-lcore", "2"), ("--iotlb-revoke", "lcore")):
+        out = subprocess.run([sys.executable, "-m", "apps.bench", "vm1", opt, bad], cwd=ROOT, check=False,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and opt in out.stderr
 
 
 def test_vm1_bench_without_qemu_says_so(tmp_path):

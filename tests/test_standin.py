@@ -42,7 +42,7 @@ def standin():
     try:
         yield si
     finally:
-        pid = si._proc.pid if si._proc is not None else None
+        pid = si.pid
         si.close()
         if pid is not None:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -93,10 +93,19 @@ def test_a_killed_stand_in_hands_jobs_back_and_is_reported(standin, caplog):
     assert hand_over(standin.hand) == S_BACK
 
 
-def test_close_stops_the_process(standin):
+def test_close_stops_the_process_and_leaves_no_fd(standin):
+    before = set(os.listdir("/proc/self/fd"))
     _ready(standin)
     proc = standin._proc
     standin.close()
     assert proc.returncode == 0
     assert standin.hand.words[W_READY] == 0
+    assert set(os.listdir("/proc/self/fd")) <= before
     standin.close()  # twice: nothing left to do
+
+
+def test_before_start_it_holds_no_fd():
+    before = set(os.listdir("/proc/self/fd"))
+    si = StandIn("idle")
+    assert set(os.listdir("/proc/self/fd")) == before
+    si.close()

@@ -192,7 +192,7 @@ def _run_vm1(args: argparse.Namespace) -> int:
     try:
         report = vm1.run(args.seconds, args.rounds, args.size, args.cpu, args.iommu,
                          lambda msg: print(msg, file=sys.stderr, flush=True), what=args.what, rates=args.rates,
-                         count=args.count, iotlb_lcore=args.iotlb_lcore)
+                         count=args.count, iotlb_lcore=args.iotlb_lcore, iotlb_revoke=args.iotlb_revoke)
     except KeyboardInterrupt:
         print("vhostpci-bench: interrupted", file=sys.stderr)
         return 130
@@ -204,7 +204,8 @@ def _run_vm1(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr)
         print(json.dumps({"scenario": "vm1", "what": list(args.what), "seconds": args.seconds, "rounds": args.rounds,
                           "sizes": list(args.size), "iommu": list(args.iommu), "rates": list(args.rates),
-                          "count": args.count, "iotlb_lcore": args.iotlb_lcore, "notes": report.notes,
+                          "count": args.count, "iotlb_lcore": args.iotlb_lcore,
+                          "iotlb_revoke": args.iotlb_revoke, "notes": report.notes,
                           "results": [asdict(r) for r in report.throughput],
                           "delivery": [asdict(r) for r in report.delivery]}, indent=2))
     else:
@@ -276,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     v1.add_argument("--iotlb-lcore", choices=("auto", "1", "0"), default="auto",
                     help="our port's iotlb_lcore devarg: who serves VM1's IOTLB messages (auto; 1: the polling "
                     "lcore; 0: the control thread, on VM1's CPU here)")
+    v1.add_argument("--iotlb-revoke", choices=("auto", "control"), default="auto",
+                    help="our port's iotlb_revoke devarg: who revokes the pages of the INVALIDATEs the control "
+                    "thread serves (auto: the polling lcore, through a stand-in process; control)")
     v1.add_argument("--quick", action="store_true",
                     help=f"short run: --seconds 2 --rounds 1, first size only, --count {QUICK_COUNT}")
     _plot_option(v1)

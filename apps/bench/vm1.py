@@ -235,9 +235,9 @@ class OursVm2(FwdProcess):
     flow_timeout = 420.0
 
     def __init__(self, sock: str, iface: str, cpu: int, log_path: str, max_seconds: float,
-                 iotlb_lcore: str = "auto") -> None:
-        super().__init__(f"net_vhost_pci0,path={sock},iommu_support=1,iotlb_lcore={iotlb_lcore}", "io", 64, cpu,
-                         log_path, max_seconds)
+                 iotlb_lcore: str = "auto", iotlb_revoke: str = "auto") -> None:
+        super().__init__(f"net_vhost_pci0,path={sock},iommu_support=1,iotlb_lcore={iotlb_lcore},"
+                         f"iotlb_revoke={iotlb_revoke}", "io", 64, cpu, log_path, max_seconds)
         at = self.argv.index("--")
         self.argv[at:at] = ["--vdev", f"net_vf0,iface={iface},{VF_ARGS},framecount={FRAMES}"]
         # The socket exists before the kernels are compiled (ports start first): its first
@@ -362,9 +362,11 @@ class Boot:
 
 
 class _Bench:
-    def __init__(self, env: _Env, wire: VethWire, image, blaster: bytes, plan: Plan, iotlb_lcore: str) -> None:
+    def __init__(self, env: _Env, wire: VethWire, image, blaster: bytes, plan: Plan, iotlb_lcore: str,
+                 iotlb_revoke: str) -> None:
         self.env, self.wire, self.image, self.plan = env, wire, image, plan
-        self.iotlb_lcore = iotlb_lcore  # our port's devarg: who serves VM1's IOTLB messages
+        self.iotlb_lcore = iotlb_lcore  # our port's devargs: who serves VM1's IOTLB messages ...
+        self.iotlb_revoke = iotlb_revoke  # ... and who revokes the control thread's INVALIDATEs
         # Delivery first: a guest that hangs in the throughput part (seen with ours under a
         # strict IOMMU) still yields delivery figures, and its rx mappings start cold.
         script = GUEST_HEAD
@@ -389,7 +391,7 @@ class _Bench:
         scenario_s = plan.seconds(env.seconds)
         if variant == "ours":
             vm2 = OursVm2(sock, self.wire.host, env.vm2_cpu, os.path.join(env.dir, f"vm2-{n}.log"),
-                          OursVm2.flow_timeout + BOOT_TIMEOUT + scenario_s + 60, self.iotlb_lcore)
+                          OursVm2.flow_timeout + BOOT_TIMEOUT + scenario_s + 60, self.iotlb_lcore, self.iotlb_revoke)
         else:
             vm2 = DpdkVm2(sock, self.wire.host, env.vm2_cpu, prefix + "-vm2")
         counter = NsCounter(self.wire.ns or "", env.vm2_cpu)
@@ -578,11 +580,11 @@ def _say_run(say: Callable[[str], None], got: Boot) -> None:
 def run(seconds: float = 5.0, rounds: int = 3, sizes: tuple[int, ...] = SIZES, cpu: int | None = None,
         iommus: tuple[str, ...] = IOMMUS, progress: Callable[[str], None] | None = None, *,
         what: tuple[str, ...] = WHATS, rates: tuple[int, ...] = RATES, count: int = COUNT,
-        iotlb_lcore: str = "auto") -> Vm1Report:
+        iotlb_lcore: str = "auto", iotlb_revoke: str = "auto") -> Vm1Report:
     """Boot VM1 ``rounds`` times per IOMMU mode against ours and DPDK
     (alternating); each boot measures ``what`` of throughput (per size) and
-    delivery (per rate, ``count`` datagrams).  ``iotlb_lcore`` is our port's
-    devarg of that name (auto, 1: the polling lcore, 0: the control thread)."""
+    delivery (per rate, ``count`` datagrams).  ``iotlb_lcore`` and
+    ``iotlb_revoke`` are our port's devargs of those names."""
     say = progress or (lambda msg: None)
     why = missing()
     if why is not None:
@@ -616,8 +618,9 @@ def run(seconds: float = 5.0, rounds: int = 3, sizes: tuple[int, ...] = SIZES, c
             detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) and e.stderr else e
             raise BenchError(f"cannot create the veth {wire.host}/{wire.peer} and namespace {wire.ns}: {detail}") \
                 from None
-        bench = _Bench(env, wire, image, blaster, plan, iotlb_lcore)
-        say(f"guest {image.version}, VM2 on CPU {env.vm2_cpu} (iotlb_lcore={iotlb_lcore}), QEMU on CPU {env.vm1_cpu}; "
+        bench = _Bench(env, wire, image, blaster, plan, iotlb_lcore, iotlb_revoke)
+        say(f"guest {image.version}, VM2 on CPU {env.vm2_cpu} (iotlb_lcore={iotlb_lcore}, "
+            f"iotlb_revoke={iotlb_revoke}), QEMU on CPU {env.vm1_cpu}; "
             + (f"throughput: sizes {list(plan.sizes)} B, {seconds:g} s each" if plan.sizes else "")
             + ("; " if plan.sizes and plan.rates else "")
             + (f"delivery: {count} datagrams at {list(plan.rates)} pps" if plan.rates else ""))

@@ -16,8 +16,13 @@ lcore polling queue 0 while the control thread lends it the socket
    (``iotlb.unpark_covered``);
 3. INVALIDATE: rows out (``iotlb_drop``), a grace period over the port's
    vrings (``wait_sections``: only the bursts inside the window when the rows
-   went out, ``pmd/grace.py``), pages revoked, and only then the ack:
-   isolation is exactly the Python path's;
+   went out, ``pmd/grace.py``), pages revoked (``revoke_gone``), and only then
+   the ack: isolation is exactly the Python path's.  On the control thread,
+   while the lcore of queue 0 polls on a CPU of its own (``iotlb_revoke=auto``),
+   the grace period and the revocation are that lcore's, between two of its
+   bursts (``lcore_serve``), handed over through the port's stand-in process
+   (``pmd/standin.py``): the revocation then flushes only the lcore's TLB,
+   where from the control thread it interrupts the lcore's CPU to flush it;
 4. the reply (u64 0) when the protocol asks for one: the replies of a
    run of messages queued back to back go in one send after the run.
 
@@ -87,7 +92,7 @@ NEXT_NONE, NEXT_PYTHON, NEXT_LEND = 0, 1, 2
 REPLY_NEVER, REPLY_ON_NEED, REPLY_ALWAYS = 0, 1, 2
 
 
-@njit(nogil=True, cache=True, _nrt=False)
+@njit(nogil=True, cache=True)
 def revoke_gone(ws, vq, n, timeout_ns, io):
     """An INVALIDATE's last steps: a grace period over the port's vrings,
     then ``ws.gone[:n]`` revoked; False if a revocation failed (nack)."""

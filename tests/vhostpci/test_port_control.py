@@ -345,7 +345,8 @@ def test_missing_path_is_a_port_error(fwd):
     assert not fwd.ports
 
 
-@pytest.mark.parametrize("extra, key", [(",queues=0", "queues"), (",client=maybe", "client")])
+@pytest.mark.parametrize("extra, key", [(",queues=0", "queues"), (",client=maybe", "client"),
+                                        (",iotlb_revoke=lcore", "iotlb_revoke")])
 def test_bad_devarg_values_name_the_key(sockdir, extra, key):
     with pytest.raises(DevargError, match=key):
         parse_vdev(vp_vdev(os.path.join(sockdir, "vp.sock"), extra))

@@ -1,0 +1,72 @@
+"""The control thread's INVALIDATEs revoked by the polling lcore, through
+the port's stand-in process (``iotlb_revoke=auto``, ``pmd/standin.py``):
+the same isolation as its own revocation, and the process goes with the
+port."""
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from pmd.vhost_user.messages import IotlbPerm
+from tests.util import wait_until
+from tests.vhost_user.test_vu_backend import readable
+from tests.vhostpci.test_iotlb_fast import BUF, PAGE, setup  # noqa: F401  (the fixture)
+
+
+@pytest.mark.parametrize("setup", ["control"], indirect=True)
+def test_the_polling_lcore_revokes_what_the_control_thread_serves(setup, fwd):
+    fe, port, guest = setup
+    fwd.stop()
+    fwd.config.interrupts = False  # an idle lcore would sleep: then the control thread revokes
+    fwd.start()
+    dev = port.driver.device
+    win = dev.window
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    xs = dev.iotlb_xstats
+    before = xs()["iotlb_revoked_by_lcore"]
+    rounds = 0
+    # the stand-in starts once the lcore stamps; a preempted lcore hands the job back: bounded rounds
+    while xs()["iotlb_revoked_by_lcore"] < before + 20 and rounds < 5000:
+        page = BUF + (rounds % 8) * PAGE
+        perm = IotlbPerm.RO if rounds % 2 else IotlbPerm.RW
+        fe.iotlb_update(page, PAGE, uaddr + (page - BUF), perm)
+        assert readable(win.base + page), "acked UPDATE not mapped"
+        fe.iotlb_invalidate(page, PAGE)
+        assert not readable(win.base + page), "acked INVALIDATE still mapped"
+        rounds += 1
+    got = xs()
+    assert got["iotlb_revoked_by_lcore"] >= before + 20, (rounds, got)
+    assert got["iotlb_served_by_lcore"] == 0, "iotlb_lcore=0: the control thread serves every message"
+    assert 0 < got["iotlb_grace_ns"] + got["iotlb_revoke_ns"] <= got["iotlb_invalidate_ns"], got
+    standin = dev.iotlb_server.standin
+    pid = standin.pid
+    # stopped, the lcore takes nothing: the control thread revokes, at once
+    fwd.stop()
+    after = xs()["iotlb_revoked_by_lcore"]
+    for _ in range(10):
+        fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RW)
+        assert readable(win.base + BUF)
+        fe.iotlb_invalidate(BUF, PAGE)
+        assert not readable(win.base + BUF)
+    assert xs()["iotlb_revoked_by_lcore"] == after
+    # the stand-in goes with the port
+    fwd.detach_port(port.port_id)
+    assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                      5.0), "the stand-in outlived its port"
+
+
+@pytest.mark.parametrize("setup", ["control"], indirect=True)
+def test_iotlb_revoke_control_keeps_every_revocation_on_the_control_thread(setup, fwd, sockdir):
+    fe, port, guest = setup
+    dev = port.driver.device
+    dev.iotlb_server.revoke = "control"  # as the devarg sets it
+    fwd.stop()
+    fwd.config.interrupts = False
+    fwd.start()
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    for _ in range(200):
+        fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RW)
+        fe.iotlb_invalidate(BUF, PAGE)
+        assert not readable(dev.window.base + BUF)
+    assert dev.iotlb_xstats()["iotlb_revoked_by_lcore"] == 0
+    assert dev.iotlb_server.standin.pid is None, "no stand-in started"
