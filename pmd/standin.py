@@ -253,6 +253,9 @@ class StandIn:
             proc.wait()
         store_flag(words, W_READY, 0)  # kernels still holding the words hand nothing over
         self._close_fds()
+        # the memfd goes too: zeroed anonymous memory in its place (W_READY 0)
+        addr = words.ctypes.data
+        _libc.mmap(addr, PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | _MAP_FIXED, -1, 0)
 
     def _close_fds(self) -> None:
         words = self.hand.words

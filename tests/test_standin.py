@@ -101,6 +101,9 @@ def test_close_stops_the_process_and_leaves_no_fd(standin):
     assert proc.returncode == 0
     assert standin.hand.words[W_READY] == 0
     assert set(os.listdir("/proc/self/fd")) <= before
+    with open("/proc/self/maps") as f:
+        assert "vhostpci-standin-test" not in f.read(), "its memfd still mapped"
+    assert hand_over(standin.hand) == S_BACK  # kernels that still hold the words hand nothing over
     standin.close()  # twice: nothing left to do
 
 

@@ -50,7 +50,7 @@ def test_the_polling_lcore_revokes_what_the_control_thread_serves(setup, fwd):
         assert not readable(win.base + BUF)
     assert xs()["iotlb_revoked_by_lcore"] == after
     # the stand-in goes with the port
-    fwd.detach_port(port.port_id)
+    port.close()
     assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                       5.0), "the stand-in outlived its port"
 
