@@ -85,11 +85,26 @@ IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_UNPARKED, 
 # IO_HANDED: the control thread's INVALIDATEs whose revocation the lcore made (the stand-in)
 N_IO = 20
 GRACE_SLOW_NS = 10_000
+# an INVALIDATE's revocation goes to the lcore (the stand-in) up to this size
+HAND_MAX_BYTES = 64 * 1024
 # IO_NEXT after a call: nothing left to read, a message the Python path must
 # read, or (serve_wait watching the stamp) the lcore polls again: lend it
 NEXT_NONE, NEXT_PYTHON, NEXT_LEND = 0, 1, 2
 # reply: REPLY_ALWAYS, or only on NEED_REPLY (REPLY_ACK negotiated), or never
 REPLY_NEVER, REPLY_ON_NEED, REPLY_ALWAYS = 0, 1, 2
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _few_pages(gone, n):
+    """At most HAND_MAX_BYTES in ``gone[:n]``: a revocation worth handing to
+    the lcore (a lazy guest's flush of hundreds of grants takes milliseconds
+    to unmap wherever it is done; the lcore would stop polling meanwhile)."""
+    total = np.uint64(0)
+    for k in range(n):
+        total += gone[k, 1]
+        if total > np.uint64(HAND_MAX_BYTES):
+            return False
+    return True
 
 
 @njit(nogil=True, cache=True)
@@ -156,7 +171,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
             if n > 0:
                 io[IO_DROP_NS] += monotonic_ns() - t1
                 got = S_BACK
-                if handing and not beat_stale(ctl, monotonic_ns()):
+                if handing and _few_pages(ws.gone, n) and not beat_stale(ctl, monotonic_ns()):
                     ctl[PORT_IOTLB_GONE_N] = n  # read by the lcore once the job is posted
                     got = hand_over(hand)
                 if got == S_BACK:

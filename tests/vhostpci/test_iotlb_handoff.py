@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from pmd.vhost_user.messages import IotlbPerm
+from pmd.vhostpci_pmd.iotlb_serve import HAND_MAX_BYTES
 from tests.util import wait_until
 from tests.vhost_user.test_vu_backend import readable
 from tests.vhostpci.test_iotlb_fast import BUF, PAGE, setup  # noqa: F401  (the fixture)
@@ -38,6 +39,15 @@ def test_the_polling_lcore_revokes_what_the_control_thread_serves(setup, fwd):
     assert got["iotlb_revoked_by_lcore"] >= before + 20, (rounds, got)
     assert got["iotlb_served_by_lcore"] == 0, "iotlb_lcore=0: the control thread serves every message"
     assert 0 < got["iotlb_grace_ns"] + got["iotlb_revoke_ns"] <= got["iotlb_invalidate_ns"], got
+    # a flush of many pages (a lazy guest's) is revoked here: unmapping them takes as long anywhere,
+    # and the lcore would stop polling meanwhile
+    n = HAND_MAX_BYTES // PAGE + 1
+    for k in range(n):
+        fe.iotlb_update(BUF + k * PAGE, PAGE, uaddr + k * PAGE, IotlbPerm.RW)
+    handed = xs()["iotlb_revoked_by_lcore"]
+    fe.iotlb_invalidate(BUF, n * PAGE)
+    assert not any(readable(win.base + BUF + k * PAGE) for k in range(n))
+    assert xs()["iotlb_revoked_by_lcore"] == handed
     standin = dev.iotlb_server.standin
     pid = standin.pid
     # stopped, the lcore takes nothing: the control thread revokes, at once
