@@ -12,31 +12,20 @@ from pmd.vhostpci_pmd.iotlb_serve import HAND_MAX_BYTES
 from tests.util import wait_until
 from tests.vhost_user.test_vu_backend import readable
 from tests.vhostpci.test_iotlb_fast import BUF, PAGE, setup  # noqa: F401  (the fixture)
+from tests.vhostpci.test_iotlb_lend import grant_and_revoke_until, keep_polling
 
 
 @pytest.mark.parametrize("setup", ["control"], indirect=True)
 def test_the_polling_lcore_revokes_what_the_control_thread_serves(setup, fwd):
     fe, port, guest = setup
-    fwd.stop()
-    fwd.config.interrupts = False  # an idle lcore would sleep: then the control thread revokes
-    fwd.start()
+    keep_polling(fwd)  # a sleeping lcore revokes nothing: then the control thread does
     dev = port.driver.device
     win = dev.window
     uaddr = guest.mem.gpa_to_uaddr(BUF)
     xs = dev.iotlb_xstats
-    before = xs()["iotlb_revoked_by_lcore"]
-    rounds = 0
-    # the stand-in starts once the lcore stamps; a preempted lcore hands the job back: bounded rounds
-    while xs()["iotlb_revoked_by_lcore"] < before + 20 and rounds < 5000:
-        page = BUF + (rounds % 8) * PAGE
-        perm = IotlbPerm.RO if rounds % 2 else IotlbPerm.RW
-        fe.iotlb_update(page, PAGE, uaddr + (page - BUF), perm)
-        assert readable(win.base + page), "acked UPDATE not mapped"
-        fe.iotlb_invalidate(page, PAGE)
-        assert not readable(win.base + page), "acked INVALIDATE still mapped"
-        rounds += 1
+    # the stand-in starts once the lcore stamps; a preempted lcore hands the job back
+    grant_and_revoke_until(fe, dev, guest, "iotlb_revoked_by_lcore", 20, (IotlbPerm.RW, IotlbPerm.RO))
     got = xs()
-    assert got["iotlb_revoked_by_lcore"] >= before + 20, (rounds, got)
     assert got["iotlb_served_by_lcore"] == 0, "iotlb_lcore=0: the control thread serves every message"
     assert 0 < got["iotlb_grace_ns"] + got["iotlb_revoke_ns"] <= got["iotlb_invalidate_ns"], got
     # a flush of many pages (a lazy guest's) is revoked here: unmapping them takes as long anywhere,
@@ -70,9 +59,7 @@ def test_iotlb_revoke_control_keeps_every_revocation_on_the_control_thread(setup
     fe, port, guest = setup
     dev = port.driver.device
     dev.iotlb_server.revoke = "control"  # as the devarg sets it
-    fwd.stop()
-    fwd.config.interrupts = False
-    fwd.start()
+    keep_polling(fwd)
     uaddr = guest.mem.gpa_to_uaddr(BUF)
     for _ in range(200):
         fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RW)

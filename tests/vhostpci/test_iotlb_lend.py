@@ -193,27 +193,42 @@ def test_auto_lends_while_the_front_end_sends_runs(monkeypatch):
 
 
 # ------------------------------------------------------------ with a port
-@pytest.mark.parametrize("setup", ["lcore"], indirect=True)
-def test_the_polling_lcore_serves_with_the_same_isolation(setup, fwd):
-    fe, port, guest = setup
+def keep_polling(fwd) -> None:
+    """Restart the forwarding with lcores that never sleep (an idle one would
+    sleep: it then serves nothing, and gives the socket back)."""
     fwd.stop()
-    fwd.config.interrupts = False  # an idle lcore would sleep, and give the socket back
+    fwd.config.interrupts = False
     fwd.start()
-    dev = port.driver.device
-    win = dev.window
+
+
+def grant_and_revoke_until(fe, dev, guest, counter: str, more: int, perms=(IotlbPerm.RO,)) -> None:
+    """UPDATE then INVALIDATE one of 8 pages (``perms`` in turn), each ack's
+    isolation checked, until xstat ``counter`` grew by ``more``: what the
+    lcore does while it polls (a preempted one looks stopped for a while:
+    bounded rounds)."""
+    win, xs = dev.window, dev.iotlb_xstats
     uaddr = guest.mem.gpa_to_uaddr(BUF)
-    xs = dev.iotlb_xstats
-    before = xs()["iotlb_served_by_lcore"]
+    before = xs()[counter]
     rounds = 0
-    # the lcore serves them while it polls (a preempted one looks stopped for a while: bounded retries)
-    while xs()["iotlb_served_by_lcore"] < before + 20 and rounds < 5000:
+    while xs()[counter] < before + more and rounds < 5000:
         page = BUF + (rounds % 8) * PAGE
-        fe.iotlb_update(page, PAGE, uaddr + (page - BUF), IotlbPerm.RO)
+        fe.iotlb_update(page, PAGE, uaddr + (page - BUF), perms[rounds % len(perms)])
         assert readable(win.base + page), "acked UPDATE not mapped"
         fe.iotlb_invalidate(page, PAGE)
         assert not readable(win.base + page), "acked INVALIDATE still mapped"
         rounds += 1
-    assert xs()["iotlb_served_by_lcore"] >= before + 20, (rounds, xs())
+    assert xs()[counter] >= before + more, (rounds, xs())
+
+
+@pytest.mark.parametrize("setup", ["lcore"], indirect=True)
+def test_the_polling_lcore_serves_with_the_same_isolation(setup, fwd):
+    fe, port, guest = setup
+    keep_polling(fwd)
+    dev = port.driver.device
+    win = dev.window
+    uaddr = guest.mem.gpa_to_uaddr(BUF)
+    xs = dev.iotlb_xstats
+    grant_and_revoke_until(fe, dev, guest, "iotlb_served_by_lcore", 20)
     # what only the session's path handles is given back and answered there
     with pytest.raises(FrontendError, match="refused"):
         fe.iotlb_update(BUF + PAGE, PAGE, uaddr + 16 * MEM_SIZE, IotlbPerm.RO)
