@@ -60,7 +60,7 @@ W_STATE, W_ASK_FD, W_BACK_FD, W_READY, W_STOP, W_SPIN_NS, W_WAIT_NS = range(7)
 N_WORDS = 8
 S_IDLE, S_ASKED, S_GO, S_TAKEN, S_DONE_OK, S_DONE_FAILED, S_BACK = range(7)
 SPIN_NS = 200_000  # the stand-in spins this long for a poller to take a job ...
-WAIT_NS = 20_000_000  # ... and the control thread waits this long for the stand-in
+WAIT_NS = 5_000_000  # ... and the control thread waits this long for the stand-in (gone: at most once)
 START_TIMEOUT_S = 60.0  # a cold start compiles the loop (seconds); it is not waited for
 PR_SET_PDEATHSIG = 1
 PAGE = mmap.PAGESIZE
@@ -168,7 +168,9 @@ class StandIn:
         self.hand = Hand(words, np.zeros((1, 2), np.int32))
         self._proc: subprocess.Popen | None = None
         self._started = 0.0
-        self._said = False
+        self._ready_seen = False  # the running process said it is ready
+        self._said = False  # the slow start was reported
+        self._failed = False  # it could not start: not tried again
 
     @property
     def ready(self) -> bool:
@@ -180,16 +182,33 @@ class StandIn:
 
     def start(self, cpus: set[int] | frozenset[int], nice: int) -> None:
         """Spawn the stand-in on ``cpus`` (the control thread's) at ``nice``
-        if it is not running; returns at once."""
+        if it is not running; returns at once.  One that exited after it
+        was ready is started again: it dies with the thread that started it
+        (a control thread ends when its port stops)."""
         if self._proc is not None:
-            self._check()
+            if self._proc.poll() is None:
+                self._ready_seen = self._ready_seen or self.ready
+                if not self._ready_seen and not self._said and time.monotonic() - self._started > START_TIMEOUT_S:
+                    self._said = True
+                    log.warning("%s: the stand-in process is not ready after %.0f s", self.name, START_TIMEOUT_S)
+                return
+            was_ready = self._ready_seen or self.ready  # (a killed one leaves its pid there)
+            store_flag(self.hand.words, W_READY, 0)
+            self._close_fds()
+            code, self._proc = self._proc.returncode, None
+            if not was_ready:
+                self._failed = True
+                log.warning("%s: the stand-in process exited (%s) before it was ready: the control thread "
+                            "revokes pages itself", self.name, code)
+            else:
+                log.info("%s: the stand-in process exited (%s): started again", self.name, code)
+        if self._failed:
             return
-        if self._said:
-            return  # it could not start: not tried again
+        self._ready_seen = False
         try:
             self._spawn()
         except (OSError, subprocess.SubprocessError) as e:
-            self._said = True
+            self._failed = True
             self._close_fds()
             log.warning("%s: cannot start the stand-in process (%s): the control thread revokes pages itself",
                         self.name, e)
@@ -223,19 +242,6 @@ class StandIn:
                 pass_fds=(fd, int(words[W_ASK_FD]), int(words[W_BACK_FD])), stdin=subprocess.DEVNULL, env=env)
         finally:
             os.close(fd)  # the page keeps the memory, the child its own fd
-
-    def _check(self) -> None:
-        """Say once if the process exited or never got ready."""
-        if self._said:
-            return
-        if self._proc.poll() is not None:
-            self._said = True
-            store_flag(self.hand.words, W_READY, 0)
-            log.warning("%s: the stand-in process exited (%s): the control thread revokes pages itself",
-                        self.name, self._proc.returncode)
-        elif not self.ready and time.monotonic() - self._started > START_TIMEOUT_S:
-            self._said = True
-            log.warning("%s: the stand-in process is not ready after %.0f s", self.name, START_TIMEOUT_S)
 
     def close(self) -> None:
         """Stop the process (it finishes a job it holds first) and close its eventfds."""

@@ -2,7 +2,9 @@
 takes it, or handed back when none does, and the process goes with close."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import threading
 import time
 
@@ -80,17 +82,44 @@ def test_without_a_running_stand_in_the_job_comes_back_at_once(standin):
     assert hand_over(standin.hand) == S_BACK
 
 
-def test_a_killed_stand_in_hands_jobs_back_and_is_reported(standin, caplog):
+def test_a_killed_stand_in_hands_jobs_back_and_is_started_again(standin, caplog):
+    """It dies with the thread that started it (a port's control thread):
+    the next start finds it gone and starts another."""
+    caplog.set_level(logging.INFO, "vhostpci.standin")
     _ready(standin)
+    old = standin.pid
     standin._proc.kill()
     standin._proc.wait()
     t0 = time.monotonic()
     assert hand_over(standin.hand) == S_BACK  # its words still say ready: the control thread's wait ends it
     assert time.monotonic() - t0 < 5.0
-    standin.start(os.sched_getaffinity(0), 0)
-    assert not standin.ready
-    assert "exited" in caplog.text
-    assert hand_over(standin.hand) == S_BACK
+    _ready(standin)
+    assert standin.pid != old and "started again" in caplog.text
+    stop, done = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    t = threading.Thread(target=_poll_jobs, args=(standin.hand.words, stop, done, True))
+    t.start()
+    try:
+        got = [hand_over(standin.hand) for _ in range(20)]
+    finally:
+        stop[0] = 1
+        t.join()
+    assert got.count(S_DONE_OK) == done[0] > 0
+
+
+def test_one_that_dies_before_it_is_ready_is_not_started_again(caplog, monkeypatch):
+    si = StandIn("broken")
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    try:
+        si.start(os.sched_getaffinity(0), 0)
+        si._proc.wait()
+        si.start(os.sched_getaffinity(0), 0)
+        assert si.pid is None and not si.ready
+        assert "before it was ready" in caplog.text
+        si.start(os.sched_getaffinity(0), 0)
+        assert si.pid is None
+        assert hand_over(si.hand) == S_BACK
+    finally:
+        si.close()
 
 
 def test_close_stops_the_process_and_leaves_no_fd(standin):
