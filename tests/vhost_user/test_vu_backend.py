@@ -33,7 +33,9 @@ UADDR = 0x7F00_0000_0000
 
 
 def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+    """This process's open fds, less the one the listing itself used (it is
+    the lowest free number then, which changes as other fds come and go)."""
+    return {fd for fd in os.listdir("/proc/self/fd") if os.path.lexists(f"/proc/self/fd/{fd}")}
 
 
 def maps_count() -> int:

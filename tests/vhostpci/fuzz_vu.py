@@ -342,6 +342,14 @@ class _Unexpected(logging.Handler):
             self.seen[f"{record.getMessage().split(': ', 1)[-1]}: {type(e).__name__}: {e}"] += 1
 
 
+def _named(fd: str) -> str:
+    """``fd -> what it is``, for the leak report."""
+    try:
+        return f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}"
+    except OSError:
+        return fd
+
+
 def _maps() -> set[str]:
     with open("/proc/self/maps") as f:
         return {" ".join(line.split()[1:]) + " " + line.split()[0] for line in f}
@@ -385,7 +393,7 @@ def main(examples: int, steps: int, budget: float, seed: int) -> None:
         words = ENV.port.vp.driver.device.iotlb_server.standin.hand.words
         standin_fds = {str(int(words[W_ASK_FD])), str(int(words[W_BACK_FD]))}
         leaks = {
-            "fds": sorted(open_fds() - fds0 - standin_fds),
+            "fds": sorted(_named(fd) for fd in open_fds() - fds0 - standin_fds),
             # guest memory (memfd mappings; anonymous ones come and go with malloc)
             "memfd_maps": sorted(m for m in _maps() - lines0 if "memfd:" in m and "vhostpci-standin" not in m),
             "window_rows": int(win.table_count[0]) + int(win.region_count[0]),
