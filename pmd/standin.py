@@ -180,9 +180,9 @@ class StandIn:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def start(self, cpus: set[int] | frozenset[int], nice: int) -> None:
-        """Spawn the stand-in on ``cpus`` (the control thread's) at ``nice``
-        if it is not running; returns at once.  One that exited after it
+    def start(self, nice: int) -> None:
+        """Spawn the stand-in on the calling thread's CPUs (the control
+        thread's) at ``nice`` if it is not running; returns at once.  One that exited after it
         was ready is started again: it dies with the thread that started it
         (a control thread ends when its port stops)."""
         if self._proc is not None:
@@ -214,6 +214,7 @@ class StandIn:
                         self.name, e)
             return
         self._started = time.monotonic()
+        cpus = os.sched_getaffinity(0)
         try:
             os.sched_setaffinity(self._proc.pid, cpus)
         except OSError as e:

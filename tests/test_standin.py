@@ -29,12 +29,27 @@ def _poll_jobs(w, stop, done, ok):
         sleep_us(5)
 
 
+def _jobs_with_a_poller(si: StandIn, n: int, ok: bool) -> tuple[list[int], int]:
+    """Hand ``n`` jobs over while a poller thread does them (answering
+    ``ok``); returns each job's outcome and how many the poller did."""
+    stop, done = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    _poll_jobs(np.zeros(8, np.int64), np.ones(1, np.int64), done, ok)  # compiled before the jobs come
+    t = threading.Thread(target=_poll_jobs, args=(si.hand.words, stop, done, ok))
+    t.start()
+    try:
+        got = [hand_over(si.hand) for _ in range(n)]
+    finally:
+        stop[0] = 1
+        t.join()
+    return got, int(done[0])
+
+
 def _ready(si: StandIn, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-    si.start(os.sched_getaffinity(0), 0)
+    si.start(0)
     while not si.ready:
         assert time.monotonic() < deadline, "the stand-in never said it is ready"
-        si.start(os.sched_getaffinity(0), 0)  # also reports an early exit
+        si.start(0)  # also reports an early exit
         time.sleep(0.05)
 
 
@@ -53,19 +68,11 @@ def standin():
 @pytest.mark.parametrize("ok", [True, False])
 def test_a_job_handed_over_is_done_by_the_poller_that_takes_it(standin, ok):
     _ready(standin)
-    stop, done = np.zeros(1, np.int64), np.zeros(1, np.int64)
-    _poll_jobs(np.zeros(8, np.int64), np.ones(1, np.int64), done, ok)  # compiled before the jobs come
-    t = threading.Thread(target=_poll_jobs, args=(standin.hand.words, stop, done, ok))
-    t.start()
-    try:
-        got = [hand_over(standin.hand) for _ in range(50)]
-    finally:
-        stop[0] = 1
-        t.join()
+    got, done = _jobs_with_a_poller(standin, 50, ok)
     want = S_DONE_OK if ok else S_DONE_FAILED
     # a poller that did not come within the stand-in's spin (a busy machine) hands the job back
     assert set(got) <= {want, S_BACK}
-    assert got.count(want) == done[0] > 0
+    assert got.count(want) == done > 0
     assert standin.hand.words[W_STATE] == S_IDLE
 
 
@@ -95,27 +102,20 @@ def test_a_killed_stand_in_hands_jobs_back_and_is_started_again(standin, caplog)
     assert time.monotonic() - t0 < 5.0
     _ready(standin)
     assert standin.pid != old and "started again" in caplog.text
-    stop, done = np.zeros(1, np.int64), np.zeros(1, np.int64)
-    t = threading.Thread(target=_poll_jobs, args=(standin.hand.words, stop, done, True))
-    t.start()
-    try:
-        got = [hand_over(standin.hand) for _ in range(20)]
-    finally:
-        stop[0] = 1
-        t.join()
-    assert got.count(S_DONE_OK) == done[0] > 0
+    got, done = _jobs_with_a_poller(standin, 20, True)
+    assert got.count(S_DONE_OK) == done > 0
 
 
 def test_one_that_dies_before_it_is_ready_is_not_started_again(caplog, monkeypatch):
     si = StandIn("broken")
     monkeypatch.setattr(sys, "executable", "/bin/false")
     try:
-        si.start(os.sched_getaffinity(0), 0)
+        si.start(0)
         si._proc.wait()
-        si.start(os.sched_getaffinity(0), 0)
+        si.start(0)
         assert si.pid is None and not si.ready
         assert "before it was ready" in caplog.text
-        si.start(os.sched_getaffinity(0), 0)
+        si.start(0)
         assert si.pid is None
         assert hand_over(si.hand) == S_BACK
     finally:

@@ -33,7 +33,6 @@ un-parked, for the miss bookkeeping of ``IotlbMisses.service``).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 
@@ -343,7 +342,7 @@ class IotlbServer:
         ctl[PORT_IOTLB_QUIESCE_NS] = self.timeout_ns
         ctl[PORT_IOTLB_FD] = fd
         if time.monotonic_ns() - int(ctl[PORT_IOTLB_BEAT]) <= BEAT_STALE_NS:
-            self.standin.start(os.sched_getaffinity(0), CONTROL_NICE)
+            self.standin.start(CONTROL_NICE)
         return self.standin.ready
 
     def close(self) -> None:
