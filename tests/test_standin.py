@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -14,7 +15,8 @@ import pytest
 from numba import njit
 
 from pmd.standin import (
-    S_BACK, S_DONE_FAILED, S_DONE_OK, S_IDLE, W_READY, W_STATE, StandIn, finish_job, hand_over, take_job,
+    S_ASKED, S_BACK, S_DONE_FAILED, S_DONE_OK, S_IDLE, S_SENT, S_UNSENT, W_GIVEN_GEN, W_READY, W_SENT, W_SOCK_GEN,
+    W_STATE, StandIn, finish_job, hand_over, hand_over_settle, hand_over_start, take_job,
 )
 from pmd.syscalls import sleep_us
 
@@ -29,19 +31,48 @@ def _poll_jobs(w, stop, done, ok):
         sleep_us(5)
 
 
-def _jobs_with_a_poller(si: StandIn, n: int, ok: bool) -> tuple[list[int], int]:
-    """Hand ``n`` jobs over while a poller thread does them (answering
-    ``ok``); returns each job's outcome and how many the poller did."""
+def _jobs_with_a_poller(si: StandIn, n: int, ok: bool, job=hand_over) -> tuple[list, int]:
+    """Hand ``n`` jobs over (``job(hand)``) while a poller thread does them
+    (answering ``ok``); returns each job's outcome and how many the poller did."""
     stop, done = np.zeros(1, np.int64), np.zeros(1, np.int64)
     _poll_jobs(np.zeros(8, np.int64), np.ones(1, np.int64), done, ok)  # compiled before the jobs come
     t = threading.Thread(target=_poll_jobs, args=(si.hand.words, stop, done, ok))
     t.start()
     try:
-        got = [hand_over(si.hand) for _ in range(n)]
+        got = [job(si.hand) for _ in range(n)]
     finally:
         stop[0] = 1
         t.join()
     return got, int(done[0])
+
+
+def _give(si: StandIn, fd: int, timeout: float = 10.0) -> None:
+    """Give the stand-in socket ``fd`` and wait until it holds it."""
+    si.give_socket(fd)
+    deadline = time.monotonic() + timeout
+    while si.hand.words[W_SOCK_GEN] != si.hand.words[W_GIVEN_GEN]:
+        assert time.monotonic() < deadline, "the stand-in never took the socket"
+        time.sleep(0.01)
+
+
+REPLY = bytes(range(1, 13)) + bytes(8)  # a 12-byte header, then a u64 status (0: done)
+
+
+def _replied_job(peer: socket.socket, wait: float = 2.0):
+    """A job with REPLY: what reached ``peer`` (within ``wait`` s) before the
+    control thread settled it (the stand-in's send), the outcome, the reply's
+    bytes and how many of them the stand-in sent."""
+    def job(h):
+        h.reply[:len(REPLY)] = np.frombuffer(REPLY, np.uint8)
+        assert hand_over_start(h, len(REPLY), 12) == S_ASKED
+        peer.settimeout(wait)
+        try:
+            early = peer.recv(64)
+        except TimeoutError:
+            early = b""  # (the poller came late: the job came back)
+        s = hand_over_settle(h)
+        return early, s, bytes(h.reply[:len(REPLY)]), int(h.words[W_SENT])
+    return job
 
 
 def _ready(si: StandIn, timeout: float = 120.0) -> None:
@@ -141,3 +172,48 @@ def test_before_start_it_holds_no_fd():
     si = StandIn("idle")
     assert set(os.listdir("/proc/self/fd")) == before
     si.close()
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_the_stand_in_sends_the_reply_on_the_socket_it_holds(standin, ok):
+    """The reply goes out from the stand-in once the job is done, before the
+    control thread is told, exactly once, saying whether the job failed."""
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        _ready(standin)
+        _give(standin, ours.fileno())
+        got, done = _jobs_with_a_poller(standin, 30, ok, _replied_job(peer))
+        want = REPLY if ok else REPLY[:12] + bytes([1]) + bytes(7)
+        sent = [early for early, s, _, _ in got if s == S_SENT]
+        assert len(sent) == done > 0 and set(sent) == {want}
+        # a job that came back (a busy machine) was not replied to by the stand-in
+        assert all(early == b"" for early, s, _, _ in got if s != S_SENT)
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.recv(64)  # nothing twice
+        assert standin.hand.words[W_STATE] == S_IDLE
+
+
+def test_without_the_socket_the_control_thread_gets_the_reply_to_send(standin):
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        _ready(standin)  # never given the socket
+        got, done = _jobs_with_a_poller(standin, 10, True, _replied_job(peer, 0.1))
+        assert all(early == b"" for early, _, _, _ in got)
+        # done, the reply left to us (none of it tried), or the job came back (a busy machine)
+        assert [(s, n) for _, s, _, n in got if s != S_BACK] == [(S_UNSENT, -1)] * done and done > 0
+
+
+def test_a_reply_that_cannot_go_out_is_left_to_the_control_thread(standin):
+    """The stand-in's socket is gone (the peer closed it): the outcome
+    comes back unsent, with the status byte the job left."""
+    ours, peer = socket.socketpair()
+    with ours:
+        _ready(standin)
+        _give(standin, ours.fileno())
+        peer.close()
+        with socket.socket(fileno=os.dup(ours.fileno())) as eof:  # reads nothing, at once
+            got, done = _jobs_with_a_poller(standin, 5, False, _replied_job(eof))
+        unsent = [(reply, n_sent) for early, s, reply, n_sent in got if s == S_UNSENT]
+        assert len(unsent) == done > 0
+        assert all(reply[12] == 1 and n_sent == 0 for reply, n_sent in unsent)

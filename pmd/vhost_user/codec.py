@@ -288,9 +288,15 @@ class Channel:
             return True
 
     def close(self) -> None:
-        """Close the socket; safe to call more than once and after any error."""
+        """Close the connection (shut down first: a dup held elsewhere, a
+        helper process's say, does not keep it open for the peer); safe to
+        call more than once and after any error."""
         sock, self._sock = self._sock, None
         if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected (any more)
             sock.close()
 
     def __enter__(self) -> Channel:

@@ -22,7 +22,13 @@ lcore polling queue 0 while the control thread lends it the socket
    the grace period and the revocation are that lcore's, between two of its
    bursts (``lcore_serve``), handed over through the port's stand-in process
    (``pmd/standin.py``): the revocation then flushes only the lcore's TLB,
-   where from the control thread it interrupts the lcore's CPU to flush it;
+   where from the control thread it interrupts the lcore's CPU to flush it.
+   The stand-in also sends that INVALIDATE's reply once the pages are
+   revoked, and the control thread goes back to waiting for the next
+   message (``serve_wait``) without being woken for it: it learns the
+   outcome before it reads on (``_settle``), and sends the reply itself
+   when the stand-in did not (it gave the job back, or does not hold the
+   socket);
 4. the reply (u64 0) when the protocol asks for one: the replies of a
    run of messages queued back to back go in one send after the run.
 
@@ -44,14 +50,17 @@ from ..guestmem.iotlb_ops import iotlb_drop, iotlb_map, revoke_ranges
 from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
 from ..placement import CONTROL_NICE
-from ..standin import S_BACK, S_DONE_OK, StandIn, finish_job, hand_over, take_job
+from ..standin import (
+    S_ASKED, S_BACK, S_DONE_FAILED, S_SENT, S_UNSENT, W_BACK_FD, W_REPLY_LEN, W_REPLY_STATUS, W_SENT, W_SENT_NS,
+    StandIn, finish_job, hand_over_settle, hand_over_start, take_job,
+)
 from ..iotlb_wire import (
-    FRONTEND_IOTLB_MSG, MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_LEN, OFF_PERM, OFF_TYPE, OFF_UADDR, REPLY_SIZE, get_u32, get_u64,
+    FRONTEND_IOTLB_MSG, HEADER_SIZE, MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_LEN, OFF_PERM, OFF_TYPE, OFF_UADDR, REPLY_SIZE, get_u32, get_u64,
     is_iotlb_msg, put_ack,
 )
 from ..syscalls import (
-    MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns, socket_recv_into, socket_send_from,
-    wait_first,
+    MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, POLLERR, POLLHUP, POLLNVAL, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns,
+    socket_recv_into, socket_send_from, wait_first,
 )
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
@@ -78,11 +87,15 @@ _U64_MAX = np.uint64((1 << 64) - 1)
 # INVALIDATEs' rows out and republish, and every reply's send
 IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_UNPARKED, IO_NEXT, IO_UPDATE_NS, \
     IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS, IO_REVOKE_NS, \
-    IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS, IO_BY_LCORE, IO_RUNS, IO_HANDED = range(20)
+    IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS, IO_BY_LCORE, IO_RUNS, IO_HANDED, IO_PENDING, \
+    IO_PENDING_T0, IO_UNSENT, IO_ACKED_BY_STANDIN = range(24)
 # IO_UNPARKED: bitmask of the vrings un-parked since the last drain; IO_BY_LCORE: the lcore's messages;
 # IO_RUNS: the calls that took messages (a run: what the front-end had queued back to back);
-# IO_HANDED: the control thread's INVALIDATEs whose revocation the lcore made (the stand-in)
-N_IO = 20
+# IO_HANDED: the control thread's INVALIDATEs whose revocation the lcore made (the stand-in);
+# IO_PENDING, IO_PENDING_T0: an INVALIDATE handed over, not settled yet, and when it was peeked;
+# IO_UNSENT: the stand-in's replies that fell short since the last drain; IO_ACKED_BY_STANDIN: its replies
+N_IO = 24
+_STATUS_AT = HEADER_SIZE  # a reply's u64 status (little-endian): its low byte
 GRACE_SLOW_NS = 10_000
 # an INVALIDATE's revocation goes to the lcore (the stand-in) up to this size
 HAND_MAX_BYTES = 64 * 1024
@@ -126,12 +139,52 @@ def revoke_gone(ws, vq, n, timeout_ns, io):
 
 
 @njit(nogil=True, cache=True)
-def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing):
+def _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
+    """The outcome of the INVALIDATE handed over (``IO_PENDING``), before
+    anything else is read or sent on ``fd``: the revocation made (by the
+    lcore, or here if it came back) and the reply sent (by the stand-in, or
+    here).  False if this reply could not be sent (the Python path finds out)."""
+    if io[IO_PENDING] == 0:
+        return True
+    io[IO_PENDING] = 0
+    w = hand.words
+    s = hand_over_settle(hand)
+    n = w[W_REPLY_LEN]
+    if s == S_SENT:
+        io[IO_HANDED] += 1
+        io[IO_ACKED_BY_STANDIN] += 1
+        io[IO_INVALIDATE_NS] += w[W_SENT_NS] - io[IO_PENDING_T0]
+        return True
+    sent = 0
+    if s == S_BACK:
+        if not revoke_gone(ws, vq, ctl[PORT_IOTLB_GONE_N], timeout_ns, io) and n > 0:
+            hand.reply[w[W_REPLY_STATUS]] = 1  # still mapped: nacked
+    else:
+        io[IO_HANDED] += 1
+        if s == S_UNSENT:  # (the status byte is set already)
+            if w[W_SENT] >= 0:
+                io[IO_UNSENT] += 1  # it holds a socket it cannot send on: given again
+                sent = w[W_SENT]
+        elif s == S_DONE_FAILED and n > 0:
+            hand.reply[w[W_REPLY_STATUS]] = 1
+    io[IO_INVALIDATE_NS] += monotonic_ns() - io[IO_PENDING_T0]
+    if n > sent:
+        t1 = monotonic_ns()
+        ok = socket_send_from(fd, hand.reply[sent:], n - sent, MSG_DONTWAIT | MSG_NOSIGNAL) == n - sent
+        io[IO_REPLY_NS] += monotonic_ns() - t1
+        return ok
+    return True
+
+
+@njit(nogil=True, cache=True)
+def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing, leave=False):
     """Handle the IOTLB messages at the head of socket ``fd`` (see the module
     docstring); returns how many.  ``io[IO_NEXT]`` says why it stopped.
     With ``handing`` (the control thread), an INVALIDATE's revocation goes
     to the polling lcore through the stand-in ``hand`` while the lcore
-    stamps ``ctl``."""
+    stamps ``ctl``, and its reply with it; with ``leave`` (``serve_wait``)
+    the last one may still be on its way when it returns (``IO_PENDING``:
+    ``_settle`` before anything else touches the socket)."""
     handled = 0
     acks = 0  # replies written into ``out``, not sent yet
     io[IO_NEXT] = NEXT_NONE
@@ -141,6 +194,8 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
         if got < 0:
             break  # nothing there (EAGAIN), or an error the Python read reports
         io[IO_NEXT] = NEXT_PYTHON
+        if not _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
+            break  # (its reply goes before anything that comes after it)
         if not is_iotlb_msg(buf, got, FRONTEND_IOTLB_MSG):
             break
         flags = get_u32(buf, OFF_FLAGS)
@@ -163,6 +218,13 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
                 last = _U64_MAX  # past 2**64: clamped, as the Python path rounds it
             start = iova & _PAGE_MASK
             last |= ~_PAGE_MASK
+            due = reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0)
+            if handing and due and acks > 0:
+                # the replies before this one go first (the stand-in may send this one)
+                if socket_send_from(fd, out, acks * REPLY_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != acks * REPLY_SIZE:
+                    acks = 0
+                    break  # the socket is full or gone: the Python path finds out
+                acks = 0
             t1 = monotonic_ns()
             n = iotlb_drop(ws, start, last, ws.gone)
             if n < 0:
@@ -172,12 +234,14 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
                 got = S_BACK
                 if handing and _few_pages(ws.gone, n) and not beat_stale(ctl, monotonic_ns()):
                     ctl[PORT_IOTLB_GONE_N] = n  # read by the lcore once the job is posted
-                    got = hand_over(hand)
+                    if due:
+                        put_ack(hand.reply, 0, FRONTEND_IOTLB_MSG, flags, True)
+                    got = hand_over_start(hand, REPLY_SIZE if due else 0, _STATUS_AT)
                 if got == S_BACK:
                     ok = revoke_gone(ws, vq, n, timeout_ns, io)
                 else:
-                    io[IO_HANDED] += 1
-                    ok = got == S_DONE_OK
+                    io[IO_PENDING] = 1  # on its way: its reply too, if one is due
+                    io[IO_PENDING_T0] = t0
         else:
             break
         socket_recv_into(fd, buf, MSG_SIZE, MSG_DONTWAIT)  # consume it (all there: peeked)
@@ -191,6 +255,8 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
             io[IO_ASK_WAIT_NS] += waited
         else:
             io[IO_INVALIDATES] += 1
+            if io[IO_PENDING] != 0:
+                continue  # its reply and its time: ``_settle``
         if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
             put_ack(out, acks * REPLY_SIZE, FRONTEND_IOTLB_MSG, flags, ok)
             acks += 1
@@ -205,6 +271,8 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
         if socket_send_from(fd, out, acks * REPLY_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != acks * REPLY_SIZE:
             io[IO_NEXT] = NEXT_PYTHON  # the socket is full or gone: the Python path finds out
         io[IO_REPLY_NS] += monotonic_ns() - t1
+    if not leave and not _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
+        io[IO_NEXT] = NEXT_PYTHON
     return handled
 
 
@@ -215,28 +283,50 @@ def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, r
     Python, while VM1's IOTLB traffic is all there is.  ``pfds`` rows are
     ``struct pollfd``s (``syscalls.poll_fds``): row 0 the session's socket
     ``fd``, rows 1..nfds-1 what else the control thread waits on (listener,
-    wake fd, other sessions).  Returns how many messages it took;
-    ``io[IO_NEXT]`` is NEXT_PYTHON when it stopped for Python: a message it
-    does not take at the head, another fd readable, the socket in error.
-    With ``watch`` it also looks at the lcore's stamp (``ctl``) every
-    TICK_NS and stops with NEXT_LEND once it is fresh: an idle port's
+    wake fd, other sessions), and one more row free (the stand-in's wake-up
+    while an INVALIDATE it took is on its way).  Returns how many messages
+    it took; ``io[IO_NEXT]`` is NEXT_PYTHON when it stopped for Python: a
+    message it does not take at the head, another fd readable, the socket
+    in error.  With ``watch`` it also looks at the lcore's stamp (``ctl``)
+    every TICK_NS and stops with NEXT_LEND once it is fresh: an idle port's
     control thread wakes only in here while its lcore sleeps."""
     handled = 0
     deadline = monotonic_ns() + wait_ns
     while True:
-        handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing)
+        handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing, True)
         if io[IO_NEXT] == NEXT_PYTHON:
-            return handled
+            break
         now = monotonic_ns()
         if watch and not beat_stale(ctl, now):
             io[IO_NEXT] = NEXT_LEND
-            return handled
-        w = wait_first(pfds, nfds, min(deadline, now + TICK_NS) if watch else deadline)
+            break
+        k = nfds
+        if io[IO_PENDING] != 0:
+            pfds[nfds, 0] = hand.words[W_BACK_FD]  # the stand-in needs us: settle now
+            k = nfds + 1
+        w = wait_first(pfds, k, min(deadline, now + TICK_NS) if watch else deadline)
         if w == WAIT_OTHER:
+            if k > nfds and pfds[nfds, 1] >> 16 != 0 and not _others_ready(pfds, nfds):
+                if not _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
+                    io[IO_NEXT] = NEXT_PYTHON
+                    return handled
+                continue
             io[IO_NEXT] = NEXT_PYTHON  # another fd, or the session's read finds out what happened
-            return handled
+            break
         if w == WAIT_TIMEOUT and monotonic_ns() >= deadline:
-            return handled
+            break
+    if not _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
+        io[IO_NEXT] = NEXT_PYTHON
+    return handled
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _others_ready(pfds, nfds):
+    """A row of ``pfds[1:nfds]`` readable, or row 0 in error (after ``wait_first``)."""
+    for k in range(1, nfds):
+        if pfds[k, 1] >> 16 != 0:
+            return True
+    return (pfds[0, 1] >> 16) & (POLLERR | POLLHUP | POLLNVAL) != 0
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -251,7 +341,7 @@ def lcore_serve(st, idle):
     if not may_serve(ctl, idle):
         return
     n = serve(ctl[PORT_IOTLB_FD], b.ws, st.vq, st.asked, ctl[PORT_IOTLB_QUIESCE_NS], ctl[PORT_IOTLB_REPLY],
-              b.buf, b.out, b.io, ctl, b.hand, False)
+              b.buf, b.out, b.io, ctl, b.hand, False, False)
     b.io[IO_BY_LCORE] += n
     served(ctl, n, b.io[IO_NEXT] == NEXT_PYTHON)
 
@@ -279,7 +369,7 @@ class IotlbServer:
         self.buf = np.zeros(MSG_SIZE, np.uint8)
         self.out = np.zeros(MAX_BATCH * REPLY_SIZE, np.uint8)
         self.io = np.zeros(N_IO, np.int64)
-        self._pfds = np.zeros((4, 2), np.int32)
+        self._pfds = np.zeros((5, 2), np.int32)  # (one row more than the fds waited on: serve_wait's)
 
     def bufs(self) -> IotlbBufs:
         """What an lcore serving the lent socket works on (the port's kernel state)."""
@@ -309,8 +399,8 @@ class IotlbServer:
     def _wait(self, args: tuple, wait_fds: Sequence[int], deadline: float) -> int:
         fd = args[0]
         nfds = 1 + len(wait_fds)
-        if len(self._pfds) < nfds:
-            self._pfds = np.zeros((nfds, 2), np.int32)
+        if len(self._pfds) < nfds + 1:
+            self._pfds = np.zeros((nfds + 1, 2), np.int32)
         self._pfds[1:nfds, 0] = wait_fds
         reply = args[5]
         lend = fd >= 0 and self.policy.now(self.served, int(self.io[IO_RUNS]))
@@ -343,7 +433,10 @@ class IotlbServer:
         ctl[PORT_IOTLB_FD] = fd
         if time.monotonic_ns() - int(ctl[PORT_IOTLB_BEAT]) <= BEAT_STALE_NS:
             self.standin.start(CONTROL_NICE)
-        return self.standin.ready
+        if not self.standin.ready:
+            return False
+        self.standin.give_socket(fd)  # (once per socket) its INVALIDATEs' replies go from there
+        return True
 
     def close(self) -> None:
         """Stop the stand-in (the port's kernels have stopped)."""
@@ -385,6 +478,7 @@ class IotlbServer:
                 "iotlb_grace_max_ns": int(io[IO_GRACE_MAX_NS]), "iotlb_drop_ns": int(io[IO_DROP_NS]),
                 "iotlb_reply_ns": int(io[IO_REPLY_NS]), "iotlb_served_by_lcore": int(io[IO_BY_LCORE]),
                 "iotlb_runs": int(io[IO_RUNS]), "iotlb_revoked_by_lcore": int(io[IO_HANDED]),
+                "iotlb_acked_by_standin": int(io[IO_ACKED_BY_STANDIN]),
                 "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED]), "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS])}
 
     @property
@@ -400,4 +494,6 @@ class IotlbServer:
                       "over %.1f s); pages revoked anyway", int(io[IO_QUIESCE_TIMEOUTS]), self.timeout_ns / 1e9)
         if io[IO_REVOKE_FAILED]:
             log.error("IOTLB invalidate: %d revocation(s) failed (mmap); nacked", int(io[IO_REVOKE_FAILED]))
-        io[IO_QUIESCE_TIMEOUTS] = io[IO_REVOKE_FAILED] = io[IO_UNPARKED] = 0
+        if io[IO_UNSENT]:
+            self.standin.forget_socket()  # (its socket is full or gone) given again with the next call
+        io[IO_QUIESCE_TIMEOUTS] = io[IO_REVOKE_FAILED] = io[IO_UNPARKED] = io[IO_UNSENT] = 0

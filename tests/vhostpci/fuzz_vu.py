@@ -45,7 +45,6 @@ from pmd.lcore import LcoreManager
 from pmd.vhost_user.codec import Channel
 from pmd.vhost_user.errors import Timeout, VhostUserError
 from pmd.vhost_user.messages import FLAG_NEED_REPLY, VERSION, expects_reply
-from pmd.standin import W_ASK_FD, W_BACK_FD
 from pmd.vhost_user.messages import FrontendReq as F
 from pmd.vhostpci_pmd.state import VQ_READY
 from tests.conftest import CPUS, WORKER_CPU
@@ -390,8 +389,7 @@ def main(examples: int, steps: int, budget: float, seed: int) -> None:
         assert srv.wait_for(lambda s: s.session is None and s.standby is None, 5.0), "a session is left"
         win = ENV.port.vp.driver.window
         # the port's stand-in (pmd/standin.py) starts with its first IOMMU session and lives with the port
-        words = ENV.port.vp.driver.device.iotlb_server.standin.hand.words
-        standin_fds = {str(int(words[W_ASK_FD])), str(int(words[W_BACK_FD]))}
+        standin_fds = {str(fd) for fd in ENV.port.vp.driver.device.iotlb_server.standin.fds}
         leaks = {
             "fds": sorted(_named(fd) for fd in open_fds() - fds0 - standin_fds),
             # guest memory (memfd mappings; anonymous ones come and go with malloc)

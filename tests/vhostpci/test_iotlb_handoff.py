@@ -1,7 +1,7 @@
 """The control thread's INVALIDATEs revoked by the polling lcore, through
 the port's stand-in process (``iotlb_revoke=auto``, ``pmd/standin.py``):
-the same isolation as its own revocation, and the process goes with the
-port."""
+the same isolation as its own revocation, the stand-in sending the ack,
+and the process goes with the port."""
 from __future__ import annotations
 
 import psutil
@@ -23,9 +23,11 @@ def test_the_polling_lcore_revokes_what_the_control_thread_serves(setup, fwd):
     win = dev.window
     uaddr = guest.mem.gpa_to_uaddr(BUF)
     xs = dev.iotlb_xstats
-    # the stand-in starts once the lcore stamps; a preempted lcore hands the job back
-    grant_and_revoke_until(fe, dev, guest, "iotlb_revoked_by_lcore", 20, (IotlbPerm.RW, IotlbPerm.RO))
+    # the stand-in starts once the lcore stamps; a preempted lcore hands the job back. Once it holds
+    # the socket, the stand-in sends the ack of what the lcore revoked (each ack's isolation checked)
+    grant_and_revoke_until(fe, dev, guest, "iotlb_acked_by_standin", 20, (IotlbPerm.RW, IotlbPerm.RO))
     got = xs()
+    assert got["iotlb_acked_by_standin"] <= got["iotlb_revoked_by_lcore"], got
     assert got["iotlb_served_by_lcore"] == 0, "iotlb_lcore=0: the control thread serves every message"
     assert 0 < got["iotlb_grace_ns"] + got["iotlb_revoke_ns"] <= got["iotlb_invalidate_ns"], got
     # a flush of many pages (a lazy guest's) is revoked here: unmapping them takes as long anywhere,
