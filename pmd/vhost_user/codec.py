@@ -287,16 +287,18 @@ class Channel:
         except OSError:
             return True
 
-    def close(self) -> None:
-        """Close the connection (shut down first: a dup held elsewhere, a
-        helper process's say, does not keep it open for the peer); safe to
-        call more than once and after any error."""
+    def close(self, shutdown: bool = False) -> None:
+        """Close the socket; safe to call more than once and after any error.
+        With ``shutdown`` the connection ends for the peer even if a dup of
+        the socket lives on elsewhere (a helper process's); without, a socket
+        passed to another process (SCM_RIGHTS) stays theirs."""
         sock, self._sock = self._sock, None
         if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # not connected (any more)
+            if shutdown:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # not connected (any more)
             sock.close()
 
     def __enter__(self) -> Channel:

@@ -4,13 +4,16 @@ the same isolation as its own revocation, the stand-in sending the ack,
 and the process goes with the port."""
 from __future__ import annotations
 
+import os
+import socket
+
 import psutil
 import pytest
 
 from pmd.vhost_user.messages import IotlbPerm
 from pmd.vhostpci_pmd.iotlb_serve import HAND_MAX_BYTES
 from tests.util import wait_until
-from tests.vhost_user.test_vu_backend import readable
+from tests.vhost_user.test_vu_backend import raw_send, readable
 from tests.vhostpci.test_iotlb_fast import BUF, PAGE, setup  # noqa: F401  (the fixture)
 from tests.vhostpci.test_iotlb_lend import grant_and_revoke_until, keep_polling
 
@@ -68,3 +71,16 @@ def test_iotlb_revoke_control_keeps_every_revocation_on_the_control_thread(setup
         fe.iotlb_invalidate(BUF, PAGE)
         assert not readable(dev.window.base + BUF)
     assert dev.iotlb_xstats()["iotlb_revoked_by_lcore"] == 0
+
+
+@pytest.mark.parametrize("setup", ["control"], indirect=True)
+def test_a_session_closed_by_the_port_ends_for_the_front_end_while_the_stand_in_holds_its_socket(setup, fwd):
+    """The stand-in holds a dup of the session's socket: the port's close
+    of a session must still end the connection for the front-end."""
+    fe, port, guest = setup
+    keep_polling(fwd)
+    dev = port.driver.device
+    grant_and_revoke_until(fe, dev, guest, "iotlb_acked_by_standin", 3)
+    with socket.socket(fileno=os.dup(fe.channel.fileno())) as sock:
+        raw_send(sock, 999)  # an unknown request: the port closes the session
+    assert wait_until(fe.channel.peer_closed, 5.0), "the front-end still sees the session open"
