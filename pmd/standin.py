@@ -73,9 +73,10 @@ log = logging.getLogger("vhostpci.standin")
 # W_ACK_GEN: the job's reply goes on that generation's socket (0: no reply); W_REPLY_LEN, W_REPLY_STATUS:
 # the reply's bytes (``Hand.reply``) and the byte set to 1 when the job failed; W_SENT: its bytes sent
 # (the control thread sends the rest); W_SENT_NS: when; W_WAITING: the control thread sleeps in
-# ``hand_over_settle`` (the stand-in wakes it)
+# ``hand_over_settle`` (the stand-in wakes it); W_LEFT: the stand-in stopped waiting for a job the
+# poller took: it sends nothing for it (the control thread claims the outcome)
 W_STATE, W_ASK_FD, W_BACK_FD, W_READY, W_STOP, W_SOCK, W_SOCK_GEN, W_GIVEN_GEN, W_ACK_GEN, W_REPLY_LEN, \
-    W_REPLY_STATUS, W_SENT, W_SENT_NS, W_WAITING = range(14)
+    W_REPLY_STATUS, W_SENT, W_SENT_NS, W_WAITING, W_LEFT = range(15)
 N_WORDS = 16
 REPLY_AT, REPLY_MAX = N_WORDS * 8, 64  # the reply's bytes, after the words in the same page
 S_IDLE, S_ASKED, S_GO, S_TAKEN, S_DONE_OK, S_DONE_FAILED, S_BACK, S_SENDING, S_SENT, S_UNSENT = range(10)
@@ -118,6 +119,7 @@ def hand_over_start(h, reply_len, status_at):
     w[W_SENT] = 0
     w[W_ACK_GEN] = w[W_GIVEN_GEN] if reply_len > 0 else 0
     w[W_WAITING] = 0
+    w[W_LEFT] = 0
     eventfd_signal(w[W_ASK_FD])  # (a syscall: the stores above are visible to the stand-in)
     return S_ASKED
 
@@ -137,7 +139,8 @@ def hand_over_settle(h):
         s = load_acquire(w, W_STATE)
         if s == S_SENT or s == S_UNSENT or s == S_BACK:
             break
-        if (s == S_DONE_OK or s == S_DONE_FAILED) and (w[W_REPLY_LEN] <= 0 or monotonic_ns() >= deadline):
+        if (s == S_DONE_OK or s == S_DONE_FAILED) and (
+                w[W_REPLY_LEN] <= 0 or load_acquire(w, W_LEFT) != 0 or monotonic_ns() >= deadline):
             if compare_exchange(w, W_STATE, s, S_IDLE):  # no send of the stand-in's to wait for
                 break
             continue
@@ -223,8 +226,9 @@ def stand_in(w, reply, pfd):
             if s == S_DONE_OK or s == S_DONE_FAILED:
                 break
             if monotonic_ns() >= deadline:
-                compare_exchange(w, W_STATE, S_GO, S_BACK)  # if not taken meanwhile
-                break  # (taken: the control thread waits for the poller itself)
+                if not compare_exchange(w, W_STATE, S_GO, S_BACK):  # taken meanwhile: the control
+                    store_release(w, W_LEFT, 1)  # thread waits for the poller and replies itself
+                break
             cpu_pause()
         if (s == S_DONE_OK or s == S_DONE_FAILED) and _send_reply(w, reply, s):
             fence()  # pairs with hand_over_settle's
@@ -273,7 +277,10 @@ class StandIn:
         """Let the stand-in send jobs' replies on socket ``fd`` (the control
         thread's current session; a dup goes over the socket pair, once per
         fd, again after ``forget_socket``).  A no-op until it is ready: the
-        control thread sends the replies meanwhile."""
+        control thread sends the replies meanwhile.  A session's socket is
+        shut down when it closes, so if a later one reuses the fd number,
+        the stand-in's first send fails on the old dup and that reply falls
+        back to the control thread, which forgets it and gives the new one."""
         if fd == self._given[0] or not self.ready or self._pair is None:
             return
         self._gen += 1

@@ -31,6 +31,17 @@ def _poll_jobs(w, stop, done, ok):
         sleep_us(5)
 
 
+@njit(nogil=True, cache=True)
+def _poll_jobs_slowly(w, stop, done, hold_us):
+    """A poller that holds each job ``hold_us`` (longer than the stand-in spins)."""
+    while stop[0] == 0:
+        if take_job(w):
+            sleep_us(hold_us)
+            done[0] += 1
+            finish_job(w, True)
+        sleep_us(5)
+
+
 def _jobs_with_a_poller(si: StandIn, n: int, ok: bool, job=hand_over) -> tuple[list, int]:
     """Hand ``n`` jobs over (``job(hand)``) while a poller thread does them
     (answering ``ok``); returns each job's outcome and how many the poller did."""
@@ -68,7 +79,7 @@ def _replied_job(peer: socket.socket, wait: float = 2.0):
         peer.settimeout(wait)
         try:
             early = peer.recv(64)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             early = b""  # (the poller came late: the job came back)
         s = hand_over_settle(h)
         return early, s, bytes(h.reply[:len(REPLY)]), int(h.words[W_SENT])
@@ -217,3 +228,32 @@ def test_a_reply_that_cannot_go_out_is_left_to_the_control_thread(standin):
         unsent = [(reply, n_sent) for early, s, reply, n_sent in got if s == S_UNSENT]
         assert len(unsent) == done > 0
         assert all(reply[12] == 1 and n_sent == 0 for reply, n_sent in unsent)
+
+
+def test_a_job_the_poller_holds_past_the_spin_is_replied_to_by_the_control_thread_at_once(standin):
+    """The stand-in stops waiting (SPIN_NS) for a job the poller took: it
+    sends nothing for it, and the control thread, told so, takes the outcome
+    as soon as the poller is done, not after its own wait for the stand-in
+    (WAIT_NS, 5 ms)."""
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        _ready(standin)
+        _give(standin, ours.fileno())
+        stop, done = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        _poll_jobs_slowly(np.zeros(8, np.int64), np.ones(1, np.int64), done, 1)
+        t = threading.Thread(target=_poll_jobs_slowly, args=(standin.hand.words, stop, done, 1000))
+        t.start()
+        took = []
+        try:
+            for _ in range(5):
+                t0 = time.monotonic()
+                early, s, reply, n_sent = _replied_job(peer, 0.0)(standin.hand)
+                took.append((time.monotonic() - t0, s))
+        finally:
+            stop[0] = 1
+            t.join()
+        held = [dt for dt, s in took if s == S_DONE_OK]  # (S_BACK: the poller came late)
+        assert held and min(held) < 0.0045, took
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.recv(64)  # the stand-in sent nothing for them
