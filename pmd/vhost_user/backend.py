@@ -282,7 +282,7 @@ class BackendSession:
             if self.backend_channel is not None:
                 self.backend_channel.close()
                 self.backend_channel = None
-        self.channel.close(shutdown=False)  # (a device may have handed a dup to a helper: the stand-in)
+        self.channel.close(shutdown=True)  # (a device may have handed a dup to a helper: the stand-in)
 
     def _safe(self, what: str, fn: Callable, *args):
         try:
