@@ -184,6 +184,13 @@ def finish_job(w, ok):
     store_release(w, W_STATE, S_DONE_OK if ok else S_DONE_FAILED)
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def mark_failed(w, reply):
+    """The job failed: its reply, if it has one, says so (status byte 1)."""
+    if w[W_REPLY_LEN] > 0:
+        reply[w[W_REPLY_STATUS]] = 1
+
+
 # ---------------------------------------------------------------- the stand-in
 @njit(nogil=True, cache=True)
 def _send_reply(w, reply, s):
@@ -194,7 +201,7 @@ def _send_reply(w, reply, s):
     if n <= 0 or not compare_exchange(w, W_STATE, s, S_SENDING):
         return False
     if s == S_DONE_FAILED:
-        reply[w[W_REPLY_STATUS]] = 1
+        mark_failed(w, reply)
     sent = -1  # not tried: not our socket
     if w[W_ACK_GEN] != 0 and w[W_ACK_GEN] == w[W_SOCK_GEN] and w[W_SOCK] >= 0:
         sent = max(socket_send_from(w[W_SOCK], reply, n, MSG_DONTWAIT | MSG_NOSIGNAL), 0)

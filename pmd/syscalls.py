@@ -209,6 +209,17 @@ WAIT_TIMEOUT, WAIT_FIRST, WAIT_OTHER = 0, 1, 2
 _EINTR = 4
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def others_fired(pfds, nfds):
+    """After a ``poll`` of ``pfds[:nfds]``: a row past row 0 has events, or
+    row 0 is in error (what ``wait_first`` calls WAIT_OTHER; a caller with
+    more rows than it passes here tells theirs apart)."""
+    for k in range(1, nfds):
+        if pfds[k, 1] >> 16 != 0:
+            return True
+    return (pfds[0, 1] >> 16) & (POLLERR | POLLHUP | POLLNVAL) != 0
+
+
 @njit(nogil=True, cache=True)
 def wait_first(pfds, nfds, deadline_ns):
     """Wait in ``poll`` until row 0 of ``pfds`` is readable (WAIT_FIRST),
@@ -229,9 +240,4 @@ def wait_first(pfds, nfds, deadline_ns):
             if last_errno() == _EINTR:
                 continue
             return WAIT_OTHER
-        for k in range(1, nfds):
-            if pfds[k, 1] >> 16 != 0:
-                return WAIT_OTHER
-        if (pfds[0, 1] >> 16) & (POLLERR | POLLHUP | POLLNVAL) != 0:
-            return WAIT_OTHER
-        return WAIT_FIRST
+        return WAIT_OTHER if others_fired(pfds, nfds) else WAIT_FIRST

@@ -275,6 +275,7 @@ class VhostPciDevice(BackendDevice):
             self._rx_used_at_start.clear()
             self._rx_flags_at_start.clear()
             self.iotlb.forget()
+            self.iotlb_server.session_ended()
             self._set_miss_fd(-1)
 
     # ----------------------------------------------------------------- rings

@@ -51,16 +51,16 @@ from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
 from ..placement import CONTROL_NICE
 from ..standin import (
-    S_ASKED, S_BACK, S_DONE_FAILED, S_SENT, S_UNSENT, W_BACK_FD, W_REPLY_LEN, W_REPLY_STATUS, W_SENT, W_SENT_NS,
-    StandIn, finish_job, hand_over_settle, hand_over_start, take_job,
+    S_ASKED, S_BACK, S_DONE_FAILED, S_SENT, S_UNSENT, W_BACK_FD, W_REPLY_LEN, W_SENT, W_SENT_NS,
+    StandIn, finish_job, hand_over_settle, hand_over_start, mark_failed, take_job,
 )
 from ..iotlb_wire import (
     FRONTEND_IOTLB_MSG, HEADER_SIZE, MSG_SIZE, OFF_FLAGS, OFF_IOVA, OFF_LEN, OFF_PERM, OFF_TYPE, OFF_UADDR, REPLY_SIZE, get_u32, get_u64,
     is_iotlb_msg, put_ack,
 )
 from ..syscalls import (
-    MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, POLLERR, POLLHUP, POLLNVAL, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns,
-    socket_recv_into, socket_send_from, wait_first,
+    MSG_DONTWAIT, MSG_NOSIGNAL, MSG_PEEK, WAIT_OTHER, WAIT_TIMEOUT, monotonic_ns, others_fired, socket_recv_into,
+    socket_send_from, wait_first,
 )
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses, forget_asked, unpark_covered
@@ -157,16 +157,16 @@ def _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
         return True
     sent = 0
     if s == S_BACK:
-        if not revoke_gone(ws, vq, ctl[PORT_IOTLB_GONE_N], timeout_ns, io) and n > 0:
-            hand.reply[w[W_REPLY_STATUS]] = 1  # still mapped: nacked
+        if not revoke_gone(ws, vq, ctl[PORT_IOTLB_GONE_N], timeout_ns, io):
+            mark_failed(w, hand.reply)  # still mapped: nacked
     else:
         io[IO_HANDED] += 1
         if s == S_UNSENT:  # (the status byte is set already)
             if w[W_SENT] >= 0:
                 io[IO_UNSENT] += 1  # it holds a socket it cannot send on: given again
                 sent = w[W_SENT]
-        elif s == S_DONE_FAILED and n > 0:
-            hand.reply[w[W_REPLY_STATUS]] = 1
+        elif s == S_DONE_FAILED:
+            mark_failed(w, hand.reply)
     io[IO_INVALIDATE_NS] += monotonic_ns() - io[IO_PENDING_T0]
     if n > sent:
         t1 = monotonic_ns()
@@ -204,6 +204,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
         uaddr = get_u64(buf, OFF_UADDR)
         perm = np.int64(buf[OFF_PERM])
         kind = np.int64(buf[OFF_TYPE])
+        due = reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0)
         ok = True
         if kind == _UPDATE:
             t1 = monotonic_ns()
@@ -218,7 +219,6 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
                 last = _U64_MAX  # past 2**64: clamped, as the Python path rounds it
             start = iova & _PAGE_MASK
             last |= ~_PAGE_MASK
-            due = reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0)
             if handing and due and acks > 0:
                 # the replies before this one go first (the stand-in may send this one)
                 if socket_send_from(fd, out, acks * REPLY_SIZE, MSG_DONTWAIT | MSG_NOSIGNAL) != acks * REPLY_SIZE:
@@ -257,7 +257,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
             io[IO_INVALIDATES] += 1
             if io[IO_PENDING] != 0:
                 continue  # its reply and its time: ``_settle``
-        if reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0):
+        if due:
             put_ack(out, acks * REPLY_SIZE, FRONTEND_IOTLB_MSG, flags, ok)
             acks += 1
         io[IO_UPDATE_NS if kind == _UPDATE else IO_INVALIDATE_NS] += monotonic_ns() - t0
@@ -306,7 +306,7 @@ def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, r
             k = nfds + 1
         w = wait_first(pfds, k, min(deadline, now + TICK_NS) if watch else deadline)
         if w == WAIT_OTHER:
-            if k > nfds and pfds[nfds, 1] >> 16 != 0 and not _others_ready(pfds, nfds):
+            if k > nfds and pfds[nfds, 1] >> 16 != 0 and not others_fired(pfds, nfds):
                 if not _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
                     io[IO_NEXT] = NEXT_PYTHON
                     return handled
@@ -318,15 +318,6 @@ def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, r
     if not _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
         io[IO_NEXT] = NEXT_PYTHON
     return handled
-
-
-@njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _others_ready(pfds, nfds):
-    """A row of ``pfds[1:nfds]`` readable, or row 0 in error (after ``wait_first``)."""
-    for k in range(1, nfds):
-        if pfds[k, 1] >> 16 != 0:
-            return True
-    return (pfds[0, 1] >> 16) & (POLLERR | POLLHUP | POLLNVAL) != 0
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -369,6 +360,7 @@ class IotlbServer:
         self.buf = np.zeros(MSG_SIZE, np.uint8)
         self.out = np.zeros(MAX_BATCH * REPLY_SIZE, np.uint8)
         self.io = np.zeros(N_IO, np.int64)
+        self.unsent = 0  # the stand-in's replies that fell short (the control thread sent them)
         self._pfds = np.zeros((5, 2), np.int32)  # (one row more than the fds waited on: serve_wait's)
 
     def bufs(self) -> IotlbBufs:
@@ -438,6 +430,11 @@ class IotlbServer:
         self.standin.give_socket(fd)  # (once per socket) its INVALIDATEs' replies go from there
         return True
 
+    def session_ended(self) -> None:
+        """The front-end's session is gone: the stand-in's dup of its socket
+        is not the next session's, even if that one gets the same fd number."""
+        self.standin.forget_socket()
+
     def close(self) -> None:
         """Stop the stand-in (the port's kernels have stopped)."""
         self.standin.close()
@@ -478,7 +475,7 @@ class IotlbServer:
                 "iotlb_grace_max_ns": int(io[IO_GRACE_MAX_NS]), "iotlb_drop_ns": int(io[IO_DROP_NS]),
                 "iotlb_reply_ns": int(io[IO_REPLY_NS]), "iotlb_served_by_lcore": int(io[IO_BY_LCORE]),
                 "iotlb_runs": int(io[IO_RUNS]), "iotlb_revoked_by_lcore": int(io[IO_HANDED]),
-                "iotlb_acked_by_standin": int(io[IO_ACKED_BY_STANDIN]),
+                "iotlb_acked_by_standin": int(io[IO_ACKED_BY_STANDIN]), "iotlb_standin_unsent": self.unsent,
                 "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED]), "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS])}
 
     @property
@@ -495,5 +492,6 @@ class IotlbServer:
         if io[IO_REVOKE_FAILED]:
             log.error("IOTLB invalidate: %d revocation(s) failed (mmap); nacked", int(io[IO_REVOKE_FAILED]))
         if io[IO_UNSENT]:
+            self.unsent += int(io[IO_UNSENT])
             self.standin.forget_socket()  # (its socket is full or gone) given again with the next call
         io[IO_QUIESCE_TIMEOUTS] = io[IO_REVOKE_FAILED] = io[IO_UNPARKED] = io[IO_UNSENT] = 0

@@ -10,12 +10,15 @@ import socket
 import psutil
 import pytest
 
+from pmd.standin import W_GIVEN_GEN
+from pmd.vhost_user.frontend import FrontendSession
 from pmd.vhost_user.messages import IotlbPerm
 from pmd.vhostpci_pmd.iotlb_serve import HAND_MAX_BYTES
 from tests.util import wait_until
 from tests.vhost_user.test_vu_backend import raw_send, readable
 from tests.vhostpci.test_iotlb_fast import BUF, PAGE, setup  # noqa: F401  (the fixture)
 from tests.vhostpci.test_iotlb_lend import grant_and_revoke_until, keep_polling
+from tests.vhostpci.test_port_control import MEM_SIZE, qemu_handshake
 
 
 @pytest.mark.parametrize("setup", ["control"], indirect=True)
@@ -84,3 +87,27 @@ def test_a_session_closed_by_the_port_ends_for_the_front_end_while_the_stand_in_
     with socket.socket(fileno=os.dup(fe.channel.fileno())) as sock:
         raw_send(sock, 999)  # an unknown request: the port closes the session
     assert wait_until(fe.channel.peer_closed, 5.0), "the front-end still sees the session open"
+
+
+@pytest.mark.parametrize("setup", ["control"], indirect=True)
+def test_the_next_session_s_acks_go_on_its_own_socket(setup, fwd, sockdir):
+    """A session's end takes its socket from the stand-in: the next session
+    may get the same fd number, and its acks must not go to the old socket
+    (shut down: each would fall short, counted in ``iotlb_standin_unsent``)."""
+    fe, port, guest = setup
+    keep_polling(fwd)
+    dev = port.driver.device
+    words = dev.iotlb_server.standin.hand.words
+    grant_and_revoke_until(fe, dev, guest, "iotlb_acked_by_standin", 3)
+    assert words[W_GIVEN_GEN] != 0, "the stand-in holds the session's socket"
+    fe.close()
+    assert wait_until(lambda: words[W_GIVEN_GEN] == 0, 5.0), "the ended session's socket is still the stand-in's"
+    fe2 = FrontendSession.connect(os.path.join(sockdir, "vp.sock"), timeout=2.0)
+    try:
+        qemu_handshake(fe2, guest, iommu=True)
+        assert wait_until(lambda: port.link().up, 5.0), "link not up"
+        fe2.iotlb_invalidate(BUF, MEM_SIZE - BUF)
+        grant_and_revoke_until(fe2, dev, guest, "iotlb_acked_by_standin", 3)
+        assert dev.iotlb_xstats()["iotlb_standin_unsent"] == 0
+    finally:
+        fe2.close()
