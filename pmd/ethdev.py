@@ -92,12 +92,27 @@ def int_in_range(name: str, lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+_TRUE, _FALSE = ("1", "yes", "on", "true"), ("0", "no", "off", "false")
+
+
 def parse_bool(text: str) -> bool:
-    if text in ("1", "yes", "on", "true"):
-        return True
-    if text in ("0", "no", "off", "false"):
-        return False
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
     raise ValueError(f"expected 0 or 1, got {text!r}")
+
+
+def one_of(*words: str, boolean: bool = False) -> Callable[[str], str | bool]:
+    """A devarg parser for one of ``words`` (returned as given) or, with
+    ``boolean``, a ``parse_bool`` value too ("auto" beside on and off)."""
+    choices = " or ".join((*words, "0", "1") if boolean else words)
+
+    def parse(text: str) -> str | bool:
+        if text in words:
+            return text
+        if boolean and (text in _TRUE or text in _FALSE):
+            return parse_bool(text)
+        raise ValueError(f"expected {choices}, got {text!r}")
+    return parse
 
 
 class PortDriver(ABC):

@@ -24,7 +24,7 @@ import logging
 import numpy as np
 
 from ..ethdev import (
-    DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, parse_bool, parse_path, register_driver,
+    DevargQueuePairs, LinkStatus, PortDriver, PortError, int_in_range, one_of, parse_bool, parse_path, register_driver,
 )
 from ..placement import pin_control_thread
 from ..vhost_user.device import VringInfo
@@ -41,28 +41,14 @@ log = logging.getLogger("vhostpci.port")
 MAX_QUEUE_PAIRS = 16
 
 
-def _parse_iotlb_revoke(text: str) -> str:
-    if text not in ("auto", "control"):
-        raise ValueError(f"expected auto or control, got {text!r}")
-    return text
-
-
-def _parse_iotlb_lcore(text: str) -> bool | str:
-    if text == "auto":
-        return text
-    try:
-        return parse_bool(text)
-    except ValueError:
-        raise ValueError(f"expected auto, 0 or 1, got {text!r}") from None
-
-
 @register_driver
 class VhostPciDriver(DevargQueuePairs, PortDriver):
     """One vhost-pci port: devargs, start/stop of its vhost-user server, stats."""
 
     prefix = "net_vhost_pci"
     devargs = {"path": parse_path, "client": parse_bool, "queues": int_in_range("queues", 1, MAX_QUEUE_PAIRS),
-               "iommu_support": parse_bool, "iotlb_lcore": _parse_iotlb_lcore, "iotlb_revoke": _parse_iotlb_revoke}
+               "iommu_support": parse_bool, "iotlb_lcore": one_of("auto", boolean=True),
+               "iotlb_revoke": one_of("auto", "control")}
     devarg_defaults = {"path": "", "client": False, "queues": 1, "iommu_support": True, "iotlb_lcore": "auto",
                        "iotlb_revoke": "auto"}
 

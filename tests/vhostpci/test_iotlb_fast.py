@@ -36,9 +36,11 @@ BUF = 0x80000  # a page of VM1's memory no ring uses
 def setup(fwd, sockdir, request):
     """(front-end, port, guest): rings granted, the rest of VM1's memory not;
     the port's lcore serves the IOTLB messages whenever it polls
-    (``iotlb_lcore=1``), or only the control thread does (``=0``)."""
+    (``iotlb_lcore=1``), or only the control thread does (``=0``); a param
+    may add devargs after a comma (``"control,iotlb_revoke=control"``)."""
     guest = Guest()
-    extra = ",iotlb_lcore=1" if request.param == "lcore" else ",iotlb_lcore=0"
+    who, _, more = request.param.partition(",")
+    extra = (",iotlb_lcore=1" if who == "lcore" else ",iotlb_lcore=0") + ("," + more if more else "")
     port = fwd.attach_port(vp_vdev(os.path.join(sockdir, "vp.sock"), extra))
     port.start()
     fwd.config.mode = "rxonly"

@@ -62,11 +62,10 @@ def test_the_polling_lcore_revokes_what_the_control_thread_serves(setup, fwd):
                       5.0), "the stand-in outlived its port"
 
 
-@pytest.mark.parametrize("setup", ["control"], indirect=True)
+@pytest.mark.parametrize("setup", ["control,iotlb_revoke=control"], indirect=True)
 def test_iotlb_revoke_control_keeps_every_revocation_on_the_control_thread(setup, fwd, sockdir):
     fe, port, guest = setup
     dev = port.driver.device
-    dev.iotlb_server.revoke = "control"  # as the devarg sets it
     keep_polling(fwd)
     uaddr = guest.mem.gpa_to_uaddr(BUF)
     for _ in range(200):
