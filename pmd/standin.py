@@ -284,10 +284,10 @@ class StandIn:
         """Let the stand-in send jobs' replies on socket ``fd`` (the control
         thread's current session; a dup goes over the socket pair, once per
         fd, again after ``forget_socket``).  A no-op until it is ready: the
-        control thread sends the replies meanwhile.  A session's socket is
-        shut down when it closes, so if a later one reuses the fd number,
-        the stand-in's first send fails on the old dup and that reply falls
-        back to the control thread, which forgets it and gives the new one."""
+        control thread sends the replies meanwhile.  The owner calls
+        ``forget_socket`` when the session ends, since a later one may get
+        the same fd number (should it not, the old socket was shut down:
+        the stand-in's sends on it fail and fall back to the control thread)."""
         if fd == self._given[0] or not self.ready or self._pair is None:
             return
         self._gen += 1
