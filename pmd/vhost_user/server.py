@@ -36,6 +36,11 @@ __all__ = ["BackendServer"]
 
 log = logging.getLogger(__name__)
 
+# How long ``stop`` waits for the control thread: a session's close it is in
+# may compile the kernels that close uses on first use (a cold Numba cache:
+# seconds on a busy machine; 2 s was seen too short there)
+STOP_TIMEOUT_S = 30.0
+
 # BackendDevice calls a standby session may make without taking the port over.
 _READ_ONLY = frozenset({"features", "protocol_features", "num_queues", "get_config", "max_mem_slots"})
 
@@ -145,7 +150,10 @@ class BackendServer:
         self._thread = threading.Thread(target=self._run, name=f"vhost-user-ctl {self.path}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop the control thread: it ends once what it is doing returns
+        (a session's close, at most ``timeout`` seconds); else it is left
+        running, logged, and ``stopped`` stays False."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
