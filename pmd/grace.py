@@ -142,6 +142,10 @@ class GraceSet:
         self.ctl_table = ctl_table
         self.rows = rows
         self.lcore_ids = list(lcore_ids)
+        # compiled (or loaded) here, where the lcores are given to a port, not on a control
+        # thread's first grace period: a cold compile there takes seconds (and Numba's compiler
+        # lock, which another thread compiling meanwhile holds for longer still)
+        wait_quiescent(ctl_table, rows[:0], 0)
 
     def wait(self, timeout: float) -> None:
         """``wait_quiescent`` from Python; TimeoutError names the stuck lcores

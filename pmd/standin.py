@@ -74,9 +74,10 @@ log = logging.getLogger("vhostpci.standin")
 # the reply's bytes (``Hand.reply``) and the byte set to 1 when the job failed; W_SENT: its bytes sent
 # (the control thread sends the rest); W_SENT_NS: when; W_WAITING: the control thread sleeps in
 # ``hand_over_settle`` (the stand-in wakes it); W_LEFT: the stand-in stopped waiting for a job the
-# poller took: it sends nothing for it (the control thread claims the outcome)
+# poller took: it sends nothing for it (the control thread claims the outcome); W_BACK_SIG: the stand-in
+# wrote the back eventfd since the control thread last drained it (a drain, a syscall, only then)
 W_STATE, W_ASK_FD, W_BACK_FD, W_READY, W_STOP, W_SOCK, W_SOCK_GEN, W_GIVEN_GEN, W_ACK_GEN, W_REPLY_LEN, \
-    W_REPLY_STATUS, W_SENT, W_SENT_NS, W_WAITING, W_LEFT = range(15)
+    W_REPLY_STATUS, W_SENT, W_SENT_NS, W_WAITING, W_LEFT, W_BACK_SIG = range(16)
 N_WORDS = 16
 REPLY_AT, REPLY_MAX = N_WORDS * 8, 64  # the reply's bytes, after the words in the same page
 S_IDLE, S_ASKED, S_GO, S_TAKEN, S_DONE_OK, S_DONE_FAILED, S_BACK, S_SENDING, S_SENT, S_UNSENT = range(10)
@@ -111,9 +112,8 @@ def hand_over_start(h, reply_len, status_at):
     w = h.words
     if load_acquire(w, W_READY) == 0 or not compare_exchange(w, W_STATE, S_IDLE, S_ASKED):
         return S_BACK
-    back = w[W_BACK_FD]
-    while eventfd_drain(back) > 0:
-        pass  # a late wake-up of an earlier job
+    if w[W_BACK_SIG] != 0:
+        drain_back(w)  # a late wake-up of an earlier job
     w[W_REPLY_LEN] = reply_len
     w[W_REPLY_STATUS] = status_at
     w[W_SENT] = 0
@@ -122,6 +122,16 @@ def hand_over_start(h, reply_len, status_at):
     w[W_LEFT] = 0
     eventfd_signal(w[W_ASK_FD])  # (a syscall: the stores above are visible to the stand-in)
     return S_ASKED
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def drain_back(w):
+    """Take the stand-in's wake-ups off the back eventfd (it may write it
+    again meanwhile: the next poll on it then returns at once, and the
+    waiter looks at the state again)."""
+    store_release(w, W_BACK_SIG, 0)
+    while eventfd_drain(w[W_BACK_FD]) > 0:
+        pass
 
 
 @njit(nogil=True, cache=True)
@@ -159,7 +169,7 @@ def hand_over_settle(h):
             h.pfd[0, 0] = back
             wait_first(h.pfd, 1, deadline)
         store_release(w, W_WAITING, 0)
-        eventfd_drain(back)
+        drain_back(w)
     store_release(w, W_STATE, S_IDLE)
     return s
 
@@ -241,6 +251,7 @@ def stand_in(w, reply, pfd):
             fence()  # pairs with hand_over_settle's
             if load_acquire(w, W_WAITING) == 0:
                 continue  # the front-end's thread runs next, not the control thread
+        store_release(w, W_BACK_SIG, 1)
         eventfd_signal(w[W_BACK_FD])
     return 0
 

@@ -7,9 +7,11 @@ cost ~130 us; ``serve`` takes them straight off the socket instead, on the
 lcore polling queue 0 while the control thread lends it the socket
 (``lcore_serve``, ``iotlb_lend.py``), else on the control thread:
 
-1. peek at the next message; anything but a well-formed IOTLB UPDATE or
-   INVALIDATE, or one not complete yet, is left unread for the session's
-   Python path (which owns every other request and every error message);
+1. peek at the next message (and whether another is queued behind it:
+   if not, the call ends after this one, without a read that would find
+   nothing); anything but a well-formed IOTLB UPDATE or INVALIDATE, or one
+   not complete yet, is left unread for the session's Python path (which
+   owns every other request and every error message);
 2. UPDATE: ``iotlb_ops.iotlb_map`` (the plain case; anything else -- a
    re-grant, a grant across regions or beyond the window -- goes to Python
    unread), then the vrings parked on a page it covers retry
@@ -73,6 +75,8 @@ log = logging.getLogger("vhostpci.iotlb")
 
 
 MAX_BATCH = 256
+# a peek takes up to two messages' bytes: more than one message's says another is queued
+PEEK_SIZE = 2 * MSG_SIZE
 _UPDATE, _INVALIDATE = int(IotlbType.UPDATE), int(IotlbType.INVALIDATE)
 _PAGE_MASK = np.uint64(~(PAGE_SIZE - 1) & ((1 << 64) - 1))
 _U64_MAX = np.uint64((1 << 64) - 1)
@@ -190,9 +194,13 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
     io[IO_NEXT] = NEXT_NONE
     while handled < MAX_BATCH:
         t0 = monotonic_ns()
-        got = socket_recv_into(fd, buf, MSG_SIZE, MSG_PEEK | MSG_DONTWAIT)
+        got = socket_recv_into(fd, buf, PEEK_SIZE, MSG_PEEK | MSG_DONTWAIT)
         if got < 0:
             break  # nothing there (EAGAIN), or an error the Python read reports
+        # a front-end that waits for each reply (QEMU) has queued nothing behind this message:
+        # the call ends after it, where another peek would only find nothing (a syscall saved
+        # a message; what comes later wakes the caller's poll)
+        more = got > MSG_SIZE
         io[IO_NEXT] = NEXT_PYTHON
         if not _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
             break  # (its reply goes before anything that comes after it)
@@ -255,12 +263,13 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
             io[IO_ASK_WAIT_NS] += waited
         else:
             io[IO_INVALIDATES] += 1
-            if io[IO_PENDING] != 0:
-                continue  # its reply and its time: ``_settle``
-        if due:
-            put_ack(out, acks * REPLY_SIZE, FRONTEND_IOTLB_MSG, flags, ok)
-            acks += 1
-        io[IO_UPDATE_NS if kind == _UPDATE else IO_INVALIDATE_NS] += monotonic_ns() - t0
+        if io[IO_PENDING] == 0:  # (else its reply and its time are ``_settle``'s)
+            if due:
+                put_ack(out, acks * REPLY_SIZE, FRONTEND_IOTLB_MSG, flags, ok)
+                acks += 1
+            io[IO_UPDATE_NS if kind == _UPDATE else IO_INVALIDATE_NS] += monotonic_ns() - t0
+        if not more:
+            break
     if handled > 0:
         io[IO_RUNS] += 1
     if acks > 0:
@@ -357,7 +366,7 @@ class IotlbServer:
         self.vq = vq
         self.misses = misses
         self.timeout_ns = int(timeout_s * 1e9)
-        self.buf = np.zeros(MSG_SIZE, np.uint8)
+        self.buf = np.zeros(PEEK_SIZE, np.uint8)
         self.out = np.zeros(MAX_BATCH * REPLY_SIZE, np.uint8)
         self.io = np.zeros(N_IO, np.int64)
         self.unsent = 0  # the stand-in's replies that fell short (the control thread sent them)

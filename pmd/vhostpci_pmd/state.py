@@ -75,7 +75,7 @@ class IotlbBufs(NamedTuple):
     for whichever thread holds VM1's socket (``iotlb_lend.py``)."""
 
     ws: WinState  # the window's grants and tables
-    buf: np.ndarray  # uint8[MSG_SIZE]: the message read
+    buf: np.ndarray  # uint8[PEEK_SIZE]: the message read (and a look at what is queued behind it)
     out: np.ndarray  # uint8[MAX_BATCH * REPLY_SIZE]: the replies of a run
     io: np.ndarray  # int64[N_IO]: counters and the profile
     hand: Hand  # the port's stand-in: the control thread hands revocations to the lcore (pmd/standin.py)
