@@ -11,7 +11,10 @@ calls them without Python per message.
 (IOVA inside the window), nothing overlapping but an identical grant -- and
 answers -1 for everything else, which the caller hands to
 ``Window.iotlb_update`` (re-grants, the compact area, grants across regions,
-and the error messages).  Invalidation is two steps around a grace period:
+and the error messages).  Its steps also run apart: ``plain_grant`` (the
+checks) and ``insert_grant`` on the grant rows' writer, ``map_grant`` (the
+mmap) and ``publish_grant`` (the tables) later on a polling lcore (the
+vhost-pci port's ``iotlb_maps.py``).  Invalidation is two steps around a grace period:
 ``iotlb_drop`` (rows out, tables republished) and, once no lcore can hold
 an old translation, ``revoke_ranges`` (``PROT_NONE`` over the pages).
 """
@@ -34,6 +37,8 @@ R_UADDR, R_SIZE, R_MMAP_OFFSET, R_FD, R_GPA = range(5)
 
 _PAGE = np.uint64(PAGE_SIZE)
 _ONE = np.uint64(1)
+# plain_grant's answers besides a region index
+NOT_PLAIN, SAME_GRANT = np.int64(-1), np.int64(-2)
 
 
 class WinState(NamedTuple):
@@ -59,17 +64,18 @@ def publish_state(ws):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def iotlb_map(ws, iova, size, uaddr, perm):
-    """Map the grant ``[iova, iova+size)`` -> VM1's ``uaddr`` with ``perm``
-    at window offset ``iova`` and publish it; returns the offset, or -1 when
-    this is not the plain case (nothing changed: the caller takes it)."""
+def plain_grant(ws, iova, size, uaddr, perm):
+    """The checks of ``iotlb_map``: the region of the grant ``[iova,
+    iova+size)`` -> VM1's ``uaddr`` when it is the plain case, NOT_PLAIN, or
+    SAME_GRANT when that very grant is there already.  Reads the grant rows
+    (their writer's call)."""
     if ws.params[P_IOMMU] == 0 or perm < PERM_RO or perm > PERM_RW:
-        return np.int64(-1)
+        return NOT_PLAIN
     if size == 0 or (iova | size | uaddr) & (_PAGE - _ONE) != 0:
-        return np.int64(-1)
+        return NOT_PLAIN
     end = iova + size
     if end < iova or end > np.uint64(ws.params[P_IDENTITY_LIMIT]) or uaddr + size < uaddr:
-        return np.int64(-1)
+        return NOT_PLAIN
     r = -1
     for k in range(ws.rcount[0]):
         ru = np.uint64(ws.rmap[k, R_UADDR])
@@ -77,23 +83,55 @@ def iotlb_map(ws, iova, size, uaddr, perm):
             r = k
             break
     if r < 0 or ws.rmap[r, R_FD] < 0:
-        return np.int64(-1)
-    delta = uaddr - np.uint64(ws.rmap[r, R_UADDR])
-    gpa = np.uint64(ws.rmap[r, R_GPA]) + delta
+        return NOT_PLAIN
     last = end - _ONE
-    if find_grant(ws.grants, ws.gcount, iova, last, np.uint64(perm), gpa) >= 0:
-        return np.int64(iova)  # asked twice (ahead and on demand): mapped already
+    if find_grant(ws.grants, ws.gcount, iova, last, np.uint64(perm), grant_gpa(ws, r, uaddr)) >= 0:
+        return SAME_GRANT  # asked twice (ahead and on demand): mapped already
     if overlaps(ws.grants, ws.gcount, iova, last) or ws.gcount[0] >= len(ws.grants):
-        return np.int64(-1)
+        return NOT_PLAIN
+    return np.int64(r)
+
+
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def grant_gpa(ws, r, uaddr):
+    """VM1's guest-physical address of ``uaddr`` in region ``r``."""
+    return np.uint64(ws.rmap[r, R_GPA]) + (uaddr - np.uint64(ws.rmap[r, R_UADDR]))
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def map_grant(ws, r, iova, size, uaddr, perm):
+    """The plain grant's pages (region ``r``) at window offset ``iova``;
+    False if the mmap failed (the range is reserved again)."""
     prot = PROT_READ if perm == PERM_RO else PROT_READ | PROT_WRITE
     addr = ws.params[P_BASE] + np.int64(iova)
-    file_off = ws.rmap[r, R_MMAP_OFFSET] + np.int64(delta)
+    file_off = ws.rmap[r, R_MMAP_OFFSET] + np.int64(uaddr - np.uint64(ws.rmap[r, R_UADDR]))
     if mmap_at(addr, np.int64(size), prot, MAP_SHARED | MAP_FIXED, ws.rmap[r, R_FD], file_off) != addr:
         _revoke(ws, np.int64(iova), np.int64(size))
-        return np.int64(-1)
-    insert_grant(ws.grants, ws.gcount, iova, last, iova, np.uint64(perm), gpa)
+        return False
+    return True
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def publish_grant(ws, iova, last, gpa, perm):
+    """A plain grant, mapped, into both translation tables (the kernels see it from here)."""
     insert_published(ws.table, ws.tcount, iova, last, iova, np.uint64(perm))
     insert_published(ws.gpa_table, ws.gpa_count, iova, last, gpa, np.uint64(PERM_RW))
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def iotlb_map(ws, iova, size, uaddr, perm):
+    """Map the grant ``[iova, iova+size)`` -> VM1's ``uaddr`` with ``perm``
+    at window offset ``iova`` and publish it; returns the offset, or -1 when
+    this is not the plain case (nothing changed: the caller takes it)."""
+    r = plain_grant(ws, iova, size, uaddr, perm)
+    if r == SAME_GRANT:
+        return np.int64(iova)
+    if r < 0 or not map_grant(ws, r, iova, size, uaddr, perm):
+        return np.int64(-1)
+    gpa = grant_gpa(ws, r, uaddr)
+    last = iova + size - _ONE
+    insert_grant(ws.grants, ws.gcount, iova, last, iova, np.uint64(perm), gpa)
+    publish_grant(ws, iova, last, gpa, perm)
     return np.int64(iova)
 
 

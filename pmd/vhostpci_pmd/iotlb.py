@@ -21,9 +21,10 @@ does not map yet is a *miss*, not an error:
    every page not granted yet, each once (``state.asked``), so VM1 answers
    them back to back instead of one round trip per buffer.  No Python runs
    between a miss and its UPDATE.
-3. **Retry** (``unpark_covered``, from the compiled IOTLB path or
-   ``IotlbMisses.updated``): an UPDATE that covers a parked address clears
-   the vring's ``VQ_MISS_PENDING`` (and records the page in
+3. **Retry** (``unpark_covered``, ``iotlb_answer.py``: from the compiled
+   IOTLB path, the lcore mapping acked UPDATEs, or ``IotlbMisses.updated``):
+   an UPDATE that covers a parked address clears the vring's
+   ``VQ_MISS_PENDING`` (and records the page in
    ``VQ_MISS_ANSWERED``); its kernel retries on the next burst (and parks
    again if it still needs a page).  Packets the port's transmit side
    accepted meanwhile wait in its hold queue (``txhold.py``).
@@ -49,6 +50,8 @@ from ..iotlb_wire import BACKEND_IOTLB_MSG, MISS, MSG_SIZE, put_iotlb
 from ..syscalls import MSG_DONTWAIT, MSG_NOSIGNAL, eventfd_signal, monotonic_ns, socket_send_from
 from ..vhost_user.messages import VERSION, IotlbPerm
 from .iotlb_ahead import misses_ahead
+from .iotlb_answer import ASK_SLOTS, forget_asked, unpark_covered  # noqa: F401  (re-exported)
+from .iotlb_maps import lcore_maps, maps_pending
 from .state import (
     PORT_MISS_FD, PORT_WAKE_FD, VQ_IOMMU, VQ_MISS_ANSWERED, VQ_MISS_IOVA, VQ_MISS_PENDING, VQ_MISS_SENT, VQ_MISS_WRITE,
     VQ_READY, XS_IOTLB_MISS, XS_MISS_AHEAD, XS_MISS_SENT, XS_PERM_DENIED,
@@ -61,10 +64,6 @@ log = logging.getLogger("vhostpci.iotlb")
 
 MISS_RESEND_S = 0.1  # a MISS with no UPDATE in reply is sent again after this
 MISS_RESEND_NS = int(MISS_RESEND_S * 1e9)
-# pages asked for and not answered yet, as both the control thread and a
-# parking kernel see them (state.asked rows [page | 1 if WO, monotonic ns], a
-# slot per page number modulo ASK_SLOTS; a collision only costs a second MISS)
-ASK_SLOTS = 1024
 MAX_ASK = 64  # pages asked for per ask-ahead (each MISS is 36 bytes: the socket holds thousands)
 _U64 = (1 << 64) - 1
 _PAGE_MASK = ~(PAGE_SIZE - 1)
@@ -137,6 +136,13 @@ def park_on_miss(st, v, iova, write):
     (``unpark_covered``): either it sees the park, or we see the page."""
     if load_acquire(st.vq[v], VQ_MISS_PENDING) != 0:
         return
+    mq = st.iotlb.maps
+    if maps_pending(mq):
+        # UPDATEs acked, not mapped yet (iotlb_maps.py): VM1 may have posted this buffer after
+        # one's ack, so they are mapped first; the page then needs no MISS
+        lcore_maps(st.iotlb.ws, st.vq, st.asked, mq)
+        if translate(st.table, st.tcount, iova, 1, write) >= 0:
+            return  # the caller's next burst retries
     st.xstats[v, XS_IOTLB_MISS] += 1
     st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
     st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
@@ -219,57 +225,6 @@ def buffer_offset(st, v, addr, length, write):
             return np.int64(BUF_BAD)
     park_on_miss(st, v, page, write)
     return np.int64(BUF_MISS)
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def unpark_covered(vq, iova, end):
-    """An UPDATE of ``[iova, end)`` was mapped: each vring parked on an
-    address inside it retries (``VQ_MISS_PENDING`` cleared with a release
-    store, the page recorded in ``VQ_MISS_ANSWERED`` before it); returns the
-    bitmask of those vrings.  Others stay parked: clearing them on every
-    update (the pages asked ahead arrive as updates too) made each ring
-    re-ask for its own page several times.  The fence orders the new rows
-    before the reads of the parks (``park_on_miss``'s pairing)."""
-    fence()
-    mask = 0
-    for v in range(len(vq)):
-        parked = np.uint64(vq[v, VQ_MISS_IOVA])
-        if vq[v, VQ_MISS_PENDING] != 0 and iova <= parked and parked < end:
-            vq[v, VQ_MISS_ANSWERED] = vq[v, VQ_MISS_IOVA] & np.int64(_PAGE_MASK)
-            store_release(vq[v], VQ_MISS_PENDING, 0)
-            mask |= 1 << v
-    return mask
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def forget_asked(asked, iova, end):
-    """An UPDATE of ``[iova, end)`` answered the asks of its pages: their
-    ``state.asked`` rows are cleared, so a kernel that parks on one of them
-    again (VM1 invalidated it meanwhile) sends its own MISS at once.
-    Returns (asks answered, ns they waited in all): VM1's answer time."""
-    first = np.int64(iova) & np.int64(_PAGE_MASK)
-    stop = np.int64(end)
-    now = monotonic_ns()
-    n = 0
-    waited = 0
-    if (stop - first) // PAGE_SIZE >= ASK_SLOTS:  # a large grant: look at every row
-        for s in range(ASK_SLOTS):
-            page = asked[s, 0] & np.int64(_PAGE_MASK)
-            if asked[s, 1] != 0 and first <= page and page < stop:
-                n += 1
-                waited += now - asked[s, 1]
-                asked[s, 0] = asked[s, 1] = 0
-        return n, waited
-    page = first
-    while page < stop:
-        s = (page >> 12) & (ASK_SLOTS - 1)
-        if asked[s, 0] & np.int64(_PAGE_MASK) == page:
-            if asked[s, 1] != 0:  # a note (an empty row matches page 0)
-                n += 1
-                waited += now - asked[s, 1]
-            asked[s, 0] = asked[s, 1] = 0
-        page += PAGE_SIZE
-    return n, waited
 
 
 # ---------------------------------------------------------- control thread

@@ -15,7 +15,10 @@ lcore polling queue 0 while the control thread lends it the socket
 2. UPDATE: ``iotlb_ops.iotlb_map`` (the plain case; anything else -- a
    re-grant, a grant across regions or beyond the window -- goes to Python
    unread), then the vrings parked on a page it covers retry
-   (``iotlb.unpark_covered``);
+   (``iotlb.unpark_covered``).  On the control thread, while the lcore of
+   queue 0 polls on a CPU of its own, the mmap and what follows it are that
+   lcore's (``iotlb_maps.py``): the control thread checks the grant, records
+   it and acks;
 3. INVALIDATE: rows out (``iotlb_drop``), a grace period over the port's
    vrings (``wait_sections``: only the bursts inside the window when the rows
    went out, ``pmd/grace.py``), pages revoked (``revoke_gone``), and only then
@@ -48,7 +51,8 @@ import numpy as np
 from numba import njit
 
 from ..grace import wait_sections
-from ..guestmem.iotlb_ops import iotlb_drop, iotlb_map, revoke_ranges
+from ..guestmem.grants import insert_grant
+from ..guestmem.iotlb_ops import NOT_PLAIN, grant_gpa, iotlb_drop, iotlb_map, plain_grant, revoke_ranges
 from ..guestmem.vmem import PAGE_SIZE
 from ..guestmem.window import Window
 from ..placement import CONTROL_NICE
@@ -65,7 +69,9 @@ from ..syscalls import (
     socket_send_from, wait_first,
 )
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
-from .iotlb import IotlbMisses, forget_asked, unpark_covered
+from .iotlb import IotlbMisses
+from .iotlb_answer import forget_asked, unpark_covered
+from .iotlb_maps import W_ASK_WAIT_NS, W_ASKS, W_BY_LCORE, W_FAILED, W_MAP_NS, drain_maps, lcore_maps, map_queue, maps_pending, push_map
 from .iotlb_lend import BEAT_STALE_NS, LEND_STALE, TICK_NS, LendPolicy, beat_stale, lend_wait, may_serve, served
 from .state import (
     PORT_IOTLB_BEAT, PORT_IOTLB_FD, PORT_IOTLB_GONE_N, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs,
@@ -92,17 +98,20 @@ _U64_MAX = np.uint64((1 << 64) - 1)
 IO_UPDATES, IO_INVALIDATES, IO_QUIESCE_TIMEOUTS, IO_REVOKE_FAILED, IO_UNPARKED, IO_NEXT, IO_UPDATE_NS, \
     IO_INVALIDATE_NS, IO_ASKS_ANSWERED, IO_ASK_WAIT_NS, IO_MAP_NS, IO_GRACE_NS, IO_REVOKE_NS, \
     IO_GRACE_SLOW, IO_GRACE_MAX_NS, IO_DROP_NS, IO_REPLY_NS, IO_BY_LCORE, IO_RUNS, IO_HANDED, IO_PENDING, \
-    IO_PENDING_T0, IO_UNSENT, IO_ACKED_BY_STANDIN = range(24)
+    IO_PENDING_T0, IO_UNSENT, IO_ACKED_BY_STANDIN, IO_QUEUED = range(25)
 # IO_UNPARKED: bitmask of the vrings un-parked since the last drain; IO_BY_LCORE: the lcore's messages;
 # IO_RUNS: the calls that took messages (a run: what the front-end had queued back to back);
 # IO_HANDED: the control thread's INVALIDATEs whose revocation the lcore made (the stand-in);
 # IO_PENDING, IO_PENDING_T0: an INVALIDATE handed over, not settled yet, and when it was peeked;
-# IO_UNSENT: the stand-in's replies that fell short since the last drain; IO_ACKED_BY_STANDIN: its replies
-N_IO = 24
+# IO_UNSENT: the stand-in's replies that fell short since the last drain; IO_ACKED_BY_STANDIN: its replies;
+# IO_QUEUED: the UPDATEs whose mmap the control thread queued for the lcore (``iotlb_maps.py``)
+N_IO = 25
 _STATUS_AT = HEADER_SIZE  # a reply's u64 status (little-endian): its low byte
 GRACE_SLOW_NS = 10_000
 # an INVALIDATE's revocation goes to the lcore (the stand-in) up to this size
 HAND_MAX_BYTES = 64 * 1024
+# UPDATEs queued for the lcore (iotlb_maps.py) and still unmapped after this long idle are mapped here
+MAPS_WAIT_NS = 1_000_000
 # IO_NEXT after a call: nothing left to read, a message the Python path must
 # read, or (serve_wait watching the stamp) the lcore polls again: lend it
 NEXT_NONE, NEXT_PYTHON, NEXT_LEND = 0, 1, 2
@@ -181,12 +190,13 @@ def _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
 
 
 @njit(nogil=True, cache=True)
-def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing, leave=False):
+def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, mq, handing, leave=False):
     """Handle the IOTLB messages at the head of socket ``fd`` (see the module
     docstring); returns how many.  ``io[IO_NEXT]`` says why it stopped.
     With ``handing`` (the control thread), an INVALIDATE's revocation goes
     to the polling lcore through the stand-in ``hand`` while the lcore
-    stamps ``ctl``, and its reply with it; with ``leave`` (``serve_wait``)
+    stamps ``ctl``, and its reply with it, and an UPDATE's mmap to the same
+    lcore through the queue ``mq``; with ``leave`` (``serve_wait``)
     the last one may still be on its way when it returns (``IO_PENDING``:
     ``_settle`` before anything else touches the socket)."""
     handled = 0
@@ -214,11 +224,25 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
         kind = np.int64(buf[OFF_TYPE])
         due = reply == REPLY_ALWAYS or (reply == REPLY_ON_NEED and flags & FLAG_NEED_REPLY != 0)
         ok = True
+        queued = False
         if kind == _UPDATE:
             t1 = monotonic_ns()
-            if iotlb_map(ws, iova, length, uaddr, perm) < 0:
-                break  # not the plain case: Python maps it (or says why not)
-            io[IO_MAP_NS] += monotonic_ns() - t1
+            if handing and not beat_stale(ctl, t1):
+                r = plain_grant(ws, iova, length, uaddr, perm)
+                if r == NOT_PLAIN:
+                    break  # Python maps it (or says why not), once the queue is done
+                if r >= 0:
+                    insert_grant(ws.grants, ws.gcount, iova, iova + (length - np.uint64(1)), iova, np.uint64(perm),
+                                 grant_gpa(ws, r, uaddr))
+                if not push_map(mq, iova, length, uaddr, perm, max(r, np.int64(-1))):
+                    io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)  # full: done here, then queued
+                    push_map(mq, iova, length, uaddr, perm, max(r, np.int64(-1)))
+                queued = True
+            else:
+                io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)  # (nothing queued: a look)
+                if iotlb_map(ws, iova, length, uaddr, perm) < 0:
+                    break  # not the plain case: Python maps it (or says why not)
+                io[IO_MAP_NS] += monotonic_ns() - t1
         elif kind == _INVALIDATE:
             if length == 0:
                 break  # nothing to drop: the Python path answers it
@@ -233,6 +257,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
                     acks = 0
                     break  # the socket is full or gone: the Python path finds out
                 acks = 0
+            io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)  # the UPDATEs before it are mapped first
             t1 = monotonic_ns()
             n = iotlb_drop(ws, start, last, ws.gone)
             if n < 0:
@@ -257,10 +282,13 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
         handled += 1
         if kind == _UPDATE:
             io[IO_UPDATES] += 1
-            io[IO_UNPARKED] |= unpark_covered(vq, iova, iova + length)
-            n_asks, waited = forget_asked(asked, np.int64(iova), np.int64(iova + length))
-            io[IO_ASKS_ANSWERED] += n_asks
-            io[IO_ASK_WAIT_NS] += waited
+            if queued:
+                io[IO_QUEUED] += 1  # un-parked and forgotten by the lcore, after its mmap
+            else:
+                io[IO_UNPARKED] |= unpark_covered(vq, iova, iova + length)
+                n_asks, waited = forget_asked(asked, np.int64(iova), np.int64(iova + length))
+                io[IO_ASKS_ANSWERED] += n_asks
+                io[IO_ASK_WAIT_NS] += waited
         else:
             io[IO_INVALIDATES] += 1
         if io[IO_PENDING] == 0:  # (else its reply and its time are ``_settle``'s)
@@ -286,7 +314,7 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing
 
 
 @njit(nogil=True, cache=True)
-def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, reply, buf, out, io, hand, handing):
+def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, reply, buf, out, io, hand, mq, handing):
     """``serve``, then wait in ``poll`` for the next messages and serve
     them too, for up to ``wait_ns``: the control thread stays here, out of
     Python, while VM1's IOTLB traffic is all there is.  ``pfds`` rows are
@@ -302,7 +330,7 @@ def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, r
     handled = 0
     deadline = monotonic_ns() + wait_ns
     while True:
-        handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, handing, True)
+        handled += serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, mq, handing, True)
         if io[IO_NEXT] == NEXT_PYTHON:
             break
         now = monotonic_ns()
@@ -313,7 +341,14 @@ def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, r
         if io[IO_PENDING] != 0:
             pfds[nfds, 0] = hand.words[W_BACK_FD]  # the stand-in needs us: settle now
             k = nfds + 1
-        w = wait_first(pfds, k, min(deadline, now + TICK_NS) if watch else deadline)
+        until = min(deadline, now + TICK_NS) if watch else deadline
+        maps = maps_pending(mq)
+        if maps:
+            until = min(until, now + MAPS_WAIT_NS)
+        w = wait_first(pfds, k, until)
+        if maps and w == WAIT_TIMEOUT and maps_pending(mq):
+            # the lcore left them (it stopped polling, or sleeps): mapped here
+            io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)
         if w == WAIT_OTHER:
             if k > nfds and pfds[nfds, 1] >> 16 != 0 and not others_fired(pfds, nfds):
                 if not _settle(fd, ws, vq, timeout_ns, io, ctl, hand):
@@ -336,12 +371,13 @@ def lcore_serve(st, idle):
     thread lent it (``iotlb_lend.py``).  Called outside every read section."""
     ctl = st.ctl
     b = st.iotlb
+    lcore_maps(b.ws, st.vq, st.asked, b.maps)  # UPDATEs the control thread acked (iotlb_maps.py)
     if take_job(b.hand.words):  # a revocation handed over: flushes only this CPU's TLB
         finish_job(b.hand.words, revoke_gone(b.ws, st.vq, ctl[PORT_IOTLB_GONE_N], ctl[PORT_IOTLB_QUIESCE_NS], b.io))
     if not may_serve(ctl, idle):
         return
     n = serve(ctl[PORT_IOTLB_FD], b.ws, st.vq, st.asked, ctl[PORT_IOTLB_QUIESCE_NS], ctl[PORT_IOTLB_REPLY],
-              b.buf, b.out, b.io, ctl, b.hand, False, False)
+              b.buf, b.out, b.io, ctl, b.hand, b.maps, False, False)
     b.io[IO_BY_LCORE] += n
     served(ctl, n, b.io[IO_NEXT] == NEXT_PYTHON)
 
@@ -369,12 +405,14 @@ class IotlbServer:
         self.buf = np.zeros(PEEK_SIZE, np.uint8)
         self.out = np.zeros(MAX_BATCH * REPLY_SIZE, np.uint8)
         self.io = np.zeros(N_IO, np.int64)
+        self.maps = map_queue()  # UPDATEs acked, for the lcore to map
+        self._map_failed = 0  # of them, dropped: logged
         self.unsent = 0  # the stand-in's replies that fell short (the control thread sent them)
         self._pfds = np.zeros((5, 2), np.int32)  # (one row more than the fds waited on: serve_wait's)
 
     def bufs(self) -> IotlbBufs:
         """What an lcore serving the lent socket works on (the port's kernel state)."""
-        return IotlbBufs(self.window.kstate, self.buf, self.out, self.io, self.standin.hand)
+        return IotlbBufs(self.window.kstate, self.buf, self.out, self.io, self.standin.hand, self.maps)
 
     def warm(self) -> None:
         """Compile (or load) the kernels now, not on the first message."""
@@ -391,10 +429,9 @@ class IotlbServer:
         it here (``serve_wait``, which stops when the stamp is fresh again).
         Returns how many messages were taken."""
         args = (fd, self.window.kstate, self.vq, self.misses.asked, self.timeout_ns, _REPLY_MODES[reply],
-                self.buf, self.out, self.io, self.ctl, self.standin.hand, self._handing(fd))
+                self.buf, self.out, self.io, self.ctl, self.standin.hand, self.maps, self._handing(fd))
         n = serve(*args) if wait_s <= 0 else self._wait(args, wait_fds, time.monotonic() + wait_s)
-        if n:
-            self._drain()
+        self._drain()  # (the queue first: the Python path may touch the window next)
         return n
 
     def _wait(self, args: tuple, wait_fds: Sequence[int], deadline: float) -> int:
@@ -442,6 +479,7 @@ class IotlbServer:
     def session_ended(self) -> None:
         """The front-end's session is gone: the stand-in's dup of its socket
         is not the next session's, even if that one gets the same fd number."""
+        self._drain()
         self.standin.forget_socket()
 
     def close(self) -> None:
@@ -476,8 +514,11 @@ class IotlbServer:
         the parts spent mapping, in grace periods and revoking (with the grace
         periods over GRACE_SLOW_NS and the longest, and the rows' drop), the
         replies' sends, the runs the messages came in (``LendPolicy``), and
-        the MISSes its UPDATEs answered with the ns VM1 took to answer them."""
+        the MISSes its UPDATEs answered with the ns VM1 took to answer them;
+        the UPDATEs the lcore mapped after the ack (``iotlb_maps.py``), the ns
+        that took there, and those whose mmap failed."""
         io = self.io
+        mw = self.maps.words
         return {"iotlb_update_ns": int(io[IO_UPDATE_NS]), "iotlb_invalidate_ns": int(io[IO_INVALIDATE_NS]),
                 "iotlb_map_ns": int(io[IO_MAP_NS]), "iotlb_grace_ns": int(io[IO_GRACE_NS]),
                 "iotlb_revoke_ns": int(io[IO_REVOKE_NS]), "iotlb_grace_slow": int(io[IO_GRACE_SLOW]),
@@ -485,7 +526,10 @@ class IotlbServer:
                 "iotlb_reply_ns": int(io[IO_REPLY_NS]), "iotlb_served_by_lcore": int(io[IO_BY_LCORE]),
                 "iotlb_runs": int(io[IO_RUNS]), "iotlb_revoked_by_lcore": int(io[IO_HANDED]),
                 "iotlb_acked_by_standin": int(io[IO_ACKED_BY_STANDIN]), "iotlb_standin_unsent": self.unsent,
-                "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED]), "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS])}
+                "iotlb_asks_answered": int(io[IO_ASKS_ANSWERED] + mw[W_ASKS]),
+                "iotlb_ask_wait_ns": int(io[IO_ASK_WAIT_NS] + mw[W_ASK_WAIT_NS]),
+                "iotlb_mapped_after_ack": int(io[IO_QUEUED]), "iotlb_mapped_by_lcore": int(mw[W_BY_LCORE]),
+                "iotlb_after_ack_map_ns": int(mw[W_MAP_NS]), "iotlb_map_failed": int(mw[W_FAILED])}
 
     @property
     def served(self) -> int:
@@ -494,6 +538,12 @@ class IotlbServer:
 
     def _drain(self) -> None:
         io = self.io
+        io[IO_UNPARKED] |= drain_maps(self.window.kstate, self.vq, self.misses.asked, self.maps)
+        failed = int(self.maps.words[W_FAILED])
+        if failed > self._map_failed:
+            log.error("IOTLB update: %d grant(s) acked but not mapped (mmap failed twice); VM1 asks again on a "
+                      "miss", failed - self._map_failed)
+            self._map_failed = failed
         self.misses.unparked(int(io[IO_UNPARKED]))
         if io[IO_QUIESCE_TIMEOUTS]:
             log.error("IOTLB invalidate: %d grace period(s) timed out (a burst stayed in the port's memory "

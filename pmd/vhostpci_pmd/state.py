@@ -70,6 +70,14 @@ PORT_IOTLB_GONE_N = 12
 N_PORT_CTL = 16
 
 
+class MapQueue(NamedTuple):
+    """UPDATEs acked, for the lcore to map (``iotlb_maps.py``): the jobs
+    (int64 [MAP_SLOTS, N_J]) and the queue's words (int64 [N_W])."""
+
+    jobs: np.ndarray
+    words: np.ndarray
+
+
 class IotlbBufs(NamedTuple):
     """What the compiled IOTLB service (``iotlb_serve.serve``) works on,
     for whichever thread holds VM1's socket (``iotlb_lend.py``)."""
@@ -79,6 +87,7 @@ class IotlbBufs(NamedTuple):
     out: np.ndarray  # uint8[MAX_BATCH * REPLY_SIZE]: the replies of a run
     io: np.ndarray  # int64[N_IO]: counters and the profile
     hand: Hand  # the port's stand-in: the control thread hands revocations to the lcore (pmd/standin.py)
+    maps: MapQueue  # UPDATEs the control thread acked, for the lcore to map (iotlb_maps.py)
 
 
 class VhostPciState(NamedTuple):

@@ -16,7 +16,7 @@ from pmd.vhost_user.messages import IotlbPerm
 from pmd.vhostpci_pmd.iotlb_serve import HAND_MAX_BYTES
 from tests.util import wait_until
 from tests.vhost_user.test_vu_backend import raw_send, readable
-from tests.vhostpci.test_iotlb_fast import BUF, PAGE, setup  # noqa: F401  (the fixture)
+from tests.vhostpci.test_iotlb_fast import BUF, PAGE, mapped_soon, setup  # noqa: F401  (the fixture)
 from tests.vhostpci.test_iotlb_lend import grant_and_revoke_until, keep_polling
 from tests.vhostpci.test_port_control import MEM_SIZE, qemu_handshake
 
@@ -32,7 +32,10 @@ def test_the_polling_lcore_revokes_what_the_control_thread_serves(setup, fwd):
     # the stand-in starts once the lcore stamps; a preempted lcore hands the job back. Once it holds
     # the socket, the stand-in sends the ack of what the lcore revoked (each ack's isolation checked)
     grant_and_revoke_until(fe, dev, guest, "iotlb_acked_by_standin", 20, (IotlbPerm.RW, IotlbPerm.RO))
+    # and the UPDATEs the control thread acked, the lcore maps (iotlb_maps.py; each one readable soon)
+    grant_and_revoke_until(fe, dev, guest, "iotlb_mapped_by_lcore", 20, (IotlbPerm.RW, IotlbPerm.RO))
     got = xs()
+    assert got["iotlb_mapped_by_lcore"] <= got["iotlb_mapped_after_ack"] and got["iotlb_map_failed"] == 0, got
     assert got["iotlb_acked_by_standin"] <= got["iotlb_revoked_by_lcore"], got
     assert got["iotlb_served_by_lcore"] == 0, "iotlb_lcore=0: the control thread serves every message"
     assert 0 < got["iotlb_grace_ns"] + got["iotlb_revoke_ns"] <= got["iotlb_invalidate_ns"], got
@@ -52,7 +55,7 @@ def test_the_polling_lcore_revokes_what_the_control_thread_serves(setup, fwd):
     after = xs()["iotlb_revoked_by_lcore"]
     for _ in range(10):
         fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RW)
-        assert readable(win.base + BUF)
+        assert mapped_soon(win, BUF)
         fe.iotlb_invalidate(BUF, PAGE)
         assert not readable(win.base + BUF)
     assert xs()["iotlb_revoked_by_lcore"] == after

@@ -26,7 +26,7 @@ from pmd.vhostpci_pmd.iotlb_lend import (
 from pmd.vhostpci_pmd.state import N_PORT_CTL, PORT_IOTLB_BEAT, PORT_IOTLB_FD, PORT_IOTLB_OWNER, PORT_WAKE_FD
 from tests.util import wait_until
 from tests.vhost_user.test_vu_backend import readable
-from tests.vhostpci.test_iotlb_fast import BUF, PAGE, setup  # noqa: F401  (the fixture)
+from tests.vhostpci.test_iotlb_fast import BUF, PAGE, mapped_soon, setup  # noqa: F401  (the fixture)
 from tests.vhostpci.test_port_control import MEM_SIZE
 
 
@@ -213,7 +213,7 @@ def grant_and_revoke_until(fe, dev, guest, counter: str, more: int, perms=(Iotlb
     while xs()[counter] < before + more and rounds < 5000:
         page = BUF + (rounds % 8) * PAGE
         fe.iotlb_update(page, PAGE, uaddr + (page - BUF), perms[rounds % len(perms)])
-        assert readable(win.base + page), "acked UPDATE not mapped"
+        assert mapped_soon(win, page), "acked UPDATE never mapped"
         fe.iotlb_invalidate(page, PAGE)
         assert not readable(win.base + page), "acked INVALIDATE still mapped"
         rounds += 1
@@ -238,7 +238,7 @@ def test_the_polling_lcore_serves_with_the_same_isolation(setup, fwd):
     served_before = dev.iotlb_server.served
     for k in range(10):
         fe.iotlb_update(BUF, PAGE, uaddr, IotlbPerm.RW)
-        assert readable(win.base + BUF)
+        assert mapped_soon(win, BUF)
         fe.iotlb_invalidate(BUF, PAGE)
         assert not readable(win.base + BUF)
     assert dev.iotlb_server.served == served_before + 20
