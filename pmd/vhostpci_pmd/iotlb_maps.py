@@ -25,6 +25,13 @@ Writers, one at a time:
   a session's end): the queue is then empty, and only the control thread
   fills it.
 
+Liveness: the control thread queues only while the lcore stamps
+(``iotlb_lend.beat_stale``).  An lcore about to sleep clears its stamp,
+fences and runs the queue (``notify.vhost_pci_arm``); the control thread
+fences after each push and runs the queue itself if the stamp is gone:
+either sees the other.  A stopped lcore's leftovers wait for the control
+thread's next message or return to Python (``IotlbServer._drain``).
+
 A job whose mmap fails on the lcore stays at the head for the control
 thread, whose ``drain_maps`` tries again and else drops the grant row
 (counted: VM1 asks again on its next MISS).  One ring of MAP_SLOTS jobs:

@@ -50,6 +50,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
+from ..atomics import fence
 from ..grace import wait_sections
 from ..guestmem.grants import insert_grant
 from ..guestmem.iotlb_ops import NOT_PLAIN, grant_gpa, iotlb_drop, iotlb_map, plain_grant, revoke_ranges
@@ -110,8 +111,6 @@ _STATUS_AT = HEADER_SIZE  # a reply's u64 status (little-endian): its low byte
 GRACE_SLOW_NS = 10_000
 # an INVALIDATE's revocation goes to the lcore (the stand-in) up to this size
 HAND_MAX_BYTES = 64 * 1024
-# UPDATEs queued for the lcore (iotlb_maps.py) and still unmapped after this long idle are mapped here
-MAPS_WAIT_NS = 1_000_000
 # IO_NEXT after a call: nothing left to read, a message the Python path must
 # read, or (serve_wait watching the stamp) the lcore polls again: lend it
 NEXT_NONE, NEXT_PYTHON, NEXT_LEND = 0, 1, 2
@@ -237,6 +236,9 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, mq, han
                 if not push_map(mq, iova, length, uaddr, perm, max(r, np.int64(-1))):
                     io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)  # full: done here, then queued
                     push_map(mq, iova, length, uaddr, perm, max(r, np.int64(-1)))
+                fence()  # pairs with the lcore's before it sleeps (notify.py): it sees the job, or we its
+                if beat_stale(ctl, monotonic_ns()):  # stamp gone, and map it here
+                    io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)
                 queued = True
             else:
                 io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)  # (nothing queued: a look)
@@ -341,14 +343,7 @@ def serve_wait(pfds, nfds, wait_ns, ctl, watch, fd, ws, vq, asked, timeout_ns, r
         if io[IO_PENDING] != 0:
             pfds[nfds, 0] = hand.words[W_BACK_FD]  # the stand-in needs us: settle now
             k = nfds + 1
-        until = min(deadline, now + TICK_NS) if watch else deadline
-        maps = maps_pending(mq)
-        if maps:
-            until = min(until, now + MAPS_WAIT_NS)
-        w = wait_first(pfds, k, until)
-        if maps and w == WAIT_TIMEOUT and maps_pending(mq):
-            # the lcore left them (it stopped polling, or sleeps): mapped here
-            io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)
+        w = wait_first(pfds, k, min(deadline, now + TICK_NS) if watch else deadline)
         if w == WAIT_OTHER:
             if k > nfds and pfds[nfds, 1] >> 16 != 0 and not others_fired(pfds, nfds):
                 if not _settle(fd, ws, vq, timeout_ns, io, ctl, hand):

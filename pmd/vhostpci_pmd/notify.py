@@ -30,6 +30,7 @@ from ..burst import register_intr
 from ..grace import section_enter, section_leave
 from ..virtio.split import USED_FLAGS, VRING_USED_F_NO_NOTIFY, avail_event_at, avail_idx, set_avail_event, set_used_flags
 from .iotlb_lend import OWN_LENT, give_back
+from .iotlb_maps import lcore_maps
 from .state import PORT_RARP_DONE, PORT_RARP_REQ, VQ_EVENT_IDX, VQ_LAST_AVAIL, VQ_NUM, VQ_PACKED, VQ_READER, VQ_READY, VQ_USED, VhostPciState
 from .vq import _log, _ring_offsets
 from .vq_packed import arm_packed, disarm_packed
@@ -62,7 +63,9 @@ def vhost_pci_arm(st, q):
     pending = _arm(st, q)
     section_leave(row, VQ_READER)
     if q == 0 and pending == 0:
-        give_back(st.ctl, OWN_LENT)  # asleep it cannot serve VM1's IOTLB messages (iotlb_lend.py)
+        give_back(st.ctl, OWN_LENT)  # asleep it cannot serve VM1's IOTLB messages (iotlb_lend.py) ...
+        fence()  # ... nor map the UPDATEs acked meanwhile: those queued before its stamp went, it maps
+        lcore_maps(st.iotlb.ws, st.vq, st.asked, st.iotlb.maps)  # now (the control thread, the rest)
     return pending
 
 
