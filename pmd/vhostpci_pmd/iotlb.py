@@ -122,6 +122,18 @@ def send_miss(st, v, iova, write):
     return SENT
 
 
+@njit(nogil=True, cache=True, inline="always", _nrt=False)
+def _map_acked(st):
+    """Map the UPDATEs acked and not mapped yet (``iotlb_maps.py``), if any:
+    VM1 may have posted the buffer a kernel misses after one's ack, and it
+    then needs no MISS.  True if some were queued."""
+    mq = st.iotlb.maps
+    if not maps_pending(mq):
+        return False
+    lcore_maps(st.iotlb.ws, st.vq, st.asked, mq)
+    return True
+
+
 @njit(nogil=True, cache=True, _nrt=False)
 def park_on_miss(st, v, iova, write):
     """Vring ``v`` stops on the unmapped ``iova``: record it (once until it
@@ -134,15 +146,10 @@ def park_on_miss(st, v, iova, write):
     parked, so after publishing the park the kernel looks again, and
     un-parks itself if the page is there now.  Fences on both sides
     (``unpark_covered``): either it sees the park, or we see the page."""
+    if _map_acked(st) and translate(st.table, st.tcount, iova, 1, write) >= 0:
+        return  # mapped now (its vring un-parked with it): the caller's next burst retries
     if load_acquire(st.vq[v], VQ_MISS_PENDING) != 0:
         return
-    mq = st.iotlb.maps
-    if maps_pending(mq):
-        # UPDATEs acked, not mapped yet (iotlb_maps.py): VM1 may have posted this buffer after
-        # one's ack, so they are mapped first; the page then needs no MISS
-        lcore_maps(st.iotlb.ws, st.vq, st.asked, mq)
-        if translate(st.table, st.tcount, iova, 1, write) >= 0:
-            return  # the caller's next burst retries
     st.xstats[v, XS_IOTLB_MISS] += 1
     st.vq[v, VQ_MISS_IOVA] = np.int64(iova)
     st.vq[v, VQ_MISS_WRITE] = 1 if write else 0
@@ -212,6 +219,10 @@ def buffer_offset(st, v, addr, length, write):
         return off
     if st.vq[v, VQ_IOMMU] == 0:
         return np.int64(BUF_BAD)
+    if _map_acked(st):
+        off = translate(st.table, st.tcount, addr, length, write)
+        if off >= 0:
+            return off
     page = _first_missing_page(st, addr, length, write) & _PAGE_MASK
     if page == st.vq[v, VQ_MISS_ANSWERED]:
         perm = granted_perm(st.table, st.tcount, page)
