@@ -32,8 +32,8 @@ UADDR = 0x7F12_0000_0000
 
 
 class Port:
-    """A window over a memfd "VM1 RAM", the kernel's arrays, and the
-    front-end's end of a socket pair (the back-end's end is ``fd``)."""
+    """A window over a memfd "VM1 RAM", the kernel's arrays, and a socket
+    pair: the front-end's end ``fe``, the back-end's ``back``."""
 
     def __init__(self) -> None:
         self._memfd = os.memfd_create("vm1-ram")
@@ -48,8 +48,7 @@ class Port:
         self.buf = np.zeros(PEEK_SIZE, np.uint8)
         self.out = np.zeros(MAX_BATCH * REPLY_SIZE, np.uint8)
         self.io = np.zeros(N_IO, np.int64)
-        self.fe, back = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.back = back
+        self.fe, self.back = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.fe.settimeout(2.0)
 
     def close(self) -> None:
