@@ -36,9 +36,10 @@ __all__ = ["BackendServer"]
 
 log = logging.getLogger(__name__)
 
-# How long ``stop`` waits for the control thread: a session's close it is in
-# may compile the kernels that close uses on first use (a cold Numba cache:
-# seconds on a busy machine; 2 s was seen too short there)
+# How long ``stop`` waits for the control thread: a bound, not a timing.  The
+# kernels a session's close uses are compiled before (a port's grace-period
+# kernel where its lcores are given to it), but with a cold Numba cache a
+# first use elsewhere can still wait seconds for the compiler's lock
 STOP_TIMEOUT_S = 30.0
 
 # BackendDevice calls a standby session may make without taking the port over.

@@ -106,15 +106,16 @@ def _run(ws, vq, asked, mq, who):
         r = j[J_REGION]
         if r >= 0:
             t0 = monotonic_ns()
-            if map_grant(ws, r, iova, np.uint64(j[J_SIZE]), uaddr, j[J_PERM]):
+            size = np.uint64(j[J_SIZE])
+            # the control thread tries a failed mmap once more (the lcore leaves it to it)
+            if map_grant(ws, r, iova, size, uaddr, j[J_PERM]) or (
+                    who == BY_DRAIN and map_grant(ws, r, iova, size, uaddr, j[J_PERM])):
                 publish_grant(ws, iova, end - np.uint64(1), grant_gpa(ws, r, uaddr), j[J_PERM])
             elif who == BY_LCORE:
                 break
-            elif not map_grant(ws, r, iova, np.uint64(j[J_SIZE]), uaddr, j[J_PERM]):
+            else:
                 drop_range(ws.grants, ws.gcount, iova, end - np.uint64(1), ws.gone)  # never published
                 w[W_FAILED] += 1
-            else:
-                publish_grant(ws, iova, end - np.uint64(1), grant_gpa(ws, r, uaddr), j[J_PERM])
             w[W_MAP_NS] += monotonic_ns() - t0
             if who == BY_LCORE:
                 w[W_BY_LCORE] += 1

@@ -72,7 +72,9 @@ from ..syscalls import (
 from ..vhost_user.messages import FLAG_NEED_REPLY, IotlbType
 from .iotlb import IotlbMisses
 from .iotlb_answer import forget_asked, unpark_covered
-from .iotlb_maps import W_ASK_WAIT_NS, W_ASKS, W_BY_LCORE, W_FAILED, W_MAP_NS, drain_maps, lcore_maps, map_queue, maps_pending, push_map
+from .iotlb_maps import (
+    W_ASK_WAIT_NS, W_ASKS, W_BY_LCORE, W_FAILED, W_MAP_NS, drain_maps, lcore_maps, map_queue, maps_pending, push_map,
+)
 from .iotlb_lend import BEAT_STALE_NS, LEND_STALE, TICK_NS, LendPolicy, beat_stale, lend_wait, may_serve, served
 from .state import (
     PORT_IOTLB_BEAT, PORT_IOTLB_FD, PORT_IOTLB_GONE_N, PORT_IOTLB_QUIESCE_NS, PORT_IOTLB_REPLY, VQ_READER, IotlbBufs,
@@ -241,7 +243,8 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, mq, han
                     io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)
                 queued = True
             else:
-                io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)  # (nothing queued: a look)
+                if maps_pending(mq):  # (queued while the lcore polled: mapped first)
+                    io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)
                 if iotlb_map(ws, iova, length, uaddr, perm) < 0:
                     break  # not the plain case: Python maps it (or says why not)
                 io[IO_MAP_NS] += monotonic_ns() - t1
@@ -259,7 +262,8 @@ def serve(fd, ws, vq, asked, timeout_ns, reply, buf, out, io, ctl, hand, mq, han
                     acks = 0
                     break  # the socket is full or gone: the Python path finds out
                 acks = 0
-            io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)  # the UPDATEs before it are mapped first
+            if maps_pending(mq):  # the UPDATEs before it are mapped first
+                io[IO_UNPARKED] |= drain_maps(ws, vq, asked, mq)
             t1 = monotonic_ns()
             n = iotlb_drop(ws, start, last, ws.gone)
             if n < 0:
