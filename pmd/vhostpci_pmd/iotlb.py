@@ -123,7 +123,7 @@ def send_miss(st, v, iova, write):
 
 
 @njit(nogil=True, cache=True, inline="always", _nrt=False)
-def _map_acked(st):
+def map_acked(st):
     """Map the UPDATEs acked and not mapped yet (``iotlb_maps.py``), if any:
     VM1 may have posted the buffer a kernel misses after one's ack, and it
     then needs no MISS.  True if some were queued."""
@@ -146,7 +146,7 @@ def park_on_miss(st, v, iova, write):
     parked, so after publishing the park the kernel looks again, and
     un-parks itself if the page is there now.  Fences on both sides
     (``unpark_covered``): either it sees the park, or we see the page."""
-    if _map_acked(st) and translate(st.table, st.tcount, iova, 1, write) >= 0:
+    if map_acked(st) and translate(st.table, st.tcount, iova, 1, write) >= 0:
         return  # mapped now (its vring un-parked with it): the caller's next burst retries
     if load_acquire(st.vq[v], VQ_MISS_PENDING) != 0:
         return
@@ -219,7 +219,7 @@ def buffer_offset(st, v, addr, length, write):
         return off
     if st.vq[v, VQ_IOMMU] == 0:
         return np.int64(BUF_BAD)
-    if _map_acked(st):
+    if map_acked(st):
         off = translate(st.table, st.tcount, addr, length, write)
         if off >= 0:
             return off

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from ..guestmem.translate import translate
-from .iotlb import park_on_miss
+from .iotlb import map_acked, park_on_miss
 from .state import VQ_AVAIL, VQ_DESC, VQ_IOMMU, VQ_PARKED, VQ_USED, XS_BAD_RING
 
 
@@ -24,6 +24,12 @@ def ring_parts(st, v, desc_size, avail_size, used_size, desc_write):
     used = translate(st.table, st.tcount, row[VQ_USED], used_size, True)
     if desc >= 0 and avail >= 0 and used >= 0:
         return desc, avail, used
+    if row[VQ_IOMMU] != 0 and map_acked(st):  # an UPDATE acked, not mapped yet: mapped now, looked at again
+        desc = translate(st.table, st.tcount, row[VQ_DESC], desc_size, desc_write)
+        avail = translate(st.table, st.tcount, row[VQ_AVAIL], avail_size, False)
+        used = translate(st.table, st.tcount, row[VQ_USED], used_size, True)
+        if desc >= 0 and avail >= 0 and used >= 0:
+            return desc, avail, used
     if row[VQ_IOMMU] != 0:
         # a miss on the ring itself (a lazy guest IOMMU flushes everything,
         # rings too) stops the burst as a buffer's miss does: the transmit
